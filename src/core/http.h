@@ -1,0 +1,120 @@
+/*
+ * http — HTTP/1.1 message types and the resumable request parser.
+ *
+ * The parser wraps http_parser (libhttp-parser) and fills one brix_http_req_t
+ * at a time, enforcing the configured header and body limits while the bytes
+ * arrive. It keeps no pointers into the caller's input: URL and headers are
+ * copied into the request's arena once the header block is complete, so
+ * feeding byte-at-a-time gives exactly the same result as all-at-once (a unit
+ * test checks this). After a complete message it stops and reports how many
+ * bytes it consumed; the rest belongs to the next (pipelined) request.
+ */
+#ifndef BRIX_CORE_HTTP_H
+#define BRIX_CORE_HTTP_H
+
+#include <http_parser.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/alloc.h"
+#include "core/buf.h"
+
+typedef struct brix_http_header {
+    const char *name; /* NUL-terminated, as received */
+    const char *value;
+    size_t name_len, value_len;
+} brix_http_header_t;
+
+typedef struct brix_http_req brix_http_req_t;
+typedef void (*brix_http_abort_fn)(brix_http_req_t *req, void *ud);
+
+typedef enum brix_http_resp_state {
+    BRIX_HTTP_RESP_NONE = 0,  /* nothing sent yet; headers may still be added */
+    BRIX_HTTP_RESP_STREAMING, /* head sent, body being streamed */
+    BRIX_HTTP_RESP_DONE,      /* complete; the request object is about to be reused */
+} brix_http_resp_state_t;
+
+struct brix_http_conn;
+
+struct brix_http_req {
+    /* Request, valid until the response is done or the request is aborted. */
+    enum http_method method;
+    const char *method_name;
+    char *url;   /* request target as sent */
+    char *path;  /* target up to '?' */
+    char *query; /* after '?', or "" */
+    brix_http_header_t *headers;
+    size_t nheaders;
+    brix_buf_t body;
+    unsigned short http_major, http_minor;
+    bool keep_alive;      /* the client allows the connection to be reused */
+    bool expect_continue; /* "Expect: 100-continue" was sent */
+    char id[65];          /* x-request-id from the client (sanitised) or generated */
+    uint64_t start_ns;    /* monotonic time of the request's first byte */
+    brix_arena_t arena;   /* per-request memory, freed when the response ends */
+
+    /* Owned by the handler. A handler that answers asynchronously must set
+     * on_abort: it is called if the connection dies before the response is
+     * done, and the request is invalid once it returns. */
+    void *ud;
+    brix_http_abort_fn on_abort;
+
+    /* Response state (private to http_server.c). */
+    brix_http_resp_state_t resp_state;
+    int status;
+    bool chunked;
+    bool close_after;
+    brix_buf_t resp_headers;
+    uint64_t bytes_out;
+    struct brix_http_conn *conn;
+};
+
+typedef struct brix_http_limits {
+    uint64_t max_header_bytes; /* request line + headers; over → 431 */
+    uint64_t max_body_bytes;   /* over → 413 */
+    uint64_t header_timeout_ms; /* first byte to end of headers; over → 408 */
+    uint64_t body_timeout_ms;  /* end of headers to end of body; over → 408 */
+    uint64_t idle_timeout_ms;  /* keep-alive idle; over → close */
+    uint64_t max_connections;  /* per listener; over → 503 and close */
+} brix_http_limits_t;
+
+/* Sensible defaults: 64 KiB headers, 32 MiB body, 30 s, 60 s, 75 s, 10000. */
+void brix_http_limits_default(brix_http_limits_t *l);
+
+typedef enum brix_http_parse_rc {
+    BRIX_HTTP_PARSE_MORE = 0, /* all input consumed, message not complete */
+    BRIX_HTTP_PARSE_DONE,     /* one complete message; see *consumed */
+    BRIX_HTTP_PARSE_ERROR,    /* see err_status and err_msg */
+} brix_http_parse_rc_t;
+
+typedef struct brix_http_reqparser {
+    http_parser p;
+    brix_http_req_t *req;
+    const brix_http_limits_t *lim;
+    uint64_t header_bytes;
+    int last_cb;          /* 0 none, 1 field, 2 value: for split header callbacks */
+    brix_buf_t url;       /* URL while headers arrive */
+    brix_buf_t hdr;       /* "name\0value\0" pairs while headers arrive */
+    size_t nhdr;
+    bool started, headers_done, done;
+    int err_status;       /* 400, 413, 431, 501 when rc == ERROR */
+    const char *err_msg;
+} brix_http_reqparser_t;
+
+void brix_http_reqparser_init(brix_http_reqparser_t *rp, const brix_http_limits_t *lim);
+/* Begins a new message that will be stored into req (whose arena and body
+ * buffer must be initialised). */
+void brix_http_reqparser_begin(brix_http_reqparser_t *rp, brix_http_req_t *req);
+brix_http_parse_rc_t brix_http_reqparser_feed(brix_http_reqparser_t *rp, const char *data,
+                                              size_t len, size_t *consumed);
+/* True once the first byte of the current message has been seen. */
+bool brix_http_reqparser_started(const brix_http_reqparser_t *rp);
+void brix_http_reqparser_free(brix_http_reqparser_t *rp);
+
+/* Case-insensitive header lookup; NULL when absent. */
+const char *brix_http_req_header(const brix_http_req_t *req, const char *name);
+/* The canonical reason phrase of a status code ("OK", "Not Found", ...). */
+const char *brix_http_reason(int status);
+
+#endif

@@ -1,0 +1,62 @@
+/*
+ * kv_events — vLLM-compatible KV-cache event publisher (ZMQ PUB + msgpack).
+ *
+ * Enabled with --kv-events-config '{"enable_kv_cache_events": true,
+ * "publisher": "zmq", "endpoint": "tcp://*:5557", "replay_endpoint": ...,
+ * "topic": ""}' exactly as vLLM takes it. The block pool reports stores and
+ * removals while a scheduler step runs; at the end of the step the events are
+ * published as one EventBatch, on the wire exactly as vLLM's ZmqEventPublisher
+ * frames it: multipart [topic, sequence number as 8-byte big-endian,
+ * msgpack payload]. A ROUTER replay socket (when replay_endpoint is set)
+ * re-sends buffered batches from a requested sequence number, so subscribers
+ * can recover from gaps. All sockets are non-blocking and serviced on the
+ * engine's libuv loop (ZMQ_FD polled with uv_poll).
+ */
+#ifndef BRIX_ENGINE_SIM_KV_EVENTS_H
+#define BRIX_ENGINE_SIM_KV_EVENTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct brix_kv_events_cfg {
+    bool enabled;          /* enable_kv_cache_events */
+    char *publisher;       /* "zmq" (or "null": events are counted, not sent) */
+    char *endpoint;        /* PUB bind/connect endpoint, default "tcp://*:5557" */
+    char *replay_endpoint; /* ROUTER endpoint for replays, NULL = none */
+    char *topic;           /* default "" */
+    int64_t buffer_steps;  /* batches kept for replay, default 10000 */
+    int64_t hwm;           /* ZMQ send high-water mark, default 100000 */
+} brix_kv_events_cfg_t;
+
+/* Parses the JSON given to --kv-events-config. Unknown keys are an error
+ * naming the key. Returns 0, or -1 with err. */
+int brix_kv_events_cfg_parse(const char *json, brix_kv_events_cfg_t *cfg, char *err,
+                             size_t errlen);
+void brix_kv_events_cfg_free(brix_kv_events_cfg_t *cfg);
+
+typedef struct brix_kv_events brix_kv_events_t;
+
+brix_kv_events_t *brix_kv_events_new(uv_loop_t *loop, const brix_kv_events_cfg_t *cfg, char *err,
+                                     size_t errlen);
+
+/* Queue events for the current batch. Hashes are the engine's 64-bit chained
+ * block hashes. parent is ignored when has_parent is false; lora_id < 0 = none. */
+void brix_kv_events_block_stored(brix_kv_events_t *ev, const uint64_t *hashes, size_t nhashes,
+                                 bool has_parent, uint64_t parent, const uint32_t *token_ids,
+                                 size_t ntokens, int block_size, int64_t lora_id);
+void brix_kv_events_block_removed(brix_kv_events_t *ev, const uint64_t *hashes, size_t nhashes);
+void brix_kv_events_all_cleared(brix_kv_events_t *ev);
+
+/* Publishes the queued events as one batch (no-op when none are queued). */
+int brix_kv_events_flush(brix_kv_events_t *ev);
+
+/* Counters for /metrics and tests. */
+uint64_t brix_kv_events_published(const brix_kv_events_t *ev); /* batches */
+uint64_t brix_kv_events_dropped(const brix_kv_events_t *ev);   /* batches ZMQ refused */
+
+/* Closes the sockets (handles close on the loop) and frees. */
+void brix_kv_events_close(brix_kv_events_t *ev);
+
+#endif

@@ -1,0 +1,54 @@
+/*
+ * brix — one multi-call binary; each component is a subcommand.
+ * `brix <component> [flags]`, `brix --help`, `brix --version`.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "engine_sim/engine_sim.h"
+
+typedef struct component {
+    const char *name;
+    int (*main)(int argc, char **argv);
+    const char *summary;
+} component_t;
+
+static const component_t components[] = {
+    { "engine-sim", brix_engine_sim_main,
+      "simulated vLLM engine: OpenAI API, continuous batching, paged KV cache, LoRA" },
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: brix <component> [options]\n       brix --help | --version\n\n"
+                 "brix is a control plane for fleets of LLM inference engines.\n\ncomponents:\n");
+    for (size_t i = 0; i < sizeof components / sizeof *components; i++)
+        fprintf(out, "  %-12s %s\n", components[i].name, components[i].summary);
+    fprintf(out, "\nRun 'brix <component> --help' for a component's flags.\n");
+}
+
+int main(int argc, char **argv)
+{
+    brix_alloc_init();
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version") || !strcmp(cmd, "-V") || !strcmp(cmd, "version")) {
+        printf("brix %s\n", BRIX_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof components / sizeof *components; i++) {
+        if (!strcmp(cmd, components[i].name))
+            return components[i].main(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "brix: unknown component '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}
