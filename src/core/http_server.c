@@ -284,7 +284,14 @@ static void on_conn_handle_closed(uv_handle_t *h)
         conn_free(c);
 }
 
+static void conn_close_ex(brix_http_conn_t *c, bool reset);
+
 static void conn_close(brix_http_conn_t *c)
+{
+    conn_close_ex(c, false);
+}
+
+static void conn_close_ex(brix_http_conn_t *c, bool reset)
 {
     if (c->state == CONN_CLOSING)
         return;
@@ -306,7 +313,8 @@ static void conn_close(brix_http_conn_t *c)
     s->st.connections_open--;
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
-    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+    if (!reset || uv_tcp_close_reset(&c->tcp, on_conn_handle_closed) != 0)
+        uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
 }
 
 static void on_shutdown(uv_shutdown_t *r, int status)
@@ -811,6 +819,11 @@ int brix_http_sse_data(brix_http_req_t *req, const char *data, size_t len)
     uv_buf_t b[3] = { uv_buf_init(sz, (unsigned)n), uv_buf_init((char *)data, (unsigned)len),
                       uv_buf_init("\n\n\r\n", 4) };
     return conn_write(req->conn, b, 3);
+}
+
+void brix_http_abort(brix_http_req_t *req)
+{
+    conn_close_ex(req->conn, true);
 }
 
 size_t brix_http_write_queue_bytes(const brix_http_req_t *req)

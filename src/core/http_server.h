@@ -74,6 +74,9 @@ int brix_http_stream_end(brix_http_req_t *req);
 int brix_http_sse_start(brix_http_req_t *req, int status);
 /* Sends one SSE event "data: <data>\n\n" as one chunk. */
 int brix_http_sse_data(brix_http_req_t *req, const char *data, size_t len);
+/* Drops the connection at once (TCP reset), as a crashing server would; the
+ * request is aborted (on_abort runs before this returns). For fault injection. */
+void brix_http_abort(brix_http_req_t *req);
 /* Bytes queued in user space for this request's connection (backpressure). */
 size_t brix_http_write_queue_bytes(const brix_http_req_t *req);
 

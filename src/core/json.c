@@ -23,12 +23,23 @@ int brix_json_parse(const char *s, size_t len, cJSON **out, brix_json_err_t *e)
         brix_json_errf(e, NULL, "request body is empty; expected a JSON object");
         return -1;
     }
-    cJSON *j = cJSON_ParseWithLengthOpts(s, len, &end, 1);
+    /* Not require_null_terminated: with an explicit length cJSON would then
+     * demand a NUL inside the length. Trailing bytes are checked here. */
+    cJSON *j = cJSON_ParseWithLengthOpts(s, len, &end, 0);
     if (!j) {
         size_t off = end && end >= s ? (size_t)(end - s) : 0;
         if (off > len)
             off = len;
         brix_json_errf(e, NULL, "invalid JSON in request body at byte offset %zu", off);
+        return -1;
+    }
+    size_t off = (size_t)(end - s);
+    while (off < len && (s[off] == ' ' || s[off] == '\t' || s[off] == '\n' || s[off] == '\r'))
+        off++;
+    if (off < len) {
+        cJSON_Delete(j);
+        brix_json_errf(e, NULL, "invalid JSON in request body: unexpected data at byte offset %zu",
+                       off);
         return -1;
     }
     *out = j;

@@ -7,9 +7,10 @@
  * family's mutex. Names are written as given: counters are registered with
  * their full sample name (e.g. "vllm:prompt_tokens_total"), which is also what
  * HELP and TYPE lines carry, as prometheus_client does for format 0.0.4.
- * Every family gets HELP and TYPE lines, even with no children yet... except
- * labelled families with no children, which print HELP/TYPE only.
- * A collect hook runs before each write so owners can refresh gauges.
+ * Every family gets HELP and TYPE lines. An unlabelled family has its one
+ * child from registration on, so it always prints a sample (0 until updated);
+ * a labelled family with no children yet prints HELP/TYPE only.
+ * Collect hooks run before each write so owners can refresh gauges.
  *
  * Parser: feeds on arbitrary chunks (byte-at-a-time gives the same result as
  * all-at-once), calls back once per sample with name, labels and value; never
@@ -39,8 +40,9 @@ brix_metrics_t *brix_metrics_new(void);
 void brix_metrics_free(brix_metrics_t *r);
 
 /* Registers a family. label_names is NULL-terminated (or NULL for none).
- * buckets (histograms only) are the finite upper bounds, ascending; +Inf is
- * implied. Returns NULL on ENOMEM or a duplicate name. */
+ * buckets (histograms only) are the finite upper bounds, strictly ascending;
+ * +Inf is implied (a trailing +Inf is accepted and ignored). Returns NULL on
+ * ENOMEM, a duplicate name, or an invalid metric/label name or bucket list. */
 brix_metric_family_t *brix_metrics_family(brix_metrics_t *r, brix_metric_type_t type,
                                           const char *name, const char *help,
                                           const char *const *label_names, const double *buckets,
@@ -50,20 +52,31 @@ brix_metric_family_t *brix_metrics_family(brix_metrics_t *r, brix_metric_type_t 
  * (or until brix_metric_family_clear). */
 brix_metric_t *brix_metric_child(brix_metric_family_t *f, const char *const *label_values);
 
+/* Updates are lock-free and accept m == NULL (a child that failed with ENOMEM)
+ * as a no-op. Counters ignore negative and NaN increments; set also works on
+ * a counter, to mirror a total that is kept elsewhere. */
 void brix_metric_add(brix_metric_t *m, double v);     /* counter, gauge */
-void brix_metric_set(brix_metric_t *m, double v);     /* gauge */
+void brix_metric_set(brix_metric_t *m, double v);     /* gauge (counter: mirror) */
 void brix_metric_observe(brix_metric_t *m, double v); /* histogram */
 double brix_metric_get(const brix_metric_t *m);       /* counter/gauge value; histogram sum */
 uint64_t brix_metric_count(const brix_metric_t *m);   /* histogram count */
 
 /* Removes every child (for info-style gauges whose label values change).
- * Only safe when no other thread holds a child pointer of this family. */
+ * Safe against concurrent writes and lookups, but only safe when no other
+ * thread holds a child pointer of this family (typically: call it from a
+ * collect hook, and never cache that family's children). */
 void brix_metric_family_clear(brix_metric_family_t *f);
 
+/* Hooks run in the order added, at the start of every brix_metrics_write,
+ * never two at once (writes are serialised). A hook may update metrics,
+ * create or clear children, and register families. The hook is silently not
+ * added on ENOMEM. */
 typedef void (*brix_metrics_collect_fn)(brix_metrics_t *r, void *ud);
 void brix_metrics_on_collect(brix_metrics_t *r, brix_metrics_collect_fn fn, void *ud);
 
-/* Appends the exposition text of every family, in registration order. */
+/* Appends the exposition text of every family, in registration order, and
+ * returns 0; on -ENOMEM out is left as it was. May run while other threads
+ * update values (a scrape may then be slightly inconsistent). */
 int brix_metrics_write(brix_metrics_t *r, brix_buf_t *out);
 
 /* Formats a double the way Prometheus clients do: "1.0", "0.25", "1e-05",
@@ -100,11 +113,16 @@ typedef struct brix_prom_parser {
     void *ud;
 } brix_prom_parser_t;
 
+/* max_line counts the bytes of a line without its "\r\n" or "\n"; 0 selects
+ * a default of 16 KiB. */
 void brix_prom_parser_init(brix_prom_parser_t *p, size_t max_line, brix_prom_sample_fn fn,
                            void *ud);
-/* Feeds a chunk; complete lines are parsed and delivered. Returns 0 or -ENOMEM. */
+/* Feeds a chunk; complete lines are parsed and delivered. Returns 0 or
+ * -ENOMEM; on -ENOMEM only the line being buffered is lost (counted as an
+ * error) and the rest of the chunk is still parsed. */
 int brix_prom_parser_feed(brix_prom_parser_t *p, const char *data, size_t len);
-/* Parses a final line without a trailing newline. */
+/* Parses a final line without a trailing newline; the parser is then ready
+ * for a new stream. */
 int brix_prom_parser_finish(brix_prom_parser_t *p);
 void brix_prom_parser_free(brix_prom_parser_t *p);
 
