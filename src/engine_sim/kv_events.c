@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #define DEFAULT_ENDPOINT     "tcp://*:5557"
@@ -188,6 +189,7 @@ struct brix_kv_events {
     uv_poll_t *replay_poll; /* on replay's ZMQ_FD; freed in its close callback */
     char *topic;
     size_t topic_len;
+    char *ipc_paths[2]; /* socket files we bound, unlinked at close */
 
     brix_buf_t events; /* msgpack of the queued events, back to back */
     size_t nevents;
@@ -541,14 +543,24 @@ static int sock_opts(void *s, int hwm, const char *ep)
     return 0;
 }
 
-/* Logs the endpoint actually bound (a "*" port becomes a number). */
-static void log_bound(void *s, const char *what, const char *ep)
+/* Logs the endpoint actually bound (a "*" port becomes a number) and
+ * remembers an ipc socket file: libzmq leaves it behind on close. */
+static void bound(brix_kv_events_t *ev, void *s, const char *what, const char *ep)
 {
     char last[256] = "";
     size_t sz = sizeof last;
     if (zmq_getsockopt(s, ZMQ_LAST_ENDPOINT, last, &sz) != 0 || !last[0])
         snprintf(last, sizeof last, "%s", ep);
     BRIX_INFO("kv events: %s on %s", what, last);
+    const char *path = last + 6;
+    if (strncmp(last, "ipc://", 6) != 0 || *path == '@') /* '@': abstract, no file */
+        return;
+    for (size_t i = 0; i < 2; i++) {
+        if (!ev->ipc_paths[i]) {
+            ev->ipc_paths[i] = brix_strdup(path); /* on ENOMEM the file stays */
+            return;
+        }
+    }
 }
 
 brix_kv_events_t *brix_kv_events_new(uv_loop_t *loop, const brix_kv_events_cfg_t *cfg, char *err,
@@ -585,7 +597,7 @@ brix_kv_events_t *brix_kv_events_new(uv_loop_t *loop, const brix_kv_events_cfg_t
         goto fail;
     }
     if (bind)
-        log_bound(ev->pub, "publishing", ep);
+        bound(ev, ev->pub, "publishing", ep);
     else
         BRIX_INFO("kv events: publishing to %s", ep);
 
@@ -607,7 +619,7 @@ brix_kv_events_t *brix_kv_events_new(uv_loop_t *loop, const brix_kv_events_cfg_t
             snprintf(err, errlen, "kv events: cannot bind %s: %s", rep, zmq_strerror(zmq_errno()));
             goto fail;
         }
-        log_bound(ev->replay, "replaying", rep);
+        bound(ev, ev->replay, "replaying", rep);
         if (cfg->buffer_steps > 0) {
             ev->ring_cap = (size_t)cfg->buffer_steps;
             if (!(ev->ring = brix_calloc(ev->ring_cap, sizeof *ev->ring))) {
@@ -660,6 +672,12 @@ void brix_kv_events_close(brix_kv_events_t *ev)
         zmq_close(ev->replay);
     if (ev->zctx) {
         while (zmq_ctx_term(ev->zctx) != 0 && zmq_errno() == EINTR) {
+        }
+    }
+    for (size_t i = 0; i < 2; i++) {
+        if (ev->ipc_paths[i]) {
+            unlink(ev->ipc_paths[i]);
+            brix_free(ev->ipc_paths[i]);
         }
     }
     if (ev->ring) {

@@ -38,8 +38,7 @@ typedef struct brix_kv_events_cfg {
 
 /* Parses the JSON given to --kv-events-config. Unknown keys are an error
  * naming the key. Returns 0, or -1 with err (cfg then owns nothing). */
-int brix_kv_events_cfg_parse(const char *json, brix_kv_events_cfg_t *cfg, char *err,
-                             size_t errlen);
+int brix_kv_events_cfg_parse(const char *json, brix_kv_events_cfg_t *cfg, char *err, size_t errlen);
 void brix_kv_events_cfg_free(brix_kv_events_cfg_t *cfg);
 
 typedef struct brix_kv_events brix_kv_events_t;

@@ -216,8 +216,12 @@ static void fixture_close(fixture_t *f)
 {
     zmq_close(f->sub);
     zmq_ctx_term(f->zctx);
+    assert_int_equal(access(f->ep + 6, F_OK), 0);
     brix_kv_events_close(f->ev);
     close_loop(&f->loop);
+    /* the ipc socket files are removed (libzmq itself leaves them) */
+    assert_int_not_equal(access(f->ep + 6, F_OK), 0);
+    assert_int_not_equal(access(f->replay_ep + 6, F_OK), 0);
 }
 
 /* ---- config ---- */
@@ -780,6 +784,9 @@ static void test_new_errors(void **state)
     }
     brix_kv_events_cfg_free(&cfg);
     close_loop(&loop);
+    /* left behind when the ENOMEM hit the copy of its path */
+    unlink(ep + 6);
+    unlink(rep + 6);
 }
 
 int main(void)
