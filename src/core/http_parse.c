@@ -31,14 +31,6 @@ static int fail(brix_http_reqparser_t *rp, int status, const char *msg)
     return -1;
 }
 
-static int count_header(brix_http_reqparser_t *rp, size_t n)
-{
-    rp->header_bytes += n;
-    if (rp->header_bytes > rp->lim->max_header_bytes)
-        return fail(rp, 431, "request header fields too large");
-    return 0;
-}
-
 static int on_message_begin(http_parser *p)
 {
     RP(p)->started = true;
@@ -48,16 +40,12 @@ static int on_message_begin(http_parser *p)
 static int on_url(http_parser *p, const char *at, size_t len)
 {
     brix_http_reqparser_t *rp = RP(p);
-    if (count_header(rp, len))
-        return -1;
     return brix_buf_append(&rp->url, at, len) ? fail(rp, 500, "out of memory") : 0;
 }
 
 static int on_header_field(http_parser *p, const char *at, size_t len)
 {
     brix_http_reqparser_t *rp = RP(p);
-    if (count_header(rp, len + 4)) /* ": " and CRLF count too */
-        return -1;
     if (rp->last_cb == 2 || rp->last_cb == 0) {
         /* A new header: close the previous value. */
         if (rp->last_cb == 2 && brix_buf_append_char(&rp->hdr, '\0'))
@@ -71,8 +59,6 @@ static int on_header_field(http_parser *p, const char *at, size_t len)
 static int on_header_value(http_parser *p, const char *at, size_t len)
 {
     brix_http_reqparser_t *rp = RP(p);
-    if (count_header(rp, len))
-        return -1;
     if (rp->last_cb == 1 && brix_buf_append_char(&rp->hdr, '\0'))
         return fail(rp, 500, "out of memory");
     rp->last_cb = 2;
@@ -193,28 +179,53 @@ brix_http_parse_rc_t brix_http_reqparser_feed(brix_http_reqparser_t *rp, const c
         return BRIX_HTTP_PARSE_DONE;
     if (rp->err_status)
         return BRIX_HTTP_PARSE_ERROR;
-    if (!len)
-        return BRIX_HTTP_PARSE_MORE;
-    size_t n = http_parser_execute(&rp->p, &settings, data, len);
-    *consumed = n;
-    enum http_errno e = HTTP_PARSER_ERRNO(&rp->p);
-    if (rp->done) {
-        /* Paused right after the message; leave the parser paused so a
-         * second feed without begin() does not run into the next one. */
-        return BRIX_HTTP_PARSE_DONE;
-    }
-    if (e != HPE_OK) {
-        if (!rp->err_status) {
-            if (e == HPE_HEADER_OVERFLOW) {
-                fail(rp, 431, "request header fields too large");
-            } else if (e == HPE_INVALID_METHOD) {
-                fail(rp, 400, "malformed request: invalid method");
-            } else {
-                rp->err_status = 400;
-                rp->err_msg = http_errno_description(e);
+    size_t off = 0;
+    while (off < len) {
+        /* While the header block is arriving, never hand http_parser more
+         * than the header limit allows: the raw bytes of the request line
+         * and headers are counted, so the verdict (431, or 400 for a bad
+         * byte within the limit) is the same however the input is split. */
+        size_t n = len - off;
+        bool limited = false;
+        if (!rp->headers_done) {
+            uint64_t room = rp->lim->max_header_bytes - rp->header_bytes;
+            if (n > room) {
+                n = (size_t)room;
+                limited = true;
             }
         }
-        return BRIX_HTTP_PARSE_ERROR;
+        size_t got = n ? http_parser_execute(&rp->p, &settings, data + off, n) : 0;
+        if (!rp->headers_done)
+            rp->header_bytes += got;
+        off += got;
+        *consumed = off;
+        enum http_errno e = HTTP_PARSER_ERRNO(&rp->p);
+        if (rp->done) {
+            /* Paused right after the message; it stays paused so a second
+             * feed without begin() does not run into the next one. */
+            return BRIX_HTTP_PARSE_DONE;
+        }
+        if (e != HPE_OK) {
+            if (!rp->err_status) {
+                if (e == HPE_HEADER_OVERFLOW) {
+                    fail(rp, 431, "request header fields too large");
+                } else if (e == HPE_INVALID_METHOD) {
+                    fail(rp, 400, "malformed request: invalid method");
+                } else {
+                    rp->err_status = 400;
+                    rp->err_msg = http_errno_description(e);
+                }
+            }
+            return BRIX_HTTP_PARSE_ERROR;
+        }
+        if (rp->err_status)
+            return BRIX_HTTP_PARSE_ERROR;
+        if (limited && !rp->headers_done) {
+            fail(rp, 431, "request header fields too large");
+            return BRIX_HTTP_PARSE_ERROR;
+        }
+        if (!limited)
+            break;
     }
     return BRIX_HTTP_PARSE_MORE;
 }
