@@ -18,6 +18,7 @@
 #include "core/alloc.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <string.h>
 #include <xxhash.h>
 
@@ -432,10 +433,39 @@ const char *brix_tok_out_piece(uint32_t idx, size_t *len)
     return out_pieces[idx];
 }
 
+/* Ids of the output pieces and the reverse map id -> index, built once: the
+ * engine converts every generated token, so this must not hash per call. */
+#define OUT_MAP_SIZE 2048 /* power of two, 4x the vocabulary */
+static uint32_t out_ids[BRIX_TOK_OUT_VOCAB];
+static int16_t out_map[OUT_MAP_SIZE]; /* index + 1, 0 = empty */
+static pthread_once_t out_once = PTHREAD_ONCE_INIT;
+
+static void out_init(void)
+{
+    for (uint32_t i = 0; i < BRIX_TOK_OUT_VOCAB; i++) {
+        out_ids[i] = brix_tok_piece_id(out_pieces[i], strlen(out_pieces[i]));
+        uint32_t h = (out_ids[i] * 2654435761u) & (OUT_MAP_SIZE - 1);
+        while (out_map[h])
+            h = (h + 1) & (OUT_MAP_SIZE - 1);
+        out_map[h] = (int16_t)(i + 1);
+    }
+}
+
 uint32_t brix_tok_out_id(uint32_t idx)
 {
-    /* Recomputed per call (one xxh64 of <= 8 bytes): thread-safe with no init. */
-    size_t len;
-    const char *p = brix_tok_out_piece(idx, &len);
-    return p ? brix_tok_piece_id(p, len) : 0;
+    if (idx >= BRIX_TOK_OUT_VOCAB)
+        return 0;
+    pthread_once(&out_once, out_init);
+    return out_ids[idx];
+}
+
+int brix_tok_out_index(uint32_t id)
+{
+    pthread_once(&out_once, out_init);
+    for (uint32_t h = (id * 2654435761u) & (OUT_MAP_SIZE - 1); out_map[h];
+         h = (h + 1) & (OUT_MAP_SIZE - 1)) {
+        if (out_ids[out_map[h] - 1] == id)
+            return out_map[h] - 1;
+    }
+    return -1;
 }

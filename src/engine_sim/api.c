@@ -376,15 +376,9 @@ bool brix_engine_on_token(brix_seq_t *q, uint32_t token, void *ud)
     bool stop = false;
     size_t plen = 0;
     const char *piece = "";
-    if (token != BRIX_TOK_EOS) {
-        /* Output ids come from the output vocabulary; map back to the piece. */
-        for (uint32_t i = 0; i < BRIX_TOK_OUT_VOCAB; i++) {
-            if (brix_tok_out_id(i) == token) {
-                piece = brix_tok_out_piece(i, &plen);
-                break;
-            }
-        }
-    }
+    int vi = token != BRIX_TOK_EOS ? brix_tok_out_index(token) : -1;
+    if (vi >= 0) /* output ids come from the output vocabulary */
+        piece = brix_tok_out_piece((uint32_t)vi, &plen);
     size_t before = s->text.len;
     brix_buf_append(&s->text, piece, plen);
     /* Stop strings: search only where a new match can start. */
@@ -1308,13 +1302,11 @@ static void handle_detokenize(brix_engine_t *e, brix_http_req_t *h)
         }
         /* Only generated (output-vocabulary) ids can be mapped back to text:
          * prompt ids are hashes of their text. */
-        for (uint32_t i = 0; i < BRIX_TOK_OUT_VOCAB; i++) {
-            if (brix_tok_out_id(i) == id) {
-                size_t pl;
-                const char *p = brix_tok_out_piece(i, &pl);
-                brix_buf_append(&text, p, pl);
-                break;
-            }
+        int vi = brix_tok_out_index(id);
+        if (vi >= 0) {
+            size_t pl;
+            const char *p = brix_tok_out_piece((uint32_t)vi, &pl);
+            brix_buf_append(&text, p, pl);
         }
     }
     brix_buf_append_str(&b, "{\"prompt\":");

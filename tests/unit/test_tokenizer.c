@@ -520,6 +520,21 @@ static void test_chat_template(void **state)
     brix_buf_free(&b);
 }
 
+/* The reverse map the engine uses for every generated token. */
+static void test_out_index(void **state)
+{
+    (void)state;
+    for (uint32_t i = 0; i < BRIX_TOK_OUT_VOCAB; i++)
+        assert_int_equal(brix_tok_out_index(brix_tok_out_id(i)), (int)i);
+    assert_int_equal(brix_tok_out_index(BRIX_TOK_EOS), -1);
+    assert_int_equal(brix_tok_out_index(brix_tok_piece_id("Hello", 5)), -1);
+    int misses = 0;
+    for (uint32_t id = 0; id < 100000; id += 7)
+        misses += brix_tok_out_index(id) < 0;
+    assert_true(misses > 14000);
+    assert_int_equal(brix_tok_out_id(BRIX_TOK_OUT_VOCAB), 0);
+}
+
 static void test_enomem(void **state)
 {
     (void)state;
@@ -572,6 +587,7 @@ int main(void)
     brix_alloc_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_words, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_out_index, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_numbers, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_line_breaks, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_whitespace, leak_setup, leak_teardown),
