@@ -112,6 +112,8 @@ typedef struct brix_engine {
     uv_signal_t sigterm, sigint;
     uv_timer_t shutdown_timer;
     bool draining;
+    bool force_close;       /* second signal: stop waiting for in-flight requests */
+    uint64_t drain_start_ns;
     bool in_commit;         /* inside brix_sched_commit: releases are deferred */
     void *graveyard;        /* requests released during a commit (api.c) */
     uint64_t requests_inflight;

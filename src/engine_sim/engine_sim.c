@@ -247,11 +247,12 @@ static void on_shutdown_check(uv_timer_t *t)
     brix_engine_t *e = t->data;
     brix_http_server_stats_t st;
     brix_http_server_stats(e->http, &st);
-    uint64_t elapsed = (brix_now_ns() - (uint64_t)(uintptr_t)0) / 1000000u;
-    (void)elapsed;
-    if (st.requests_active == 0 || !uv_timer_get_repeat(t)) {
-        BRIX_INFO("shutdown: %llu requests still in flight; closing",
-                  (unsigned long long)st.requests_active);
+    uint64_t elapsed_ms = (brix_now_ns() - e->drain_start_ns) / 1000000u;
+    bool forced = e->force_close || elapsed_ms >= e->cfg.shutdown_timeout;
+    if (st.requests_active == 0 || forced) {
+        if (st.requests_active)
+            BRIX_WARN("shutdown: closing with %llu requests still in flight",
+                      (unsigned long long)st.requests_active);
         uv_timer_stop(t);
         brix_http_server_close(e->http, on_server_closed, e);
     }
@@ -260,19 +261,21 @@ static void on_shutdown_check(uv_timer_t *t)
 static void on_signal(uv_signal_t *s, int signum)
 {
     brix_engine_t *e = s->data;
+    if (!e->http)
+        return;
     if (e->draining) {
         BRIX_WARN("second signal: closing now");
-        uv_timer_set_repeat(&e->shutdown_timer, 0);
+        e->force_close = true;
         on_shutdown_check(&e->shutdown_timer);
         return;
     }
     e->draining = true;
+    e->drain_start_ns = brix_now_ns();
     BRIX_INFO("received %s: draining (up to %llu ms)", signum == SIGTERM ? "SIGTERM" : "SIGINT",
               (unsigned long long)e->cfg.shutdown_timeout);
     brix_http_server_drain(e->http);
-    /* Poll every 50 ms for in-flight requests; a one-shot timer at the
-     * deadline sets repeat to 0, which forces the close. */
-    uv_timer_start(&e->shutdown_timer, on_shutdown_check, 0, 50);
+    /* Check every 20 ms whether in-flight requests are done or time is up. */
+    uv_timer_start(&e->shutdown_timer, on_shutdown_check, 0, 20);
 }
 
 /* ------------------------------------------------------------- set-up -- */
