@@ -59,12 +59,16 @@ struct brix_http_req {
      * done, and the request is invalid once it returns. */
     void *ud;
     brix_http_abort_fn on_abort;
+    /* Optional: called when everything written so far has reached the socket
+     * (to resume a paused upstream). */
+    brix_http_abort_fn on_drain;
 
     /* Response state (private to http_server.c). */
     brix_http_resp_state_t resp_state;
     int status;
     bool chunked;
     bool close_after;
+    int64_t content_length; /* streamed with a known length: bytes still owed, else -1 */
     brix_buf_t resp_headers;
     uint64_t bytes_out;
     struct brix_http_conn *conn;

@@ -209,8 +209,13 @@ static void on_write(uv_write_t *w, int status)
     c->wq_reqs--;
     c->wq_bytes -= wr->len;
     brix_free(wr);
-    if (status < 0 && status != UV_ECANCELED)
+    if (status < 0 && status != UV_ECANCELED) {
         conn_close(c);
+        return;
+    }
+    if (!c->wq_reqs && c->state == CONN_HANDLING && c->req.on_drain &&
+        c->req.resp_state == BRIX_HTTP_RESP_STREAMING)
+        c->req.on_drain(&c->req, c->req.ud);
 }
 
 static int conn_write(brix_http_conn_t *c, const uv_buf_t *bufs, unsigned n)
@@ -383,6 +388,8 @@ static void req_reset(brix_http_req_t *r)
     r->id[0] = '\0';
     r->ud = NULL;
     r->on_abort = NULL;
+    r->on_drain = NULL;
+    r->content_length = -1;
     r->resp_state = BRIX_HTTP_RESP_NONE;
     r->status = 0;
     r->chunked = r->close_after = false;
@@ -399,6 +406,7 @@ static void dispatch(brix_http_conn_t *c)
     make_request_id(r);
     r->conn = c;
     r->resp_state = BRIX_HTTP_RESP_NONE;
+    r->content_length = -1;
     r->close_after = !r->keep_alive || s->draining;
     s->st.requests_total++;
     s->st.requests_active++;
@@ -755,8 +763,19 @@ int brix_http_stream_start(brix_http_req_t *req, int status, const char *content
         req->close_after = true; /* no chunked encoding in 1.0: end = close */
     else
         req->chunked = true;
+    req->content_length = -1;
     req->resp_state = BRIX_HTTP_RESP_STREAMING;
     return write_head(req, status, content_type, -1, NULL, 0);
+}
+
+int brix_http_stream_start_len(brix_http_req_t *req, int status, const char *content_type,
+                               uint64_t length)
+{
+    if (req->resp_state != BRIX_HTTP_RESP_NONE)
+        return -EINVAL;
+    req->resp_state = BRIX_HTTP_RESP_STREAMING;
+    req->content_length = (int64_t)length;
+    return write_head(req, status, content_type, (long long)length, NULL, 0);
 }
 
 int brix_http_stream_write(brix_http_req_t *req, const void *data, size_t len)
@@ -766,6 +785,15 @@ int brix_http_stream_write(brix_http_req_t *req, const void *data, size_t len)
     if (!len || req->method == HTTP_HEAD)
         return 0;
     req->bytes_out += len;
+    if (req->content_length >= 0) {
+        if ((uint64_t)req->content_length < len) {
+            brix_http_abort(req); /* more than announced: the response is broken */
+            return -EPIPE;
+        }
+        req->content_length -= (int64_t)len;
+        uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+        return conn_write(req->conn, &b, 1);
+    }
     if (!req->chunked) {
         uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
         return conn_write(req->conn, &b, 1);
@@ -783,6 +811,10 @@ int brix_http_stream_end(brix_http_req_t *req)
         return -EINVAL;
     brix_http_conn_t *c = req->conn;
     int rc = 0;
+    if (req->content_length > 0 && req->method != HTTP_HEAD) {
+        brix_http_abort(req); /* fewer bytes than announced */
+        return -EPIPE;
+    }
     req->resp_state = BRIX_HTTP_RESP_DONE;
     if (req->chunked && req->method != HTTP_HEAD) {
         uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);

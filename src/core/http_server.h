@@ -67,6 +67,10 @@ int brix_http_respond_error(brix_http_req_t *req, int status, const char *type, 
     __attribute__((format(printf, 6, 7)));
 /* Starts a streamed body (chunked on HTTP/1.1, close-delimited on 1.0). */
 int brix_http_stream_start(brix_http_req_t *req, int status, const char *content_type);
+/* Starts a streamed body of known length (no chunking); stream_end fails and
+ * the connection is dropped if fewer bytes were written. */
+int brix_http_stream_start_len(brix_http_req_t *req, int status, const char *content_type,
+                               uint64_t length);
 int brix_http_stream_write(brix_http_req_t *req, const void *data, size_t len);
 /* Ends the stream; the request must not be used afterwards. */
 int brix_http_stream_end(brix_http_req_t *req);

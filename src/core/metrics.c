@@ -593,20 +593,31 @@ static int append_double(brix_buf_t *b, double v)
     return brix_buf_append_str(b, tmp);
 }
 
-/* `name[suffix]{labels[,le="bound"]} value\n`; labels is the pre-escaped
- * `a="x",b="y"` text of the child (may be empty). */
+/* `name[suffix]{labels} value\n`; labels is the pre-escaped `a="x",b="y"`
+ * text of the child (may be empty). A histogram's le label is inserted at
+ * byte offset le_at, where it falls in alphabetical order among label names
+ * (prometheus_client sorts labels; vLLM's output reads
+ * {engine="0",le="0.3",model_name="m"}). */
 static int append_sample(brix_buf_t *b, const char *name, const char *suffix,
-                         const brix_buf_t *labels, const char *le, double v)
+                         const brix_buf_t *labels, const char *le, size_t le_at, double v)
 {
     int rc = brix_buf_append_str(b, name);
     rc = rc ? rc : brix_buf_append_str(b, suffix);
     if (labels->len || le) {
         rc = rc ? rc : brix_buf_append_char(b, '{');
-        rc = rc ? rc : brix_buf_append(b, labels->data, labels->len);
         if (le) {
-            rc = rc ? rc : brix_buf_append_str(b, labels->len ? ",le=\"" : "le=\"");
+            rc = rc ? rc : brix_buf_append(b, labels->data, le_at);
+            rc = rc ? rc : brix_buf_append_str(b, le_at ? ",le=\"" : "le=\"");
             rc = rc ? rc : brix_buf_append_str(b, le);
             rc = rc ? rc : brix_buf_append_char(b, '"');
+            if (le_at < labels->len) {
+                /* the rest starts with its comma, except when le comes first */
+                if (!le_at)
+                    rc = rc ? rc : brix_buf_append_char(b, ',');
+                rc = rc ? rc : brix_buf_append(b, labels->data + le_at, labels->len - le_at);
+            }
+        } else {
+            rc = rc ? rc : brix_buf_append(b, labels->data, labels->len);
         }
         rc = rc ? rc : brix_buf_append_char(b, '}');
     }
@@ -620,15 +631,20 @@ static int write_child(brix_buf_t *out, brix_buf_t *labels, const brix_metric_fa
                        brix_metric_t *m)
 {
     brix_buf_reset(labels);
+    size_t le_at = SIZE_MAX;
     for (size_t i = 0; i < f->nlabels; i++) {
+        if (le_at == SIZE_MAX && strcmp(f->label_names[i], "le") > 0)
+            le_at = labels->len; /* before this label's comma */
         if ((i && brix_buf_append_char(labels, ',')) ||
             brix_buf_append_str(labels, f->label_names[i]) || brix_buf_append(labels, "=\"", 2) ||
             append_escaped(labels, m->values[i], true) || brix_buf_append_char(labels, '"'))
             return -ENOMEM;
     }
+    if (le_at == SIZE_MAX)
+        le_at = labels->len;
     double v = bits2d(atomic_load_explicit(&m->bits, memory_order_relaxed));
     if (f->type != BRIX_METRIC_HISTOGRAM)
-        return append_sample(out, f->name, "", labels, NULL, v);
+        return append_sample(out, f->name, "", labels, NULL, 0, v);
 
     uint64_t cum = 0;
     char le[32];
@@ -638,11 +654,12 @@ static int write_child(brix_buf_t *out, brix_buf_t *labels, const brix_metric_fa
             brix_metrics_format_double(le, f->bounds[i]);
         else
             memcpy(le, "+Inf", 5);
-        if (append_sample(out, f->name, "_bucket", labels, le, (double)cum))
+        if (append_sample(out, f->name, "_bucket", labels, le, le_at, (double)cum))
             return -ENOMEM;
     }
-    if (append_sample(out, f->name, "_sum", labels, NULL, v) ||
-        append_sample(out, f->name, "_count", labels, NULL, (double)cum))
+    /* _count before _sum, as prometheus_client writes them */
+    if (append_sample(out, f->name, "_count", labels, NULL, 0, (double)cum) ||
+        append_sample(out, f->name, "_sum", labels, NULL, 0, v))
         return -ENOMEM;
     return 0;
 }

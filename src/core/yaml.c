@@ -126,12 +126,14 @@ int brix_yaml_parse(const char *name, const char *text, size_t len, brix_yaml_no
             }
             n = node_new(ev.type == YAML_SEQUENCE_START_EVENT ? BRIX_YAML_SEQ : BRIX_YAML_MAP,
                          &ev.start_mark);
-            if (!n)
-                break;
-            if (depth > 0 && node_push(stack[depth - 1], n)) {
+            if (n && depth > 0 && node_push(stack[depth - 1], n)) {
                 brix_yaml_free(n);
                 n = NULL;
-                break;
+            }
+            if (!n) {
+                snprintf(err, errlen, "%s: out of memory", name);
+                yaml_event_delete(&ev);
+                goto out;
             }
             if (depth == 0)
                 doc = n;

@@ -332,12 +332,13 @@ static int setup(brix_engine_t *e, char *err, size_t errlen)
         c->max_num_seqs = c->max_num_batched_tokens;
     int64_t nblocks = c->num_gpu_blocks_override ? c->num_gpu_blocks_override
                                                  : e->profile->kv_cache_tokens / c->block_size;
-    if (nblocks * c->block_size < c->max_model_len) {
+    /* one block is vLLM's reserved null block */
+    if ((nblocks - 1) * c->block_size < c->max_model_len) {
         snprintf(err, errlen,
-                 "the KV cache holds %lld tokens (%lld blocks of %lld), fewer than max-model-len "
-                 "%lld: one request at full length could never run; raise "
+                 "the KV cache holds %lld tokens (%lld usable blocks of %lld), fewer than "
+                 "max-model-len %lld: one request at full length could never run; raise "
                  "--num-gpu-blocks-override or lower --max-model-len",
-                 (long long)(nblocks * c->block_size), (long long)nblocks,
+                 (long long)((nblocks - 1) * c->block_size), (long long)(nblocks - 1),
                  (long long)c->block_size, (long long)c->max_model_len);
         return -1;
     }

@@ -24,7 +24,7 @@ int brix_kv_pool_init(brix_kv_pool_t *p, uint32_t nblocks, uint32_t block_size,
                       bool prefix_caching)
 {
     memset(p, 0, sizeof *p);
-    if (!nblocks || !block_size)
+    if (nblocks < 2 || !block_size)
         return -EINVAL;
     p->nblocks = nblocks;
     p->block_size = block_size;
@@ -40,14 +40,18 @@ int brix_kv_pool_init(brix_kv_pool_t *p, uint32_t nblocks, uint32_t block_size,
     }
     memset(p->table, 0xff, tsize * sizeof *p->table);
     p->table_mask = tsize - 1;
-    for (uint32_t i = 0; i < nblocks; i++) {
-        p->blocks[i].prev = i ? i - 1 : BRIX_KV_NONE;
+    /* Block 0 is vLLM's null block: reserved, never allocated, and not
+     * counted in usage (1 - free / (num_gpu_blocks - 1)). */
+    p->blocks[0].prev = p->blocks[0].next = BRIX_KV_NONE;
+    p->blocks[0].ref = 1;
+    for (uint32_t i = 1; i < nblocks; i++) {
+        p->blocks[i].prev = i > 1 ? i - 1 : BRIX_KV_NONE;
         p->blocks[i].next = i + 1 < nblocks ? i + 1 : BRIX_KV_NONE;
         p->blocks[i].in_free = true;
     }
-    p->free_head = 0;
-    p->free_tail = nblocks - 1;
-    p->nfree = nblocks;
+    p->free_head = nblocks > 1 ? 1 : BRIX_KV_NONE;
+    p->free_tail = nblocks > 1 ? nblocks - 1 : BRIX_KV_NONE;
+    p->nfree = nblocks - 1;
     return 0;
 }
 
@@ -246,5 +250,6 @@ void brix_kv_pool_release(brix_kv_pool_t *p, const uint32_t *blocks, size_t n)
 
 double brix_kv_pool_usage(const brix_kv_pool_t *p)
 {
-    return p->nblocks ? (double)(p->nblocks - p->nfree) / (double)p->nblocks : 0.0;
+    uint32_t usable = p->nblocks - 1;
+    return usable ? 1.0 - (double)p->nfree / (double)usable : 0.0;
 }

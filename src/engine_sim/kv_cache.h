@@ -55,6 +55,7 @@ typedef struct brix_kv_pool {
     uint64_t evictions;
 } brix_kv_pool_t;
 
+/* nblocks >= 2 (one is the null block). */
 int brix_kv_pool_init(brix_kv_pool_t *p, uint32_t nblocks, uint32_t block_size,
                       bool prefix_caching);
 void brix_kv_pool_free(brix_kv_pool_t *p);
@@ -87,7 +88,8 @@ void brix_kv_pool_report_stored(brix_kv_pool_t *p, const uint64_t *hashes, size_
  * tail, last block first. */
 void brix_kv_pool_release(brix_kv_pool_t *p, const uint32_t *blocks, size_t n);
 
-/* Blocks in use (ref > 0) over all blocks: vLLM's kv_cache_usage_perc. */
+/* vLLM's kv_cache_usage_perc: 1 - free / (nblocks - 1). Block 0 is the
+ * reserved null block, so nblocks - 1 blocks hold tokens. */
 double brix_kv_pool_usage(const brix_kv_pool_t *p);
 
 #endif

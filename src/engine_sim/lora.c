@@ -30,7 +30,10 @@ void brix_lora_reg_free(brix_lora_reg_t *r)
 {
     for (size_t i = 0; i < r->n; i++)
         lora_destroy(r->v[i]);
+    for (size_t i = 0; i < r->ngone; i++)
+        lora_destroy(r->gone[i]);
     brix_free(r->v);
+    brix_free(r->gone);
     memset(r, 0, sizeof *r);
 }
 
@@ -85,6 +88,14 @@ int brix_lora_remove(brix_lora_reg_t *r, const char *name)
         memmove(&r->v[i], &r->v[i + 1], (r->n - i - 1) * sizeof *r->v);
         r->n--;
         l->registered = false;
+        if (l->refs > 1) {
+            /* still used: keep it listed for metrics until the last use */
+            brix_lora_t **g = brix_realloc(r->gone, (r->ngone + 1) * sizeof *g);
+            if (g) {
+                r->gone = g;
+                r->gone[r->ngone++] = l;
+            }
+        }
         brix_lora_unref(r, l);
         return 0;
     }
@@ -98,10 +109,16 @@ void brix_lora_ref(brix_lora_t *l)
 
 void brix_lora_unref(brix_lora_reg_t *r, brix_lora_t *l)
 {
-    if (--l->refs == 0) {
-        drop_caches(r, l);
-        lora_destroy(l);
+    if (--l->refs)
+        return;
+    for (size_t i = 0; i < r->ngone; i++) {
+        if (r->gone[i] == l) {
+            r->gone[i] = r->gone[--r->ngone];
+            break;
+        }
     }
+    drop_caches(r, l);
+    lora_destroy(l);
 }
 
 double brix_lora_ensure_cpu(brix_lora_reg_t *r, brix_lora_t *l, double load_s)
@@ -174,8 +191,8 @@ void brix_lora_names(const brix_lora_reg_t *r, bool running, char *out, size_t o
 {
     size_t pos = 0;
     out[0] = '\0';
-    for (size_t i = 0; i < r->n; i++) {
-        const brix_lora_t *l = r->v[i];
+    for (size_t i = 0; i < r->n + r->ngone; i++) {
+        const brix_lora_t *l = i < r->n ? r->v[i] : r->gone[i - r->n];
         if (running ? !l->running : !l->waiting)
             continue;
         int w = snprintf(out + pos, outlen - pos, "%s%s", pos ? "," : "", l->name);

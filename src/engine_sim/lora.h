@@ -33,6 +33,8 @@ typedef struct brix_lora {
 typedef struct brix_lora_reg {
     brix_lora_t **v; /* registered adapters, in load order */
     size_t n;
+    brix_lora_t **gone; /* unloaded but still used by requests */
+    size_t ngone;
     int64_t next_id;
     uint32_t max_loras, max_cpu_loras;
     uint64_t tick;

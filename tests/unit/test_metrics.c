@@ -226,18 +226,18 @@ static const char small_golden[] =
     "brix_replicas{model_name=\"we\\\"ird\\\\name\\n\",state=\"draining\"} 0.5\n"
     "# HELP brix_request_latency_seconds Request latency.\n"
     "# TYPE brix_request_latency_seconds histogram\n"
-    "brix_request_latency_seconds_bucket{model_name=\"llama\",le=\"0.005\"} 1.0\n"
-    "brix_request_latency_seconds_bucket{model_name=\"llama\",le=\"0.1\"} 3.0\n"
-    "brix_request_latency_seconds_bucket{model_name=\"llama\",le=\"1.0\"} 3.0\n"
-    "brix_request_latency_seconds_bucket{model_name=\"llama\",le=\"+Inf\"} 4.0\n"
-    "brix_request_latency_seconds_sum{model_name=\"llama\"} 2.12890625\n"
+    "brix_request_latency_seconds_bucket{le=\"0.005\",model_name=\"llama\"} 1.0\n"
+    "brix_request_latency_seconds_bucket{le=\"0.1\",model_name=\"llama\"} 3.0\n"
+    "brix_request_latency_seconds_bucket{le=\"1.0\",model_name=\"llama\"} 3.0\n"
+    "brix_request_latency_seconds_bucket{le=\"+Inf\",model_name=\"llama\"} 4.0\n"
     "brix_request_latency_seconds_count{model_name=\"llama\"} 4.0\n"
+    "brix_request_latency_seconds_sum{model_name=\"llama\"} 2.12890625\n"
     "# HELP brix_queue_wait_seconds Queue wait.\n"
     "# TYPE brix_queue_wait_seconds histogram\n"
     "brix_queue_wait_seconds_bucket{le=\"1.0\"} 0.0\n"
     "brix_queue_wait_seconds_bucket{le=\"+Inf\"} 0.0\n"
-    "brix_queue_wait_seconds_sum 0.0\n"
     "brix_queue_wait_seconds_count 0.0\n"
+    "brix_queue_wait_seconds_sum 0.0\n"
     "# HELP brix_info Build info.\n"
     "# TYPE brix_info gauge\n";
 
@@ -366,8 +366,8 @@ static void test_children(void **state)
     assert_non_null(strstr(out.data, "h_bucket{le=\"1.0\"} 1.0\n"
                                      "h_bucket{le=\"2.0\"} 2.0\n"
                                      "h_bucket{le=\"+Inf\"} 3.0\n"
-                                     "h_sum 11.5\n"
-                                     "h_count 3.0\n"));
+                                     "h_count 3.0\n"
+                                     "h_sum 11.5\n"));
     brix_buf_free(&out);
     brix_metrics_free(r);
 }

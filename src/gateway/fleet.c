@@ -1,0 +1,147 @@
+/*
+ * Pods, snapshots and the circuit breaker. The breaker follows Envoy's
+ * outlier detection: N consecutive failures eject a pod for
+ * base_ejection × 2^(ejections-1) (capped); when the time is up the pod is
+ * half-open and one probe request decides whether it closes again.
+ */
+#include "gateway/fleet.h"
+
+#include "core/alloc.h"
+
+#include <stdio.h>
+#include <string.h>
+
+brix_pod_t *brix_pod_new(uint32_t id, const char *name, const char *url, const char *host,
+                         int port)
+{
+    brix_pod_t *p = brix_calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->id = id;
+    p->name = brix_strdup(name);
+    p->url = brix_strdup(url);
+    if (!p->name || !p->url) {
+        brix_free(p->name);
+        brix_free(p->url);
+        brix_free(p);
+        return NULL;
+    }
+    snprintf(p->host, sizeof p->host, "%s", host);
+    p->port = port;
+    snprintf(p->hostport, sizeof p->hostport, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+    atomic_init(&p->refs, 1);
+    return p;
+}
+
+void brix_pod_ref(brix_pod_t *p)
+{
+    atomic_fetch_add_explicit(&p->refs, 1, memory_order_relaxed);
+}
+
+void brix_pod_unref(brix_pod_t *p)
+{
+    if (atomic_fetch_sub_explicit(&p->refs, 1, memory_order_acq_rel) == 1) {
+        brix_free(p->name);
+        brix_free(p->url);
+        brix_free(p);
+    }
+}
+
+void brix_snap_ref(brix_fleet_snap_t *s)
+{
+    atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+}
+
+void brix_snap_unref(brix_fleet_snap_t *s)
+{
+    if (!s || atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    for (size_t i = 0; i < s->npods; i++) {
+        brix_free(s->pods[i].base_model);
+        brix_pod_unref(s->pods[i].pod);
+    }
+    for (size_t i = 0; i < s->nmodels; i++) {
+        brix_free(s->models[i].name);
+        brix_free(s->models[i].parent);
+        brix_free(s->models[i].pods);
+    }
+    brix_free(s->pods);
+    brix_free(s->models);
+    brix_free(s->models_json);
+    brix_free(s);
+}
+
+const brix_model_entry_t *brix_snap_model(const brix_fleet_snap_t *s, const char *name)
+{
+    size_t lo = 0, hi = s->nmodels;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(s->models[mid].name, name);
+        if (c == 0)
+            return &s->models[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+brix_breaker_state_t brix_breaker_state(brix_pod_t *p, uint64_t now_ns)
+{
+    int st = atomic_load_explicit(&p->breaker, memory_order_acquire);
+    if (st == BRIX_BREAKER_OPEN && now_ns >= atomic_load(&p->ejected_until_ns))
+        return BRIX_BREAKER_HALF_OPEN;
+    return (brix_breaker_state_t)st;
+}
+
+bool brix_breaker_allow(brix_pod_t *p, uint64_t now_ns, bool *probe)
+{
+    *probe = false;
+    switch (brix_breaker_state(p, now_ns)) {
+    case BRIX_BREAKER_CLOSED:
+        return true;
+    case BRIX_BREAKER_OPEN:
+        return false;
+    case BRIX_BREAKER_HALF_OPEN: {
+        int expected = 0;
+        if (atomic_compare_exchange_strong(&p->probe_in_flight, &expected, 1)) {
+            *probe = true;
+            return true;
+        }
+        return false;
+    }
+    }
+    return false;
+}
+
+bool brix_breaker_report(brix_pod_t *p, const brix_breaker_cfg_t *c, bool ok, bool probe,
+                         uint64_t now_ns)
+{
+    if (probe)
+        atomic_store(&p->probe_in_flight, 0);
+    if (ok) {
+        atomic_store(&p->consecutive_failures, 0);
+        if (probe || atomic_load(&p->breaker) != BRIX_BREAKER_CLOSED) {
+            atomic_store(&p->breaker, BRIX_BREAKER_CLOSED);
+            atomic_store(&p->ejections, 0);
+        }
+        return false;
+    }
+    unsigned fails = atomic_fetch_add(&p->consecutive_failures, 1) + 1;
+    bool eject = probe || (c->consecutive_failures && fails >= c->consecutive_failures &&
+                           atomic_load(&p->breaker) == BRIX_BREAKER_CLOSED);
+    if (!eject)
+        return false;
+    unsigned n = atomic_fetch_add(&p->ejections, 1);
+    uint64_t ms = c->base_ejection_ms;
+    for (unsigned i = 0; i < n && ms < c->max_ejection_ms; i++)
+        ms *= 2;
+    if (ms > c->max_ejection_ms)
+        ms = c->max_ejection_ms;
+    atomic_store(&p->ejected_until_ns, now_ns + ms * 1000000ull);
+    atomic_store(&p->breaker, BRIX_BREAKER_OPEN);
+    atomic_store(&p->consecutive_failures, 0);
+    atomic_fetch_add(&p->total_ejections, 1);
+    return true;
+}

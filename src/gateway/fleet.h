@@ -1,0 +1,105 @@
+/*
+ * fleet — what the gateway knows about its engines, shared between the
+ * control thread and the worker loops.
+ *
+ * A pod (one engine endpoint) is a long-lived object: its identity, its
+ * in-flight counter and its circuit breaker are updated by workers with
+ * atomics and read by everyone. Everything else — health, scraped engine
+ * metrics, which models and adapters it serves — lives in an immutable
+ * snapshot that the control thread rebuilds (after every scrape round,
+ * health change or discovery change) and hands to each worker. A worker
+ * keeps a reference to its current snapshot and takes one more for each
+ * request that started with it, so a snapshot is freed only when the last
+ * request using it ends. No lock is taken on the request path.
+ */
+#ifndef BRIX_GATEWAY_FLEET_H
+#define BRIX_GATEWAY_FLEET_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum brix_breaker_state {
+    BRIX_BREAKER_CLOSED = 0, /* healthy: traffic flows */
+    BRIX_BREAKER_OPEN,       /* ejected until ejected_until_ns */
+    BRIX_BREAKER_HALF_OPEN,  /* ejection over: one probe request may pass */
+} brix_breaker_state_t;
+
+typedef struct brix_pod {
+    atomic_int refs;
+    uint32_t id;           /* stable index for per-worker tables, reused after free */
+    char *name;            /* AIBrix target-pod: the pod name (static: "host:port") */
+    char *url;             /* base URL, "http://127.0.0.1:8001" */
+    char host[64];         /* numeric address */
+    int port;
+    char hostport[80];     /* "ip:port", AIBrix target-pod-ip */
+    atomic_int inflight;   /* requests the gateway has on this pod (all workers) */
+    /* passive outlier detection / circuit breaker */
+    atomic_int breaker;    /* brix_breaker_state_t */
+    atomic_uint consecutive_failures;
+    atomic_ullong ejected_until_ns;
+    atomic_uint ejections; /* times ejected in a row; scales the ejection time */
+    atomic_int probe_in_flight;
+    atomic_ullong total_ejections;
+} brix_pod_t;
+
+/* What one snapshot says about a pod. */
+typedef struct brix_pod_view {
+    brix_pod_t *pod;
+    bool healthy;        /* active health checks pass and models are known */
+    bool metrics_fresh;  /* last scrape younger than the staleness bound */
+    double running;      /* vllm:num_requests_running */
+    double waiting;      /* vllm:num_requests_waiting */
+    double kv_usage;     /* vllm:kv_cache_usage_perc (or gpu_cache_usage_perc) */
+    double scraped_at_s; /* monotonic seconds of the scrape */
+    char *base_model;    /* the base model's id (first /v1/models entry without parent) */
+} brix_pod_view_t;
+
+/* A model name the fleet serves: a base model or a LoRA adapter. */
+typedef struct brix_model_entry {
+    char *name;
+    char *parent;     /* base model for adapters, NULL for base models */
+    uint32_t *pods;   /* indices into snapshot pods[] */
+    size_t npods;
+} brix_model_entry_t;
+
+typedef struct brix_fleet_snap {
+    atomic_int refs;
+    uint64_t version;
+    brix_pod_view_t *pods;
+    size_t npods;
+    brix_model_entry_t *models; /* sorted by name */
+    size_t nmodels;
+    char *models_json;          /* the aggregated /v1/models answer */
+    size_t models_json_len;
+    size_t nhealthy;
+} brix_fleet_snap_t;
+
+brix_pod_t *brix_pod_new(uint32_t id, const char *name, const char *url, const char *host,
+                         int port);
+void brix_pod_ref(brix_pod_t *p);
+void brix_pod_unref(brix_pod_t *p);
+
+void brix_snap_ref(brix_fleet_snap_t *s);
+void brix_snap_unref(brix_fleet_snap_t *s);
+/* Binary search by name; NULL when the fleet does not serve it. */
+const brix_model_entry_t *brix_snap_model(const brix_fleet_snap_t *s, const char *name);
+
+/* Circuit breaker, called by workers. */
+typedef struct brix_breaker_cfg {
+    uint32_t consecutive_failures; /* failures in a row that eject, 0 = never */
+    uint64_t base_ejection_ms;     /* first ejection; doubles with each repeat */
+    uint64_t max_ejection_ms;
+} brix_breaker_cfg_t;
+
+/* Whether the pod may take a request now; a half-open pod admits exactly one
+ * probe at a time (*probe is set when this request is that probe). */
+bool brix_breaker_allow(brix_pod_t *p, uint64_t now_ns, bool *probe);
+/* Outcome of a request; returns true when this failure ejected the pod. */
+bool brix_breaker_report(brix_pod_t *p, const brix_breaker_cfg_t *c, bool ok, bool probe,
+                         uint64_t now_ns);
+/* Ejections in a row so far (for logs). */
+brix_breaker_state_t brix_breaker_state(brix_pod_t *p, uint64_t now_ns);
+
+#endif
