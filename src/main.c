@@ -7,6 +7,7 @@
 
 #include "core/alloc.h"
 #include "engine_sim/engine_sim.h"
+#include "gateway/gateway_main.h"
 
 typedef struct component {
     const char *name;
@@ -15,6 +16,8 @@ typedef struct component {
 } component_t;
 
 static const component_t components[] = {
+    { "gateway", brix_gateway_main,
+      "OpenAI-compatible gateway: routes requests to engine replicas by model and load" },
     { "engine-sim", brix_engine_sim_main,
       "simulated vLLM engine: OpenAI API, continuous batching, paged KV cache, LoRA" },
 };

@@ -1,0 +1,700 @@
+/*
+ * The gateway's control thread (the main loop): discovery, active health
+ * checks, model lists and metric scraping, all through libcurl on libuv, and
+ * the snapshots the workers route with.
+ *
+ * Each pod has a small state record here. Timers fan out requests (never more
+ * than one of each kind per pod in flight); results update the record and
+ * mark the fleet dirty; a short coalescing timer then builds one immutable
+ * snapshot and hands it to every worker. A pod is routable when its health
+ * checks pass (healthy_threshold successes after a failure; it starts
+ * unhealthy) and its model list is known. Scraped metrics older than
+ * metrics_stale_after are flagged stale so strategies stop trusting them.
+ *
+ * Discovery here is static (--worker-urls); the controller watch plugs into
+ * brix_gw_control_reconfigure's pod-set diff later.
+ */
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/time.h"
+#include "gateway/gateway.h"
+
+#include <cjson/cJSON.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#define PUBLISH_DELAY_MS 2
+
+typedef struct cmodel {
+    char *id;
+    char *parent;
+    char *json; /* the /v1/models entry as served */
+} cmodel_t;
+
+typedef struct cpod {
+    brix_pod_t *pod;
+    brix_gw_control_t *ctl;
+    bool removed;            /* left the fleet; freed when no request is in flight */
+    int inflight;            /* curl transfers referring to this record */
+    /* health */
+    bool healthy;
+    int ok_streak, fail_streak;
+    bool health_busy;
+    /* models */
+    bool models_known;
+    bool models_busy;
+    uint64_t models_at_ns;
+    cmodel_t *models;
+    size_t nmodels;
+    /* scraping */
+    bool scrape_busy;
+    bool scraped_ok;
+    uint64_t scraped_at_ns;
+    double running, waiting, kv, kv_old;
+    bool have_kv;
+    uint64_t scrape_errors;
+} cpod_t;
+
+struct brix_gw_control {
+    brix_gw_t *gw;
+    brix_curl_t *curl;
+    cpod_t **pods;
+    size_t npods;
+    uv_timer_t health_timer, scrape_timer, models_timer, publish_timer;
+    bool publish_pending;
+    uint64_t version;
+    uint32_t *free_ids;
+    size_t nfree_ids;
+    uint32_t next_id;
+    bool stopping;
+};
+
+/* ------------------------------------------------------------- views -- */
+
+void brix_gw_rt_ref(brix_gw_rt_t *rt)
+{
+    atomic_fetch_add(&rt->refs, 1);
+}
+
+void brix_gw_rt_unref(brix_gw_rt_t *rt)
+{
+    if (rt && atomic_fetch_sub(&rt->refs, 1) == 1) {
+        brix_free(rt->default_strategy);
+        brix_free(rt);
+    }
+}
+
+void brix_gw_view_ref(brix_gw_view_t *v)
+{
+    atomic_fetch_add(&v->refs, 1);
+}
+
+void brix_gw_view_unref(brix_gw_view_t *v)
+{
+    if (v && atomic_fetch_sub(&v->refs, 1) == 1) {
+        brix_snap_unref(v->fleet);
+        brix_gw_rt_unref(v->rt);
+        brix_free(v);
+    }
+}
+
+void brix_gw_publish(brix_gw_t *gw, brix_gw_view_t *v)
+{
+    for (int i = 0; i < gw->nworkers; i++) {
+        brix_gw_worker_t *w = gw->w[i];
+        if (!w)
+            continue;
+        brix_gw_view_ref(v);
+        uv_mutex_lock(&w->mu);
+        brix_gw_view_t *old = w->pending;
+        w->pending = v;
+        uv_mutex_unlock(&w->mu);
+        if (old)
+            brix_gw_view_unref(old);
+        uv_async_send(&w->wake);
+    }
+}
+
+/* --------------------------------------------------------- snapshots -- */
+
+static int cmp_model(const void *a, const void *b)
+{
+    return strcmp(((const brix_model_entry_t *)a)->name, ((const brix_model_entry_t *)b)->name);
+}
+
+static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
+{
+    brix_gw_t *gw = ctl->gw;
+    uint64_t now = brix_now_ns();
+    brix_fleet_snap_t *s = brix_calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    atomic_init(&s->refs, 1);
+    s->version = ++ctl->version;
+    size_t live = 0;
+    for (size_t i = 0; i < ctl->npods; i++)
+        live += !ctl->pods[i]->removed;
+    s->pods = brix_calloc(live ? live : 1, sizeof *s->pods);
+    if (!s->pods)
+        goto fail;
+    size_t nm_total = 0;
+    for (size_t i = 0; i < ctl->npods; i++) {
+        cpod_t *cp = ctl->pods[i];
+        if (cp->removed)
+            continue;
+        brix_pod_view_t *v = &s->pods[s->npods++];
+        v->pod = cp->pod;
+        brix_pod_ref(cp->pod);
+        v->healthy = cp->healthy && cp->models_known;
+        v->metrics_fresh = cp->scraped_ok &&
+                           now - cp->scraped_at_ns <= gw->cfg.metrics_stale_after * 1000000ull;
+        v->running = cp->running;
+        v->waiting = cp->waiting;
+        v->kv_usage = cp->have_kv ? cp->kv : cp->kv_old;
+        v->scraped_at_s = (double)cp->scraped_at_ns / 1e9;
+        s->nhealthy += v->healthy;
+        if (cp->models_known)
+            nm_total += cp->nmodels;
+        brix_metric_set(brix_gw_metric1(gw->m.pod_healthy, cp->pod->name), v->healthy);
+        brix_metric_set(brix_gw_metric1(gw->m.pod_inflight, cp->pod->name),
+                        atomic_load(&cp->pod->inflight));
+        if (cp->scraped_ok) {
+            brix_metric_set(brix_gw_metric1(gw->m.pod_running, cp->pod->name), cp->running);
+            brix_metric_set(brix_gw_metric1(gw->m.pod_waiting, cp->pod->name), cp->waiting);
+            brix_metric_set(brix_gw_metric1(gw->m.pod_kv, cp->pod->name), v->kv_usage);
+        }
+    }
+    /* models: union over pods with a known list */
+    s->models = brix_calloc(nm_total ? nm_total : 1, sizeof *s->models);
+    if (!s->models)
+        goto fail;
+    brix_buf_t js = BRIX_BUF_INIT;
+    brix_buf_append_str(&js, "{\"object\":\"list\",\"data\":[");
+    bool first = true;
+    for (int pass = 0; pass < 2; pass++) { /* base models first, then adapters */
+        for (size_t pi = 0; pi < s->npods; pi++) {
+            cpod_t *cp = NULL;
+            for (size_t k = 0; k < ctl->npods; k++)
+                if (ctl->pods[k]->pod == s->pods[pi].pod)
+                    cp = ctl->pods[k];
+            if (!cp || !cp->models_known)
+                continue;
+            for (size_t j = 0; j < cp->nmodels; j++) {
+                cmodel_t *cm = &cp->models[j];
+                if ((pass == 0) != (cm->parent == NULL))
+                    continue;
+                brix_model_entry_t *me = NULL;
+                for (size_t k = 0; k < s->nmodels; k++)
+                    if (!strcmp(s->models[k].name, cm->id))
+                        me = &s->models[k];
+                if (!me) {
+                    me = &s->models[s->nmodels++];
+                    me->name = brix_strdup(cm->id);
+                    me->parent = cm->parent ? brix_strdup(cm->parent) : NULL;
+                    me->pods = brix_calloc(s->npods, sizeof *me->pods);
+                    if (!me->name || !me->pods) {
+                        brix_buf_free(&js);
+                        goto fail;
+                    }
+                    if (s->pods[pi].healthy) {
+                        if (!first)
+                            brix_buf_append_char(&js, ',');
+                        brix_buf_append_str(&js, cm->json);
+                        first = false;
+                    }
+                }
+                me->pods[me->npods++] = (uint32_t)pi;
+            }
+        }
+    }
+    brix_buf_append_str(&js, "]}");
+    s->models_json = brix_buf_detach(&js, &s->models_json_len);
+    if (!s->models_json)
+        goto fail;
+    qsort(s->models, s->nmodels, sizeof *s->models, cmp_model);
+    return s;
+fail:
+    brix_snap_unref(s);
+    return NULL;
+}
+
+static void on_publish(uv_timer_t *t)
+{
+    brix_gw_control_t *ctl = t->data;
+    ctl->publish_pending = false;
+    brix_gw_t *gw = ctl->gw;
+    brix_fleet_snap_t *s = build_snapshot(ctl);
+    if (!s) {
+        BRIX_ERROR("out of memory building the fleet snapshot");
+        return;
+    }
+    brix_gw_view_t *v = brix_calloc(1, sizeof *v);
+    if (!v) {
+        brix_snap_unref(s);
+        return;
+    }
+    atomic_init(&v->refs, 1);
+    v->fleet = s;
+    v->rt = gw->rt;
+    brix_gw_rt_ref(gw->rt);
+    brix_gw_publish(gw, v);
+    brix_gw_view_unref(v);
+    brix_metric_set(gw->m.fleet_version, (double)s->version);
+}
+
+static void mark_dirty(brix_gw_control_t *ctl)
+{
+    if (ctl->publish_pending || ctl->stopping)
+        return;
+    ctl->publish_pending = true;
+    uv_timer_start(&ctl->publish_timer, on_publish, PUBLISH_DELAY_MS, 0);
+}
+
+/* --------------------------------------------------------------- pods -- */
+
+static void cpod_free(cpod_t *cp)
+{
+    for (size_t i = 0; i < cp->nmodels; i++) {
+        brix_free(cp->models[i].id);
+        brix_free(cp->models[i].parent);
+        brix_free(cp->models[i].json);
+    }
+    brix_free(cp->models);
+    brix_gw_control_t *ctl = cp->ctl;
+    uint32_t *ids = brix_realloc(ctl->free_ids, (ctl->nfree_ids + 1) * sizeof *ids);
+    if (ids) {
+        ctl->free_ids = ids;
+        ctl->free_ids[ctl->nfree_ids++] = cp->pod->id;
+    }
+    brix_pod_unref(cp->pod);
+    brix_free(cp);
+}
+
+/* Drops removed records that no transfer refers to any more. */
+static void reap(brix_gw_control_t *ctl)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < ctl->npods; i++) {
+        cpod_t *cp = ctl->pods[i];
+        if (cp->removed && !cp->inflight)
+            cpod_free(cp);
+        else
+            ctl->pods[j++] = cp;
+    }
+    ctl->npods = j;
+}
+
+static void xfer_end(cpod_t *cp)
+{
+    cp->inflight--;
+    if (cp->removed && !cp->inflight)
+        reap(cp->ctl);
+}
+
+/* Parses "http://host:port[/]" and resolves host (the control thread may
+ * block briefly on DNS; workers never do). */
+static int parse_url(const char *url, char *host, size_t hostlen, int *port, char *err,
+                     size_t errlen)
+{
+    const char *p = url;
+    if (!strncmp(p, "http://", 7)) {
+        p += 7;
+    } else if (strstr(p, "://")) {
+        snprintf(err, errlen, "%s: only http:// engine URLs are supported", url);
+        return -1;
+    }
+    char name[256];
+    const char *colon = strrchr(p, ':');
+    const char *slash = strchr(p, '/');
+    if (!colon || (slash && slash < colon)) {
+        snprintf(err, errlen, "%s: expected http://HOST:PORT", url);
+        return -1;
+    }
+    size_t hl = (size_t)(colon - p);
+    if (hl == 0 || hl >= sizeof name) {
+        snprintf(err, errlen, "%s: bad host", url);
+        return -1;
+    }
+    memcpy(name, p, hl);
+    name[hl] = '\0';
+    char *end;
+    long pt = strtol(colon + 1, &end, 10);
+    if (end == colon + 1 || (*end && *end != '/') || pt < 1 || pt > 65535) {
+        snprintf(err, errlen, "%s: bad port", url);
+        return -1;
+    }
+    if (*end == '/' && end[1]) {
+        snprintf(err, errlen, "%s: engine URLs take no path", url);
+        return -1;
+    }
+    *port = (int)pt;
+    struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *res;
+    int rc = getaddrinfo(name, NULL, &hints, &res);
+    if (rc) {
+        snprintf(err, errlen, "%s: cannot resolve %s: %s", url, name, gai_strerror(rc));
+        return -1;
+    }
+    rc = getnameinfo(res->ai_addr, res->ai_addrlen, host, (socklen_t)hostlen, NULL, 0,
+                     NI_NUMERICHOST);
+    freeaddrinfo(res);
+    if (rc) {
+        snprintf(err, errlen, "%s: cannot resolve %s", url, name);
+        return -1;
+    }
+    return 0;
+}
+
+static void check_health(cpod_t *cp);
+static void fetch_models(cpod_t *cp);
+
+static cpod_t *add_pod(brix_gw_control_t *ctl, const char *url, char *err, size_t errlen)
+{
+    char host[64];
+    int port;
+    if (parse_url(url, host, sizeof host, &port, err, errlen))
+        return NULL;
+    uint32_t id = ctl->nfree_ids ? ctl->free_ids[--ctl->nfree_ids] : ctl->next_id++;
+    char name[96], base[128];
+    snprintf(name, sizeof name, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+    snprintf(base, sizeof base, "http://%s", name);
+    cpod_t *cp = brix_calloc(1, sizeof *cp);
+    cpod_t **v = brix_realloc(ctl->pods, (ctl->npods + 1) * sizeof *v);
+    if (!cp || !v) {
+        brix_free(cp);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    ctl->pods = v;
+    cp->ctl = ctl;
+    cp->pod = brix_pod_new(id, name, base, host, port);
+    if (!cp->pod) {
+        brix_free(cp);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    ctl->pods[ctl->npods++] = cp;
+    BRIX_INFO("pod %s added (%s)", name, url);
+    check_health(cp);
+    return cp;
+}
+
+/* ------------------------------------------------------------- health -- */
+
+static void set_healthy(cpod_t *cp, bool healthy, const char *why)
+{
+    if (cp->healthy == healthy)
+        return;
+    cp->healthy = healthy;
+    if (healthy) {
+        BRIX_INFO("pod %s is healthy", cp->pod->name);
+        fetch_models(cp); /* the engine may have restarted with other models */
+    } else {
+        BRIX_WARN("pod %s is unhealthy: %s", cp->pod->name, why);
+    }
+    mark_dirty(cp->ctl);
+}
+
+static void on_health(const brix_curl_result_t *r, void *ud)
+{
+    cpod_t *cp = ud;
+    brix_gw_cfg_t *c = &cp->ctl->gw->cfg;
+    cp->health_busy = false;
+    if (!cp->removed && !cp->ctl->stopping) {
+        if (r->status == 200) {
+            cp->fail_streak = 0;
+            if (++cp->ok_streak >= c->healthy_threshold)
+                set_healthy(cp, true, NULL);
+        } else {
+            char why[160];
+            if (r->error)
+                snprintf(why, sizeof why, "%s", r->error);
+            else
+                snprintf(why, sizeof why, "/health answered %ld", r->status);
+            cp->ok_streak = 0;
+            if (++cp->fail_streak >= c->unhealthy_threshold || !cp->healthy)
+                set_healthy(cp, false, why);
+        }
+    }
+    xfer_end(cp);
+}
+
+static void check_health(cpod_t *cp)
+{
+    if (cp->health_busy || cp->removed)
+        return;
+    char url[256];
+    snprintf(url, sizeof url, "%s/health", cp->pod->url);
+    brix_gw_cfg_t *c = &cp->ctl->gw->cfg;
+    if (brix_curl_request(cp->ctl->curl, "GET", url, NULL, 0, NULL, c->health_timeout, 1 << 16,
+                          on_health, cp) == 0) {
+        cp->health_busy = true;
+        cp->inflight++;
+    }
+}
+
+static void on_health_timer(uv_timer_t *t)
+{
+    brix_gw_control_t *ctl = t->data;
+    for (size_t i = 0; i < ctl->npods; i++)
+        check_health(ctl->pods[i]);
+}
+
+/* ------------------------------------------------------------- models -- */
+
+static void on_models(const brix_curl_result_t *r, void *ud)
+{
+    cpod_t *cp = ud;
+    cp->models_busy = false;
+    if (cp->removed || cp->ctl->stopping) {
+        xfer_end(cp);
+        return;
+    }
+    cJSON *j = r->status == 200 ? cJSON_ParseWithLength(r->body, r->body_len) : NULL;
+    const cJSON *data = j ? cJSON_GetObjectItemCaseSensitive(j, "data") : NULL;
+    if (!cJSON_IsArray(data)) {
+        BRIX_WARN("pod %s: /v1/models failed: %s", cp->pod->name,
+                  r->error ? r->error : (r->status == 200 ? "not a model list" : "bad status"));
+        cJSON_Delete(j);
+        xfer_end(cp);
+        return;
+    }
+    size_t n = (size_t)cJSON_GetArraySize(data);
+    cmodel_t *ms = brix_calloc(n ? n : 1, sizeof *ms);
+    size_t k = 0;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, data)
+    {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
+        const cJSON *parent = cJSON_GetObjectItemCaseSensitive(it, "parent");
+        if (!ms || !cJSON_IsString(id))
+            continue;
+        ms[k].id = brix_strdup(id->valuestring);
+        ms[k].parent = cJSON_IsString(parent) ? brix_strdup(parent->valuestring) : NULL;
+        ms[k].json = cJSON_PrintUnformatted(it);
+        k++;
+    }
+    cJSON_Delete(j);
+    bool changed = !cp->models_known || k != cp->nmodels;
+    for (size_t i = 0; !changed && i < k; i++)
+        changed = strcmp(ms[i].id, cp->models[i].id) != 0;
+    for (size_t i = 0; i < cp->nmodels; i++) {
+        brix_free(cp->models[i].id);
+        brix_free(cp->models[i].parent);
+        brix_free(cp->models[i].json);
+    }
+    brix_free(cp->models);
+    cp->models = ms;
+    cp->nmodels = ms ? k : 0;
+    cp->models_known = ms != NULL;
+    cp->models_at_ns = brix_now_ns();
+    if (changed) {
+        BRIX_INFO("pod %s serves %zu model(s)%s%s", cp->pod->name, cp->nmodels,
+                  cp->nmodels ? ", first " : "", cp->nmodels ? cp->models[0].id : "");
+        mark_dirty(cp->ctl);
+    }
+    xfer_end(cp);
+}
+
+static void fetch_models(cpod_t *cp)
+{
+    if (cp->models_busy || cp->removed)
+        return;
+    char url[256];
+    snprintf(url, sizeof url, "%s/v1/models", cp->pod->url);
+    if (brix_curl_request(cp->ctl->curl, "GET", url, NULL, 0, NULL,
+                          cp->ctl->gw->cfg.health_timeout, 8 << 20, on_models, cp) == 0) {
+        cp->models_busy = true;
+        cp->inflight++;
+    }
+}
+
+static void on_models_timer(uv_timer_t *t)
+{
+    brix_gw_control_t *ctl = t->data;
+    for (size_t i = 0; i < ctl->npods; i++)
+        if (ctl->pods[i]->healthy)
+            fetch_models(ctl->pods[i]);
+}
+
+/* ------------------------------------------------------------ scraping -- */
+
+typedef struct scrape_acc {
+    double running, waiting, kv, kv_old;
+    bool have_running, have_waiting, have_kv, have_kv_old;
+} scrape_acc_t;
+
+static void on_sample(const brix_prom_sample_t *s, void *ud)
+{
+    scrape_acc_t *a = ud;
+    /* vLLM v0.11 names first, the pre-0.10 ones as fallback; summed over
+     * label sets (engines) */
+    if (!strcmp(s->name, "vllm:num_requests_running")) {
+        a->running += s->value;
+        a->have_running = true;
+    } else if (!strcmp(s->name, "vllm:num_requests_waiting")) {
+        a->waiting += s->value;
+        a->have_waiting = true;
+    } else if (!strcmp(s->name, "vllm:kv_cache_usage_perc")) {
+        a->kv = s->value > a->kv ? s->value : a->kv;
+        a->have_kv = true;
+    } else if (!strcmp(s->name, "vllm:gpu_cache_usage_perc")) {
+        a->kv_old = s->value > a->kv_old ? s->value : a->kv_old;
+        a->have_kv_old = true;
+    }
+}
+
+static void on_scrape(const brix_curl_result_t *r, void *ud)
+{
+    cpod_t *cp = ud;
+    brix_gw_t *gw = cp->ctl->gw;
+    cp->scrape_busy = false;
+    if (cp->removed || cp->ctl->stopping) {
+        xfer_end(cp);
+        return;
+    }
+    bool ok = false;
+    if (r->status == 200) {
+        scrape_acc_t a = { 0 };
+        brix_prom_parser_t p;
+        brix_prom_parser_init(&p, 64 * 1024, on_sample, &a);
+        brix_prom_parser_feed(&p, r->body, r->body_len);
+        brix_prom_parser_finish(&p);
+        brix_prom_parser_free(&p);
+        ok = a.have_running && a.have_waiting;
+        if (ok) {
+            cp->running = a.running;
+            cp->waiting = a.waiting;
+            cp->have_kv = a.have_kv;
+            cp->kv = a.kv;
+            cp->kv_old = a.kv_old;
+            cp->scraped_at_ns = brix_now_ns();
+        }
+    }
+    if (ok != cp->scraped_ok && !ok)
+        BRIX_WARN("pod %s: scraping /metrics failed: %s", cp->pod->name,
+                  r->error ? r->error : "no vLLM metrics in the answer");
+    cp->scraped_ok = ok;
+    brix_metric_add(brix_gw_metric2(gw->m.scrapes, cp->pod->name, ok ? "ok" : "error"), 1);
+    mark_dirty(cp->ctl);
+    xfer_end(cp);
+}
+
+static void on_scrape_timer(uv_timer_t *t)
+{
+    brix_gw_control_t *ctl = t->data;
+    brix_gw_cfg_t *c = &ctl->gw->cfg;
+    uint64_t now = brix_now_ns();
+    for (size_t i = 0; i < ctl->npods; i++) {
+        cpod_t *cp = ctl->pods[i];
+        if (cp->removed || !cp->healthy)
+            continue;
+        if (cp->scraped_ok && now - cp->scraped_at_ns > c->metrics_stale_after * 1000000ull) {
+            cp->scraped_ok = false; /* stale: strategies stop trusting it */
+            mark_dirty(ctl);
+        }
+        if (cp->scrape_busy)
+            continue;
+        char url[256];
+        snprintf(url, sizeof url, "%s/metrics", cp->pod->url);
+        if (brix_curl_request(ctl->curl, "GET", url, NULL, 0, NULL, c->scrape_timeout, 16 << 20,
+                              on_scrape, cp) == 0) {
+            cp->scrape_busy = true;
+            cp->inflight++;
+        }
+    }
+}
+
+/* --------------------------------------------------------- lifecycle -- */
+
+void brix_gw_control_reconfigure(brix_gw_control_t *ctl)
+{
+    brix_gw_t *gw = ctl->gw;
+    char err[512];
+    /* pods: add new URLs, remove the ones no longer listed */
+    for (size_t i = 0; i < ctl->npods; i++) {
+        cpod_t *cp = ctl->pods[i];
+        bool keep = false;
+        for (size_t j = 0; j < gw->cfg.worker_urls.n && !keep; j++) {
+            char host[64];
+            int port;
+            if (parse_url(gw->cfg.worker_urls.v[j], host, sizeof host, &port, err, sizeof err))
+                continue;
+            keep = !strcmp(host, cp->pod->host) && port == cp->pod->port;
+        }
+        if (!keep && !cp->removed) {
+            BRIX_INFO("pod %s removed", cp->pod->name);
+            cp->removed = true;
+        }
+    }
+    for (size_t j = 0; j < gw->cfg.worker_urls.n; j++) {
+        char host[64];
+        int port;
+        if (parse_url(gw->cfg.worker_urls.v[j], host, sizeof host, &port, err, sizeof err)) {
+            BRIX_ERROR("--worker-urls: %s", err);
+            continue;
+        }
+        bool have = false;
+        for (size_t i = 0; i < ctl->npods && !have; i++)
+            have = !ctl->pods[i]->removed && !strcmp(host, ctl->pods[i]->pod->host) &&
+                   port == ctl->pods[i]->pod->port;
+        if (!have && !add_pod(ctl, gw->cfg.worker_urls.v[j], err, sizeof err))
+            BRIX_ERROR("--worker-urls: %s", err);
+    }
+    reap(ctl);
+    uv_timer_start(&ctl->health_timer, on_health_timer, gw->cfg.health_interval,
+                   gw->cfg.health_interval);
+    uv_timer_start(&ctl->scrape_timer, on_scrape_timer, gw->cfg.scrape_interval,
+                   gw->cfg.scrape_interval);
+    uv_timer_start(&ctl->models_timer, on_models_timer, gw->cfg.models_refresh_interval,
+                   gw->cfg.models_refresh_interval);
+    mark_dirty(ctl);
+}
+
+brix_gw_control_t *brix_gw_control_start(brix_gw_t *gw)
+{
+    brix_gw_control_t *ctl = brix_calloc(1, sizeof *ctl);
+    if (!ctl)
+        return NULL;
+    ctl->gw = gw;
+    ctl->curl = brix_curl_new(gw->loop);
+    if (!ctl->curl) {
+        brix_free(ctl);
+        return NULL;
+    }
+    uv_timer_t *timers[] = { &ctl->health_timer, &ctl->scrape_timer, &ctl->models_timer,
+                             &ctl->publish_timer };
+    for (size_t i = 0; i < 4; i++) {
+        uv_timer_init(gw->loop, timers[i]);
+        timers[i]->data = ctl;
+    }
+    gw->ctl = ctl;
+    brix_gw_control_reconfigure(ctl);
+    return ctl;
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    brix_gw_control_t *ctl = h->data;
+    if (h == (uv_handle_t *)&ctl->publish_timer) {
+        for (size_t i = 0; i < ctl->npods; i++) {
+            ctl->pods[i]->inflight = 0;
+            cpod_free(ctl->pods[i]);
+        }
+        brix_free(ctl->pods);
+        brix_free(ctl->free_ids);
+        brix_free(ctl);
+    }
+}
+
+void brix_gw_control_stop(brix_gw_control_t *ctl)
+{
+    ctl->stopping = true;
+    brix_curl_close(ctl->curl); /* aborts transfers without callbacks */
+    uv_close((uv_handle_t *)&ctl->health_timer, NULL);
+    uv_close((uv_handle_t *)&ctl->scrape_timer, NULL);
+    uv_close((uv_handle_t *)&ctl->models_timer, NULL);
+    uv_close((uv_handle_t *)&ctl->publish_timer, on_timer_closed);
+}

@@ -1,0 +1,380 @@
+/*
+ * `brix gateway`: flags and config file, start-up, signals.
+ *
+ * SIGHUP re-reads the config file (defaults, then the file, then the command
+ * line again, as at start-up) and applies what can change at run time: the
+ * pod set, the routing strategy, retries, timeouts, breaker and health
+ * settings. A file that does not parse leaves everything as it was.
+ * SIGTERM/SIGINT drain: listeners close, idle connections close, in-flight
+ * requests (streams included) finish until --drain-timeout, then exit 0.
+ */
+#include "gateway/gateway_main.h"
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "core/time.h"
+#include "gateway/gateway.h"
+#include "gateway/router.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#define O(f) offsetof(brix_gw_cfg_t, f)
+static const brix_opt_t gw_opts[] = {
+    { "config", BRIX_OPT_STRING, O(config), NULL, 1, 0, "FILE",
+      "YAML file of option: value pairs; SIGHUP re-reads it (flags on the command line win)" },
+    { "host", BRIX_OPT_STRING, O(host), "127.0.0.1", 1, 0, "ADDR", "address to listen on" },
+    { "port", BRIX_OPT_INT, O(port), "8080", 0, 65535, "PORT", "port to listen on (0 = any free)" },
+    { "workers", BRIX_OPT_INT, O(workers), "2", 1, 256, "N",
+      "worker threads, each with its own event loop (SO_REUSEPORT)" },
+    { "worker-urls", BRIX_OPT_STRLIST, O(worker_urls), NULL, 1, 0, "URL[,URL...]",
+      "engine base URLs, e.g. http://127.0.0.1:8001 (comma-separated or repeated)" },
+    { "routing-strategy", BRIX_OPT_STRING, O(routing_strategy), "least-request", 1, 0, "NAME",
+      "default strategy: random | round-robin | least-request (per request: header "
+      "routing-strategy)" },
+    { "log-level", BRIX_OPT_STRING, O(log_level), "info", 1, 0, "LEVEL",
+      "debug | info | warn | error" },
+    { "access-log", BRIX_OPT_BOOL, O(access_log), "true", 1, 0, NULL,
+      "one structured log line per request" },
+    { "max-header-bytes", BRIX_OPT_SIZE, O(max_header_bytes), "64k", 1024, 16777216, NULL,
+      "request line + headers limit (431 above)" },
+    { "max-body-bytes", BRIX_OPT_SIZE, O(max_body_bytes), "32m", 1024, 1073741824, NULL,
+      "request body limit (413 above)" },
+    { "header-timeout", BRIX_OPT_DURATION, O(header_timeout), "30s", 1, 3600000, NULL,
+      "time to receive request headers (408 after)" },
+    { "body-timeout", BRIX_OPT_DURATION, O(body_timeout), "60s", 1, 3600000, NULL,
+      "time to receive the body after the headers (408 after)" },
+    { "idle-timeout", BRIX_OPT_DURATION, O(idle_timeout), "75s", 1, 3600000, NULL,
+      "client keep-alive idle time" },
+    { "max-connections", BRIX_OPT_INT, O(max_connections), "20000", 1, 10000000, NULL,
+      "open client connections per worker (503 above)" },
+    { "connect-timeout", BRIX_OPT_DURATION, O(connect_timeout), "3s", 1, 600000, NULL,
+      "upstream connect timeout" },
+    { "first-byte-timeout", BRIX_OPT_DURATION, O(first_byte_timeout), "300s", 1, 86400000, NULL,
+      "upstream time to the response head (a long prefill counts) (504 after)" },
+    { "upstream-idle-timeout", BRIX_OPT_DURATION, O(upstream_idle_timeout), "120s", 1, 86400000,
+      NULL, "longest silence inside an upstream response" },
+    { "upstream-keepalive", BRIX_OPT_DURATION, O(upstream_keepalive), "60s", 1, 3600000, NULL,
+      "how long an idle pooled upstream connection is kept" },
+    { "upstream-max-idle", BRIX_OPT_INT, O(upstream_max_idle), "256", 0, 100000, NULL,
+      "idle pooled connections kept per pod and worker" },
+    { "max-retries", BRIX_OPT_INT, O(max_retries), "2", 0, 7, NULL,
+      "other pods tried when a pod fails before any byte reached the client" },
+    { "retry-on-5xx", BRIX_OPT_BOOL, O(retry_on_5xx), "true", 1, 0, NULL,
+      "also retry when a pod answers 5xx (before any byte reached the client)" },
+    { "breaker-failures", BRIX_OPT_INT, O(breaker_failures), "5", 0, 1000, NULL,
+      "consecutive failures that eject a pod (0 = never)" },
+    { "ejection-time", BRIX_OPT_DURATION, O(ejection_time), "5s", 1, 3600000, NULL,
+      "first ejection; doubles on each repeat, then one probe request decides" },
+    { "max-ejection-time", BRIX_OPT_DURATION, O(max_ejection_time), "300s", 1, 86400000, NULL,
+      "longest ejection" },
+    { "health-interval", BRIX_OPT_DURATION, O(health_interval), "1s", 10, 3600000, NULL,
+      "active health checks (GET /health) every" },
+    { "health-timeout", BRIX_OPT_DURATION, O(health_timeout), "2s", 10, 600000, NULL,
+      "health check and model list timeout" },
+    { "unhealthy-threshold", BRIX_OPT_INT, O(unhealthy_threshold), "2", 1, 100, NULL,
+      "failed checks in a row that mark a pod unhealthy" },
+    { "healthy-threshold", BRIX_OPT_INT, O(healthy_threshold), "1", 1, 100, NULL,
+      "passed checks in a row that mark it healthy again" },
+    { "scrape-interval", BRIX_OPT_DURATION, O(scrape_interval), "100ms", 10, 3600000, NULL,
+      "engine /metrics scraped every" },
+    { "scrape-timeout", BRIX_OPT_DURATION, O(scrape_timeout), "1s", 10, 600000, NULL,
+      "engine /metrics timeout" },
+    { "metrics-stale-after", BRIX_OPT_DURATION, O(metrics_stale_after), "1s", 10, 3600000, NULL,
+      "scraped metrics older than this are not used for routing" },
+    { "models-refresh-interval", BRIX_OPT_DURATION, O(models_refresh_interval), "5s", 100,
+      3600000, NULL, "engine /v1/models re-read every" },
+    { "drain-timeout", BRIX_OPT_DURATION, O(drain_timeout), "30s", 0, 3600000, NULL,
+      "on SIGTERM, how long in-flight requests may finish" },
+    { "retry-after", BRIX_OPT_INT, O(retry_after), "1", 0, 3600, "SECONDS",
+      "Retry-After on 503 answers" },
+    { "backpressure-bytes", BRIX_OPT_SIZE, O(backpressure_bytes), "1m", 4096, 1073741824, NULL,
+      "pause an upstream when this much is queued for a slow client" },
+    BRIX_OPT_END,
+};
+#undef O
+
+const brix_opt_t *brix_gw_options(void)
+{
+    return gw_opts;
+}
+
+static const char usage_line[] = "brix gateway --worker-urls URL[,URL...] [options]";
+static const char about[] =
+    "The OpenAI-compatible gateway: routes each request by its model to an engine replica\n"
+    "(vLLM or brix engine-sim), with health checks, retries, a circuit breaker and metrics.";
+
+brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version)
+{
+    brix_gw_rt_t *rt = brix_calloc(1, sizeof *rt);
+    if (!rt || !(rt->default_strategy = brix_strdup(c->routing_strategy))) {
+        brix_free(rt);
+        return NULL;
+    }
+    atomic_init(&rt->refs, 1);
+    rt->version = version;
+    rt->access_log = c->access_log;
+    rt->max_retries = (int)c->max_retries;
+    rt->retry_on_5xx = c->retry_on_5xx;
+    rt->breaker.consecutive_failures = (uint32_t)c->breaker_failures;
+    rt->breaker.base_ejection_ms = c->ejection_time;
+    rt->breaker.max_ejection_ms = c->max_ejection_time;
+    brix_upstream_opts_default(&rt->upstream);
+    rt->upstream.connect_timeout_ms = c->connect_timeout;
+    rt->upstream.first_byte_timeout_ms = c->first_byte_timeout;
+    rt->upstream.idle_timeout_ms = c->upstream_idle_timeout;
+    rt->upstream.keepalive_ms = c->upstream_keepalive;
+    rt->upstream.max_idle = (uint32_t)c->upstream_max_idle;
+    rt->retry_after_s = (int)c->retry_after;
+    rt->backpressure_bytes = c->backpressure_bytes;
+    return rt;
+}
+
+/* Splits comma-separated entries of --worker-urls into separate items. */
+static int split_urls(brix_strlist_t *l, char *err, size_t errlen)
+{
+    brix_strlist_t out = { 0, NULL };
+    for (size_t i = 0; i < l->n; i++) {
+        const char *s = l->v[i];
+        while (*s) {
+            const char *e = strchr(s, ',');
+            size_t n = e ? (size_t)(e - s) : strlen(s);
+            char tmp[512];
+            if (n >= sizeof tmp) {
+                snprintf(err, errlen, "--worker-urls: entry too long");
+                brix_strlist_free(&out);
+                return -1;
+            }
+            memcpy(tmp, s, n);
+            tmp[n] = '\0';
+            char *t = tmp;
+            while (*t == ' ')
+                t++;
+            for (size_t k = strlen(t); k && t[k - 1] == ' '; k--)
+                t[k - 1] = '\0';
+            if (*t && brix_strlist_push(&out, t)) {
+                brix_strlist_free(&out);
+                snprintf(err, errlen, "out of memory");
+                return -1;
+            }
+            s += n + (e ? 1 : 0);
+        }
+    }
+    brix_strlist_free(l);
+    *l = out;
+    return 0;
+}
+
+/* defaults, then the file, then argv again: flags win over the file */
+static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t errlen)
+{
+    if (brix_config_defaults(gw_opts, c, err, errlen))
+        return -1;
+    int rc = brix_config_parse_args(gw_opts, c, argc, argv, 1, err, errlen);
+    if (rc)
+        return rc;
+    if (c->config) {
+        char *path = brix_strdup(c->config);
+        rc = path ? brix_config_load_file(gw_opts, c, path, err, errlen) : -1;
+        brix_free(path);
+        if (rc == 0)
+            rc = brix_config_parse_args(gw_opts, c, argc, argv, 1, err, errlen);
+        if (rc)
+            return -1;
+    }
+    if (split_urls(&c->worker_urls, err, errlen))
+        return -1;
+    if (!brix_strategy_find(c->routing_strategy)) {
+        snprintf(err, errlen, "routing-strategy: unknown strategy '%s' (known: %s)",
+                 c->routing_strategy, brix_strategy_names());
+        return -1;
+    }
+    if (brix_log_level_parse(c->log_level) < 0) {
+        snprintf(err, errlen, "log-level: unknown level '%s'", c->log_level);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ signals -- */
+
+static void on_sighup(uv_signal_t *s, int signum)
+{
+    brix_gw_t *gw = s->data;
+    if (gw->draining)
+        return;
+    brix_gw_cfg_t nc;
+    memset(&nc, 0, sizeof nc);
+    char err[512];
+    if (load_cfg(&nc, gw->argc, gw->argv, err, sizeof err)) {
+        BRIX_ERROR("reload failed, keeping the running configuration: %s", err);
+        brix_config_free(gw_opts, &nc);
+        brix_metric_add(gw->m.reloads_failed, 1);
+        return;
+    }
+    if (nc.port != gw->cfg.port || strcmp(nc.host, gw->cfg.host) || nc.workers != gw->cfg.workers)
+        BRIX_WARN("reload: host, port and workers only change on restart; keeping %s:%d with %d "
+                  "workers",
+                  gw->cfg.host, gw->port, gw->nworkers);
+    brix_gw_rt_t *rt = brix_gw_rt_from_cfg(&nc, gw->rt->version + 1);
+    if (!rt) {
+        BRIX_ERROR("reload failed: out of memory");
+        brix_config_free(gw_opts, &nc);
+        return;
+    }
+    /* Listener settings stay; everything else is the new file's. */
+    int64_t port = gw->cfg.port, workers = gw->cfg.workers;
+    char *host = gw->cfg.host;
+    gw->cfg.host = NULL;
+    brix_config_free(gw_opts, &gw->cfg);
+    gw->cfg = nc;
+    brix_free(gw->cfg.host);
+    gw->cfg.host = host;
+    gw->cfg.port = port;
+    gw->cfg.workers = workers;
+    brix_log_set_level((brix_log_level_t)brix_log_level_parse(gw->cfg.log_level));
+    brix_gw_rt_unref(gw->rt);
+    gw->rt = rt;
+    brix_gw_control_reconfigure(gw->ctl);
+    brix_metric_add(gw->m.reloads_ok, 1);
+    BRIX_INFO("configuration reloaded: %zu engine URL(s), strategy %s", gw->cfg.worker_urls.n,
+              gw->cfg.routing_strategy);
+}
+
+static void shutdown_now(brix_gw_t *gw)
+{
+    uv_timer_stop(&gw->drain_timer);
+    uv_close((uv_handle_t *)&gw->drain_timer, NULL);
+    uv_close((uv_handle_t *)&gw->sigterm, NULL);
+    uv_close((uv_handle_t *)&gw->sigint, NULL);
+    uv_close((uv_handle_t *)&gw->sighup, NULL);
+    brix_workers_stop(gw->workers); /* closes servers, aborting what is left */
+    brix_gw_control_stop(gw->ctl);
+}
+
+static void on_drain_check(uv_timer_t *t)
+{
+    brix_gw_t *gw = t->data;
+    int busy = 0;
+    for (int i = 0; i < gw->nworkers; i++)
+        busy += !atomic_load(&gw->w[i]->drained);
+    uint64_t elapsed = (brix_now_ns() - gw->drain_start_ns) / 1000000u;
+    if (busy == 0 || elapsed >= gw->cfg.drain_timeout) {
+        if (busy)
+            BRIX_WARN("drain: %d worker(s) still had requests in flight after %llu ms; closing",
+                      busy, (unsigned long long)elapsed);
+        else
+            BRIX_INFO("drain: done");
+        shutdown_now(gw);
+    }
+}
+
+static void on_term(uv_signal_t *s, int signum)
+{
+    brix_gw_t *gw = s->data;
+    if (gw->draining) {
+        BRIX_WARN("second signal: closing now");
+        gw->cfg.drain_timeout = 0;
+        on_drain_check(&gw->drain_timer);
+        return;
+    }
+    gw->draining = true;
+    gw->drain_start_ns = brix_now_ns();
+    BRIX_INFO("received %s: draining (up to %llu ms)", signum == SIGTERM ? "SIGTERM" : "SIGINT",
+              (unsigned long long)gw->cfg.drain_timeout);
+    for (int i = 0; i < gw->nworkers; i++) {
+        brix_gw_worker_t *w = gw->w[i];
+        uv_mutex_lock(&w->mu);
+        w->stop_requested = true; /* the worker drains its server on wake */
+        uv_mutex_unlock(&w->mu);
+        uv_async_send(&w->wake);
+    }
+    uv_timer_start(&gw->drain_timer, on_drain_check, 20, 20);
+}
+
+/* ---------------------------------------------------------------- main -- */
+
+int brix_gateway_main(int argc, char **argv)
+{
+    static brix_gw_t gateway;
+    brix_gw_t *gw = &gateway;
+    memset(gw, 0, sizeof *gw);
+    gw->argc = argc;
+    gw->argv = argv;
+    char err[512];
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            brix_config_usage(stdout, gw_opts, usage_line, about);
+            return 0;
+        }
+    }
+    if (load_cfg(&gw->cfg, argc, argv, err, sizeof err)) {
+        fprintf(stderr, "brix gateway: %s\n", err);
+        brix_config_free(gw_opts, &gw->cfg);
+        return 2;
+    }
+    if (!gw->cfg.worker_urls.n) {
+        fprintf(stderr, "brix gateway: --worker-urls is required (engine base URLs, e.g. "
+                        "http://127.0.0.1:8001)\n");
+        brix_config_free(gw_opts, &gw->cfg);
+        return 2;
+    }
+    brix_log_init("gateway", (brix_log_level_t)brix_log_level_parse(gw->cfg.log_level));
+    signal(SIGPIPE, SIG_IGN);
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    gw->loop = &loop;
+    int rc = 1;
+    if (brix_gw_metrics_init(gw) || !(gw->rt = brix_gw_rt_from_cfg(&gw->cfg, 1))) {
+        fprintf(stderr, "brix gateway: out of memory\n");
+        goto out;
+    }
+    gw->nworkers = (int)gw->cfg.workers;
+    gw->w = brix_calloc((size_t)gw->nworkers, sizeof *gw->w);
+    if (!gw->w)
+        goto out;
+    int werr = 0;
+    gw->workers = brix_workers_start(gw->nworkers, brix_gw_worker_init, brix_gw_worker_stop, gw,
+                                     &werr);
+    if (!gw->workers) {
+        BRIX_ERROR("cannot listen on %s:%lld: %s", gw->cfg.host, (long long)gw->cfg.port,
+                   uv_strerror(werr));
+        goto out;
+    }
+    if (!brix_gw_control_start(gw)) {
+        BRIX_ERROR("cannot start the control loop");
+        brix_workers_stop(gw->workers);
+        brix_workers_join(gw->workers);
+        gw->workers = NULL;
+        goto out;
+    }
+    uv_timer_init(&loop, &gw->drain_timer);
+    gw->drain_timer.data = gw;
+    uv_signal_init(&loop, &gw->sigterm);
+    uv_signal_init(&loop, &gw->sigint);
+    uv_signal_init(&loop, &gw->sighup);
+    gw->sigterm.data = gw->sigint.data = gw->sighup.data = gw;
+    uv_signal_start(&gw->sigterm, on_term, SIGTERM);
+    uv_signal_start(&gw->sigint, on_term, SIGINT);
+    uv_signal_start(&gw->sighup, on_sighup, SIGHUP);
+    BRIX_INFO("serving the OpenAI API on http://%s:%d with %d workers, %zu engine(s), strategy %s",
+              gw->cfg.host, gw->port, gw->nworkers, gw->cfg.worker_urls.n,
+              gw->cfg.routing_strategy);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    brix_workers_join(gw->workers);
+    gw->workers = NULL;
+    rc = 0;
+    BRIX_INFO("stopped");
+out:
+    uv_run(&loop, UV_RUN_DEFAULT);
+    uv_loop_close(&loop);
+    if (gw->rt)
+        brix_gw_rt_unref(gw->rt);
+    brix_free(gw->w);
+    brix_gw_metrics_free(gw);
+    brix_config_free(gw_opts, &gw->cfg);
+    return rc;
+}

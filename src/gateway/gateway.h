@@ -1,0 +1,177 @@
+/*
+ * gateway — internal state of `brix gateway`, shared by its modules:
+ * gateway.c (flags, start-up, signals, reload), control.c (the control thread:
+ * discovery, health checks, /v1/models, scraping, snapshots), proxy.c (the
+ * request path on the worker loops), router.c (strategies) and gw_metrics.c.
+ *
+ * Threads: the main thread runs the control loop; N worker threads each run
+ * an HTTP server on the shared port (SO_REUSEPORT) and their own upstream
+ * pools. Workers see the fleet only through snapshots (fleet.h) and the
+ * reloadable runtime settings they carry (brix_gw_rt_t).
+ */
+#ifndef BRIX_GATEWAY_GATEWAY_H
+#define BRIX_GATEWAY_GATEWAY_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "core/config.h"
+#include "core/curl_uv.h"
+#include "core/http_client.h"
+#include "core/http_server.h"
+#include "core/metrics.h"
+#include "core/workers.h"
+#include "gateway/fleet.h"
+
+typedef struct brix_gw_cfg {
+    char *config;
+    char *host;
+    int64_t port;
+    int64_t workers;
+    brix_strlist_t worker_urls;
+    char *routing_strategy;
+    char *log_level;
+    bool access_log;
+    /* client side */
+    uint64_t max_header_bytes, max_body_bytes;
+    uint64_t header_timeout, body_timeout, idle_timeout;
+    int64_t max_connections;
+    /* upstream */
+    uint64_t connect_timeout, first_byte_timeout, upstream_idle_timeout, upstream_keepalive;
+    int64_t upstream_max_idle;
+    int64_t max_retries;
+    bool retry_on_5xx;
+    /* outlier detection */
+    int64_t breaker_failures;
+    uint64_t ejection_time, max_ejection_time;
+    /* control plane */
+    uint64_t health_interval, health_timeout;
+    int64_t unhealthy_threshold, healthy_threshold;
+    uint64_t scrape_interval, scrape_timeout, metrics_stale_after;
+    uint64_t models_refresh_interval;
+    uint64_t drain_timeout;
+    int64_t retry_after;
+    uint64_t backpressure_bytes;
+} brix_gw_cfg_t;
+
+/* Settings a reload may change, immutable once published (refcounted,
+ * carried by snapshots). */
+typedef struct brix_gw_rt {
+    atomic_int refs;
+    uint64_t version;
+    char *default_strategy;
+    bool access_log;
+    int max_retries;
+    bool retry_on_5xx;
+    brix_breaker_cfg_t breaker;
+    brix_upstream_opts_t upstream;
+    int retry_after_s;
+    uint64_t backpressure_bytes;
+} brix_gw_rt_t;
+
+void brix_gw_rt_ref(brix_gw_rt_t *rt);
+void brix_gw_rt_unref(brix_gw_rt_t *rt);
+
+/* The published unit: fleet snapshot + runtime settings. */
+typedef struct brix_gw_view {
+    atomic_int refs;
+    brix_fleet_snap_t *fleet;
+    brix_gw_rt_t *rt;
+} brix_gw_view_t;
+
+void brix_gw_view_ref(brix_gw_view_t *v);
+void brix_gw_view_unref(brix_gw_view_t *v);
+
+typedef struct brix_gw brix_gw_t;
+
+/* Per-worker state (owned by its thread). */
+typedef struct brix_gw_worker {
+    brix_gw_t *gw;
+    int idx;
+    uv_loop_t *loop;
+    brix_http_server_t *srv;
+    uv_async_t wake;        /* a new view is waiting, or stop */
+    uv_mutex_t mu;          /* guards `pending` only */
+    brix_gw_view_t *pending;
+    bool stop_requested;
+    brix_gw_view_t *view;   /* current */
+    /* upstream pools by pod id; each remembers its pod and settings version */
+    brix_upstream_t **ups;
+    brix_pod_t **ups_pod;
+    uint64_t *ups_rt_version;
+    size_t nups;
+    uint64_t rr;            /* round-robin cursor */
+    uint64_t rng;
+    bool draining;
+    uv_timer_t drain_timer;
+    atomic_bool drained;    /* draining and nothing left in flight */
+    uint64_t inflight;      /* proxied requests in flight on this worker */
+} brix_gw_worker_t;
+
+/* Metric children and families, shared by all threads (atomics). */
+typedef struct brix_gw_metrics {
+    brix_metrics_t *reg;
+    brix_metric_family_t *requests;   /* {model,status,strategy} */
+    brix_metric_family_t *duration;   /* {model} */
+    brix_metric_family_t *ttft;       /* {model} */
+    brix_metric_family_t *upstream_errors; /* {pod,kind} */
+    brix_metric_family_t *retries;    /* {model} */
+    brix_metric_family_t *ejections;  /* {pod} */
+    brix_metric_family_t *pod_inflight; /* {pod} */
+    brix_metric_family_t *pod_healthy;  /* {pod} */
+    brix_metric_family_t *pod_running, *pod_waiting, *pod_kv; /* {pod} scraped */
+    brix_metric_family_t *scrapes;    /* {pod,result} */
+    brix_metric_t *decision;          /* routing decision seconds */
+    brix_metric_t *fleet_version;
+    brix_metric_t *reloads_ok, *reloads_failed;
+    brix_metric_t *client_aborts;
+    brix_metric_t *streams_broken;
+} brix_gw_metrics_t;
+
+typedef struct brix_gw_control brix_gw_control_t;
+
+struct brix_gw {
+    brix_gw_cfg_t cfg;
+    int argc;
+    char **argv;
+    uv_loop_t *loop;          /* control loop (main thread) */
+    int port;                 /* bound port */
+    brix_workers_t *workers;
+    brix_gw_worker_t **w;     /* per worker, set by init */
+    int nworkers;
+    brix_gw_metrics_t m;
+    brix_gw_control_t *ctl;
+    brix_gw_rt_t *rt;         /* current runtime settings (control thread) */
+    uv_signal_t sigterm, sigint, sighup;
+    uv_timer_t drain_timer;
+    bool draining;
+    uint64_t drain_start_ns;
+    atomic_int workers_done;
+};
+
+/* gateway.c */
+const brix_opt_t *brix_gw_options(void);
+brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version);
+
+/* control.c: runs on the main loop */
+brix_gw_control_t *brix_gw_control_start(brix_gw_t *gw);
+/* Applies a (re)loaded config: the pod set and runtime settings. */
+void brix_gw_control_reconfigure(brix_gw_control_t *ctl);
+void brix_gw_control_stop(brix_gw_control_t *ctl);
+/* Publishes a view to every worker (takes a reference per worker). */
+void brix_gw_publish(brix_gw_t *gw, brix_gw_view_t *v);
+
+/* proxy.c: runs on worker loops */
+int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx);
+void brix_gw_worker_stop(uv_loop_t *loop, int idx, void *ud, void *wctx);
+
+/* gw_metrics.c */
+int brix_gw_metrics_init(brix_gw_t *gw);
+void brix_gw_metrics_free(brix_gw_t *gw);
+brix_metric_t *brix_gw_metric1(brix_metric_family_t *f, const char *a);
+brix_metric_t *brix_gw_metric2(brix_metric_family_t *f, const char *a, const char *b);
+brix_metric_t *brix_gw_metric3(brix_metric_family_t *f, const char *a, const char *b,
+                               const char *c);
+
+#endif

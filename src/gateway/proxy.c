@@ -1,0 +1,845 @@
+/*
+ * The gateway's request path, on each worker loop.
+ *
+ * A POST to an OpenAI route is parsed once (cJSON) for `model` and `stream`,
+ * routed to a pod, and forwarded with the original body bytes. The response
+ * is relayed as it arrives: SSE bodies event by event (a partial event is
+ * held until its end arrives, so a failure can always be reported as a clean
+ * SSE error event), other bodies byte for byte with their Content-Length.
+ * Failures before anything reached the client are retried on another pod
+ * (bounded); failures after that end the stream with an error event. Client
+ * disconnects cancel the upstream request at once. Every outcome feeds the
+ * pod's circuit breaker and the metrics, and ends in one access-log line.
+ */
+#include "core/alloc.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/time.h"
+#include "gateway/gateway.h"
+#include "gateway/router.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define MAX_ATTEMPTS 8
+#define TAIL_BYTES   4096
+
+typedef struct px {
+    brix_gw_worker_t *w;
+    brix_http_req_t *h;        /* NULL once the client is gone */
+    brix_gw_view_t *view;      /* reference held for the request's life */
+    const brix_model_entry_t *model;
+    char *model_name;
+    const brix_strategy_t *strategy;
+    bool strategy_from_header;
+    cJSON *body;
+    brix_buf_t fwd_headers;    /* request header lines for the upstream */
+    brix_ureq_t *ur;
+    uint32_t pod_idx;
+    brix_pod_t *pod;           /* current attempt's pod (ref held) */
+    bool probe;
+    uint32_t tried[MAX_ATTEMPTS];
+    int attempts;
+    int status;
+    bool head_sent;
+    bool sse;
+    bool paused;
+    brix_buf_t hold;           /* SSE: bytes after the last complete event */
+    brix_buf_t tail;           /* non-SSE: the last bytes, for usage */
+    uint64_t t_first_byte;
+    int64_t prompt_tokens, completion_tokens;
+    const char *err_kind;      /* for the access log */
+} px_t;
+
+/* ---------------------------------------------------------------- utils -- */
+
+static bool hop_by_hop(const char *name)
+{
+    static const char *const hop[] = { "connection", "keep-alive", "proxy-connection",
+                                       "transfer-encoding", "te", "trailer", "upgrade",
+                                       "proxy-authenticate", "proxy-authorization",
+                                       "host", "content-length", "expect" };
+    for (size_t i = 0; i < sizeof hop / sizeof *hop; i++)
+        if (!strcasecmp(name, hop[i]))
+            return true;
+    return false;
+}
+
+static const char *err_type(int status)
+{
+    switch (status) {
+    case 400: case 404: case 405: case 413: case 431: return "invalid_request_error";
+    case 401: return "authentication_error";
+    case 429: return "rate_limit_error";
+    case 503: return "overloaded_error";
+    default: return "api_error";
+    }
+}
+
+static void count_request(brix_gw_worker_t *w, const char *model, int status, const char *strategy)
+{
+    char st[8];
+    snprintf(st, sizeof st, "%d", status);
+    brix_metric_add(brix_gw_metric3(w->gw->m.requests, model ? model : "", st,
+                                    strategy ? strategy : ""),
+                    1);
+}
+
+/* An error answered by the gateway itself (never from an upstream). */
+static void gw_error(brix_gw_worker_t *w, brix_http_req_t *h, int status, const char *code,
+                     const char *param, const char *model, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
+
+static void gw_error(brix_gw_worker_t *w, brix_http_req_t *h, int status, const char *code,
+                     const char *param, const char *model, const char *fmt, ...)
+{
+    char msg[768];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    count_request(w, model, status, NULL);
+    double ms = (double)(brix_now_ns() - h->start_ns) / 1e6;
+    if (!w->view || w->view->rt->access_log)
+        brix_log(BRIX_LOG_INFO, h->id,
+                 "access method=%s path=%s model=%s pod=- strategy=- status=%d dur_ms=%.2f "
+                 "error=\"%s\"",
+                 h->method_name, h->path, model ? model : "-", status, ms, msg);
+    brix_http_respond_error(h, status, err_type(status), code, param, "%s", msg);
+}
+
+/* ------------------------------------------------------------- upstreams -- */
+
+static brix_upstream_t *upstream_for(brix_gw_worker_t *w, brix_pod_t *pod, const brix_gw_rt_t *rt)
+{
+    if (pod->id >= w->nups) {
+        size_t n = pod->id + 16;
+        brix_upstream_t **u = brix_realloc(w->ups, n * sizeof *u);
+        if (!u)
+            return NULL;
+        w->ups = u;
+        brix_pod_t **p = brix_realloc(w->ups_pod, n * sizeof *p);
+        if (!p)
+            return NULL;
+        w->ups_pod = p;
+        uint64_t *v = brix_realloc(w->ups_rt_version, n * sizeof *v);
+        if (!v)
+            return NULL;
+        w->ups_rt_version = v;
+        for (size_t i = w->nups; i < n; i++) {
+            w->ups[i] = NULL;
+            w->ups_pod[i] = NULL;
+            w->ups_rt_version[i] = 0;
+        }
+        w->nups = n;
+    }
+    uint32_t id = pod->id;
+    if (w->ups[id] && (w->ups_pod[id] != pod || w->ups_rt_version[id] != rt->version)) {
+        brix_upstream_release(w->ups[id]);
+        brix_pod_unref(w->ups_pod[id]);
+        w->ups[id] = NULL;
+        w->ups_pod[id] = NULL;
+    }
+    if (!w->ups[id]) {
+        w->ups[id] = brix_upstream_new(w->loop, pod->host, pod->port, &rt->upstream);
+        if (!w->ups[id])
+            return NULL;
+        brix_pod_ref(pod);
+        w->ups_pod[id] = pod;
+        w->ups_rt_version[id] = rt->version;
+    }
+    return w->ups[id];
+}
+
+/* ------------------------------------------------------------ lifecycle -- */
+
+static void px_free(px_t *px)
+{
+    brix_gw_worker_t *w = px->w;
+    if (px->pod)
+        brix_pod_unref(px->pod);
+    cJSON_Delete(px->body);
+    brix_buf_free(&px->fwd_headers);
+    brix_buf_free(&px->hold);
+    brix_buf_free(&px->tail);
+    brix_gw_view_unref(px->view);
+    brix_free(px->model_name);
+    brix_free(px);
+    w->inflight--;
+}
+
+/* Ends the current attempt's accounting on its pod. */
+static void attempt_end(px_t *px, bool ok)
+{
+    brix_gw_worker_t *w = px->w;
+    brix_pod_t *pod = px->pod;
+    if (!pod)
+        return;
+    atomic_fetch_sub_explicit(&pod->inflight, 1, memory_order_relaxed);
+    uint64_t now = brix_now_ns();
+    if (brix_breaker_report(pod, &px->view->rt->breaker, ok, px->probe, now)) {
+        brix_metric_add(brix_gw_metric1(w->gw->m.ejections, pod->name), 1);
+        BRIX_WARN("pod %s ejected after failures (ejection #%u)", pod->name,
+                  atomic_load(&pod->ejections));
+    }
+    px->probe = false;
+    px->pod = NULL;
+    brix_pod_unref(pod);
+}
+
+static void access_log(px_t *px, int status)
+{
+    brix_http_req_t *h = px->h;
+    double now = (double)brix_now_ns();
+    double dur = (now - (double)h->start_ns) / 1e6;
+    double ttft = px->t_first_byte ? ((double)px->t_first_byte - (double)h->start_ns) / 1e6 : -1;
+    const brix_fleet_snap_t *s = px->view->fleet;
+    const char *pod = px->attempts ? s->pods[px->pod_idx].pod->name : "-";
+    brix_metric_observe(brix_gw_metric1(px->w->gw->m.duration, px->model_name), dur / 1e3);
+    count_request(px->w, px->model_name, status, px->strategy->name);
+    if (!px->view->rt->access_log)
+        return;
+    brix_log(BRIX_LOG_INFO, h->id,
+             "access method=%s path=%s model=%s pod=%s strategy=%s status=%d ttft_ms=%.2f "
+             "dur_ms=%.2f attempts=%d prompt_tokens=%lld completion_tokens=%lld bytes=%llu%s%s",
+             h->method_name, h->path, px->model_name, pod, px->strategy->name, status, ttft, dur,
+             px->attempts, (long long)px->prompt_tokens, (long long)px->completion_tokens,
+             (unsigned long long)h->bytes_out, px->err_kind ? " error=" : "",
+             px->err_kind ? px->err_kind : "");
+}
+
+/* -------------------------------------------------------------- usage -- */
+
+static int64_t json_int_after(const char *s, const char *end, const char *key)
+{
+    size_t kl = strlen(key);
+    const char *p = s;
+    while ((p = memmem(p, (size_t)(end - p), key, kl))) {
+        p += kl;
+        while (p < end && (*p == ' ' || *p == ':'))
+            p++;
+        if (p < end && *p >= '0' && *p <= '9')
+            return strtoll(p, NULL, 10);
+    }
+    return -1;
+}
+
+/* Looks for usage numbers in a body fragment (an SSE event or the tail of a
+ * JSON body); the last "usage" object wins. */
+static void scan_usage(px_t *px, const char *s, size_t n)
+{
+    const char *u = NULL;
+    for (const char *p = s; (p = memmem(p, (size_t)(s + n - p), "\"usage\"", 7)); p += 7)
+        u = p;
+    if (!u)
+        return;
+    int64_t pt = json_int_after(u, s + n, "\"prompt_tokens\"");
+    int64_t ct = json_int_after(u, s + n, "\"completion_tokens\"");
+    if (pt >= 0)
+        px->prompt_tokens = pt;
+    if (ct >= 0)
+        px->completion_tokens = ct;
+}
+
+/* ------------------------------------------------------------ relaying -- */
+
+static void on_drain(brix_http_req_t *h, void *ud)
+{
+    px_t *px = ud;
+    if (px->paused && px->ur) {
+        px->paused = false;
+        brix_ureq_pause(px->ur, false);
+    }
+}
+
+static int relay(px_t *px, const char *data, size_t len)
+{
+    int rc = brix_http_stream_write(px->h, data, len);
+    if (rc)
+        return rc; /* the client is gone: on_abort already cleaned up */
+    if (!px->paused && brix_http_write_queue_bytes(px->h) > px->view->rt->backpressure_bytes) {
+        px->paused = true;
+        brix_ureq_pause(px->ur, true);
+    }
+    return 0;
+}
+
+static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, size_t nh,
+                    void *ud);
+static void up_data(brix_ureq_t *r, const char *data, size_t len, void *ud);
+static void up_done(brix_ureq_t *r, void *ud);
+static void up_error(brix_ureq_t *r, brix_uerr_t err, bool got_bytes, void *ud);
+
+static const brix_ureq_cb_t up_cb = { up_head, up_data, up_done, up_error };
+
+static void attempt(px_t *px);
+
+static bool can_retry(px_t *px)
+{
+    return !px->head_sent && px->attempts <= px->view->rt->max_retries &&
+           px->attempts < MAX_ATTEMPTS;
+}
+
+/* Tries another pod, or answers `status` with "upstream failed: detail". */
+static void retry_or_fail(px_t *px, int status, const char *detail)
+{
+    brix_gw_worker_t *w = px->w;
+    if (can_retry(px)) {
+        brix_metric_add(brix_gw_metric1(w->gw->m.retries, px->model_name), 1);
+        attempt(px);
+        return;
+    }
+    brix_http_req_t *h = px->h;
+    access_log(px, status);
+    brix_http_respond_error(h, status, err_type(status), NULL, NULL, "upstream failed: %s",
+                            detail);
+    px_free(px);
+}
+
+static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, size_t nh,
+                    void *ud)
+{
+    px_t *px = ud;
+    brix_http_req_t *h = px->h;
+    px->status = status;
+    if (status >= 500 && px->view->rt->retry_on_5xx && can_retry(px)) {
+        char d[96];
+        snprintf(d, sizeof d, "%s answered %d", px->pod->name, status);
+        px->err_kind = "upstream_5xx";
+        brix_metric_add(brix_gw_metric2(px->w->gw->m.upstream_errors, px->pod->name, "status_5xx"),
+                        1);
+        brix_ureq_cancel(r);
+        px->ur = NULL;
+        attempt_end(px, false);
+        retry_or_fail(px, 502, d);
+        return;
+    }
+    const char *ctype = "application/json";
+    long long clen = -1;
+    for (size_t i = 0; i < nh; i++) {
+        if (!strcasecmp(hs[i].name, "content-type"))
+            ctype = hs[i].value;
+        else if (!strcasecmp(hs[i].name, "content-length"))
+            clen = strtoll(hs[i].value, NULL, 10);
+        else if (!hop_by_hop(hs[i].name) && strcasecmp(hs[i].name, "date") &&
+                 strcasecmp(hs[i].name, "server") && strcasecmp(hs[i].name, "x-request-id") &&
+                 strcasecmp(hs[i].name, "content-type"))
+            brix_http_add_header(h, hs[i].name, hs[i].value);
+    }
+    const brix_pod_t *pod = px->view->fleet->pods[px->pod_idx].pod;
+    brix_http_add_header(h, "target-pod", pod->name);
+    brix_http_add_header(h, "target-pod-ip", pod->hostport);
+    brix_http_add_header(h, "routing-strategy", px->strategy->name);
+    brix_http_add_header(h, "request-id", h->id);
+    px->sse = !strncasecmp(ctype, "text/event-stream", 17);
+    px->head_sent = true;
+    int rc = clen >= 0 && !px->sse ? brix_http_stream_start_len(h, status, ctype, (uint64_t)clen)
+                                   : brix_http_stream_start(h, status, ctype);
+    (void)rc; /* on failure on_abort has run: nothing left to do here */
+}
+
+static void up_data(brix_ureq_t *r, const char *data, size_t len, void *ud)
+{
+    px_t *px = ud;
+    if (!px->t_first_byte) {
+        px->t_first_byte = brix_now_ns();
+        if (px->sse)
+            brix_metric_observe(brix_gw_metric1(px->w->gw->m.ttft, px->model_name),
+                                (double)(px->t_first_byte - px->h->start_ns) / 1e9);
+    }
+    if (!px->sse) {
+        if (len >= TAIL_BYTES) {
+            brix_buf_reset(&px->tail);
+            brix_buf_append(&px->tail, data + len - TAIL_BYTES, TAIL_BYTES);
+        } else {
+            if (px->tail.len + len > TAIL_BYTES)
+                brix_buf_consume(&px->tail, px->tail.len + len - TAIL_BYTES);
+            brix_buf_append(&px->tail, data, len);
+        }
+        relay(px, data, len);
+        return;
+    }
+    /* SSE: forward whole events only; hold a trailing partial one. */
+    const char *src = data;
+    size_t n = len;
+    if (px->hold.len) {
+        if (brix_buf_append(&px->hold, data, len))
+            return;
+        src = px->hold.data;
+        n = px->hold.len;
+    }
+    size_t end = 0;
+    for (size_t i = n; i >= 2; i--) {
+        if (src[i - 1] == '\n' && src[i - 2] == '\n') {
+            end = i;
+            break;
+        }
+    }
+    if (end) {
+        if (memmem(src, end, "\"usage\"", 7))
+            scan_usage(px, src, end);
+        if (relay(px, src, end))
+            return;
+    }
+    if (src == px->hold.data) {
+        brix_buf_consume(&px->hold, end);
+    } else if (end < n) {
+        brix_buf_append(&px->hold, src + end, n - end);
+    }
+}
+
+static void up_done(brix_ureq_t *r, void *ud)
+{
+    px_t *px = ud;
+    px->ur = NULL;
+    if (px->hold.len) /* an unterminated last event: pass it on as it is */
+        relay(px, px->hold.data, px->hold.len);
+    if (!px->h) /* the relay failed and the client is gone */
+        return;
+    if (!px->sse && px->tail.len)
+        scan_usage(px, px->tail.data, px->tail.len);
+    attempt_end(px, px->status < 500);
+    access_log(px, px->status);
+    brix_http_req_t *h = px->h;
+    h->on_abort = NULL;
+    h->on_drain = NULL;
+    px_free(px);
+    brix_http_stream_end(h);
+}
+
+static void up_error(brix_ureq_t *r, brix_uerr_t err, bool got_bytes, void *ud)
+{
+    px_t *px = ud;
+    brix_gw_worker_t *w = px->w;
+    px->ur = NULL;
+    const char *pod_name = px->pod ? px->pod->name : "?";
+    static const char *const kinds[] = { "", "connect", "connect_timeout", "first_byte_timeout",
+                                         "idle_timeout", "closed", "protocol", "nomem" };
+    const char *kind = kinds[err <= BRIX_UERR_NOMEM ? err : 0];
+    px->err_kind = kind;
+    brix_metric_add(brix_gw_metric2(w->gw->m.upstream_errors, pod_name, kind), 1);
+    BRIX_WARN("upstream %s: %s (%s)", pod_name, brix_uerr_str(err),
+              got_bytes ? "after the response started" : "before any response byte");
+    char detail[160];
+    snprintf(detail, sizeof detail, "pod %s: %s", pod_name, brix_uerr_str(err));
+    attempt_end(px, false);
+    if (!px->head_sent) {
+        /* Nothing reached the client. Timeouts are not retried: the
+         * request may well be running there (a long prefill). */
+        bool timeout = err == BRIX_UERR_FIRST_BYTE_TIMEOUT || err == BRIX_UERR_IDLE_TIMEOUT;
+        if (timeout) {
+            access_log(px, 504);
+            brix_http_respond_error(px->h, 504, "api_error", NULL, NULL, "upstream timed out: %s",
+                                    detail);
+            px_free(px);
+            return;
+        }
+        retry_or_fail(px, 502, detail);
+        return;
+    }
+    brix_metric_add(w->gw->m.streams_broken, 1);
+    brix_http_req_t *h = px->h;
+    if (px->sse) {
+        /* End the stream cleanly: drop the partial event, send an error
+         * event and [DONE], then the terminating chunk. */
+        brix_buf_t ev = BRIX_BUF_INIT;
+        brix_buf_append_str(&ev, "data: {\"error\":{\"message\":");
+        char msg[256];
+        snprintf(msg, sizeof msg, "the model server failed mid-stream (%s); the response is "
+                                  "incomplete",
+                 detail);
+        brix_buf_append_json_str(&ev, msg, strlen(msg));
+        brix_buf_append_str(&ev, ",\"type\":\"api_error\",\"param\":null,\"code\":502}}\n\n"
+                                 "data: [DONE]\n\n");
+        int rc = brix_http_stream_write(h, ev.data, ev.len);
+        brix_buf_free(&ev);
+        if (rc)
+            return; /* client gone too; on_abort freed px */
+        access_log(px, px->status);
+        h->on_abort = NULL;
+        h->on_drain = NULL;
+        px_free(px);
+        brix_http_stream_end(h);
+        return;
+    }
+    /* A plain body cut short cannot be repaired: drop the connection so the
+     * client sees the truncation. */
+    access_log(px, px->status);
+    h->on_abort = NULL;
+    h->on_drain = NULL;
+    px_free(px);
+    brix_http_abort(h);
+}
+
+static void on_client_abort(brix_http_req_t *h, void *ud)
+{
+    px_t *px = ud;
+    brix_metric_add(px->w->gw->m.client_aborts, 1);
+    if (px->ur) {
+        brix_ureq_cancel(px->ur);
+        px->ur = NULL;
+    }
+    if (px->pod) {
+        /* the client left: not the pod's fault */
+        atomic_fetch_sub_explicit(&px->pod->inflight, 1, memory_order_relaxed);
+        if (px->probe)
+            atomic_store(&px->pod->probe_in_flight, 0);
+        brix_pod_unref(px->pod);
+        px->pod = NULL;
+    }
+    if (px->view->rt->access_log)
+        brix_log(BRIX_LOG_INFO, h->id,
+                 "access method=%s path=%s model=%s strategy=%s status=499 dur_ms=%.2f "
+                 "error=client_closed",
+                 h->method_name, h->path, px->model_name, px->strategy->name,
+                 (double)(brix_now_ns() - h->start_ns) / 1e6);
+    count_request(px->w, px->model_name, 499, px->strategy->name);
+    px->h = NULL;
+    px_free(px);
+}
+
+/* Routes and sends one attempt; answers the client itself when no pod is
+ * left. */
+static void attempt(px_t *px)
+{
+    brix_gw_worker_t *w = px->w;
+    brix_http_req_t *h = px->h;
+    const brix_fleet_snap_t *snap = px->view->fleet;
+    uint32_t *cand = brix_arena_alloc(&h->arena, snap->npods * sizeof *cand + 1);
+    double *score = brix_arena_alloc(&h->arena, snap->npods * sizeof *score + 1);
+    if (!cand || !score) {
+        access_log(px, 500);
+        brix_http_respond_error(h, 500, "api_error", NULL, NULL, "out of memory");
+        px_free(px);
+        return;
+    }
+    brix_route_ctx_t ctx = {
+        .snap = snap, .model = px->model, .req = h, .body = px->body, .now_ns = brix_now_ns(),
+        .rng = &w->rng, .rr = &w->rr, .exclude = px->tried, .nexclude = (size_t)px->attempts,
+        .cand = cand, .score = score,
+    };
+    uint64_t t0 = brix_now_ns();
+    uint32_t idx;
+    bool probe;
+    brix_route_rc_t rc = brix_route(&ctx, px->strategy, &idx, &probe);
+    brix_metric_observe(w->gw->m.decision, (double)(brix_now_ns() - t0) / 1e9);
+    if (rc != BRIX_ROUTE_OK) {
+        char ra[16];
+        snprintf(ra, sizeof ra, "%d", px->view->rt->retry_after_s);
+        brix_http_add_header(h, "retry-after", ra);
+        brix_http_add_header(h, "x-error-no-model-backends", px->model_name);
+        int status = 503;
+        const char *why = px->attempts ? "every ready pod serving it failed" : "no pod serving it "
+                                                                               "is ready";
+        access_log(px, status);
+        brix_http_respond_error(h, status, "overloaded_error", "service_unavailable", NULL,
+                                "model '%s' is unavailable: %s; retry later", px->model_name, why);
+        px_free(px);
+        return;
+    }
+    brix_pod_t *pod = snap->pods[idx].pod;
+    brix_upstream_t *u = upstream_for(w, pod, px->view->rt);
+    px->pod_idx = idx;
+    px->tried[px->attempts++] = idx;
+    brix_pod_ref(pod);
+    px->pod = pod;
+    px->probe = probe;
+    px->status = 0;
+    atomic_fetch_add_explicit(&pod->inflight, 1, memory_order_relaxed);
+    if (!u) {
+        up_error(NULL, BRIX_UERR_NOMEM, false, px);
+        return;
+    }
+    px->ur = brix_ureq_start(u, h->method_name, h->url, px->fwd_headers.data, px->fwd_headers.len,
+                             h->body.data, h->body.len, &up_cb, px);
+    if (!px->ur)
+        up_error(NULL, BRIX_UERR_NOMEM, false, px);
+}
+
+/* ------------------------------------------------------------- routes -- */
+
+static bool proxied_path(const char *p)
+{
+    static const char *const extra[] = { "/tokenize", "/detokenize", "/pooling", "/classify",
+                                         "/score", "/rerank", "/invocations" };
+    if (!strncmp(p, "/v1/", 4) || !strncmp(p, "/v2/", 4))
+        return true;
+    for (size_t i = 0; i < sizeof extra / sizeof *extra; i++)
+        if (!strcmp(p, extra[i]))
+            return true;
+    return false;
+}
+
+static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
+{
+    brix_gw_view_t *view = w->view;
+    brix_json_err_t je;
+    cJSON *body = NULL;
+    if (brix_json_parse(h->body.data, h->body.len, &body, &je)) {
+        gw_error(w, h, 400, "invalid_json", NULL, NULL, "%s", je.msg);
+        return;
+    }
+    if (!cJSON_IsObject(body)) {
+        cJSON_Delete(body);
+        gw_error(w, h, 400, "invalid_request_body", NULL, NULL,
+                 "the request body must be a JSON object");
+        return;
+    }
+    const cJSON *m = cJSON_GetObjectItemCaseSensitive(body, "model");
+    if (!cJSON_IsString(m) || !*m->valuestring) {
+        cJSON_Delete(body);
+        gw_error(w, h, 400, "missing_model", "model", NULL,
+                 "you must provide a model parameter (a non-empty string)");
+        return;
+    }
+    const char *model = m->valuestring;
+    if (!view || !view->fleet->nmodels) {
+        cJSON_Delete(body);
+        char ra[16];
+        snprintf(ra, sizeof ra, "%d", view ? view->rt->retry_after_s : 1);
+        brix_http_add_header(h, "retry-after", ra);
+        gw_error(w, h, 503, "service_unavailable", NULL, model,
+                 "no model server is ready yet; retry later");
+        return;
+    }
+    const brix_model_entry_t *me = brix_snap_model(view->fleet, model);
+    if (!me) {
+        cJSON_Delete(body);
+        brix_http_add_header(h, "x-error-no-model-backends", model);
+        gw_error(w, h, 404, "model_not_found", "model", model,
+                 "The model `%s` does not exist.", model);
+        return;
+    }
+    const char *sname = brix_http_req_header(h, "routing-strategy");
+    bool from_header = sname && *sname;
+    if (!from_header)
+        sname = view->rt->default_strategy;
+    const brix_strategy_t *s = brix_strategy_find(sname);
+    if (!s) {
+        cJSON_Delete(body);
+        brix_http_add_header(h, "x-error-routing", "true");
+        brix_http_add_header(h, "x-error-invalid-routing-strategy", "true");
+        gw_error(w, h, 400, "invalid_routing_strategy", NULL, model,
+                 "incorrect routing strategy '%s' (known: %s)", sname, brix_strategy_names());
+        return;
+    }
+    px_t *px = brix_calloc(1, sizeof *px);
+    if (!px || !(px->model_name = brix_strdup(model))) {
+        brix_free(px);
+        cJSON_Delete(body);
+        gw_error(w, h, 500, NULL, NULL, model, "out of memory");
+        return;
+    }
+    w->inflight++;
+    px->w = w;
+    px->h = h;
+    px->view = view;
+    brix_gw_view_ref(view);
+    px->model = me;
+    px->strategy = s;
+    px->strategy_from_header = from_header;
+    px->body = body;
+    for (size_t i = 0; i < h->nheaders; i++) {
+        const brix_http_header_t *hd = &h->headers[i];
+        if (hop_by_hop(hd->name) || !strcasecmp(hd->name, "x-request-id"))
+            continue;
+        brix_buf_printf(&px->fwd_headers, "%s: %s\r\n", hd->name, hd->value);
+    }
+    brix_buf_printf(&px->fwd_headers, "x-request-id: %s\r\n", h->id);
+    h->ud = px;
+    h->on_abort = on_client_abort;
+    h->on_drain = on_drain;
+    attempt(px);
+}
+
+static void handle_metrics(brix_gw_worker_t *w, brix_http_req_t *h)
+{
+    brix_buf_t b = BRIX_BUF_INIT;
+    brix_metrics_write(w->gw->m.reg, &b);
+    brix_http_respond(h, 200, "text/plain; version=0.0.4; charset=utf-8", b.data ? b.data : "",
+                      b.len);
+    brix_buf_free(&b);
+}
+
+static void handler(brix_http_req_t *h, void *ud)
+{
+    brix_gw_worker_t *w = ud;
+    const char *p = h->path;
+    bool get = h->method == HTTP_GET || h->method == HTTP_HEAD;
+    bool post = h->method == HTTP_POST;
+    if (!strcmp(p, "/healthz")) {
+        if (!get)
+            goto method;
+        brix_http_respond(h, 200, "text/plain", "ok\n", 3);
+    } else if (!strcmp(p, "/readyz")) {
+        if (!get)
+            goto method;
+        bool ready = w->view && w->view->fleet->nhealthy > 0 && !w->draining;
+        if (ready)
+            brix_http_respond(h, 200, "text/plain", "ready\n", 6);
+        else
+            brix_http_respond(h, 503, "text/plain", "not ready\n", 10);
+    } else if (!strcmp(p, "/metrics")) {
+        if (!get)
+            goto method;
+        handle_metrics(w, h);
+    } else if (!strcmp(p, "/v1/models")) {
+        if (!get)
+            goto method;
+        if (!w->view) {
+            static const char empty[] = "{\"object\":\"list\",\"data\":[]}";
+            brix_http_respond(h, 200, "application/json", empty, sizeof empty - 1);
+        } else {
+            brix_http_respond(h, 200, "application/json", w->view->fleet->models_json,
+                              w->view->fleet->models_json_len);
+        }
+    } else if (proxied_path(p)) {
+        if (!post)
+            goto method;
+        handle_proxy(w, h);
+    } else {
+        gw_error(w, h, 404, "not_found", NULL, NULL, "no route for %s %s", h->method_name, p);
+    }
+    return;
+method:
+    brix_http_add_header(h, "allow", !strcmp(p, "/healthz") || !strcmp(p, "/readyz") ||
+                                             !strcmp(p, "/metrics") || !strcmp(p, "/v1/models")
+                                         ? "GET, HEAD"
+                                         : "POST");
+    gw_error(w, h, 405, "method_not_allowed", NULL, NULL, "method %s is not allowed on %s",
+             h->method_name, p);
+}
+
+/* ------------------------------------------------------------ workers -- */
+
+/* Draining: report when this worker has nothing left in flight. */
+static void on_drain_tick(uv_timer_t *t)
+{
+    brix_gw_worker_t *w = t->data;
+    brix_http_server_stats_t st;
+    brix_http_server_stats(w->srv, &st);
+    if (st.requests_active == 0) {
+        atomic_store(&w->drained, true);
+        uv_timer_stop(t);
+    }
+}
+
+/* Adopts the newest view; releases pools of pods that left the fleet. */
+static void on_wake(uv_async_t *a)
+{
+    brix_gw_worker_t *w = a->data;
+    uv_mutex_lock(&w->mu);
+    brix_gw_view_t *v = w->pending;
+    w->pending = NULL;
+    bool stop = w->stop_requested;
+    uv_mutex_unlock(&w->mu);
+    if (v) {
+        brix_gw_view_t *old = w->view;
+        w->view = v;
+        for (size_t id = 0; id < w->nups; id++) {
+            if (!w->ups[id])
+                continue;
+            bool present = false;
+            for (size_t i = 0; i < v->fleet->npods && !present; i++)
+                present = v->fleet->pods[i].pod == w->ups_pod[id];
+            if (!present) {
+                brix_upstream_release(w->ups[id]);
+                brix_pod_unref(w->ups_pod[id]);
+                w->ups[id] = NULL;
+                w->ups_pod[id] = NULL;
+            }
+        }
+        if (old)
+            brix_gw_view_unref(old);
+    }
+    if (stop && !w->draining && w->srv) {
+        w->draining = true;
+        brix_http_server_drain(w->srv);
+        uv_timer_start(&w->drain_timer, on_drain_tick, 0, 20);
+    }
+}
+
+int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx)
+{
+    brix_gw_t *gw = ud;
+    brix_gw_worker_t *w = brix_calloc(1, sizeof *w);
+    if (!w)
+        return -ENOMEM;
+    *wctx = w;
+    w->gw = gw;
+    w->idx = idx;
+    w->loop = loop;
+    w->rng = brix_now_ns() ^ ((uint64_t)idx << 56) ^ (uint64_t)(uintptr_t)w;
+    uv_mutex_init(&w->mu);
+    uv_async_init(loop, &w->wake, on_wake);
+    w->wake.data = w;
+    uv_timer_init(loop, &w->drain_timer);
+    w->drain_timer.data = w;
+    gw->w[idx] = w;
+    const brix_gw_cfg_t *c = &gw->cfg;
+    brix_http_limits_t lim;
+    brix_http_limits_default(&lim);
+    lim.max_header_bytes = c->max_header_bytes;
+    lim.max_body_bytes = c->max_body_bytes;
+    lim.header_timeout_ms = c->header_timeout;
+    lim.body_timeout_ms = c->body_timeout;
+    lim.idle_timeout_ms = c->idle_timeout;
+    lim.max_connections = (uint64_t)c->max_connections;
+    w->srv = brix_http_server_new(loop, &lim, handler, w);
+    if (!w->srv)
+        return -ENOMEM;
+    int bound = 0;
+    int port = idx == 0 ? (int)c->port : gw->port;
+    int rc = brix_http_server_listen(w->srv, c->host, port, true, &bound);
+    if (rc)
+        return rc;
+    if (idx == 0)
+        gw->port = bound;
+    return 0;
+}
+
+static void on_server_closed(void *arg)
+{
+    brix_gw_worker_t *w = arg;
+    w->srv = NULL;
+    for (size_t id = 0; id < w->nups; id++) {
+        if (w->ups[id]) {
+            brix_upstream_release(w->ups[id]);
+            brix_pod_unref(w->ups_pod[id]);
+        }
+    }
+    brix_free(w->ups);
+    brix_free(w->ups_pod);
+    brix_free(w->ups_rt_version);
+    w->ups = NULL;
+    w->nups = 0;
+    uv_mutex_lock(&w->mu);
+    brix_gw_view_t *pending = w->pending;
+    w->pending = NULL;
+    uv_mutex_unlock(&w->mu);
+    if (pending)
+        brix_gw_view_unref(pending);
+    if (w->view)
+        brix_gw_view_unref(w->view);
+    w->view = NULL;
+    uv_close((uv_handle_t *)&w->wake, NULL);
+    uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    atomic_fetch_add(&w->gw->workers_done, 1);
+}
+
+void brix_gw_worker_stop(uv_loop_t *loop, int idx, void *ud, void *wctx)
+{
+    brix_gw_worker_t *w = wctx;
+    if (!w)
+        return;
+    uv_timer_stop(&w->drain_timer);
+    if (w->srv) {
+        brix_http_server_close(w->srv, on_server_closed, w);
+    } else {
+        uv_close((uv_handle_t *)&w->wake, NULL);
+        uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    }
+}
