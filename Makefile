@@ -3,7 +3,6 @@
 BUILD       ?= build
 ASAN_BUILD  ?= build/asan
 JOBS        ?= $(shell nproc)
-CONFIG      ?= examples/engine-sim.yaml
 PORT        ?= 8080
 
 .PHONY: all setup build build-asan run test bench format clean
@@ -23,10 +22,10 @@ build-asan:
 	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DBRIX_SANITIZE=ON >/dev/null
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
 
-# Until the gateway and `brix up` land, `make run` serves the OpenAI API from
-# one simulated engine on 127.0.0.1:$(PORT).
+# Until `brix up` lands, `make run` starts two simulated engines and the
+# gateway serving the OpenAI API on 127.0.0.1:$(PORT); Ctrl-C stops them all.
 run: setup build
-	./$(BUILD)/brix engine-sim --config $(CONFIG) --port $(PORT)
+	PORT=$(PORT) BRIX=$(BUILD)/brix scripts/run-local
 
 test: setup build-asan
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300

@@ -92,8 +92,10 @@ static int respond_json_err(brix_http_req_t *h, const brix_json_err_t *je)
 
 static void access_log(brix_http_req_t *h, int status)
 {
+    /* GETs are mostly control-plane polling (/v1/models): debug level */
     double ms = (double)(brix_now_ns() - h->start_ns) / 1e6;
-    brix_log(BRIX_LOG_INFO, h->id, "\"%s %s\" %d %.1fms", h->method_name, h->path, status, ms);
+    brix_log(h->method == HTTP_GET ? BRIX_LOG_DEBUG : BRIX_LOG_INFO, h->id, "\"%s %s\" %d %.1fms",
+             h->method_name, h->path, status, ms);
 }
 
 static void respond_plain(brix_http_req_t *h, int status, const char *body)
