@@ -395,9 +395,9 @@ static void up_done(brix_ureq_t *r, void *ud)
 {
     px_t *px = ud;
     px->ur = NULL;
-    if (px->hold.len) /* an unterminated last event: pass it on as it is */
-        relay(px, px->hold.data, px->hold.len);
-    if (!px->h) /* the relay failed and the client is gone */
+    /* An unterminated last event is passed on as it is. If the client is
+     * gone the write fails and on_abort has already freed px. */
+    if (px->hold.len && relay(px, px->hold.data, px->hold.len))
         return;
     if (!px->sse && px->tail.len)
         scan_usage(px, px->tail.data, px->tail.len);
