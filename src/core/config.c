@@ -344,6 +344,21 @@ int brix_config_apply_yaml(const brix_opt_t *tbl, void *cfg, const char *file,
                      v->col, o->name);
             return -1;
         }
+        if (brix_yaml_is_null(v)) {
+            /* `key:` or `key: ~` means "not set": the option's default */
+            void *field = (char *)cfg + o->offset;
+            if (o->type == BRIX_OPT_STRING) {
+                brix_free(*(char **)field);
+                *(char **)field = NULL;
+            } else if (o->type == BRIX_OPT_STRLIST) {
+                brix_strlist_free(field);
+            }
+            if (o->defval && config_set_opt(o, cfg, o->defval, false, e, sizeof e)) {
+                snprintf(err, errlen, "%s:%d:%d: %s", file, v->line, v->col, e);
+                return -1;
+            }
+            continue;
+        }
         if (config_set_opt(o, cfg, v->scalar, false, e, sizeof e)) {
             snprintf(err, errlen, "%s:%d:%d: %s", file, v->line, v->col, e);
             return -1;
