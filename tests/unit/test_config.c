@@ -450,6 +450,20 @@ static void test_yaml_apply(void **state)
     assert_int_equal(c.lora_modules.n, 1);
     assert_string_equal(c.lora_modules.v[0], "one=/x");
     assert_int_equal(c.stop.n, 0);
+    /* A null value (`key:` or `~`) means the default, never the text "~". */
+    assert_int_equal(apply_yaml(&c, "served-model-name: ~\nconfig: null\nlora-modules:\n"
+                                    "stop: ~\nport: ~\n",
+                                err, sizeof err),
+                     0);
+    assert_string_equal(c.served_model_name, "llama");
+    assert_null(c.config);
+    assert_int_equal(c.lora_modules.n, 0);
+    assert_int_equal(c.stop.n, 1);
+    assert_string_equal(c.stop.v[0], "a");
+    assert_int_equal(c.port, 8000);
+    /* quoted, it is a string */
+    assert_int_equal(apply_yaml(&c, "served-model-name: \"~\"\n", err, sizeof err), 0);
+    assert_string_equal(c.served_model_name, "~");
     /* An empty document changes nothing. */
     assert_int_equal(apply_yaml(&c, "", err, sizeof err), 0);
     assert_int_equal(apply_yaml(&c, "# only a comment\n", err, sizeof err), 0);
