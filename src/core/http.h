@@ -102,6 +102,8 @@ typedef struct brix_http_reqparser {
     brix_buf_t hdr;       /* "name\0value\0" pairs while headers arrive */
     size_t nhdr;
     bool started, headers_done, done;
+    char line_tail[16];   /* the last bytes of the request line, for the version check */
+    size_t line_len;      /* request-line bytes seen; SIZE_MAX once the line is complete */
     int err_status;       /* 400, 413, 431, 501 when rc == ERROR */
     const char *err_msg;
 } brix_http_reqparser_t;

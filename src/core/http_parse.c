@@ -75,6 +75,18 @@ static int on_headers_complete(http_parser *p)
         return fail(rp, 500, "out of memory");
     if (p->upgrade || p->method == HTTP_CONNECT)
         return fail(rp, 501, "protocol upgrades and CONNECT are not supported");
+    /* Debian's http_parser is built without HTTP_PARSER_STRICT and accepts
+     * any letters where "HTTP" belongs; check the version token ourselves. */
+    {
+        const char *t = rp->line_tail;
+        size_t n = strlen(t);
+        while (n && (t[n - 1] == '\r' || t[n - 1] == '\n'))
+            n--;
+        if (n < 8 || memcmp(t + n - 8, "HTTP/", 5) || t[n - 3] < '0' || t[n - 3] > '9' ||
+            t[n - 2] != '.' || t[n - 1] < '0' || t[n - 1] > '9' ||
+            (n > 8 && t[n - 9] != ' '))
+            return fail(rp, 400, "malformed request line: expected HTTP/x.y");
+    }
     if ((p->flags & F_CONTENTLENGTH) && p->content_length > rp->lim->max_body_bytes)
         return fail(rp, 413, "request body too large");
 
@@ -162,6 +174,8 @@ void brix_http_reqparser_begin(brix_http_reqparser_t *rp, brix_http_req_t *req)
     brix_buf_reset(&rp->hdr);
     rp->nhdr = 0;
     rp->started = rp->headers_done = rp->done = false;
+    rp->line_len = 0;
+    rp->line_tail[0] = '\0';
     rp->err_status = 0;
     rp->err_msg = NULL;
 }
@@ -169,6 +183,30 @@ void brix_http_reqparser_begin(brix_http_reqparser_t *rp, brix_http_req_t *req)
 bool brix_http_reqparser_started(const brix_http_reqparser_t *rp)
 {
     return rp->started;
+}
+
+/* Keeps the last bytes of the request line (blank lines before a request
+ * are skipped, as http_parser does) for the version check. */
+static void line_track(brix_http_reqparser_t *rp, const char *d, size_t n)
+{
+    const size_t cap = sizeof rp->line_tail - 1;
+    for (size_t i = 0; i < n && rp->line_len != SIZE_MAX; i++) {
+        char ch = d[i];
+        if (rp->line_len == 0 && (ch == '\r' || ch == '\n'))
+            continue;
+        if (ch == '\n') {
+            rp->line_len = SIZE_MAX;
+            break;
+        }
+        size_t k = strlen(rp->line_tail);
+        if (k == cap) {
+            memmove(rp->line_tail, rp->line_tail + 1, cap - 1);
+            k = cap - 1;
+        }
+        rp->line_tail[k] = ch;
+        rp->line_tail[k + 1] = '\0';
+        rp->line_len++;
+    }
 }
 
 brix_http_parse_rc_t brix_http_reqparser_feed(brix_http_reqparser_t *rp, const char *data,
@@ -194,6 +232,7 @@ brix_http_parse_rc_t brix_http_reqparser_feed(brix_http_reqparser_t *rp, const c
                 limited = true;
             }
         }
+        line_track(rp, data + off, n);
         size_t got = n ? http_parser_execute(&rp->p, &settings, data + off, n) : 0;
         if (!rp->headers_done)
             rp->header_bytes += got;

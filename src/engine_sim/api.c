@@ -148,10 +148,17 @@ static int resolve_model(brix_engine_t *e, brix_http_req_t *h, const cJSON *body
     return -1;
 }
 
+/* vLLM's validate_json_request: the media type (before any ';'), without
+ * case, must be exactly application/json; a missing header fails too. */
 static bool json_content_type_ok(brix_http_req_t *h)
 {
     const char *ct = brix_http_req_header(h, "content-type");
-    return !ct || !strncasecmp(ct, "application/json", 16);
+    if (!ct)
+        return false;
+    size_t n = strcspn(ct, ";");
+    while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
+        n--;
+    return n == 16 && !strncasecmp(ct, "application/json", 16);
 }
 
 /* Parses the body as a JSON object, answering 400 when it is not. */
@@ -295,6 +302,8 @@ static size_t total_generated(const api_req_t *r)
 static int send_chunk(api_req_t *r, api_seq_t *s, const char *text, size_t len,
                       const char *finish, bool role)
 {
+    /* continuous_usage_stats: the choice's own count, 0 on the role chunk */
+    size_t generated = role ? 0 : s->seq.generated;
     brix_buf_t *b = &r->out;
     chunk_head(r, b);
     if (r->kind == KIND_CHAT) {
@@ -332,9 +341,10 @@ static int send_chunk(api_req_t *r, api_seq_t *s, const char *text, size_t len,
         brix_buf_append_str(b, ",\"prompt_token_ids\":null,\"token_ids\":null}]");
     }
     if (r->continuous_usage) {
-        brix_buf_append_str(b, ",\"usage\":");
-        append_usage(b, r->prompt_tokens, total_generated(r), r->prompt_details,
-                     s->seq.cached_tokens);
+        brix_buf_printf(b,
+                        ",\"usage\":{\"prompt_tokens\":%zu,\"total_tokens\":%zu,"
+                        "\"completion_tokens\":%zu}",
+                        r->prompt_tokens, r->prompt_tokens + generated, generated);
     } else if (r->kind == KIND_COMPLETION) {
         brix_buf_append_str(b, ",\"usage\":null");
     }
@@ -399,7 +409,12 @@ bool brix_engine_on_token(brix_seq_t *q, uint32_t token, void *ud)
         bool first = q->generated == 1;
         if (first && r->kind == KIND_CHAT && send_chunk(r, s, "", 0, NULL, true))
             return stop;
-        size_t safe = stop ? s->text.len : s->text.len - stop_holdback(r, &s->text);
+        /* The token that ends the sequence travels in the final chunk with
+         * finish_reason (vLLM's framing); the scheduler finishes it right
+         * after this callback for these reasons. */
+        bool last = stop || token == BRIX_TOK_EOS || q->generated >= q->max_tokens ||
+                    q->ntokens >= (size_t)e->cfg.max_model_len;
+        size_t safe = last ? s->sent : s->text.len - stop_holdback(r, &s->text);
         if (!r->http)
             return stop;
         if (safe > s->sent) {
@@ -931,6 +946,13 @@ static void handle_generate(brix_engine_t *e, brix_http_req_t *h, api_kind_t kin
             goto out;
         }
         max_tokens = (int64_t)(L - nids);
+    }
+
+    if (min_tokens > max_tokens) {
+        respond_err(h, 400, "BadRequestError",
+                    "min_tokens must be less than or equal to max_tokens=%lld, got %lld.",
+                    (long long)max_tokens, (long long)min_tokens);
+        goto out;
     }
 
     /* faults and readiness, after validation like a real server */
