@@ -19,7 +19,10 @@ typedef struct brix_buf {
     size_t cap;
 } brix_buf_t;
 
-#define BRIX_BUF_INIT {NULL, 0, 0}
+#define BRIX_BUF_INIT                                                                              \
+    {                                                                                              \
+        NULL, 0, 0                                                                                 \
+    }
 
 int brix_buf_reserve(brix_buf_t *b, size_t extra);
 int brix_buf_append(brix_buf_t *b, const void *p, size_t n);

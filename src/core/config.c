@@ -42,7 +42,8 @@ static const brix_opt_t *find_opt(const brix_opt_t *tbl, const char *name, size_
 
 int brix_parse_bool(const char *s, bool *out)
 {
-    if (!strcasecmp(s, "true") || !strcasecmp(s, "yes") || !strcasecmp(s, "on") || !strcmp(s, "1")) {
+    if (!strcasecmp(s, "true") || !strcasecmp(s, "yes") || !strcasecmp(s, "on") ||
+        !strcmp(s, "1")) {
         *out = true;
         return 0;
     }
@@ -88,8 +89,8 @@ static int parse_scaled(const char *s, uint64_t *out, const char *const *units,
 int brix_parse_size(const char *s, uint64_t *out)
 {
     static const char *const u[] = { "b", "k", "kb", "kib", "m", "mb", "mib", "g", "gb", "gib" };
-    static const uint64_t m[] = { 1, 1024, 1024, 1024, 1 << 20, 1 << 20, 1 << 20,
-                                  1 << 30, 1 << 30, 1 << 30 };
+    static const uint64_t m[] = { 1,       1024,    1024,    1024,    1 << 20,
+                                  1 << 20, 1 << 20, 1 << 30, 1 << 30, 1 << 30 };
     return parse_scaled(s, out, u, m, sizeof u / sizeof *u);
 }
 
@@ -389,13 +390,27 @@ void brix_config_usage(FILE *out, const brix_opt_t *tbl, const char *usage, cons
         const char *mv = o->metavar;
         if (!mv) {
             switch (o->type) {
-            case BRIX_OPT_BOOL: mv = NULL; break;
-            case BRIX_OPT_INT: mv = "N"; break;
-            case BRIX_OPT_DOUBLE: mv = "F"; break;
-            case BRIX_OPT_SIZE: mv = "SIZE"; break;
-            case BRIX_OPT_DURATION: mv = "DURATION"; break;
-            case BRIX_OPT_STRLIST: mv = "VALUE [VALUE ...]"; break;
-            default: mv = "VALUE"; break;
+            case BRIX_OPT_BOOL:
+                mv = NULL;
+                break;
+            case BRIX_OPT_INT:
+                mv = "N";
+                break;
+            case BRIX_OPT_DOUBLE:
+                mv = "F";
+                break;
+            case BRIX_OPT_SIZE:
+                mv = "SIZE";
+                break;
+            case BRIX_OPT_DURATION:
+                mv = "DURATION";
+                break;
+            case BRIX_OPT_STRLIST:
+                mv = "VALUE [VALUE ...]";
+                break;
+            default:
+                mv = "VALUE";
+                break;
             }
         }
         if (o->type == BRIX_OPT_BOOL)

@@ -34,7 +34,7 @@ typedef struct brix_strlist {
 } brix_strlist_t;
 
 typedef struct brix_opt {
-    const char *name;   /* long flag without "--", e.g. "max-num-seqs" */
+    const char *name; /* long flag without "--", e.g. "max-num-seqs" */
     brix_opt_type_t type;
     size_t offset;      /* offsetof(config struct, field) */
     const char *defval; /* textual default, NULL = zero/empty */
@@ -43,7 +43,10 @@ typedef struct brix_opt {
     const char *help;
 } brix_opt_t;
 
-#define BRIX_OPT_END {NULL, 0, 0, NULL, 0, 0, NULL, NULL}
+#define BRIX_OPT_END                                                                               \
+    {                                                                                              \
+        NULL, 0, 0, NULL, 0, 0, NULL, NULL                                                         \
+    }
 
 /* Sets every option to its default. Returns 0 or -1 (bad default: a bug). */
 int brix_config_defaults(const brix_opt_t *tbl, void *cfg, char *err, size_t errlen);

@@ -43,7 +43,7 @@ struct brix_curl {
     size_t active;
     bool closing;
     bool dispatching; /* inside a completion callback */
-    int handles; /* our uv handles still open (timer + polls) */
+    int handles;      /* our uv handles still open (timer + polls) */
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;

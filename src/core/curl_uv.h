@@ -18,11 +18,11 @@
 typedef struct brix_curl brix_curl_t;
 
 typedef struct brix_curl_result {
-    long status;        /* HTTP status, 0 when the transfer failed */
-    const char *error;  /* NULL on success, else curl's message */
-    const char *body;   /* NUL-terminated */
+    long status;       /* HTTP status, 0 when the transfer failed */
+    const char *error; /* NULL on success, else curl's message */
+    const char *body;  /* NUL-terminated */
     size_t body_len;
-    double total_s;     /* transfer time */
+    double total_s; /* transfer time */
 } brix_curl_result_t;
 
 typedef void (*brix_curl_done_fn)(const brix_curl_result_t *res, void *ud);

@@ -23,12 +23,27 @@ typedef struct field {
     int is_int; /* int64_t, else double */
 } field_t;
 
-#define D(f) { #f, offsetof(brix_gpu_profile_t, f), 0 }
-#define I(f) { #f, offsetof(brix_gpu_profile_t, f), 1 }
+#define D(f)                                                                                       \
+    {                                                                                              \
+#f, offsetof(brix_gpu_profile_t, f), 0                                                     \
+    }
+#define I(f)                                                                                       \
+    {                                                                                              \
+#f, offsetof(brix_gpu_profile_t, f), 1                                                     \
+    }
 static const field_t fields[] = {
-    D(memory_gib),        D(price_per_hour),       D(prefill_per_token), D(prefill_base),
-    D(prefill_min),       D(decode_per_ctx_token), D(decode_base),       D(decode_per_seq),
-    I(kv_cache_tokens),   D(lora_load_seconds),    D(lora_swap_seconds), I(max_num_seqs),
+    D(memory_gib),
+    D(price_per_hour),
+    D(prefill_per_token),
+    D(prefill_base),
+    D(prefill_min),
+    D(decode_per_ctx_token),
+    D(decode_base),
+    D(decode_per_seq),
+    I(kv_cache_tokens),
+    D(lora_load_seconds),
+    D(lora_swap_seconds),
+    I(max_num_seqs),
     I(max_num_batched_tokens),
 };
 #undef D

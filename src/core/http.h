@@ -75,12 +75,12 @@ struct brix_http_req {
 };
 
 typedef struct brix_http_limits {
-    uint64_t max_header_bytes; /* request line + headers; over → 431 */
-    uint64_t max_body_bytes;   /* over → 413 */
+    uint64_t max_header_bytes;  /* request line + headers; over → 431 */
+    uint64_t max_body_bytes;    /* over → 413 */
     uint64_t header_timeout_ms; /* first byte to end of headers; over → 408 */
-    uint64_t body_timeout_ms;  /* end of headers to end of body; over → 408 */
-    uint64_t idle_timeout_ms;  /* keep-alive idle; over → close */
-    uint64_t max_connections;  /* per listener; over → 503 and close */
+    uint64_t body_timeout_ms;   /* end of headers to end of body; over → 408 */
+    uint64_t idle_timeout_ms;   /* keep-alive idle; over → close */
+    uint64_t max_connections;   /* per listener; over → 503 and close */
 } brix_http_limits_t;
 
 /* Sensible defaults: 64 KiB headers, 32 MiB body, 30 s, 60 s, 75 s, 10000. */
@@ -97,14 +97,14 @@ typedef struct brix_http_reqparser {
     brix_http_req_t *req;
     const brix_http_limits_t *lim;
     uint64_t header_bytes;
-    int last_cb;          /* 0 none, 1 field, 2 value: for split header callbacks */
-    brix_buf_t url;       /* URL while headers arrive */
-    brix_buf_t hdr;       /* "name\0value\0" pairs while headers arrive */
+    int last_cb;    /* 0 none, 1 field, 2 value: for split header callbacks */
+    brix_buf_t url; /* URL while headers arrive */
+    brix_buf_t hdr; /* "name\0value\0" pairs while headers arrive */
     size_t nhdr;
     bool started, headers_done, done;
-    char line_tail[16];   /* the last bytes of the request line, for the version check */
-    size_t line_len;      /* request-line bytes seen; SIZE_MAX once the line is complete */
-    int err_status;       /* 400, 413, 431, 501 when rc == ERROR */
+    char line_tail[16]; /* the last bytes of the request line, for the version check */
+    size_t line_len;    /* request-line bytes seen; SIZE_MAX once the line is complete */
+    int err_status;     /* 400, 413, 431, 501 when rc == ERROR */
     const char *err_msg;
 } brix_http_reqparser_t;
 

@@ -32,10 +32,10 @@ typedef struct uconn {
     int handles;
     http_parser p;
     brix_ureq_t *req;
-    bool reused;     /* has completed a request before */
+    bool reused; /* has completed a request before */
     bool reading;
-    bool in_parse;   /* inside http_parser_execute */
-    brix_buf_t hdr;  /* "name\0value\0" while the head arrives */
+    bool in_parse;  /* inside http_parser_execute */
+    brix_buf_t hdr; /* "name\0value\0" while the head arrives */
     size_t nhdr;
     int last_cb;
     uint64_t hdr_bytes;
@@ -47,7 +47,7 @@ struct brix_ureq {
     uconn_t *c;
     brix_ureq_cb_t cb;
     void *ud;
-    brix_buf_t out;      /* the serialized request */
+    brix_buf_t out; /* the serialized request */
     bool got_bytes;
     bool head_done;
     bool retried;
@@ -74,13 +74,20 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b);
 const char *brix_uerr_str(brix_uerr_t e)
 {
     switch (e) {
-    case BRIX_UERR_CONNECT: return "connect failed";
-    case BRIX_UERR_CONNECT_TIMEOUT: return "connect timed out";
-    case BRIX_UERR_FIRST_BYTE_TIMEOUT: return "no response before the first-byte timeout";
-    case BRIX_UERR_IDLE_TIMEOUT: return "response stalled past the idle timeout";
-    case BRIX_UERR_CLOSED: return "connection closed before the response ended";
-    case BRIX_UERR_PROTOCOL: return "invalid HTTP response";
-    case BRIX_UERR_NOMEM: return "out of memory";
+    case BRIX_UERR_CONNECT:
+        return "connect failed";
+    case BRIX_UERR_CONNECT_TIMEOUT:
+        return "connect timed out";
+    case BRIX_UERR_FIRST_BYTE_TIMEOUT:
+        return "no response before the first-byte timeout";
+    case BRIX_UERR_IDLE_TIMEOUT:
+        return "response stalled past the idle timeout";
+    case BRIX_UERR_CLOSED:
+        return "connection closed before the response ended";
+    case BRIX_UERR_PROTOCOL:
+        return "invalid HTTP response";
+    case BRIX_UERR_NOMEM:
+        return "out of memory";
     }
     return "unknown error";
 }

@@ -28,23 +28,23 @@
 #include "core/http.h"
 
 typedef enum brix_uerr {
-    BRIX_UERR_CONNECT = 1,   /* could not connect (refused, unreachable) */
+    BRIX_UERR_CONNECT = 1, /* could not connect (refused, unreachable) */
     BRIX_UERR_CONNECT_TIMEOUT,
     BRIX_UERR_FIRST_BYTE_TIMEOUT,
-    BRIX_UERR_IDLE_TIMEOUT,  /* response stalled between bytes */
-    BRIX_UERR_CLOSED,        /* connection closed or reset before the response ended */
-    BRIX_UERR_PROTOCOL,      /* unparsable response */
+    BRIX_UERR_IDLE_TIMEOUT, /* response stalled between bytes */
+    BRIX_UERR_CLOSED,       /* connection closed or reset before the response ended */
+    BRIX_UERR_PROTOCOL,     /* unparsable response */
     BRIX_UERR_NOMEM,
 } brix_uerr_t;
 
 const char *brix_uerr_str(brix_uerr_t e);
 
 typedef struct brix_upstream_opts {
-    uint64_t connect_timeout_ms;    /* default 5000 */
-    uint64_t first_byte_timeout_ms; /* default 60000 (prefill of a long prompt) */
-    uint64_t idle_timeout_ms;       /* default 60000, between body bytes */
-    uint64_t keepalive_ms;          /* idle pooled connection lifetime, default 60000 */
-    uint32_t max_idle;              /* pooled idle connections kept, default 64 */
+    uint64_t connect_timeout_ms;        /* default 5000 */
+    uint64_t first_byte_timeout_ms;     /* default 60000 (prefill of a long prompt) */
+    uint64_t idle_timeout_ms;           /* default 60000, between body bytes */
+    uint64_t keepalive_ms;              /* idle pooled connection lifetime, default 60000 */
+    uint32_t max_idle;                  /* pooled idle connections kept, default 64 */
     uint64_t max_response_header_bytes; /* default 64 KiB */
 } brix_upstream_opts_t;
 

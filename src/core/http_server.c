@@ -16,8 +16,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define READ_BUF_SIZE   65536
-#define LINGER_MS       2000
+#define READ_BUF_SIZE 65536
+#define LINGER_MS     2000
 
 typedef enum brix_http_conn_state {
     CONN_IDLE,      /* between requests, no byte of the next one yet; idle timer armed */
@@ -37,14 +37,14 @@ typedef struct brix_http_conn {
     brix_http_conn_state_t state;
     brix_http_reqparser_t rp;
     brix_http_req_t req;
-    brix_buf_t in;     /* received, not yet parsed */
-    brix_buf_t head;   /* scratch for response heads */
+    brix_buf_t in;   /* received, not yet parsed */
+    brix_buf_t head; /* scratch for response heads */
     bool reading;
     bool processing, reprocess;
-    bool body_phase;   /* READING: headers done, body timer armed */
+    bool body_phase; /* READING: headers done, body timer armed */
     bool sent_continue;
     int handles_open;
-    size_t wq_bytes;   /* bytes in queued uv_write requests */
+    size_t wq_bytes; /* bytes in queued uv_write requests */
     unsigned wq_reqs;
     struct brix_http_conn *prev, *next;
 } brix_http_conn_t;
@@ -57,8 +57,8 @@ struct brix_http_server {
     brix_http_limits_t lim;
     brix_http_handler_fn handler;
     void *ud;
-    brix_http_conn_t *conns;  /* open connections (not yet closing) */
-    size_t conns_alive;       /* connections whose memory is not yet freed */
+    brix_http_conn_t *conns; /* open connections (not yet closing) */
+    size_t conns_alive;      /* connections whose memory is not yet freed */
     brix_http_server_stats_t st;
     char rbuf[READ_BUF_SIZE];
     void (*done_cb)(void *);
@@ -126,12 +126,18 @@ static const char *http_date(void)
 const char *brix_http_error_type(int status)
 {
     switch (status) {
-    case 401: return "authentication_error";
-    case 403: return "permission_error";
-    case 404: return "invalid_request_error";
-    case 429: return "rate_limit_exceeded";
-    case 503: return "service_unavailable";
-    default: return status < 500 ? "invalid_request_error" : "internal_server_error";
+    case 401:
+        return "authentication_error";
+    case 403:
+        return "permission_error";
+    case 404:
+        return "invalid_request_error";
+    case 429:
+        return "rate_limit_exceeded";
+    case 503:
+        return "service_unavailable";
+    default:
+        return status < 500 ? "invalid_request_error" : "internal_server_error";
     }
 }
 
@@ -451,7 +457,8 @@ static void conn_process(brix_http_conn_t *c)
                 arm_timer(c, s->lim.header_timeout_ms);
             }
             size_t used = 0;
-            brix_http_parse_rc_t rc = brix_http_reqparser_feed(&c->rp, c->in.data, c->in.len, &used);
+            brix_http_parse_rc_t rc =
+                brix_http_reqparser_feed(&c->rp, c->in.data, c->in.len, &used);
             brix_buf_consume(&c->in, used);
             if (rc == BRIX_HTTP_PARSE_ERROR) {
                 conn_fail(c, c->rp.err_status, c->rp.err_msg ? c->rp.err_msg : "bad request");
@@ -719,8 +726,8 @@ static int write_head(brix_http_req_t *req, int status, const char *ctype, long 
     return conn_write(c, bufs, n);
 }
 
-int brix_http_respond(brix_http_req_t *req, int status, const char *content_type,
-                      const char *body, size_t len)
+int brix_http_respond(brix_http_req_t *req, int status, const char *content_type, const char *body,
+                      size_t len)
 {
     if (req->resp_state != BRIX_HTTP_RESP_NONE)
         return -EINVAL;

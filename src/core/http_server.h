@@ -58,8 +58,8 @@ void brix_http_server_stats(const brix_http_server_t *s, brix_http_server_stats_
 /* Adds a response header (before the head is sent). */
 int brix_http_add_header(brix_http_req_t *req, const char *name, const char *value);
 /* Sends a complete response. body may be NULL when len is 0. */
-int brix_http_respond(brix_http_req_t *req, int status, const char *content_type,
-                      const char *body, size_t len);
+int brix_http_respond(brix_http_req_t *req, int status, const char *content_type, const char *body,
+                      size_t len);
 /* Sends {"error":{"message","type","param","code"}}. code NULL → the status
  * number; param NULL → null. type NULL → derived from the status. */
 int brix_http_respond_error(brix_http_req_t *req, int status, const char *type, const char *code,

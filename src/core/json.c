@@ -95,7 +95,8 @@ int brix_json_get_int(const cJSON *obj, const char *key, int64_t min, int64_t ma
     const cJSON *v = field(obj, key, present);
     if (!v)
         return 0;
-    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) || floor(v->valuedouble) != v->valuedouble) {
+    if (!cJSON_IsNumber(v) || !isfinite(v->valuedouble) ||
+        floor(v->valuedouble) != v->valuedouble) {
         brix_json_errf(e, key, "'%s' must be an integer", key);
         return -1;
     }

@@ -104,11 +104,11 @@ typedef struct brix_prom_sample {
 typedef void (*brix_prom_sample_fn)(const brix_prom_sample_t *s, void *ud);
 
 typedef struct brix_prom_parser {
-    brix_buf_t line;      /* current partial line */
-    size_t max_line;      /* longer lines are skipped and counted as errors */
-    bool skipping;        /* inside an over-long line */
-    uint64_t samples;     /* samples delivered */
-    uint64_t errors;      /* malformed lines skipped */
+    brix_buf_t line;  /* current partial line */
+    size_t max_line;  /* longer lines are skipped and counted as errors */
+    bool skipping;    /* inside an over-long line */
+    uint64_t samples; /* samples delivered */
+    uint64_t errors;  /* malformed lines skipped */
     brix_prom_sample_fn fn;
     void *ud;
 } brix_prom_parser_t;

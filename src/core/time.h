@@ -9,10 +9,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-uint64_t brix_now_ns(void);   /* CLOCK_MONOTONIC */
-uint64_t brix_now_ms(void);   /* CLOCK_MONOTONIC */
-uint64_t brix_wall_ms(void);  /* CLOCK_REALTIME, ms since the epoch */
-int64_t brix_wall_s(void);    /* CLOCK_REALTIME, s since the epoch */
+uint64_t brix_now_ns(void);  /* CLOCK_MONOTONIC */
+uint64_t brix_now_ms(void);  /* CLOCK_MONOTONIC */
+uint64_t brix_wall_ms(void); /* CLOCK_REALTIME, ms since the epoch */
+int64_t brix_wall_s(void);   /* CLOCK_REALTIME, s since the epoch */
 /* Writes "2026-11-25T15:01:10.123Z" (24 chars + NUL) into out. */
 void brix_time_iso8601(char out[32], uint64_t wall_ms);
 /* Writes an RFC 7231 IMF-fixdate ("Wed, 25 Nov 2026 15:01:10 GMT"). */

@@ -109,7 +109,7 @@ int brix_chat_render_end(brix_buf_t *out, bool add_generation_prompt);
  */
 #define BRIX_TOK_OUT_VOCAB 512
 const char *brix_tok_out_piece(uint32_t idx, size_t *len); /* idx < BRIX_TOK_OUT_VOCAB */
-uint32_t brix_tok_out_id(uint32_t idx);                     /* token id of that piece */
+uint32_t brix_tok_out_id(uint32_t idx);                    /* token id of that piece */
 /* Index of an output-vocabulary token id, or -1 when id is not one. O(1). */
 int brix_tok_out_index(uint32_t id);
 

@@ -24,10 +24,10 @@ typedef struct brix_yaml_node brix_yaml_node_t;
 struct brix_yaml_node {
     brix_yaml_type_t type;
     int line, col;
-    char *scalar;            /* SCALAR: the value, NUL-terminated */
-    bool quoted;             /* SCALAR: written in quotes (so "null" is a string) */
-    bool key_pending;        /* MAP while building: a key has no value yet */
-    size_t n;                /* SEQ: items; MAP: pairs */
+    char *scalar;             /* SCALAR: the value, NUL-terminated */
+    bool quoted;              /* SCALAR: written in quotes (so "null" is a string) */
+    bool key_pending;         /* MAP while building: a key has no value yet */
+    size_t n;                 /* SEQ: items; MAP: pairs */
     brix_yaml_node_t **items; /* SEQ: n items; MAP: 2n nodes, key then value */
 };
 

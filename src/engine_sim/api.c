@@ -26,9 +26,9 @@
 #include <sys/stat.h>
 #include <xxhash.h>
 
-#define MAX_N          128   /* choices per request */
-#define MAX_STOPS      16
-#define MAX_EMBED_IN   2048  /* inputs per embeddings request */
+#define MAX_N        128 /* choices per request */
+#define MAX_STOPS    16
+#define MAX_EMBED_IN 2048 /* inputs per embeddings request */
 
 typedef enum api_kind { KIND_CHAT, KIND_COMPLETION, KIND_EMBEDDING } api_kind_t;
 
@@ -38,10 +38,10 @@ typedef struct api_seq {
     brix_seq_t seq;
     api_req_t *r;
     uint32_t index;
-    brix_buf_t text;   /* generated text (truncated at a stop string) */
-    size_t sent;       /* bytes of text already streamed */
-    int stop_idx;      /* index of the matched stop string, -1 = none */
-    bool added;        /* handed to the scheduler */
+    brix_buf_t text; /* generated text (truncated at a stop string) */
+    size_t sent;     /* bytes of text already streamed */
+    int stop_idx;    /* index of the matched stop string, -1 = none */
+    bool added;      /* handed to the scheduler */
 } api_seq_t;
 
 struct api_req {
@@ -53,8 +53,8 @@ struct api_req {
     api_req_t *next_dead; /* graveyard link */
     char id[96];
     int64_t created;
-    char *model;          /* as the client named it */
-    brix_lora_t *lora;    /* holds a reference */
+    char *model;       /* as the client named it */
+    brix_lora_t *lora; /* holds a reference */
     char *stops[MAX_STOPS];
     size_t nstops;
     size_t n, pending;
@@ -63,7 +63,7 @@ struct api_req {
     int64_t max_tokens;   /* effective */
     int64_t abort_after;  /* fault injection: reset the connection after N chunks */
     size_t chunks_sent;
-    bool b64;             /* embeddings encoding_format base64 */
+    bool b64; /* embeddings encoding_format base64 */
     int64_t dims;
     brix_buf_t out;
 };
@@ -126,8 +126,8 @@ static bool is_served_name(const brix_engine_t *e, const char *name)
 }
 
 /* Resolves `model` (absent = the base model). Answers 404 itself when unknown. */
-static int resolve_model(brix_engine_t *e, brix_http_req_t *h, const cJSON *body,
-                         const char **name, brix_lora_t **lora)
+static int resolve_model(brix_engine_t *e, brix_http_req_t *h, const cJSON *body, const char **name,
+                         brix_lora_t **lora)
 {
     brix_json_err_t je;
     bool present = false;
@@ -197,10 +197,14 @@ static void append_usage(brix_buf_t *b, size_t prompt, size_t completion, bool d
 static const char *finish_str(brix_finish_t f)
 {
     switch (f) {
-    case BRIX_FINISH_STOP: return "stop";
-    case BRIX_FINISH_LENGTH: return "length";
-    case BRIX_FINISH_ABORT: return "abort";
-    default: return NULL;
+    case BRIX_FINISH_STOP:
+        return "stop";
+    case BRIX_FINISH_LENGTH:
+        return "length";
+    case BRIX_FINISH_ABORT:
+        return "abort";
+    default:
+        return NULL;
     }
 }
 
@@ -299,8 +303,8 @@ static size_t total_generated(const api_req_t *r)
 }
 
 /* Sends one chunk for sequence s with `text` (may be empty) and finish. */
-static int send_chunk(api_req_t *r, api_seq_t *s, const char *text, size_t len,
-                      const char *finish, bool role)
+static int send_chunk(api_req_t *r, api_seq_t *s, const char *text, size_t len, const char *finish,
+                      bool role)
 {
     /* continuous_usage_stats: the choice's own count, 0 on the role chunk */
     size_t generated = role ? 0 : s->seq.generated;
@@ -423,8 +427,7 @@ bool brix_engine_on_token(brix_seq_t *q, uint32_t token, void *ud)
             s->sent = safe;
         }
         if (r->abort_after >= 0 && r->http && (int64_t)r->chunks_sent >= r->abort_after) {
-            BRIX_INFO("fault injection: resetting the connection after %zu chunks",
-                      r->chunks_sent);
+            BRIX_INFO("fault injection: resetting the connection after %zu chunks", r->chunks_sent);
             brix_http_abort(r->http); /* on_abort frees r */
         }
     }
@@ -468,8 +471,8 @@ void brix_engine_on_finish(brix_seq_t *q, void *ud)
     r->pending--;
     if (r->http && r->stream && r->kind != KIND_EMBEDDING) {
         const char *fin = finish_str(q->finish);
-        if (send_chunk(r, s, s->text.data ? s->text.data + s->sent : "", s->text.len - s->sent,
-                       fin, false) == 0)
+        if (send_chunk(r, s, s->text.data ? s->text.data + s->sent : "", s->text.len - s->sent, fin,
+                       false) == 0)
             s->sent = s->text.len;
     }
     if (r->pending == 0 && r->http) {
@@ -492,7 +495,8 @@ static void write_embeddings(api_req_t *r)
     brix_buf_append_str(b, ",\"data\":[");
     for (size_t i = 0; i < r->n; i++) {
         const brix_seq_t *q = &r->seqs[i].seq;
-        uint64_t rng = XXH64(q->tokens, q->prompt_len * sizeof *q->tokens, (uint64_t)r->e->cfg.seed);
+        uint64_t rng =
+            XXH64(q->tokens, q->prompt_len * sizeof *q->tokens, (uint64_t)r->e->cfg.seed);
         /* Deterministic unit vector: Gaussian-ish components, L2-normalised. */
         size_t d = (size_t)r->dims;
         float *v = brix_malloc(d * sizeof *v);
@@ -524,7 +528,8 @@ static void write_embeddings(api_req_t *r)
                 if (k + 2 < nb)
                     w |= raw[k + 2];
                 char o[4] = { tbl[(w >> 18) & 63], tbl[(w >> 12) & 63],
-                              k + 1 < nb ? tbl[(w >> 6) & 63] : '=', k + 2 < nb ? tbl[w & 63] : '=' };
+                              k + 1 < nb ? tbl[(w >> 6) & 63] : '=',
+                              k + 2 < nb ? tbl[w & 63] : '=' };
                 brix_buf_append(b, o, 4);
             }
             brix_buf_append_char(b, '"');
@@ -557,7 +562,8 @@ static void write_final(api_req_t *r)
         if (r->include_usage) {
             chunk_head(r, b);
             brix_buf_append_str(b, ",\"choices\":[],\"usage\":");
-            brix_buf_printf(b, "{\"prompt_tokens\":%zu,\"total_tokens\":%zu,\"completion_tokens\":%zu",
+            brix_buf_printf(b,
+                            "{\"prompt_tokens\":%zu,\"total_tokens\":%zu,\"completion_tokens\":%zu",
                             r->prompt_tokens, r->prompt_tokens + gen, gen);
             if (r->prompt_details)
                 brix_buf_printf(b, ",\"prompt_tokens_details\":{\"cached_tokens\":%zu}", cached);
@@ -638,8 +644,8 @@ static int render_chat(brix_http_req_t *h, const cJSON *body, brix_buf_t *text, 
                         "messages[%d] must be an object with a string 'role'", i);
             return -1;
         }
-        static const char *roles[] = { "system", "user", "assistant", "tool", "developer",
-                                       "function" };
+        static const char *roles[] = { "system", "user",      "assistant",
+                                       "tool",   "developer", "function" };
         bool ok = false;
         for (size_t k = 0; k < sizeof roles / sizeof *roles; k++)
             ok |= !strcmp(role->valuestring, roles[k]);
@@ -704,8 +710,8 @@ static int take_token_array(brix_http_req_t *h, const cJSON *arr, const char *wh
     {
         if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble >= BRIX_TOK_VOCAB ||
             floor(t->valuedouble) != t->valuedouble) {
-            respond_err(h, 400, "BadRequestError",
-                        "%s: token ids must be integers in [0, %u)", what, BRIX_TOK_VOCAB);
+            respond_err(h, 400, "BadRequestError", "%s: token ids must be integers in [0, %u)",
+                        what, BRIX_TOK_VOCAB);
             return -1;
         }
         if (*n == *cap) {
@@ -752,8 +758,8 @@ static int input_tokens(brix_http_req_t *h, const cJSON *in, const char *what, b
     }
     if (cJSON_IsArray(in) && cJSON_GetArraySize(in) > 0)
         return take_token_array(h, in, what, ids, n, cap);
-    respond_err(h, 400, "BadRequestError",
-                "%s must be a string, or a non-empty array of token ids", what);
+    respond_err(h, 400, "BadRequestError", "%s must be a string, or a non-empty array of token ids",
+                what);
     return -1;
 }
 
@@ -817,7 +823,8 @@ static int parse_stops(api_req_t *r, brix_http_req_t *h, const cJSON *body)
     cJSON_ArrayForEach(s, st)
     {
         if (!cJSON_IsString(s)) {
-            respond_err(h, 400, "BadRequestError", "'stop' must be a string or an array of strings");
+            respond_err(h, 400, "BadRequestError",
+                        "'stop' must be a string or an array of strings");
             return -1;
         }
         if (!*s->valuestring)
@@ -1095,7 +1102,8 @@ static void handle_embeddings(brix_engine_t *e, brix_http_req_t *h)
         goto out;
     }
     r = brix_calloc(1, sizeof *r);
-    if (!r || !(r->seqs = brix_calloc(count, sizeof *r->seqs)) || !(r->model = brix_strdup(model))) {
+    if (!r || !(r->seqs = brix_calloc(count, sizeof *r->seqs)) ||
+        !(r->model = brix_strdup(model))) {
         respond_err(h, 500, "InternalServerError", "out of memory");
         if (r) {
             brix_free(r->seqs);
@@ -1185,13 +1193,14 @@ static void models_entry(brix_buf_t *b, const char *id, const char *root, const 
         brix_buf_printf(b, ",\"max_model_len\":%lld", max_len);
     else
         brix_buf_append_str(b, ",\"max_model_len\":null");
-    brix_buf_printf(b,
-                    ",\"permission\":[{\"id\":\"modelperm-%016llx\",\"object\":\"model_permission\","
-                    "\"created\":%lld,\"allow_create_engine\":false,\"allow_sampling\":true,"
-                    "\"allow_logprobs\":true,\"allow_search_indices\":false,\"allow_view\":true,"
-                    "\"allow_fine_tuning\":false,\"organization\":\"*\",\"group\":null,"
-                    "\"is_blocking\":false}]}",
-                    (unsigned long long)XXH64(id, strlen(id), 0), (long long)created);
+    brix_buf_printf(
+        b,
+        ",\"permission\":[{\"id\":\"modelperm-%016llx\",\"object\":\"model_permission\","
+        "\"created\":%lld,\"allow_create_engine\":false,\"allow_sampling\":true,"
+        "\"allow_logprobs\":true,\"allow_search_indices\":false,\"allow_view\":true,"
+        "\"allow_fine_tuning\":false,\"organization\":\"*\",\"group\":null,"
+        "\"is_blocking\":false}]}",
+        (unsigned long long)XXH64(id, strlen(id), 0), (long long)created);
 }
 
 static void handle_models(brix_engine_t *e, brix_http_req_t *h)
@@ -1309,8 +1318,8 @@ static void handle_detokenize(brix_engine_t *e, brix_http_req_t *h)
         respond_err(h, 400, "BadRequestError", "'tokens' must be an array of token ids");
         goto out;
     }
-    static const char *special[] = { NULL, "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>",
-                                     "<|start_header_id|>", "<|end_header_id|>" };
+    static const char *special[] = { NULL,         "<|begin_of_text|>",   "<|end_of_text|>",
+                                     "<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>" };
     const cJSON *t;
     cJSON_ArrayForEach(t, toks)
     {
@@ -1419,7 +1428,8 @@ static void handle_load_lora(brix_engine_t *e, brix_http_req_t *h)
         goto out;
     }
     if (!name || !*name || !path || !*path) {
-        respond_err(h, 400, "InvalidUserInput", "Both 'lora_name' and 'lora_path' must be provided.");
+        respond_err(h, 400, "InvalidUserInput",
+                    "Both 'lora_name' and 'lora_path' must be provided.");
         goto out;
     }
     if (brix_lora_find(&e->loras, name)) {
@@ -1545,8 +1555,8 @@ void brix_engine_handle(brix_http_req_t *h, void *ud)
     if (!strcmp(p, "/health") || !strcmp(p, "/ping")) {
         brix_http_respond(h, ready(e) && !e->draining ? 200 : 503, NULL, NULL, 0);
     } else if (!strcmp(p, "/version")) {
-        static const char v[] = "{\"version\":\"" BRIX_VLLM_VERSION "\",\"brix\":\"" BRIX_VERSION
-                                "\"}";
+        static const char v[] =
+            "{\"version\":\"" BRIX_VLLM_VERSION "\",\"brix\":\"" BRIX_VERSION "\"}";
         brix_http_respond(h, 200, "application/json", v, sizeof v - 1);
     } else if (!strcmp(p, "/metrics")) {
         handle_metrics(e, h);

@@ -91,7 +91,7 @@ typedef struct brix_engine_metrics {
 typedef struct brix_engine {
     brix_engine_cfg_t cfg;
     uv_loop_t *loop;
-    const char *served;     /* primary served model name */
+    const char *served; /* primary served model name */
     brix_gpu_profiles_t profiles;
     const brix_gpu_profile_t *profile;
     brix_outlen_t outlen;
@@ -102,20 +102,20 @@ typedef struct brix_engine {
     brix_engine_metrics_t m;
     brix_http_server_t *http;
     int port;
-    uint64_t epoch_ns;      /* monotonic start: simulated time 0 */
-    double ready_at;        /* simulated seconds when /health turns 200 */
+    uint64_t epoch_ns; /* monotonic start: simulated time 0 */
+    double ready_at;   /* simulated seconds when /health turns 200 */
     uv_timer_t step_timer;
     bool step_active;
-    double step_end;        /* simulated end of the planned step */
-    uint64_t rng;           /* for --failure-rate */
-    int64_t created;        /* unix seconds at start, for /v1/models */
+    double step_end; /* simulated end of the planned step */
+    uint64_t rng;    /* for --failure-rate */
+    int64_t created; /* unix seconds at start, for /v1/models */
     uv_signal_t sigterm, sigint;
     uv_timer_t shutdown_timer;
     bool draining;
-    bool force_close;       /* second signal: stop waiting for in-flight requests */
+    bool force_close; /* second signal: stop waiting for in-flight requests */
     uint64_t drain_start_ns;
-    bool in_commit;         /* inside brix_sched_commit: releases are deferred */
-    void *graveyard;        /* requests released during a commit (api.c) */
+    bool in_commit;  /* inside brix_sched_commit: releases are deferred */
+    void *graveyard; /* requests released during a commit (api.c) */
     uint64_t requests_inflight;
 } brix_engine_t;
 

@@ -18,16 +18,16 @@
 #include <stdio.h>
 #include <string.h>
 
-static const double ttft_buckets[] = { 0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,
-                                       0.25,  0.5,   0.75, 1.0,  2.5,  5.0,  7.5,  10.0,
+static const double ttft_buckets[] = { 0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
+                                       0.25,  0.5,   0.75, 1.0,   2.5,   5.0,   7.5,  10.0,
                                        20.0,  40.0,  80.0, 160.0, 640.0, 2560.0 };
-static const double itl_buckets[] = { 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
-                                      0.3,  0.4,   0.5,  0.75,  1.0, 2.5,  5.0,
-                                      7.5,  10.0,  20.0, 40.0,  80.0 };
-static const double latency_buckets[] = { 0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,
-                                          5.0,  10.0, 15.0, 20.0, 30.0,  40.0,  50.0,
+static const double itl_buckets[] = { 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4, 0.5,
+                                      0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0 };
+static const double latency_buckets[] = { 0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
+                                          5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
                                           60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0 };
-static const double iter_buckets[] = { 1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384 };
+static const double iter_buckets[] = { 1,   8,    16,   32,   64,   128,  256,
+                                       512, 1024, 2048, 4096, 8192, 16384 };
 static const double n_buckets[] = { 1, 2, 5, 10, 20 };
 
 #define NB(a) (sizeof(a) / sizeof *(a))
@@ -125,14 +125,13 @@ int brix_engine_metrics_init(brix_engine_t *e)
                      "Number of requests in model execution batches.", NULL, 0);
     m->waiting = fam(e, G, "vllm:num_requests_waiting",
                      "Number of requests waiting to be processed.", NULL, 0);
-    m->kv_usage = fam(e, G, "vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
-                      NULL, 0);
+    m->kv_usage = fam(e, G, "vllm:kv_cache_usage_perc",
+                      "KV-cache usage. 1 means 100 percent usage.", NULL, 0);
     if (hidden)
-        m->gpu_cache_usage =
-            fam(e, G, "vllm:gpu_cache_usage_perc",
-                "GPU KV-cache usage. 1 means 100 percent usage.DEPRECATED: Use "
-                "vllm:kv_cache_usage_perc instead.",
-                NULL, 0);
+        m->gpu_cache_usage = fam(e, G, "vllm:gpu_cache_usage_perc",
+                                 "GPU KV-cache usage. 1 means 100 percent usage.DEPRECATED: Use "
+                                 "vllm:kv_cache_usage_perc instead.",
+                                 NULL, 0);
     m->prefix_queries = fam(e, C, "vllm:prefix_cache_queries_total",
                             "Prefix cache queries, in terms of number of queried tokens.", NULL, 0);
     m->prefix_hits = fam(e, C, "vllm:prefix_cache_hits_total",
@@ -151,8 +150,8 @@ int brix_engine_metrics_init(brix_engine_t *e)
     }
     m->preemptions = fam(e, C, "vllm:num_preemptions_total",
                          "Cumulative number of preemption from the engine.", NULL, 0);
-    m->prompt_tokens = fam(e, C, "vllm:prompt_tokens_total", "Number of prefill tokens processed.",
-                           NULL, 0);
+    m->prompt_tokens =
+        fam(e, C, "vllm:prompt_tokens_total", "Number of prefill tokens processed.", NULL, 0);
     m->generation_tokens = fam(e, C, "vllm:generation_tokens_total",
                                "Number of generation tokens processed.", NULL, 0);
     brix_metric_family_t *succ =
@@ -165,16 +164,16 @@ int brix_engine_metrics_init(brix_engine_t *e)
         m->success_length = brix_metric_child(succ, s2);
         m->success_abort = brix_metric_child(succ, s3);
     }
-    m->h_prompt_tokens = fam(e, H, "vllm:request_prompt_tokens",
-                             "Number of prefill tokens processed.", b125, n125);
+    m->h_prompt_tokens =
+        fam(e, H, "vllm:request_prompt_tokens", "Number of prefill tokens processed.", b125, n125);
     m->h_generation_tokens = fam(e, H, "vllm:request_generation_tokens",
                                  "Number of generation tokens processed.", b125, n125);
-    m->h_iteration_tokens = fam(e, H, "vllm:iteration_tokens_total",
-                                "Histogram of number of tokens per engine_step.", iter_buckets,
-                                NB(iter_buckets));
-    m->h_max_gen_tokens = fam(e, H, "vllm:request_max_num_generation_tokens",
-                              "Histogram of maximum number of requested generation tokens.", b125,
-                              n125);
+    m->h_iteration_tokens =
+        fam(e, H, "vllm:iteration_tokens_total", "Histogram of number of tokens per engine_step.",
+            iter_buckets, NB(iter_buckets));
+    m->h_max_gen_tokens =
+        fam(e, H, "vllm:request_max_num_generation_tokens",
+            "Histogram of maximum number of requested generation tokens.", b125, n125);
     m->h_params_n = fam(e, H, "vllm:request_params_n", "Histogram of the n request parameter.",
                         n_buckets, NB(n_buckets));
     m->h_params_max_tokens = fam(e, H, "vllm:request_params_max_tokens",
@@ -190,9 +189,9 @@ int brix_engine_metrics_init(brix_engine_t *e)
     m->h_req_tpot = fam(e, H, "vllm:request_time_per_output_token_seconds",
                         "Histogram of time_per_output_token_seconds per request.", itl_buckets,
                         NB(itl_buckets));
-    m->h_e2e = fam(e, H, "vllm:e2e_request_latency_seconds",
-                   "Histogram of e2e request latency in seconds.", latency_buckets,
-                   NB(latency_buckets));
+    m->h_e2e =
+        fam(e, H, "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.", latency_buckets, NB(latency_buckets));
     m->h_queue = fam(e, H, "vllm:request_queue_time_seconds",
                      "Histogram of time spent in WAITING phase for request.", latency_buckets,
                      NB(latency_buckets));
@@ -207,17 +206,31 @@ int brix_engine_metrics_init(brix_engine_t *e)
                       NB(latency_buckets));
 
     /* vllm:cache_config_info: CacheConfig's fields as labels, value 1. */
-    static const char *const cc_labels[] = {
-        "block_size", "cache_dtype", "calculate_kv_scales", "cpu_kvcache_space_bytes",
-        "cpu_offload_gb", "enable_prefix_caching", "engine", "gpu_memory_utilization",
-        "is_attention_free", "kv_cache_memory_bytes", "kv_sharing_fast_prefill",
-        "mamba_cache_dtype", "mamba_page_size_padded", "mamba_ssm_cache_dtype", "num_cpu_blocks",
-        "num_gpu_blocks", "num_gpu_blocks_override", "prefix_caching_hash_algo", "sliding_window",
-        "swap_space", "swap_space_bytes", NULL
-    };
-    brix_metric_family_t *cc = brix_metrics_family(
-        m->reg, G, "vllm:cache_config_info", "Information of the LLMEngine CacheConfig", cc_labels,
-        NULL, 0);
+    static const char *const cc_labels[] = { "block_size",
+                                             "cache_dtype",
+                                             "calculate_kv_scales",
+                                             "cpu_kvcache_space_bytes",
+                                             "cpu_offload_gb",
+                                             "enable_prefix_caching",
+                                             "engine",
+                                             "gpu_memory_utilization",
+                                             "is_attention_free",
+                                             "kv_cache_memory_bytes",
+                                             "kv_sharing_fast_prefill",
+                                             "mamba_cache_dtype",
+                                             "mamba_page_size_padded",
+                                             "mamba_ssm_cache_dtype",
+                                             "num_cpu_blocks",
+                                             "num_gpu_blocks",
+                                             "num_gpu_blocks_override",
+                                             "prefix_caching_hash_algo",
+                                             "sliding_window",
+                                             "swap_space",
+                                             "swap_space_bytes",
+                                             NULL };
+    brix_metric_family_t *cc =
+        brix_metrics_family(m->reg, G, "vllm:cache_config_info",
+                            "Information of the LLMEngine CacheConfig", cc_labels, NULL, 0);
     if (cc) {
         char bs[16], nb[16], ovr[16];
         snprintf(bs, sizeof bs, "%lld", (long long)e->cfg.block_size);
@@ -226,11 +239,13 @@ int brix_engine_metrics_init(brix_engine_t *e)
             snprintf(ovr, sizeof ovr, "%lld", (long long)e->cfg.num_gpu_blocks_override);
         else
             snprintf(ovr, sizeof ovr, "None");
-        const char *vals[] = { bs,      "auto",  "False", "None",   "0.0",
-                               e->cfg.enable_prefix_caching ? "True" : "False",
-                               "0",     "0.9",   "False", "None",   "False",
-                               "auto",  "None",  "auto",  "None",   nb,
-                               ovr,     "sha256", "None", "4.0",    "4294967296.0" };
+        const char *vals[] = { bs,     "auto",  "False",
+                               "None", "0.0",   e->cfg.enable_prefix_caching ? "True" : "False",
+                               "0",    "0.9",   "False",
+                               "None", "False", "auto",
+                               "None", "auto",  "None",
+                               nb,     ovr,     "sha256",
+                               "None", "4.0",   "4294967296.0" };
         brix_metric_t *c = brix_metric_child(cc, vals);
         if (c)
             brix_metric_set(c, 1);

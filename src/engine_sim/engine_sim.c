@@ -80,7 +80,8 @@ static const brix_opt_t engine_opts[] = {
     { "embedding-dim", BRIX_OPT_INT, O(embedding_dim), "4096", 1, 65536, NULL,
       "length of /v1/embeddings vectors" },
     { "show-hidden-metrics-for-version", BRIX_OPT_STRING, O(show_hidden_metrics_for_version), NULL,
-      1, 0, "VERSION", "also expose metrics vLLM hid after VERSION (0.10: gpu_cache_usage_perc...)" },
+      1, 0, "VERSION",
+      "also expose metrics vLLM hid after VERSION (0.10: gpu_cache_usage_perc...)" },
     { "log-level", BRIX_OPT_STRING, O(log_level), "info", 1, 0, "LEVEL",
       "debug | info | warn | error" },
     { "max-header-bytes", BRIX_OPT_SIZE, O(max_header_bytes), "64k", 1024, 16777216, NULL,
@@ -308,8 +309,9 @@ static int check_lora_path(const brix_engine_t *e, const char *path, char *err, 
 static int setup(brix_engine_t *e, char *err, size_t errlen)
 {
     brix_engine_cfg_t *c = &e->cfg;
-    int rc = c->gpu_profiles ? brix_gpu_profiles_load_file(c->gpu_profiles, &e->profiles, err, errlen)
-                             : brix_gpu_profiles_builtin(&e->profiles, err, errlen);
+    int rc = c->gpu_profiles
+                 ? brix_gpu_profiles_load_file(c->gpu_profiles, &e->profiles, err, errlen)
+                 : brix_gpu_profiles_builtin(&e->profiles, err, errlen);
     if (rc)
         return -1;
     if (!(e->profile = brix_gpu_profiles_find(&e->profiles, c->gpu))) {
@@ -512,9 +514,9 @@ int brix_engine_sim_main(int argc, char **argv)
     lim.idle_timeout_ms = e->cfg.idle_timeout;
     lim.max_connections = (uint64_t)e->cfg.max_connections;
     e->http = brix_http_server_new(&loop, &lim, brix_engine_handle, e);
-    int rc = e->http ? brix_http_server_listen(e->http, e->cfg.host, (int)e->cfg.port, false,
-                                               &e->port)
-                     : UV_ENOMEM;
+    int rc = e->http
+                 ? brix_http_server_listen(e->http, e->cfg.host, (int)e->cfg.port, false, &e->port)
+                 : UV_ENOMEM;
     if (rc) {
         BRIX_ERROR("cannot listen on %s:%lld: %s", e->cfg.host, (long long)e->cfg.port,
                    uv_strerror(rc));

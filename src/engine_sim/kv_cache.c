@@ -20,8 +20,7 @@ static uint32_t mix(uint64_t h)
     return (uint32_t)h;
 }
 
-int brix_kv_pool_init(brix_kv_pool_t *p, uint32_t nblocks, uint32_t block_size,
-                      bool prefix_caching)
+int brix_kv_pool_init(brix_kv_pool_t *p, uint32_t nblocks, uint32_t block_size, bool prefix_caching)
 {
     memset(p, 0, sizeof *p);
     if (nblocks < 2 || !block_size)

@@ -24,11 +24,11 @@
 #define BRIX_KV_NONE UINT32_MAX
 
 typedef struct brix_kv_block {
-    uint64_t hash;      /* valid when cached */
-    uint32_t ref;       /* sequences holding the block */
+    uint64_t hash;       /* valid when cached */
+    uint32_t ref;        /* sequences holding the block */
     uint32_t prev, next; /* free-queue links, BRIX_KV_NONE at the ends */
-    bool cached;        /* registered in the prefix table */
-    bool in_free;       /* on the free queue */
+    bool cached;         /* registered in the prefix table */
+    bool in_free;        /* on the free queue */
 } brix_kv_block_t;
 
 typedef struct brix_kv_sink {
@@ -46,7 +46,7 @@ typedef struct brix_kv_pool {
     bool prefix_caching;
     brix_kv_block_t *blocks;
     uint32_t free_head, free_tail;
-    uint32_t nfree;     /* blocks on the free queue (cached or not) */
+    uint32_t nfree; /* blocks on the free queue (cached or not) */
     /* Open-addressing table hash -> block id for cached blocks. */
     uint32_t *table;
     uint32_t table_mask;

@@ -21,10 +21,10 @@
 typedef struct brix_lora {
     char *name;
     char *path;
-    int64_t id;           /* vLLM's lora_int_id: 1, 2, ... in load order */
-    uint32_t refs;        /* requests (waiting or running) using it, + 1 while registered */
-    uint32_t running;     /* sequences in the running batch */
-    uint32_t waiting;     /* sequences waiting */
+    int64_t id;       /* vLLM's lora_int_id: 1, 2, ... in load order */
+    uint32_t refs;    /* requests (waiting or running) using it, + 1 while registered */
+    uint32_t running; /* sequences in the running batch */
+    uint32_t waiting; /* sequences waiting */
     bool registered;
     bool in_cpu, in_gpu;
     uint64_t cpu_tick, gpu_tick; /* LRU stamps */

@@ -58,26 +58,26 @@ struct brix_seq {
     uint32_t *tokens; /* prompt then generated tokens */
     size_t ntokens, cap;
     size_t prompt_len;
-    size_t num_computed;   /* tokens whose KV is computed */
+    size_t num_computed; /* tokens whose KV is computed */
     uint32_t *blocks;
     size_t nblocks, blocks_cap;
-    uint64_t *hashes;      /* chain hashes of the full blocks of `tokens` */
+    uint64_t *hashes; /* chain hashes of the full blocks of `tokens` */
     size_t nhashes, hashes_cap;
-    size_t nregistered;    /* leading blocks already offered to the prefix cache */
-    brix_lora_t *lora;     /* NULL = base model */
-    size_t max_tokens;     /* generated-token cap */
-    size_t eos_at;         /* output length at which EOS is drawn, SIZE_MAX = never */
-    bool prefill_only;     /* embeddings: finished once the prompt is computed */
+    size_t nregistered; /* leading blocks already offered to the prefix cache */
+    brix_lora_t *lora;  /* NULL = base model */
+    size_t max_tokens;  /* generated-token cap */
+    size_t eos_at;      /* output length at which EOS is drawn, SIZE_MAX = never */
+    bool prefill_only;  /* embeddings: finished once the prompt is computed */
     size_t generated;
-    size_t cached_tokens;  /* prefix-cache hit at first admission */
+    size_t cached_tokens; /* prefix-cache hit at first admission */
     bool admitted_once;
     uint32_t preemptions;
-    uint64_t rng;          /* output-token generator state */
+    uint64_t rng; /* output-token generator state */
     /* Simulated clock (seconds) at each phase, for vLLM's histograms. */
     double t_arrival, t_first_sched, t_first_token, t_last_token, t_finish;
     brix_finish_t finish;
-    size_t step_tokens;    /* scratch: tokens scheduled in the current step */
-    void *ud;              /* owner's */
+    size_t step_tokens; /* scratch: tokens scheduled in the current step */
+    void *ud;           /* owner's */
 };
 
 typedef struct brix_sched_cfg {
@@ -123,7 +123,7 @@ typedef struct brix_sched {
     uint64_t plan_prefill_tokens, plan_decode_ctx, plan_decode_seqs;
     double plan_extra_s; /* LoRA loads caused by the plan */
     bool planned;
-    double now;          /* simulated clock, seconds */
+    double now; /* simulated clock, seconds */
     brix_sched_stats_t st;
     uint64_t next_id;
 } brix_sched_t;

@@ -37,8 +37,8 @@ typedef struct cmodel {
 typedef struct cpod {
     brix_pod_t *pod;
     brix_gw_control_t *ctl;
-    bool removed;            /* left the fleet; freed when no request is in flight */
-    int inflight;            /* curl transfers referring to this record */
+    bool removed; /* left the fleet; freed when no request is in flight */
+    int inflight; /* curl transfers referring to this record */
     /* health */
     bool healthy;
     int ok_streak, fail_streak;
@@ -149,8 +149,8 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
         v->pod = cp->pod;
         brix_pod_ref(cp->pod);
         v->healthy = cp->healthy && cp->models_known;
-        v->metrics_fresh = cp->scraped_ok &&
-                           now - cp->scraped_at_ns <= gw->cfg.metrics_stale_after * 1000000ull;
+        v->metrics_fresh =
+            cp->scraped_ok && now - cp->scraped_at_ns <= gw->cfg.metrics_stale_after * 1000000ull;
         v->running = cp->running;
         v->waiting = cp->waiting;
         v->kv_usage = cp->have_kv ? cp->kv : cp->kv_old;
@@ -504,8 +504,8 @@ static void fetch_models(cpod_t *cp)
         return;
     char url[256];
     snprintf(url, sizeof url, "%s/v1/models", cp->pod->url);
-    if (brix_curl_request(cp->ctl->curl, "GET", url, NULL, 0, NULL,
-                          cp->ctl->gw->cfg.health_timeout, 8 << 20, on_models, cp) == 0) {
+    if (brix_curl_request(cp->ctl->curl, "GET", url, NULL, 0, NULL, cp->ctl->gw->cfg.health_timeout,
+                          8 << 20, on_models, cp) == 0) {
         cp->models_busy = true;
         cp->inflight++;
     }

@@ -11,8 +11,7 @@
 #include <stdio.h>
 #include <string.h>
 
-brix_pod_t *brix_pod_new(uint32_t id, const char *name, const char *url, const char *host,
-                         int port)
+brix_pod_t *brix_pod_new(uint32_t id, const char *name, const char *url, const char *host, int port)
 {
     brix_pod_t *p = brix_calloc(1, sizeof *p);
     if (!p)

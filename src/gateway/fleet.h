@@ -28,15 +28,15 @@ typedef enum brix_breaker_state {
 
 typedef struct brix_pod {
     atomic_int refs;
-    uint32_t id;           /* stable index for per-worker tables, reused after free */
-    char *name;            /* AIBrix target-pod: the pod name (static: "host:port") */
-    char *url;             /* base URL, "http://127.0.0.1:8001" */
-    char host[64];         /* numeric address */
+    uint32_t id;   /* stable index for per-worker tables, reused after free */
+    char *name;    /* AIBrix target-pod: the pod name (static: "host:port") */
+    char *url;     /* base URL, "http://127.0.0.1:8001" */
+    char host[64]; /* numeric address */
     int port;
-    char hostport[80];     /* "ip:port", AIBrix target-pod-ip */
-    atomic_int inflight;   /* requests the gateway has on this pod (all workers) */
+    char hostport[80];   /* "ip:port", AIBrix target-pod-ip */
+    atomic_int inflight; /* requests the gateway has on this pod (all workers) */
     /* passive outlier detection / circuit breaker */
-    atomic_int breaker;    /* brix_breaker_state_t */
+    atomic_int breaker; /* brix_breaker_state_t */
     atomic_uint consecutive_failures;
     atomic_ullong ejected_until_ns;
     atomic_uint ejections; /* times ejected in a row; scales the ejection time */
@@ -59,8 +59,8 @@ typedef struct brix_pod_view {
 /* A model name the fleet serves: a base model or a LoRA adapter. */
 typedef struct brix_model_entry {
     char *name;
-    char *parent;     /* base model for adapters, NULL for base models */
-    uint32_t *pods;   /* indices into snapshot pods[] */
+    char *parent;   /* base model for adapters, NULL for base models */
+    uint32_t *pods; /* indices into snapshot pods[] */
     size_t npods;
 } brix_model_entry_t;
 
@@ -71,7 +71,7 @@ typedef struct brix_fleet_snap {
     size_t npods;
     brix_model_entry_t *models; /* sorted by name */
     size_t nmodels;
-    char *models_json;          /* the aggregated /v1/models answer */
+    char *models_json; /* the aggregated /v1/models answer */
     size_t models_json_len;
     size_t nhealthy;
 } brix_fleet_snap_t;

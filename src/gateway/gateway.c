@@ -85,8 +85,8 @@ static const brix_opt_t gw_opts[] = {
       "engine /metrics timeout" },
     { "metrics-stale-after", BRIX_OPT_DURATION, O(metrics_stale_after), "1s", 10, 3600000, NULL,
       "scraped metrics older than this are not used for routing" },
-    { "models-refresh-interval", BRIX_OPT_DURATION, O(models_refresh_interval), "5s", 100,
-      3600000, NULL, "engine /v1/models re-read every" },
+    { "models-refresh-interval", BRIX_OPT_DURATION, O(models_refresh_interval), "5s", 100, 3600000,
+      NULL, "engine /v1/models re-read every" },
     { "drain-timeout", BRIX_OPT_DURATION, O(drain_timeout), "30s", 0, 3600000, NULL,
       "on SIGTERM, how long in-flight requests may finish" },
     { "retry-after", BRIX_OPT_INT, O(retry_after), "1", 0, 3600, "SECONDS",
@@ -337,8 +337,8 @@ int brix_gateway_main(int argc, char **argv)
     if (!gw->w)
         goto out;
     int werr = 0;
-    gw->workers = brix_workers_start(gw->nworkers, brix_gw_worker_init, brix_gw_worker_stop, gw,
-                                     &werr);
+    gw->workers =
+        brix_workers_start(gw->nworkers, brix_gw_worker_init, brix_gw_worker_stop, gw, &werr);
     if (!gw->workers) {
         BRIX_ERROR("cannot listen on %s:%lld: %s", gw->cfg.host, (long long)gw->cfg.port,
                    uv_strerror(werr));

@@ -91,38 +91,38 @@ typedef struct brix_gw_worker {
     int idx;
     uv_loop_t *loop;
     brix_http_server_t *srv;
-    uv_async_t wake;        /* a new view is waiting, or stop */
-    uv_mutex_t mu;          /* guards `pending` only */
+    uv_async_t wake; /* a new view is waiting, or stop */
+    uv_mutex_t mu;   /* guards `pending` only */
     brix_gw_view_t *pending;
     bool stop_requested;
-    brix_gw_view_t *view;   /* current */
+    brix_gw_view_t *view; /* current */
     /* upstream pools by pod id; each remembers its pod and settings version */
     brix_upstream_t **ups;
     brix_pod_t **ups_pod;
     uint64_t *ups_rt_version;
     size_t nups;
-    uint64_t rr;            /* round-robin cursor */
+    uint64_t rr; /* round-robin cursor */
     uint64_t rng;
     bool draining;
     uv_timer_t drain_timer;
-    atomic_bool drained;    /* draining and nothing left in flight */
-    uint64_t inflight;      /* proxied requests in flight on this worker */
+    atomic_bool drained; /* draining and nothing left in flight */
+    uint64_t inflight;   /* proxied requests in flight on this worker */
 } brix_gw_worker_t;
 
 /* Metric children and families, shared by all threads (atomics). */
 typedef struct brix_gw_metrics {
     brix_metrics_t *reg;
-    brix_metric_family_t *requests;   /* {model,status,strategy} */
-    brix_metric_family_t *duration;   /* {model} */
-    brix_metric_family_t *ttft;       /* {model} */
-    brix_metric_family_t *upstream_errors; /* {pod,kind} */
-    brix_metric_family_t *retries;    /* {model} */
-    brix_metric_family_t *ejections;  /* {pod} */
-    brix_metric_family_t *pod_inflight; /* {pod} */
-    brix_metric_family_t *pod_healthy;  /* {pod} */
+    brix_metric_family_t *requests;                           /* {model,status,strategy} */
+    brix_metric_family_t *duration;                           /* {model} */
+    brix_metric_family_t *ttft;                               /* {model} */
+    brix_metric_family_t *upstream_errors;                    /* {pod,kind} */
+    brix_metric_family_t *retries;                            /* {model} */
+    brix_metric_family_t *ejections;                          /* {pod} */
+    brix_metric_family_t *pod_inflight;                       /* {pod} */
+    brix_metric_family_t *pod_healthy;                        /* {pod} */
     brix_metric_family_t *pod_running, *pod_waiting, *pod_kv; /* {pod} scraped */
-    brix_metric_family_t *scrapes;    /* {pod,result} */
-    brix_metric_t *decision;          /* routing decision seconds */
+    brix_metric_family_t *scrapes;                            /* {pod,result} */
+    brix_metric_t *decision;                                  /* routing decision seconds */
     brix_metric_t *fleet_version;
     brix_metric_t *reloads_ok, *reloads_failed;
     brix_metric_t *client_aborts;
@@ -135,14 +135,14 @@ struct brix_gw {
     brix_gw_cfg_t cfg;
     int argc;
     char **argv;
-    uv_loop_t *loop;          /* control loop (main thread) */
-    int port;                 /* bound port */
+    uv_loop_t *loop; /* control loop (main thread) */
+    int port;        /* bound port */
     brix_workers_t *workers;
-    brix_gw_worker_t **w;     /* per worker, set by init */
+    brix_gw_worker_t **w; /* per worker, set by init */
     int nworkers;
     brix_gw_metrics_t m;
     brix_gw_control_t *ctl;
-    brix_gw_rt_t *rt;         /* current runtime settings (control thread) */
+    brix_gw_rt_t *rt; /* current runtime settings (control thread) */
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;
     bool draining;

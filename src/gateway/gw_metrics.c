@@ -10,8 +10,8 @@
 
 static const double latency_buckets[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                           2.5,   5,    10,    20,   40,  80,   160, 320 };
-static const double decision_buckets[] = { 1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5,
-                                           2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3 };
+static const double decision_buckets[] = { 1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6,
+                                           1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3 };
 
 #define NB(a) (sizeof(a) / sizeof *(a))
 
@@ -27,8 +27,7 @@ brix_metric_t *brix_gw_metric2(brix_metric_family_t *f, const char *a, const cha
     return brix_metric_child(f, v);
 }
 
-brix_metric_t *brix_gw_metric3(brix_metric_family_t *f, const char *a, const char *b,
-                               const char *c)
+brix_metric_t *brix_gw_metric3(brix_metric_family_t *f, const char *a, const char *b, const char *c)
 {
     const char *v[] = { a, b, c };
     return brix_metric_child(f, v);
@@ -67,9 +66,9 @@ int brix_gw_metrics_init(brix_gw_t *gw)
                                      L_MODEL, NULL, 0);
     m->ejections = brix_metrics_family(m->reg, C, "brix_gateway_pod_ejections_total",
                                        "Times the circuit breaker ejected a pod.", L_POD, NULL, 0);
-    m->pod_inflight = brix_metrics_family(m->reg, G, "brix_gateway_pod_inflight_requests",
-                                          "Requests the gateway has in flight on each pod.", L_POD,
-                                          NULL, 0);
+    m->pod_inflight =
+        brix_metrics_family(m->reg, G, "brix_gateway_pod_inflight_requests",
+                            "Requests the gateway has in flight on each pod.", L_POD, NULL, 0);
     m->pod_healthy = brix_metrics_family(m->reg, G, "brix_gateway_pod_healthy",
                                          "1 when the pod passes health checks and serves known "
                                          "models.",
@@ -85,9 +84,9 @@ int brix_gw_metrics_init(brix_gw_t *gw)
     m->pod_kv = brix_metrics_family(m->reg, G, "brix_gateway_pod_engine_kv_cache_usage_ratio",
                                     "The engine's KV-cache usage (0-1) at the last scrape.", L_POD,
                                     NULL, 0);
-    m->scrapes = brix_metrics_family(m->reg, C, "brix_gateway_scrapes_total",
-                                     "Scrapes of engine /metrics by pod and result.", L_POD_RESULT,
-                                     NULL, 0);
+    m->scrapes =
+        brix_metrics_family(m->reg, C, "brix_gateway_scrapes_total",
+                            "Scrapes of engine /metrics by pod and result.", L_POD_RESULT, NULL, 0);
     brix_metric_family_t *f;
     f = brix_metrics_family(m->reg, H, "brix_gateway_routing_decision_seconds",
                             "Time spent choosing a pod for one attempt.", NULL, decision_buckets,

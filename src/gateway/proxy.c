@@ -29,17 +29,17 @@
 
 typedef struct px {
     brix_gw_worker_t *w;
-    brix_http_req_t *h;        /* NULL once the client is gone */
-    brix_gw_view_t *view;      /* reference held for the request's life */
+    brix_http_req_t *h;   /* NULL once the client is gone */
+    brix_gw_view_t *view; /* reference held for the request's life */
     const brix_model_entry_t *model;
     char *model_name;
     const brix_strategy_t *strategy;
     bool strategy_from_header;
     cJSON *body;
-    brix_buf_t fwd_headers;    /* request header lines for the upstream */
+    brix_buf_t fwd_headers; /* request header lines for the upstream */
     brix_ureq_t *ur;
     uint32_t pod_idx;
-    brix_pod_t *pod;           /* current attempt's pod (ref held) */
+    brix_pod_t *pod; /* current attempt's pod (ref held) */
     bool probe;
     uint32_t tried[MAX_ATTEMPTS];
     int attempts;
@@ -47,21 +47,22 @@ typedef struct px {
     bool head_sent;
     bool sse;
     bool paused;
-    brix_buf_t hold;           /* SSE: bytes after the last complete event */
-    brix_buf_t tail;           /* non-SSE: the last bytes, for usage */
+    brix_buf_t hold; /* SSE: bytes after the last complete event */
+    brix_buf_t tail; /* non-SSE: the last bytes, for usage */
     uint64_t t_first_byte;
     int64_t prompt_tokens, completion_tokens;
-    const char *err_kind;      /* for the access log */
+    const char *err_kind; /* for the access log */
 } px_t;
 
 /* ---------------------------------------------------------------- utils -- */
 
 static bool hop_by_hop(const char *name)
 {
-    static const char *const hop[] = { "connection", "keep-alive", "proxy-connection",
-                                       "transfer-encoding", "te", "trailer", "upgrade",
-                                       "proxy-authenticate", "proxy-authorization",
-                                       "host", "content-length", "expect" };
+    static const char *const hop[] = {
+        "connection",     "keep-alive", "proxy-connection",   "transfer-encoding",   "te",
+        "trailer",        "upgrade",    "proxy-authenticate", "proxy-authorization", "host",
+        "content-length", "expect"
+    };
     for (size_t i = 0; i < sizeof hop / sizeof *hop; i++)
         if (!strcasecmp(name, hop[i]))
             return true;
@@ -71,11 +72,20 @@ static bool hop_by_hop(const char *name)
 static const char *err_type(int status)
 {
     switch (status) {
-    case 400: case 404: case 405: case 413: case 431: return "invalid_request_error";
-    case 401: return "authentication_error";
-    case 429: return "rate_limit_error";
-    case 503: return "overloaded_error";
-    default: return "api_error";
+    case 400:
+    case 404:
+    case 405:
+    case 413:
+    case 431:
+        return "invalid_request_error";
+    case 401:
+        return "authentication_error";
+    case 429:
+        return "rate_limit_error";
+    case 503:
+        return "overloaded_error";
+    default:
+        return "api_error";
     }
 }
 
@@ -83,9 +93,8 @@ static void count_request(brix_gw_worker_t *w, const char *model, int status, co
 {
     char st[8];
     snprintf(st, sizeof st, "%d", status);
-    brix_metric_add(brix_gw_metric3(w->gw->m.requests, model ? model : "", st,
-                                    strategy ? strategy : ""),
-                    1);
+    brix_metric_add(
+        brix_gw_metric3(w->gw->m.requests, model ? model : "", st, strategy ? strategy : ""), 1);
 }
 
 /* An error answered by the gateway itself (never from an upstream). */
@@ -267,8 +276,7 @@ static int relay(px_t *px, const char *data, size_t len)
     return 0;
 }
 
-static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, size_t nh,
-                    void *ud);
+static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, size_t nh, void *ud);
 static void up_data(brix_ureq_t *r, const char *data, size_t len, void *ud);
 static void up_done(brix_ureq_t *r, void *ud);
 static void up_error(brix_ureq_t *r, brix_uerr_t err, bool got_bytes, void *ud);
@@ -294,13 +302,11 @@ static void retry_or_fail(px_t *px, int status, const char *detail)
     }
     brix_http_req_t *h = px->h;
     access_log(px, status);
-    brix_http_respond_error(h, status, err_type(status), NULL, NULL, "upstream failed: %s",
-                            detail);
+    brix_http_respond_error(h, status, err_type(status), NULL, NULL, "upstream failed: %s", detail);
     px_free(px);
 }
 
-static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, size_t nh,
-                    void *ud)
+static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, size_t nh, void *ud)
 {
     px_t *px = ud;
     brix_http_req_t *h = px->h;
@@ -416,8 +422,10 @@ static void up_error(brix_ureq_t *r, brix_uerr_t err, bool got_bytes, void *ud)
     brix_gw_worker_t *w = px->w;
     px->ur = NULL;
     const char *pod_name = px->pod ? px->pod->name : "?";
-    static const char *const kinds[] = { "", "connect", "connect_timeout", "first_byte_timeout",
-                                         "idle_timeout", "closed", "protocol", "nomem" };
+    static const char *const kinds[] = {
+        "",         "connect", "connect_timeout", "first_byte_timeout", "idle_timeout", "closed",
+        "protocol", "nomem"
+    };
     const char *kind = kinds[err <= BRIX_UERR_NOMEM ? err : 0];
     px->err_kind = kind;
     brix_metric_add(brix_gw_metric2(w->gw->m.upstream_errors, pod_name, kind), 1);
@@ -448,8 +456,9 @@ static void up_error(brix_ureq_t *r, brix_uerr_t err, bool got_bytes, void *ud)
         brix_buf_t ev = BRIX_BUF_INIT;
         brix_buf_append_str(&ev, "data: {\"error\":{\"message\":");
         char msg[256];
-        snprintf(msg, sizeof msg, "the model server failed mid-stream (%s); the response is "
-                                  "incomplete",
+        snprintf(msg, sizeof msg,
+                 "the model server failed mid-stream (%s); the response is "
+                 "incomplete",
                  detail);
         brix_buf_append_json_str(&ev, msg, strlen(msg));
         brix_buf_append_str(&ev, ",\"type\":\"api_error\",\"param\":null,\"code\":502}}\n\n"
@@ -517,9 +526,17 @@ static void attempt(px_t *px)
         return;
     }
     brix_route_ctx_t ctx = {
-        .snap = snap, .model = px->model, .req = h, .body = px->body, .now_ns = brix_now_ns(),
-        .rng = &w->rng, .rr = &w->rr, .exclude = px->tried, .nexclude = (size_t)px->attempts,
-        .cand = cand, .score = score,
+        .snap = snap,
+        .model = px->model,
+        .req = h,
+        .body = px->body,
+        .now_ns = brix_now_ns(),
+        .rng = &w->rng,
+        .rr = &w->rr,
+        .exclude = px->tried,
+        .nexclude = (size_t)px->attempts,
+        .cand = cand,
+        .score = score,
     };
     uint64_t t0 = brix_now_ns();
     uint32_t idx;
@@ -532,8 +549,9 @@ static void attempt(px_t *px)
         brix_http_add_header(h, "retry-after", ra);
         brix_http_add_header(h, "x-error-no-model-backends", px->model_name);
         int status = 503;
-        const char *why = px->attempts ? "every ready pod serving it failed" : "no pod serving it "
-                                                                               "is ready";
+        const char *why = px->attempts ? "every ready pod serving it failed"
+                                       : "no pod serving it "
+                                         "is ready";
         access_log(px, status);
         brix_http_respond_error(h, status, "overloaded_error", "service_unavailable", NULL,
                                 "model '%s' is unavailable: %s; retry later", px->model_name, why);
@@ -563,8 +581,8 @@ static void attempt(px_t *px)
 
 static bool proxied_path(const char *p)
 {
-    static const char *const extra[] = { "/tokenize", "/detokenize", "/pooling", "/classify",
-                                         "/score", "/rerank", "/invocations" };
+    static const char *const extra[] = { "/tokenize", "/detokenize", "/pooling",    "/classify",
+                                         "/score",    "/rerank",     "/invocations" };
     if (!strncmp(p, "/v1/", 4) || !strncmp(p, "/v2/", 4))
         return true;
     for (size_t i = 0; i < sizeof extra / sizeof *extra; i++)
@@ -609,8 +627,8 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     if (!me) {
         cJSON_Delete(body);
         brix_http_add_header(h, "x-error-no-model-backends", model);
-        gw_error(w, h, 404, "model_not_found", "model", model,
-                 "The model `%s` does not exist.", model);
+        gw_error(w, h, 404, "model_not_found", "model", model, "The model `%s` does not exist.",
+                 model);
         return;
     }
     const char *sname = brix_http_req_header(h, "routing-strategy");
@@ -705,10 +723,11 @@ static void handler(brix_http_req_t *h, void *ud)
     }
     return;
 method:
-    brix_http_add_header(h, "allow", !strcmp(p, "/healthz") || !strcmp(p, "/readyz") ||
-                                             !strcmp(p, "/metrics") || !strcmp(p, "/v1/models")
-                                         ? "GET, HEAD"
-                                         : "POST");
+    brix_http_add_header(h, "allow",
+                         !strcmp(p, "/healthz") || !strcmp(p, "/readyz") ||
+                                 !strcmp(p, "/metrics") || !strcmp(p, "/v1/models")
+                             ? "GET, HEAD"
+                             : "POST");
     gw_error(w, h, 405, "method_not_allowed", NULL, NULL, "method %s is not allowed on %s",
              h->method_name, p);
 }

@@ -27,12 +27,12 @@ typedef struct brix_route_ctx {
     const brix_http_req_t *req; /* headers (session keys, ...) */
     const cJSON *body;
     uint64_t now_ns;
-    uint64_t *rng;   /* worker's generator */
-    uint64_t *rr;    /* worker's round-robin cursor */
+    uint64_t *rng;           /* worker's generator */
+    uint64_t *rr;            /* worker's round-robin cursor */
     const uint32_t *exclude; /* snapshot pod indices already tried */
     size_t nexclude;
     /* filled by the router */
-    uint32_t *cand;  /* snapshot pod indices */
+    uint32_t *cand; /* snapshot pod indices */
     double *score;
     size_t ncand;
 } brix_route_ctx_t;

@@ -242,3 +242,183 @@ def run():
         print(f"{len(_failures)} of {len(_cases)} checks failed: {', '.join(_failures)}")
         sys.exit(1)
     print(f"all {len(_cases)} checks passed")
+
+
+# ------------------------------------------------------------ gateway --
+
+def url_of(e):
+    """Base URL of an engine Proc (or a port)."""
+    return f"http://127.0.0.1:{e if isinstance(e, int) else e.port}"
+
+
+def pod_of(e):
+    """The gateway's name for an engine pod (static discovery: "ip:port"),
+    as in its target-pod / target-pod-ip headers and pod="..." labels."""
+    return f"127.0.0.1:{e if isinstance(e, int) else e.port}"
+
+
+def healthy_pods(port):
+    """{pod name: value of brix_gateway_pod_healthy} from a gateway's /metrics."""
+    out = {}
+    for line in metrics(port).splitlines():
+        m = re.match(r'^brix_gateway_pod_healthy\{pod="([^"]*)"\}\s+(\S+)', line)
+        if m:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def wait_until(pred, timeout=10.0, what="condition", interval=0.05):
+    """Polls pred() until it returns a truthy value (returned) or fails after timeout."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except (OSError, AssertionError, ValueError) as ex:
+            last = ex
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def gateway(urls=(), extra=(), port=None, ready=True, env=None, name="gateway", pods=None,
+            timeout=20):
+    """Starts `brix gateway` on a free port. `urls`: engine Procs, ports or URLs, given as
+    one comma-separated --worker-urls (left out when empty, e.g. with --config).
+    --health-interval defaults to 100ms here (unless in `extra`). ready=True waits for
+    /readyz 200 and for every listed engine (or `pods` of them) to be a healthy pod."""
+    port = port or free_port()
+    args = ["gateway", "--port", str(port)]
+    ul = [u if isinstance(u, str) else url_of(u) for u in urls]
+    if ul:
+        args += ["--worker-urls", ",".join(ul)]
+    if "--health-interval" not in extra:
+        args += ["--health-interval", "100ms"]
+    args += list(extra)
+    pr = Proc(args, name=name, env=env)
+    pr.port = port
+    if ready:
+        pr.wait_http(port, "/readyz", timeout=timeout)
+        want = len(ul) if pods is None else pods
+        deadline = time.time() + timeout
+        while True:
+            hp = healthy_pods(port)
+            if sum(1 for v in hp.values() if v == 1) >= want:
+                break
+            if pr.p.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"{name}: {want} healthy pod(s) wanted, have {hp}:\n"
+                                     + pr.text()[-3000:])
+            time.sleep(0.05)
+    return pr
+
+
+class Stream:
+    """A streaming (SSE) request read incrementally over a raw socket, so a test
+    can act in the middle of it. Decodes chunked transfer encoding strictly."""
+
+    def __init__(self, port, path, body, headers=None, timeout=30):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        data = json.dumps(body).encode() if not isinstance(body, bytes) else body
+        hl = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.sock.sendall((f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                           f"Content-Type: application/json\r\n{hl}"
+                           f"Content-Length: {len(data)}\r\n\r\n").encode() + data)
+        self.buf = b""
+        self.body = b""       # de-chunked body so far
+        self.events = []      # complete SSE payloads ("[DONE]" or parsed JSON)
+        self.ended = False    # the terminating 0-size chunk arrived
+        self.closed = False   # the peer closed the connection
+        self.status = None
+        self.headers = {}
+        self._pend = b""      # de-chunked bytes not yet split into events
+        while self.status is None:
+            if not self._recv():
+                raise AssertionError(f"connection closed before the response head: {self.buf!r}")
+            head, sep, rest = self.buf.partition(b"\r\n\r\n")
+            if sep:
+                lines = head.decode().split("\r\n")
+                self.status = int(lines[0].split()[1])
+                self.headers = {k.strip().lower(): v.strip()
+                                for k, _, v in (ln.partition(":") for ln in lines[1:])}
+                self.buf = rest
+        self.chunked = self.headers.get("transfer-encoding") == "chunked"
+        self._parse()
+
+    def _recv(self):
+        try:
+            b = self.sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError):
+            b = b""
+        if not b:
+            self.closed = True
+            return False
+        self.buf += b
+        return True
+
+    def _parse(self):
+        if not self.chunked:
+            self._pend += self.buf
+            self.body += self.buf
+            self.buf = b""
+        while self.chunked and not self.ended:
+            eol = self.buf.find(b"\r\n")
+            if eol < 0:
+                break
+            size = int(self.buf[:eol], 16)
+            if size == 0:
+                if len(self.buf) < eol + 4:
+                    break
+                assert self.buf[eol + 2:eol + 4] == b"\r\n", self.buf[:eol + 4]
+                self.ended = True
+                self.buf = self.buf[eol + 4:]
+                break
+            if len(self.buf) < eol + 2 + size + 2:
+                break
+            chunk = self.buf[eol + 2:eol + 2 + size]
+            assert self.buf[eol + 2 + size:eol + 4 + size] == b"\r\n", "chunk without CRLF"
+            self.buf = self.buf[eol + 4 + size:]
+            self.body += chunk
+            self._pend += chunk
+        while b"\n\n" in self._pend:
+            block, _, self._pend = self._pend.partition(b"\n\n")
+            text = block.decode()
+            assert text.startswith("data: ") and "\n" not in text, f"bad SSE event {text!r}"
+            payload = text[6:]
+            self.events.append(payload if payload == "[DONE]" else json.loads(payload))
+
+    def wait_events(self, n, timeout=10):
+        """Reads until at least n events arrived; returns the events."""
+        deadline = time.time() + timeout
+        while len(self.events) < n:
+            if self.ended or self.closed or time.time() > deadline:
+                raise AssertionError(f"{len(self.events)} of {n} events (ended={self.ended}, "
+                                     f"closed={self.closed})")
+            self.sock.settimeout(max(0.01, deadline - time.time()))
+            try:
+                self._recv()
+            except socket.timeout:
+                pass
+            self._parse()
+        return self.events
+
+    def read_to_end(self, timeout=30):
+        """Reads until the terminating chunk or the peer closes; returns the events."""
+        deadline = time.time() + timeout
+        while not self.ended and not self.closed:
+            if time.time() > deadline:
+                raise AssertionError(f"stream not ended after {timeout}s "
+                                     f"({len(self.events)} events)")
+            self.sock.settimeout(max(0.01, deadline - time.time()))
+            try:
+                self._recv()
+            except socket.timeout:
+                pass
+            self._parse()
+        return self.events
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass

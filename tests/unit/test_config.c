@@ -451,8 +451,9 @@ static void test_yaml_apply(void **state)
     assert_string_equal(c.lora_modules.v[0], "one=/x");
     assert_int_equal(c.stop.n, 0);
     /* A null value (`key:` or `~`) means the default, never the text "~". */
-    assert_int_equal(apply_yaml(&c, "served-model-name: ~\nconfig: null\nlora-modules:\n"
-                                    "stop: ~\nport: ~\n",
+    assert_int_equal(apply_yaml(&c,
+                                "served-model-name: ~\nconfig: null\nlora-modules:\n"
+                                "stop: ~\nport: ~\n",
                                 err, sizeof err),
                      0);
     assert_string_equal(c.served_model_name, "llama");
