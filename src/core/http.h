@@ -80,11 +80,51 @@ typedef struct brix_http_limits {
     uint64_t header_timeout_ms; /* first byte to end of headers; over → 408 */
     uint64_t body_timeout_ms;   /* end of headers to end of body; over → 408 */
     uint64_t idle_timeout_ms;   /* keep-alive idle; over → close */
-    uint64_t max_connections;   /* per listener; over → 503 and close */
+    int64_t max_connections;    /* per listener; over → 503 and close */
 } brix_http_limits_t;
 
 /* Sensible defaults: 64 KiB headers, 32 MiB body, 30 s, 60 s, 75 s, 10000. */
 void brix_http_limits_default(brix_http_limits_t *l);
+
+/*
+ * The option-table entries (core/config.h) of a brix_http_limits_t member of
+ * a component's config struct, so every HTTP server in brix takes the same
+ * flags with the same bounds: --max-header-bytes, --max-body-bytes,
+ * --header-timeout, --body-timeout, --idle-timeout, --max-connections.
+ */
+#define BRIX_HTTP_LIMIT_OPTIONS(type, member, max_conns_default)                                   \
+    { "max-header-bytes", BRIX_OPT_SIZE, offsetof(type, member.max_header_bytes),   "64k", 1024,   \
+      16777216,           NULL,          "request line + headers limit (431 above)" },             \
+        { "max-body-bytes", BRIX_OPT_SIZE, offsetof(type, member.max_body_bytes), "32m", 1024,     \
+          1073741824,       NULL,          "request body limit (413 above)" },                     \
+        { "header-timeout",                                                                        \
+          BRIX_OPT_DURATION,                                                                       \
+          offsetof(type, member.header_timeout_ms),                                                \
+          "30s",                                                                                   \
+          1,                                                                                       \
+          3600000,                                                                                 \
+          NULL,                                                                                    \
+          "time to receive request headers (408 after)" },                                         \
+        { "body-timeout",                                                                          \
+          BRIX_OPT_DURATION,                                                                       \
+          offsetof(type, member.body_timeout_ms),                                                  \
+          "60s",                                                                                   \
+          1,                                                                                       \
+          3600000,                                                                                 \
+          NULL,                                                                                    \
+          "time to receive the body after the headers (408 after)" },                              \
+        { "idle-timeout",                                                                          \
+          BRIX_OPT_DURATION,                                                                       \
+          offsetof(type, member.idle_timeout_ms),                                                  \
+          "75s",                                                                                   \
+          1,                                                                                       \
+          3600000,                                                                                 \
+          NULL,                                                                                    \
+          "keep-alive idle time before a client connection is closed" },                           \
+    {                                                                                              \
+        "max-connections", BRIX_OPT_INT, offsetof(type, member.max_connections),                   \
+            max_conns_default, 1, 10000000, NULL, "open client connections (503 above)"            \
+    }
 
 typedef enum brix_http_parse_rc {
     BRIX_HTTP_PARSE_MORE = 0, /* all input consumed, message not complete */

@@ -555,7 +555,7 @@ static void on_connection(uv_stream_t *ls, int status)
         return;
     }
     c->reading = true;
-    if (s->st.connections_open > s->lim.max_connections) {
+    if (s->st.connections_open > (uint64_t)s->lim.max_connections) {
         conn_fail(c, 503, "too many connections");
         return;
     }

@@ -839,6 +839,32 @@ static int parse_stops(api_req_t *r, brix_http_req_t *h, const cJSON *body)
     return 0;
 }
 
+/* A request of nseqs sequences for `model` (lora may be NULL, then the base
+ * model). Answers 500 itself on ENOMEM. The caller sets seqs and handlers. */
+static api_req_t *api_req_new(brix_engine_t *e, brix_http_req_t *h, api_kind_t kind, size_t nseqs,
+                              const char *model, brix_lora_t *lora)
+{
+    api_req_t *r = brix_calloc(1, sizeof *r);
+    if (!r || !(r->seqs = brix_calloc(nseqs, sizeof *r->seqs)) ||
+        !(r->model = brix_strdup(model))) {
+        respond_err(h, 500, "InternalServerError", "out of memory");
+        if (r)
+            brix_free(r->seqs);
+        brix_free(r);
+        return NULL;
+    }
+    e->requests_inflight++;
+    r->e = e;
+    r->http = h;
+    r->kind = kind;
+    r->created = brix_wall_s();
+    if (lora) {
+        r->lora = lora;
+        brix_lora_ref(lora);
+    }
+    return r;
+}
+
 static void handle_generate(brix_engine_t *e, brix_http_req_t *h, api_kind_t kind)
 {
     brix_json_err_t je;
@@ -984,34 +1010,15 @@ static void handle_generate(brix_engine_t *e, brix_http_req_t *h, api_kind_t kin
         goto out;
     }
 
-    r = brix_calloc(1, sizeof *r);
-    if (!r || !(r->seqs = brix_calloc((size_t)n, sizeof *r->seqs)) ||
-        !(r->model = brix_strdup(model))) {
-        respond_err(h, 500, "InternalServerError", "out of memory");
-        if (r) {
-            brix_free(r->seqs);
-            brix_free(r);
-        }
-        r = NULL;
+    if (!(r = api_req_new(e, h, kind, (size_t)n, model, lora)))
         goto out;
-    }
-    e->requests_inflight++;
-    r->e = e;
-    r->http = h;
-    r->kind = kind;
     r->stream = stream;
     r->include_usage = include_usage;
     r->continuous_usage = continuous;
-    r->prompt_details = false;
-    r->created = brix_wall_s();
     r->abort_after = fault.abort_after;
     r->max_tokens = max_tokens;
     r->prompt_tokens = nids;
     snprintf(r->id, sizeof r->id, "%s%s", kind == KIND_CHAT ? "chatcmpl-" : "cmpl-", h->id);
-    if (lora) {
-        r->lora = lora;
-        brix_lora_ref(lora);
-    }
     if (parse_stops(r, h, body)) {
         api_req_free(r);
         r = NULL;
@@ -1101,29 +1108,11 @@ static void handle_embeddings(brix_engine_t *e, brix_http_req_t *h)
         respond_err(h, 503, "ServiceUnavailableError", "the model is still loading");
         goto out;
     }
-    r = brix_calloc(1, sizeof *r);
-    if (!r || !(r->seqs = brix_calloc(count, sizeof *r->seqs)) ||
-        !(r->model = brix_strdup(model))) {
-        respond_err(h, 500, "InternalServerError", "out of memory");
-        if (r) {
-            brix_free(r->seqs);
-            brix_free(r);
-        }
-        r = NULL;
+    if (!(r = api_req_new(e, h, KIND_EMBEDDING, count, model, lora)))
         goto out;
-    }
-    e->requests_inflight++;
-    r->e = e;
-    r->http = h;
-    r->kind = KIND_EMBEDDING;
-    r->created = brix_wall_s();
     r->b64 = !strcmp(fmt, "base64");
     r->dims = dims;
     snprintf(r->id, sizeof r->id, "embd-%s", h->id);
-    if (lora) {
-        r->lora = lora;
-        brix_lora_ref(lora);
-    }
     const cJSON *item = list ? in->child : in;
     for (size_t i = 0; i < count; i++, item = item->next) {
         uint32_t *ids = NULL;

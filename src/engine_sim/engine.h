@@ -54,9 +54,7 @@ typedef struct brix_engine_cfg {
     int64_t embedding_dim;
     char *show_hidden_metrics_for_version;
     char *log_level;
-    uint64_t max_header_bytes, max_body_bytes;
-    uint64_t header_timeout, body_timeout, idle_timeout;
-    int64_t max_connections;
+    brix_http_limits_t http;
     uint64_t shutdown_timeout;
 } brix_engine_cfg_t;
 

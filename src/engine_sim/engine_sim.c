@@ -84,18 +84,7 @@ static const brix_opt_t engine_opts[] = {
       "also expose metrics vLLM hid after VERSION (0.10: gpu_cache_usage_perc...)" },
     { "log-level", BRIX_OPT_STRING, O(log_level), "info", 1, 0, "LEVEL",
       "debug | info | warn | error" },
-    { "max-header-bytes", BRIX_OPT_SIZE, O(max_header_bytes), "64k", 1024, 16777216, NULL,
-      "request line + headers limit (431 above)" },
-    { "max-body-bytes", BRIX_OPT_SIZE, O(max_body_bytes), "32m", 1024, 1073741824, NULL,
-      "request body limit (413 above)" },
-    { "header-timeout", BRIX_OPT_DURATION, O(header_timeout), "30s", 1, 3600000, NULL,
-      "time to receive request headers (408 after)" },
-    { "body-timeout", BRIX_OPT_DURATION, O(body_timeout), "60s", 1, 3600000, NULL,
-      "time to receive the body after the headers (408 after)" },
-    { "idle-timeout", BRIX_OPT_DURATION, O(idle_timeout), "75s", 1, 3600000, NULL,
-      "keep-alive idle time before the connection is closed" },
-    { "max-connections", BRIX_OPT_INT, O(max_connections), "16384", 1, 1000000, NULL,
-      "open connections (503 above)" },
+    BRIX_HTTP_LIMIT_OPTIONS(brix_engine_cfg_t, http, "16384"),
     { "shutdown-timeout", BRIX_OPT_DURATION, O(shutdown_timeout), "30s", 0, 3600000, NULL,
       "on SIGTERM, how long in-flight requests may finish" },
     BRIX_OPT_END,
@@ -505,15 +494,7 @@ int brix_engine_sim_main(int argc, char **argv)
     uv_timer_init(&loop, &e->shutdown_timer);
     e->shutdown_timer.data = e;
 
-    brix_http_limits_t lim;
-    brix_http_limits_default(&lim);
-    lim.max_header_bytes = e->cfg.max_header_bytes;
-    lim.max_body_bytes = e->cfg.max_body_bytes;
-    lim.header_timeout_ms = e->cfg.header_timeout;
-    lim.body_timeout_ms = e->cfg.body_timeout;
-    lim.idle_timeout_ms = e->cfg.idle_timeout;
-    lim.max_connections = (uint64_t)e->cfg.max_connections;
-    e->http = brix_http_server_new(&loop, &lim, brix_engine_handle, e);
+    e->http = brix_http_server_new(&loop, &e->cfg.http, brix_engine_handle, e);
     int rc = e->http
                  ? brix_http_server_listen(e->http, e->cfg.host, (int)e->cfg.port, false, &e->port)
                  : UV_ENOMEM;

@@ -34,9 +34,7 @@ typedef struct brix_gw_cfg {
     char *log_level;
     bool access_log;
     /* client side */
-    uint64_t max_header_bytes, max_body_bytes;
-    uint64_t header_timeout, body_timeout, idle_timeout;
-    int64_t max_connections;
+    brix_http_limits_t http;
     /* upstream */
     uint64_t connect_timeout, first_byte_timeout, upstream_idle_timeout, upstream_keepalive;
     int64_t upstream_max_idle;

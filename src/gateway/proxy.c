@@ -799,15 +799,7 @@ int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx)
     w->drain_timer.data = w;
     gw->w[idx] = w;
     const brix_gw_cfg_t *c = &gw->cfg;
-    brix_http_limits_t lim;
-    brix_http_limits_default(&lim);
-    lim.max_header_bytes = c->max_header_bytes;
-    lim.max_body_bytes = c->max_body_bytes;
-    lim.header_timeout_ms = c->header_timeout;
-    lim.body_timeout_ms = c->body_timeout;
-    lim.idle_timeout_ms = c->idle_timeout;
-    lim.max_connections = (uint64_t)c->max_connections;
-    w->srv = brix_http_server_new(loop, &lim, handler, w);
+    w->srv = brix_http_server_new(loop, &c->http, handler, w);
     if (!w->srv)
         return -ENOMEM;
     int bound = 0;
