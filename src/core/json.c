@@ -30,6 +30,17 @@ int brix_json_parse(const char *s, size_t len, cJSON **out, brix_json_err_t *e)
         size_t off = end && end >= s ? (size_t)(end - s) : 0;
         if (off > len)
             off = len;
+        /* cJSON reports one byte too far when an object key does not start
+         * with '"' (parse_string fails after its first byte): if a key was
+         * expected at off-1, that byte is the culprit. */
+        if (off > 0 && off <= len && s[off - 1] != '"') {
+            size_t k = off - 1;
+            while (k > 0 &&
+                   (s[k - 1] == ' ' || s[k - 1] == '\t' || s[k - 1] == '\n' || s[k - 1] == '\r'))
+                k--;
+            if (k > 0 && (s[k - 1] == '{' || s[k - 1] == ','))
+                off--;
+        }
         brix_json_errf(e, NULL, "invalid JSON in request body at byte offset %zu", off);
         return -1;
     }

@@ -171,6 +171,9 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
     s->models = brix_calloc(nm_total ? nm_total : 1, sizeof *s->models);
     if (!s->models)
         goto fail;
+    bool *listed = brix_calloc(nm_total ? nm_total : 1, sizeof *listed);
+    if (!listed)
+        goto fail;
     brix_buf_t js = BRIX_BUF_INIT;
     brix_buf_append_str(&js, "{\"object\":\"list\",\"data\":[");
     bool first = true;
@@ -186,31 +189,37 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
                 cmodel_t *cm = &cp->models[j];
                 if ((pass == 0) != (cm->parent == NULL))
                     continue;
-                brix_model_entry_t *me = NULL;
+                size_t mi = s->nmodels;
                 for (size_t k = 0; k < s->nmodels; k++)
                     if (!strcmp(s->models[k].name, cm->id))
-                        me = &s->models[k];
-                if (!me) {
-                    me = &s->models[s->nmodels++];
+                        mi = k;
+                brix_model_entry_t *me = &s->models[mi];
+                if (mi == s->nmodels) {
+                    s->nmodels++;
                     me->name = brix_strdup(cm->id);
                     me->parent = cm->parent ? brix_strdup(cm->parent) : NULL;
                     me->pods = brix_calloc(s->npods, sizeof *me->pods);
                     if (!me->name || !me->pods) {
                         brix_buf_free(&js);
+                        brix_free(listed);
                         goto fail;
                     }
-                    if (s->pods[pi].healthy) {
-                        if (!first)
-                            brix_buf_append_char(&js, ',');
-                        brix_buf_append_str(&js, cm->json);
-                        first = false;
-                    }
+                }
+                /* /v1/models lists a model once, from the first healthy pod
+                 * serving it (routing still knows every pod) */
+                if (s->pods[pi].healthy && !listed[mi]) {
+                    listed[mi] = true;
+                    if (!first)
+                        brix_buf_append_char(&js, ',');
+                    brix_buf_append_str(&js, cm->json);
+                    first = false;
                 }
                 me->pods[me->npods++] = (uint32_t)pi;
             }
         }
     }
     brix_buf_append_str(&js, "]}");
+    brix_free(listed);
     s->models_json = brix_buf_detach(&js, &s->models_json_len);
     if (!s->models_json)
         goto fail;

@@ -362,6 +362,13 @@ out:
     uv_loop_close(&loop);
     if (gw->rt)
         brix_gw_rt_unref(gw->rt);
+    /* worker threads are joined: their structs are ours to free */
+    for (int i = 0; gw->w && i < gw->nworkers; i++) {
+        if (gw->w[i]) {
+            uv_mutex_destroy(&gw->w[i]->mu);
+            brix_free(gw->w[i]);
+        }
+    }
     brix_free(gw->w);
     brix_gw_metrics_free(gw);
     brix_config_free(gw_opts, &gw->cfg);

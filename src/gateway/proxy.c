@@ -52,6 +52,7 @@ typedef struct px {
     uint64_t t_first_byte;
     int64_t prompt_tokens, completion_tokens;
     const char *err_kind; /* for the access log */
+    char last_error[160]; /* the previous attempt's failure, for the final answer */
 } px_t;
 
 /* ---------------------------------------------------------------- utils -- */
@@ -97,6 +98,26 @@ static void count_request(brix_gw_worker_t *w, const char *model, int status, co
         brix_gw_metric3(w->gw->m.requests, model ? model : "", st, strategy ? strategy : ""), 1);
 }
 
+/* The one access-log line of a request: every field is always present
+ * ("-" or -1 when unknown), so the lines can be parsed by position or key. */
+static void log_access(const brix_gw_worker_t *w, const brix_http_req_t *h, const char *model,
+                       const char *pod, const char *strategy, int status, double ttft_ms,
+                       int attempts, int64_t prompt_tokens, int64_t completion_tokens,
+                       const char *error)
+{
+    if (w->view && !w->view->rt->access_log)
+        return;
+    double dur = (double)(brix_now_ns() - h->start_ns) / 1e6;
+    brix_log(BRIX_LOG_INFO, h->id,
+             "access method=%s path=%s model=%s pod=%s strategy=%s status=%d ttft_ms=%.2f "
+             "dur_ms=%.2f attempts=%d prompt_tokens=%lld completion_tokens=%lld bytes=%llu "
+             "error=%s%s%s",
+             h->method_name, h->path, model ? model : "-", pod ? pod : "-",
+             strategy ? strategy : "-", status, ttft_ms, dur, attempts, (long long)prompt_tokens,
+             (long long)completion_tokens, (unsigned long long)h->bytes_out, error ? "\"" : "-",
+             error ? error : "", error ? "\"" : "");
+}
+
 /* An error answered by the gateway itself (never from an upstream). */
 static void gw_error(brix_gw_worker_t *w, brix_http_req_t *h, int status, const char *code,
                      const char *param, const char *model, const char *fmt, ...)
@@ -111,12 +132,7 @@ static void gw_error(brix_gw_worker_t *w, brix_http_req_t *h, int status, const 
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     count_request(w, model, status, NULL);
-    double ms = (double)(brix_now_ns() - h->start_ns) / 1e6;
-    if (!w->view || w->view->rt->access_log)
-        brix_log(BRIX_LOG_INFO, h->id,
-                 "access method=%s path=%s model=%s pod=- strategy=- status=%d dur_ms=%.2f "
-                 "error=\"%s\"",
-                 h->method_name, h->path, model ? model : "-", status, ms, msg);
+    log_access(w, h, model, NULL, NULL, status, -1, 0, 0, 0, msg);
     brix_http_respond_error(h, status, err_type(status), code, param, "%s", msg);
 }
 
@@ -202,22 +218,14 @@ static void attempt_end(px_t *px, bool ok)
 static void access_log(px_t *px, int status)
 {
     brix_http_req_t *h = px->h;
-    double now = (double)brix_now_ns();
-    double dur = (now - (double)h->start_ns) / 1e6;
+    double dur = (double)(brix_now_ns() - h->start_ns) / 1e6;
     double ttft = px->t_first_byte ? ((double)px->t_first_byte - (double)h->start_ns) / 1e6 : -1;
     const brix_fleet_snap_t *s = px->view->fleet;
-    const char *pod = px->attempts ? s->pods[px->pod_idx].pod->name : "-";
+    const char *pod = px->attempts ? s->pods[px->pod_idx].pod->name : NULL;
     brix_metric_observe(brix_gw_metric1(px->w->gw->m.duration, px->model_name), dur / 1e3);
     count_request(px->w, px->model_name, status, px->strategy->name);
-    if (!px->view->rt->access_log)
-        return;
-    brix_log(BRIX_LOG_INFO, h->id,
-             "access method=%s path=%s model=%s pod=%s strategy=%s status=%d ttft_ms=%.2f "
-             "dur_ms=%.2f attempts=%d prompt_tokens=%lld completion_tokens=%lld bytes=%llu%s%s",
-             h->method_name, h->path, px->model_name, pod, px->strategy->name, status, ttft, dur,
-             px->attempts, (long long)px->prompt_tokens, (long long)px->completion_tokens,
-             (unsigned long long)h->bytes_out, px->err_kind ? " error=" : "",
-             px->err_kind ? px->err_kind : "");
+    log_access(px->w, h, px->model_name, pod, px->strategy->name, status, ttft, px->attempts,
+               px->prompt_tokens, px->completion_tokens, px->err_kind);
 }
 
 /* -------------------------------------------------------------- usage -- */
@@ -294,9 +302,8 @@ static bool can_retry(px_t *px)
 /* Tries another pod, or answers `status` with "upstream failed: detail". */
 static void retry_or_fail(px_t *px, int status, const char *detail)
 {
-    brix_gw_worker_t *w = px->w;
+    snprintf(px->last_error, sizeof px->last_error, "%s", detail);
     if (can_retry(px)) {
-        brix_metric_add(brix_gw_metric1(w->gw->m.retries, px->model_name), 1);
         attempt(px);
         return;
     }
@@ -311,7 +318,9 @@ static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, si
     px_t *px = ud;
     brix_http_req_t *h = px->h;
     px->status = status;
-    if (status >= 500 && px->view->rt->retry_on_5xx && can_retry(px)) {
+    if (status >= 500 && px->view->rt->retry_on_5xx) {
+        /* Retried on another pod while any is left; the last failure is a
+         * 502 from the gateway (the engine's own body is not relayed). */
         char d[96];
         snprintf(d, sizeof d, "%s answered %d", px->pod->name, status);
         px->err_kind = "upstream_5xx";
@@ -323,6 +332,9 @@ static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, si
         retry_or_fail(px, 502, d);
         return;
     }
+    if (status >= 500)
+        brix_metric_add(brix_gw_metric2(px->w->gw->m.upstream_errors, px->pod->name, "status_5xx"),
+                        1);
     const char *ctype = "application/json";
     long long clen = -1;
     for (size_t i = 0; i < nh; i++) {
@@ -499,13 +511,8 @@ static void on_client_abort(brix_http_req_t *h, void *ud)
         brix_pod_unref(px->pod);
         px->pod = NULL;
     }
-    if (px->view->rt->access_log)
-        brix_log(BRIX_LOG_INFO, h->id,
-                 "access method=%s path=%s model=%s strategy=%s status=499 dur_ms=%.2f "
-                 "error=client_closed",
-                 h->method_name, h->path, px->model_name, px->strategy->name,
-                 (double)(brix_now_ns() - h->start_ns) / 1e6);
-    count_request(px->w, px->model_name, 499, px->strategy->name);
+    px->err_kind = "client_closed";
+    access_log(px, 499);
     px->h = NULL;
     px_free(px);
 }
@@ -544,20 +551,30 @@ static void attempt(px_t *px)
     brix_route_rc_t rc = brix_route(&ctx, px->strategy, &idx, &probe);
     brix_metric_observe(w->gw->m.decision, (double)(brix_now_ns() - t0) / 1e9);
     if (rc != BRIX_ROUTE_OK) {
+        if (px->attempts) {
+            /* pods were tried and failed: an upstream failure, not overload */
+            access_log(px, 502);
+            brix_http_respond_error(h, 502, "api_error", NULL, NULL,
+                                    "upstream failed after %d attempt(s); last: %s", px->attempts,
+                                    px->last_error);
+            px_free(px);
+            return;
+        }
         char ra[16];
         snprintf(ra, sizeof ra, "%d", px->view->rt->retry_after_s);
         brix_http_add_header(h, "retry-after", ra);
         brix_http_add_header(h, "x-error-no-model-backends", px->model_name);
-        int status = 503;
-        const char *why = px->attempts ? "every ready pod serving it failed"
-                                       : "no pod serving it "
-                                         "is ready";
-        access_log(px, status);
-        brix_http_respond_error(h, status, "overloaded_error", "service_unavailable", NULL,
-                                "model '%s' is unavailable: %s; retry later", px->model_name, why);
+        access_log(px, 503);
+        brix_http_respond_error(h, 503, "overloaded_error", "service_unavailable", NULL,
+                                "model '%s' is unavailable: no pod serving it is ready; retry "
+                                "later",
+                                px->model_name);
         px_free(px);
         return;
     }
+    if (px->attempts)
+        brix_metric_add(brix_gw_metric1(w->gw->m.retries, px->model_name), 1);
+
     brix_pod_t *pod = snap->pods[idx].pod;
     brix_upstream_t *u = upstream_for(w, pod, px->view->rt);
     px->pod_idx = idx;
@@ -613,7 +630,13 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
                  "you must provide a model parameter (a non-empty string)");
         return;
     }
-    const char *model = m->valuestring;
+    /* copied: the error paths below free the body before answering */
+    const char *model = brix_arena_strndup(&h->arena, m->valuestring, strlen(m->valuestring));
+    if (!model) {
+        cJSON_Delete(body);
+        gw_error(w, h, 500, NULL, NULL, NULL, "out of memory");
+        return;
+    }
     if (!view || !view->fleet->nmodels) {
         cJSON_Delete(body);
         char ra[16];
