@@ -43,6 +43,8 @@ typedef struct brix_http_conn {
     bool processing, reprocess;
     bool body_phase; /* READING: headers done, body timer armed */
     bool sent_continue;
+    bool head_pending; /* a streamed response's head waits to go out with its first bytes */
+    struct brix_http_conn *pend_prev, *pend_next; /* server's head_pending list */
     int handles_open;
     size_t wq_bytes; /* bytes in queued uv_write requests */
     unsigned wq_reqs;
@@ -59,7 +61,11 @@ struct brix_http_server {
     void *ud;
     brix_http_conn_t *conns; /* open connections (not yet closing) */
     size_t conns_alive;      /* connections whose memory is not yet freed */
+    int handles_open;        /* the flush check handle */
     brix_http_server_stats_t st;
+    uv_check_t flush_check;           /* end of loop tick: send heads still pending */
+    bool flush_active;
+    brix_http_conn_t *pending_heads;  /* connections with head_pending */
     char rbuf[READ_BUF_SIZE];
     void (*done_cb)(void *);
     void *done_arg;
@@ -224,10 +230,34 @@ static void on_write(uv_write_t *w, int status)
         c->req.on_drain(&c->req, c->req.ud);
 }
 
+static void pending_remove(brix_http_conn_t *c)
+{
+    if (!c->head_pending)
+        return;
+    c->head_pending = false;
+    if (c->pend_prev)
+        c->pend_prev->pend_next = c->pend_next;
+    else
+        c->srv->pending_heads = c->pend_next;
+    if (c->pend_next)
+        c->pend_next->pend_prev = c->pend_prev;
+    c->pend_prev = c->pend_next = NULL;
+}
+
 static int conn_write(brix_http_conn_t *c, const uv_buf_t *bufs, unsigned n)
 {
     if (c->state == CONN_CLOSING)
         return -EPIPE;
+    uv_buf_t with_head[8];
+    if (c->head_pending) {
+        /* one write (and usually one TCP segment) for head and first bytes */
+        pending_remove(c);
+        with_head[0] = uv_buf_init(c->head.data, (unsigned)c->head.len);
+        for (unsigned i = 0; i < n && i < 7; i++)
+            with_head[i + 1] = bufs[i];
+        bufs = with_head;
+        n = n + 1 < 8 ? n + 1 : 8;
+    }
     size_t total = 0, off = 0;
     for (unsigned i = 0; i < n; i++)
         total += bufs[i].len;
@@ -307,6 +337,7 @@ static void conn_close_ex(brix_http_conn_t *c, bool reset)
     if (c->state == CONN_CLOSING)
         return;
     bool aborting = c->state == CONN_HANDLING && c->req.resp_state != BRIX_HTTP_RESP_DONE;
+    pending_remove(c);
     c->state = CONN_CLOSING;
     brix_http_server_t *s = c->srv;
     if (aborting) {
@@ -574,6 +605,9 @@ brix_http_server_t *brix_http_server_new(uv_loop_t *loop, const brix_http_limits
     s->lim = *lim;
     s->handler = handler;
     s->ud = ud;
+    uv_check_init(loop, &s->flush_check);
+    s->flush_check.data = s;
+    s->handles_open = 1;
     return s;
 }
 
@@ -647,7 +681,7 @@ void brix_http_server_drain(brix_http_server_t *s)
 
 static void server_maybe_done(brix_http_server_t *s)
 {
-    if (s->closing && !s->conns_alive && !s->listener_open) {
+    if (s->closing && !s->conns_alive && !s->listener_open && !s->handles_open) {
         void (*cb)(void *) = s->done_cb;
         void *arg = s->done_arg;
         brix_free(s);
@@ -656,9 +690,18 @@ static void server_maybe_done(brix_http_server_t *s)
     }
 }
 
+static void on_check_closed(uv_handle_t *h)
+{
+    brix_http_server_t *s = h->data;
+    s->handles_open = 0;
+    server_maybe_done(s);
+}
+
 void brix_http_server_close(brix_http_server_t *s, void (*done_cb)(void *), void *arg)
 {
     s->closing = true;
+    if (!uv_is_closing((uv_handle_t *)&s->flush_check))
+        uv_close((uv_handle_t *)&s->flush_check, on_check_closed);
     s->draining = true;
     s->done_cb = done_cb;
     s->done_arg = arg;
@@ -690,38 +733,78 @@ int brix_http_add_header(brix_http_req_t *req, const char *name, const char *val
     return brix_buf_printf(&req->resp_headers, "%s: %s\r\n", name, value);
 }
 
+/* Appends a string literal without strlen or a hand-counted length. */
+#define BUF_LIT(b, s) brix_buf_append((b), (s), sizeof(s) - 1)
+
+static void on_flush_check(uv_check_t *h)
+{
+    brix_http_server_t *s = h->data;
+    while (s->pending_heads)
+        conn_write(s->pending_heads, NULL, 0); /* sends the head alone, unlinks it */
+    uv_check_stop(h);
+    s->flush_active = false;
+}
+
+/* Builds the response head in c->head. Appends rather than printf: this runs
+ * once per response on the hot path. A streamed response (nbody < 0) does
+ * not send its head now: it goes out with the first body bytes, or at the
+ * end of this loop iteration, whichever comes first. */
 static int write_head(brix_http_req_t *req, int status, const char *ctype, long long clen,
-                      const uv_buf_t *body, unsigned nbody)
+                      const uv_buf_t *body, int nbody)
 {
     brix_http_conn_t *c = req->conn;
     if (c->srv->draining)
         req->close_after = true;
     brix_buf_t *h = &c->head;
     brix_buf_reset(h);
-    int rc = brix_buf_printf(h, "HTTP/1.1 %d %s\r\ndate: %s\r\n", status, brix_http_reason(status),
-                             http_date());
-    if (ctype)
-        rc |= brix_buf_printf(h, "content-type: %s\r\n", ctype);
-    if (clen >= 0)
-        rc |= brix_buf_printf(h, "content-length: %lld\r\n", clen);
-    else if (req->chunked)
-        rc |= brix_buf_append_str(h, "transfer-encoding: chunked\r\n");
-    rc |= brix_buf_printf(h, "x-request-id: %s\r\n", req->id);
+    int rc = BUF_LIT(h, "HTTP/1.1 ");
+    rc |= brix_buf_append_u64(h, (uint64_t)status);
+    rc |= brix_buf_append_char(h, ' ');
+    rc |= brix_buf_append_str(h, brix_http_reason(status));
+    rc |= BUF_LIT(h, "\r\ndate: ");
+    rc |= brix_buf_append_str(h, http_date());
+    if (ctype) {
+        rc |= BUF_LIT(h, "\r\ncontent-type: ");
+        rc |= brix_buf_append_str(h, ctype);
+    }
+    if (clen >= 0) {
+        rc |= BUF_LIT(h, "\r\ncontent-length: ");
+        rc |= brix_buf_append_u64(h, (uint64_t)clen);
+    } else if (req->chunked) {
+        rc |= brix_buf_append_str(h, "\r\ntransfer-encoding: chunked");
+    }
+    rc |= BUF_LIT(h, "\r\nx-request-id: ");
+    rc |= brix_buf_append_str(h, req->id);
+    rc |= BUF_LIT(h, "\r\n");
     if (req->resp_headers.len)
         rc |= brix_buf_append(h, req->resp_headers.data, req->resp_headers.len);
     if (req->close_after)
         rc |= brix_buf_append_str(h, "connection: close\r\n");
     else if (req->http_major == 1 && req->http_minor == 0)
         rc |= brix_buf_append_str(h, "connection: keep-alive\r\n");
-    rc |= brix_buf_append_str(h, "\r\n");
+    rc |= BUF_LIT(h, "\r\n");
     if (rc)
         return -ENOMEM;
     req->status = status;
+    if (nbody < 0) {
+        brix_http_server_t *s = c->srv;
+        c->head_pending = true;
+        c->pend_prev = NULL;
+        c->pend_next = s->pending_heads;
+        if (s->pending_heads)
+            s->pending_heads->pend_prev = c;
+        s->pending_heads = c;
+        if (!s->flush_active) {
+            s->flush_active = true;
+            uv_check_start(&s->flush_check, on_flush_check);
+        }
+        return 0;
+    }
     uv_buf_t bufs[4];
     unsigned n = 0;
     bufs[n++] = uv_buf_init(h->data, (unsigned)h->len);
     bool head_only = req->method == HTTP_HEAD;
-    for (unsigned i = 0; i < nbody && !head_only && n < 4; i++)
+    for (int i = 0; i < nbody && !head_only && n < 4; i++)
         bufs[n++] = body[i];
     return conn_write(c, bufs, n);
 }
@@ -772,7 +855,7 @@ int brix_http_stream_start(brix_http_req_t *req, int status, const char *content
         req->chunked = true;
     req->content_length = -1;
     req->resp_state = BRIX_HTTP_RESP_STREAMING;
-    return write_head(req, status, content_type, -1, NULL, 0);
+    return write_head(req, status, content_type, -1, NULL, -1);
 }
 
 int brix_http_stream_start_len(brix_http_req_t *req, int status, const char *content_type,
@@ -782,7 +865,7 @@ int brix_http_stream_start_len(brix_http_req_t *req, int status, const char *con
         return -EINVAL;
     req->resp_state = BRIX_HTTP_RESP_STREAMING;
     req->content_length = (int64_t)length;
-    return write_head(req, status, content_type, (long long)length, NULL, 0);
+    return write_head(req, status, content_type, (long long)length, NULL, -1);
 }
 
 int brix_http_stream_write(brix_http_req_t *req, const void *data, size_t len)
@@ -826,6 +909,8 @@ int brix_http_stream_end(brix_http_req_t *req)
     if (req->chunked && req->method != HTTP_HEAD) {
         uv_buf_t b = uv_buf_init("0\r\n\r\n", 5);
         rc = conn_write(c, &b, 1);
+    } else if (c->head_pending) {
+        rc = conn_write(c, NULL, 0);
     }
     if (c->state == CONN_CLOSING) {
         c->srv->st.requests_active--;
