@@ -429,16 +429,28 @@ static void conn_send(uconn_t *c)
     c->nhdr = 0;
     c->last_cb = 0;
     c->hdr_bytes = 0;
-    brix_buf_reset(&c->wbuf);
-    if (brix_buf_append(&c->wbuf, r->out.data, r->out.len)) {
-        req_fail(r, BRIX_UERR_NOMEM);
-        return;
-    }
-    uv_buf_t b = uv_buf_init(c->wbuf.data, (unsigned)c->wbuf.len);
-    c->wreq.data = c;
-    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
+    /* Try the socket first (the usual case: everything fits); only what
+     * did not fit is copied into the connection's own buffer for uv_write,
+     * since r->out must stay intact for a retry. */
+    uv_buf_t b = uv_buf_init(r->out.data, (unsigned)r->out.len);
+    int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    size_t done = w > 0 ? (size_t)w : 0;
+    if (w < 0 && w != UV_EAGAIN) {
         req_fail(r, BRIX_UERR_CLOSED);
         return;
+    }
+    if (done < r->out.len) {
+        brix_buf_reset(&c->wbuf);
+        if (brix_buf_append(&c->wbuf, r->out.data + done, r->out.len - done)) {
+            req_fail(r, BRIX_UERR_NOMEM);
+            return;
+        }
+        b = uv_buf_init(c->wbuf.data, (unsigned)c->wbuf.len);
+        c->wreq.data = c;
+        if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) < 0) {
+            req_fail(r, BRIX_UERR_CLOSED);
+            return;
+        }
     }
     if (!c->reading) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
@@ -495,8 +507,17 @@ brix_ureq_t *brix_ureq_start(brix_upstream_t *u, const char *method, const char 
     r->u = u;
     r->cb = *cb;
     r->ud = ud;
-    int rc = brix_buf_printf(&r->out, "%s %s HTTP/1.1\r\nhost: %s\r\ncontent-length: %zu\r\n",
-                             method, path, u->hostport, body_len);
+    /* appends, not printf: once per proxied request */
+    size_t need = strlen(method) + strlen(path) + strlen(u->hostport) + head_len + body_len + 64;
+    int rc = brix_buf_reserve(&r->out, need);
+    rc |= brix_buf_append_str(&r->out, method);
+    rc |= brix_buf_append_char(&r->out, ' ');
+    rc |= brix_buf_append_str(&r->out, path);
+    rc |= brix_buf_append_str(&r->out, " HTTP/1.1\r\nhost: ");
+    rc |= brix_buf_append_str(&r->out, u->hostport);
+    rc |= brix_buf_append_str(&r->out, "\r\ncontent-length: ");
+    rc |= brix_buf_append_u64(&r->out, body_len);
+    rc |= brix_buf_append(&r->out, "\r\n", 2);
     if (head_len)
         rc |= brix_buf_append(&r->out, head_extra, head_len);
     rc |= brix_buf_append(&r->out, "\r\n", 2);

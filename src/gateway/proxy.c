@@ -687,9 +687,15 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
         const brix_http_header_t *hd = &h->headers[i];
         if (hop_by_hop(hd->name) || !strcasecmp(hd->name, "x-request-id"))
             continue;
-        brix_buf_printf(&px->fwd_headers, "%s: %s\r\n", hd->name, hd->value);
+        brix_buf_t *b = &px->fwd_headers;
+        brix_buf_append(b, hd->name, hd->name_len);
+        brix_buf_append(b, ": ", 2);
+        brix_buf_append(b, hd->value, hd->value_len);
+        brix_buf_append(b, "\r\n", 2);
     }
-    brix_buf_printf(&px->fwd_headers, "x-request-id: %s\r\n", h->id);
+    brix_buf_append_str(&px->fwd_headers, "x-request-id: ");
+    brix_buf_append_str(&px->fwd_headers, h->id);
+    brix_buf_append(&px->fwd_headers, "\r\n", 2);
     h->ud = px;
     h->on_abort = on_client_abort;
     h->on_drain = on_drain;
