@@ -1,7 +1,8 @@
 /*
  * The gateway's request path, on each worker loop.
  *
- * A POST to an OpenAI route is parsed once (cJSON) for `model` and `stream`,
+ * A POST to an OpenAI route is validated once, without building a tree
+ * (core/json_scan), for `model`, `stream` and the prompt fields,
  * routed to a pod, and forwarded with the original body bytes. The response
  * is relayed as it arrives: SSE bodies event by event (a partial event is
  * held until its end arrives, so a failure can always be reported as a clean
@@ -35,7 +36,7 @@ typedef struct px {
     char *model_name;
     const brix_strategy_t *strategy;
     bool strategy_from_header;
-    cJSON *body;
+    brix_req_fields_t fields;
     brix_buf_t fwd_headers; /* request header lines for the upstream */
     brix_ureq_t *ur;
     uint32_t pod_idx;
@@ -57,17 +58,24 @@ typedef struct px {
 
 /* ---------------------------------------------------------------- utils -- */
 
-static bool hop_by_hop(const char *name)
+/* Headers that describe one connection, not the message (RFC 9110 7.6.1),
+ * plus the ones the gateway sets itself. Dispatch on length first: this runs
+ * for every header of every request and response. */
+static bool hop_by_hop(const char *name, size_t n)
 {
-    static const char *const hop[] = {
-        "connection",     "keep-alive", "proxy-connection",   "transfer-encoding",   "te",
-        "trailer",        "upgrade",    "proxy-authenticate", "proxy-authorization", "host",
-        "content-length", "expect"
-    };
-    for (size_t i = 0; i < sizeof hop / sizeof *hop; i++)
-        if (!strcasecmp(name, hop[i]))
-            return true;
-    return false;
+    switch (n) {
+    case 2: return !strcasecmp(name, "te");
+    case 4: return !strcasecmp(name, "host");
+    case 6: return !strcasecmp(name, "expect");
+    case 7: return !strcasecmp(name, "trailer") || !strcasecmp(name, "upgrade");
+    case 10: return !strcasecmp(name, "connection") || !strcasecmp(name, "keep-alive");
+    case 14: return !strcasecmp(name, "content-length");
+    case 16: return !strcasecmp(name, "proxy-connection");
+    case 17: return !strcasecmp(name, "transfer-encoding");
+    case 18: return !strcasecmp(name, "proxy-authenticate");
+    case 19: return !strcasecmp(name, "proxy-authorization");
+    default: return false;
+    }
 }
 
 static const char *err_type(int status)
@@ -186,7 +194,6 @@ static void px_free(px_t *px)
     brix_gw_worker_t *w = px->w;
     if (px->pod)
         brix_pod_unref(px->pod);
-    cJSON_Delete(px->body);
     brix_buf_free(&px->fwd_headers);
     brix_buf_free(&px->hold);
     brix_buf_free(&px->tail);
@@ -342,7 +349,7 @@ static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, si
             ctype = hs[i].value;
         else if (!strcasecmp(hs[i].name, "content-length"))
             clen = strtoll(hs[i].value, NULL, 10);
-        else if (!hop_by_hop(hs[i].name) && strcasecmp(hs[i].name, "date") &&
+        else if (!hop_by_hop(hs[i].name, hs[i].name_len) && strcasecmp(hs[i].name, "date") &&
                  strcasecmp(hs[i].name, "server") && strcasecmp(hs[i].name, "x-request-id") &&
                  strcasecmp(hs[i].name, "content-type"))
             brix_http_add_header(h, hs[i].name, hs[i].value);
@@ -536,7 +543,7 @@ static void attempt(px_t *px)
         .snap = snap,
         .model = px->model,
         .req = h,
-        .body = px->body,
+        .fields = &px->fields,
         .now_ns = brix_now_ns(),
         .rng = &w->rng,
         .rr = &w->rr,
@@ -608,37 +615,88 @@ static bool proxied_path(const char *p)
     return false;
 }
 
+typedef struct scan_ctx {
+    brix_req_fields_t *f;
+    brix_http_req_t *h;
+    const char *model_raw;
+    bool oom;
+} scan_ctx_t;
+
+/* Picks the fields routing needs; a later duplicate key wins, as in most
+ * JSON parsers (and in vLLM's). */
+static int on_member(const char *key, size_t klen, const brix_json_val_t *v, void *ud)
+{
+    scan_ctx_t *sx = ud;
+    brix_req_fields_t *f = sx->f;
+    switch (klen) {
+    case 5:
+        if (brix_json_key_is(key, klen, "model")) {
+            f->model = NULL;
+            if (v->kind == BRIX_JSON_STRING) {
+                char *m = brix_arena_alloc(&sx->h->arena, v->n + 1);
+                if (!m) {
+                    sx->oom = true;
+                    return 0;
+                }
+                brix_json_unescape(v->p, v->n, m);
+                f->model = m;
+            }
+        } else if (brix_json_key_is(key, klen, "input")) {
+            f->input = *v;
+        }
+        break;
+    case 6:
+        if (brix_json_key_is(key, klen, "stream"))
+            f->stream = v->kind == BRIX_JSON_TRUE;
+        else if (brix_json_key_is(key, klen, "prompt"))
+            f->prompt = *v;
+        break;
+    case 8:
+        if (brix_json_key_is(key, klen, "messages"))
+            f->messages = *v;
+        break;
+    default:
+        break;
+    }
+    return 0;
+}
+
 static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
 {
     brix_gw_view_t *view = w->view;
-    brix_json_err_t je;
-    cJSON *body = NULL;
-    if (brix_json_parse(h->body.data, h->body.len, &body, &je)) {
-        gw_error(w, h, 400, "invalid_json", NULL, NULL, "%s", je.msg);
+    brix_req_fields_t f;
+    size_t err_off = 0;
+    const char *err_what = NULL;
+    memset(&f, 0, sizeof f);
+    scan_ctx_t sx = { &f, h, NULL, false };
+    brix_json_scan_rc_t src =
+        brix_json_scan(h->body.data ? h->body.data : "", h->body.len, on_member, &sx, &err_off,
+                       &err_what);
+    if (src == BRIX_JSON_SCAN_INVALID) {
+        if (!h->body.len)
+            gw_error(w, h, 400, "invalid_json", NULL, NULL,
+                     "the request body is empty; expected a JSON object");
+        else
+            gw_error(w, h, 400, "invalid_json", NULL, NULL,
+                     "invalid JSON in request body at byte offset %zu: %s", err_off, err_what);
         return;
     }
-    if (!cJSON_IsObject(body)) {
-        cJSON_Delete(body);
+    if (src == BRIX_JSON_SCAN_NOT_OBJECT) {
         gw_error(w, h, 400, "invalid_request_body", NULL, NULL,
                  "the request body must be a JSON object");
         return;
     }
-    const cJSON *m = cJSON_GetObjectItemCaseSensitive(body, "model");
-    if (!cJSON_IsString(m) || !*m->valuestring) {
-        cJSON_Delete(body);
+    if (sx.oom) {
+        gw_error(w, h, 500, NULL, NULL, NULL, "out of memory");
+        return;
+    }
+    if (!f.model || !*f.model) {
         gw_error(w, h, 400, "missing_model", "model", NULL,
                  "you must provide a model parameter (a non-empty string)");
         return;
     }
-    /* copied: the error paths below free the body before answering */
-    const char *model = brix_arena_strndup(&h->arena, m->valuestring, strlen(m->valuestring));
-    if (!model) {
-        cJSON_Delete(body);
-        gw_error(w, h, 500, NULL, NULL, NULL, "out of memory");
-        return;
-    }
+    const char *model = f.model;
     if (!view || !view->fleet->nmodels) {
-        cJSON_Delete(body);
         char ra[16];
         snprintf(ra, sizeof ra, "%d", view ? view->rt->retry_after_s : 1);
         brix_http_add_header(h, "retry-after", ra);
@@ -648,7 +706,6 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     }
     const brix_model_entry_t *me = brix_snap_model(view->fleet, model);
     if (!me) {
-        cJSON_Delete(body);
         brix_http_add_header(h, "x-error-no-model-backends", model);
         gw_error(w, h, 404, "model_not_found", "model", model, "The model `%s` does not exist.",
                  model);
@@ -660,7 +717,6 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
         sname = view->rt->default_strategy;
     const brix_strategy_t *s = brix_strategy_find(sname);
     if (!s) {
-        cJSON_Delete(body);
         brix_http_add_header(h, "x-error-routing", "true");
         brix_http_add_header(h, "x-error-invalid-routing-strategy", "true");
         gw_error(w, h, 400, "invalid_routing_strategy", NULL, model,
@@ -670,7 +726,6 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     px_t *px = brix_calloc(1, sizeof *px);
     if (!px || !(px->model_name = brix_strdup(model))) {
         brix_free(px);
-        cJSON_Delete(body);
         gw_error(w, h, 500, NULL, NULL, model, "out of memory");
         return;
     }
@@ -682,10 +737,10 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     px->model = me;
     px->strategy = s;
     px->strategy_from_header = from_header;
-    px->body = body;
+    px->fields = f;
     for (size_t i = 0; i < h->nheaders; i++) {
         const brix_http_header_t *hd = &h->headers[i];
-        if (hop_by_hop(hd->name) || !strcasecmp(hd->name, "x-request-id"))
+        if (hop_by_hop(hd->name, hd->name_len) || !strcasecmp(hd->name, "x-request-id"))
             continue;
         brix_buf_t *b = &px->fwd_headers;
         brix_buf_append(b, hd->name, hd->name_len);

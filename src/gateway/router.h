@@ -13,19 +13,29 @@
 #ifndef BRIX_GATEWAY_ROUTER_H
 #define BRIX_GATEWAY_ROUTER_H
 
-#include <cjson/cJSON.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "core/http.h"
+#include "core/json_scan.h"
 #include "gateway/fleet.h"
+
+/* The fields of a request body the gateway looks at, pointing into the body
+ * (which stays unchanged and is forwarded as received). */
+typedef struct brix_req_fields {
+    const char *model;         /* unescaped, NUL-terminated */
+    bool stream;
+    brix_json_val_t messages;  /* chat; kind NULL when absent */
+    brix_json_val_t prompt;    /* completions */
+    brix_json_val_t input;     /* embeddings */
+} brix_req_fields_t;
 
 typedef struct brix_route_ctx {
     const brix_fleet_snap_t *snap;
     const brix_model_entry_t *model;
     const brix_http_req_t *req; /* headers (session keys, ...) */
-    const cJSON *body;
+    const brix_req_fields_t *fields;
     uint64_t now_ns;
     uint64_t *rng;           /* worker's generator */
     uint64_t *rr;            /* worker's round-robin cursor */

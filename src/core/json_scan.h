@@ -1,0 +1,64 @@
+/*
+ * json_scan — validate a JSON document and visit its top-level members
+ * without building a tree or allocating.
+ *
+ * The gateway reads only a few fields of each request body (model, stream,
+ * and for prefix routing the prompt) and forwards the original bytes, so it
+ * validates once and points into the input instead of paying cJSON's dozens
+ * of allocations per body. The grammar is RFC 8259 (strict: no comments, no
+ * trailing commas, no leading zeros, no control characters in strings,
+ * escapes checked, strings well-formed UTF-8, nesting at most
+ * BRIX_JSON_SCAN_MAX_DEPTH). Lone surrogates in \u escapes are accepted, as
+ * Python's json (and so vLLM) accepts them. Errors give the
+ * byte offset of the first byte that cannot belong to a valid document.
+ */
+#ifndef BRIX_CORE_JSON_SCAN_H
+#define BRIX_CORE_JSON_SCAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define BRIX_JSON_SCAN_MAX_DEPTH 512
+
+typedef enum brix_json_kind {
+    BRIX_JSON_NULL,
+    BRIX_JSON_FALSE,
+    BRIX_JSON_TRUE,
+    BRIX_JSON_NUMBER,
+    BRIX_JSON_STRING, /* p/n span the contents between the quotes, still escaped */
+    BRIX_JSON_ARRAY,  /* p/n span the whole value including brackets */
+    BRIX_JSON_OBJECT,
+} brix_json_kind_t;
+
+typedef struct brix_json_val {
+    brix_json_kind_t kind;
+    const char *p;
+    size_t n;
+} brix_json_val_t;
+
+/* Called for each member of the top-level object, in order; key is the raw
+ * (escaped) key text. Return non-zero to stop scanning early (the rest is
+ * then not validated). */
+typedef int (*brix_json_member_fn)(const char *key, size_t klen, const brix_json_val_t *v,
+                                   void *ud);
+
+typedef enum brix_json_scan_rc {
+    BRIX_JSON_SCAN_OK = 0,
+    BRIX_JSON_SCAN_INVALID,    /* *err_off, *err_what say where and why */
+    BRIX_JSON_SCAN_NOT_OBJECT, /* valid JSON, but the top level is not an object */
+    BRIX_JSON_SCAN_STOPPED,    /* the callback returned non-zero */
+} brix_json_scan_rc_t;
+
+brix_json_scan_rc_t brix_json_scan(const char *s, size_t len, brix_json_member_fn fn, void *ud,
+                                   size_t *err_off, const char **err_what);
+
+/* Decodes the contents of a JSON string literal (as given in a STRING value)
+ * into out (at least n + 1 bytes: decoding never grows). Returns the decoded
+ * length; \u escapes become UTF-8 (surrogate pairs joined). */
+size_t brix_json_unescape(const char *p, size_t n, char *out);
+
+/* True when the raw key equals the C string (keys with escapes never match,
+ * which is fine for the fixed field names brix looks for). */
+bool brix_json_key_is(const char *key, size_t klen, const char *want);
+
+#endif
