@@ -113,8 +113,13 @@ static void make_request_id(brix_http_req_t *req)
         if (j)
             return;
     }
-    snprintf(req->id, sizeof req->id, "%016llx%016llx", (unsigned long long)rng_next(),
-             (unsigned long long)rng_next());
+    static const char hex[] = "0123456789abcdef";
+    uint64_t a = rng_next(), b = rng_next();
+    for (int i = 0; i < 16; i++) {
+        req->id[i] = hex[(a >> (60 - 4 * i)) & 15];
+        req->id[16 + i] = hex[(b >> (60 - 4 * i)) & 15];
+    }
+    req->id[32] = '\0';
 }
 
 static const char *http_date(void)

@@ -100,8 +100,8 @@ static const char *err_type(int status)
 
 static void count_request(brix_gw_worker_t *w, const char *model, int status, const char *strategy)
 {
-    char st[8];
-    snprintf(st, sizeof st, "%d", status);
+    char st[4] = { (char)('0' + status / 100 % 10), (char)('0' + status / 10 % 10),
+                   (char)('0' + status % 10), '\0' };
     brix_metric_add(
         brix_gw_metric3(w->gw->m.requests, model ? model : "", st, strategy ? strategy : ""), 1);
 }
