@@ -386,3 +386,28 @@ bool brix_json_key_is(const char *key, size_t klen, const char *want)
 {
     return strlen(want) == klen && !memcmp(key, want, klen);
 }
+
+void brix_json_each(const brix_json_val_t *v, brix_json_member_fn fn, void *ud)
+{
+    scanner_t sc = { v->p, v->n, 0, NULL, 1 };
+    if (v->kind == BRIX_JSON_OBJECT) {
+        bool stopped = false;
+        scan_object(&sc, 0, fn, ud, &stopped);
+        return;
+    }
+    if (v->kind != BRIX_JSON_ARRAY)
+        return;
+    size_t i = ws(&sc, 1);
+    if (i < sc.len && sc.s[i] == ']')
+        return;
+    for (;;) {
+        brix_json_val_t e;
+        i = scan_value(&sc, i, &e);
+        if (i == BAD || fn(NULL, 0, &e, ud))
+            return;
+        i = ws(&sc, i);
+        if (i >= sc.len || sc.s[i] != ',')
+            return;
+        i = ws(&sc, i + 1);
+    }
+}

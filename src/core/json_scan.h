@@ -52,6 +52,11 @@ typedef enum brix_json_scan_rc {
 brix_json_scan_rc_t brix_json_scan(const char *s, size_t len, brix_json_member_fn fn, void *ud,
                                    size_t *err_off, const char **err_what);
 
+/* Visits the members of an OBJECT value returned by a scan (already
+ * validated, so this cannot fail), or the elements of an ARRAY value (the
+ * key is then NULL/0). Returns early when fn returns non-zero. */
+void brix_json_each(const brix_json_val_t *v, brix_json_member_fn fn, void *ud);
+
 /* Decodes the contents of a JSON string literal (as given in a STRING value)
  * into out (at least n + 1 bytes: decoding never grows). Returns the decoded
  * length; \u escapes become UTF-8 (surrogate pairs joined). */

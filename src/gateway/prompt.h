@@ -1,0 +1,38 @@
+/*
+ * prompt — a request's prompt as the chain of block hashes prefix-aware
+ * routing matches on.
+ *
+ * The prompt is tokenized the way engine-sim (and the precise index) sees
+ * it: chat messages rendered with the core chat template, completions and
+ * embeddings with a BOS token first, token-id prompts as given. Tokens are
+ * cut into blocks of block_size (the engines' --block-size) and each full
+ * block hashed, chained on its parent: h_i = xxh64(LE64(h_{i-1}) ‖ LE32
+ * tokens), h_{-1} = xxh64(model name) — so adapters and base models never
+ * share entries. Walking the prompt is O(length) and allocates only from the
+ * request's arena.
+ */
+#ifndef BRIX_GATEWAY_PROMPT_H
+#define BRIX_GATEWAY_PROMPT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/alloc.h"
+#include "gateway/router.h"
+
+typedef struct brix_prompt {
+    uint64_t *hashes; /* full blocks, in order */
+    size_t nhashes;
+    size_t ntokens;   /* all prompt tokens, including a trailing partial block */
+    bool known;       /* false when the body carries no prompt we can read */
+} brix_prompt_t;
+
+/* Hashes at most max_blocks blocks (longer prompts still count ntokens). */
+int brix_prompt_hash(const brix_req_fields_t *f, const char *model, uint32_t block_size,
+                     size_t max_blocks, brix_arena_t *arena, brix_prompt_t *out);
+
+uint64_t brix_prompt_root(const char *model);
+uint64_t brix_prompt_block_hash(uint64_t parent, const uint32_t *tokens, uint32_t n);
+
+#endif
