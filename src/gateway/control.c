@@ -53,8 +53,8 @@ typedef struct cpod {
     bool scrape_busy;
     bool scraped_ok;
     uint64_t scraped_at_ns;
-    double running, waiting, kv, kv_old;
-    bool have_kv;
+    brix_engine_stats_t stats;
+    brix_scrape_state_t scrape_state;
     uint64_t scrape_errors;
 } cpod_t;
 
@@ -82,6 +82,9 @@ void brix_gw_rt_ref(brix_gw_rt_t *rt)
 void brix_gw_rt_unref(brix_gw_rt_t *rt)
 {
     if (rt && atomic_fetch_sub(&rt->refs, 1) == 1) {
+        for (size_t i = 0; i < rt->nmodel_sel; i++)
+            brix_free(rt->model_sel[i].model);
+        brix_free(rt->model_sel);
         brix_free(rt->default_strategy);
         brix_free(rt);
     }
@@ -151,9 +154,7 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
         v->healthy = cp->healthy && cp->models_known;
         v->metrics_fresh =
             cp->scraped_ok && now - cp->scraped_at_ns <= gw->cfg.metrics_stale_after * 1000000ull;
-        v->running = cp->running;
-        v->waiting = cp->waiting;
-        v->kv_usage = cp->have_kv ? cp->kv : cp->kv_old;
+        v->stats = cp->stats;
         v->scraped_at_s = (double)cp->scraped_at_ns / 1e9;
         s->nhealthy += v->healthy;
         if (cp->models_known)
@@ -162,9 +163,9 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
         brix_metric_set(brix_gw_metric1(gw->m.pod_inflight, cp->pod->name),
                         atomic_load(&cp->pod->inflight));
         if (cp->scraped_ok) {
-            brix_metric_set(brix_gw_metric1(gw->m.pod_running, cp->pod->name), cp->running);
-            brix_metric_set(brix_gw_metric1(gw->m.pod_waiting, cp->pod->name), cp->waiting);
-            brix_metric_set(brix_gw_metric1(gw->m.pod_kv, cp->pod->name), v->kv_usage);
+            brix_metric_set(brix_gw_metric1(gw->m.pod_running, cp->pod->name), cp->stats.running);
+            brix_metric_set(brix_gw_metric1(gw->m.pod_waiting, cp->pod->name), cp->stats.waiting);
+            brix_metric_set(brix_gw_metric1(gw->m.pod_kv, cp->pod->name), cp->stats.kv_usage);
         }
     }
     /* models: union over pods with a known list */
@@ -530,31 +531,6 @@ static void on_models_timer(uv_timer_t *t)
 
 /* ------------------------------------------------------------ scraping -- */
 
-typedef struct scrape_acc {
-    double running, waiting, kv, kv_old;
-    bool have_running, have_waiting, have_kv, have_kv_old;
-} scrape_acc_t;
-
-static void on_sample(const brix_prom_sample_t *s, void *ud)
-{
-    scrape_acc_t *a = ud;
-    /* vLLM v0.11 names first, the pre-0.10 ones as fallback; summed over
-     * label sets (engines) */
-    if (!strcmp(s->name, "vllm:num_requests_running")) {
-        a->running += s->value;
-        a->have_running = true;
-    } else if (!strcmp(s->name, "vllm:num_requests_waiting")) {
-        a->waiting += s->value;
-        a->have_waiting = true;
-    } else if (!strcmp(s->name, "vllm:kv_cache_usage_perc")) {
-        a->kv = s->value > a->kv ? s->value : a->kv;
-        a->have_kv = true;
-    } else if (!strcmp(s->name, "vllm:gpu_cache_usage_perc")) {
-        a->kv_old = s->value > a->kv_old ? s->value : a->kv_old;
-        a->have_kv_old = true;
-    }
-}
-
 static void on_scrape(const brix_curl_result_t *r, void *ud)
 {
     cpod_t *cp = ud;
@@ -566,21 +542,11 @@ static void on_scrape(const brix_curl_result_t *r, void *ud)
     }
     bool ok = false;
     if (r->status == 200) {
-        scrape_acc_t a = { 0 };
-        brix_prom_parser_t p;
-        brix_prom_parser_init(&p, 64 * 1024, on_sample, &a);
-        brix_prom_parser_feed(&p, r->body, r->body_len);
-        brix_prom_parser_finish(&p);
-        brix_prom_parser_free(&p);
-        ok = a.have_running && a.have_waiting;
-        if (ok) {
-            cp->running = a.running;
-            cp->waiting = a.waiting;
-            cp->have_kv = a.have_kv;
-            cp->kv = a.kv;
-            cp->kv_old = a.kv_old;
-            cp->scraped_at_ns = brix_now_ns();
-        }
+        uint64_t now = brix_now_ns();
+        ok = brix_engine_stats_update(r->body, r->body_len, (double)now / 1e9, &cp->scrape_state,
+                                      &cp->stats);
+        if (ok)
+            cp->scraped_at_ns = now;
     }
     if (ok != cp->scraped_ok && !ok)
         BRIX_WARN("pod %s: scraping /metrics failed: %s", cp->pod->name,

@@ -20,6 +20,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "gateway/engine_stats.h"
+#include "gateway/prefix_index.h"
+
 typedef enum brix_breaker_state {
     BRIX_BREAKER_CLOSED = 0, /* healthy: traffic flows */
     BRIX_BREAKER_OPEN,       /* ejected until ejected_until_ns */
@@ -35,6 +38,8 @@ typedef struct brix_pod {
     int port;
     char hostport[80];   /* "ip:port", AIBrix target-pod-ip */
     atomic_int inflight; /* requests the gateway has on this pod (all workers) */
+    atomic_llong pending_prefill; /* prompt tokens sent there, not yet answered by a first byte */
+    atomic_llong routed_blocks;   /* prompt blocks the gateway routed there (ever) */
     /* passive outlier detection / circuit breaker */
     atomic_int breaker; /* brix_breaker_state_t */
     atomic_uint consecutive_failures;
@@ -49,9 +54,8 @@ typedef struct brix_pod_view {
     brix_pod_t *pod;
     bool healthy;        /* active health checks pass and models are known */
     bool metrics_fresh;  /* last scrape younger than the staleness bound */
-    double running;      /* vllm:num_requests_running */
-    double waiting;      /* vllm:num_requests_waiting */
-    double kv_usage;     /* vllm:kv_cache_usage_perc (or gpu_cache_usage_perc) */
+    bool kv_events;      /* its KV-event stream is subscribed and in sequence */
+    brix_engine_stats_t stats; /* from the last scrapes (engine_stats.h) */
     double scraped_at_s; /* monotonic seconds of the scrape */
     char *base_model;    /* the base model's id (first /v1/models entry without parent) */
 } brix_pod_view_t;
@@ -74,6 +78,7 @@ typedef struct brix_fleet_snap {
     char *models_json; /* the aggregated /v1/models answer */
     size_t models_json_len;
     size_t nhealthy;
+    brix_podset_t precise;      /* pods (by id) whose KV events are live */
 } brix_fleet_snap_t;
 
 brix_pod_t *brix_pod_new(uint32_t id, const char *name, const char *url, const char *host,

@@ -32,9 +32,41 @@ static const brix_opt_t gw_opts[] = {
       "worker threads, each with its own event loop (SO_REUSEPORT)" },
     { "worker-urls", BRIX_OPT_STRLIST, O(worker_urls), NULL, 1, 0, "URL[,URL...]",
       "engine base URLs, e.g. http://127.0.0.1:8001 (comma-separated or repeated)" },
-    { "routing-strategy", BRIX_OPT_STRING, O(routing_strategy), "least-request", 1, 0, "NAME",
-      "default strategy: random | round-robin | least-request (per request: header "
-      "routing-strategy)" },
+    { "routing-strategy", BRIX_OPT_STRING, O(routing_strategy), "weighted", 1, 0, "NAME[:W,...]",
+      "default strategy, or a weighted mix like prefix-cache:2,least-latency:1 (per request: "
+      "header routing-strategy); see the README for the list" },
+    { "model-strategy", BRIX_OPT_STRLIST, O(model_strategy), NULL, 1, 0, "MODEL=STRATEGY",
+      "per-model default strategy (or mix), e.g. llama-3-8b=prefix-cache:2,least-request" },
+    { "prefix-block-size", BRIX_OPT_INT, O(route.block_size), "16", 1, 256, NULL,
+      "tokens per prompt block for prefix-aware routing: the engines' --block-size" },
+    { "prefix-max-blocks", BRIX_OPT_INT, O(route.max_blocks), "2048", 1, 1000000, NULL,
+      "prompt blocks hashed per request at most" },
+    { "prefix-index-entries", BRIX_OPT_INT, O(prefix_index_entries), "200000", 1024, 100000000,
+      NULL, "blocks the shared prefix index holds (LRU beyond); memory in /metrics" },
+    { "prefix-std-k", BRIX_OPT_DOUBLE, O(route.prefix_std_k), "2", 0, 100, "K",
+      "prefix-cache: only pods with load <= mean + K*std compete" },
+    { "prefix-imbalance", BRIX_OPT_DOUBLE, O(route.prefix_imbalance), "16", 0, 1e9, "N",
+      "prefix-cache: loads differing by more than N requests -> least-request" },
+    { "weight-prefix", BRIX_OPT_DOUBLE, O(route.w_prefix), "1", 0, 1e6, "W",
+      "weighted: cost per uncached prompt token on the pod" },
+    { "weight-queue", BRIX_OPT_DOUBLE, O(route.w_queue), "1", 0, 1e6, "W",
+      "weighted: cost per prompt token queued there and not yet answered" },
+    { "weight-decode", BRIX_OPT_DOUBLE, O(route.w_decode), "1", 0, 1e6, "W",
+      "weighted: cost per running sequence, times --decode-tokens" },
+    { "decode-tokens", BRIX_OPT_DOUBLE, O(route.decode_tokens), "64", 0, 1e9, "N",
+      "weighted: prompt tokens one running sequence is worth" },
+    { "weight-kv", BRIX_OPT_DOUBLE, O(route.w_kv), "1", 0, 1e6, "W",
+      "weighted: cost of KV usage above --kv-high, times --kv-tokens" },
+    { "kv-high", BRIX_OPT_DOUBLE, O(route.kv_high), "0.9", 0, 0.999, "F",
+      "weighted: KV usage above which a pod is penalised" },
+    { "kv-tokens", BRIX_OPT_DOUBLE, O(route.kv_tokens), "8192", 0, 1e9, "N",
+      "weighted: penalty for a full KV cache, in prompt tokens" },
+    { "weight-lora", BRIX_OPT_DOUBLE, O(route.w_lora), "1", 0, 1e6, "W",
+      "weighted: cost of an adapter not active on the pod, times --lora-tokens" },
+    { "lora-tokens", BRIX_OPT_DOUBLE, O(route.lora_tokens), "2048", 0, 1e9, "N",
+      "weighted: adapter load cost in prompt tokens (doubled without a free slot)" },
+    { "session-load-factor", BRIX_OPT_DOUBLE, O(route.session_load_factor), "1.25", 1, 100, "F",
+      "session-affinity: skip pods above F x the mean load" },
     { "log-level", BRIX_OPT_STRING, O(log_level), "info", 1, 0, "LEVEL",
       "debug | info | warn | error" },
     { "access-log", BRIX_OPT_BOOL, O(access_log), "true", 1, 0, NULL,
@@ -96,14 +128,52 @@ static const char about[] =
     "The OpenAI-compatible gateway: routes each request by its model to an engine replica\n"
     "(vLLM or brix engine-sim), with health checks, retries, a circuit breaker and metrics.";
 
-brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version)
+brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version, char *err,
+                                  size_t errlen)
 {
     brix_gw_rt_t *rt = brix_calloc(1, sizeof *rt);
     if (!rt || !(rt->default_strategy = brix_strdup(c->routing_strategy))) {
         brix_free(rt);
+        snprintf(err, errlen, "out of memory");
         return NULL;
     }
     atomic_init(&rt->refs, 1);
+    char serr[256];
+    if (brix_strategy_parse(c->routing_strategy, &rt->default_sel, serr, sizeof serr)) {
+        snprintf(err, errlen, "routing-strategy: %s", serr);
+        brix_gw_rt_unref(rt);
+        return NULL;
+    }
+    if (c->model_strategy.n) {
+        rt->model_sel = brix_calloc(c->model_strategy.n, sizeof *rt->model_sel);
+        if (!rt->model_sel) {
+            brix_gw_rt_unref(rt);
+            snprintf(err, errlen, "out of memory");
+            return NULL;
+        }
+    }
+    for (size_t i = 0; i < c->model_strategy.n; i++) {
+        const char *s = c->model_strategy.v[i];
+        const char *eq = strchr(s, '=');
+        if (!eq || eq == s || !eq[1]) {
+            snprintf(err, errlen, "model-strategy: expected MODEL=STRATEGY, got '%s'", s);
+            brix_gw_rt_unref(rt);
+            return NULL;
+        }
+        struct brix_gw_model_sel *ms = &rt->model_sel[rt->nmodel_sel];
+        if (!(ms->model = brix_strndup(s, (size_t)(eq - s)))) {
+            brix_gw_rt_unref(rt);
+            snprintf(err, errlen, "out of memory");
+            return NULL;
+        }
+        rt->nmodel_sel++;
+        if (brix_strategy_parse(eq + 1, &ms->sel, serr, sizeof serr)) {
+            snprintf(err, errlen, "model-strategy %s: %s", ms->model, serr);
+            brix_gw_rt_unref(rt);
+            return NULL;
+        }
+    }
+    rt->route = c->route;
     rt->version = version;
     rt->access_log = c->access_log;
     rt->max_retries = (int)c->max_retries;
@@ -120,6 +190,14 @@ brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version)
     rt->retry_after_s = (int)c->retry_after;
     rt->backpressure_bytes = c->backpressure_bytes;
     return rt;
+}
+
+const brix_strategy_sel_t *brix_gw_rt_strategy(const brix_gw_rt_t *rt, const char *model)
+{
+    for (size_t i = 0; i < rt->nmodel_sel; i++)
+        if (!strcmp(rt->model_sel[i].model, model))
+            return &rt->model_sel[i].sel;
+    return &rt->default_sel;
 }
 
 /* Splits comma-separated entries of --worker-urls into separate items. */
@@ -176,11 +254,10 @@ static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t e
     }
     if (split_urls(&c->worker_urls, err, errlen))
         return -1;
-    if (!brix_strategy_find(c->routing_strategy)) {
-        snprintf(err, errlen, "routing-strategy: unknown strategy '%s' (known: %s)",
-                 c->routing_strategy, brix_strategy_names());
+    brix_gw_rt_t *probe_rt = brix_gw_rt_from_cfg(c, 0, err, errlen); /* validates strategies */
+    if (!probe_rt)
         return -1;
-    }
+    brix_gw_rt_unref(probe_rt);
     if (brix_log_level_parse(c->log_level) < 0) {
         snprintf(err, errlen, "log-level: unknown level '%s'", c->log_level);
         return -1;
@@ -208,9 +285,9 @@ static void on_sighup(uv_signal_t *s, int signum)
         BRIX_WARN("reload: host, port and workers only change on restart; keeping %s:%d with %d "
                   "workers",
                   gw->cfg.host, gw->port, gw->nworkers);
-    brix_gw_rt_t *rt = brix_gw_rt_from_cfg(&nc, gw->rt->version + 1);
+    brix_gw_rt_t *rt = brix_gw_rt_from_cfg(&nc, gw->rt->version + 1, err, sizeof err);
     if (!rt) {
-        BRIX_ERROR("reload failed: out of memory");
+        BRIX_ERROR("reload failed: %s", err);
         brix_config_free(gw_opts, &nc);
         return;
     }
@@ -317,8 +394,9 @@ int brix_gateway_main(int argc, char **argv)
     uv_loop_init(&loop);
     gw->loop = &loop;
     int rc = 1;
-    if (brix_gw_metrics_init(gw) || !(gw->rt = brix_gw_rt_from_cfg(&gw->cfg, 1))) {
-        fprintf(stderr, "brix gateway: out of memory\n");
+    if (brix_gw_metrics_init(gw) || !(gw->rt = brix_gw_rt_from_cfg(&gw->cfg, 1, err, sizeof err)) ||
+        !(gw->index = brix_prefix_index_new((size_t)gw->cfg.prefix_index_entries))) {
+        fprintf(stderr, "brix gateway: %s\n", gw->rt ? "out of memory" : err);
         goto out;
     }
     gw->nworkers = (int)gw->cfg.workers;
@@ -371,6 +449,7 @@ out:
     }
     brix_free(gw->w);
     brix_gw_metrics_free(gw);
+    brix_prefix_index_free(gw->index);
     brix_config_free(gw_opts, &gw->cfg);
     return rc;
 }

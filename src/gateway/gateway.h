@@ -23,6 +23,8 @@
 #include "core/metrics.h"
 #include "core/workers.h"
 #include "gateway/fleet.h"
+#include "gateway/prefix_index.h"
+#include "gateway/router.h"
 
 typedef struct brix_gw_cfg {
     char *config;
@@ -31,6 +33,9 @@ typedef struct brix_gw_cfg {
     int64_t workers;
     brix_strlist_t worker_urls;
     char *routing_strategy;
+    brix_strlist_t model_strategy; /* MODEL=STRATEGY */
+    int64_t prefix_index_entries;
+    brix_route_params_t route;
     char *log_level;
     bool access_log;
     /* client side */
@@ -59,6 +64,13 @@ typedef struct brix_gw_rt {
     atomic_int refs;
     uint64_t version;
     char *default_strategy;
+    brix_strategy_sel_t default_sel;
+    struct brix_gw_model_sel {
+        char *model;
+        brix_strategy_sel_t sel;
+    } *model_sel;
+    size_t nmodel_sel;
+    brix_route_params_t route;
     bool access_log;
     int max_retries;
     bool retry_on_5xx;
@@ -141,6 +153,7 @@ struct brix_gw {
     brix_gw_metrics_t m;
     brix_gw_control_t *ctl;
     brix_gw_rt_t *rt; /* current runtime settings (control thread) */
+    brix_prefix_index_t *index; /* shared by workers and the control thread */
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;
     bool draining;
@@ -150,7 +163,11 @@ struct brix_gw {
 
 /* gateway.c */
 const brix_opt_t *brix_gw_options(void);
-brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version);
+/* Builds runtime settings from a config; NULL with err on a bad strategy. */
+brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version, char *err,
+                                  size_t errlen);
+/* The strategy selection for a model when the request names none. */
+const brix_strategy_sel_t *brix_gw_rt_strategy(const brix_gw_rt_t *rt, const char *model);
 
 /* control.c: runs on the main loop */
 brix_gw_control_t *brix_gw_control_start(brix_gw_t *gw);

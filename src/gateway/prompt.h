@@ -19,7 +19,19 @@
 #include <stdint.h>
 
 #include "core/alloc.h"
-#include "gateway/router.h"
+#include "core/json_scan.h"
+
+/* The fields of a request body the gateway looks at, pointing into the body
+ * (which stays unchanged and is forwarded as received). */
+typedef struct brix_req_fields {
+    const char *model;         /* unescaped, NUL-terminated */
+    bool stream;
+    brix_json_val_t messages;  /* chat; kind NULL when absent */
+    brix_json_val_t prompt;    /* completions */
+    brix_json_val_t input;     /* embeddings */
+} brix_req_fields_t;
+
+
 
 typedef struct brix_prompt {
     uint64_t *hashes; /* full blocks, in order */

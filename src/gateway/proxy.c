@@ -34,8 +34,10 @@ typedef struct px {
     brix_gw_view_t *view; /* reference held for the request's life */
     const brix_model_entry_t *model;
     char *model_name;
-    const brix_strategy_t *strategy;
-    bool strategy_from_header;
+    brix_strategy_sel_t strategy; /* the default, or the request's routing-strategy */
+    bool explain;                 /* x-brix-explain: 1 */
+    brix_buf_t explanation;
+    int64_t pending;              /* tokens added to the pod's pending_prefill */
     brix_req_fields_t fields;
     brix_buf_t fwd_headers; /* request header lines for the upstream */
     brix_ureq_t *ur;
@@ -197,10 +199,21 @@ static void px_free(px_t *px)
     brix_buf_free(&px->fwd_headers);
     brix_buf_free(&px->hold);
     brix_buf_free(&px->tail);
+    brix_buf_free(&px->explanation);
     brix_gw_view_unref(px->view);
     brix_free(px->model_name);
     brix_free(px);
     w->inflight--;
+}
+
+/* The pod answered (first byte) or the attempt ended: its prefill work for
+ * this request is no longer queued. */
+static void release_pending(px_t *px)
+{
+    if (px->pod && px->pending) {
+        atomic_fetch_sub_explicit(&px->pod->pending_prefill, px->pending, memory_order_relaxed);
+        px->pending = 0;
+    }
 }
 
 /* Ends the current attempt's accounting on its pod. */
@@ -210,6 +223,7 @@ static void attempt_end(px_t *px, bool ok)
     brix_pod_t *pod = px->pod;
     if (!pod)
         return;
+    release_pending(px);
     atomic_fetch_sub_explicit(&pod->inflight, 1, memory_order_relaxed);
     uint64_t now = brix_now_ns();
     if (brix_breaker_report(pod, &px->view->rt->breaker, ok, px->probe, now)) {
@@ -230,8 +244,8 @@ static void access_log(px_t *px, int status)
     const brix_fleet_snap_t *s = px->view->fleet;
     const char *pod = px->attempts ? s->pods[px->pod_idx].pod->name : NULL;
     brix_metric_observe(brix_gw_metric1(px->w->gw->m.duration, px->model_name), dur / 1e3);
-    count_request(px->w, px->model_name, status, px->strategy->name);
-    log_access(px->w, h, px->model_name, pod, px->strategy->name, status, ttft, px->attempts,
+    count_request(px->w, px->model_name, status, px->strategy.name);
+    log_access(px->w, h, px->model_name, pod, px->strategy.name, status, ttft, px->attempts,
                px->prompt_tokens, px->completion_tokens, px->err_kind);
 }
 
@@ -357,7 +371,9 @@ static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, si
     const brix_pod_t *pod = px->view->fleet->pods[px->pod_idx].pod;
     brix_http_add_header(h, "target-pod", pod->name);
     brix_http_add_header(h, "target-pod-ip", pod->hostport);
-    brix_http_add_header(h, "routing-strategy", px->strategy->name);
+    brix_http_add_header(h, "routing-strategy", px->strategy.name);
+    if (px->explain && px->explanation.len)
+        brix_http_add_header(h, "x-brix-route", px->explanation.data);
     brix_http_add_header(h, "request-id", h->id);
     px->sse = !strncasecmp(ctype, "text/event-stream", 17);
     px->head_sent = true;
@@ -371,6 +387,7 @@ static void up_data(brix_ureq_t *r, const char *data, size_t len, void *ud)
     px_t *px = ud;
     if (!px->t_first_byte) {
         px->t_first_byte = brix_now_ns();
+        release_pending(px);
         if (px->sse)
             brix_metric_observe(brix_gw_metric1(px->w->gw->m.ttft, px->model_name),
                                 (double)(px->t_first_byte - px->h->start_ns) / 1e9);
@@ -512,6 +529,7 @@ static void on_client_abort(brix_http_req_t *h, void *ud)
     }
     if (px->pod) {
         /* the client left: not the pod's fault */
+        release_pending(px);
         atomic_fetch_sub_explicit(&px->pod->inflight, 1, memory_order_relaxed);
         if (px->probe)
             atomic_store(&px->pod->probe_in_flight, 0);
@@ -551,11 +569,18 @@ static void attempt(px_t *px)
         .nexclude = (size_t)px->attempts,
         .cand = cand,
         .score = score,
+        .params = &px->view->rt->route,
+        .index = w->gw->index,
+        .precise = &snap->precise,
+        .arena = &h->arena,
+        .explain = px->explain ? &px->explanation : NULL,
     };
+    if (px->explain)
+        brix_buf_reset(&px->explanation);
     uint64_t t0 = brix_now_ns();
     uint32_t idx;
     bool probe;
-    brix_route_rc_t rc = brix_route(&ctx, px->strategy, &idx, &probe);
+    brix_route_rc_t rc = brix_route(&ctx, &px->strategy, &idx, &probe);
     brix_metric_observe(w->gw->m.decision, (double)(brix_now_ns() - t0) / 1e9);
     if (rc != BRIX_ROUTE_OK) {
         if (px->attempts) {
@@ -583,8 +608,22 @@ static void attempt(px_t *px)
         brix_metric_add(brix_gw_metric1(w->gw->m.retries, px->model_name), 1);
 
     brix_pod_t *pod = snap->pods[idx].pod;
+    brix_route_commit(&ctx, idx);
+    if (ctx.session_out)
+        brix_http_add_header(h, "x-session-id", ctx.session_out);
     brix_upstream_t *u = upstream_for(w, pod, px->view->rt);
     px->pod_idx = idx;
+    /* prefill work now queued on the pod: the prompt minus what it holds */
+    if (ctx.prompt_done && ctx.prompt.ntokens) {
+        int64_t cached = 0;
+        if (ctx.match_done && ctx.match)
+            for (size_t i = 0; i < ctx.ncand; i++)
+                if (ctx.cand[i] == idx)
+                    cached = (int64_t)ctx.match[i] * px->view->rt->route.block_size;
+        int64_t t = (int64_t)ctx.prompt.ntokens - cached;
+        px->pending = t > 0 ? t : 0;
+        atomic_fetch_add_explicit(&pod->pending_prefill, px->pending, memory_order_relaxed);
+    }
     px->tried[px->attempts++] = idx;
     brix_pod_ref(pod);
     px->pod = pod;
@@ -712,16 +751,17 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
         return;
     }
     const char *sname = brix_http_req_header(h, "routing-strategy");
-    bool from_header = sname && *sname;
-    if (!from_header)
-        sname = view->rt->default_strategy;
-    const brix_strategy_t *s = brix_strategy_find(sname);
-    if (!s) {
-        brix_http_add_header(h, "x-error-routing", "true");
-        brix_http_add_header(h, "x-error-invalid-routing-strategy", "true");
-        gw_error(w, h, 400, "invalid_routing_strategy", NULL, model,
-                 "incorrect routing strategy '%s' (known: %s)", sname, brix_strategy_names());
-        return;
+    brix_strategy_sel_t sel;
+    if (sname && *sname) {
+        char serr[256];
+        if (brix_strategy_parse(sname, &sel, serr, sizeof serr)) {
+            brix_http_add_header(h, "x-error-routing", "true");
+            brix_http_add_header(h, "x-error-invalid-routing-strategy", "true");
+            gw_error(w, h, 400, "invalid_routing_strategy", NULL, model, "%s", serr);
+            return;
+        }
+    } else {
+        sel = *brix_gw_rt_strategy(view->rt, model);
     }
     px_t *px = brix_calloc(1, sizeof *px);
     if (!px || !(px->model_name = brix_strdup(model))) {
@@ -735,8 +775,9 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     px->view = view;
     brix_gw_view_ref(view);
     px->model = me;
-    px->strategy = s;
-    px->strategy_from_header = from_header;
+    px->strategy = sel;
+    const char *ex = brix_http_req_header(h, "x-brix-explain");
+    px->explain = ex && (!strcmp(ex, "1") || !strcasecmp(ex, "true"));
     px->fields = f;
     for (size_t i = 0; i < h->nheaders; i++) {
         const brix_http_header_t *hd = &h->headers[i];

@@ -17,19 +17,31 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/buf.h"
 #include "core/http.h"
-#include "core/json_scan.h"
 #include "gateway/fleet.h"
+#include "gateway/prefix_index.h"
+#include "gateway/prompt.h"
 
-/* The fields of a request body the gateway looks at, pointing into the body
- * (which stays unchanged and is forwarded as received). */
-typedef struct brix_req_fields {
-    const char *model;         /* unescaped, NUL-terminated */
-    bool stream;
-    brix_json_val_t messages;  /* chat; kind NULL when absent */
-    brix_json_val_t prompt;    /* completions */
-    brix_json_val_t input;     /* embeddings */
-} brix_req_fields_t;
+/* Tunables of the strategies (flags; reloadable). */
+typedef struct brix_route_params {
+    int64_t block_size;      /* prompt block for prefix hashing: the engines' --block-size */
+    int64_t max_blocks;      /* blocks hashed per prompt at most */
+    double prefix_std_k;     /* prefix-cache: candidates with load <= mean + k*std */
+    double prefix_imbalance; /* prefix-cache: max-min load above this -> least-request */
+    /* weighted (default) scorer: costs in prompt-token equivalents */
+    double w_prefix;         /* per uncached prompt token on the pod */
+    double w_queue;          /* per prompt token already queued there by the gateway */
+    double w_decode;         /* per running sequence, times decode_tokens */
+    double decode_tokens;
+    double w_kv;             /* KV pressure above kv_high, times kv_tokens */
+    double kv_high, kv_tokens;
+    double w_lora;           /* adapter not active on the pod, times lora_tokens */
+    double lora_tokens;
+    double session_load_factor; /* session-affinity: bounded load (>= 1) */
+} brix_route_params_t;
+
+void brix_route_params_default(brix_route_params_t *p);
 
 typedef struct brix_route_ctx {
     const brix_fleet_snap_t *snap;
@@ -41,21 +53,68 @@ typedef struct brix_route_ctx {
     uint64_t *rr;            /* worker's round-robin cursor */
     const uint32_t *exclude; /* snapshot pod indices already tried */
     size_t nexclude;
+    const brix_route_params_t *params;
+    brix_prefix_index_t *index;     /* shared prefix index (may be NULL) */
+    const brix_podset_t *precise;   /* pods whose KV events are live */
+    brix_arena_t *arena;            /* request memory for lazily computed data */
+    brix_buf_t *explain;            /* non-NULL: strategies add their reasoning */
     /* filled by the router */
     uint32_t *cand; /* snapshot pod indices */
     double *score;
     size_t ncand;
+    /* computed on first use by a strategy */
+    brix_prompt_t prompt;
+    bool prompt_done;
+    uint32_t *match; /* per candidate: leading prompt blocks the pod holds */
+    bool match_done;
+    const char *session_out; /* session-affinity: x-session-id to return */
+    const char *reason;      /* one-line reason of the choice, for explanations */
 } brix_route_ctx_t;
+
+/* The request's prompt hashes (empty when unknown). */
+const brix_prompt_t *brix_route_prompt(brix_route_ctx_t *ctx);
+/* Per candidate, how many leading prompt blocks it holds: cached blocks for
+ * pods in ctx->precise, routed ones for the others. */
+const uint32_t *brix_route_match(brix_route_ctx_t *ctx);
+/* Load of candidate i: the gateway's in-flight requests on it, plus the
+ * engine's running + waiting when its metrics are fresh. */
+double brix_route_load(const brix_route_ctx_t *ctx, size_t i);
+const brix_pod_view_t *brix_route_view(const brix_route_ctx_t *ctx, size_t i);
+/* Index of the least-loaded candidate (ties at random). */
+size_t brix_route_least_loaded(brix_route_ctx_t *ctx);
+/* Records the routed prompt blocks for the chosen pod (approximate index). */
+void brix_route_commit(brix_route_ctx_t *ctx, uint32_t pod_index);
 
 typedef struct brix_strategy {
     const char *name;
-    void (*score)(brix_route_ctx_t *ctx);  /* NULL: every score 0 */
-    size_t (*pick)(brix_route_ctx_t *ctx); /* NULL: lowest score, random tie-break */
+    /* Scores every candidate, lower is better; used alone (lowest wins, ties
+     * at random) and in weighted mixes (normalised to 0..1). */
+    void (*score)(brix_route_ctx_t *ctx);
+    /* Optional: the strategy's own choice when used alone. */
+    size_t (*pick)(brix_route_ctx_t *ctx);
+    const char *about;
 } brix_strategy_t;
 
+#define BRIX_MIX_MAX 8
+
+/* What a routing-strategy value names: one strategy or AIBrix's weighted
+ * mix "prefix-cache:2,least-latency:1" (integer weights 0..1000000,
+ * default 1; 0 skips). */
+typedef struct brix_strategy_sel {
+    const brix_strategy_t *s[BRIX_MIX_MAX];
+    double w[BRIX_MIX_MAX];
+    size_t n;
+    char name[96]; /* canonical text, for headers and metrics */
+} brix_strategy_sel_t;
+
+/* Parses a strategy name or mix; returns -1 with err for unknown names or
+ * bad weights. */
+int brix_strategy_parse(const char *text, brix_strategy_sel_t *out, char *err, size_t errlen);
 const brix_strategy_t *brix_strategy_find(const char *name);
 /* Names of all strategies, comma-separated (for help and errors). */
 const char *brix_strategy_names(void);
+/* The table of strategies (for docs and tests). */
+const brix_strategy_t *const *brix_strategies(size_t *n);
 
 typedef enum brix_route_rc {
     BRIX_ROUTE_OK = 0,
@@ -65,14 +124,28 @@ typedef enum brix_route_rc {
 /* Chooses a pod. cand/score must have room for snap->npods entries. On OK,
  * *pod_index is the snapshot index and *probe says the request is the
  * half-open breaker's probe. */
-brix_route_rc_t brix_route(brix_route_ctx_t *ctx, const brix_strategy_t *s, uint32_t *pod_index,
-                           bool *probe);
+brix_route_rc_t brix_route(brix_route_ctx_t *ctx, const brix_strategy_sel_t *sel,
+                           uint32_t *pod_index, bool *probe);
 
 uint64_t brix_rng_next(uint64_t *state);
 
-/* strategies/basic.c */
+/* strategies/ */
 extern const brix_strategy_t brix_strategy_random;
 extern const brix_strategy_t brix_strategy_round_robin;
 extern const brix_strategy_t brix_strategy_least_request;
+extern const brix_strategy_t brix_strategy_power_of_two;
+extern const brix_strategy_t brix_strategy_throughput;
+extern const brix_strategy_t brix_strategy_least_kv_cache;
+extern const brix_strategy_t brix_strategy_least_gpu_cache;
+extern const brix_strategy_t brix_strategy_least_busy_time;
+extern const brix_strategy_t brix_strategy_least_utilization;
+extern const brix_strategy_t brix_strategy_least_latency;
+extern const brix_strategy_t brix_strategy_prefix_cache;
+extern const brix_strategy_t brix_strategy_prefix_cache_precise;
+extern const brix_strategy_t brix_strategy_session_affinity;
+extern const brix_strategy_t brix_strategy_lora_affinity;
+extern const brix_strategy_t brix_strategy_weighted;
+extern const brix_strategy_t brix_strategy_sglang_cache_aware;
+extern const brix_strategy_t brix_strategy_gie_default;
 
 #endif

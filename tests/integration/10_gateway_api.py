@@ -207,7 +207,7 @@ def _():
     assert re.fullmatch(r"[0-9a-f]{32}", rid), hd
     assert hd.get("request-id") == rid and j["id"] == "chatcmpl-" + rid, (hd, j["id"])
     # every pod-answered response carries the strategy that chose it
-    assert hd.get("routing-strategy") == "least-request", hd
+    assert hd.get("routing-strategy") == "weighted", hd  # the default
 
 
 @h.check("routing by model: an adapter on one engine always goes there; base models too")
@@ -312,7 +312,7 @@ def _():
         m = h.metrics(G.port)
         assert h.metric_value(m, "brix_gateway_pod_engine_running_requests", {"pod": b}) == 0, m
         assert h.metric_value(m, "brix_gateway_pod_inflight_requests", {"pod": b}) == 0
-        pods = routes(G, BASE, 10)  # default strategy: least-request
+        pods = routes(G, BASE, 10)  # the default (weighted) also avoids the busy pod
         assert pods == [b] * 10, pods
         pods = routes(G, BASE, 10, {"routing-strategy": "least-request"})
         assert pods == [b] * 10, pods
@@ -532,8 +532,8 @@ def _():
                           r'strategy="([^"]*)"\}\s+(\S+)$', ln)
             if mm:
                 req[mm.group(1, 2, 3)] = float(mm.group(4))
-        want = {(BASE, "200", "least-request"): 3, ("sql", "200", "random"): 2,
-                (OTHER, "200", "least-request"): 2, (BASE, "400", "least-request"): 1,
+        want = {(BASE, "200", "weighted"): 3, ("sql", "200", "random"): 2,
+                (OTHER, "200", "weighted"): 2, (BASE, "400", "weighted"): 1,
                 ("", "400", ""): 1, ("", "404", ""): 1}
         assert req == want, req
         mv = h.metric_value
@@ -592,7 +592,7 @@ def _():
     assert len(mine) == 1, mine
     f = fields(mine[0])
     assert f["model"] == BASE and f["pod"] == target(hd) and f["status"] == "200", f
-    assert f["strategy"] == "least-request", f
+    assert f["strategy"] == "weighted", f
     assert f["prompt_tokens"] == str(j["usage"]["prompt_tokens"]), f
     assert f["completion_tokens"] == "5", f
     assert float(f["dur_ms"]) >= float(f["ttft_ms"]) >= 0, f

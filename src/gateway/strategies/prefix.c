@@ -1,0 +1,90 @@
+/*
+ * Prefix-aware routing, AIBrix's prefix-cache semantics:
+ *  - the load of a pod is the gateway's own in-flight count on it;
+ *  - if loads differ by more than prefix_imbalance, only load counts
+ *    (least-request);
+ *  - otherwise candidates are ordered by matched prompt blocks (descending),
+ *    then load (ascending), and the first whose load is at most
+ *    mean + k·std (population, over the candidates) wins — so a hot prefix
+ *    cannot pile everything onto one pod; if none qualifies, least-request.
+ * prefix-cache matches against the blocks the gateway routed to each pod
+ * (approximate); prefix-cache-precise against what each pod's KV events
+ * report as stored and not evicted, falling back to the approximate index
+ * for pods without a live event stream.
+ * As a score (in mixes), 1 − matched fraction.
+ */
+#include "gateway/router.h"
+
+#include <math.h>
+
+static void score_prefix(brix_route_ctx_t *ctx)
+{
+    const uint32_t *m = brix_route_match(ctx);
+    const brix_prompt_t *p = brix_route_prompt(ctx);
+    for (size_t i = 0; i < ctx->ncand; i++)
+        ctx->score[i] = p->nhashes && m ? 1.0 - (double)m[i] / (double)p->nhashes : 1.0;
+    ctx->reason = "longest prompt-prefix match";
+}
+
+static size_t pick_prefix(brix_route_ctx_t *ctx)
+{
+    size_t n = ctx->ncand;
+    double lo = INFINITY, hi = -INFINITY, sum = 0, sq = 0;
+    for (size_t i = 0; i < n; i++) {
+        double l = (double)atomic_load_explicit(&brix_route_view(ctx, i)->pod->inflight,
+                                                memory_order_relaxed);
+        lo = l < lo ? l : lo;
+        hi = l > hi ? l : hi;
+        sum += l;
+        sq += l * l;
+    }
+    if (hi - lo > ctx->params->prefix_imbalance) {
+        ctx->reason = "loads too uneven: least-request";
+        return brix_route_least_loaded(ctx);
+    }
+    const uint32_t *m = brix_route_match(ctx);
+    double mean = sum / (double)n;
+    double var = sq / (double)n - mean * mean;
+    double bound = mean + ctx->params->prefix_std_k * sqrt(var > 0 ? var : 0);
+    size_t best = SIZE_MAX;
+    double best_load = 0;
+    for (size_t i = 0; m && i < n; i++) {
+        double l = (double)atomic_load_explicit(&brix_route_view(ctx, i)->pod->inflight,
+                                                memory_order_relaxed);
+        if (l > bound)
+            continue;
+        if (best == SIZE_MAX || m[i] > m[best] || (m[i] == m[best] && l < best_load)) {
+            best = i;
+            best_load = l;
+        }
+    }
+    if (best == SIZE_MAX) {
+        ctx->reason = "no candidate under the load bound: least-request";
+        return brix_route_least_loaded(ctx);
+    }
+    ctx->reason = m[best] ? "longest prefix match within the load bound"
+                          : "no prefix match: least loaded within the bound";
+    return best;
+}
+
+/* prefix-cache: the gateway's own routing history only */
+static void score_approx(brix_route_ctx_t *ctx)
+{
+    ctx->precise = NULL;
+    score_prefix(ctx);
+}
+
+static size_t pick_approx(brix_route_ctx_t *ctx)
+{
+    ctx->precise = NULL;
+    return pick_prefix(ctx);
+}
+
+const brix_strategy_t brix_strategy_prefix_cache = {
+    "prefix-cache", score_approx, pick_approx,
+    "longest prefix the gateway routed there, within a load bound (AIBrix)"
+};
+const brix_strategy_t brix_strategy_prefix_cache_precise = {
+    "prefix-cache-precise", score_prefix, pick_prefix,
+    "longest prefix the pod's KV events report cached, within a load bound"
+};
