@@ -63,9 +63,9 @@ struct brix_http_server {
     size_t conns_alive;      /* connections whose memory is not yet freed */
     int handles_open;        /* the flush check handle */
     brix_http_server_stats_t st;
-    uv_check_t flush_check;           /* end of loop tick: send heads still pending */
+    uv_check_t flush_check; /* end of loop tick: send heads still pending */
     bool flush_active;
-    brix_http_conn_t *pending_heads;  /* connections with head_pending */
+    brix_http_conn_t *pending_heads; /* connections with head_pending */
     char rbuf[READ_BUF_SIZE];
     void (*done_cb)(void *);
     void *done_arg;

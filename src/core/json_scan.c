@@ -353,11 +353,21 @@ size_t brix_json_unescape(const char *p, size_t n, char *out)
         char e = p[i + 1];
         i += 2;
         switch (e) {
-        case 'b': *o++ = '\b'; break;
-        case 'f': *o++ = '\f'; break;
-        case 'n': *o++ = '\n'; break;
-        case 'r': *o++ = '\r'; break;
-        case 't': *o++ = '\t'; break;
+        case 'b':
+            *o++ = '\b';
+            break;
+        case 'f':
+            *o++ = '\f';
+            break;
+        case 'n':
+            *o++ = '\n';
+            break;
+        case 'r':
+            *o++ = '\r';
+            break;
+        case 't':
+            *o++ = '\t';
+            break;
         case 'u': {
             uint32_t cp = hex4(p + i);
             i += 4;
@@ -375,7 +385,9 @@ size_t brix_json_unescape(const char *p, size_t n, char *out)
             put_utf8(&o, cp);
             break;
         }
-        default: *o++ = e; break; /* \" \\ \/ */
+        default:
+            *o++ = e;
+            break; /* \" \\ \/ */
         }
     }
     *o = '\0';

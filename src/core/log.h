@@ -9,6 +9,10 @@
 #ifndef BRIX_CORE_LOG_H
 #define BRIX_CORE_LOG_H
 
+#include <stddef.h>
+
+#include "core/buf.h"
+
 typedef enum brix_log_level {
     BRIX_LOG_DEBUG = 0,
     BRIX_LOG_INFO = 1,
@@ -26,6 +30,11 @@ int brix_log_level_parse(const char *s);
 
 void brix_log(brix_log_level_t level, const char *req_id, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Appends the same line to a buffer instead (for a writer that batches many
+ * lines per write, like the gateway's access log); flush with brix_log_write. */
+void brix_log_to(brix_buf_t *b, brix_log_level_t level, const char *req_id, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void brix_log_write(const char *data, size_t len);
 
 #define BRIX_DEBUG(...)                                                                            \
     do {                                                                                           \

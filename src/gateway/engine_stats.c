@@ -144,10 +144,12 @@ bool brix_engine_stats_update(const char *body, size_t len, double now_s, brix_s
         double dp = r.prompt_hist_sum - st->prompt_hist_sum;
         double dpre = r.prefill_sum - st->prefill_sum;
         if (dp > 0 && dpre >= 0)
-            s->prefill_s_per_tok = smooth(s->prefill_s_per_tok, dpre / dp, s->prefill_s_per_tok > 0);
+            s->prefill_s_per_tok =
+                smooth(s->prefill_s_per_tok, dpre / dp, s->prefill_s_per_tok > 0);
         double dpc = r.prompt_hist_count - st->prompt_hist_count;
         if (dpc > 0)
-            s->mean_prompt_tokens = smooth(s->mean_prompt_tokens, dp / dpc, s->mean_prompt_tokens > 0);
+            s->mean_prompt_tokens =
+                smooth(s->mean_prompt_tokens, dp / dpc, s->mean_prompt_tokens > 0);
         double itl = delta_mean(r.itl_sum, r.itl_count, st->itl_sum, st->itl_count);
         if (itl >= 0)
             s->tpot_s = smooth(s->tpot_s, itl, s->tpot_s > 0);

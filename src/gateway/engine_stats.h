@@ -21,15 +21,15 @@
 
 typedef struct brix_engine_stats {
     double running, waiting, kv_usage;
-    double prompt_tps, gen_tps;   /* tokens per second */
-    double busy;                  /* share of recent scrapes with work on the engine */
-    double queue_s;               /* mean time a request waited before its first step */
-    double prefill_s_per_tok;     /* prefill time per prompt token */
-    double tpot_s;                /* time per output token (inter-token latency) */
-    double prefix_hit_rate;       /* prefix-cache hits / queried tokens */
-    double mean_prompt_tokens;    /* per finished request */
-    int max_lora;                 /* from lora_requests_info, -1 unknown */
-    char running_loras[256];      /* comma-joined adapter names (truncated) */
+    double prompt_tps, gen_tps; /* tokens per second */
+    double busy;                /* share of recent scrapes with work on the engine */
+    double queue_s;             /* mean time a request waited before its first step */
+    double prefill_s_per_tok;   /* prefill time per prompt token */
+    double tpot_s;              /* time per output token (inter-token latency) */
+    double prefix_hit_rate;     /* prefix-cache hits / queried tokens */
+    double mean_prompt_tokens;  /* per finished request */
+    int max_lora;               /* from lora_requests_info, -1 unknown */
+    char running_loras[256];    /* comma-joined adapter names (truncated) */
     char waiting_loras[256];
 } brix_engine_stats_t;
 

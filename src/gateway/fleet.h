@@ -36,8 +36,8 @@ typedef struct brix_pod {
     char *url;     /* base URL, "http://127.0.0.1:8001" */
     char host[64]; /* numeric address */
     int port;
-    char hostport[80];   /* "ip:port", AIBrix target-pod-ip */
-    atomic_int inflight; /* requests the gateway has on this pod (all workers) */
+    char hostport[80];            /* "ip:port", AIBrix target-pod-ip */
+    atomic_int inflight;          /* requests the gateway has on this pod (all workers) */
     atomic_llong pending_prefill; /* prompt tokens sent there, not yet answered by a first byte */
     atomic_llong routed_blocks;   /* prompt blocks the gateway routed there (ever) */
     /* passive outlier detection / circuit breaker */
@@ -52,12 +52,12 @@ typedef struct brix_pod {
 /* What one snapshot says about a pod. */
 typedef struct brix_pod_view {
     brix_pod_t *pod;
-    bool healthy;        /* active health checks pass and models are known */
-    bool metrics_fresh;  /* last scrape younger than the staleness bound */
-    bool kv_events;      /* its KV-event stream is subscribed and in sequence */
+    bool healthy;              /* active health checks pass and models are known */
+    bool metrics_fresh;        /* last scrape younger than the staleness bound */
+    bool kv_events;            /* its KV-event stream is subscribed and in sequence */
     brix_engine_stats_t stats; /* from the last scrapes (engine_stats.h) */
-    double scraped_at_s; /* monotonic seconds of the scrape */
-    char *base_model;    /* the base model's id (first /v1/models entry without parent) */
+    double scraped_at_s;       /* monotonic seconds of the scrape */
+    char *base_model;          /* the base model's id (first /v1/models entry without parent) */
 } brix_pod_view_t;
 
 /* A model name the fleet serves: a base model or a LoRA adapter. */
@@ -78,7 +78,7 @@ typedef struct brix_fleet_snap {
     char *models_json; /* the aggregated /v1/models answer */
     size_t models_json_len;
     size_t nhealthy;
-    brix_podset_t precise;      /* pods (by id) whose KV events are live */
+    brix_podset_t precise; /* pods (by id) whose KV events are live */
 } brix_fleet_snap_t;
 
 brix_pod_t *brix_pod_new(uint32_t id, const char *name, const char *url, const char *host,

@@ -68,7 +68,7 @@ typedef struct brix_gw_rt {
     struct brix_gw_model_sel {
         char *model;
         brix_strategy_sel_t sel;
-    } *model_sel;
+    } * model_sel;
     size_t nmodel_sel;
     brix_route_params_t route;
     bool access_log;
@@ -115,8 +115,10 @@ typedef struct brix_gw_worker {
     uint64_t rng;
     bool draining;
     uv_timer_t drain_timer;
-    atomic_bool drained; /* draining and nothing left in flight */
-    uint64_t inflight;   /* proxied requests in flight on this worker */
+    atomic_bool drained;   /* draining and nothing left in flight */
+    brix_buf_t alog;       /* access-log lines of this loop iteration */
+    uv_check_t alog_check; /* writes them out at the end of the iteration */
+    uint64_t inflight;     /* proxied requests in flight on this worker */
 } brix_gw_worker_t;
 
 /* Metric children and families, shared by all threads (atomics). */
@@ -152,7 +154,7 @@ struct brix_gw {
     int nworkers;
     brix_gw_metrics_t m;
     brix_gw_control_t *ctl;
-    brix_gw_rt_t *rt; /* current runtime settings (control thread) */
+    brix_gw_rt_t *rt;           /* current runtime settings (control thread) */
     brix_prefix_index_t *index; /* shared by workers and the control thread */
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;

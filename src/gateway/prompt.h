@@ -24,20 +24,18 @@
 /* The fields of a request body the gateway looks at, pointing into the body
  * (which stays unchanged and is forwarded as received). */
 typedef struct brix_req_fields {
-    const char *model;         /* unescaped, NUL-terminated */
+    const char *model; /* unescaped, NUL-terminated */
     bool stream;
-    brix_json_val_t messages;  /* chat; kind NULL when absent */
-    brix_json_val_t prompt;    /* completions */
-    brix_json_val_t input;     /* embeddings */
+    brix_json_val_t messages; /* chat; kind NULL when absent */
+    brix_json_val_t prompt;   /* completions */
+    brix_json_val_t input;    /* embeddings */
 } brix_req_fields_t;
-
-
 
 typedef struct brix_prompt {
     uint64_t *hashes; /* full blocks, in order */
     size_t nhashes;
-    size_t ntokens;   /* all prompt tokens, including a trailing partial block */
-    bool known;       /* false when the body carries no prompt we can read */
+    size_t ntokens; /* all prompt tokens, including a trailing partial block */
+    bool known;     /* false when the body carries no prompt we can read */
 } brix_prompt_t;
 
 /* Hashes at most max_blocks blocks (longer prompts still count ntokens). */

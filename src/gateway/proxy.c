@@ -37,7 +37,7 @@ typedef struct px {
     brix_strategy_sel_t strategy; /* the default, or the request's routing-strategy */
     bool explain;                 /* x-brix-explain: 1 */
     brix_buf_t explanation;
-    int64_t pending;              /* tokens added to the pod's pending_prefill */
+    int64_t pending; /* tokens added to the pod's pending_prefill */
     brix_req_fields_t fields;
     brix_buf_t fwd_headers; /* request header lines for the upstream */
     brix_ureq_t *ur;
@@ -66,17 +66,28 @@ typedef struct px {
 static bool hop_by_hop(const char *name, size_t n)
 {
     switch (n) {
-    case 2: return !strcasecmp(name, "te");
-    case 4: return !strcasecmp(name, "host");
-    case 6: return !strcasecmp(name, "expect");
-    case 7: return !strcasecmp(name, "trailer") || !strcasecmp(name, "upgrade");
-    case 10: return !strcasecmp(name, "connection") || !strcasecmp(name, "keep-alive");
-    case 14: return !strcasecmp(name, "content-length");
-    case 16: return !strcasecmp(name, "proxy-connection");
-    case 17: return !strcasecmp(name, "transfer-encoding");
-    case 18: return !strcasecmp(name, "proxy-authenticate");
-    case 19: return !strcasecmp(name, "proxy-authorization");
-    default: return false;
+    case 2:
+        return !strcasecmp(name, "te");
+    case 4:
+        return !strcasecmp(name, "host");
+    case 6:
+        return !strcasecmp(name, "expect");
+    case 7:
+        return !strcasecmp(name, "trailer") || !strcasecmp(name, "upgrade");
+    case 10:
+        return !strcasecmp(name, "connection") || !strcasecmp(name, "keep-alive");
+    case 14:
+        return !strcasecmp(name, "content-length");
+    case 16:
+        return !strcasecmp(name, "proxy-connection");
+    case 17:
+        return !strcasecmp(name, "transfer-encoding");
+    case 18:
+        return !strcasecmp(name, "proxy-authenticate");
+    case 19:
+        return !strcasecmp(name, "proxy-authorization");
+    default:
+        return false;
     }
 }
 
@@ -110,7 +121,18 @@ static void count_request(brix_gw_worker_t *w, const char *model, int status, co
 
 /* The one access-log line of a request: every field is always present
  * ("-" or -1 when unknown), so the lines can be parsed by position or key. */
-static void log_access(const brix_gw_worker_t *w, const brix_http_req_t *h, const char *model,
+/* Access-log lines are collected per loop iteration and written with one
+ * system call at its end (uv_check), not one write per request. */
+static void on_alog_check(uv_check_t *c)
+{
+    brix_gw_worker_t *w = c->data;
+    if (w->alog.len)
+        brix_log_write(w->alog.data, w->alog.len);
+    brix_buf_reset(&w->alog);
+    uv_check_stop(c);
+}
+
+static void log_access(brix_gw_worker_t *w, const brix_http_req_t *h, const char *model,
                        const char *pod, const char *strategy, int status, double ttft_ms,
                        int attempts, int64_t prompt_tokens, int64_t completion_tokens,
                        const char *error)
@@ -118,14 +140,16 @@ static void log_access(const brix_gw_worker_t *w, const brix_http_req_t *h, cons
     if (w->view && !w->view->rt->access_log)
         return;
     double dur = (double)(brix_now_ns() - h->start_ns) / 1e6;
-    brix_log(BRIX_LOG_INFO, h->id,
-             "access method=%s path=%s model=%s pod=%s strategy=%s status=%d ttft_ms=%.2f "
-             "dur_ms=%.2f attempts=%d prompt_tokens=%lld completion_tokens=%lld bytes=%llu "
-             "error=%s%s%s",
-             h->method_name, h->path, model ? model : "-", pod ? pod : "-",
-             strategy ? strategy : "-", status, ttft_ms, dur, attempts, (long long)prompt_tokens,
-             (long long)completion_tokens, (unsigned long long)h->bytes_out, error ? "\"" : "-",
-             error ? error : "", error ? "\"" : "");
+    if (!w->alog.len)
+        uv_check_start(&w->alog_check, on_alog_check);
+    brix_log_to(&w->alog, BRIX_LOG_INFO, h->id,
+                "access method=%s path=%s model=%s pod=%s strategy=%s status=%d ttft_ms=%.2f "
+                "dur_ms=%.2f attempts=%d prompt_tokens=%lld completion_tokens=%lld bytes=%llu "
+                "error=%s%s%s",
+                h->method_name, h->path, model ? model : "-", pod ? pod : "-",
+                strategy ? strategy : "-", status, ttft_ms, dur, attempts, (long long)prompt_tokens,
+                (long long)completion_tokens, (unsigned long long)h->bytes_out, error ? "\"" : "-",
+                error ? error : "", error ? "\"" : "");
 }
 
 /* An error answered by the gateway itself (never from an upstream). */
@@ -708,9 +732,8 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     const char *err_what = NULL;
     memset(&f, 0, sizeof f);
     scan_ctx_t sx = { &f, h, NULL, false };
-    brix_json_scan_rc_t src =
-        brix_json_scan(h->body.data ? h->body.data : "", h->body.len, on_member, &sx, &err_off,
-                       &err_what);
+    brix_json_scan_rc_t src = brix_json_scan(h->body.data ? h->body.data : "", h->body.len,
+                                             on_member, &sx, &err_off, &err_what);
     if (src == BRIX_JSON_SCAN_INVALID) {
         if (!h->body.len)
             gw_error(w, h, 400, "invalid_json", NULL, NULL,
@@ -922,6 +945,8 @@ int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx)
     w->wake.data = w;
     uv_timer_init(loop, &w->drain_timer);
     w->drain_timer.data = w;
+    uv_check_init(loop, &w->alog_check);
+    w->alog_check.data = w;
     gw->w[idx] = w;
     const brix_gw_cfg_t *c = &gw->cfg;
     w->srv = brix_http_server_new(loop, &c->http, handler, w);
@@ -963,6 +988,9 @@ static void on_server_closed(void *arg)
     w->view = NULL;
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    on_alog_check(&w->alog_check); /* lines of aborted requests */
+    uv_close((uv_handle_t *)&w->alog_check, NULL);
+    brix_buf_free(&w->alog);
     atomic_fetch_add(&w->gw->workers_done, 1);
 }
 
@@ -977,5 +1005,6 @@ void brix_gw_worker_stop(uv_loop_t *loop, int idx, void *ud, void *wctx)
     } else {
         uv_close((uv_handle_t *)&w->wake, NULL);
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
+        uv_close((uv_handle_t *)&w->alog_check, NULL);
     }
 }

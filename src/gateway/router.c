@@ -42,8 +42,8 @@ void brix_route_params_default(brix_route_params_t *p)
 {
     p->block_size = 16;
     p->max_blocks = 2048;
-    p->prefix_std_k = 2.0;       /* AIBrix's shipped manifest */
-    p->prefix_imbalance = 16.0;  /* AIBrix's shipped manifest */
+    p->prefix_std_k = 2.0;      /* AIBrix's shipped manifest */
+    p->prefix_imbalance = 16.0; /* AIBrix's shipped manifest */
     p->w_prefix = 1.0;
     p->w_queue = 1.0;
     p->w_decode = 1.0;
@@ -184,8 +184,8 @@ const uint32_t *brix_route_match(brix_route_ctx_t *ctx)
     if (ctx->match_done)
         return ctx->match;
     ctx->match_done = true;
-    ctx->match = ctx->arena ? brix_arena_alloc(ctx->arena, ctx->ncand * sizeof *ctx->match + 1)
-                            : NULL;
+    ctx->match =
+        ctx->arena ? brix_arena_alloc(ctx->arena, ctx->ncand * sizeof *ctx->match + 1) : NULL;
     if (!ctx->match)
         return NULL;
     const brix_prompt_t *pr = brix_route_prompt(ctx);

@@ -30,13 +30,13 @@ typedef struct brix_route_params {
     double prefix_std_k;     /* prefix-cache: candidates with load <= mean + k*std */
     double prefix_imbalance; /* prefix-cache: max-min load above this -> least-request */
     /* weighted (default) scorer: costs in prompt-token equivalents */
-    double w_prefix;         /* per uncached prompt token on the pod */
-    double w_queue;          /* per prompt token already queued there by the gateway */
-    double w_decode;         /* per running sequence, times decode_tokens */
+    double w_prefix; /* per uncached prompt token on the pod */
+    double w_queue;  /* per prompt token already queued there by the gateway */
+    double w_decode; /* per running sequence, times decode_tokens */
     double decode_tokens;
-    double w_kv;             /* KV pressure above kv_high, times kv_tokens */
+    double w_kv; /* KV pressure above kv_high, times kv_tokens */
     double kv_high, kv_tokens;
-    double w_lora;           /* adapter not active on the pod, times lora_tokens */
+    double w_lora; /* adapter not active on the pod, times lora_tokens */
     double lora_tokens;
     double session_load_factor; /* session-affinity: bounded load (>= 1) */
 } brix_route_params_t;
@@ -54,10 +54,10 @@ typedef struct brix_route_ctx {
     const uint32_t *exclude; /* snapshot pod indices already tried */
     size_t nexclude;
     const brix_route_params_t *params;
-    brix_prefix_index_t *index;     /* shared prefix index (may be NULL) */
-    const brix_podset_t *precise;   /* pods whose KV events are live */
-    brix_arena_t *arena;            /* request memory for lazily computed data */
-    brix_buf_t *explain;            /* non-NULL: strategies add their reasoning */
+    brix_prefix_index_t *index;   /* shared prefix index (may be NULL) */
+    const brix_podset_t *precise; /* pods whose KV events are live */
+    brix_arena_t *arena;          /* request memory for lazily computed data */
+    brix_buf_t *explain;          /* non-NULL: strategies add their reasoning */
     /* filled by the router */
     uint32_t *cand; /* snapshot pod indices */
     double *score;

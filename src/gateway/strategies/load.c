@@ -35,8 +35,8 @@ static void score_by(brix_route_ctx_t *ctx, metric_fn f, const char *reason)
     }
     for (size_t i = 0; i < ctx->ncand; i++)
         if (isnan(ctx->score[i]))
-            ctx->score[i] = worst * 2 + 1 +
-                            1e-6 * (double)atomic_load(&brix_route_view(ctx, i)->pod->inflight);
+            ctx->score[i] =
+                worst * 2 + 1 + 1e-6 * (double)atomic_load(&brix_route_view(ctx, i)->pod->inflight);
     ctx->reason = reason;
 }
 

@@ -39,16 +39,15 @@ static void score_weighted(brix_route_ctx_t *ctx)
         double cached = m ? (double)m[i] * (double)P->block_size : 0;
         double uncached = prompt > cached ? prompt - cached : 0;
         double queue = (double)atomic_load_explicit(&v->pod->pending_prefill, memory_order_relaxed);
-        double running = v->metrics_fresh
-                             ? s->running
-                             : (double)atomic_load_explicit(&v->pod->inflight,
-                                                            memory_order_relaxed);
+        double running = v->metrics_fresh ? s->running
+                                          : (double)atomic_load_explicit(&v->pod->inflight,
+                                                                         memory_order_relaxed);
         double kv = 0;
         if (v->metrics_fresh && s->kv_usage > P->kv_high && P->kv_high < 1)
             kv = (s->kv_usage - P->kv_high) / (1 - P->kv_high) * P->kv_tokens;
         double lora = 0;
-        if (adapter && !(v->metrics_fresh &&
-                         brix_engine_stats_has_lora(s->running_loras, ctx->model->name))) {
+        if (adapter &&
+            !(v->metrics_fresh && brix_engine_stats_has_lora(s->running_loras, ctx->model->name))) {
             bool full = v->metrics_fresh && s->max_lora >= 0 &&
                         brix_engine_stats_count(s->running_loras) >= s->max_lora;
             lora = P->lora_tokens * (full ? 2 : 1);
