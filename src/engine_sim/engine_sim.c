@@ -275,8 +275,9 @@ static void sink_stored(void *ud, const uint64_t *hashes, size_t n, bool has_par
                         uint64_t parent, const uint32_t *tokens, size_t ntokens, int64_t lora_id)
 {
     brix_engine_t *e = ud;
+    const brix_lora_t *l = lora_id >= 0 ? brix_lora_by_id(&e->loras, lora_id) : NULL;
     brix_kv_events_block_stored(e->events, hashes, n, has_parent, parent, tokens, ntokens,
-                                (int)e->cfg.block_size, lora_id);
+                                (int)e->cfg.block_size, lora_id, l ? l->name : NULL);
 }
 
 static void sink_removed(void *ud, uint64_t hash)

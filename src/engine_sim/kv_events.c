@@ -249,7 +249,8 @@ static void event_done(brix_kv_events_t *ev, size_t mark, int rc)
 
 void brix_kv_events_block_stored(brix_kv_events_t *ev, const uint64_t *hashes, size_t nhashes,
                                  bool has_parent, uint64_t parent, const uint32_t *token_ids,
-                                 size_t ntokens, int block_size, int64_t lora_id)
+                                 size_t ntokens, int block_size, int64_t lora_id,
+                                 const char *lora_name)
 {
     if (!ev)
         return;
@@ -261,9 +262,14 @@ void brix_kv_events_block_stored(brix_kv_events_t *ev, const uint64_t *hashes, s
     msgpack_packer pk;
     msgpack_packer_init(&pk, &ev->events, buf_write);
     /* one reservation so the packer's many small writes never reallocate */
-    int rc = brix_buf_reserve(&ev->events, 48 + nhashes * 9 + ntokens * 5);
+    bool named = lora_id >= 0 && lora_name;
+    int rc = brix_buf_reserve(&ev->events, 48 + nhashes * 9 + ntokens * 5 +
+                                               (named ? strlen(lora_name) + 5 : 0));
     if (rc == 0) {
-        rc |= msgpack_pack_array(&pk, 7);
+        /* vLLM v0.11 has 7 fields; later versions add lora_name (#27577),
+         * which brix sends only for adapter blocks so base-model batches stay
+         * byte-compatible with v0.11 consumers */
+        rc |= msgpack_pack_array(&pk, named ? 8 : 7);
         rc |= pack_cstr(&pk, "BlockStored");
         rc |= pack_hashes(&pk, hashes, nhashes);
         rc |= has_parent ? msgpack_pack_uint64(&pk, parent) : msgpack_pack_nil(&pk);
@@ -273,6 +279,8 @@ void brix_kv_events_block_stored(brix_kv_events_t *ev, const uint64_t *hashes, s
         rc |= msgpack_pack_int(&pk, block_size);
         rc |= lora_id >= 0 ? msgpack_pack_int64(&pk, lora_id) : msgpack_pack_nil(&pk);
         rc |= pack_cstr(&pk, MEDIUM);
+        if (named)
+            rc |= pack_cstr(&pk, lora_name);
     }
     event_done(ev, mark, rc);
 }

@@ -46,11 +46,13 @@ typedef struct brix_kv_events brix_kv_events_t;
 brix_kv_events_t *brix_kv_events_new(uv_loop_t *loop, const brix_kv_events_cfg_t *cfg, char *err,
                                      size_t errlen);
 
-/* Queue events for the current batch. Hashes are the engine's 64-bit chained
+/* Queue events for the current batch. lora_name (adapter blocks only) is sent
+ * as the 8th BlockStored field, as newer vLLM versions do. Hashes are the engine's 64-bit chained
  * block hashes. parent is ignored when has_parent is false; lora_id < 0 = none. */
 void brix_kv_events_block_stored(brix_kv_events_t *ev, const uint64_t *hashes, size_t nhashes,
                                  bool has_parent, uint64_t parent, const uint32_t *token_ids,
-                                 size_t ntokens, int block_size, int64_t lora_id);
+                                 size_t ntokens, int block_size, int64_t lora_id,
+                                 const char *lora_name);
 void brix_kv_events_block_removed(brix_kv_events_t *ev, const uint64_t *hashes, size_t nhashes);
 void brix_kv_events_all_cleared(brix_kv_events_t *ev);
 

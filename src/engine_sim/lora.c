@@ -45,6 +45,16 @@ brix_lora_t *brix_lora_find(const brix_lora_reg_t *r, const char *name)
     return NULL;
 }
 
+brix_lora_t *brix_lora_by_id(const brix_lora_reg_t *r, int64_t id)
+{
+    for (size_t i = 0; i < r->n + r->ngone; i++) {
+        brix_lora_t *l = i < r->n ? r->v[i] : r->gone[i - r->n];
+        if (l->id == id)
+            return l;
+    }
+    return NULL;
+}
+
 brix_lora_t *brix_lora_add(brix_lora_reg_t *r, const char *name, const char *path)
 {
     brix_lora_t **v = brix_realloc(r->v, (r->n + 1) * sizeof *v);

@@ -45,6 +45,8 @@ typedef struct brix_lora_reg {
 void brix_lora_reg_init(brix_lora_reg_t *r, uint32_t max_loras, uint32_t max_cpu_loras);
 void brix_lora_reg_free(brix_lora_reg_t *r);
 brix_lora_t *brix_lora_find(const brix_lora_reg_t *r, const char *name);
+/* By lora id, including unloaded adapters still in use; NULL when none. */
+brix_lora_t *brix_lora_by_id(const brix_lora_reg_t *r, int64_t id);
 /* Registers a new adapter (name must not be registered). NULL on ENOMEM. */
 brix_lora_t *brix_lora_add(brix_lora_reg_t *r, const char *name, const char *path);
 /* Unregisters; the object lives on until its last reference is dropped. */

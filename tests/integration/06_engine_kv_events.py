@@ -104,7 +104,10 @@ def check_batches(lines, first_seq=0):
         assert b["events"], f"empty batch published: {b}"
         for ev in b["events"]:
             if ev[0] == "BlockStored":
-                assert len(ev) == 7, ev
+                # v0.11's 7 fields; adapter blocks add lora_name (newer vLLM)
+                assert len(ev) == (8 if ev[5] is not None else 7), ev
+                if ev[5] is not None:
+                    assert isinstance(ev[7], str) and ev[7], ev
                 assert ev[4] == BS, f"block_size {ev[4]}"
                 assert len(ev[3]) == BS * len(ev[1]), \
                     f"{len(ev[3])} token ids for {len(ev[1])} blocks"
@@ -199,6 +202,7 @@ def stored_lora():
         assert len(hashes) == (n + 3) // BS, (len(hashes), n)
         for ev in stored:
             assert ev[5] == lora_id, f"lora_id {ev[5]} for adapter {model}, want {lora_id}"
+            assert ev[7] == model, f"lora_name {ev[7]!r} for adapter {model}"
         assert not set(hashes) & set(state["base_hashes"]), \
             "an adapter's blocks have the base model's hashes"
         state.setdefault("lora_hashes", set()).update(hashes)

@@ -25,9 +25,14 @@ static void test_valid(void **state)
 {
     (void)state;
     static const char *ok[] = {
-        "{}", " { } ", "{\"a\":1}", "{\"a\":-0.5e+10,\"b\":[true,false,null],\"c\":{\"d\":\"\"}}",
-        "{\"s\":\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\"}", "{\"a\":[[[[]]]]}",
-        "{\"u\":\"héllo wörld ✓\"}", "{\"n\":0,\"m\":10,\"k\":1.0E-2}",
+        "{}",
+        " { } ",
+        "{\"a\":1}",
+        "{\"a\":-0.5e+10,\"b\":[true,false,null],\"c\":{\"d\":\"\"}}",
+        "{\"s\":\"\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\"}",
+        "{\"a\":[[[[]]]]}",
+        "{\"u\":\"héllo wörld ✓\"}",
+        "{\"n\":0,\"m\":10,\"k\":1.0E-2}",
     };
     for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
         size_t off;
@@ -169,10 +174,18 @@ static void test_cjson_printed(void **state)
             char k[16];
             snprintf(k, sizeof k, "k%d", i);
             switch ((r >> 16) % 5) {
-            case 0: cJSON_AddNumberToObject(o, k, (double)(int)(r % 100000) / 7.0); break;
-            case 1: cJSON_AddStringToObject(o, k, "x\"y\\z\n\t\x01"); break;
-            case 2: cJSON_AddBoolToObject(o, k, r & 1); break;
-            case 3: cJSON_AddNullToObject(o, k); break;
+            case 0:
+                cJSON_AddNumberToObject(o, k, (double)(int)(r % 100000) / 7.0);
+                break;
+            case 1:
+                cJSON_AddStringToObject(o, k, "x\"y\\z\n\t\x01");
+                break;
+            case 2:
+                cJSON_AddBoolToObject(o, k, r & 1);
+                break;
+            case 3:
+                cJSON_AddNullToObject(o, k);
+                break;
             default: {
                 cJSON *a = cJSON_AddArrayToObject(o, k);
                 cJSON_AddItemToArray(a, cJSON_CreateNumber(-1e-7));
@@ -192,9 +205,9 @@ static void test_cjson_printed(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_valid),        cmocka_unit_test(test_invalid_offsets),
-        cmocka_unit_test(test_depth_limit),  cmocka_unit_test(test_members),
-        cmocka_unit_test(test_unescape),     cmocka_unit_test(test_cjson_printed),
+        cmocka_unit_test(test_valid),       cmocka_unit_test(test_invalid_offsets),
+        cmocka_unit_test(test_depth_limit), cmocka_unit_test(test_members),
+        cmocka_unit_test(test_unescape),    cmocka_unit_test(test_cjson_printed),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -366,7 +366,7 @@ static void test_null_publisher(void **state)
     uint32_t t = 2;
     assert_int_equal(brix_kv_events_flush(ev), 0);
     assert_int_equal(brix_kv_events_published(ev), 0);
-    brix_kv_events_block_stored(ev, &h, 1, false, 0, &t, 1, 1, -1);
+    brix_kv_events_block_stored(ev, &h, 1, false, 0, &t, 1, 1, -1, NULL);
     brix_kv_events_block_removed(ev, &h, 1);
     brix_kv_events_all_cleared(ev);
     assert_int_equal(brix_kv_events_flush(ev), 0);
@@ -412,8 +412,8 @@ static void test_publish_batch(void **state)
     const uint64_t h2[] = { 42 };
     const uint32_t t2[] = { 5, 6 };
     const uint64_t hr[] = { UINT64_MAX - 1, 3 };
-    brix_kv_events_block_stored(f.ev, h1, 4, true, 0xdeadbeefcafebabeull, t1, 4, 16, 7);
-    brix_kv_events_block_stored(f.ev, h2, 1, false, 99, t2, 2, 2, -1);
+    brix_kv_events_block_stored(f.ev, h1, 4, true, 0xdeadbeefcafebabeull, t1, 4, 16, 7, NULL);
+    brix_kv_events_block_stored(f.ev, h2, 1, false, 99, t2, 2, 2, -1, NULL);
     brix_kv_events_block_removed(f.ev, hr, 2);
     brix_kv_events_all_cleared(f.ev);
     double before = (double)time(NULL);
@@ -670,7 +670,7 @@ static void test_enomem_drops_batch(void **state)
     uint32_t t[64] = { 0 };
     /* the events buffer has room for small events by now: make it grow */
     brix_alloc_fail_after(0);
-    brix_kv_events_block_stored(f.ev, h, 64, false, 0, t, 64, 64, -1);
+    brix_kv_events_block_stored(f.ev, h, 64, false, 0, t, 64, 64, -1, NULL);
     brix_alloc_fail_after(-1);
     brix_kv_events_all_cleared(f.ev);
     assert_int_equal(brix_kv_events_flush(f.ev), -ENOMEM);
