@@ -263,8 +263,8 @@ void brix_kv_events_block_stored(brix_kv_events_t *ev, const uint64_t *hashes, s
     msgpack_packer_init(&pk, &ev->events, buf_write);
     /* one reservation so the packer's many small writes never reallocate */
     bool named = lora_id >= 0 && lora_name;
-    int rc = brix_buf_reserve(&ev->events, 48 + nhashes * 9 + ntokens * 5 +
-                                               (named ? strlen(lora_name) + 5 : 0));
+    int rc = brix_buf_reserve(&ev->events,
+                              48 + nhashes * 9 + ntokens * 5 + (named ? strlen(lora_name) + 5 : 0));
     if (rc == 0) {
         /* vLLM v0.11 has 7 fields; later versions add lora_name (#27577),
          * which brix sends only for adapter blocks so base-model batches stay

@@ -18,6 +18,9 @@
 #include "core/log.h"
 #include "core/time.h"
 #include "gateway/gateway.h"
+#include "gateway/kv_watch.h"
+
+#include <zmq.h>
 
 #include <cjson/cJSON.h>
 #include <netdb.h>
@@ -36,6 +39,7 @@ typedef struct cmodel {
 
 typedef struct cpod {
     brix_pod_t *pod;
+    brix_kvw_t *kvw; /* KV-event subscription, when configured */
     brix_gw_control_t *ctl;
     bool removed; /* left the fleet; freed when no request is in flight */
     int inflight; /* curl transfers referring to this record */
@@ -70,6 +74,7 @@ struct brix_gw_control {
     size_t nfree_ids;
     uint32_t next_id;
     bool stopping;
+    void *zctx; /* ZMQ context of the KV-event subscriptions */
 };
 
 /* ------------------------------------------------------------- views -- */
@@ -155,6 +160,9 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
         v->metrics_fresh =
             cp->scraped_ok && now - cp->scraped_at_ns <= gw->cfg.metrics_stale_after * 1000000ull;
         v->stats = cp->stats;
+        v->kv_events = cp->kvw && brix_kvw_live(cp->kvw);
+        if (v->kv_events)
+            brix_podset_add(&s->precise, cp->pod->id);
         v->scraped_at_s = (double)cp->scraped_at_ns / 1e9;
         s->nhealthy += v->healthy;
         if (cp->models_known)
@@ -267,6 +275,8 @@ static void mark_dirty(brix_gw_control_t *ctl)
 
 static void cpod_free(cpod_t *cp)
 {
+    if (cp->kvw)
+        brix_kvw_close(cp->kvw);
     for (size_t i = 0; i < cp->nmodels; i++) {
         brix_free(cp->models[i].id);
         brix_free(cp->models[i].parent);
@@ -359,6 +369,7 @@ static int parse_url(const char *url, char *host, size_t hostlen, int *port, cha
 
 static void check_health(cpod_t *cp);
 static void fetch_models(cpod_t *cp);
+static void attach_kv_events(brix_gw_control_t *ctl, cpod_t *cp);
 
 static cpod_t *add_pod(brix_gw_control_t *ctl, const char *url, char *err, size_t errlen)
 {
@@ -387,6 +398,7 @@ static cpod_t *add_pod(brix_gw_control_t *ctl, const char *url, char *err, size_
     }
     ctl->pods[ctl->npods++] = cp;
     BRIX_INFO("pod %s added (%s)", name, url);
+    attach_kv_events(ctl, cp);
     check_health(cp);
     return cp;
 }
@@ -499,6 +511,13 @@ static void on_models(const brix_curl_result_t *r, void *ud)
     cp->models = ms;
     cp->nmodels = ms ? k : 0;
     cp->models_known = ms != NULL;
+    if (cp->kvw) {
+        const char *base = NULL;
+        for (size_t i = 0; i < cp->nmodels && !base; i++)
+            if (!cp->models[i].parent)
+                base = cp->models[i].id;
+        brix_kvw_set_base_model(cp->kvw, base);
+    }
     cp->models_at_ns = brix_now_ns();
     if (changed) {
         BRIX_INFO("pod %s serves %zu model(s)%s%s", cp->pod->name, cp->nmodels,
@@ -582,6 +601,43 @@ static void on_scrape_timer(uv_timer_t *t)
     }
 }
 
+/* --------------------------------------------------------- kv events -- */
+
+static void on_kvw_change(void *ud)
+{
+    mark_dirty((brix_gw_control_t *)ud);
+}
+
+/* --kv-events URL=ENDPOINT[;REPLAY]: subscribe to this pod's events. */
+static void attach_kv_events(brix_gw_control_t *ctl, cpod_t *cp)
+{
+    brix_gw_t *gw = ctl->gw;
+    char err[256];
+    for (size_t i = 0; i < gw->cfg.kv_events.n; i++) {
+        const char *e = gw->cfg.kv_events.v[i];
+        const char *eq = strchr(e, '=');
+        char url[256], host[64], ep[256], rep[256];
+        int port;
+        if (!eq || (size_t)(eq - e) >= sizeof url)
+            continue;
+        snprintf(url, sizeof url, "%.*s", (int)(eq - e), e);
+        if (parse_url(url, host, sizeof host, &port, err, sizeof err) ||
+            strcmp(host, cp->pod->host) || port != cp->pod->port)
+            continue;
+        const char *semi = strchr(eq + 1, ';');
+        snprintf(ep, sizeof ep, "%.*s", (int)(semi ? semi - eq - 1 : (long)strlen(eq + 1)), eq + 1);
+        if (semi)
+            snprintf(rep, sizeof rep, "%s", semi + 1);
+        if (!ctl->zctx && !(ctl->zctx = zmq_ctx_new())) {
+            BRIX_ERROR("kv events: cannot create a ZMQ context");
+            return;
+        }
+        cp->kvw = brix_kvw_new(gw->loop, ctl->zctx, gw->index, cp->pod, ep, semi ? rep : NULL,
+                               (uint32_t)gw->cfg.route.block_size, on_kvw_change, ctl);
+        return;
+    }
+}
+
 /* --------------------------------------------------------- lifecycle -- */
 
 void brix_gw_control_reconfigure(brix_gw_control_t *ctl)
@@ -660,6 +716,8 @@ static void on_timer_closed(uv_handle_t *h)
         }
         brix_free(ctl->pods);
         brix_free(ctl->free_ids);
+        if (ctl->zctx)
+            zmq_ctx_term(ctl->zctx);
         brix_free(ctl);
     }
 }
@@ -668,6 +726,14 @@ void brix_gw_control_stop(brix_gw_control_t *ctl)
 {
     ctl->stopping = true;
     brix_curl_close(ctl->curl); /* aborts transfers without callbacks */
+    /* subscriptions first: their handles close before the timers', so every
+     * ZMQ socket is closed when the context is terminated */
+    for (size_t i = 0; i < ctl->npods; i++) {
+        if (ctl->pods[i]->kvw) {
+            brix_kvw_close(ctl->pods[i]->kvw);
+            ctl->pods[i]->kvw = NULL;
+        }
+    }
     uv_close((uv_handle_t *)&ctl->health_timer, NULL);
     uv_close((uv_handle_t *)&ctl->scrape_timer, NULL);
     uv_close((uv_handle_t *)&ctl->models_timer, NULL);

@@ -37,6 +37,9 @@ static const brix_opt_t gw_opts[] = {
       "header routing-strategy); see the README for the list" },
     { "model-strategy", BRIX_OPT_STRLIST, O(model_strategy), NULL, 1, 0, "MODEL=STRATEGY",
       "per-model default strategy (or mix), e.g. llama-3-8b=prefix-cache:2,least-request" },
+    { "kv-events", BRIX_OPT_STRLIST, O(kv_events), NULL, 1, 0, "URL=ENDPOINT[;REPLAY]",
+      "subscribe to an engine's vLLM KV events (ZMQ) for prefix-cache-precise and weighted, e.g. "
+      "http://127.0.0.1:8001=tcp://127.0.0.1:5557;tcp://127.0.0.1:5558" },
     { "prefix-block-size", BRIX_OPT_INT, O(route.block_size), "16", 1, 256, NULL,
       "tokens per prompt block for prefix-aware routing: the engines' --block-size" },
     { "prefix-max-blocks", BRIX_OPT_INT, O(route.max_blocks), "2048", 1, 1000000, NULL,

@@ -34,6 +34,7 @@ typedef struct brix_gw_cfg {
     brix_strlist_t worker_urls;
     char *routing_strategy;
     brix_strlist_t model_strategy; /* MODEL=STRATEGY */
+    brix_strlist_t kv_events;      /* URL=ENDPOINT[;REPLAY] */
     int64_t prefix_index_entries;
     brix_route_params_t route;
     char *log_level;

@@ -1,0 +1,592 @@
+/*
+ * One engine's KV-event subscription; see kv_watch.h. Runs on the control
+ * loop: ZMQ's ZMQ_FD is edge-triggered, so every wake-up drains the socket
+ * while ZMQ_EVENTS reports input.
+ */
+#include "gateway/kv_watch.h"
+
+#include "core/alloc.h"
+#include "core/log.h"
+#include "gateway/prompt.h"
+
+#include <msgpack.h>
+#include <stdio.h>
+#include <string.h>
+#include <zmq.h>
+
+#define HELD_MAX 4096 /* live batches held during a replay */
+#define MAP_MAX  (1u << 23)
+
+typedef struct held {
+    uint64_t seq;
+    char *data;
+    size_t len;
+} held_t;
+
+struct brix_kvw {
+    uv_loop_t *loop;
+    brix_prefix_index_t *ix;
+    brix_pod_t *pod;
+    char *endpoint, *replay, *base_model;
+    uint32_t bs;
+    void *sub, *dealer;
+    uv_poll_t psub, pdealer;
+    int handles;
+    bool closing;
+    bool have_seq, replaying, live;
+    uint64_t next_seq;
+    held_t *held;
+    size_t nheld;
+    void (*on_change)(void *);
+    void *ud;
+    /* engine block hash -> gateway block hash, open addressing (key 0 = empty;
+     * a real key of 0 is remapped to 1, which only costs a rare false match) */
+    uint64_t *mk, *mv;
+    uint32_t mcap, mused;
+    brix_kvw_stats_t st;
+    bool bs_warned;
+};
+
+/* ------------------------------------------------------------ the map -- */
+
+static uint32_t mslot(const brix_kvw_t *w, uint64_t k)
+{
+    return (uint32_t)((k * 0x9e3779b97f4a7c15ull) >> 32) & (w->mcap - 1);
+}
+
+static void map_clear(brix_kvw_t *w)
+{
+    if (w->mk)
+        memset(w->mk, 0, w->mcap * sizeof *w->mk);
+    w->mused = 0;
+}
+
+static bool map_grow(brix_kvw_t *w)
+{
+    uint32_t ncap = w->mcap ? w->mcap * 2 : 4096;
+    if (ncap > MAP_MAX)
+        return false;
+    uint64_t *nk = brix_calloc(ncap, sizeof *nk), *nv = brix_malloc(ncap * sizeof *nv);
+    if (!nk || !nv) {
+        brix_free(nk);
+        brix_free(nv);
+        return false;
+    }
+    uint64_t *ok = w->mk, *ov = w->mv;
+    uint32_t ocap = w->mcap;
+    w->mk = nk;
+    w->mv = nv;
+    w->mcap = ncap;
+    w->mused = 0;
+    for (uint32_t i = 0; i < ocap; i++) {
+        if (!ok[i])
+            continue;
+        uint32_t s = mslot(w, ok[i]);
+        while (w->mk[s])
+            s = (s + 1) & (w->mcap - 1);
+        w->mk[s] = ok[i];
+        w->mv[s] = ov[i];
+        w->mused++;
+    }
+    brix_free(ok);
+    brix_free(ov);
+    return true;
+}
+
+static void map_put(brix_kvw_t *w, uint64_t k, uint64_t v)
+{
+    k = k ? k : 1;
+    if ((w->mused + 1) * 2 > w->mcap && !map_grow(w)) {
+        /* full: start over; the pod's entries are rebuilt from new events */
+        map_clear(w);
+        brix_prefix_index_forget_pod(w->ix, BRIX_PREFIX_CACHED, w->pod->id);
+    }
+    uint32_t s = mslot(w, k);
+    while (w->mk[s] && w->mk[s] != k)
+        s = (s + 1) & (w->mcap - 1);
+    if (!w->mk[s])
+        w->mused++;
+    w->mk[s] = k;
+    w->mv[s] = v;
+}
+
+static bool map_get(const brix_kvw_t *w, uint64_t k, uint64_t *v)
+{
+    if (!w->mcap)
+        return false;
+    k = k ? k : 1;
+    for (uint32_t s = mslot(w, k); w->mk[s]; s = (s + 1) & (w->mcap - 1)) {
+        if (w->mk[s] == k) {
+            *v = w->mv[s];
+            return true;
+        }
+    }
+    return false;
+}
+
+static void map_del(brix_kvw_t *w, uint64_t k)
+{
+    if (!w->mcap)
+        return;
+    k = k ? k : 1;
+    uint32_t i = mslot(w, k);
+    while (w->mk[i] && w->mk[i] != k)
+        i = (i + 1) & (w->mcap - 1);
+    if (!w->mk[i])
+        return;
+    /* backward-shift deletion */
+    uint32_t j = i;
+    w->mused--;
+    for (;;) {
+        w->mk[i] = 0;
+        for (;;) {
+            j = (j + 1) & (w->mcap - 1);
+            if (!w->mk[j])
+                return;
+            uint32_t home = mslot(w, w->mk[j]);
+            if (i <= j ? (home <= i || home > j) : (home <= i && home > j))
+                break;
+        }
+        w->mk[i] = w->mk[j];
+        w->mv[i] = w->mv[j];
+        i = j;
+    }
+}
+
+/* ---------------------------------------------------------- state -- */
+
+static void set_live(brix_kvw_t *w, bool live)
+{
+    if (w->live == live)
+        return;
+    w->live = live;
+    if (w->on_change)
+        w->on_change(w->ud);
+}
+
+static void reset_pod(brix_kvw_t *w)
+{
+    map_clear(w);
+    brix_prefix_index_forget_pod(w->ix, BRIX_PREFIX_CACHED, w->pod->id);
+}
+
+/* --------------------------------------------------------- decoding -- */
+
+static bool obj_uint(const msgpack_object *o, uint64_t *v)
+{
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        *v = o->via.u64;
+        return true;
+    }
+    return false;
+}
+
+static void on_stored(brix_kvw_t *w, const msgpack_object_array *ev)
+{
+    /* ["BlockStored", hashes[], parent|nil, token_ids[], block_size, lora_id|nil, medium, lora_name?] */
+    if (ev->size < 5 || ev->ptr[1].type != MSGPACK_OBJECT_ARRAY ||
+        ev->ptr[3].type != MSGPACK_OBJECT_ARRAY)
+        return;
+    const msgpack_object_array *hs = &ev->ptr[1].via.array, *toks = &ev->ptr[3].via.array;
+    uint64_t bs;
+    if (!obj_uint(&ev->ptr[4], &bs))
+        return;
+    if (bs != w->bs) {
+        if (!w->bs_warned)
+            BRIX_WARN("kv events from %s: block size %llu differs from --prefix-block-size %u; "
+                      "its events are ignored",
+                      w->pod->name, (unsigned long long)bs, w->bs);
+        w->bs_warned = true;
+        return;
+    }
+    if (toks->size != hs->size * bs)
+        return;
+    uint64_t parent_gw;
+    if (ev->ptr[2].type == MSGPACK_OBJECT_NIL) {
+        const char *root = w->base_model;
+        char name[256];
+        if (ev->size >= 8 && ev->ptr[7].type == MSGPACK_OBJECT_STR) {
+            uint32_t n = ev->ptr[7].via.str.size < sizeof name - 1 ? ev->ptr[7].via.str.size
+                                                                      : sizeof name - 1;
+            memcpy(name, ev->ptr[7].via.str.ptr, n);
+            name[n] = '\0';
+            root = name;
+        } else if (ev->size >= 6 && ev->ptr[5].type != MSGPACK_OBJECT_NIL) {
+            w->st.unknown_parents++; /* an adapter block without its name: cannot root it */
+            return;
+        }
+        if (!root) {
+            w->st.unknown_parents++;
+            return;
+        }
+        parent_gw = brix_prompt_root(root);
+    } else {
+        uint64_t pe;
+        if (!obj_uint(&ev->ptr[2], &pe) || !map_get(w, pe, &parent_gw)) {
+            w->st.unknown_parents++;
+            return;
+        }
+    }
+    uint32_t blk[256];
+    uint64_t gws[64];
+    size_t ng = 0;
+    for (uint32_t i = 0; i < hs->size; i++) {
+        uint64_t eh;
+        if (!obj_uint(&hs->ptr[i], &eh))
+            return;
+        for (uint32_t t = 0; t < bs; t++) {
+            uint64_t id;
+            if (!obj_uint(&toks->ptr[i * bs + t], &id))
+                return;
+            blk[t] = (uint32_t)id;
+        }
+        parent_gw = brix_prompt_block_hash(parent_gw, blk, (uint32_t)bs);
+        map_put(w, eh, parent_gw);
+        gws[ng++] = parent_gw;
+        if (ng == 64) {
+            brix_prefix_index_add(w->ix, BRIX_PREFIX_CACHED, gws, ng, w->pod->id);
+            ng = 0;
+        }
+        w->st.stored_blocks++;
+    }
+    if (ng)
+        brix_prefix_index_add(w->ix, BRIX_PREFIX_CACHED, gws, ng, w->pod->id);
+}
+
+static void on_removed(brix_kvw_t *w, const msgpack_object_array *ev)
+{
+    if (ev->size < 2 || ev->ptr[1].type != MSGPACK_OBJECT_ARRAY)
+        return;
+    const msgpack_object_array *hs = &ev->ptr[1].via.array;
+    for (uint32_t i = 0; i < hs->size; i++) {
+        uint64_t eh, gw;
+        if (!obj_uint(&hs->ptr[i], &eh) || !map_get(w, eh, &gw))
+            continue;
+        brix_prefix_index_remove(w->ix, gw, w->pod->id);
+        map_del(w, eh);
+        w->st.removed_blocks++;
+    }
+}
+
+static void apply(brix_kvw_t *w, const char *data, size_t len)
+{
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    if (msgpack_unpack_next(&u, data, len, &off) == MSGPACK_UNPACK_SUCCESS &&
+        u.data.type == MSGPACK_OBJECT_ARRAY && u.data.via.array.size >= 2 &&
+        u.data.via.array.ptr[1].type == MSGPACK_OBJECT_ARRAY) {
+        w->st.batches++;
+        const msgpack_object_array *evs = &u.data.via.array.ptr[1].via.array;
+        for (uint32_t i = 0; i < evs->size; i++) {
+            if (evs->ptr[i].type != MSGPACK_OBJECT_ARRAY || !evs->ptr[i].via.array.size)
+                continue;
+            const msgpack_object_array *ev = &evs->ptr[i].via.array;
+            if (ev->ptr[0].type != MSGPACK_OBJECT_STR)
+                continue;
+            const msgpack_object_str *tag = &ev->ptr[0].via.str;
+            w->st.events++;
+            if (tag->size == 11 && !memcmp(tag->ptr, "BlockStored", 11))
+                on_stored(w, ev);
+            else if (tag->size == 12 && !memcmp(tag->ptr, "BlockRemoved", 12))
+                on_removed(w, ev);
+            else if (tag->size == 16 && !memcmp(tag->ptr, "AllBlocksCleared", 16))
+                reset_pod(w);
+        }
+    }
+    msgpack_unpacked_destroy(&u);
+}
+
+/* ---------------------------------------------------------- sockets -- */
+
+static uint64_t be64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static void start_replay(brix_kvw_t *w, uint64_t from)
+{
+    unsigned char b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (unsigned char)(from >> (56 - 8 * i));
+    /* a DEALER talks to vLLM's ROUTER like a REQ: empty delimiter, then the request */
+    if (zmq_send(w->dealer, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(w->dealer, b, 8, ZMQ_DONTWAIT) < 0) {
+        BRIX_WARN("kv events from %s: replay request failed: %s; dropping its cached entries",
+                  w->pod->name, zmq_strerror(zmq_errno()));
+        reset_pod(w);
+        return;
+    }
+    w->replaying = true;
+    w->st.replays++;
+    set_live(w, false);
+}
+
+static void drop_held(brix_kvw_t *w)
+{
+    for (size_t i = 0; i < w->nheld; i++)
+        brix_free(w->held[i].data);
+    w->nheld = 0;
+}
+
+/* One live batch: in sequence, or a gap, or a restart. */
+static void on_batch(brix_kvw_t *w, uint64_t seq, const char *data, size_t len)
+{
+    if (w->replaying) {
+        if (w->nheld == HELD_MAX) {
+            /* the replay takes too long: give up on exactness */
+            drop_held(w);
+            reset_pod(w);
+            w->replaying = false;
+            w->have_seq = false;
+        } else {
+            held_t *h = &w->held[w->nheld];
+            if ((h->data = brix_malloc(len ? len : 1))) {
+                memcpy(h->data, data, len);
+                h->len = len;
+                h->seq = seq;
+                w->nheld++;
+            }
+            return;
+        }
+    }
+    if (w->have_seq && seq > w->next_seq) {
+        w->st.gaps++;
+        BRIX_WARN("kv events from %s: sequence gap (%llu..%llu missing)%s", w->pod->name,
+                  (unsigned long long)w->next_seq, (unsigned long long)seq - 1,
+                  w->dealer ? ": replaying" : ": dropping its cached entries");
+        if (w->dealer) {
+            start_replay(w, w->next_seq);
+            on_batch(w, seq, data, len); /* held until the replay ends */
+            return;
+        }
+        reset_pod(w);
+    } else if (w->have_seq && seq < w->next_seq) {
+        w->st.resets++;
+        BRIX_INFO("kv events from %s: sequence restarted at %llu (engine restart)", w->pod->name,
+                  (unsigned long long)seq);
+        reset_pod(w);
+    }
+    w->have_seq = true;
+    w->next_seq = seq + 1;
+    apply(w, data, len);
+    set_live(w, true);
+}
+
+static void on_replay_end(brix_kvw_t *w)
+{
+    w->replaying = false;
+    for (size_t i = 0; i < w->nheld; i++) {
+        held_t *h = &w->held[i];
+        if (h->seq >= w->next_seq)
+            on_batch(w, h->seq, h->data, h->len);
+        brix_free(h->data);
+    }
+    w->nheld = 0;
+    if (!w->replaying)
+        set_live(w, w->have_seq);
+}
+
+static void on_replayed(brix_kvw_t *w, uint64_t seq, const char *data, size_t len)
+{
+    if (seq == UINT64_MAX) {
+        on_replay_end(w);
+        return;
+    }
+    if (seq < w->next_seq && w->have_seq)
+        return; /* already applied */
+    if (w->have_seq && seq > w->next_seq) {
+        /* the engine no longer buffers what we missed */
+        w->st.gaps++;
+        reset_pod(w);
+    }
+    w->have_seq = true;
+    w->next_seq = seq + 1;
+    apply(w, data, len);
+}
+
+/* Reads one multipart message (ZMQ delivers all its frames at once): the
+ * first max frames are kept, the rest discarded. Returns the count kept, or
+ * -1 when no message was waiting. */
+static int recv_frames(void *sock, zmq_msg_t *f, int max)
+{
+    int n = 0;
+    bool more = true;
+    while (more) {
+        zmq_msg_t m;
+        zmq_msg_init(&m);
+        if (zmq_msg_recv(&m, sock, ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&m);
+            break;
+        }
+        more = zmq_msg_more(&m);
+        if (n < max) {
+            zmq_msg_init(&f[n]);
+            zmq_msg_move(&f[n], &m);
+            n++;
+        }
+        zmq_msg_close(&m);
+    }
+    return n ? n : -1;
+}
+
+static void drain(brix_kvw_t *w, void *sock, bool replay)
+{
+    for (;;) {
+        int ev = 0;
+        size_t sz = sizeof ev;
+        if (zmq_getsockopt(sock, ZMQ_EVENTS, &ev, &sz) || !(ev & ZMQ_POLLIN))
+            return;
+        zmq_msg_t f[4];
+        int n = recv_frames(sock, f, 4);
+        if (n < 0)
+            return;
+        /* live: [topic, seq, payload]; replay (DEALER): ["", seq, payload] */
+        if (n == 3 && zmq_msg_size(&f[1]) == 8) {
+            uint64_t seq = be64(zmq_msg_data(&f[1]));
+            if (replay)
+                on_replayed(w, seq, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]));
+            else
+                on_batch(w, seq, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]));
+        }
+        for (int i = 0; i < n; i++)
+            zmq_msg_close(&f[i]);
+        if (w->closing)
+            return;
+    }
+}
+
+static void on_sub_poll(uv_poll_t *p, int status, int events)
+{
+    brix_kvw_t *w = p->data;
+    drain(w, w->sub, false);
+}
+
+static void on_dealer_poll(uv_poll_t *p, int status, int events)
+{
+    brix_kvw_t *w = p->data;
+    drain(w, w->dealer, true);
+}
+
+static int watch(brix_kvw_t *w, void *sock, uv_poll_t *p, uv_poll_cb cb)
+{
+    int fd;
+    size_t sz = sizeof fd;
+    if (zmq_getsockopt(sock, ZMQ_FD, &fd, &sz))
+        return -1;
+    if (uv_poll_init(w->loop, p, fd))
+        return -1;
+    p->data = w;
+    w->handles++;
+    uv_poll_start(p, UV_READABLE, cb);
+    return 0;
+}
+
+brix_kvw_t *brix_kvw_new(uv_loop_t *loop, void *zctx, brix_prefix_index_t *ix, brix_pod_t *pod,
+                         const char *endpoint, const char *replay, uint32_t block_size,
+                         void (*on_change)(void *ud), void *ud)
+{
+    brix_kvw_t *w = brix_calloc(1, sizeof *w);
+    if (!w)
+        return NULL;
+    w->loop = loop;
+    w->ix = ix;
+    w->pod = pod;
+    brix_pod_ref(pod);
+    w->bs = block_size;
+    w->on_change = on_change;
+    w->ud = ud;
+    w->endpoint = brix_strdup(endpoint);
+    w->replay = replay ? brix_strdup(replay) : NULL;
+    w->held = brix_calloc(HELD_MAX, sizeof *w->held);
+    if (!w->endpoint || (replay && !w->replay) || !w->held)
+        goto fail;
+    w->sub = zmq_socket(zctx, ZMQ_SUB);
+    int zero = 0;
+    if (!w->sub || zmq_setsockopt(w->sub, ZMQ_LINGER, &zero, sizeof zero) ||
+        zmq_setsockopt(w->sub, ZMQ_SUBSCRIBE, "", 0) || zmq_connect(w->sub, endpoint)) {
+        BRIX_ERROR("kv events for %s: cannot subscribe to %s: %s", pod->name, endpoint,
+                   zmq_strerror(zmq_errno()));
+        goto fail;
+    }
+    if (watch(w, w->sub, &w->psub, on_sub_poll))
+        goto fail;
+    if (replay) {
+        w->dealer = zmq_socket(zctx, ZMQ_DEALER);
+        if (!w->dealer || zmq_setsockopt(w->dealer, ZMQ_LINGER, &zero, sizeof zero) ||
+            zmq_connect(w->dealer, replay) || watch(w, w->dealer, &w->pdealer, on_dealer_poll)) {
+            BRIX_ERROR("kv events for %s: cannot connect to the replay socket %s", pod->name,
+                       replay);
+            goto fail;
+        }
+        start_replay(w, 0); /* what the engine cached before we subscribed */
+    }
+    BRIX_INFO("kv events for %s: subscribed to %s%s%s", pod->name, endpoint,
+              replay ? ", replay " : "", replay ? replay : "");
+    return w;
+fail:
+    brix_kvw_close(w);
+    return NULL;
+}
+
+void brix_kvw_set_base_model(brix_kvw_t *w, const char *name)
+{
+    if (w->base_model && name && !strcmp(w->base_model, name))
+        return;
+    brix_free(w->base_model);
+    w->base_model = name ? brix_strdup(name) : NULL;
+}
+
+bool brix_kvw_live(const brix_kvw_t *w)
+{
+    return w->live && !w->replaying;
+}
+
+const brix_kvw_stats_t *brix_kvw_stats(const brix_kvw_t *w)
+{
+    return &w->st;
+}
+
+static void kvw_free(brix_kvw_t *w)
+{
+    if (w->sub)
+        zmq_close(w->sub);
+    if (w->dealer)
+        zmq_close(w->dealer);
+    drop_held(w);
+    brix_free(w->held);
+    brix_free(w->endpoint);
+    brix_free(w->replay);
+    brix_free(w->base_model);
+    brix_free(w->mk);
+    brix_free(w->mv);
+    brix_pod_unref(w->pod);
+    brix_free(w);
+}
+
+static void on_poll_closed(uv_handle_t *h)
+{
+    brix_kvw_t *w = h->data;
+    if (--w->handles == 0)
+        kvw_free(w);
+}
+
+void brix_kvw_close(brix_kvw_t *w)
+{
+    w->closing = true;
+    w->on_change = NULL;
+    if (w->ix && w->pod)
+        brix_prefix_index_forget_pod(w->ix, BRIX_PREFIX_CACHED, w->pod->id);
+    int open = w->handles;
+    if (!open) {
+        kvw_free(w);
+        return;
+    }
+    if (w->psub.data == w)
+        uv_close((uv_handle_t *)&w->psub, on_poll_closed);
+    if (w->pdealer.data == w)
+        uv_close((uv_handle_t *)&w->pdealer, on_poll_closed);
+}
