@@ -57,5 +57,40 @@ Command: `python3 bench/engine_capacity.py` (`CAPACITY_STREAMS`, `CAPACITY_REPEA
 CPU and RSS are the engine process's own, from `/proc`.
 
 {frag('engine_capacity.md')}
+
+## gateway: small non-streaming POSTs vs nginx and haproxy
+
+Command: `python3 bench/gateway_proxy.py` (`PROXY_REPEATS`, `PROXY_THROUGHPUT_S`, `PROXY_LATENCY_S`,
+`PROXY_CONNS`, `PROXY_VARIANTS`). The brix gateway, nginx and haproxy (configs in bench/peers/)
+each run one worker pinned to CPU 1 in front of the same upstream (one nginx worker answering a
+fixed 610-byte chat completion, bench/peers/nginx-upstream.conf); wrk (bench/wrk/post.lua, a
+1,005-byte chat body) and the upstream share CPU 0. Nginx and haproxy are cheap enough that CPU 0
+caps their measured req/s, so "req/s per proxy core" (requests per CPU-second the proxy used,
+from /proc) is the fair capacity comparison. Unloaded latency is measured with one connection:
+"same core" puts the proxy beside wrk and the upstream (its own processing only), "own core"
+adds four cross-core wake-ups of an idle vCPU per request (~150 µs on this KVM guest, whatever
+the proxy).
+
+{frag('gateway_proxy.md')}
+
+## gateway: streaming (SSE) delay added by the proxy
+
+Command: `python3 bench/gateway_streaming.py` (`STREAM_REPEATS`, `STREAM_STREAMS`, `STREAM_EVENTS`,
+`STREAM_INTERVAL_MS`, `STREAM_VARIANTS`, `STREAM_SCENARIOS`). The upstream is
+bench/peers/sse_server.py, which stamps every event with its send time, so each event's one-way
+delay is measured exactly instead of comparing two noisy distributions of engine-sim token
+times. haproxy's defaults hold SSE events back ~200 ms (it sends with MSG_MORE while a body is
+unfinished), so it is also shown with `option http-no-delay`, the setting its manual gives for
+interactive bodies.
+
+{frag('gateway_streaming.md')}
+
+## gateway: 10,000 concurrent open streams
+
+Command: `python3 bench/gateway_capacity.py` (`CAP_STREAMS`, `CAP_FIT`, `CAP_REPEATS`,
+`CAP_WINDOW_S`, `CAP_INTERVAL_MS`, `CAP_VARIANTS`). Every stream holds two sockets in the proxy
+(client and upstream side), so 10,000 streams need just over 20,000 fds in one process.
+
+{frag('gateway_capacity.md')}
 """
 open(os.path.join(ROOT, "BENCHMARKS.md"), "w").write(doc)

@@ -188,24 +188,32 @@ bool brix_http_reqparser_started(const brix_http_reqparser_t *rp)
  * are skipped, as http_parser does) for the version check. */
 static void line_track(brix_http_reqparser_t *rp, const char *d, size_t n)
 {
-    const size_t cap = sizeof rp->line_tail - 1;
-    for (size_t i = 0; i < n && rp->line_len != SIZE_MAX; i++) {
-        char ch = d[i];
-        if (rp->line_len == 0 && (ch == '\r' || ch == '\n'))
-            continue;
-        if (ch == '\n') {
-            rp->line_len = SIZE_MAX;
-            break;
-        }
-        size_t k = strlen(rp->line_tail);
-        if (k == cap) {
-            memmove(rp->line_tail, rp->line_tail + 1, cap - 1);
-            k = cap - 1;
-        }
-        rp->line_tail[k] = ch;
-        rp->line_tail[k + 1] = '\0';
-        rp->line_len++;
+    if (rp->line_len == SIZE_MAX)
+        return;
+    size_t i = 0;
+    if (rp->line_len == 0) {
+        while (i < n && (d[i] == '\r' || d[i] == '\n'))
+            i++;
+        if (i == n)
+            return;
     }
+    const char *lf = memchr(d + i, '\n', n - i);
+    size_t end = lf ? (size_t)(lf - d) : n;
+    /* keep the last (cap) bytes of the line seen so far */
+    const size_t cap = sizeof rp->line_tail - 1;
+    size_t add = end - i;
+    size_t have = rp->line_len < cap ? rp->line_len : cap;
+    if (add >= cap) {
+        memcpy(rp->line_tail, d + end - cap, cap);
+        have = cap;
+    } else {
+        size_t keep = have + add > cap ? cap - add : have;
+        memmove(rp->line_tail, rp->line_tail + have - keep, keep);
+        memcpy(rp->line_tail + keep, d + i, add);
+        have = keep + add;
+    }
+    rp->line_tail[have] = '\0';
+    rp->line_len = lf ? SIZE_MAX : rp->line_len + add;
 }
 
 brix_http_parse_rc_t brix_http_reqparser_feed(brix_http_reqparser_t *rp, const char *data,

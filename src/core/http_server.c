@@ -571,7 +571,7 @@ static void on_connection(uv_stream_t *ls, int status)
     uv_timer_init(s->loop, &c->timer);
     c->tcp.data = c->timer.data = c;
     c->handles_open = 2;
-    brix_arena_init(&c->req.arena, 4096);
+    brix_arena_init(&c->req.arena, 2048);
     brix_http_reqparser_init(&c->rp, &s->lim);
     brix_http_reqparser_begin(&c->rp, &c->req);
     c->state = CONN_IDLE;

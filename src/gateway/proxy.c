@@ -26,7 +26,6 @@
 #include <strings.h>
 
 #define MAX_ATTEMPTS 8
-#define TAIL_BYTES   4096
 
 typedef struct px {
     brix_gw_worker_t *w;
@@ -51,7 +50,6 @@ typedef struct px {
     bool sse;
     bool paused;
     brix_buf_t hold; /* SSE: bytes after the last complete event */
-    brix_buf_t tail; /* non-SSE: the last bytes, for usage */
     uint64_t t_first_byte;
     int64_t prompt_tokens, completion_tokens;
     const char *err_kind; /* for the access log */
@@ -222,7 +220,6 @@ static void px_free(px_t *px)
         brix_pod_unref(px->pod);
     brix_buf_free(&px->fwd_headers);
     brix_buf_free(&px->hold);
-    brix_buf_free(&px->tail);
     brix_buf_free(&px->explanation);
     brix_gw_view_unref(px->view);
     brix_free(px->model_name);
@@ -417,14 +414,10 @@ static void up_data(brix_ureq_t *r, const char *data, size_t len, void *ud)
                                 (double)(px->t_first_byte - px->h->start_ns) / 1e9);
     }
     if (!px->sse) {
-        if (len >= TAIL_BYTES) {
-            brix_buf_reset(&px->tail);
-            brix_buf_append(&px->tail, data + len - TAIL_BYTES, TAIL_BYTES);
-        } else {
-            if (px->tail.len + len > TAIL_BYTES)
-                brix_buf_consume(&px->tail, px->tail.len + len - TAIL_BYTES);
-            brix_buf_append(&px->tail, data, len);
-        }
+        /* usage is near the end of a JSON body, which usually arrives in one
+         * piece: scan each piece where it lies (no copy) */
+        if (memmem(data, len, "\"usage\"", 7))
+            scan_usage(px, data, len);
         relay(px, data, len);
         return;
     }
@@ -465,8 +458,6 @@ static void up_done(brix_ureq_t *r, void *ud)
      * gone the write fails and on_abort has already freed px. */
     if (px->hold.len && relay(px, px->hold.data, px->hold.len))
         return;
-    if (!px->sse && px->tail.len)
-        scan_usage(px, px->tail.data, px->tail.len);
     attempt_end(px, px->status < 500);
     access_log(px, px->status);
     brix_http_req_t *h = px->h;
