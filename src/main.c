@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "bench/bench_main.h"
 #include "engine_sim/engine_sim.h"
 #include "gateway/gateway_main.h"
 
@@ -16,6 +17,8 @@ typedef struct component {
 } component_t;
 
 static const component_t components[] = {
+    { "bench", brix_bench_main,
+      "benchmark: workloads and traces against a fleet, strategies compared side by side" },
     { "gateway", brix_gateway_main,
       "OpenAI-compatible gateway: routes requests to engine replicas by model and load" },
     { "engine-sim", brix_engine_sim_main,

@@ -207,7 +207,7 @@ static void on_stored(brix_kvw_t *w, const msgpack_object_array *ev)
         char name[256];
         if (ev->size >= 8 && ev->ptr[7].type == MSGPACK_OBJECT_STR) {
             uint32_t n = ev->ptr[7].via.str.size < sizeof name - 1 ? ev->ptr[7].via.str.size
-                                                                      : sizeof name - 1;
+                                                                   : sizeof name - 1;
             memcpy(name, ev->ptr[7].via.str.ptr, n);
             name[n] = '\0';
             root = name;

@@ -1,0 +1,224 @@
+/*
+ * `brix bench`: flags, then for each strategy a fresh fleet, the workload
+ * replayed against it, the engines' counters, and finally one report with
+ * every strategy side by side. See bench.h for the design.
+ */
+#include "bench/bench_main.h"
+
+#include "bench/bench.h"
+#include "core/alloc.h"
+#include "core/log.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define O(f) offsetof(bench_cfg_t, f)
+static const brix_opt_t bench_opts[] = {
+    { "config", BRIX_OPT_STRING, O(config), NULL, 1, 0, "FILE", "YAML file of flag: value pairs" },
+    { "scenario", BRIX_OPT_STRING, O(scenario), "shared-prefix", 1, 0, "NAME",
+      "shared-prefix | sharegpt | lora-mix | trace | mooncake | azure" },
+    { "trace", BRIX_OPT_STRING, O(trace), NULL, 1, 0, "FILE",
+      "trace/mooncake/azure input (sharegpt: the ShareGPT lengths CSV to sample)" },
+    { "strategies", BRIX_OPT_STRING, O(strategies),
+      "random,least-request,weighted,prefix-cache-precise,sglang-cache-aware,gie-default,"
+      "nginx-least-conn",
+      1, 0, "LIST", "strategies compared, each on a fresh fleet (nginx-least-conn: nginx peer)" },
+    { "target", BRIX_OPT_STRING, O(target), NULL, 1, 0, "URL",
+      "drive an existing gateway instead of starting a fleet (strategies sent as header)" },
+    { "replicas", BRIX_OPT_INT, O(replicas), "8", 1, 64, "N", "engine-sims in the fleet" },
+    { "gpu", BRIX_OPT_STRING, O(gpu), "h100", 1, 0, "PROFILE", "engine GPU profile" },
+    { "time-scale", BRIX_OPT_DOUBLE, O(time_scale), "0.25", 0.001, 100, "F",
+      "engines' --time-scale; arrivals are scaled alike" },
+    { "duration", BRIX_OPT_DOUBLE, O(duration), "60", 1, 86400, "SECONDS",
+      "simulated seconds of arrivals (generated scenarios)" },
+    { "speed", BRIX_OPT_DOUBLE, O(speed), "1", 0.001, 1e6, "X",
+      "trace scenarios: replay X times faster (sets the offered load)" },
+    { "max-requests", BRIX_OPT_INT, O(max_requests), "0", 0, 10000000, "N",
+      "stop after N requests (0 = no limit)" },
+    { "rate", BRIX_OPT_DOUBLE, O(rate), "40", 0.001, 1e6, "R",
+      "arrivals per simulated second (generated scenarios)" },
+    { "arrival", BRIX_OPT_STRING, O(arrival), "poisson", 1, 0, "KIND", "poisson | bursty" },
+    { "burst-on", BRIX_OPT_DOUBLE, O(burst_on), "5", 0, 1e6, "SECONDS", "bursty: on period" },
+    { "burst-off", BRIX_OPT_DOUBLE, O(burst_off), "5", 0, 1e6, "SECONDS", "bursty: off period" },
+    { "seed", BRIX_OPT_INT, O(seed), "1", 0, 1e15, "N", "workload seed" },
+    { "out", BRIX_OPT_STRING, O(out), NULL, 1, 0, "DIR",
+      "results directory (default bench/results/bench-SCENARIO)" },
+    { "slo-ttft", BRIX_OPT_DOUBLE, O(slo_ttft), "2", 0, 1e6, "SECONDS", "goodput SLO on TTFT" },
+    { "slo-tpot", BRIX_OPT_DOUBLE, O(slo_tpot), "0.1", 0, 1e6, "SECONDS",
+      "goodput SLO on time per output token" },
+    { "groups", BRIX_OPT_INT, O(groups), "128", 1, 1000000, "N",
+      "shared-prefix: system-prompt groups" },
+    { "users-per-group", BRIX_OPT_INT, O(users_per_group), "8", 1, 1000000, "N",
+      "shared-prefix: conversations per group" },
+    { "turns", BRIX_OPT_INT, O(turns), "4", 1, 1000, "N", "shared-prefix: turns per conversation" },
+    { "system-tokens", BRIX_OPT_INT, O(system_tokens), "4096", 1, 1000000, "N",
+      "shared-prefix: system prompt length" },
+    { "user-tokens", BRIX_OPT_INT, O(user_tokens), "128", 1, 1000000, "N",
+      "shared-prefix: user message length" },
+    { "reply-tokens", BRIX_OPT_INT, O(reply_tokens), "64", 1, 1000000, "N",
+      "shared-prefix: reply length (max_tokens)" },
+    { "input-median", BRIX_OPT_DOUBLE, O(in_median), "1730", 1, 1e6, "N",
+      "sharegpt/lora-mix: input length median (ShareGPT: 1730)" },
+    { "input-sigma", BRIX_OPT_DOUBLE, O(in_sigma), "0.9", 0, 10, "S", "input length lognormal sigma" },
+    { "output-median", BRIX_OPT_DOUBLE, O(out_median), "415", 1, 1e6, "N",
+      "output length median (ShareGPT: 415)" },
+    { "output-sigma", BRIX_OPT_DOUBLE, O(out_sigma), "0.38", 0, 10, "S",
+      "output length lognormal sigma" },
+    { "max-prompt", BRIX_OPT_INT, O(max_prompt), "7000", 1, 10000000, "N", "longest prompt" },
+    { "max-output", BRIX_OPT_INT, O(max_output), "1024", 1, 10000000, "N", "longest output" },
+    { "adapters", BRIX_OPT_INT, O(adapters), "16", 1, 4096, "N", "lora-mix: adapters" },
+    { "zipf", BRIX_OPT_DOUBLE, O(zipf), "1.1", 0, 10, "S", "lora-mix: Zipf exponent" },
+    { "max-model-len", BRIX_OPT_INT, O(max_model_len), "8192", 64, 1 << 24, "N",
+      "engines' --max-model-len" },
+    { "kv-blocks", BRIX_OPT_INT, O(kv_blocks), "0", 0, 1 << 24, "N",
+      "engines' --num-gpu-blocks-override (0 = the profile's)" },
+    { "block-size", BRIX_OPT_INT, O(block_size), "16", 1, 256, "N", "engines' --block-size" },
+    { "brix", BRIX_OPT_STRING, O(brix_bin), NULL, 1, 0, "PATH",
+      "brix binary for the fleet (default: this one)" },
+    { "nginx", BRIX_OPT_STRING, O(nginx_bin), "nginx", 1, 0, "PATH", "nginx binary for the peer" },
+    { "progress", BRIX_OPT_BOOL, O(progress), "true", 1, 0, NULL, "progress line while running" },
+    { "gateway-args", BRIX_OPT_STRING, O(gateway_args), NULL, 1, 0, "\"FLAGS\"",
+      "extra gateway flags, space separated" },
+    BRIX_OPT_END,
+};
+#undef O
+
+static const char usage_line[] = "brix bench [--scenario NAME] [--replicas N] [options]";
+static const char about[] =
+    "Workload generator, load driver and report: replays a scenario or trace against a fresh\n"
+    "fleet of engine-sims behind the gateway once per routing strategy (plus nginx least_conn),\n"
+    "and writes results.md, results.json and latency CDF plots.";
+
+static int mkdirs(const char *path)
+{
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s", path);
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(tmp, 0755);
+            *p = '/';
+        }
+    }
+    return mkdir(tmp, 0755) == 0 || errno == EEXIST ? 0 : -1;
+}
+
+static int parse_target(const char *url, char *host, size_t hl, int *port)
+{
+    const char *p = strncmp(url, "http://", 7) ? url : url + 7;
+    const char *colon = strrchr(p, ':');
+    if (!colon)
+        return -1;
+    snprintf(host, hl, "%.*s", (int)(colon - p), p);
+    if (!strcmp(host, "localhost"))
+        snprintf(host, hl, "127.0.0.1");
+    *port = atoi(colon + 1);
+    return *port > 0 ? 0 : -1;
+}
+
+int brix_bench_main(int argc, char **argv)
+{
+    bench_cfg_t c;
+    memset(&c, 0, sizeof c);
+    char err[512];
+    int rc = 2;
+    if (brix_config_defaults(bench_opts, &c, err, sizeof err) ||
+        (rc = brix_config_parse_args(bench_opts, &c, argc, argv, 1, err, sizeof err)) < 0) {
+        fprintf(stderr, "brix bench: %s\n", err);
+        brix_config_free(bench_opts, &c);
+        return 2;
+    }
+    if (rc == 1) {
+        brix_config_usage(stdout, bench_opts, usage_line, about);
+        brix_config_free(bench_opts, &c);
+        return 0;
+    }
+    if (c.config && (brix_config_load_file(bench_opts, &c, c.config, err, sizeof err) ||
+                     brix_config_parse_args(bench_opts, &c, argc, argv, 1, err, sizeof err))) {
+        fprintf(stderr, "brix bench: %s\n", err);
+        brix_config_free(bench_opts, &c);
+        return 2;
+    }
+    brix_log_init("bench", BRIX_LOG_WARN);
+    char self[PATH_MAX];
+    if (!c.brix_bin) {
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        self[n > 0 ? n : 0] = '\0';
+        c.brix_bin = brix_strdup(n > 0 ? self : "brix");
+    }
+    if (!c.out) {
+        char d[256];
+        snprintf(d, sizeof d, "bench/results/bench-%s", c.scenario);
+        c.out = brix_strdup(d);
+    }
+    if (mkdirs(c.out)) {
+        fprintf(stderr, "brix bench: cannot create %s: %s\n", c.out, strerror(errno));
+        brix_config_free(bench_opts, &c);
+        return 2;
+    }
+    bench_workload_t w;
+    if (bench_workload_build(&c, &w, err, sizeof err)) {
+        fprintf(stderr, "brix bench: %s\n", err);
+        brix_config_free(bench_opts, &c);
+        return 2;
+    }
+    fprintf(stderr, "bench: %s\nbench: %zu requests over %.1f simulated s; %lld x %s at "
+                    "time-scale %g\n",
+            w.about, w.n, w.v[w.n - 1].t, (long long)c.replicas, c.gpu, c.time_scale);
+    /* the strategies */
+    char *list = brix_strdup(c.strategies);
+    bench_run_t runs[32];
+    size_t nruns = 0;
+    memset(runs, 0, sizeof runs);
+    rc = 0;
+    for (char *s = strtok(list, ","); s && nruns < 32; s = strtok(NULL, ",")) {
+        while (*s == ' ')
+            s++;
+        bench_run_t *run = &runs[nruns];
+        snprintf(run->strategy, sizeof run->strategy, "%s", s);
+        bench_fleet_t *f = NULL;
+        char host[64] = "127.0.0.1";
+        int port = 0;
+        if (c.target) {
+            if (!strcmp(s, "nginx-least-conn") || parse_target(c.target, host, sizeof host, &port)) {
+                fprintf(stderr, "bench: skipping %s with --target %s\n", s, c.target);
+                continue;
+            }
+        } else {
+            f = bench_fleet_start(&c, s, w.nadapters, &port, err, sizeof err);
+            if (!f) {
+                fprintf(stderr, "bench: %s: %s\n", s, err);
+                rc = 1;
+                continue;
+            }
+            bench_fleet_sample(f, run, false);
+        }
+        fprintf(stderr, "bench: running %s\n", s);
+        if (bench_drive(&c, &w, host, port, c.target ? s : NULL, run)) {
+            fprintf(stderr, "bench: %s: the driver failed\n", s);
+            rc = 1;
+        } else {
+            nruns++;
+        }
+        if (f) {
+            bench_fleet_sample(f, run, true);
+            bench_fleet_stop(f);
+        }
+    }
+    brix_free(list);
+    if (nruns)
+        bench_report(&c, &w, runs, nruns);
+    for (size_t i = 0; i < nruns; i++) {
+        brix_free(runs[i].res);
+        brix_free(runs[i].itl);
+    }
+    bench_workload_free(&w);
+    brix_config_free(bench_opts, &c);
+    return rc;
+}

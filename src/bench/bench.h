@@ -1,0 +1,127 @@
+/*
+ * bench — `brix bench`: workload generator, load driver and report in one
+ * command (internal header shared by workload.c, driver.c, fleet.c,
+ * report.c and bench.c).
+ *
+ * A workload is a list of requests, each with its arrival time on the
+ * simulated clock and a ready-to-send OpenAI body. For each routing
+ * strategy compared, bench starts a fresh fleet (engine-sims + the gateway,
+ * or nginx for the nginx-least-conn peer) so no strategy inherits another's
+ * caches, replays the workload open-loop at the arrival times scaled by
+ * --time-scale, measures every stream as a client sees it, reads the
+ * engines' own counters at the end, and reports all strategies side by
+ * side. Latencies are reported in simulated seconds (wall / time-scale), the
+ * unit a real GPU fleet would show.
+ */
+#ifndef BRIX_BENCH_BENCH_H
+#define BRIX_BENCH_BENCH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/config.h"
+
+typedef struct bench_cfg {
+    char *config;
+    char *scenario;    /* shared-prefix | sharegpt | lora-mix | trace | mooncake | azure */
+    char *trace;       /* file for trace scenarios */
+    char *strategies;  /* comma-separated; nginx-least-conn is the nginx peer */
+    char *target;      /* existing gateway URL: no fleet is started */
+    int64_t replicas;
+    char *gpu;
+    double time_scale;
+    double duration;   /* simulated seconds of arrivals (generated scenarios) */
+    double speed;      /* trace scenarios: arrival times divided by this */
+    int64_t max_requests;
+    double rate;       /* requests per simulated second */
+    char *arrival;     /* poisson | bursty */
+    double burst_on, burst_off; /* bursty: seconds on / off (rate is the on-rate) */
+    int64_t seed;
+    char *out;         /* results directory */
+    double slo_ttft, slo_tpot;
+    /* shared-prefix */
+    int64_t groups, users_per_group, turns;
+    int64_t system_tokens, user_tokens, reply_tokens;
+    /* sharegpt-like lengths */
+    double in_median, in_sigma, out_median, out_sigma;
+    int64_t max_prompt, max_output;
+    /* lora-mix */
+    int64_t adapters;
+    double zipf;
+    /* engines */
+    int64_t max_model_len;
+    int64_t kv_blocks; /* --num-gpu-blocks-override, 0 = the profile's */
+    int64_t block_size;
+    char *brix_bin;
+    char *nginx_bin;
+    bool progress;
+    char *gateway_args; /* extra gateway flags, space separated */
+} bench_cfg_t;
+
+typedef struct bench_req {
+    double t;          /* arrival, simulated seconds */
+    char *model;
+    char *body;
+    size_t body_len;
+    int prompt_tokens; /* as generated (approximate for text traces) */
+    bool chat;         /* /v1/chat/completions, else /v1/completions */
+    int max_tokens;
+} bench_req_t;
+
+typedef struct bench_workload {
+    bench_req_t *v;
+    size_t n;
+    char about[512]; /* one line on what it is, for the report */
+    int nadapters;
+} bench_workload_t;
+
+int bench_workload_build(const bench_cfg_t *c, bench_workload_t *w, char *err, size_t errlen);
+void bench_workload_free(bench_workload_t *w);
+
+/* One request's outcome, as the client saw it (wall seconds). */
+typedef struct bench_res {
+    int status;        /* HTTP status, 0 = connection failure */
+    bool ok;           /* 200 and the stream ended with [DONE] */
+    double sent, first, done;
+    uint32_t events;   /* content events received */
+    uint32_t out_tokens;
+    double itl_sum, itl_max;
+    char pod[48];      /* target-pod header */
+} bench_res_t;
+
+typedef struct bench_run {
+    char strategy[64];
+    bench_res_t *res;
+    size_t n;
+    float *itl;        /* every inter-event gap (wall s) */
+    size_t nitl, itl_cap;
+    double t0, t_end;  /* wall */
+    /* from the engines, deltas over the run */
+    double prefix_queries, prefix_hits, preemptions;
+    int npods;
+    char pods[64][48];
+    double pod_requests[64];
+    double gw_decision_us; /* mean routing decision, gateway /metrics */
+} bench_run_t;
+
+/* Replays w against host:port (numeric), header routing-strategy when
+ * strategy_header is set. Fills run->res. Returns 0 or -1. */
+int bench_drive(const bench_cfg_t *c, const bench_workload_t *w, const char *host, int port,
+                const char *strategy_header, bench_run_t *run);
+
+typedef struct bench_fleet bench_fleet_t;
+/* Starts replicas engine-sims and, for a gateway strategy, the gateway (or
+ * nginx for nginx-least-conn); *port is where to send traffic. */
+bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int nadapters,
+                                 int *port, char *err, size_t errlen);
+/* Scrapes every engine's counters (call before and after a run). */
+void bench_fleet_sample(bench_fleet_t *f, bench_run_t *run, bool after);
+void bench_fleet_stop(bench_fleet_t *f);
+
+/* report.c */
+int bench_report(const bench_cfg_t *c, const bench_workload_t *w, bench_run_t *runs, size_t n);
+
+double bench_pct(double *v, size_t n, double p); /* sorts v */
+
+#endif
