@@ -65,7 +65,8 @@ static const brix_opt_t bench_opts[] = {
       "shared-prefix: reply length (max_tokens)" },
     { "input-median", BRIX_OPT_DOUBLE, O(in_median), "1730", 1, 1e6, "N",
       "sharegpt/lora-mix: input length median (ShareGPT: 1730)" },
-    { "input-sigma", BRIX_OPT_DOUBLE, O(in_sigma), "0.9", 0, 10, "S", "input length lognormal sigma" },
+    { "input-sigma", BRIX_OPT_DOUBLE, O(in_sigma), "0.9", 0, 10, "S",
+      "input length lognormal sigma" },
     { "output-median", BRIX_OPT_DOUBLE, O(out_median), "415", 1, 1e6, "N",
       "output length median (ShareGPT: 415)" },
     { "output-sigma", BRIX_OPT_DOUBLE, O(out_sigma), "0.38", 0, 10, "S",
@@ -168,8 +169,9 @@ int brix_bench_main(int argc, char **argv)
         brix_config_free(bench_opts, &c);
         return 2;
     }
-    fprintf(stderr, "bench: %s\nbench: %zu requests over %.1f simulated s; %lld x %s at "
-                    "time-scale %g\n",
+    fprintf(stderr,
+            "bench: %s\nbench: %zu requests over %.1f simulated s; %lld x %s at "
+            "time-scale %g\n",
             w.about, w.n, w.v[w.n - 1].t, (long long)c.replicas, c.gpu, c.time_scale);
     /* the strategies */
     char *list = brix_strdup(c.strategies);
@@ -186,7 +188,8 @@ int brix_bench_main(int argc, char **argv)
         char host[64] = "127.0.0.1";
         int port = 0;
         if (c.target) {
-            if (!strcmp(s, "nginx-least-conn") || parse_target(c.target, host, sizeof host, &port)) {
+            if (!strcmp(s, "nginx-least-conn") ||
+                parse_target(c.target, host, sizeof host, &port)) {
                 fprintf(stderr, "bench: skipping %s with --target %s\n", s, c.target);
                 continue;
             }

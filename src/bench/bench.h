@@ -24,21 +24,21 @@
 
 typedef struct bench_cfg {
     char *config;
-    char *scenario;    /* shared-prefix | sharegpt | lora-mix | trace | mooncake | azure */
-    char *trace;       /* file for trace scenarios */
-    char *strategies;  /* comma-separated; nginx-least-conn is the nginx peer */
-    char *target;      /* existing gateway URL: no fleet is started */
+    char *scenario;   /* shared-prefix | sharegpt | lora-mix | trace | mooncake | azure */
+    char *trace;      /* file for trace scenarios */
+    char *strategies; /* comma-separated; nginx-least-conn is the nginx peer */
+    char *target;     /* existing gateway URL: no fleet is started */
     int64_t replicas;
     char *gpu;
     double time_scale;
-    double duration;   /* simulated seconds of arrivals (generated scenarios) */
-    double speed;      /* trace scenarios: arrival times divided by this */
+    double duration; /* simulated seconds of arrivals (generated scenarios) */
+    double speed;    /* trace scenarios: arrival times divided by this */
     int64_t max_requests;
-    double rate;       /* requests per simulated second */
-    char *arrival;     /* poisson | bursty */
+    double rate;                /* requests per simulated second */
+    char *arrival;              /* poisson | bursty */
     double burst_on, burst_off; /* bursty: seconds on / off (rate is the on-rate) */
     int64_t seed;
-    char *out;         /* results directory */
+    char *out; /* results directory */
     double slo_ttft, slo_tpot;
     /* shared-prefix */
     int64_t groups, users_per_group, turns;
@@ -60,7 +60,7 @@ typedef struct bench_cfg {
 } bench_cfg_t;
 
 typedef struct bench_req {
-    double t;          /* arrival, simulated seconds */
+    double t; /* arrival, simulated seconds */
     char *model;
     char *body;
     size_t body_len;
@@ -81,22 +81,22 @@ void bench_workload_free(bench_workload_t *w);
 
 /* One request's outcome, as the client saw it (wall seconds). */
 typedef struct bench_res {
-    int status;        /* HTTP status, 0 = connection failure */
-    bool ok;           /* 200 and the stream ended with [DONE] */
+    int status; /* HTTP status, 0 = connection failure */
+    bool ok;    /* 200 and the stream ended with [DONE] */
     double sent, first, done;
-    uint32_t events;   /* content events received */
+    uint32_t events; /* content events received */
     uint32_t out_tokens;
     double itl_sum, itl_max;
-    char pod[48];      /* target-pod header */
+    char pod[48]; /* target-pod header */
 } bench_res_t;
 
 typedef struct bench_run {
     char strategy[64];
     bench_res_t *res;
     size_t n;
-    float *itl;        /* every inter-event gap (wall s) */
+    float *itl; /* every inter-event gap (wall s) */
     size_t nitl, itl_cap;
-    double t0, t_end;  /* wall */
+    double t0, t_end; /* wall */
     /* from the engines, deltas over the run */
     double prefix_queries, prefix_hits, preemptions;
     int npods;

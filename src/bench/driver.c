@@ -184,8 +184,9 @@ static void on_timer(uv_timer_t *t)
         q->i = i;
         d->run->res[i].sent = now_s();
         d->inflight++;
-        q->ur = brix_ureq_start(d->up, "POST", rq->chat ? "/v1/chat/completions" : "/v1/completions",
-                                d->hdrs.data, d->hdrs.len, rq->body, rq->body_len, &cbs, q);
+        q->ur =
+            brix_ureq_start(d->up, "POST", rq->chat ? "/v1/chat/completions" : "/v1/completions",
+                            d->hdrs.data, d->hdrs.len, rq->body, rq->body_len, &cbs, q);
         if (!q->ur)
             finish(q, false);
     }

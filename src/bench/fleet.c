@@ -34,7 +34,7 @@ struct bench_fleet {
     pid_t engines[MAX_PODS];
     int ports[MAX_PODS];
     int n;
-    pid_t front;   /* gateway or nginx */
+    pid_t front; /* gateway or nginx */
     int front_port;
     bool gateway;
     double before_q[MAX_PODS], before_h[MAX_PODS], before_p[MAX_PODS], before_r[MAX_PODS];
@@ -68,8 +68,8 @@ static int http_get(int port, const char *path, brix_buf_t *body)
     inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
     int status = 0;
     char req[256];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                     path);
+    int n =
+        snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
     if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && write(fd, req, (size_t)n) == n) {
         brix_buf_t b = BRIX_BUF_INIT;
         char buf[65536];
@@ -307,8 +307,7 @@ bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int
         }
         /* extra flags, space separated */
         char *extra = c->gateway_args ? brix_strdup(c->gateway_args) : NULL;
-        for (char *tok = extra ? strtok(extra, " ") : NULL; tok && a < 126;
-             tok = strtok(NULL, " "))
+        for (char *tok = extra ? strtok(extra, " ") : NULL; tok && a < 126; tok = strtok(NULL, " "))
             argv[a++] = tok;
         argv[a] = NULL;
         snprintf(log, sizeof log, "%s/gateway.log", f->dir);

@@ -107,8 +107,8 @@ static const summary_t *find(const summary_t *s, bench_run_t *runs, size_t n, co
     return NULL;
 }
 
-static void plot(const bench_cfg_t *c, bench_run_t *runs, summary_t *s, size_t n,
-                 const char *what, int which)
+static void plot(const bench_cfg_t *c, bench_run_t *runs, summary_t *s, size_t n, const char *what,
+                 int which)
 {
     char gp[1024];
     snprintf(gp, sizeof gp, "%s/%s_cdf.gp", c->out, what);
@@ -198,21 +198,23 @@ int bench_report(const bench_cfg_t *c, const bench_workload_t *w, bench_run_t *r
     snprintf(path, sizeof path, "%s/results.json", c->out);
     f = fopen(path, "w");
     if (f) {
-        fprintf(f, "{\"scenario\":\"%s\",\"requests\":%zu,\"replicas\":%lld,\"gpu\":\"%s\","
-                   "\"time_scale\":%g,\"slo_ttft\":%g,\"slo_tpot\":%g,\"runs\":[",
+        fprintf(f,
+                "{\"scenario\":\"%s\",\"requests\":%zu,\"replicas\":%lld,\"gpu\":\"%s\","
+                "\"time_scale\":%g,\"slo_ttft\":%g,\"slo_tpot\":%g,\"runs\":[",
                 c->scenario, w->n, (long long)c->replicas, c->gpu, c->time_scale, c->slo_ttft,
                 c->slo_tpot);
         for (size_t i = 0; i < n; i++) {
             summary_t *x = &s[i];
-            fprintf(f,
-                    "%s{\"strategy\":\"%s\",\"ok\":%zu,\"failed\":%zu,\"ttft_p50\":%.6f,"
-                    "\"ttft_p90\":%.6f,\"ttft_p99\":%.6f,\"itl_p50\":%.6f,\"itl_p99\":%.6f,"
-                    "\"e2e_p50\":%.6f,\"e2e_p90\":%.6f,\"e2e_p99\":%.6f,\"output_tokens_per_s\":%.3f,"
-                    "\"goodput_rps\":%.4f,\"prefix_hit_rate\":%.5f,\"load_max_over_mean\":%.4f,"
-                    "\"preemptions\":%.0f,\"decision_us\":%.3f,\"pod_requests\":[",
-                    i ? "," : "", runs[i].strategy, x->ok, x->failed, x->ttft[0], x->ttft[1],
-                    x->ttft[2], x->itl[0], x->itl[1], x->e2e[0], x->e2e[1], x->e2e[2], x->tok_s,
-                    x->goodput, x->hit, x->spread, x->preempt, x->decision_us);
+            fprintf(
+                f,
+                "%s{\"strategy\":\"%s\",\"ok\":%zu,\"failed\":%zu,\"ttft_p50\":%.6f,"
+                "\"ttft_p90\":%.6f,\"ttft_p99\":%.6f,\"itl_p50\":%.6f,\"itl_p99\":%.6f,"
+                "\"e2e_p50\":%.6f,\"e2e_p90\":%.6f,\"e2e_p99\":%.6f,\"output_tokens_per_s\":%.3f,"
+                "\"goodput_rps\":%.4f,\"prefix_hit_rate\":%.5f,\"load_max_over_mean\":%.4f,"
+                "\"preemptions\":%.0f,\"decision_us\":%.3f,\"pod_requests\":[",
+                i ? "," : "", runs[i].strategy, x->ok, x->failed, x->ttft[0], x->ttft[1],
+                x->ttft[2], x->itl[0], x->itl[1], x->e2e[0], x->e2e[1], x->e2e[2], x->tok_s,
+                x->goodput, x->hit, x->spread, x->preempt, x->decision_us);
             for (int k = 0; k < runs[i].npods; k++)
                 fprintf(f, "%s%.0f", k ? "," : "", runs[i].pod_requests[k]);
             fprintf(f, "]}");

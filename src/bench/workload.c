@@ -75,8 +75,8 @@ static void text(brix_buf_t *b, int ntokens, uint64_t seed)
 static int add_req(bench_workload_t *w, size_t *cap, double t, const char *model, brix_buf_t *body,
                    int prompt_tokens, int max_tokens)
 {
-    bool chat = body->data && memmem(body->data, body->len < 64 ? body->len : 64, "\"messages\"",
-                                      10);
+    bool chat =
+        body->data && memmem(body->data, body->len < 64 ? body->len : 64, "\"messages\"", 10);
     if (w->n == *cap) {
         size_t nc = *cap ? *cap * 2 : 1024;
         bench_req_t *v = brix_realloc(w->v, nc * sizeof *v);
@@ -201,8 +201,8 @@ static int build_shared_prefix(const bench_cfg_t *c, bench_workload_t *w, uint64
              "shared-prefix: %lld groups x %lld users, %lld-token system prompts, %lld turns of "
              "%lld-token messages and %lld-token replies, %s arrivals at %.3g req/s",
              (long long)c->groups, (long long)c->users_per_group, (long long)c->system_tokens,
-             (long long)c->turns, (long long)c->user_tokens, (long long)c->reply_tokens,
-             c->arrival, c->rate);
+             (long long)c->turns, (long long)c->user_tokens, (long long)c->reply_tokens, c->arrival,
+             c->rate);
     return rc;
 }
 

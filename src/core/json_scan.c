@@ -346,10 +346,14 @@ size_t brix_json_unescape(const char *p, size_t n, char *out)
 {
     char *o = out;
     for (size_t i = 0; i < n;) {
-        if (p[i] != '\\') {
-            *o++ = p[i++];
-            continue;
-        }
+        /* copy the run up to the next escape in one go */
+        const char *bs = memchr(p + i, '\\', n - i);
+        size_t run = bs ? (size_t)(bs - (p + i)) : n - i;
+        memcpy(o, p + i, run);
+        o += run;
+        i += run;
+        if (i >= n)
+            break;
         char e = p[i + 1];
         i += 2;
         switch (e) {

@@ -15,16 +15,19 @@ uint64_t brix_prompt_root(const char *model)
 
 uint64_t brix_prompt_block_hash(uint64_t parent, const uint32_t *tokens, uint32_t n)
 {
-    unsigned char msg[8 + 256 * 4];
-    size_t k = 0;
+    /* The parent is the seed: no copy of the block is needed. Token ids are
+     * hashed as little-endian u32s; on a big-endian host they are swapped
+     * first, so the chain is the same everywhere. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    uint32_t le[256];
     if (n > 256)
         n = 256;
-    for (int i = 0; i < 8; i++)
-        msg[k++] = (unsigned char)(parent >> (8 * i));
-    for (uint32_t t = 0; t < n; t++)
-        for (int i = 0; i < 4; i++)
-            msg[k++] = (unsigned char)(tokens[t] >> (8 * i));
-    return XXH64(msg, k, 0);
+    for (uint32_t i = 0; i < n; i++)
+        le[i] = __builtin_bswap32(tokens[i]);
+    return XXH64(le, (size_t)n * 4, parent);
+#else
+    return XXH64(tokens, (size_t)n * 4, parent);
+#endif
 }
 
 /* Accumulates tokens into blocks and hashes every full one. */

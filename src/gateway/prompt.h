@@ -6,9 +6,9 @@
  * it: chat messages rendered with the core chat template, completions and
  * embeddings with a BOS token first, token-id prompts as given. Tokens are
  * cut into blocks of block_size (the engines' --block-size) and each full
- * block hashed, chained on its parent: h_i = xxh64(LE64(h_{i-1}) ‖ LE32
- * tokens), h_{-1} = xxh64(model name) — so adapters and base models never
- * share entries. Walking the prompt is O(length) and allocates only from the
+ * block hashed, chained on its parent: h_i = xxh64(LE32 tokens, seed h_{i-1}),
+ * h_{-1} = xxh64(model name) — so adapters and base models never share
+ * entries. Walking the prompt is O(length) and allocates only from the
  * request's arena.
  */
 #ifndef BRIX_GATEWAY_PROMPT_H

@@ -44,10 +44,12 @@ void brix_route_params_default(brix_route_params_t *p)
     p->max_blocks = 2048;
     p->prefix_std_k = 2.0;      /* AIBrix's shipped manifest */
     p->prefix_imbalance = 16.0; /* AIBrix's shipped manifest */
-    p->w_prefix = 1.0;
+    /* a cache miss adds its prompt to the fleet's work, queued tokens only
+     * wait: 3x (the best of a sweep on the shared-prefix saturation load) */
+    p->w_prefix = 3.0;
     p->w_queue = 1.0;
     p->w_decode = 1.0;
-    p->decode_tokens = 64.0;
+    p->decode_tokens = 32.0;
     p->w_kv = 1.0;
     p->kv_high = 0.9;
     p->kv_tokens = 8192.0;
