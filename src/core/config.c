@@ -238,6 +238,9 @@ int brix_config_defaults(const brix_opt_t *tbl, void *cfg, char *err, size_t err
 int brix_config_parse_args(const brix_opt_t *tbl, void *cfg, int argc, char **argv, int first,
                            char *err, size_t errlen)
 {
+    /* A list flag given several times accumulates; its first use on this
+     * command line replaces what defaults or a config file set. */
+    uint64_t seen[4] = { 0 };
     for (int i = first; i < argc; i++) {
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h"))
@@ -277,8 +280,12 @@ int brix_config_parse_args(const brix_opt_t *tbl, void *cfg, int argc, char **ar
             snprintf(err, errlen, "--no-%s takes no value", o->name);
             return -1;
         }
+        size_t oi = (size_t)(o - tbl);
+        bool again = o->type == BRIX_OPT_STRLIST && oi < 256 && (seen[oi / 64] >> (oi % 64)) & 1;
+        if (oi < 256)
+            seen[oi / 64] |= 1ull << (oi % 64);
         if (eq) {
-            if (config_set_opt(o, cfg, eq + 1, false, err, errlen))
+            if (config_set_opt(o, cfg, eq + 1, again, err, errlen))
                 return -1;
             continue;
         }
@@ -286,7 +293,7 @@ int brix_config_parse_args(const brix_opt_t *tbl, void *cfg, int argc, char **ar
             snprintf(err, errlen, "--%s needs a value", o->name);
             return -1;
         }
-        if (config_set_opt(o, cfg, argv[++i], false, err, errlen))
+        if (config_set_opt(o, cfg, argv[++i], again, err, errlen))
             return -1;
         /* nargs='+': a list keeps taking values until the next flag. */
         while (o->type == BRIX_OPT_STRLIST && i + 1 < argc && strncmp(argv[i + 1], "--", 2)) {

@@ -927,7 +927,12 @@ static void handle_generate(brix_engine_t *e, brix_http_req_t *h, api_kind_t kin
     /* prompt */
     if (kind == KIND_CHAT) {
         brix_buf_t text = BRIX_BUF_INIT;
-        int rc = render_chat(h, body, &text, true);
+        bool gen_prompt = true; /* vLLM's ChatCompletionRequest.add_generation_prompt */
+        if (brix_json_get_bool(body, "add_generation_prompt", NULL, &gen_prompt, &je)) {
+            respond_json_err(h, &je);
+            goto out;
+        }
+        int rc = render_chat(h, body, &text, gen_prompt);
         if (rc == 0 && brix_tokenize(text.data, text.len, &ids, &nids, &cap)) {
             respond_err(h, 500, "InternalServerError", "out of memory");
             rc = -1;

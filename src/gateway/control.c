@@ -74,7 +74,6 @@ struct brix_gw_control {
     size_t nfree_ids;
     uint32_t next_id;
     bool stopping;
-    void *zctx; /* ZMQ context of the KV-event subscriptions */
 };
 
 /* ------------------------------------------------------------- views -- */
@@ -161,6 +160,16 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
             cp->scraped_ok && now - cp->scraped_at_ns <= gw->cfg.metrics_stale_after * 1000000ull;
         v->stats = cp->stats;
         v->kv_events = cp->kvw && brix_kvw_live(cp->kvw);
+        if (cp->kvw) {
+            const brix_kvw_stats_t *ks = brix_kvw_stats(cp->kvw);
+            const char *pn = cp->pod->name;
+            brix_metric_set(brix_gw_metric1(gw->m.kv_batches, pn), (double)ks->batches);
+            brix_metric_set(brix_gw_metric1(gw->m.kv_gaps, pn), (double)ks->gaps);
+            brix_metric_set(brix_gw_metric1(gw->m.kv_resets, pn), (double)ks->resets);
+            brix_metric_set(brix_gw_metric1(gw->m.kv_replays, pn), (double)ks->replays);
+            brix_metric_set(brix_gw_metric1(gw->m.kv_unknown, pn), (double)ks->unknown_parents);
+            brix_metric_set(brix_gw_metric1(gw->m.kv_live, pn), v->kv_events);
+        }
         if (v->kv_events)
             brix_podset_add(&s->precise, cp->pod->id);
         v->scraped_at_s = (double)cp->scraped_at_ns / 1e9;
@@ -398,7 +407,6 @@ static cpod_t *add_pod(brix_gw_control_t *ctl, const char *url, char *err, size_
     }
     ctl->pods[ctl->npods++] = cp;
     BRIX_INFO("pod %s added (%s)", name, url);
-    attach_kv_events(ctl, cp);
     check_health(cp);
     return cp;
 }
@@ -415,6 +423,8 @@ static void set_healthy(cpod_t *cp, bool healthy, const char *why)
         fetch_models(cp); /* the engine may have restarted with other models */
     } else {
         BRIX_WARN("pod %s is unhealthy: %s", cp->pod->name, why);
+        if (cp->kvw)
+            brix_kvw_reset(cp->kvw); /* what it cached is unknown now */
     }
     mark_dirty(cp->ctl);
 }
@@ -511,13 +521,16 @@ static void on_models(const brix_curl_result_t *r, void *ud)
     cp->models = ms;
     cp->nmodels = ms ? k : 0;
     cp->models_known = ms != NULL;
-    if (cp->kvw) {
-        const char *base = NULL;
-        for (size_t i = 0; i < cp->nmodels && !base; i++)
-            if (!cp->models[i].parent)
-                base = cp->models[i].id;
+    /* KV events are subscribed once the base model (the root of the block
+     * chain) is known, so a start-up replay can be mapped at once */
+    const char *base = NULL;
+    for (size_t i = 0; i < cp->nmodels && !base; i++)
+        if (!cp->models[i].parent)
+            base = cp->models[i].id;
+    if (base && !cp->kvw)
+        attach_kv_events(cp->ctl, cp);
+    if (cp->kvw)
         brix_kvw_set_base_model(cp->kvw, base);
-    }
     cp->models_at_ns = brix_now_ns();
     if (changed) {
         BRIX_INFO("pod %s serves %zu model(s)%s%s", cp->pod->name, cp->nmodels,
@@ -566,6 +579,12 @@ static void on_scrape(const brix_curl_result_t *r, void *ud)
                                       &cp->stats);
         if (ok)
             cp->scraped_at_ns = now;
+        if (ok && cp->scrape_state.restarted) {
+            /* counters went backwards: a new engine process, with an empty cache */
+            BRIX_INFO("pod %s restarted (its counters went back)", cp->pod->name);
+            if (cp->kvw)
+                brix_kvw_reset(cp->kvw);
+        }
     }
     if (ok != cp->scraped_ok && !ok)
         BRIX_WARN("pod %s: scraping /metrics failed: %s", cp->pod->name,
@@ -628,11 +647,11 @@ static void attach_kv_events(brix_gw_control_t *ctl, cpod_t *cp)
         snprintf(ep, sizeof ep, "%.*s", (int)(semi ? semi - eq - 1 : (long)strlen(eq + 1)), eq + 1);
         if (semi)
             snprintf(rep, sizeof rep, "%s", semi + 1);
-        if (!ctl->zctx && !(ctl->zctx = zmq_ctx_new())) {
+        if (!gw->zctx && !(gw->zctx = zmq_ctx_new())) {
             BRIX_ERROR("kv events: cannot create a ZMQ context");
             return;
         }
-        cp->kvw = brix_kvw_new(gw->loop, ctl->zctx, gw->index, cp->pod, ep, semi ? rep : NULL,
+        cp->kvw = brix_kvw_new(gw->loop, gw->zctx, gw->index, cp->pod, ep, semi ? rep : NULL,
                                (uint32_t)gw->cfg.route.block_size, on_kvw_change, ctl);
         return;
     }
@@ -716,8 +735,6 @@ static void on_timer_closed(uv_handle_t *h)
         }
         brix_free(ctl->pods);
         brix_free(ctl->free_ids);
-        if (ctl->zctx)
-            zmq_ctx_term(ctl->zctx);
         brix_free(ctl);
     }
 }
@@ -726,8 +743,8 @@ void brix_gw_control_stop(brix_gw_control_t *ctl)
 {
     ctl->stopping = true;
     brix_curl_close(ctl->curl); /* aborts transfers without callbacks */
-    /* subscriptions first: their handles close before the timers', so every
-     * ZMQ socket is closed when the context is terminated */
+    /* the ZMQ context is terminated by gateway.c once the loop has closed
+     * every handle (and with them every socket) */
     for (size_t i = 0; i < ctl->npods; i++) {
         if (ctl->pods[i]->kvw) {
             brix_kvw_close(ctl->pods[i]->kvw);

@@ -135,9 +135,13 @@ bool brix_engine_stats_update(const char *body, size_t len, double now_s, brix_s
     double dt = now_s - st->t;
     /* counters restart with the engine: a drop means a reset, not a rate */
     bool monotonic = had && r.prompt_tokens >= st->prompt_tokens && r.gen_tokens >= st->gen_tokens;
+    st->restarted = had && !monotonic;
     if (monotonic && dt > 0) {
-        s->prompt_tps = smooth(s->prompt_tps, (r.prompt_tokens - st->prompt_tokens) / dt, true);
-        s->gen_tps = smooth(s->gen_tps, (r.gen_tokens - st->gen_tokens) / dt, true);
+        /* the first interval's rate is taken as it is, not averaged with 0 */
+        bool hr = st->have_rates;
+        st->have_rates = true;
+        s->prompt_tps = smooth(s->prompt_tps, (r.prompt_tokens - st->prompt_tokens) / dt, hr);
+        s->gen_tps = smooth(s->gen_tps, (r.gen_tokens - st->gen_tokens) / dt, hr);
         double q = delta_mean(r.queue_sum, r.queue_count, st->queue_sum, st->queue_count);
         if (q >= 0)
             s->queue_s = smooth(s->queue_s, q, s->queue_s > 0);
@@ -154,9 +158,11 @@ bool brix_engine_stats_update(const char *body, size_t len, double now_s, brix_s
         if (itl >= 0)
             s->tpot_s = smooth(s->tpot_s, itl, s->tpot_s > 0);
         double dq = r.prefix_queries - st->prefix_queries;
-        if (dq > 0)
-            s->prefix_hit_rate =
-                smooth(s->prefix_hit_rate, (r.prefix_hits - st->prefix_hits) / dq, true);
+        if (dq > 0) {
+            s->prefix_hit_rate = smooth(s->prefix_hit_rate, (r.prefix_hits - st->prefix_hits) / dq,
+                                        st->have_hit_rate);
+            st->have_hit_rate = true;
+        }
     }
     st->have_prev = true;
     st->t = now_s;

@@ -36,6 +36,9 @@ typedef struct brix_engine_stats {
 /* Raw counters of the previous scrape, for deltas. */
 typedef struct brix_scrape_state {
     bool have_prev;
+    bool have_rates;    /* the rate averages have a first sample */
+    bool have_hit_rate; /* the prefix hit rate has a first sample */
+    bool restarted;     /* set by an update whose counters went backwards */
     double t;
     double prompt_tokens, gen_tokens;
     double queue_sum, queue_count;

@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <zmq.h>
 
 #define O(f) offsetof(brix_gw_cfg_t, f)
 static const brix_opt_t gw_opts[] = {
@@ -441,6 +442,8 @@ int brix_gateway_main(int argc, char **argv)
 out:
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
+    if (gw->zctx)
+        zmq_ctx_term(gw->zctx); /* every socket is closed by now */
     if (gw->rt)
         brix_gw_rt_unref(gw->rt);
     /* worker threads are joined: their structs are ours to free */

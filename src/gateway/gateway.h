@@ -140,6 +140,8 @@ typedef struct brix_gw_metrics {
     brix_metric_t *reloads_ok, *reloads_failed;
     brix_metric_t *client_aborts;
     brix_metric_t *streams_broken;
+    brix_metric_t *index_entries, *index_bytes, *index_evictions;
+    brix_metric_family_t *kv_batches, *kv_gaps, *kv_resets, *kv_replays, *kv_unknown, *kv_live;
 } brix_gw_metrics_t;
 
 typedef struct brix_gw_control brix_gw_control_t;
@@ -157,6 +159,7 @@ struct brix_gw {
     brix_gw_control_t *ctl;
     brix_gw_rt_t *rt;           /* current runtime settings (control thread) */
     brix_prefix_index_t *index; /* shared by workers and the control thread */
+    void *zctx;                 /* ZMQ context of KV-event subscriptions (control thread) */
     uv_signal_t sigterm, sigint, sighup;
     uv_timer_t drain_timer;
     bool draining;

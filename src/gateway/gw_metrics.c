@@ -33,6 +33,17 @@ brix_metric_t *brix_gw_metric3(brix_metric_family_t *f, const char *a, const cha
     return brix_metric_child(f, v);
 }
 
+/* Prefix-index figures are read when /metrics is scraped. */
+static void on_collect(brix_metrics_t *reg, void *ud)
+{
+    brix_gw_t *gw = ud;
+    if (!gw->index)
+        return;
+    brix_metric_set(gw->m.index_entries, (double)brix_prefix_index_entries(gw->index));
+    brix_metric_set(gw->m.index_bytes, (double)brix_prefix_index_bytes(gw->index));
+    brix_metric_set(gw->m.index_evictions, (double)brix_prefix_index_evictions(gw->index));
+}
+
 int brix_gw_metrics_init(brix_gw_t *gw)
 {
     brix_gw_metrics_t *m = &gw->m;
@@ -109,10 +120,43 @@ int brix_gw_metrics_init(brix_gw_t *gw)
                             "Responses whose upstream failed after the client had received bytes.",
                             NULL, NULL, 0);
     m->streams_broken = f ? brix_metric_child(f, NULL) : NULL;
+    f = brix_metrics_family(m->reg, G, "brix_gateway_prefix_index_entries",
+                            "Prompt blocks in the shared prefix index.", NULL, NULL, 0);
+    m->index_entries = f ? brix_metric_child(f, NULL) : NULL;
+    f = brix_metrics_family(m->reg, G, "brix_gateway_prefix_index_bytes",
+                            "Memory reserved by the prefix index (its fixed cap, "
+                            "--prefix-index-entries).",
+                            NULL, NULL, 0);
+    m->index_bytes = f ? brix_metric_child(f, NULL) : NULL;
+    f = brix_metrics_family(m->reg, C, "brix_gateway_prefix_index_evictions_total",
+                            "Blocks dropped from the prefix index to stay within its cap.", NULL,
+                            NULL, 0);
+    m->index_evictions = f ? brix_metric_child(f, NULL) : NULL;
+    m->kv_batches = brix_metrics_family(m->reg, C, "brix_gateway_kv_events_batches_total",
+                                        "KV-event batches applied, by pod.", L_POD, NULL, 0);
+    m->kv_gaps = brix_metrics_family(m->reg, C, "brix_gateway_kv_events_gaps_total",
+                                     "Sequence gaps in a pod's KV events.", L_POD, NULL, 0);
+    m->kv_resets =
+        brix_metrics_family(m->reg, C, "brix_gateway_kv_events_resets_total",
+                            "Times a pod's cached blocks were forgotten (engine restart, "
+                            "unhealthy, gap without replay).",
+                            L_POD, NULL, 0);
+    m->kv_replays =
+        brix_metrics_family(m->reg, C, "brix_gateway_kv_events_replays_total",
+                            "Replays requested from a pod's replay socket.", L_POD, NULL, 0);
+    m->kv_unknown = brix_metrics_family(m->reg, C, "brix_gateway_kv_events_unknown_parent_total",
+                                        "Stored blocks skipped because their parent was unknown.",
+                                        L_POD, NULL, 0);
+    m->kv_live = brix_metrics_family(m->reg, G, "brix_gateway_kv_events_live",
+                                     "1 when the pod's KV events are subscribed and in sequence.",
+                                     L_POD, NULL, 0);
+    brix_metrics_on_collect(m->reg, on_collect, gw);
     if (!m->requests || !m->duration || !m->ttft || !m->upstream_errors || !m->retries ||
         !m->ejections || !m->pod_inflight || !m->pod_healthy || !m->pod_running ||
         !m->pod_waiting || !m->pod_kv || !m->scrapes || !m->decision || !m->fleet_version ||
-        !m->reloads_ok || !m->client_aborts || !m->streams_broken)
+        !m->reloads_ok || !m->client_aborts || !m->streams_broken || !m->index_entries ||
+        !m->index_bytes || !m->index_evictions || !m->kv_batches || !m->kv_gaps || !m->kv_resets ||
+        !m->kv_replays || !m->kv_unknown || !m->kv_live)
         return -1;
     return 0;
 }

@@ -35,6 +35,8 @@ struct brix_kvw {
     bool closing;
     bool have_seq, replaying, live;
     uint64_t next_seq;
+    uint64_t replayed; /* batches the current replay delivered */
+    bool gap_replay;   /* the current replay repairs a gap (not the start-up one) */
     held_t *held;
     size_t nheld;
     void (*on_change)(void *);
@@ -321,6 +323,8 @@ static void start_replay(brix_kvw_t *w, uint64_t from)
         return;
     }
     w->replaying = true;
+    w->replayed = 0;
+    w->gap_replay = from > 0;
     w->st.replays++;
     set_live(w, false);
 }
@@ -379,6 +383,13 @@ static void on_batch(brix_kvw_t *w, uint64_t seq, const char *data, size_t len)
 static void on_replay_end(brix_kvw_t *w)
 {
     w->replaying = false;
+    if (w->gap_replay && !w->replayed) {
+        /* the engine has none of what we missed: it restarted (its new
+         * sequence overtook ours) or its buffer moved on */
+        w->st.resets++;
+        reset_pod(w);
+        w->have_seq = false;
+    }
     for (size_t i = 0; i < w->nheld; i++) {
         held_t *h = &w->held[i];
         if (h->seq >= w->next_seq)
@@ -396,6 +407,7 @@ static void on_replayed(brix_kvw_t *w, uint64_t seq, const char *data, size_t le
         on_replay_end(w);
         return;
     }
+    w->replayed++;
     if (seq < w->next_seq && w->have_seq)
         return; /* already applied */
     if (w->have_seq && seq > w->next_seq) {
@@ -530,6 +542,18 @@ brix_kvw_t *brix_kvw_new(uv_loop_t *loop, void *zctx, brix_prefix_index_t *ix, b
 fail:
     brix_kvw_close(w);
     return NULL;
+}
+
+void brix_kvw_reset(brix_kvw_t *w)
+{
+    w->st.resets++;
+    reset_pod(w);
+    drop_held(w);
+    w->have_seq = false;
+    w->replaying = false;
+    set_live(w, false);
+    if (w->dealer)
+        start_replay(w, 0);
 }
 
 void brix_kvw_set_base_model(brix_kvw_t *w, const char *name)

@@ -41,6 +41,9 @@ brix_kvw_t *brix_kvw_new(uv_loop_t *loop, void *zctx, brix_prefix_index_t *ix, b
 /* The base model's name, the chain root of blocks without a LoRA. */
 void brix_kvw_set_base_model(brix_kvw_t *w, const char *name);
 bool brix_kvw_live(const brix_kvw_t *w);
+/* Forgets what the pod cached and starts over (the engine went away: what it
+ * held is unknown now); with a replay socket, asks for everything again. */
+void brix_kvw_reset(brix_kvw_t *w);
 const brix_kvw_stats_t *brix_kvw_stats(const brix_kvw_t *w);
 /* Closes the sockets, forgets the pod's cached entries and frees (async). */
 void brix_kvw_close(brix_kvw_t *w);

@@ -206,7 +206,7 @@ int brix_prompt_hash(const brix_req_fields_t *f, const char *model, uint32_t blo
         chat_ctx_t c = { .text = &text, .ok = true };
         brix_chat_render_begin(&text);
         brix_json_each(&f->messages, on_message, &c);
-        brix_chat_render_end(&text, true);
+        brix_chat_render_end(&text, !f->no_generation_prompt);
         brix_buf_free(&c.part);
         if (!c.ok) {
             rc = -ENOMEM;

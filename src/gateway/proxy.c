@@ -133,7 +133,7 @@ static void on_alog_check(uv_check_t *c)
 static void log_access(brix_gw_worker_t *w, const brix_http_req_t *h, const char *model,
                        const char *pod, const char *strategy, int status, double ttft_ms,
                        int attempts, int64_t prompt_tokens, int64_t completion_tokens,
-                       const char *error)
+                       const char *error, const char *route)
 {
     if (w->view && !w->view->rt->access_log)
         return;
@@ -143,11 +143,12 @@ static void log_access(brix_gw_worker_t *w, const brix_http_req_t *h, const char
     brix_log_to(&w->alog, BRIX_LOG_INFO, h->id,
                 "access method=%s path=%s model=%s pod=%s strategy=%s status=%d ttft_ms=%.2f "
                 "dur_ms=%.2f attempts=%d prompt_tokens=%lld completion_tokens=%lld bytes=%llu "
-                "error=%s%s%s",
+                "error=%s%s%s%s%s%s",
                 h->method_name, h->path, model ? model : "-", pod ? pod : "-",
                 strategy ? strategy : "-", status, ttft_ms, dur, attempts, (long long)prompt_tokens,
                 (long long)completion_tokens, (unsigned long long)h->bytes_out, error ? "\"" : "-",
-                error ? error : "", error ? "\"" : "");
+                error ? error : "", error ? "\"" : "", route ? " route=\"" : "", route ? route : "",
+                route ? "\"" : "");
 }
 
 /* An error answered by the gateway itself (never from an upstream). */
@@ -164,7 +165,7 @@ static void gw_error(brix_gw_worker_t *w, brix_http_req_t *h, int status, const 
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     count_request(w, model, status, NULL);
-    log_access(w, h, model, NULL, NULL, status, -1, 0, 0, 0, msg);
+    log_access(w, h, model, NULL, NULL, status, -1, 0, 0, 0, msg, NULL);
     brix_http_respond_error(h, status, err_type(status), code, param, "%s", msg);
 }
 
@@ -267,7 +268,8 @@ static void access_log(px_t *px, int status)
     brix_metric_observe(brix_gw_metric1(px->w->gw->m.duration, px->model_name), dur / 1e3);
     count_request(px->w, px->model_name, status, px->strategy.name);
     log_access(px->w, h, px->model_name, pod, px->strategy.name, status, ttft, px->attempts,
-               px->prompt_tokens, px->completion_tokens, px->err_kind);
+               px->prompt_tokens, px->completion_tokens, px->err_kind,
+               px->explain && px->explanation.len ? px->explanation.data : NULL);
 }
 
 /* -------------------------------------------------------------- usage -- */
@@ -708,6 +710,10 @@ static int on_member(const char *key, size_t klen, const brix_json_val_t *v, voi
     case 8:
         if (brix_json_key_is(key, klen, "messages"))
             f->messages = *v;
+        break;
+    case 21:
+        if (brix_json_key_is(key, klen, "add_generation_prompt"))
+            f->no_generation_prompt = v->kind == BRIX_JSON_FALSE;
         break;
     default:
         break;

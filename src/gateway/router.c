@@ -181,26 +181,39 @@ const brix_prompt_t *brix_route_prompt(brix_route_ctx_t *ctx)
     return &ctx->prompt;
 }
 
-const uint32_t *brix_route_match(brix_route_ctx_t *ctx)
+static uint32_t *compute_match(brix_route_ctx_t *ctx, const brix_podset_t *precise)
 {
-    if (ctx->match_done)
-        return ctx->match;
-    ctx->match_done = true;
-    ctx->match =
-        ctx->arena ? brix_arena_alloc(ctx->arena, ctx->ncand * sizeof *ctx->match + 1) : NULL;
-    if (!ctx->match)
+    uint32_t *m = ctx->arena ? brix_arena_alloc(ctx->arena, ctx->ncand * sizeof *m + 1) : NULL;
+    if (!m)
         return NULL;
     const brix_prompt_t *pr = brix_route_prompt(ctx);
     uint32_t *ids = brix_arena_alloc(ctx->arena, ctx->ncand * sizeof *ids + 1);
     if (!ids || !ctx->index || !pr->nhashes) {
-        memset(ctx->match, 0, ctx->ncand * sizeof *ctx->match);
-        return ctx->match;
+        memset(m, 0, ctx->ncand * sizeof *m);
+        return m;
     }
     for (size_t i = 0; i < ctx->ncand; i++)
         ids[i] = brix_route_view(ctx, i)->pod->id;
-    brix_prefix_index_match(ctx->index, pr->hashes, pr->nhashes, ids, ctx->ncand, ctx->precise,
-                            ctx->match);
+    brix_prefix_index_match(ctx->index, pr->hashes, pr->nhashes, ids, ctx->ncand, precise, m);
+    return m;
+}
+
+const uint32_t *brix_route_match(brix_route_ctx_t *ctx)
+{
+    if (!ctx->match_done) {
+        ctx->match_done = true;
+        ctx->match = compute_match(ctx, ctx->precise);
+    }
     return ctx->match;
+}
+
+const uint32_t *brix_route_match_approx(brix_route_ctx_t *ctx)
+{
+    if (!ctx->match_approx_done) {
+        ctx->match_approx_done = true;
+        ctx->match_approx = compute_match(ctx, NULL);
+    }
+    return ctx->match_approx;
 }
 
 static size_t pick_lowest(brix_route_ctx_t *ctx)
@@ -285,7 +298,9 @@ static void explain(brix_route_ctx_t *ctx, const brix_strategy_sel_t *sel, size_
     brix_buf_t *b = ctx->explain;
     brix_buf_printf(b, "strategy=%s; chosen=%s; reason=%s; candidates=", sel->name,
                     brix_route_view(ctx, k)->pod->name, ctx->reason ? ctx->reason : "lowest score");
-    const uint32_t *m = ctx->match_done ? ctx->match : NULL;
+    const uint32_t *m = ctx->match_done          ? ctx->match
+                        : ctx->match_approx_done ? ctx->match_approx
+                                                 : NULL;
     for (size_t i = 0; i < ctx->ncand && i < 32; i++) {
         const brix_pod_view_t *v = brix_route_view(ctx, i);
         brix_buf_printf(b, "%s%s(score=%.4g load=%.0f", i ? "," : "", v->pod->name, ctx->score[i],
@@ -301,7 +316,7 @@ brix_route_rc_t brix_route(brix_route_ctx_t *ctx, const brix_strategy_sel_t *sel
 {
     *probe = false;
     ctx->ncand = 0;
-    ctx->match_done = false;
+    ctx->match_done = ctx->match_approx_done = false;
     ctx->reason = NULL;
     for (size_t i = 0; i < ctx->model->npods; i++) {
         uint32_t idx = ctx->model->pods[i];
@@ -340,6 +355,8 @@ brix_route_rc_t brix_route(brix_route_ctx_t *ctx, const brix_strategy_sel_t *sel
         ctx->score[k] = ctx->score[ctx->ncand];
         if (ctx->match_done && ctx->match)
             ctx->match[k] = ctx->match[ctx->ncand];
+        if (ctx->match_approx_done && ctx->match_approx)
+            ctx->match_approx[k] = ctx->match_approx[ctx->ncand];
     }
     return BRIX_ROUTE_NO_POD;
 }

@@ -67,6 +67,8 @@ typedef struct brix_route_ctx {
     bool prompt_done;
     uint32_t *match; /* per candidate: leading prompt blocks the pod holds */
     bool match_done;
+    uint32_t *match_approx; /* the same from the gateway's routing history only */
+    bool match_approx_done;
     const char *session_out; /* session-affinity: x-session-id to return */
     const char *reason;      /* one-line reason of the choice, for explanations */
 } brix_route_ctx_t;
@@ -76,6 +78,8 @@ const brix_prompt_t *brix_route_prompt(brix_route_ctx_t *ctx);
 /* Per candidate, how many leading prompt blocks it holds: cached blocks for
  * pods in ctx->precise, routed ones for the others. */
 const uint32_t *brix_route_match(brix_route_ctx_t *ctx);
+/* The same from the routed (approximate) sets only, whatever ctx->precise. */
+const uint32_t *brix_route_match_approx(brix_route_ctx_t *ctx);
 /* Load of candidate i: the gateway's in-flight requests on it, plus the
  * engine's running + waiting when its metrics are fresh. */
 double brix_route_load(const brix_route_ctx_t *ctx, size_t i);

@@ -29,8 +29,11 @@ static void score_least_request(brix_route_ctx_t *ctx)
 
 static size_t pick_power_of_two(brix_route_ctx_t *ctx)
 {
+    /* two different candidates, as AIBrix picks them */
     size_t a = (size_t)(brix_rng_next(ctx->rng) % ctx->ncand);
-    size_t b = (size_t)(brix_rng_next(ctx->rng) % ctx->ncand);
+    size_t b = a;
+    if (ctx->ncand > 1)
+        b = (a + 1 + (size_t)(brix_rng_next(ctx->rng) % (ctx->ncand - 1))) % ctx->ncand;
     ctx->reason = "less loaded of two random candidates";
     return brix_route_load(ctx, b) < brix_route_load(ctx, a) ? b : a;
 }

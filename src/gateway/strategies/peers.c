@@ -39,8 +39,7 @@ static size_t pick_sglang(brix_route_ctx_t *ctx)
         ctx->reason = "imbalanced: least loaded";
         return lo_i;
     }
-    ctx->precise = NULL; /* SGLang only knows what it routed */
-    const uint32_t *m = brix_route_match(ctx);
+    const uint32_t *m = brix_route_match_approx(ctx); /* SGLang only knows what it routed */
     const brix_prompt_t *p = brix_route_prompt(ctx);
     size_t best = 0;
     for (size_t i = 1; m && i < n; i++)
@@ -68,8 +67,7 @@ static size_t pick_sglang(brix_route_ctx_t *ctx)
 static void score_sglang(brix_route_ctx_t *ctx)
 {
     /* in mixes: the match fraction, as prefix-cache */
-    ctx->precise = NULL;
-    const uint32_t *m = brix_route_match(ctx);
+    const uint32_t *m = brix_route_match_approx(ctx);
     const brix_prompt_t *p = brix_route_prompt(ctx);
     for (size_t i = 0; i < ctx->ncand; i++)
         ctx->score[i] = m && p->nhashes ? 1.0 - (double)m[i] / (double)p->nhashes : 1.0;
@@ -87,8 +85,8 @@ static void score_gie(brix_route_ctx_t *ctx)
         if (v->metrics_fresh && v->stats.waiting > max_q)
             max_q = v->stats.waiting;
     }
-    ctx->precise = NULL; /* GIE's prefix scorer uses its own routing history */
-    const uint32_t *m = brix_route_match(ctx);
+    /* GIE's prefix scorer uses its own routing history */
+    const uint32_t *m = brix_route_match_approx(ctx);
     const brix_prompt_t *p = brix_route_prompt(ctx);
     for (size_t i = 0; i < n; i++) {
         const brix_pod_view_t *v = brix_route_view(ctx, i);

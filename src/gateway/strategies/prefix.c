@@ -17,16 +17,21 @@
 
 #include <math.h>
 
-static void score_prefix(brix_route_ctx_t *ctx)
+static const uint32_t *matches(brix_route_ctx_t *ctx, bool precise)
 {
-    const uint32_t *m = brix_route_match(ctx);
+    return precise ? brix_route_match(ctx) : brix_route_match_approx(ctx);
+}
+
+static void score_prefix(brix_route_ctx_t *ctx, bool precise)
+{
+    const uint32_t *m = matches(ctx, precise);
     const brix_prompt_t *p = brix_route_prompt(ctx);
     for (size_t i = 0; i < ctx->ncand; i++)
         ctx->score[i] = p->nhashes && m ? 1.0 - (double)m[i] / (double)p->nhashes : 1.0;
     ctx->reason = "longest prompt-prefix match";
 }
 
-static size_t pick_prefix(brix_route_ctx_t *ctx)
+static size_t pick_prefix(brix_route_ctx_t *ctx, bool precise)
 {
     size_t n = ctx->ncand;
     double lo = INFINITY, hi = -INFINITY, sum = 0, sq = 0;
@@ -42,11 +47,11 @@ static size_t pick_prefix(brix_route_ctx_t *ctx)
         ctx->reason = "loads too uneven: least-request";
         return brix_route_least_loaded(ctx);
     }
-    const uint32_t *m = brix_route_match(ctx);
+    const uint32_t *m = matches(ctx, precise);
     double mean = sum / (double)n;
     double var = sq / (double)n - mean * mean;
     double bound = mean + ctx->params->prefix_std_k * sqrt(var > 0 ? var : 0);
-    size_t best = SIZE_MAX;
+    size_t best = SIZE_MAX, ties = 0;
     double best_load = 0;
     for (size_t i = 0; m && i < n; i++) {
         double l = (double)atomic_load_explicit(&brix_route_view(ctx, i)->pod->inflight,
@@ -56,6 +61,9 @@ static size_t pick_prefix(brix_route_ctx_t *ctx)
         if (best == SIZE_MAX || m[i] > m[best] || (m[i] == m[best] && l < best_load)) {
             best = i;
             best_load = l;
+            ties = 1;
+        } else if (m[i] == m[best] && l == best_load && brix_rng_next(ctx->rng) % ++ties == 0) {
+            best = i; /* uniform among equal candidates (AIBrix shuffles pods) */
         }
     }
     if (best == SIZE_MAX) {
@@ -70,14 +78,23 @@ static size_t pick_prefix(brix_route_ctx_t *ctx)
 /* prefix-cache: the gateway's own routing history only */
 static void score_approx(brix_route_ctx_t *ctx)
 {
-    ctx->precise = NULL;
-    score_prefix(ctx);
+    score_prefix(ctx, false);
 }
 
 static size_t pick_approx(brix_route_ctx_t *ctx)
 {
-    ctx->precise = NULL;
-    return pick_prefix(ctx);
+    return pick_prefix(ctx, false);
+}
+
+/* prefix-cache-precise: KV events where live */
+static void score_precise(brix_route_ctx_t *ctx)
+{
+    score_prefix(ctx, true);
+}
+
+static size_t pick_precise(brix_route_ctx_t *ctx)
+{
+    return pick_prefix(ctx, true);
 }
 
 const brix_strategy_t brix_strategy_prefix_cache = {
@@ -85,6 +102,6 @@ const brix_strategy_t brix_strategy_prefix_cache = {
     "longest prefix the gateway routed there, within a load bound (AIBrix)"
 };
 const brix_strategy_t brix_strategy_prefix_cache_precise = {
-    "prefix-cache-precise", score_prefix, pick_prefix,
+    "prefix-cache-precise", score_precise, pick_precise,
     "longest prefix the pod's KV events report cached, within a load bound"
 };
