@@ -57,6 +57,7 @@ typedef struct cpod {
     bool scrape_busy;
     bool scraped_ok;
     uint64_t scraped_at_ns;
+    int inflight_at_scrape; /* pod->inflight when the last scrape was answered */
     brix_engine_stats_t stats;
     brix_scrape_state_t scrape_state;
     uint64_t scrape_errors;
@@ -159,6 +160,7 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
         v->metrics_fresh =
             cp->scraped_ok && now - cp->scraped_at_ns <= gw->cfg.metrics_stale_after * 1000000ull;
         v->stats = cp->stats;
+        v->inflight_at_scrape = cp->inflight_at_scrape;
         v->kv_events = cp->kvw && brix_kvw_live(cp->kvw);
         if (cp->kvw) {
             const brix_kvw_stats_t *ks = brix_kvw_stats(cp->kvw);
@@ -413,6 +415,15 @@ static cpod_t *add_pod(brix_gw_control_t *ctl, const char *url, char *err, size_
 
 /* ------------------------------------------------------------- health -- */
 
+/* The pod's KV cache is unknown or empty now (it failed, or a new process
+ * answers on its address): forget what it was sent and what it reported. */
+static void forget_cache(cpod_t *cp)
+{
+    brix_prefix_index_forget_pod(cp->ctl->gw->index, BRIX_PREFIX_ROUTED, cp->pod->id);
+    if (cp->kvw)
+        brix_kvw_reset(cp->kvw);
+}
+
 static void set_healthy(cpod_t *cp, bool healthy, const char *why)
 {
     if (cp->healthy == healthy)
@@ -423,8 +434,7 @@ static void set_healthy(cpod_t *cp, bool healthy, const char *why)
         fetch_models(cp); /* the engine may have restarted with other models */
     } else {
         BRIX_WARN("pod %s is unhealthy: %s", cp->pod->name, why);
-        if (cp->kvw)
-            brix_kvw_reset(cp->kvw); /* what it cached is unknown now */
+        forget_cache(cp);
     }
     mark_dirty(cp->ctl);
 }
@@ -577,13 +587,14 @@ static void on_scrape(const brix_curl_result_t *r, void *ud)
         uint64_t now = brix_now_ns();
         ok = brix_engine_stats_update(r->body, r->body_len, (double)now / 1e9, &cp->scrape_state,
                                       &cp->stats);
-        if (ok)
+        if (ok) {
             cp->scraped_at_ns = now;
+            cp->inflight_at_scrape = atomic_load(&cp->pod->inflight);
+        }
         if (ok && cp->scrape_state.restarted) {
             /* counters went backwards: a new engine process, with an empty cache */
             BRIX_INFO("pod %s restarted (its counters went back)", cp->pod->name);
-            if (cp->kvw)
-                brix_kvw_reset(cp->kvw);
+            forget_cache(cp);
         }
     }
     if (ok != cp->scraped_ok && !ok)

@@ -57,6 +57,7 @@ typedef struct brix_pod_view {
     bool kv_events;            /* its KV-event stream is subscribed and in sequence */
     brix_engine_stats_t stats; /* from the last scrapes (engine_stats.h) */
     double scraped_at_s;       /* monotonic seconds of the scrape */
+    int inflight_at_scrape;    /* pod->inflight when that scrape was answered */
     char *base_model;          /* the base model's id (first /v1/models entry without parent) */
 } brix_pod_view_t;
 

@@ -389,6 +389,12 @@ static void on_replay_end(brix_kvw_t *w)
         w->st.resets++;
         reset_pod(w);
         w->have_seq = false;
+    } else if (!w->gap_replay && !w->replayed && !w->have_seq) {
+        /* nothing buffered at all: the engine has published nothing yet, so
+         * its cache is empty; its first batch will be sequence 0 (an earlier
+         * one we missed shows as a gap and is replayed) */
+        w->have_seq = true;
+        w->next_seq = 0;
     }
     for (size_t i = 0; i < w->nheld; i++) {
         held_t *h = &w->held[i];

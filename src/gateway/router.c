@@ -163,10 +163,15 @@ const brix_pod_view_t *brix_route_view(const brix_route_ctx_t *ctx, size_t i)
 double brix_route_load(const brix_route_ctx_t *ctx, size_t i)
 {
     const brix_pod_view_t *v = brix_route_view(ctx, i);
-    double s = (double)atomic_load_explicit(&v->pod->inflight, memory_order_relaxed);
-    if (v->metrics_fresh)
-        s += v->stats.running + v->stats.waiting;
-    return s;
+    /* The engine's running + waiting (all its clients) at the last scrape,
+     * moved by what this gateway sent or finished since; never below this
+     * gateway's own in-flight count. Adding in-flight to the scrape instead
+     * would count every request of ours twice. */
+    double inflight = (double)atomic_load_explicit(&v->pod->inflight, memory_order_relaxed);
+    if (!v->metrics_fresh)
+        return inflight;
+    double est = v->stats.running + v->stats.waiting + inflight - v->inflight_at_scrape;
+    return est > inflight ? est : inflight;
 }
 
 const brix_prompt_t *brix_route_prompt(brix_route_ctx_t *ctx)

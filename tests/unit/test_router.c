@@ -365,6 +365,23 @@ static void test_least_request_fresh_and_stale(void **state)
     f->views[0].stats.waiting = 0;
     f->views[1].stats.waiting = 4;
     assert_int_equal(route(f, "least-request"), 0);
+    /* the gateway's requests the scrape already counted are not counted
+     * twice: 4 in flight then and now, 4 running -> 4, not 8 */
+    atomic_store(&pod(f, 0)->inflight, 4);
+    f->views[0].inflight_at_scrape = 4;
+    f->views[0].stats.running = 4;
+    f->views[1].stats.waiting = 0;
+    f->views[1].stats.running = 5; /* 3 in flight now, 0 at the scrape: 5 + 3 */
+    route(f, "least-request");
+    for (size_t k = 0; k < f->ctx.ncand; k++)
+        assert_true(brix_route_load(&f->ctx, k) == (f->ctx.cand[k] == 0 ? 4.0 : 8.0));
+    /* requests finished since the scrape lower it, never below in flight */
+    atomic_store(&pod(f, 0)->inflight, 1);
+    f->views[0].stats.running = 2; /* 2 + 1 - 4 < 1 */
+    route(f, "least-request");
+    for (size_t k = 0; k < f->ctx.ncand; k++)
+        if (f->ctx.cand[k] == 0)
+            assert_true(brix_route_load(&f->ctx, k) == 1.0);
     fleet_free(f);
 }
 
