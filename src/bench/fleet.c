@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -180,6 +181,10 @@ bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int
         return NULL;
     snprintf(f->dir, sizeof f->dir, "%s/logs-%s", c->out, strategy);
     mkdir(f->dir, 0755);
+    /* absolute: nginx resolves relative paths against its -p prefix */
+    char abs[PATH_MAX];
+    if (realpath(f->dir, abs) && strlen(abs) < sizeof f->dir)
+        memcpy(f->dir, abs, strlen(abs) + 1);
     f->n = (int)c->replicas;
     char ts[32], mml[32], blocks[32], bs[32], seed[32], ev[1024], log[640], loras[16];
     snprintf(ts, sizeof ts, "%g", c->time_scale);

@@ -73,6 +73,11 @@ struct brix_gw_control {
     uint64_t version;
     uint32_t *free_ids;
     size_t nfree_ids;
+    /* removed pods whose id is reused only once nothing refers to them any
+     * more (a worker on an old snapshot may still route there and record
+     * prefix blocks under the id) */
+    brix_pod_t **retired;
+    size_t nretired;
     uint32_t next_id;
     bool stopping;
 };
@@ -234,7 +239,8 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
                     brix_buf_append_str(&js, cm->json);
                     first = false;
                 }
-                me->pods[me->npods++] = (uint32_t)pi;
+                if (!me->npods || me->pods[me->npods - 1] != (uint32_t)pi)
+                    me->pods[me->npods++] = (uint32_t)pi;
             }
         }
     }
@@ -295,13 +301,37 @@ static void cpod_free(cpod_t *cp)
     }
     brix_free(cp->models);
     brix_gw_control_t *ctl = cp->ctl;
-    uint32_t *ids = brix_realloc(ctl->free_ids, (ctl->nfree_ids + 1) * sizeof *ids);
-    if (ids) {
-        ctl->free_ids = ids;
-        ctl->free_ids[ctl->nfree_ids++] = cp->pod->id;
+    brix_prefix_index_forget_pod(ctl->gw->index, BRIX_PREFIX_ROUTED, cp->pod->id);
+    brix_pod_t **r = brix_realloc(ctl->retired, (ctl->nretired + 1) * sizeof *r);
+    if (r) {
+        ctl->retired = r;
+        ctl->retired[ctl->nretired++] = cp->pod; /* keeps our reference */
+    } else {
+        brix_pod_unref(cp->pod); /* its id is not reused */
     }
-    brix_pod_unref(cp->pod);
     brix_free(cp);
+}
+
+/* Ids of retired pods nothing refers to any more become free again, with
+ * whatever was recorded under them since they were removed forgotten. */
+static void reclaim_ids(brix_gw_control_t *ctl)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < ctl->nretired; i++) {
+        brix_pod_t *p = ctl->retired[i];
+        uint32_t *ids = NULL;
+        if (atomic_load(&p->refs) == 1 &&
+            (ids = brix_realloc(ctl->free_ids, (ctl->nfree_ids + 1) * sizeof *ids))) {
+            brix_prefix_index_forget_pod(ctl->gw->index, BRIX_PREFIX_ROUTED, p->id);
+            brix_prefix_index_forget_pod(ctl->gw->index, BRIX_PREFIX_CACHED, p->id);
+            ctl->free_ids = ids;
+            ctl->free_ids[ctl->nfree_ids++] = p->id;
+            brix_pod_unref(p);
+        } else {
+            ctl->retired[j++] = p;
+        }
+    }
+    ctl->nretired = j;
 }
 
 /* Drops removed records that no transfer refers to any more. */
@@ -388,6 +418,7 @@ static cpod_t *add_pod(brix_gw_control_t *ctl, const char *url, char *err, size_
     int port;
     if (parse_url(url, host, sizeof host, &port, err, errlen))
         return NULL;
+    reclaim_ids(ctl);
     uint32_t id = ctl->nfree_ids ? ctl->free_ids[--ctl->nfree_ids] : ctl->next_id++;
     char name[96], base[128];
     snprintf(name, sizeof name, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
@@ -512,6 +543,11 @@ static void on_models(const brix_curl_result_t *r, void *ud)
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
         const cJSON *parent = cJSON_GetObjectItemCaseSensitive(it, "parent");
         if (!ms || !cJSON_IsString(id))
+            continue;
+        bool dup = false; /* a model listed twice counts once */
+        for (size_t i = 0; i < k && !dup; i++)
+            dup = !strcmp(ms[i].id, id->valuestring);
+        if (dup)
             continue;
         ms[k].id = brix_strdup(id->valuestring);
         ms[k].parent = cJSON_IsString(parent) ? brix_strdup(parent->valuestring) : NULL;
@@ -745,6 +781,9 @@ static void on_timer_closed(uv_handle_t *h)
             cpod_free(ctl->pods[i]);
         }
         brix_free(ctl->pods);
+        for (size_t i = 0; i < ctl->nretired; i++)
+            brix_pod_unref(ctl->retired[i]);
+        brix_free(ctl->retired);
         brix_free(ctl->free_ids);
         brix_free(ctl);
     }

@@ -70,7 +70,7 @@ static const brix_opt_t gw_opts[] = {
     { "lora-tokens", BRIX_OPT_DOUBLE, O(route.lora_tokens), "2048", 0, 1e9, "N",
       "weighted: adapter load cost in prompt tokens (doubled without a free slot)" },
     { "session-load-factor", BRIX_OPT_DOUBLE, O(route.session_load_factor), "1.25", 1, 100, "F",
-      "session-affinity: skip pods above F x the mean load" },
+      "session-affinity: skip pods holding more than F x the mean (+1) of the requests in flight" },
     { "log-level", BRIX_OPT_STRING, O(log_level), "info", 1, 0, "LEVEL",
       "debug | info | warn | error" },
     { "access-log", BRIX_OPT_BOOL, O(access_log), "true", 1, 0, NULL,
@@ -289,6 +289,15 @@ static void on_sighup(uv_signal_t *s, int signum)
         BRIX_WARN("reload: host, port and workers only change on restart; keeping %s:%d with %d "
                   "workers",
                   gw->cfg.host, gw->port, gw->nworkers);
+    /* the index and the KV-event watchers are built for one block size */
+    if (nc.route.block_size != gw->cfg.route.block_size ||
+        nc.prefix_index_entries != gw->cfg.prefix_index_entries) {
+        BRIX_WARN("reload: prefix-block-size and prefix-index-entries only change on restart; "
+                  "keeping %lld and %lld",
+                  (long long)gw->cfg.route.block_size, (long long)gw->cfg.prefix_index_entries);
+        nc.route.block_size = gw->cfg.route.block_size;
+        nc.prefix_index_entries = gw->cfg.prefix_index_entries;
+    }
     brix_gw_rt_t *rt = brix_gw_rt_from_cfg(&nc, gw->rt->version + 1, err, sizeof err);
     if (!rt) {
         BRIX_ERROR("reload failed: %s", err);

@@ -14,8 +14,9 @@
 #include <string.h>
 #include <zmq.h>
 
-#define HELD_MAX 4096 /* live batches held during a replay */
-#define MAP_MAX  (1u << 23)
+#define HELD_MAX          4096 /* live batches held during a replay */
+#define MAP_MAX           (1u << 23)
+#define REPLAY_TIMEOUT_MS 5000
 
 typedef struct held {
     uint64_t seq;
@@ -33,11 +34,21 @@ struct brix_kvw {
     uv_poll_t psub, pdealer;
     int handles;
     bool closing;
-    bool have_seq, replaying, live;
-    uint64_t next_seq;
-    uint64_t replayed; /* batches the current replay delivered */
-    bool gap_replay;   /* the current replay repairs a gap (not the start-up one) */
-    held_t *held;
+    bool have_seq, live;
+    uint64_t next_seq;  /* the sequence number the index expects next */
+    bool have_live;     /* last_live is set */
+    uint64_t last_live; /* the last sequence number seen on the SUB socket */
+    /* replay: one request at a time is outstanding on the DEALER (the engine
+     * answers in order); a newer one waits until it ends */
+    bool replaying; /* a request is outstanding (its end marker not seen) */
+    bool discard;   /* ...and what it delivers is ignored (superseded) */
+    bool pending;   /* a replay to ask for when the outstanding one ends */
+    uint64_t pending_from;
+    uint64_t replayed;    /* batches the current replay delivered */
+    bool gap_replay;      /* the current replay repairs a gap (not a full one) */
+    uv_timer_t tmo;       /* replay timeout */
+    uv_timer_t kick;      /* drains the sockets after a send (ZMQ_FD is edge-triggered) */
+    held_t *held, *spare; /* live batches held while a replay runs; spare: a second buffer */
     size_t nheld;
     void (*on_change)(void *);
     void *ud;
@@ -99,6 +110,8 @@ static void map_put(brix_kvw_t *w, uint64_t k, uint64_t v)
 {
     k = k ? k : 1;
     if ((w->mused + 1) * 2 > w->mcap && !map_grow(w)) {
+        if (!w->mcap)
+            return; /* out of memory before the first table */
         /* full: start over; the pod's entries are rebuilt from new events */
         map_clear(w);
         brix_prefix_index_forget_pod(w->ix, BRIX_PREFIX_CACHED, w->pod->id);
@@ -183,6 +196,32 @@ static bool obj_uint(const msgpack_object *o, uint64_t *v)
     return false;
 }
 
+/* A block hash: vLLM sends an integer (negative in older versions, which
+ * hashed with Python's hash()) or bytes (sha256-based hashing); bytes are
+ * folded to 64 bits, which is all the map needs. */
+static bool obj_hash(const msgpack_object *o, uint64_t *v)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        *v = o->via.u64;
+        return true;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        *v = (uint64_t)o->via.i64;
+        return true;
+    case MSGPACK_OBJECT_BIN: {
+        uint64_t h = 0xcbf29ce484222325ull;
+        for (uint32_t i = 0; i < o->via.bin.size; i++) {
+            h ^= (unsigned char)o->via.bin.ptr[i];
+            h *= 0x100000001b3ull;
+        }
+        *v = h;
+        return true;
+    }
+    default:
+        return false;
+    }
+}
+
 static void on_stored(brix_kvw_t *w, const msgpack_object_array *ev)
 {
     /* ["BlockStored", hashes[], parent|nil, token_ids[], block_size, lora_id|nil, medium, lora_name?] */
@@ -224,7 +263,7 @@ static void on_stored(brix_kvw_t *w, const msgpack_object_array *ev)
         parent_gw = brix_prompt_root(root);
     } else {
         uint64_t pe;
-        if (!obj_uint(&ev->ptr[2], &pe) || !map_get(w, pe, &parent_gw)) {
+        if (!obj_hash(&ev->ptr[2], &pe) || !map_get(w, pe, &parent_gw)) {
             w->st.unknown_parents++;
             return;
         }
@@ -234,7 +273,7 @@ static void on_stored(brix_kvw_t *w, const msgpack_object_array *ev)
     size_t ng = 0;
     for (uint32_t i = 0; i < hs->size; i++) {
         uint64_t eh;
-        if (!obj_uint(&hs->ptr[i], &eh))
+        if (!obj_hash(&hs->ptr[i], &eh))
             return;
         for (uint32_t t = 0; t < bs; t++) {
             uint64_t id;
@@ -262,7 +301,7 @@ static void on_removed(brix_kvw_t *w, const msgpack_object_array *ev)
     const msgpack_object_array *hs = &ev->ptr[1].via.array;
     for (uint32_t i = 0; i < hs->size; i++) {
         uint64_t eh, gw;
-        if (!obj_uint(&hs->ptr[i], &eh) || !map_get(w, eh, &gw))
+        if (!obj_hash(&hs->ptr[i], &eh) || !map_get(w, eh, &gw))
             continue;
         brix_prefix_index_remove(w->ix, gw, w->pod->id);
         map_del(w, eh);
@@ -309,7 +348,10 @@ static uint64_t be64(const unsigned char *p)
     return v;
 }
 
-static void start_replay(brix_kvw_t *w, uint64_t from)
+static void on_kick(uv_timer_t *t);
+static void on_tmo(uv_timer_t *t);
+
+static bool send_replay(brix_kvw_t *w, uint64_t from)
 {
     unsigned char b[8];
     for (int i = 0; i < 8; i++)
@@ -317,16 +359,38 @@ static void start_replay(brix_kvw_t *w, uint64_t from)
     /* a DEALER talks to vLLM's ROUTER like a REQ: empty delimiter, then the request */
     if (zmq_send(w->dealer, "", 0, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
         zmq_send(w->dealer, b, 8, ZMQ_DONTWAIT) < 0) {
-        BRIX_WARN("kv events from %s: replay request failed: %s; dropping its cached entries",
-                  w->pod->name, zmq_strerror(zmq_errno()));
-        reset_pod(w);
-        return;
+        BRIX_WARN("kv events from %s: replay request failed: %s", w->pod->name,
+                  zmq_strerror(zmq_errno()));
+        return false;
     }
     w->replaying = true;
+    w->discard = false;
     w->replayed = 0;
     w->gap_replay = from > 0;
     w->st.replays++;
+    uv_timer_start(&w->tmo, on_tmo, REPLAY_TIMEOUT_MS, 0);
+    uv_timer_start(&w->kick, on_kick, 0, 0); /* a send can swallow the fd's edge */
+    return true;
+}
+
+/* Asks the engine for its batches from `from` on, now or when the
+ * outstanding replay ends. False: no replay is coming. */
+static bool request_replay(brix_kvw_t *w, uint64_t from)
+{
     set_live(w, false);
+    if (w->replaying) {
+        w->discard = true;
+        w->pending = true;
+        w->pending_from = from;
+        return true;
+    }
+    return send_replay(w, from);
+}
+
+/* Live batches wait while a replay we will use is coming. */
+static bool holding(const brix_kvw_t *w)
+{
+    return (w->replaying && !w->discard) || w->pending;
 }
 
 static void drop_held(brix_kvw_t *w)
@@ -336,54 +400,115 @@ static void drop_held(brix_kvw_t *w)
     w->nheld = 0;
 }
 
-/* One live batch: in sequence, or a gap, or a restart. */
-static void on_batch(brix_kvw_t *w, uint64_t seq, const char *data, size_t len)
+/* Takes ownership of data; false (and data freed) when the buffer is full. */
+static bool hold(brix_kvw_t *w, uint64_t seq, char *data, size_t len)
 {
-    if (w->replaying) {
-        if (w->nheld == HELD_MAX) {
-            /* the replay takes too long: give up on exactness */
-            drop_held(w);
-            reset_pod(w);
-            w->replaying = false;
-            w->have_seq = false;
-        } else {
-            held_t *h = &w->held[w->nheld];
-            if ((h->data = brix_malloc(len ? len : 1))) {
-                memcpy(h->data, data, len);
-                h->len = len;
-                h->seq = seq;
-                w->nheld++;
-            }
-            return;
-        }
+    if (w->nheld == HELD_MAX) {
+        brix_free(data);
+        return false;
     }
+    w->held[w->nheld++] = (held_t){ seq, data, len };
+    return true;
+}
+
+/* The replay takes too long or cannot be had: exactness is given up, the
+ * pod's entries are rebuilt from the batches that follow. */
+static void abandon_replay(brix_kvw_t *w)
+{
+    drop_held(w);
+    reset_pod(w);
+    w->have_seq = false;
+    w->pending = false;
+    if (w->replaying)
+        w->discard = true;
+}
+
+static void process(brix_kvw_t *w, uint64_t seq, const char *data, size_t len);
+
+/* Holds a copy of a live batch, or gives up on the replay when too many
+ * are held (then the batch is processed as it comes). */
+static bool hold_copy(brix_kvw_t *w, uint64_t seq, const char *data, size_t len)
+{
+    char *c = brix_malloc(len ? len : 1);
+    if (c)
+        memcpy(c, data, len);
+    if (c && hold(w, seq, c, len))
+        return true;
+    BRIX_WARN("kv events from %s: replay too slow (%d batches held); dropping its cached "
+              "entries",
+              w->pod->name, HELD_MAX);
+    abandon_replay(w);
+    return false;
+}
+
+/* One batch in the live order: in sequence, a duplicate of what a replay
+ * delivered, or after a gap. */
+static void process(brix_kvw_t *w, uint64_t seq, const char *data, size_t len)
+{
+    if (holding(w) && hold_copy(w, seq, data, len))
+        return;
+    if (w->have_seq && seq < w->next_seq)
+        return; /* a replay delivered it already */
     if (w->have_seq && seq > w->next_seq) {
         w->st.gaps++;
         BRIX_WARN("kv events from %s: sequence gap (%llu..%llu missing)%s", w->pod->name,
                   (unsigned long long)w->next_seq, (unsigned long long)seq - 1,
                   w->dealer ? ": replaying" : ": dropping its cached entries");
-        if (w->dealer) {
-            start_replay(w, w->next_seq);
-            on_batch(w, seq, data, len); /* held until the replay ends */
+        if (w->dealer && request_replay(w, w->next_seq) && hold_copy(w, seq, data, len))
             return;
-        }
-        reset_pod(w);
-    } else if (w->have_seq && seq < w->next_seq) {
-        w->st.resets++;
-        BRIX_INFO("kv events from %s: sequence restarted at %llu (engine restart)", w->pod->name,
-                  (unsigned long long)seq);
         reset_pod(w);
     }
     w->have_seq = true;
     w->next_seq = seq + 1;
     apply(w, data, len);
-    set_live(w, true);
+    if (!holding(w))
+        set_live(w, true);
 }
 
-static void on_replay_end(brix_kvw_t *w)
+/* A batch from the SUB socket. The publisher numbers its batches from 0 and
+ * one connection sees them in order, so a number that does not grow means a
+ * new publisher: the engine restarted. */
+static void on_live(brix_kvw_t *w, uint64_t seq, const char *data, size_t len)
 {
+    if (w->have_live && seq <= w->last_live) {
+        w->st.resets++;
+        BRIX_INFO("kv events from %s: sequence restarted at %llu (engine restart)", w->pod->name,
+                  (unsigned long long)seq);
+        reset_pod(w);
+        drop_held(w);
+        w->have_seq = false;
+        w->pending = false;
+        if (w->replaying)
+            w->discard = true;
+        /* what the new engine published before this batch reached us */
+        if (seq > 0 && w->dealer)
+            request_replay(w, 0);
+    }
+    w->have_live = true;
+    w->last_live = seq;
+    process(w, seq, data, len);
+}
+
+/* The outstanding replay ended (end marker), or `failed` (timed out). */
+static void replay_done(brix_kvw_t *w, bool failed)
+{
+    uv_timer_stop(&w->tmo);
     w->replaying = false;
-    if (w->gap_replay && !w->replayed) {
+    if (w->discard) {
+        w->discard = false;
+        if (w->pending) {
+            w->pending = false;
+            if (send_replay(w, w->pending_from))
+                return;
+            abandon_replay(w);
+        }
+    } else if (failed) {
+        BRIX_WARN("kv events from %s: the replay did not finish within %d ms; dropping its "
+                  "cached entries",
+                  w->pod->name, REPLAY_TIMEOUT_MS);
+        reset_pod(w);
+        w->have_seq = false;
+    } else if (w->gap_replay && !w->replayed) {
         /* the engine has none of what we missed: it restarted (its new
          * sequence overtook ours) or its buffer moved on */
         w->st.resets++;
@@ -396,23 +521,36 @@ static void on_replay_end(brix_kvw_t *w)
         w->have_seq = true;
         w->next_seq = 0;
     }
-    for (size_t i = 0; i < w->nheld; i++) {
-        held_t *h = &w->held[i];
-        if (h->seq >= w->next_seq)
-            on_batch(w, h->seq, h->data, h->len);
-        brix_free(h->data);
-    }
+    /* the held batches, in order; one of them may start another replay,
+     * which holds the rest again (in the other buffer) */
+    held_t *items = w->held;
+    size_t n = w->nheld;
+    w->held = w->spare;
+    w->spare = items;
     w->nheld = 0;
-    if (!w->replaying)
+    for (size_t i = 0; i < n; i++) {
+        if (holding(w)) {
+            if (!hold(w, items[i].seq, items[i].data, items[i].len))
+                abandon_replay(w);
+            continue;
+        }
+        process(w, items[i].seq, items[i].data, items[i].len);
+        brix_free(items[i].data);
+    }
+    if (!holding(w))
         set_live(w, w->have_seq);
 }
 
 static void on_replayed(brix_kvw_t *w, uint64_t seq, const char *data, size_t len)
 {
+    if (!w->replaying)
+        return; /* the rest of a replay that timed out */
     if (seq == UINT64_MAX) {
-        on_replay_end(w);
+        replay_done(w, false);
         return;
     }
+    if (w->discard)
+        return;
     w->replayed++;
     if (seq < w->next_seq && w->have_seq)
         return; /* already applied */
@@ -468,7 +606,7 @@ static void drain(brix_kvw_t *w, void *sock, bool replay)
             if (replay)
                 on_replayed(w, seq, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]));
             else
-                on_batch(w, seq, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]));
+                on_live(w, seq, zmq_msg_data(&f[2]), zmq_msg_size(&f[2]));
         }
         for (int i = 0; i < n; i++)
             zmq_msg_close(&f[i]);
@@ -487,6 +625,22 @@ static void on_dealer_poll(uv_poll_t *p, int status, int events)
 {
     brix_kvw_t *w = p->data;
     drain(w, w->dealer, true);
+}
+
+static void on_kick(uv_timer_t *t)
+{
+    brix_kvw_t *w = t->data;
+    if (w->dealer)
+        drain(w, w->dealer, true);
+    if (!w->closing)
+        drain(w, w->sub, false);
+}
+
+static void on_tmo(uv_timer_t *t)
+{
+    brix_kvw_t *w = t->data;
+    if (w->replaying && !w->closing)
+        replay_done(w, true);
 }
 
 static int watch(brix_kvw_t *w, void *sock, uv_poll_t *p, uv_poll_cb cb)
@@ -519,8 +673,13 @@ brix_kvw_t *brix_kvw_new(uv_loop_t *loop, void *zctx, brix_prefix_index_t *ix, b
     w->ud = ud;
     w->endpoint = brix_strdup(endpoint);
     w->replay = replay ? brix_strdup(replay) : NULL;
+    uv_timer_init(loop, &w->tmo);
+    uv_timer_init(loop, &w->kick);
+    w->tmo.data = w->kick.data = w;
+    w->handles += 2;
     w->held = brix_calloc(HELD_MAX, sizeof *w->held);
-    if (!w->endpoint || (replay && !w->replay) || !w->held)
+    w->spare = brix_calloc(HELD_MAX, sizeof *w->spare);
+    if (!w->endpoint || (replay && !w->replay) || !w->held || !w->spare)
         goto fail;
     w->sub = zmq_socket(zctx, ZMQ_SUB);
     int zero = 0;
@@ -540,8 +699,12 @@ brix_kvw_t *brix_kvw_new(uv_loop_t *loop, void *zctx, brix_prefix_index_t *ix, b
                        replay);
             goto fail;
         }
-        start_replay(w, 0); /* what the engine cached before we subscribed */
+        /* what the engine cached before we subscribed */
+        if (!request_replay(w, 0))
+            goto fail;
     }
+    /* ZMQ_FD only signals edges: look at the sockets once now */
+    uv_timer_start(&w->kick, on_kick, 0, 0);
     BRIX_INFO("kv events for %s: subscribed to %s%s%s", pod->name, endpoint,
               replay ? ", replay " : "", replay ? replay : "");
     return w;
@@ -556,10 +719,13 @@ void brix_kvw_reset(brix_kvw_t *w)
     reset_pod(w);
     drop_held(w);
     w->have_seq = false;
-    w->replaying = false;
+    w->have_live = false; /* the next publisher may number from 0 again */
+    w->pending = false;
+    if (w->replaying)
+        w->discard = true;
     set_live(w, false);
-    if (w->dealer)
-        start_replay(w, 0);
+    if (w->dealer && !request_replay(w, 0))
+        abandon_replay(w);
 }
 
 void brix_kvw_set_base_model(brix_kvw_t *w, const char *name)
@@ -572,7 +738,7 @@ void brix_kvw_set_base_model(brix_kvw_t *w, const char *name)
 
 bool brix_kvw_live(const brix_kvw_t *w)
 {
-    return w->live && !w->replaying;
+    return w->live && !holding(w);
 }
 
 const brix_kvw_stats_t *brix_kvw_stats(const brix_kvw_t *w)
@@ -588,6 +754,7 @@ static void kvw_free(brix_kvw_t *w)
         zmq_close(w->dealer);
     drop_held(w);
     brix_free(w->held);
+    brix_free(w->spare);
     brix_free(w->endpoint);
     brix_free(w->replay);
     brix_free(w->base_model);
@@ -615,6 +782,8 @@ void brix_kvw_close(brix_kvw_t *w)
         kvw_free(w);
         return;
     }
+    uv_close((uv_handle_t *)&w->tmo, on_poll_closed);
+    uv_close((uv_handle_t *)&w->kick, on_poll_closed);
     if (w->psub.data == w)
         uv_close((uv_handle_t *)&w->psub, on_poll_closed);
     if (w->pdealer.data == w)

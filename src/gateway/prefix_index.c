@@ -53,9 +53,10 @@ brix_prefix_index_t *brix_prefix_index_new(size_t max_entries)
     uint32_t tsize = 16;
     while (tsize < per * 2)
         tsize <<= 1;
+    for (int i = 0; i < SHARDS; i++) /* all first: a failure below frees every shard */
+        pthread_mutex_init(&ix->sh[i].mu, NULL);
     for (int i = 0; i < SHARDS; i++) {
         shard_t *s = &ix->sh[i];
-        pthread_mutex_init(&s->mu, NULL);
         s->cap = per;
         s->e = brix_calloc(per, sizeof *s->e);
         s->table = brix_malloc(tsize * sizeof *s->table);

@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,16 +67,21 @@ const brix_strategy_t *brix_strategy_find(const char *name)
     return NULL;
 }
 
+static char strategy_names[1024];
+
+static void build_names(void)
+{
+    size_t pos = 0;
+    for (size_t i = 0; i < sizeof strategies / sizeof *strategies; i++)
+        pos += (size_t)snprintf(strategy_names + pos, sizeof strategy_names - pos, "%s%s",
+                                i ? ", " : "", strategies[i]->name);
+}
+
 const char *brix_strategy_names(void)
 {
-    static char names[1024];
-    if (!names[0]) { /* built once; the table is constant */
-        size_t pos = 0;
-        for (size_t i = 0; i < sizeof strategies / sizeof *strategies; i++)
-            pos += (size_t)snprintf(names + pos, sizeof names - pos, "%s%s", i ? ", " : "",
-                                    strategies[i]->name);
-    }
-    return names;
+    static pthread_once_t once = PTHREAD_ONCE_INIT; /* workers may ask at once */
+    pthread_once(&once, build_names);
+    return strategy_names;
 }
 
 int brix_strategy_parse(const char *text, brix_strategy_sel_t *out, char *err, size_t errlen)

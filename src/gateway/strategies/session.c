@@ -4,9 +4,10 @@
  * that pod is a candidate; otherwise the session key — `x-aibrix-session-key`,
  * else the `user` header — picks a pod by rendezvous hashing (highest
  * FNV-1a-64 of key ‖ 0x00 ‖ "ip:port"), so adding or removing a pod moves
- * only the sessions it gains or loses. Load is bounded: a pod above
- * session_load_factor × the mean load (+1) is skipped in favour of the next
- * highest hash. Without any key, random. The response carries the chosen
+ * only the sessions it gains or loses. Load is bounded: a pod holding more
+ * than session_load_factor × the mean (+1) of the gateway's in-flight
+ * requests is skipped in favour of the next highest hash. Without any key,
+ * random. The response carries the chosen
  * pod's x-session-id.
  */
 #include "gateway/router.h"
@@ -70,6 +71,12 @@ static uint64_t fnv1a(uint64_t h, const char *s, size_t n)
     return h;
 }
 
+static double inflight(brix_route_ctx_t *ctx, size_t i)
+{
+    return (double)atomic_load_explicit(&brix_route_view(ctx, i)->pod->inflight,
+                                        memory_order_relaxed);
+}
+
 static void set_session_out(brix_route_ctx_t *ctx, size_t k)
 {
     const char *hp = brix_route_view(ctx, k)->pod->hostport;
@@ -106,10 +113,14 @@ static size_t pick_session(brix_route_ctx_t *ctx)
         size_t kl = strlen(key);
         if (kl > 256)
             kl = 256; /* AIBrix bounds the key at 256 bytes */
+        /* consistent hashing with bounded loads (Mirrokni, Thorup and
+         * Zadimoghaddam, 2018), in the requests this gateway has on each pod
+         * (scraped engine counts lag, and would move sessions for nothing),
+         * with one request of slack so that low load never moves a session */
         double total = 0;
         for (size_t i = 0; i < ctx->ncand; i++)
-            total += brix_route_load(ctx, i);
-        double bound = ctx->params->session_load_factor * (total / (double)ctx->ncand) + 1;
+            total += inflight(ctx, i);
+        double bound = ctx->params->session_load_factor * total / (double)ctx->ncand + 1;
         size_t best = SIZE_MAX, any = 0;
         uint64_t best_h = 0, any_h = 0;
         for (size_t i = 0; i < ctx->ncand; i++) {
@@ -121,7 +132,7 @@ static size_t pick_session(brix_route_ctx_t *ctx)
                 any = i;
                 any_h = h;
             }
-            if (brix_route_load(ctx, i) <= bound && (best == SIZE_MAX || h > best_h)) {
+            if (inflight(ctx, i) <= bound && (best == SIZE_MAX || h > best_h)) {
                 best = i;
                 best_h = h;
             }
