@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Routing benchmarks (issue #5), all with `brix bench` on 8 simulated H100s:
-#  - the shared-prefix workload at about 80% of the fleet's capacity (latency),
+#  - the shared-prefix workload at about 80% of the fleet's capacity (latency;
+#    capacity: the saturation throughput of cache-aware routing, 90 req/s),
+#    and at 40%, where random routing is not overloaded yet,
 #  - the same workload past saturation (throughput),
 #  - the Mooncake FAST'25 conversation trace (Qin et al., "Mooncake: Trading
 #    More Storage for Less Computation", FAST 2025), read from ../shared/traces.
@@ -17,6 +19,7 @@ run() {
 }
 mkdir -p bench/plots
 run shared-prefix-80 --scenario shared-prefix
+run shared-prefix-40 --scenario shared-prefix --rate 36
 run shared-prefix-sat --scenario shared-prefix --rate 150
 TRACE=../shared/traces/mooncake-fast25/conversation_trace.jsonl
 if [[ -f $TRACE ]]; then

@@ -344,6 +344,16 @@ brix_route_rc_t brix_route(brix_route_ctx_t *ctx, const brix_strategy_sel_t *sel
         ctx->ncand++;
     }
     bool single = sel->n == 1;
+    if (ctx->ncand == 1 && !ctx->explain && !(single && sel->s[0]->pick_single)) {
+        /* one candidate and nobody asking why: nothing to weigh (and no
+         * prompt to hash: a one-pod model pays no routing cost) */
+        ctx->reason = "the only candidate";
+        if (brix_breaker_allow(ctx->snap->pods[ctx->cand[0]].pod, ctx->now_ns, probe)) {
+            *pod_index = ctx->cand[0];
+            return BRIX_ROUTE_OK;
+        }
+        return BRIX_ROUTE_NO_POD;
+    }
     if (ctx->ncand) {
         if (single && sel->s[0]->score)
             sel->s[0]->score(ctx);

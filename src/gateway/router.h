@@ -97,6 +97,8 @@ typedef struct brix_strategy {
     /* Optional: the strategy's own choice when used alone. */
     size_t (*pick)(brix_route_ctx_t *ctx);
     const char *about;
+    /* pick runs even with a single candidate (it sets more than the choice) */
+    bool pick_single;
 } brix_strategy_t;
 
 #define BRIX_MIX_MAX 8

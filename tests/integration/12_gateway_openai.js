@@ -13,40 +13,13 @@
 
 const { spawn } = require('child_process');
 const http = require('http');
-const net = require('net');
 const OpenAI = require('openai');
+const { fail, check, eq, freePort, sleep } = require('./jslib');
 
 const BASE_MODEL = 'llama-3-8b';
 const ADAPTER = 'sql';
 const EMBED_DIM = 4096;
 const procs = [];
-
-function fail(msg) {
-  throw new Error(msg);
-}
-
-function check(cond, msg) {
-  if (!cond) fail(msg);
-}
-
-function eq(actual, want, what) {
-  if (actual !== want) fail(`${what}: got ${JSON.stringify(actual)}, want ${JSON.stringify(want)}`);
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.on('error', reject);
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-  });
-}
-
-function sleep(ms) {
-  return new Promise((r) => setTimeout(r, ms));
-}
 
 function httpGet(url) {
   return new Promise((resolve) => {

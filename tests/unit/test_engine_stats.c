@@ -22,21 +22,7 @@
 #include "core/buf.h"
 #include "gateway/engine_stats.h"
 
-static int64_t g_live_at_start;
-
-static int leak_setup(void **state)
-{
-    (void)state;
-    g_live_at_start = brix_alloc_live();
-    return 0;
-}
-
-static int leak_teardown(void **state)
-{
-    (void)state;
-    assert_int_equal(brix_alloc_live(), g_live_at_start);
-    return 0;
-}
+#include "leak_check.h"
 
 #define EW BRIX_STATS_EWMA
 

@@ -20,22 +20,7 @@
 #include "core/alloc.h"
 #include "engine_sim/kv_cache.h"
 
-static int64_t g_live_at_start;
-
-static int leak_setup(void **state)
-{
-    (void)state;
-    g_live_at_start = brix_alloc_live();
-    return 0;
-}
-
-static int leak_teardown(void **state)
-{
-    (void)state;
-    brix_alloc_fail_after(-1);
-    assert_int_equal(brix_alloc_live(), g_live_at_start);
-    return 0;
-}
+#include "leak_check.h"
 
 /* --------------------------------------------------------------- sink -- */
 

@@ -51,7 +51,7 @@ typedef struct env {
     uint64_t req_from;
 } env_t;
 
-static int64_t g_live_at_start;
+#include "leak_check.h"
 
 static void tokens_of(const env_t *e, int blk, uint32_t *t)
 {
@@ -249,8 +249,8 @@ static env_t *env_new(hash_kind_t hk, bool replay)
     assert_non_null(e->ix);
     assert_non_null(e->pod);
     chain(e);
-    e->w = brix_kvw_new(&e->loop, e->zctx, e->ix, e->pod, e->pub_ep, replay ? e->rep_ep : NULL,
-                        BS, NULL, NULL);
+    e->w = brix_kvw_new(&e->loop, e->zctx, e->ix, e->pod, e->pub_ep, replay ? e->rep_ep : NULL, BS,
+                        NULL, NULL);
     assert_non_null(e->w);
     brix_kvw_set_base_model(e->w, "m");
     /* the subscription reaches the publisher (a socket processes such
@@ -293,7 +293,6 @@ static void start_empty(env_t *e)
 static void test_in_order_and_startup_replay(void **state)
 {
     (void)state;
-    g_live_at_start = brix_alloc_live();
     env_t *e = env_new(HASH_UINT, true);
     /* the engine cached blocks 0..2 before the gateway came */
     assert_int_equal(wait_request(e), 0);
@@ -310,7 +309,6 @@ static void test_in_order_and_startup_replay(void **state)
 static void test_gap_replayed_with_second_gap_in_held(void **state)
 {
     (void)state;
-    g_live_at_start = brix_alloc_live();
     env_t *e = env_new(HASH_UINT, true);
     start_empty(e);
     publish(e, 0, 0);
@@ -344,7 +342,6 @@ static void test_gap_replayed_with_second_gap_in_held(void **state)
 static void test_replay_without_the_missing_batches(void **state)
 {
     (void)state;
-    g_live_at_start = brix_alloc_live();
     env_t *e = env_new(HASH_UINT, true);
     start_empty(e);
     publish(e, 0, 0);
@@ -363,7 +360,6 @@ static void test_replay_without_the_missing_batches(void **state)
 static void test_restart_on_the_live_stream(void **state)
 {
     (void)state;
-    g_live_at_start = brix_alloc_live();
     env_t *e = env_new(HASH_UINT, true);
     start_empty(e);
     for (int b = 0; b < 4; b++)
@@ -404,7 +400,6 @@ static void test_restart_on_the_live_stream(void **state)
 static void test_reset_during_replay(void **state)
 {
     (void)state;
-    g_live_at_start = brix_alloc_live();
     env_t *e = env_new(HASH_UINT, true);
     start_empty(e);
     publish(e, 0, 0);
@@ -429,7 +424,6 @@ static void test_hash_encodings(void **state)
     (void)state;
     hash_kind_t kinds[] = { HASH_NEG, HASH_BIN };
     for (int k = 0; k < 2; k++) {
-        g_live_at_start = brix_alloc_live();
         env_t *e = env_new(kinds[k], false); /* no replay socket: live at the first batch */
         assert_false(brix_kvw_live(e->w));
         for (int b = 0; b < 3; b++)
@@ -444,12 +438,15 @@ static void test_hash_encodings(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_in_order_and_startup_replay),
-        cmocka_unit_test(test_gap_replayed_with_second_gap_in_held),
-        cmocka_unit_test(test_replay_without_the_missing_batches),
-        cmocka_unit_test(test_restart_on_the_live_stream),
-        cmocka_unit_test(test_reset_during_replay),
-        cmocka_unit_test(test_hash_encodings),
+        cmocka_unit_test_setup_teardown(test_in_order_and_startup_replay, leak_setup,
+                                        leak_teardown),
+        cmocka_unit_test_setup_teardown(test_gap_replayed_with_second_gap_in_held, leak_setup,
+                                        leak_teardown),
+        cmocka_unit_test_setup_teardown(test_replay_without_the_missing_batches, leak_setup,
+                                        leak_teardown),
+        cmocka_unit_test_setup_teardown(test_restart_on_the_live_stream, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_reset_during_replay, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_hash_encodings, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

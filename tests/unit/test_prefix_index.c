@@ -21,21 +21,7 @@
 #include "core/alloc.h"
 #include "gateway/prefix_index.h"
 
-static int64_t g_live_at_start;
-
-static int leak_setup(void **state)
-{
-    (void)state;
-    g_live_at_start = brix_alloc_live();
-    return 0;
-}
-
-static int leak_teardown(void **state)
-{
-    (void)state;
-    assert_int_equal(brix_alloc_live(), g_live_at_start);
-    return 0;
-}
+#include "leak_check.h"
 
 /* Well-spread 64-bit hashes (splitmix64), as the gateway's xxh64 chain gives. */
 static uint64_t mix(uint64_t x)

@@ -25,21 +25,7 @@
 #include "core/tokenizer.h"
 #include "gateway/router.h"
 
-static int64_t g_live_at_start;
-
-static int leak_setup(void **state)
-{
-    (void)state;
-    g_live_at_start = brix_alloc_live();
-    return 0;
-}
-
-static int leak_teardown(void **state)
-{
-    (void)state;
-    assert_int_equal(brix_alloc_live(), g_live_at_start);
-    return 0;
-}
+#include "leak_check.h"
 
 /* ------------------------------------------------------------ fixture -- */
 
@@ -1275,6 +1261,31 @@ static void test_excluded_pods_skipped(void **state)
     fleet_free(f);
 }
 
+static void test_single_candidate_shortcut(void **state)
+{
+    (void)state;
+    fleet_t *f = fleet_new(2);
+    set_prompt_ids(f, 41, 64);
+    f->exclude[0] = 0;
+    f->nexclude = 1;
+    /* one candidate, nobody asking why: chosen without scoring or hashing */
+    static const char *all[] = { "random", "least-request", "prefix-cache", "weighted",
+                                 "prefix-cache:2,least-request:1" };
+    for (size_t s = 0; s < sizeof all / sizeof *all; s++) {
+        assert_int_equal(route(f, all[s]), 1);
+        assert_string_equal(f->ctx.reason, "the only candidate");
+        assert_false(f->ctx.prompt_done);
+    }
+    /* session-affinity still runs: it must name the pod for the client */
+    assert_int_equal(route(f, "session-affinity"), 1);
+    assert_non_null(f->ctx.session_out);
+    /* with an explanation asked for, the candidate is scored and explained */
+    f->want_explain = true;
+    assert_int_equal(route(f, "weighted"), 1);
+    assert_non_null(strstr(f->explain.data, "chosen=127.0.0.1:8001"));
+    fleet_free(f);
+}
+
 static void test_adapter_nowhere_no_pod(void **state)
 {
     (void)state;
@@ -1491,6 +1502,7 @@ int main(void)
         T(test_ties_at_random),
         T(test_unhealthy_and_ejected),
         T(test_excluded_pods_skipped),
+        T(test_single_candidate_shortcut),
         T(test_adapter_nowhere_no_pod),
         T(test_explanation),
         T(test_prompt_tokens_match_engine),

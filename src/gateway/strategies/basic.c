@@ -38,14 +38,24 @@ static size_t pick_power_of_two(brix_route_ctx_t *ctx)
     return brix_route_load(ctx, b) < brix_route_load(ctx, a) ? b : a;
 }
 
-const brix_strategy_t brix_strategy_random = { "random", NULL, pick_random,
-                                               "uniform among ready pods" };
-const brix_strategy_t brix_strategy_round_robin = { "round-robin", NULL, pick_round_robin,
-                                                    "ready pods in turn" };
-const brix_strategy_t brix_strategy_least_request = {
-    "least-request", score_least_request, NULL,
-    "fewest requests in flight (gateway's count + engine running + waiting)"
+const brix_strategy_t brix_strategy_random = {
+    .name = "random",
+    .pick = pick_random,
+    .about = "uniform among ready pods",
 };
-const brix_strategy_t brix_strategy_power_of_two = { "power-of-two", score_least_request,
-                                                     pick_power_of_two,
-                                                     "less loaded of two random pods" };
+const brix_strategy_t brix_strategy_round_robin = {
+    .name = "round-robin",
+    .pick = pick_round_robin,
+    .about = "ready pods in turn",
+};
+const brix_strategy_t brix_strategy_least_request = {
+    .name = "least-request",
+    .score = score_least_request,
+    .about = "fewest requests in flight (gateway's count + engine running + waiting)",
+};
+const brix_strategy_t brix_strategy_power_of_two = {
+    .name = "power-of-two",
+    .score = score_least_request,
+    .pick = pick_power_of_two,
+    .about = "less loaded of two random pods",
+};

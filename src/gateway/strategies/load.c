@@ -85,15 +85,33 @@ static void s_latency(brix_route_ctx_t *c)
     score_by(c, m_latency, "lowest estimated queue + prefill + decode time");
 }
 
-const brix_strategy_t brix_strategy_throughput = { "throughput", s_throughput, NULL,
-                                                   "least 2*prompt + generation tokens/s" };
-const brix_strategy_t brix_strategy_least_kv_cache = { "least-kv-cache", s_kv, NULL,
-                                                       "lowest KV-cache usage" };
-const brix_strategy_t brix_strategy_least_gpu_cache = { "least-gpu-cache", s_kv, NULL,
-                                                        "lowest GPU KV-cache usage" };
-const brix_strategy_t brix_strategy_least_busy_time = { "least-busy-time", s_busy, NULL,
-                                                        "least share of recent busy scrapes" };
-const brix_strategy_t brix_strategy_least_utilization = { "least-utilization", s_util, NULL,
-                                                          "smallest running batch" };
-const brix_strategy_t brix_strategy_least_latency = { "least-latency", s_latency, NULL,
-                                                      "lowest estimated request latency" };
+const brix_strategy_t brix_strategy_throughput = {
+    .name = "throughput",
+    .score = s_throughput,
+    .about = "least 2*prompt + generation tokens/s",
+};
+const brix_strategy_t brix_strategy_least_kv_cache = {
+    .name = "least-kv-cache",
+    .score = s_kv,
+    .about = "lowest KV-cache usage",
+};
+const brix_strategy_t brix_strategy_least_gpu_cache = {
+    .name = "least-gpu-cache",
+    .score = s_kv,
+    .about = "lowest GPU KV-cache usage",
+};
+const brix_strategy_t brix_strategy_least_busy_time = {
+    .name = "least-busy-time",
+    .score = s_busy,
+    .about = "least share of recent busy scrapes",
+};
+const brix_strategy_t brix_strategy_least_utilization = {
+    .name = "least-utilization",
+    .score = s_util,
+    .about = "smallest running batch",
+};
+const brix_strategy_t brix_strategy_least_latency = {
+    .name = "least-latency",
+    .score = s_latency,
+    .about = "lowest estimated request latency",
+};

@@ -35,5 +35,7 @@ static void score_lora(brix_route_ctx_t *ctx)
 }
 
 const brix_strategy_t brix_strategy_lora_affinity = {
-    "lora-affinity", score_lora, NULL, "adapter already active, then a free adapter slot, then load"
+    .name = "lora-affinity",
+    .score = score_lora,
+    .about = "adapter already active, then a free adapter slot, then load",
 };

@@ -103,10 +103,13 @@ static void score_gie(brix_route_ctx_t *ctx)
 }
 
 const brix_strategy_t brix_strategy_sglang_cache_aware = {
-    "sglang-cache-aware", score_sglang, pick_sglang,
-    "baseline: SGLang's cache_aware policy, reimplemented from its description"
+    .name = "sglang-cache-aware",
+    .score = score_sglang,
+    .pick = pick_sglang,
+    .about = "baseline: SGLang's cache_aware policy, reimplemented from its description",
 };
 const brix_strategy_t brix_strategy_gie_default = {
-    "gie-default", score_gie, NULL,
-    "baseline: the Gateway API Inference Extension's default scorers, reimplemented"
+    .name = "gie-default",
+    .score = score_gie,
+    .about = "baseline: the Gateway API Inference Extension's default scorers, reimplemented",
 };

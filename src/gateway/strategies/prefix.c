@@ -98,10 +98,14 @@ static size_t pick_precise(brix_route_ctx_t *ctx)
 }
 
 const brix_strategy_t brix_strategy_prefix_cache = {
-    "prefix-cache", score_approx, pick_approx,
-    "longest prefix the gateway routed there, within a load bound (AIBrix)"
+    .name = "prefix-cache",
+    .score = score_approx,
+    .pick = pick_approx,
+    .about = "longest prefix the gateway routed there, within a load bound (AIBrix)",
 };
 const brix_strategy_t brix_strategy_prefix_cache_precise = {
-    "prefix-cache-precise", score_precise, pick_precise,
-    "longest prefix the pod's KV events report cached, within a load bound"
+    .name = "prefix-cache-precise",
+    .score = score_precise,
+    .pick = pick_precise,
+    .about = "longest prefix the pod's KV events report cached, within a load bound",
 };

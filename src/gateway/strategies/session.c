@@ -146,6 +146,8 @@ static size_t pick_session(brix_route_ctx_t *ctx)
 }
 
 const brix_strategy_t brix_strategy_session_affinity = {
-    "session-affinity", NULL, pick_session,
-    "same pod for a session (x-session-id, x-aibrix-session-key or user), bounded load"
+    .name = "session-affinity",
+    .pick = pick_session,
+    .pick_single = true,
+    .about = "same pod for a session (x-session-id, x-aibrix-session-key or user), bounded load",
 };

@@ -59,7 +59,8 @@ static void score_weighted(brix_route_ctx_t *ctx)
 }
 
 const brix_strategy_t brix_strategy_weighted = {
-    "weighted", score_weighted, NULL,
-    "default: least estimated work before the first token (uncached prompt + queued prefill + "
-    "decode batch + KV and adapter penalties)"
+    .name = "weighted",
+    .score = score_weighted,
+    .about = "default: least estimated work before the first token (uncached prompt + queued "
+             "prefill + decode batch + KV and adapter penalties)",
 };
