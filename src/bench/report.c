@@ -176,12 +176,14 @@ int bench_report(const bench_cfg_t *c, const bench_workload_t *w, bench_run_t *r
     const summary_t *rnd = find(s, runs, n, "random"), *lr = find(s, runs, n, "least-request");
     brix_buf_append_str(&md, "\n");
     for (size_t i = 0; i < n; i++) {
-        if (rnd && &s[i] != rnd)
-            brix_buf_printf(&md,
-                            "- %s vs random: P99 TTFT %.2fx, output tokens/s %.2fx, goodput "
-                            "%.2fx\n",
-                            runs[i].strategy, s[i].ttft[2] / rnd->ttft[2], s[i].tok_s / rnd->tok_s,
-                            rnd->goodput > 0 ? s[i].goodput / rnd->goodput : NAN);
+        if (rnd && &s[i] != rnd) {
+            brix_buf_printf(&md, "- %s vs random: P99 TTFT %.2fx, output tokens/s %.2fx",
+                            runs[i].strategy, s[i].ttft[2] / rnd->ttft[2], s[i].tok_s / rnd->tok_s);
+            if (rnd->goodput > 0)
+                brix_buf_printf(&md, ", goodput %.2fx\n", s[i].goodput / rnd->goodput);
+            else
+                brix_buf_printf(&md, ", goodput %.2f vs 0 req/s\n", s[i].goodput);
+        }
         if (lr && &s[i] != lr)
             brix_buf_printf(&md, "- %s vs least-request: P99 TTFT %.2fx, output tokens/s %.2fx\n",
                             runs[i].strategy, s[i].ttft[2] / lr->ttft[2], s[i].tok_s / lr->tok_s);

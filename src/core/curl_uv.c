@@ -44,6 +44,7 @@ struct brix_curl {
     bool closing;
     bool dispatching; /* inside a completion callback */
     int handles;      /* our uv handles still open (timer + polls) */
+    char *auth;       /* "Authorization: Bearer ..." on every request, or NULL */
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -56,6 +57,7 @@ static void maybe_free(brix_curl_t *c)
 {
     if (c->closing && c->handles == 0) {
         curl_multi_cleanup(c->multi);
+        brix_free(c->auth);
         brix_free(c);
     }
 }
@@ -260,8 +262,11 @@ int brix_curl_request(brix_curl_t *c, const char *method, const char *url, const
         snprintf(h, sizeof h, "Content-Type: %s", content_type ? content_type : "application/json");
         x->hdrs = curl_slist_append(x->hdrs, h);
         x->hdrs = curl_slist_append(x->hdrs, "Expect:");
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);
     }
+    if (c->auth)
+        x->hdrs = curl_slist_append(x->hdrs, c->auth);
+    if (x->hdrs)
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);
     x->next = c->xfers;
     if (c->xfers)
         c->xfers->prev = x;
@@ -286,6 +291,19 @@ static void close_now(brix_curl_t *c)
     uv_timer_stop(&c->timer);
     if (!uv_is_closing((uv_handle_t *)&c->timer))
         uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+int brix_curl_set_bearer(brix_curl_t *c, const char *token)
+{
+    brix_free(c->auth);
+    c->auth = NULL;
+    if (!token || !*token)
+        return 0;
+    size_t n = strlen(token) + 32;
+    if (!(c->auth = brix_malloc(n)))
+        return -ENOMEM;
+    snprintf(c->auth, n, "Authorization: Bearer %s", token);
+    return 0;
 }
 
 void brix_curl_close(brix_curl_t *c)

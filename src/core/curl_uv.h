@@ -34,6 +34,8 @@ brix_curl_t *brix_curl_new(uv_loop_t *loop);
 int brix_curl_request(brix_curl_t *c, const char *method, const char *url, const char *body,
                       size_t body_len, const char *content_type, uint64_t timeout_ms,
                       size_t max_body, brix_curl_done_fn done, void *ud);
+/* Sends `Authorization: Bearer token` with every later request (NULL: none). */
+int brix_curl_set_bearer(brix_curl_t *c, const char *token);
 /* Transfers in flight. */
 size_t brix_curl_active(const brix_curl_t *c);
 /* Aborts every transfer (no callbacks) and frees once handles are closed. */

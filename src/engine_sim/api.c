@@ -1546,6 +1546,15 @@ void brix_engine_handle(brix_http_req_t *h, void *ud)
                     h->method_name, p);
         return;
     }
+    if (e->cfg.api_key && !strncmp(p, "/v1", 3)) {
+        /* vLLM's API-key middleware: exact "Bearer KEY", else 401 {"error":"Unauthorized"} */
+        const char *auth = brix_http_req_header(h, "authorization");
+        if (!auth || strncmp(auth, "Bearer ", 7) || strcmp(auth + 7, e->cfg.api_key)) {
+            static const char unauth[] = "{\"error\":\"Unauthorized\"}";
+            brix_http_respond(h, 401, "application/json", unauth, sizeof unauth - 1);
+            return;
+        }
+    }
     if (!strcmp(p, "/health") || !strcmp(p, "/ping")) {
         brix_http_respond(h, ready(e) && !e->draining ? 200 : 503, NULL, NULL, 0);
     } else if (!strcmp(p, "/version")) {

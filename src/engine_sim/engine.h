@@ -30,6 +30,7 @@ typedef struct brix_engine_cfg {
     int64_t port;
     char *model;
     brix_strlist_t served_model_name;
+    char *api_key; /* vLLM --api-key: /v1 routes need Authorization: Bearer KEY */
     int64_t max_model_len;
     int64_t max_num_seqs;           /* 0 = the profile's default */
     int64_t max_num_batched_tokens; /* 0 = the profile's default */

@@ -33,6 +33,8 @@ static const brix_opt_t engine_opts[] = {
     { "served-model-name", BRIX_OPT_STRLIST, O(served_model_name), NULL, 1, 0, "NAME [NAME ...]",
       "names the API accepts for the base model (default: --model); the first is reported in "
       "metrics" },
+    { "api-key", BRIX_OPT_STRING, O(api_key), NULL, 1, 0, "KEY",
+      "as vLLM: requests to /v1 routes need `Authorization: Bearer KEY` (401 otherwise)" },
     { "max-model-len", BRIX_OPT_INT, O(max_model_len), "8192", 16, 1 << 24, NULL,
       "context length: prompt + output tokens" },
     { "max-num-seqs", BRIX_OPT_INT, O(max_num_seqs), "0", 0, 1 << 20, NULL,

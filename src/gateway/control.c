@@ -116,6 +116,9 @@ void brix_gw_view_unref(brix_gw_view_t *v)
 
 void brix_gw_publish(brix_gw_t *gw, brix_gw_view_t *v)
 {
+    if (gw->fair)
+        brix_fair_set_capacity(gw->fair,
+                               gw->cfg.max_inflight_per_pod * (int64_t)v->fleet->nhealthy);
     for (int i = 0; i < gw->nworkers; i++) {
         brix_gw_worker_t *w = gw->w[i];
         if (!w)
@@ -757,6 +760,8 @@ brix_gw_control_t *brix_gw_control_start(brix_gw_t *gw)
         return NULL;
     ctl->gw = gw;
     ctl->curl = brix_curl_new(gw->loop);
+    if (ctl->curl && gw->cfg.engine_api_key)
+        brix_curl_set_bearer(ctl->curl, gw->cfg.engine_api_key);
     if (!ctl->curl) {
         brix_free(ctl);
         return NULL;

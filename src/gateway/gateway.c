@@ -20,6 +20,7 @@
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <zmq.h>
 
@@ -118,6 +119,42 @@ static const brix_opt_t gw_opts[] = {
       "Retry-After on 503 answers" },
     { "backpressure-bytes", BRIX_OPT_SIZE, O(backpressure_bytes), "1m", 4096, 1073741824, NULL,
       "pause an upstream when this much is queued for a slow client" },
+    { "redis-url", BRIX_OPT_STRING, O(redis_url), NULL, 1, 0, "redis://[:PASS@]HOST[:PORT][/DB]",
+      "keep users and rate-limit counters in Redis, shared by every gateway using it" },
+    { "redis-password", BRIX_OPT_STRING, O(redis_password), NULL, 1, 0, "PASSWORD",
+      "Redis AUTH password (or BRIX_REDIS_PASSWORD, or in the URL)" },
+    { "redis-prefix", BRIX_OPT_STRING, O(redis_prefix), "brix:", 1, 0, "PREFIX",
+      "prefix of every Redis key brix writes" },
+    { "redis-timeout", BRIX_OPT_DURATION, O(redis_timeout), "200ms", 1, 60000, NULL,
+      "a rate-limit check not answered in time counts as Redis being down" },
+    { "redis-failure", BRIX_OPT_STRING, O(redis_failure), "open", 1, 0, "open|closed",
+      "Redis down: admit requests unlimited (open) or answer 503 (closed)" },
+    { "admin-key", BRIX_OPT_STRING, O(admin_key), NULL, 1, 0, "KEY",
+      "enables the user-management API for `Authorization: Bearer KEY` (or BRIX_ADMIN_KEY)" },
+    { "engine-api-key", BRIX_OPT_STRING, O(engine_api_key), NULL, 1, 0, "KEY",
+      "the engines' --api-key: sent on the gateway's own calls (/v1/models) and in place of a "
+      "brix user key it consumed (or BRIX_ENGINE_API_KEY)" },
+    { "require-key", BRIX_OPT_BOOL, O(require_key), "false", 1, 0, NULL,
+      "every request needs a user's API key (Authorization: Bearer sk-brix-...)" },
+    { "user", BRIX_OPT_STRLIST, O(users), NULL, 1, 0,
+      "NAME[:rpm=N,tpm=N,models=A|B,priority=N,key=KEY|key-sha256=HEX]",
+      "a user and its limits (0 = unlimited); repeat for more" },
+    { "default-rpm", BRIX_OPT_INT, O(default_rpm), "-1", -1, 1000000000, "N",
+      "limits for users named by the user header but not configured (-1: refuse them with 401)" },
+    { "default-tpm", BRIX_OPT_INT, O(default_tpm), "0", 0, 1000000000000, "N",
+      "TPM for unconfigured users when --default-rpm is set (0 = unlimited)" },
+    { "tenant-metrics-max", BRIX_OPT_INT, O(tenant_metrics_max), "100", 0, 100000, "N",
+      "users with their own /metrics labels; the rest are counted as user=\"other\"" },
+    { "fairness", BRIX_OPT_STRING, O(fairness), "none", 1, 0, "none|vtc",
+      "vtc: at capacity, requests wait in per-user queues served by Virtual Token Counter" },
+    { "max-inflight-per-pod", BRIX_OPT_INT, O(max_inflight_per_pod), "256", 1, 1000000, "N",
+      "fairness: requests let into the fleet at once, per ready pod (vLLM's max-num-seqs)" },
+    { "queue-size", BRIX_OPT_INT, O(queue_size), "1024", 0, 10000000, "N",
+      "fairness: waiting requests per user (429 beyond)" },
+    { "queue-timeout", BRIX_OPT_DURATION, O(queue_timeout), "30s", 1, 3600000, NULL,
+      "fairness: longest wait for capacity (503 after)" },
+    { "fair-tenants", BRIX_OPT_INT, O(fair_tenants), "10000", 1, 10000000, "N",
+      "fairness: users tracked separately; beyond, they share one queue" },
     BRIX_OPT_END,
 };
 #undef O
@@ -262,6 +299,26 @@ static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t e
     if (!probe_rt)
         return -1;
     brix_gw_rt_unref(probe_rt);
+    const char *ek = getenv("BRIX_ADMIN_KEY"), *ep = getenv("BRIX_REDIS_PASSWORD");
+    if (!c->admin_key && ek && *ek && !(c->admin_key = brix_strdup(ek)))
+        return -1;
+    if (!c->redis_password && ep && *ep && !(c->redis_password = brix_strdup(ep)))
+        return -1;
+    const char *ee = getenv("BRIX_ENGINE_API_KEY");
+    if (!c->engine_api_key && ee && *ee && !(c->engine_api_key = brix_strdup(ee)))
+        return -1;
+    if (c->admin_key && strlen(c->admin_key) < 16) {
+        snprintf(err, errlen, "admin-key: use at least 16 characters");
+        return -1;
+    }
+    brix_tn_cfg_t tc;
+    if (brix_gw_tenant_cfg(c, &tc, err, errlen))
+        return -1;
+    brix_tn_cfg_free(&tc);
+    if (strcmp(c->fairness, "none") && strcmp(c->fairness, "vtc")) {
+        snprintf(err, errlen, "fairness: expected none or vtc, got '%s'", c->fairness);
+        return -1;
+    }
     if (brix_log_level_parse(c->log_level) < 0) {
         snprintf(err, errlen, "log-level: unknown level '%s'", c->log_level);
         return -1;
@@ -323,8 +380,20 @@ static void on_sighup(uv_signal_t *s, int signum)
               gw->cfg.routing_strategy);
 }
 
+static void on_fair_timer(uv_timer_t *t)
+{
+    brix_gw_t *gw = t->data;
+    brix_fair_sweep(gw->fair, brix_now_ns());
+}
+
 static void shutdown_now(brix_gw_t *gw)
 {
+    uv_timer_stop(&gw->fair_timer);
+    uv_close((uv_handle_t *)&gw->fair_timer, NULL);
+    if (gw->tn_seed) {
+        brix_tn_conn_free(gw->tn_seed);
+        gw->tn_seed = NULL;
+    }
     uv_timer_stop(&gw->drain_timer);
     uv_close((uv_handle_t *)&gw->drain_timer, NULL);
     uv_close((uv_handle_t *)&gw->sigterm, NULL);
@@ -383,6 +452,7 @@ int brix_gateway_main(int argc, char **argv)
     memset(gw, 0, sizeof *gw);
     gw->argc = argc;
     gw->argv = argv;
+    uv_mutex_init(&gw->label_mu);
     char err[512];
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -411,6 +481,34 @@ int brix_gateway_main(int argc, char **argv)
         !(gw->index = brix_prefix_index_new((size_t)gw->cfg.prefix_index_entries))) {
         fprintf(stderr, "brix gateway: %s\n", gw->rt ? "out of memory" : err);
         goto out;
+    }
+    brix_tn_cfg_t tc;
+    if (brix_gw_tenant_cfg(&gw->cfg, &tc, err, sizeof err)) {
+        fprintf(stderr, "brix gateway: %s\n", err);
+        goto out;
+    }
+    if (tc.enabled && !(gw->tn = brix_tn_new(&tc, err, sizeof err))) {
+        brix_tn_cfg_free(&tc);
+        fprintf(stderr, "brix gateway: %s\n", err);
+        goto out;
+    }
+    brix_tn_cfg_free(&tc);
+    if (gw->tn && brix_tn_uses_redis(gw->tn)) {
+        if (!(gw->tn_seed = brix_tn_conn_new(gw->tn, &loop)))
+            goto out;
+        brix_tn_conn_seed(gw->tn_seed);
+    }
+    uv_timer_init(&loop, &gw->fair_timer);
+    gw->fair_timer.data = gw;
+    if (!strcmp(gw->cfg.fairness, "vtc")) {
+        brix_fair_cfg_t fc = { .queue_size = gw->cfg.queue_size,
+                               .timeout_ms = gw->cfg.queue_timeout,
+                               .w_in = 1,
+                               .w_out = 2,
+                               .max_tenants = gw->cfg.fair_tenants };
+        if (!(gw->fair = brix_fair_new(&fc, brix_gw_fair_deliver, gw)))
+            goto out;
+        uv_timer_start(&gw->fair_timer, on_fair_timer, 50, 50);
     }
     gw->nworkers = (int)gw->cfg.workers;
     gw->w = brix_calloc((size_t)gw->nworkers, sizeof *gw->w);
@@ -449,6 +547,11 @@ int brix_gateway_main(int argc, char **argv)
     rc = 0;
     BRIX_INFO("stopped");
 out:
+    if (gw->fair_timer.loop && !uv_is_closing((uv_handle_t *)&gw->fair_timer))
+        uv_close((uv_handle_t *)&gw->fair_timer, NULL);
+    if (gw->tn_seed)
+        brix_tn_conn_free(gw->tn_seed);
+    gw->tn_seed = NULL;
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     if (gw->zctx)
@@ -459,12 +562,19 @@ out:
     for (int i = 0; gw->w && i < gw->nworkers; i++) {
         if (gw->w[i]) {
             uv_mutex_destroy(&gw->w[i]->mu);
+            uv_mutex_destroy(&gw->w[i]->fair_mu);
             brix_free(gw->w[i]);
         }
     }
     brix_free(gw->w);
     brix_gw_metrics_free(gw);
     brix_prefix_index_free(gw->index);
+    brix_fair_free(gw->fair);
+    brix_tn_free(gw->tn);
+    for (size_t i = 0; i < gw->nlabel_users; i++)
+        brix_free(gw->label_users[i]);
+    brix_free(gw->label_users);
+    uv_mutex_destroy(&gw->label_mu);
     brix_config_free(gw_opts, &gw->cfg);
     return rc;
 }

@@ -22,9 +22,11 @@
 #include "core/http_server.h"
 #include "core/metrics.h"
 #include "core/workers.h"
+#include "gateway/fair.h"
 #include "gateway/fleet.h"
 #include "gateway/prefix_index.h"
 #include "gateway/router.h"
+#include "gateway/tenants.h"
 
 typedef struct brix_gw_cfg {
     char *config;
@@ -57,6 +59,19 @@ typedef struct brix_gw_cfg {
     uint64_t drain_timeout;
     int64_t retry_after;
     uint64_t backpressure_bytes;
+    /* tenants */
+    char *redis_url, *redis_password, *redis_prefix, *redis_failure;
+    uint64_t redis_timeout;
+    char *admin_key;
+    char *engine_api_key; /* the engines' vLLM --api-key */
+    bool require_key;
+    brix_strlist_t users; /* NAME[:rpm=N,tpm=N,...] */
+    int64_t default_rpm, default_tpm;
+    int64_t tenant_metrics_max;
+    /* fairness */
+    char *fairness;
+    int64_t max_inflight_per_pod, queue_size, fair_tenants;
+    uint64_t queue_timeout;
 } brix_gw_cfg_t;
 
 /* Settings a reload may change, immutable once published (refcounted,
@@ -120,6 +135,12 @@ typedef struct brix_gw_worker {
     brix_buf_t alog;       /* access-log lines of this loop iteration */
     uv_check_t alog_check; /* writes them out at the end of the iteration */
     uint64_t inflight;     /* proxied requests in flight on this worker */
+    brix_tn_conn_t *tn;    /* tenant store connection (NULL without tenancy) */
+    /* requests let in (or expired) by the fairness queue, for this loop */
+    uv_async_t fair_wake;
+    uv_mutex_t fair_mu;
+    brix_fair_item_t *fair_ready;
+    bool fair_closed;
 } brix_gw_worker_t;
 
 /* Metric children and families, shared by all threads (atomics). */
@@ -142,6 +163,13 @@ typedef struct brix_gw_metrics {
     brix_metric_t *streams_broken;
     brix_metric_t *index_entries, *index_bytes, *index_evictions;
     brix_metric_family_t *kv_batches, *kv_gaps, *kv_resets, *kv_replays, *kv_unknown, *kv_live;
+    /* tenants and fairness */
+    brix_metric_family_t *tenant_requests; /* {user,result} */
+    brix_metric_family_t *tenant_tokens;   /* {user,kind} */
+    brix_metric_t *ratelimit_check;        /* seconds */
+    brix_metric_t *store_up, *store_errors, *store_timeouts, *fail_open, *fail_closed;
+    brix_metric_t *fair_capacity, *fair_inflight, *fair_queued, *fair_expired, *fair_rejected;
+    brix_metric_t *fair_wait; /* seconds waited in the queue */
 } brix_gw_metrics_t;
 
 typedef struct brix_gw_control brix_gw_control_t;
@@ -165,6 +193,13 @@ struct brix_gw {
     bool draining;
     uint64_t drain_start_ns;
     atomic_int workers_done;
+    brix_tn_t *tn;           /* NULL: no tenancy */
+    brix_fair_t *fair;       /* NULL: no fairness queue */
+    brix_tn_conn_t *tn_seed; /* control loop's connection: writes configured users */
+    uv_timer_t fair_timer;
+    uv_mutex_t label_mu; /* users with their own metric labels */
+    char **label_users;
+    size_t nlabel_users;
 };
 
 /* gateway.c */
@@ -185,7 +220,16 @@ void brix_gw_publish(brix_gw_t *gw, brix_gw_view_t *v);
 
 /* proxy.c: runs on worker loops */
 int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx);
+/* fair.h's deliver(): hands a dispatched or expired request to its worker. */
+void brix_gw_fair_deliver(void *ud, int worker, brix_fair_item_t *it);
 void brix_gw_worker_stop(uv_loop_t *loop, int idx, void *ud, void *wctx);
+
+/* tenancy.c: tenant settings from the config (validated at load) */
+int brix_gw_tenant_cfg(const brix_gw_cfg_t *c, brix_tn_cfg_t *out, char *err, size_t errlen);
+/* admin.c: the user-management API; true if the path was one of its own */
+bool brix_gw_admin_handle(brix_gw_worker_t *w, brix_http_req_t *h);
+/* The label a user's metrics go under ("other" beyond --tenant-metrics-max). */
+const char *brix_gw_user_label(brix_gw_t *gw, const char *user);
 
 /* gw_metrics.c */
 int brix_gw_metrics_init(brix_gw_t *gw);

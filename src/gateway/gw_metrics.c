@@ -13,6 +13,9 @@ static const double latency_buckets[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 static const double decision_buckets[] = { 1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6,
                                            1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3 };
 
+static const double check_buckets[] = { 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4,
+                                        1e-3, 2.5e-3, 1e-2, 0.1,  1 };
+
 #define NB(a) (sizeof(a) / sizeof *(a))
 
 brix_metric_t *brix_gw_metric1(brix_metric_family_t *f, const char *a)
@@ -37,6 +40,27 @@ brix_metric_t *brix_gw_metric3(brix_metric_family_t *f, const char *a, const cha
 static void on_collect(brix_metrics_t *reg, void *ud)
 {
     brix_gw_t *gw = ud;
+    if (gw->tn) {
+        brix_tn_stats_t st;
+        brix_tn_stats(gw->tn, &st);
+        brix_metric_set(gw->m.store_errors, (double)st.store_errors);
+        brix_metric_set(gw->m.store_timeouts, (double)st.store_timeouts);
+        brix_metric_set(gw->m.fail_open, (double)st.fail_open);
+        brix_metric_set(gw->m.fail_closed, (double)st.fail_closed);
+        int up = brix_tn_uses_redis(gw->tn) ? 0 : 1;
+        for (int i = 0; i < gw->nworkers && !up; i++)
+            up = gw->w[i] && gw->w[i]->tn && brix_tn_conn_up(gw->w[i]->tn);
+        brix_metric_set(gw->m.store_up, up);
+    }
+    if (gw->fair) {
+        brix_fair_stats_t fs;
+        brix_fair_stats(gw->fair, &fs);
+        brix_metric_set(gw->m.fair_capacity, (double)fs.capacity);
+        brix_metric_set(gw->m.fair_inflight, (double)fs.inflight);
+        brix_metric_set(gw->m.fair_queued, (double)fs.queued);
+        brix_metric_set(gw->m.fair_expired, (double)fs.expired);
+        brix_metric_set(gw->m.fair_rejected, (double)fs.rejected_full);
+    }
     if (!gw->index)
         return;
     brix_metric_set(gw->m.index_entries, (double)brix_prefix_index_entries(gw->index));
@@ -150,13 +174,57 @@ int brix_gw_metrics_init(brix_gw_t *gw)
     m->kv_live = brix_metrics_family(m->reg, G, "brix_gateway_kv_events_live",
                                      "1 when the pod's KV events are subscribed and in sequence.",
                                      L_POD, NULL, 0);
+    static const char *const L_USER_RESULT[] = { "user", "result", NULL };
+    static const char *const L_USER_KIND[] = { "user", "kind", NULL };
+    m->tenant_requests =
+        brix_metrics_family(m->reg, C, "brix_gateway_tenant_requests_total",
+                            "Tenancy decisions by user (\"other\" beyond --tenant-metrics-max) "
+                            "and result (ok, rpm_limited, tpm_limited, unauthorized, forbidden, "
+                            "store_down, unchecked, queue_full, queue_timeout).",
+                            L_USER_RESULT, NULL, 0);
+    m->tenant_tokens = brix_metrics_family(m->reg, C, "brix_gateway_tenant_tokens_total",
+                                           "Tokens charged to users, by kind (prompt, completion).",
+                                           L_USER_KIND, NULL, 0);
+    f = brix_metrics_family(m->reg, H, "brix_gateway_ratelimit_check_seconds",
+                            "Time to decide a request's user and limits (one Redis round trip "
+                            "with --redis-url).",
+                            NULL, check_buckets, NB(check_buckets));
+    m->ratelimit_check = f ? brix_metric_child(f, NULL) : NULL;
+#define SIMPLE(field, type, name, help)                                                            \
+    f = brix_metrics_family(m->reg, type, name, help, NULL, NULL, 0);                              \
+    m->field = f ? brix_metric_child(f, NULL) : NULL;
+    SIMPLE(store_up, G, "brix_gateway_tenant_store_up",
+           "1 when the tenant store (Redis, or memory) is reachable from a worker.")
+    SIMPLE(store_errors, C, "brix_gateway_tenant_store_errors_total",
+           "Tenant-store operations that failed (connection lost, errors).")
+    SIMPLE(store_timeouts, C, "brix_gateway_tenant_store_timeouts_total",
+           "Tenant-store operations not answered within --redis-timeout.")
+    SIMPLE(fail_open, C, "brix_gateway_ratelimit_fail_open_total",
+           "Requests admitted unchecked because the store was down (--redis-failure open).")
+    SIMPLE(fail_closed, C, "brix_gateway_ratelimit_fail_closed_total",
+           "Requests refused because the store was down (--redis-failure closed).")
+    SIMPLE(fair_capacity, G, "brix_gateway_fair_capacity",
+           "Requests the fairness queue lets into the fleet at once.")
+    SIMPLE(fair_inflight, G, "brix_gateway_fair_inflight", "Requests let into the fleet now.")
+    SIMPLE(fair_queued, G, "brix_gateway_fair_queued", "Requests waiting for capacity.")
+    SIMPLE(fair_expired, C, "brix_gateway_fair_expired_total",
+           "Requests that waited past --queue-timeout (answered 503).")
+    SIMPLE(fair_rejected, C, "brix_gateway_fair_rejected_total",
+           "Requests refused because their user's queue was full (answered 429).")
+#undef SIMPLE
+    f = brix_metrics_family(m->reg, H, "brix_gateway_fair_wait_seconds",
+                            "Time requests waited in the fairness queue.", NULL, latency_buckets,
+                            NB(latency_buckets));
+    m->fair_wait = f ? brix_metric_child(f, NULL) : NULL;
     brix_metrics_on_collect(m->reg, on_collect, gw);
     if (!m->requests || !m->duration || !m->ttft || !m->upstream_errors || !m->retries ||
         !m->ejections || !m->pod_inflight || !m->pod_healthy || !m->pod_running ||
         !m->pod_waiting || !m->pod_kv || !m->scrapes || !m->decision || !m->fleet_version ||
         !m->reloads_ok || !m->client_aborts || !m->streams_broken || !m->index_entries ||
         !m->index_bytes || !m->index_evictions || !m->kv_batches || !m->kv_gaps || !m->kv_resets ||
-        !m->kv_replays || !m->kv_unknown || !m->kv_live)
+        !m->kv_replays || !m->kv_unknown || !m->kv_live || !m->tenant_requests ||
+        !m->tenant_tokens || !m->ratelimit_check || !m->store_up || !m->fair_wait ||
+        !m->fair_rejected)
         return -1;
     return 0;
 }

@@ -26,10 +26,11 @@
 typedef struct brix_req_fields {
     const char *model; /* unescaped, NUL-terminated */
     bool stream;
-    brix_json_val_t messages;  /* chat; kind NULL when absent */
-    brix_json_val_t prompt;    /* completions */
-    brix_json_val_t input;     /* embeddings */
-    bool no_generation_prompt; /* chat "add_generation_prompt": false */
+    brix_json_val_t messages;       /* chat; kind NULL when absent */
+    brix_json_val_t prompt;         /* completions */
+    brix_json_val_t input;          /* embeddings */
+    bool no_generation_prompt;      /* chat "add_generation_prompt": false */
+    brix_json_val_t stream_options; /* kind NULL when absent */
 } brix_req_fields_t;
 
 typedef struct brix_prompt {

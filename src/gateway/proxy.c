@@ -20,6 +20,7 @@
 #include "gateway/router.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,6 +55,19 @@ typedef struct px {
     int64_t prompt_tokens, completion_tokens;
     const char *err_kind; /* for the access log */
     char last_error[160]; /* the previous attempt's failure, for the final answer */
+    /* tenancy */
+    brix_tn_op_t *tn_op; /* outstanding check */
+    uint64_t tn_start_ns;
+    char user[BRIX_TN_NAME_MAX]; /* the limited user, "" = none */
+    int64_t user_tpm;
+    int64_t est_tokens;
+    bool key_used;      /* the Authorization bearer was a brix key: not forwarded */
+    bool strip_usage;   /* the usage chunk was asked for by the gateway: removed */
+    brix_buf_t body;    /* rewritten body, or empty (the client's is sent) */
+    const char *tenant; /* fairness tenant: the user, or the user header */
+    int64_t priority;
+    brix_fair_item_t *fair;
+    bool fair_waiting; /* queued, or on its way back to this loop */
 } px_t;
 
 /* ---------------------------------------------------------------- utils -- */
@@ -217,6 +231,27 @@ static brix_upstream_t *upstream_for(brix_gw_worker_t *w, brix_pod_t *pod, const
 static void px_free(px_t *px)
 {
     brix_gw_worker_t *w = px->w;
+    brix_gw_t *gw = w->gw;
+    if (px->tn_op)
+        brix_tn_cancel(px->tn_op);
+    int64_t used = px->prompt_tokens + px->completion_tokens;
+    if (px->attempts && !used)
+        used = px->est_tokens; /* no usage seen (cut short): the estimate */
+    if (px->user[0] && px->attempts) {
+        brix_tn_charge(w->tn, px->user, px->user_tpm, used);
+        const char *label = brix_gw_user_label(gw, px->user);
+        brix_metric_add(brix_gw_metric2(gw->m.tenant_tokens, label, "prompt"),
+                        (double)px->prompt_tokens);
+        brix_metric_add(brix_gw_metric2(gw->m.tenant_tokens, label, "completion"),
+                        (double)px->completion_tokens);
+    }
+    if (px->fair) {
+        if (px->fair_waiting)
+            brix_fair_cancel(gw->fair, px->fair);
+        else
+            brix_fair_leave(gw->fair, px->fair, px->completion_tokens);
+    }
+    brix_buf_free(&px->body);
     if (px->pod)
         brix_pod_unref(px->pod);
     brix_buf_free(&px->fwd_headers);
@@ -326,6 +361,30 @@ static int relay(px_t *px, const char *data, size_t len)
         brix_ureq_pause(px->ur, true);
     }
     return 0;
+}
+
+/* Relays whole SSE events; when the gateway asked the engine for usage on
+ * the client's behalf, the usage-only event ("choices":[] with a "usage"
+ * object, vLLM's last chunk) is left out, so the client sees exactly the
+ * stream it asked for. */
+static int relay_events(px_t *px, const char *src, size_t n)
+{
+    if (!px->strip_usage || !memmem(src, n, "\"usage\"", 7))
+        return relay(px, src, n);
+    size_t from = 0, i = 0;
+    while (i < n) {
+        const char *e = memmem(src + i, n - i, "\n\n", 2);
+        size_t end = e ? (size_t)(e - src) + 2 : n;
+        const char *ev = src + i;
+        size_t len = end - i;
+        if (memmem(ev, len, "\"choices\":[]", 12) && memmem(ev, len, "\"usage\":{", 9)) {
+            if (i > from && relay(px, src + from, i - from))
+                return -1;
+            from = end;
+        }
+        i = end;
+    }
+    return from < n ? relay(px, src + from, n - from) : 0;
 }
 
 static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, size_t nh, void *ud);
@@ -442,7 +501,7 @@ static void up_data(brix_ureq_t *r, const char *data, size_t len, void *ud)
     if (end) {
         if (memmem(src, end, "\"usage\"", 7))
             scan_usage(px, src, end);
-        if (relay(px, src, end))
+        if (relay_events(px, src, end))
             return;
     }
     if (src == px->hold.data) {
@@ -651,8 +710,10 @@ static void attempt(px_t *px)
         up_error(NULL, BRIX_UERR_NOMEM, false, px);
         return;
     }
+    const char *body = px->body.len ? px->body.data : h->body.data;
+    size_t blen = px->body.len ? px->body.len : h->body.len;
     px->ur = brix_ureq_start(u, h->method_name, h->url, px->fwd_headers.data, px->fwd_headers.len,
-                             h->body.data, h->body.len, &up_cb, px);
+                             body, blen, &up_cb, px);
     if (!px->ur)
         up_error(NULL, BRIX_UERR_NOMEM, false, px);
 }
@@ -711,6 +772,10 @@ static int on_member(const char *key, size_t klen, const brix_json_val_t *v, voi
         if (brix_json_key_is(key, klen, "messages"))
             f->messages = *v;
         break;
+    case 14:
+        if (brix_json_key_is(key, klen, "stream_options"))
+            f->stream_options = *v;
+        break;
     case 21:
         if (brix_json_key_is(key, klen, "add_generation_prompt"))
             f->no_generation_prompt = v->kind == BRIX_JSON_FALSE;
@@ -719,6 +784,207 @@ static int on_member(const char *key, size_t klen, const brix_json_val_t *v, voi
         break;
     }
     return 0;
+}
+
+static void admit(px_t *px);
+static void start(px_t *px);
+
+/* Answers the client from the gateway once px exists. */
+static void px_fail(px_t *px, int status, const char *type, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void px_fail(px_t *px, int status, const char *type, const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    brix_http_req_t *h = px->h;
+    px->err_kind = code;
+    access_log(px, status);
+    h->on_abort = NULL;
+    h->on_drain = NULL;
+    px_free(px);
+    brix_http_respond_error(h, status, type, code, NULL, "%s", msg);
+}
+
+static void tenant_result(px_t *px, const char *result)
+{
+    brix_gw_t *gw = px->w->gw;
+    const char *label = px->user[0] ? brix_gw_user_label(gw, px->user) : "";
+    brix_metric_add(brix_gw_metric2(gw->m.tenant_requests, label, result), 1);
+}
+
+static void add_limit_headers(brix_http_req_t *h, const brix_tn_decision_t *d)
+{
+    char v[32];
+    if (d->rpm > 0) {
+        snprintf(v, sizeof v, "%lld", (long long)d->rpm);
+        brix_http_add_header(h, "x-ratelimit-limit-requests", v);
+        snprintf(v, sizeof v, "%lld", (long long)d->rpm_remaining);
+        brix_http_add_header(h, "x-ratelimit-remaining-requests", v);
+        brix_tn_fmt_reset(d->rpm_reset_us, v, sizeof v);
+        brix_http_add_header(h, "x-ratelimit-reset-requests", v);
+    }
+    if (d->tpm > 0) {
+        snprintf(v, sizeof v, "%lld", (long long)d->tpm);
+        brix_http_add_header(h, "x-ratelimit-limit-tokens", v);
+        snprintf(v, sizeof v, "%lld", (long long)d->tpm_remaining);
+        brix_http_add_header(h, "x-ratelimit-remaining-tokens", v);
+        brix_tn_fmt_reset(d->tpm_reset_us, v, sizeof v);
+        brix_http_add_header(h, "x-ratelimit-reset-tokens", v);
+    }
+}
+
+static int on_stream_opt(const char *key, size_t klen, const brix_json_val_t *v, void *ud)
+{
+    brix_json_val_t *iu = ud;
+    if (brix_json_key_is(key, klen, "include_usage"))
+        *iu = *v; /* the last one wins, as in vLLM */
+    return 0;
+}
+
+/* A TPM-limited user's stream must report usage: if the client did not ask
+ * for it, the gateway does (stream_options.include_usage) and removes that
+ * chunk from what the client sees. vLLM includes usage when stream_options
+ * is an object without include_usage, so only an absent or null
+ * stream_options, or include_usage false, needs the rewrite. The value is
+ * replaced in place (a duplicate key would be read differently by
+ * different JSON parsers). */
+static int ask_usage(px_t *px)
+{
+    const brix_http_req_t *h = px->h;
+    const brix_json_val_t *so = &px->fields.stream_options;
+    const char *b = h->body.data;
+    size_t at, cut, n = h->body.len;
+    const char *ins;
+    if (so->kind == BRIX_JSON_OBJECT) {
+        brix_json_val_t iu = { 0 };
+        size_t eo = 0;
+        const char *ew = NULL;
+        brix_json_scan(so->p, so->n, on_stream_opt, &iu, &eo, &ew);
+        if (!iu.p || iu.kind != BRIX_JSON_FALSE)
+            return 0; /* absent (vLLM's default is true) or true */
+        at = (size_t)(iu.p - b);
+        cut = iu.n;
+        ins = "true";
+    } else if (so->p && so->kind == BRIX_JSON_NULL) {
+        at = (size_t)(so->p - b);
+        cut = so->n;
+        ins = "{\"include_usage\":true}";
+    } else if (!so->p) {
+        at = n;
+        while (at && b[at - 1] != '}')
+            at--;
+        if (!at)
+            return 0;
+        at--;
+        cut = 0;
+        ins = ",\"stream_options\":{\"include_usage\":true}";
+    } else {
+        return 0; /* not an object: the engine answers 400 */
+    }
+    if (brix_buf_append(&px->body, b, at) || brix_buf_append_str(&px->body, ins) ||
+        brix_buf_append(&px->body, b + at + cut, n - at - cut))
+        return -1;
+    px->strip_usage = true;
+    return 0;
+}
+
+static void on_tenant(void *ud, const brix_tn_decision_t *d)
+{
+    px_t *px = ud;
+    brix_gw_t *gw = px->w->gw;
+    brix_http_req_t *h = px->h;
+    px->tn_op = NULL;
+    brix_metric_observe(gw->m.ratelimit_check, (double)(brix_now_ns() - px->tn_start_ns) / 1e9);
+    char v[32];
+    switch (d->status) {
+    case BRIX_TN_ANONYMOUS:
+    case BRIX_TN_STORE_OPEN:
+        if (d->status == BRIX_TN_STORE_OPEN) {
+            tenant_result(px, "unchecked");
+            brix_log(BRIX_LOG_DEBUG, h->id,
+                     "rate limits not checked (%s): admitted (--redis-failure open)",
+                     d->detail ? d->detail : "store down");
+        }
+        px->tenant = brix_http_req_header(h, "user");
+        admit(px);
+        return;
+    case BRIX_TN_NO_KEY:
+        tenant_result(px, "unauthorized");
+        px_fail(px, 401, "invalid_request_error", "invalid_api_key",
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.");
+        return;
+    case BRIX_TN_BAD_KEY:
+        tenant_result(px, "unauthorized");
+        px_fail(px, 401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided.");
+        return;
+    case BRIX_TN_NO_USER:
+        tenant_result(px, "unauthorized");
+        px_fail(px, 401, "invalid_request_error", "invalid_user",
+                "user '%s' (the `user` header) is not known to this gateway", d->user);
+        return;
+    case BRIX_TN_MODEL:
+        snprintf(px->user, sizeof px->user, "%s", d->user);
+        tenant_result(px, "forbidden");
+        px->user[0] = '\0';
+        px_fail(px, 403, "permission_error", "model_not_allowed",
+                "user '%s' may not use the model `%s`", d->user, px->model_name);
+        return;
+    case BRIX_TN_STORE_DOWN:
+        tenant_result(px, "store_down");
+        snprintf(v, sizeof v, "%d", px->view->rt->retry_after_s);
+        brix_http_add_header(h, "retry-after", v);
+        px_fail(px, 503, "overloaded_error", "service_unavailable",
+                "rate limits cannot be checked (%s) and --redis-failure is closed; retry later",
+                d->detail ? d->detail : "store down");
+        return;
+    case BRIX_TN_RPM:
+    case BRIX_TN_TPM: {
+        snprintf(px->user, sizeof px->user, "%s", d->user);
+        tenant_result(px, d->status == BRIX_TN_RPM ? "rpm_limited" : "tpm_limited");
+        px->user[0] = '\0'; /* nothing to charge */
+        add_limit_headers(h, d);
+        snprintf(v, sizeof v, "%llu", (unsigned long long)((d->retry_us + 999999) / 1000000));
+        brix_http_add_header(h, "retry-after", v);
+        brix_http_add_header(
+            h, d->status == BRIX_TN_RPM ? "x-error-rpm-exceeded" : "x-error-tpm-exceeded", "true");
+        char wait[32];
+        brix_tn_fmt_reset(d->retry_us, wait, sizeof wait);
+        if (d->status == BRIX_TN_RPM)
+            px_fail(px, 429, "rate_limit_error", "rate_limit_exceeded",
+                    "Rate limit reached for %s on requests per minute (RPM): Limit %lld. Please "
+                    "try again in %s.",
+                    d->user, (long long)d->rpm, wait);
+        else if (d->est_tokens > d->tpm)
+            px_fail(px, 429, "rate_limit_error", "rate_limit_exceeded",
+                    "Request too large for %s: about %lld prompt tokens, over the limit of %lld "
+                    "tokens per minute (TPM).",
+                    d->user, (long long)d->est_tokens, (long long)d->tpm);
+        else
+            px_fail(px, 429, "rate_limit_error", "rate_limit_exceeded",
+                    "Rate limit reached for %s on tokens per minute (TPM): Limit %lld, Remaining "
+                    "%lld, Requested about %lld. Please try again in %s.",
+                    d->user, (long long)d->tpm, (long long)d->tpm_remaining,
+                    (long long)d->est_tokens, wait);
+        return;
+    }
+    case BRIX_TN_OK:
+        break;
+    }
+    snprintf(px->user, sizeof px->user, "%s", d->user);
+    px->user_tpm = d->tpm;
+    px->priority = d->priority;
+    px->tenant = px->user;
+    tenant_result(px, "ok");
+    add_limit_headers(h, d);
+    if (d->tpm > 0 && px->fields.stream && ask_usage(px)) {
+        px_fail(px, 500, "api_error", NULL, "out of memory");
+        return;
+    }
+    admit(px);
 }
 
 static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
@@ -799,22 +1065,84 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     const char *ex = brix_http_req_header(h, "x-brix-explain");
     px->explain = ex && (!strcmp(ex, "1") || !strcasecmp(ex, "true"));
     px->fields = f;
+    px->est_tokens = (int64_t)((f.messages.n + f.prompt.n + f.input.n + 3) / 4);
+    h->ud = px;
+    h->on_abort = on_client_abort;
+    h->on_drain = on_drain;
+    brix_gw_t *gw = w->gw;
+    if (gw->tn) {
+        const char *auth = brix_http_req_header(h, "authorization");
+        const char *bearer = NULL;
+        if (auth && !strncasecmp(auth, "bearer ", 7)) {
+            bearer = auth + 7;
+            while (*bearer == ' ')
+                bearer++;
+        }
+        px->key_used = bearer && (gw->cfg.require_key || !strncmp(bearer, "sk-brix-", 8));
+        px->tn_start_ns = brix_now_ns();
+        /* on_tenant may run before this returns */
+        brix_tn_op_t *op = brix_tn_check(w->tn, bearer, brix_http_req_header(h, "user"), model,
+                                         px->est_tokens, on_tenant, px);
+        if (op)
+            px->tn_op = op;
+        return;
+    }
+    px->tenant = brix_http_req_header(h, "user");
+    admit(px);
+}
+
+/* The request may go on: through the fairness queue when there is one. */
+static void admit(px_t *px)
+{
+    brix_gw_t *gw = px->w->gw;
+    if (!gw->fair) {
+        start(px);
+        return;
+    }
+    brix_fair_item_t *it;
+    brix_fair_rc_t rc =
+        brix_fair_enter(gw->fair, px->tenant, px->priority, px->est_tokens, px->w->idx, px, &it);
+    if (rc == BRIX_FAIR_FULL) {
+        tenant_result(px, "queue_full");
+        px_fail(px, 429, "rate_limit_error", "queue_full",
+                "too many of your requests are waiting for capacity (--queue-size %lld); retry "
+                "later",
+                (long long)gw->cfg.queue_size);
+        return;
+    }
+    px->fair = it;
+    if (rc == BRIX_FAIR_WAIT) {
+        px->fair_waiting = true;
+        return;
+    }
+    start(px);
+}
+
+/* Builds the upstream request's headers and sends the first attempt. */
+static void start(px_t *px)
+{
+    brix_http_req_t *h = px->h;
     for (size_t i = 0; i < h->nheaders; i++) {
         const brix_http_header_t *hd = &h->headers[i];
         if (hop_by_hop(hd->name, hd->name_len) || !strcasecmp(hd->name, "x-request-id"))
             continue;
+        if (px->key_used && hd->name_len == 13 && !strcasecmp(hd->name, "authorization"))
+            continue; /* a brix user key stays here */
         brix_buf_t *b = &px->fwd_headers;
         brix_buf_append(b, hd->name, hd->name_len);
         brix_buf_append(b, ": ", 2);
         brix_buf_append(b, hd->value, hd->value_len);
         brix_buf_append(b, "\r\n", 2);
     }
+    const char *ek = px->w->gw->cfg.engine_api_key;
+    if (px->key_used && ek) {
+        brix_buf_append_str(&px->fwd_headers, "authorization: Bearer ");
+        brix_buf_append_str(&px->fwd_headers, ek);
+        brix_buf_append(&px->fwd_headers, "\r\n", 2);
+    }
     brix_buf_append_str(&px->fwd_headers, "x-request-id: ");
     brix_buf_append_str(&px->fwd_headers, h->id);
     brix_buf_append(&px->fwd_headers, "\r\n", 2);
-    h->ud = px;
-    h->on_abort = on_client_abort;
-    h->on_drain = on_drain;
     attempt(px);
 }
 
@@ -859,6 +1187,8 @@ static void handler(brix_http_req_t *h, void *ud)
             brix_http_respond(h, 200, "application/json", w->view->fleet->models_json,
                               w->view->fleet->models_json_len);
         }
+    } else if (brix_gw_admin_handle(w, h)) {
+        /* answered (or answering) there */
     } else if (proxied_path(p)) {
         if (!post)
             goto method;
@@ -926,6 +1256,79 @@ static void on_wake(uv_async_t *a)
     }
 }
 
+/* ------------------------------------------------------------ fairness -- */
+
+void brix_gw_fair_deliver(void *ud, int worker, brix_fair_item_t *it)
+{
+    brix_gw_t *gw = ud;
+    brix_gw_worker_t *w = gw->w[worker];
+    uv_mutex_lock(&w->fair_mu);
+    it->next = w->fair_ready;
+    w->fair_ready = it;
+    if (!w->fair_closed)
+        uv_async_send(&w->fair_wake);
+    uv_mutex_unlock(&w->fair_mu);
+}
+
+/* Requests the fairness queue let in (or gave up on) arrive here. */
+static void take_ready(brix_gw_worker_t *w, bool closing)
+{
+    uv_mutex_lock(&w->fair_mu);
+    brix_fair_item_t *it = w->fair_ready;
+    w->fair_ready = NULL;
+    uv_mutex_unlock(&w->fair_mu);
+    /* the list is newest first: reverse it to keep arrival order */
+    brix_fair_item_t *rev = NULL;
+    while (it) {
+        brix_fair_item_t *n = it->next;
+        it->next = rev;
+        rev = it;
+        it = n;
+    }
+    brix_fair_t *f = w->gw->fair;
+    for (it = rev; it;) {
+        brix_fair_item_t *n = it->next;
+        it->next = NULL;
+        px_t *px = it->px;
+        if (!px || closing) {
+            if (px)
+                px->fair = NULL;
+            brix_fair_leave(f, it, 0); /* the client left meanwhile */
+        } else {
+            px->fair_waiting = false;
+            brix_metric_observe(w->gw->m.fair_wait, (double)(brix_now_ns() - it->enq_ns) / 1e9);
+            if (it->state == BRIX_FAIR_EXPIRED) {
+                char v[16];
+                snprintf(v, sizeof v, "%d", px->view->rt->retry_after_s);
+                brix_http_add_header(px->h, "retry-after", v);
+                tenant_result(px, "queue_timeout");
+                px_fail(px, 503, "overloaded_error", "queue_timeout",
+                        "no capacity for this request within %llu ms (--queue-timeout); retry "
+                        "later",
+                        (unsigned long long)w->gw->cfg.queue_timeout);
+            } else {
+                start(px);
+            }
+        }
+        it = n;
+    }
+}
+
+static void on_fair_wake(uv_async_t *a)
+{
+    take_ready(a->data, false);
+}
+
+static void close_fair(brix_gw_worker_t *w)
+{
+    uv_mutex_lock(&w->fair_mu);
+    w->fair_closed = true;
+    uv_mutex_unlock(&w->fair_mu);
+    if (w->gw->fair)
+        take_ready(w, true);
+    uv_close((uv_handle_t *)&w->fair_wake, NULL);
+}
+
 int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx)
 {
     brix_gw_t *gw = ud;
@@ -944,6 +1347,11 @@ int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx)
     w->drain_timer.data = w;
     uv_check_init(loop, &w->alog_check);
     w->alog_check.data = w;
+    uv_mutex_init(&w->fair_mu);
+    uv_async_init(loop, &w->fair_wake, on_fair_wake);
+    w->fair_wake.data = w;
+    if (gw->tn && !(w->tn = brix_tn_conn_new(gw->tn, loop)))
+        return -ENOMEM;
     gw->w[idx] = w;
     const brix_gw_cfg_t *c = &gw->cfg;
     w->srv = brix_http_server_new(loop, &c->http, handler, w);
@@ -985,6 +1393,9 @@ static void on_server_closed(void *arg)
     w->view = NULL;
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    close_fair(w);
+    brix_tn_conn_free(w->tn);
+    w->tn = NULL;
     on_alog_check(&w->alog_check); /* lines of aborted requests */
     uv_close((uv_handle_t *)&w->alog_check, NULL);
     brix_buf_free(&w->alog);
@@ -1003,5 +1414,8 @@ void brix_gw_worker_stop(uv_loop_t *loop, int idx, void *ud, void *wctx)
         uv_close((uv_handle_t *)&w->wake, NULL);
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
         uv_close((uv_handle_t *)&w->alog_check, NULL);
+        close_fair(w);
+        brix_tn_conn_free(w->tn);
+        w->tn = NULL;
     }
 }

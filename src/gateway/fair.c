@@ -1,0 +1,341 @@
+/*
+ * fair — Virtual Token Counter scheduling of per-tenant queues (fair.h).
+ */
+#include "gateway/fair.h"
+
+#include <stdio.h>
+#include <string.h>
+#include <uv.h>
+
+#include "core/alloc.h"
+#include "core/time.h"
+
+#define NAME_MAX_LEN 64
+
+typedef struct tenant {
+    char name[NAME_MAX_LEN];
+    double counter;
+    int64_t priority;
+    brix_fair_item_t *head, *tail;
+    int64_t qlen;
+    int backlog_pos; /* index in f->backlog, -1 when not waiting */
+} tenant_t;
+
+struct brix_fair {
+    brix_fair_cfg_t cfg;
+    brix_fair_deliver_fn deliver;
+    void *ud;
+    uv_mutex_t mu;
+    int64_t capacity, inflight, queued;
+    tenant_t *t;
+    size_t nt, tcap;
+    int *slots; /* open addressing: tenant index + 1, 0 = empty */
+    size_t nslots;
+    int *backlog; /* tenants with waiting requests */
+    size_t nbacklog;
+    double last_served;
+    brix_fair_stats_t st;
+};
+
+static uint64_t fnv(const char *s)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+brix_fair_t *brix_fair_new(const brix_fair_cfg_t *cfg, brix_fair_deliver_fn deliver, void *ud)
+{
+    brix_fair_t *f = brix_calloc(1, sizeof *f);
+    if (!f)
+        return NULL;
+    f->cfg = *cfg;
+    if (f->cfg.max_tenants < 1)
+        f->cfg.max_tenants = 1;
+    f->deliver = deliver;
+    f->ud = ud;
+    f->nslots = 16;
+    while (f->nslots < (size_t)f->cfg.max_tenants * 2 + 2)
+        f->nslots *= 2;
+    f->slots = brix_calloc(f->nslots, sizeof *f->slots);
+    f->tcap = (size_t)f->cfg.max_tenants + 1;
+    f->t = brix_calloc(f->tcap, sizeof *f->t);
+    f->backlog = brix_calloc(f->tcap, sizeof *f->backlog);
+    if (!f->slots || !f->t || !f->backlog) {
+        brix_fair_free(f);
+        return NULL;
+    }
+    /* slot 0: tenants beyond max_tenants share it */
+    snprintf(f->t[0].name, sizeof f->t[0].name, "%s", "(other)");
+    f->t[0].backlog_pos = -1;
+    f->nt = 1;
+    uv_mutex_init(&f->mu);
+    return f;
+}
+
+void brix_fair_free(brix_fair_t *f)
+{
+    if (!f)
+        return;
+    if (f->t) {
+        for (size_t i = 0; i < f->nt; i++) {
+            brix_fair_item_t *it = f->t[i].head;
+            while (it) {
+                brix_fair_item_t *n = it->next;
+                brix_free(it);
+                it = n;
+            }
+        }
+        uv_mutex_destroy(&f->mu);
+    }
+    brix_free(f->slots);
+    brix_free(f->t);
+    brix_free(f->backlog);
+    brix_free(f);
+}
+
+static int tenant_of(brix_fair_t *f, const char *name)
+{
+    size_t mask = f->nslots - 1;
+    for (size_t i = fnv(name) & mask;; i = (i + 1) & mask) {
+        int s = f->slots[i];
+        if (!s) {
+            if (f->nt >= f->tcap)
+                return 0;
+            tenant_t *t = &f->t[f->nt];
+            snprintf(t->name, sizeof t->name, "%s", name);
+            t->backlog_pos = -1;
+            /* a newcomer starts level with the least-served tenant waiting,
+             * or with the last one served */
+            t->counter = f->last_served;
+            f->slots[i] = (int)f->nt + 1;
+            return (int)f->nt++;
+        }
+        if (!strcmp(f->t[s - 1].name, name))
+            return s - 1;
+    }
+}
+
+void brix_fair_set_capacity(brix_fair_t *f, int64_t capacity)
+{
+    uv_mutex_lock(&f->mu);
+    f->capacity = capacity;
+    uv_mutex_unlock(&f->mu);
+}
+
+static void backlog_add(brix_fair_t *f, int ti)
+{
+    tenant_t *t = &f->t[ti];
+    if (t->backlog_pos >= 0)
+        return;
+    /* the counter lift: no credit for the time spent idle */
+    double lift = f->last_served;
+    if (f->nbacklog) {
+        lift = f->t[f->backlog[0]].counter;
+        for (size_t i = 1; i < f->nbacklog; i++)
+            if (f->t[f->backlog[i]].counter < lift)
+                lift = f->t[f->backlog[i]].counter;
+    }
+    if (t->counter < lift)
+        t->counter = lift;
+    t->backlog_pos = (int)f->nbacklog;
+    f->backlog[f->nbacklog++] = ti;
+}
+
+static void backlog_remove(brix_fair_t *f, int ti)
+{
+    tenant_t *t = &f->t[ti];
+    int pos = t->backlog_pos;
+    if (pos < 0)
+        return;
+    int last = f->backlog[--f->nbacklog];
+    f->backlog[pos] = last;
+    f->t[last].backlog_pos = pos;
+    t->backlog_pos = -1;
+}
+
+static void queue_remove(brix_fair_t *f, tenant_t *t, brix_fair_item_t *it)
+{
+    brix_fair_item_t **pp = &t->head, *prev = NULL;
+    while (*pp && *pp != it) {
+        prev = *pp;
+        pp = &(*pp)->next;
+    }
+    if (!*pp)
+        return;
+    *pp = it->next;
+    if (t->tail == it)
+        t->tail = prev;
+    it->next = NULL;
+    t->qlen--;
+    f->queued--;
+    if (!t->qlen)
+        backlog_remove(f, (int)(t - f->t));
+}
+
+static void charge_in(brix_fair_t *f, brix_fair_item_t *it)
+{
+    tenant_t *t = &f->t[it->tenant];
+    t->counter += f->cfg.w_in * (double)it->in_tokens;
+    f->last_served = t->counter;
+}
+
+/* Lets waiting requests in while there is room: highest priority class
+ * first, smallest counter within it. */
+static void dispatch(brix_fair_t *f)
+{
+    while (f->nbacklog && (f->capacity <= 0 || f->inflight < f->capacity)) {
+        int best = f->backlog[0];
+        for (size_t i = 1; i < f->nbacklog; i++) {
+            int ti = f->backlog[i];
+            const tenant_t *a = &f->t[ti], *b = &f->t[best];
+            if (a->priority > b->priority || (a->priority == b->priority && a->counter < b->counter))
+                best = ti;
+        }
+        tenant_t *t = &f->t[best];
+        brix_fair_item_t *it = t->head;
+        queue_remove(f, t, it);
+        it->state = BRIX_FAIR_ADMITTED;
+        it->admit_ns = brix_now_ns();
+        f->inflight++;
+        f->st.admitted_queued++;
+        charge_in(f, it);
+        f->deliver(f->ud, it->worker, it);
+    }
+}
+
+brix_fair_rc_t brix_fair_enter(brix_fair_t *f, const char *tenant, int64_t priority,
+                               int64_t in_tokens, int worker, void *px, brix_fair_item_t **out)
+{
+    *out = NULL;
+    brix_fair_item_t *it = brix_calloc(1, sizeof *it);
+    if (!it)
+        return BRIX_FAIR_FULL;
+    it->worker = worker;
+    it->px = px;
+    it->priority = priority;
+    it->in_tokens = in_tokens > 0 ? in_tokens : 0;
+    it->enq_ns = brix_now_ns();
+    it->deadline_ns = it->enq_ns + f->cfg.timeout_ms * 1000000ull;
+    uv_mutex_lock(&f->mu);
+    int ti = tenant_of(f, tenant && *tenant ? tenant : "(anonymous)");
+    it->tenant = ti;
+    tenant_t *t = &f->t[ti];
+    if (!f->nbacklog && (f->capacity <= 0 || f->inflight < f->capacity)) {
+        it->state = BRIX_FAIR_ADMITTED;
+        it->admit_ns = it->enq_ns;
+        f->inflight++;
+        f->st.admitted_direct++;
+        charge_in(f, it);
+        uv_mutex_unlock(&f->mu);
+        *out = it;
+        return BRIX_FAIR_GO;
+    }
+    if (t->qlen >= f->cfg.queue_size) {
+        f->st.rejected_full++;
+        uv_mutex_unlock(&f->mu);
+        brix_free(it);
+        return BRIX_FAIR_FULL;
+    }
+    it->state = BRIX_FAIR_QUEUED;
+    t->priority = priority;
+    if (t->tail)
+        t->tail->next = it;
+    else
+        t->head = it;
+    t->tail = it;
+    t->qlen++;
+    f->queued++;
+    backlog_add(f, ti);
+    *out = it;
+    /* room may have opened between the check and here on another thread
+     * only under this lock, so nothing to dispatch unless capacity allows */
+    dispatch(f);
+    uv_mutex_unlock(&f->mu);
+    return BRIX_FAIR_WAIT;
+}
+
+void brix_fair_leave(brix_fair_t *f, brix_fair_item_t *it, int64_t out_tokens)
+{
+    if (!it)
+        return;
+    uv_mutex_lock(&f->mu);
+    switch (it->state) {
+    case BRIX_FAIR_QUEUED:
+        queue_remove(f, &f->t[it->tenant], it);
+        break;
+    case BRIX_FAIR_ADMITTED:
+        f->inflight--;
+        if (out_tokens > 0) {
+            tenant_t *t = &f->t[it->tenant];
+            t->counter += f->cfg.w_out * (double)out_tokens;
+        }
+        break;
+    default:
+        break;
+    }
+    it->state = BRIX_FAIR_DONE;
+    dispatch(f);
+    uv_mutex_unlock(&f->mu);
+    brix_free(it);
+}
+
+void brix_fair_cancel(brix_fair_t *f, brix_fair_item_t *it)
+{
+    if (!it)
+        return;
+    uv_mutex_lock(&f->mu);
+    if (it->state == BRIX_FAIR_QUEUED) {
+        queue_remove(f, &f->t[it->tenant], it);
+        uv_mutex_unlock(&f->mu);
+        brix_free(it);
+        return;
+    }
+    it->px = NULL;
+    uv_mutex_unlock(&f->mu);
+}
+
+void brix_fair_sweep(brix_fair_t *f, uint64_t now_ns)
+{
+    uv_mutex_lock(&f->mu);
+    for (size_t b = 0; b < f->nbacklog;) {
+        tenant_t *t = &f->t[f->backlog[b]];
+        brix_fair_item_t *it = t->head;
+        /* queues are FIFO, so expired items are at the head */
+        if (it && it->deadline_ns <= now_ns) {
+            queue_remove(f, t, it); /* may remove t from the backlog */
+            it->state = BRIX_FAIR_EXPIRED;
+            f->st.expired++;
+            f->deliver(f->ud, it->worker, it);
+            continue; /* re-examine position b */
+        }
+        b++;
+    }
+    uv_mutex_unlock(&f->mu);
+}
+
+void brix_fair_stats(brix_fair_t *f, brix_fair_stats_t *out)
+{
+    uv_mutex_lock(&f->mu);
+    *out = f->st;
+    out->capacity = f->capacity;
+    out->inflight = f->inflight;
+    out->queued = f->queued;
+    uv_mutex_unlock(&f->mu);
+}
+
+double brix_fair_counter(brix_fair_t *f, const char *tenant)
+{
+    double c = -1;
+    uv_mutex_lock(&f->mu);
+    size_t mask = f->nslots - 1;
+    for (size_t i = fnv(tenant) & mask; f->slots[i]; i = (i + 1) & mask) {
+        if (!strcmp(f->t[f->slots[i] - 1].name, tenant)) {
+            c = f->t[f->slots[i] - 1].counter;
+            break;
+        }
+    }
+    uv_mutex_unlock(&f->mu);
+    return c;
+}
