@@ -1,0 +1,243 @@
+/*
+ * Unit tests for gateway/fair.h: pass-through below capacity, per-tenant
+ * queues at capacity, Virtual Token Counter order (a light tenant overtakes
+ * a flooding one; the counter lift gives no credit for idle time; output
+ * tokens weigh twice), strict priority classes, bounded queues, deadlines,
+ * cancellation of waiting and in-transit requests, and the shared overflow
+ * tenant.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "core/time.h"
+#include "gateway/fair.h"
+
+#include "leak_check.h"
+
+/* deliver() log: the items handed over, in order */
+static brix_fair_item_t *g_out[64];
+static size_t g_nout;
+
+static void deliver(void *ud, int worker, brix_fair_item_t *it)
+{
+    (void)ud;
+    assert_int_equal(worker, 7);
+    assert_true(g_nout < 64);
+    g_out[g_nout++] = it;
+}
+
+static brix_fair_t *fair(int64_t capacity, int64_t qsize, int64_t tenants)
+{
+    brix_fair_cfg_t c = {
+        .queue_size = qsize, .timeout_ms = 1000, .w_in = 1, .w_out = 2, .max_tenants = tenants
+    };
+    brix_fair_t *f = brix_fair_new(&c, deliver, NULL);
+    assert_non_null(f);
+    brix_fair_set_capacity(f, capacity);
+    g_nout = 0;
+    return f;
+}
+
+static brix_fair_item_t *enter(brix_fair_t *f, const char *tenant, int64_t prio, int64_t in,
+                               brix_fair_rc_t want)
+{
+    brix_fair_item_t *it = NULL;
+    static int tag;
+    assert_int_equal(brix_fair_enter(f, tenant, prio, in, 7, &tag, &it), want);
+    if (want == BRIX_FAIR_FULL)
+        assert_null(it);
+    else
+        assert_non_null(it);
+    return it;
+}
+
+/* Takes the next delivered item (as a worker would) and checks its tenant. */
+static brix_fair_item_t *take(brix_fair_t *f, size_t *pos, const brix_fair_item_t *want)
+{
+    (void)f;
+    assert_true(*pos < g_nout);
+    brix_fair_item_t *it = g_out[(*pos)++];
+    assert_ptr_equal(it, want);
+    return it;
+}
+
+static void test_pass_through_then_queue(void **state)
+{
+    (void)state;
+    brix_fair_t *f = fair(2, 10, 100);
+    brix_fair_item_t *a = enter(f, "a", 0, 10, BRIX_FAIR_GO);
+    brix_fair_item_t *b = enter(f, "b", 0, 10, BRIX_FAIR_GO);
+    brix_fair_item_t *c = enter(f, "a", 0, 10, BRIX_FAIR_WAIT);
+    brix_fair_stats_t st;
+    brix_fair_stats(f, &st);
+    assert_int_equal(st.inflight, 2);
+    assert_int_equal(st.queued, 1);
+    assert_int_equal(g_nout, 0);
+    brix_fair_leave(f, a, 5);
+    assert_int_equal(g_nout, 1);
+    size_t pos = 0;
+    take(f, &pos, c);
+    assert_int_equal(c->state, BRIX_FAIR_ADMITTED);
+    brix_fair_leave(f, c, 0);
+    brix_fair_leave(f, b, 0);
+    brix_fair_stats(f, &st);
+    assert_int_equal(st.inflight, 0);
+    assert_int_equal(st.admitted_direct, 2);
+    assert_int_equal(st.admitted_queued, 1);
+    /* capacity 0: no limit */
+    brix_fair_set_capacity(f, 0);
+    brix_fair_item_t *x[5];
+    for (int i = 0; i < 5; i++)
+        x[i] = enter(f, "a", 0, 1, BRIX_FAIR_GO);
+    for (int i = 0; i < 5; i++)
+        brix_fair_leave(f, x[i], 0);
+    brix_fair_free(f);
+}
+
+static void test_light_overtakes_heavy(void **state)
+{
+    (void)state;
+    brix_fair_t *f = fair(1, 100, 100);
+    brix_fair_item_t *h0 = enter(f, "heavy", 0, 100, BRIX_FAIR_GO);
+    brix_fair_item_t *h[5];
+    for (int i = 0; i < 5; i++)
+        h[i] = enter(f, "heavy", 0, 100, BRIX_FAIR_WAIT);
+    /* the newcomer is lifted to the waiting heavy tenant's counter, then
+     * served as soon as heavy's running request is charged its output */
+    brix_fair_item_t *l = enter(f, "light", 0, 100, BRIX_FAIR_WAIT);
+    assert_true(brix_fair_counter(f, "light") >= brix_fair_counter(f, "heavy") - 1e-9);
+    brix_fair_leave(f, h0, 50); /* heavy += 2 x 50 */
+    size_t pos = 0;
+    take(f, &pos, l);
+    brix_fair_leave(f, l, 50);
+    take(f, &pos, h[0]);
+    /* light is idle now: heavy gets everything */
+    brix_fair_leave(f, h[0], 50);
+    take(f, &pos, h[1]);
+    brix_fair_leave(f, h[1], 50);
+    take(f, &pos, h[2]);
+    /* light comes back: no credit for having been idle — it is lifted to
+     * the least counter waiting, not left far behind */
+    double before = brix_fair_counter(f, "light");
+    brix_fair_item_t *l2 = enter(f, "light", 0, 100, BRIX_FAIR_WAIT);
+    assert_true(brix_fair_counter(f, "light") > before);
+    brix_fair_leave(f, h[2], 50);
+    take(f, &pos, l2); /* light (lifted to 700) is below heavy (800) */
+    brix_fair_leave(f, l2, 0);
+    take(f, &pos, h[3]);
+    brix_fair_leave(f, h[3], 0);
+    take(f, &pos, h[4]);
+    brix_fair_leave(f, h[4], 0);
+    assert_int_equal(pos, g_nout);
+    brix_fair_free(f);
+}
+
+static void test_output_weighs_twice(void **state)
+{
+    (void)state;
+    brix_fair_t *f = fair(1, 100, 100);
+    brix_fair_item_t *a = enter(f, "a", 0, 10, BRIX_FAIR_GO);
+    double c0 = brix_fair_counter(f, "a");
+    brix_fair_leave(f, a, 30);
+    assert_true(brix_fair_counter(f, "a") - c0 > 59.99 && brix_fair_counter(f, "a") - c0 < 60.01);
+    brix_fair_free(f);
+}
+
+static void test_priority_classes(void **state)
+{
+    (void)state;
+    brix_fair_t *f = fair(1, 100, 100);
+    brix_fair_item_t *run = enter(f, "low", 0, 1, BRIX_FAIR_GO);
+    brix_fair_item_t *lo = enter(f, "low2", 0, 1, BRIX_FAIR_WAIT);
+    brix_fair_item_t *hi = enter(f, "vip", 5, 1000, BRIX_FAIR_WAIT);
+    brix_fair_leave(f, run, 0);
+    size_t pos = 0;
+    take(f, &pos, hi); /* higher class first, whatever its counter */
+    brix_fair_leave(f, hi, 0);
+    take(f, &pos, lo);
+    brix_fair_leave(f, lo, 0);
+    brix_fair_free(f);
+}
+
+static void test_full_expired_cancelled(void **state)
+{
+    (void)state;
+    brix_fair_t *f = fair(1, 2, 100);
+    brix_fair_item_t *run = enter(f, "a", 0, 1, BRIX_FAIR_GO);
+    brix_fair_item_t *q1 = enter(f, "a", 0, 1, BRIX_FAIR_WAIT);
+    brix_fair_item_t *q2 = enter(f, "a", 0, 1, BRIX_FAIR_WAIT);
+    enter(f, "a", 0, 1, BRIX_FAIR_FULL);
+    brix_fair_item_t *b = enter(f, "b", 0, 1, BRIX_FAIR_WAIT); /* b's own queue */
+    /* the client of q1 leaves while it waits: removed */
+    brix_fair_cancel(f, q1);
+    brix_fair_stats_t st;
+    brix_fair_stats(f, &st);
+    assert_int_equal(st.queued, 2);
+    assert_int_equal(st.rejected_full, 1);
+    /* deadlines: nothing expires early, everything waiting expires late */
+    brix_fair_sweep(f, brix_now_ns());
+    assert_int_equal(g_nout, 0);
+    brix_fair_sweep(f, brix_now_ns() + 2000000000ull);
+    assert_int_equal(g_nout, 2);
+    for (size_t i = 0; i < 2; i++) {
+        assert_true(g_out[i] == q2 || g_out[i] == b);
+        assert_int_equal(g_out[i]->state, BRIX_FAIR_EXPIRED);
+        brix_fair_leave(f, g_out[i], 0); /* the worker answers 503 */
+    }
+    brix_fair_stats(f, &st);
+    assert_int_equal(st.expired, 2);
+    assert_int_equal(st.queued, 0);
+    assert_int_equal(st.inflight, 1);
+    /* an item admitted while its client left: the worker releases the slot */
+    brix_fair_item_t *c = enter(f, "c", 0, 1, BRIX_FAIR_WAIT);
+    brix_fair_leave(f, run, 0); /* c admitted, on its way */
+    assert_int_equal(g_nout, 3);
+    brix_fair_cancel(f, c); /* client gone before the worker took it */
+    assert_null(c->px);
+    brix_fair_leave(f, g_out[2], 0); /* what the worker does on arrival */
+    brix_fair_stats(f, &st);
+    assert_int_equal(st.inflight, 0);
+    brix_fair_free(f);
+}
+
+static void test_overflow_tenant(void **state)
+{
+    (void)state;
+    brix_fair_t *f = fair(1, 100, 2);
+    brix_fair_item_t *run = enter(f, "t1", 0, 1, BRIX_FAIR_GO);
+    brix_fair_item_t *w[4];
+    const char *names[] = { "t2", "t3", "t4", "t5" };
+    for (int i = 0; i < 4; i++)
+        w[i] = enter(f, names[i], 0, 1, BRIX_FAIR_WAIT);
+    /* t3.. share the overflow slot (FIFO among them) */
+    assert_true(brix_fair_counter(f, "t3") < 0);
+    brix_fair_leave(f, run, 0);
+    size_t pos = 0;
+    for (int i = 0; i < 4; i++) {
+        brix_fair_item_t *it = g_out[pos++];
+        brix_fair_leave(f, it, 0);
+    }
+    (void)w;
+    assert_int_equal(pos, 4);
+    brix_fair_free(f);
+}
+
+int main(void)
+{
+    brix_alloc_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_pass_through_then_queue, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_light_overtakes_heavy, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_output_weighs_twice, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_priority_classes, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_full_expired_cancelled, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_overflow_tenant, leak_setup, leak_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,301 @@
+/*
+ * Unit tests for gateway/tenants.h (the memory store; the Redis store runs
+ * the same model in Lua and is tested end to end in integration test 14):
+ * user specs and Redis URLs, keys and their hashes, OpenAI's reset format,
+ * GCRA request and token limits with their header numbers, key and user
+ * resolution, allowed models, the default-limit policy, and the admin
+ * operations (create, update, rotate, delete, list).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "gateway/tenants.h"
+
+#include "leak_check.h"
+
+static brix_tn_decision_t g_d;
+static int g_calls;
+
+static void on_check(void *ud, const brix_tn_decision_t *d)
+{
+    (void)ud;
+    g_d = *d;
+    g_calls++;
+}
+
+static brix_tn_admin_rc_t g_rc;
+static brix_tn_user_t g_users[8];
+static size_t g_n;
+
+static void on_admin(void *ud, brix_tn_admin_rc_t rc, const brix_tn_user_t *u, size_t n,
+                     const char *detail)
+{
+    (void)ud;
+    (void)detail;
+    g_rc = rc;
+    g_n = n < 8 ? n : 8;
+    if (g_n)
+        memcpy(g_users, u, g_n * sizeof *u);
+}
+
+static const brix_tn_decision_t *check(brix_tn_conn_t *c, const char *bearer, const char *user,
+                                       const char *model, int64_t est)
+{
+    g_calls = 0;
+    brix_tn_op_t *op = brix_tn_check(c, bearer, user, model, est, on_check, NULL);
+    assert_null(op); /* the memory store answers at once */
+    assert_int_equal(g_calls, 1);
+    return &g_d;
+}
+
+static void test_parse_user(void **state)
+{
+    (void)state;
+    brix_tn_user_t u;
+    char err[256];
+    assert_int_equal(brix_tn_parse_user("alice", &u, err, sizeof err), 0);
+    assert_string_equal(u.name, "alice");
+    assert_int_equal(u.rpm, 0);
+    assert_int_equal(
+        brix_tn_parse_user("bob:rpm=5,tpm=1000,models=a|b,priority=2,key=0123456789abcdefXYZ", &u,
+                           err, sizeof err),
+        0);
+    assert_int_equal(u.rpm, 5);
+    assert_int_equal(u.tpm, 1000);
+    assert_int_equal(u.priority, 2);
+    assert_string_equal(u.models, "a,b");
+    char h[BRIX_TN_KEYHASH];
+    brix_tn_key_hash("0123456789abcdefXYZ", 19, h);
+    assert_string_equal(u.key_sha256, h);
+    static const char *const bad[] = { "",        "a b",       "x:rpm=-1", "x:rpm=1k",
+                                       "x:what=1", "x:key=short", "x:key-sha256=zz", "x:rpm" };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = '\0';
+        assert_int_equal(brix_tn_parse_user(bad[i], &u, err, sizeof err), -1);
+        assert_true(strlen(err) > 5);
+    }
+}
+
+static void test_redis_url(void **state)
+{
+    (void)state;
+    brix_tn_cfg_t c;
+    memset(&c, 0, sizeof c);
+    char err[256];
+    assert_int_equal(brix_tn_parse_redis_url("redis://:s3cret@10.0.0.1:6380/2", &c, err, sizeof err),
+                     0);
+    assert_string_equal(c.redis_host, "10.0.0.1");
+    assert_int_equal(c.redis_port, 6380);
+    assert_int_equal(c.redis_db, 2);
+    assert_string_equal(c.redis_password, "s3cret");
+    assert_int_equal(brix_tn_parse_redis_url("redis://localhost", &c, err, sizeof err), 0);
+    assert_string_equal(c.redis_host, "localhost");
+    assert_int_equal(c.redis_port, 6379);
+    assert_null(c.redis_password);
+    assert_int_equal(brix_tn_parse_redis_url("rediss://h:1", &c, err, sizeof err), -1);
+    assert_non_null(strstr(err, "TLS"));
+    assert_int_equal(brix_tn_parse_redis_url("redis://h:99999", &c, err, sizeof err), -1);
+    assert_int_equal(brix_tn_parse_redis_url("redis://h/x", &c, err, sizeof err), -1);
+    assert_int_equal(brix_tn_parse_redis_url("http://h", &c, err, sizeof err), -1);
+    brix_tn_cfg_free(&c);
+}
+
+static void test_keys_and_format(void **state)
+{
+    (void)state;
+    char a[64], b[64];
+    assert_int_equal(brix_tn_new_key(a, sizeof a), 0);
+    assert_int_equal(brix_tn_new_key(b, sizeof b), 0);
+    assert_int_equal(strncmp(a, "sk-brix-", 8), 0);
+    assert_int_equal(strlen(a), 8 + 43);
+    assert_string_not_equal(a, b);
+    char h1[BRIX_TN_KEYHASH], h2[BRIX_TN_KEYHASH];
+    brix_tn_key_hash("abc", 3, h1);
+    /* SHA-256("abc"), FIPS 180-2 appendix B.1 */
+    assert_string_equal(h1, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    brix_tn_key_hash(a, strlen(a), h2);
+    assert_true(brix_tn_ct_equal(h2, h2));
+    assert_false(brix_tn_ct_equal(h1, h2));
+    assert_false(brix_tn_ct_equal("abc", "abcd"));
+    char f[32];
+    brix_tn_fmt_reset(500, f, sizeof f);
+    assert_string_equal(f, "1ms");
+    brix_tn_fmt_reset(20000, f, sizeof f);
+    assert_string_equal(f, "20ms");
+    brix_tn_fmt_reset(1500000, f, sizeof f);
+    assert_string_equal(f, "1.5s");
+    brix_tn_fmt_reset(90000000, f, sizeof f);
+    assert_string_equal(f, "1m30s");
+}
+
+static brix_tn_t *store(bool require_key, int64_t default_rpm)
+{
+    brix_tn_cfg_t c;
+    memset(&c, 0, sizeof c);
+    c.enabled = true;
+    c.require_key = require_key;
+    c.default_rpm = default_rpm;
+    c.default_tpm = 0;
+    brix_tn_user_t us[3];
+    char err[256];
+    assert_int_equal(brix_tn_parse_user("r3:rpm=3", &us[0], err, sizeof err), 0);
+    assert_int_equal(brix_tn_parse_user("t600:tpm=600,models=m1|m2", &us[1], err, sizeof err), 0);
+    assert_int_equal(brix_tn_parse_user("keyed:rpm=100,key=sk-brix-0123456789abcdef", &us[2], err,
+                                        sizeof err),
+                     0);
+    c.users = us;
+    c.nusers = 3;
+    brix_tn_t *tn = brix_tn_new(&c, err, sizeof err);
+    assert_non_null(tn);
+    return tn;
+}
+
+static void test_rpm_gcra(void **state)
+{
+    (void)state;
+    brix_tn_t *tn = store(false, -1);
+    brix_tn_conn_t *c = brix_tn_conn_new(tn, NULL);
+    for (int i = 0; i < 3; i++) {
+        const brix_tn_decision_t *d = check(c, NULL, "r3", "m", 10);
+        assert_int_equal(d->status, BRIX_TN_OK);
+        assert_string_equal(d->user, "r3");
+        assert_int_equal(d->rpm, 3);
+        assert_int_equal(d->rpm_remaining, 2 - i);
+        assert_int_equal(d->tpm_remaining, -1); /* unlimited */
+    }
+    const brix_tn_decision_t *d = check(c, NULL, "r3", "m", 10);
+    assert_int_equal(d->status, BRIX_TN_RPM);
+    assert_int_equal(d->rpm_remaining, 0);
+    /* one request is earned back every 20 s: the wait is just under that */
+    assert_true(d->retry_us > 19000000 && d->retry_us <= 20000000);
+    assert_true(d->rpm_reset_us > 59000000 && d->rpm_reset_us <= 60000000);
+    brix_tn_conn_free(c);
+    brix_tn_free(tn);
+}
+
+static void test_tpm_and_charge(void **state)
+{
+    (void)state;
+    brix_tn_t *tn = store(false, -1);
+    brix_tn_conn_t *c = brix_tn_conn_new(tn, NULL);
+    const brix_tn_decision_t *d = check(c, NULL, "t600", "m1", 100);
+    assert_int_equal(d->status, BRIX_TN_OK);
+    assert_int_equal(d->tpm_remaining, 600);
+    brix_tn_charge(c, "t600", 600, 450);
+    d = check(c, NULL, "t600", "m1", 100);
+    assert_int_equal(d->status, BRIX_TN_OK);
+    assert_true(d->tpm_remaining >= 150 && d->tpm_remaining <= 151);
+    d = check(c, NULL, "t600", "m2", 200); /* 200 > ~150 left */
+    assert_int_equal(d->status, BRIX_TN_TPM);
+    /* 50 tokens are earned back in 5 s */
+    assert_true(d->retry_us > 4900000 && d->retry_us <= 5000000);
+    brix_tn_charge(c, "t600", 600, 1000); /* in debt */
+    d = check(c, NULL, "t600", "m1", 1);
+    assert_int_equal(d->status, BRIX_TN_TPM);
+    assert_int_equal(d->tpm_remaining, 0);
+    d = check(c, NULL, "t600", "m3", 1);
+    assert_int_equal(d->status, BRIX_TN_MODEL);
+    brix_tn_conn_free(c);
+    brix_tn_free(tn);
+}
+
+static void test_identity(void **state)
+{
+    (void)state;
+    brix_tn_t *tn = store(false, -1);
+    brix_tn_conn_t *c = brix_tn_conn_new(tn, NULL);
+    assert_int_equal(check(c, NULL, NULL, "m", 1)->status, BRIX_TN_ANONYMOUS);
+    assert_int_equal(check(c, "EMPTY", NULL, "m", 1)->status, BRIX_TN_ANONYMOUS);
+    assert_int_equal(check(c, NULL, "nobody", "m", 1)->status, BRIX_TN_NO_USER);
+    assert_int_equal(check(c, NULL, "bad name", "m", 1)->status, BRIX_TN_NO_USER);
+    const brix_tn_decision_t *d = check(c, "sk-brix-0123456789abcdef", "r3", "m", 1);
+    assert_int_equal(d->status, BRIX_TN_OK);
+    assert_string_equal(d->user, "keyed"); /* the key wins over the header */
+    assert_int_equal(check(c, "sk-brix-wrong", "r3", "m", 1)->status, BRIX_TN_BAD_KEY);
+    brix_tn_conn_free(c);
+    brix_tn_free(tn);
+    tn = store(true, -1);
+    c = brix_tn_conn_new(tn, NULL);
+    assert_int_equal(check(c, NULL, "r3", "m", 1)->status, BRIX_TN_NO_KEY);
+    assert_int_equal(check(c, "EMPTY", "r3", "m", 1)->status, BRIX_TN_BAD_KEY);
+    assert_int_equal(check(c, "sk-brix-0123456789abcdef", NULL, "m", 1)->status, BRIX_TN_OK);
+    brix_tn_conn_free(c);
+    brix_tn_free(tn);
+    /* default-limit policy: unknown users get their own counters */
+    tn = store(false, 1);
+    c = brix_tn_conn_new(tn, NULL);
+    assert_int_equal(check(c, NULL, "u1", "m", 1)->status, BRIX_TN_OK);
+    assert_int_equal(check(c, NULL, "u1", "m", 1)->status, BRIX_TN_RPM);
+    assert_int_equal(check(c, NULL, "u2", "m", 1)->status, BRIX_TN_OK);
+    brix_tn_conn_free(c);
+    brix_tn_free(tn);
+}
+
+static void test_admin(void **state)
+{
+    (void)state;
+    brix_tn_t *tn = store(false, -1);
+    brix_tn_conn_t *c = brix_tn_conn_new(tn, NULL);
+    brix_tn_user_t u;
+    memset(&u, 0, sizeof u);
+    snprintf(u.name, sizeof u.name, "new");
+    u.rpm = 9;
+    brix_tn_key_hash("sk-brix-first-key-000000", 24, u.key_sha256);
+    assert_null(brix_tn_admin(c, BRIX_TN_CREATE, &u, 0, on_admin, NULL));
+    assert_int_equal(g_rc, BRIX_TN_ADMIN_OK);
+    assert_int_equal(g_n, 1);
+    assert_int_equal(g_users[0].rpm, 9);
+    assert_string_equal(g_users[0].key_sha256, ""); /* never answered */
+    brix_tn_admin(c, BRIX_TN_CREATE, &u, 0, on_admin, NULL);
+    assert_int_equal(g_rc, BRIX_TN_ADMIN_EXISTS);
+    assert_string_equal(check(c, "sk-brix-first-key-000000", NULL, "m", 1)->user, "new");
+    /* update only what is set */
+    u.rpm = 1;
+    u.tpm = 77;
+    brix_tn_admin(c, BRIX_TN_UPDATE, &u, BRIX_TN_SET_TPM, on_admin, NULL);
+    assert_int_equal(g_rc, BRIX_TN_ADMIN_OK);
+    assert_int_equal(g_users[0].rpm, 9);
+    assert_int_equal(g_users[0].tpm, 77);
+    /* rotate: the old key stops working at once */
+    memset(u.key_sha256, 0, sizeof u.key_sha256);
+    brix_tn_key_hash("sk-brix-second-key-00000", 24, u.key_sha256);
+    brix_tn_admin(c, BRIX_TN_ROTATE, &u, 0, on_admin, NULL);
+    assert_int_equal(g_rc, BRIX_TN_ADMIN_OK);
+    assert_int_equal(g_users[0].tpm, 77);
+    assert_int_equal(check(c, "sk-brix-first-key-000000", NULL, "m", 1)->status, BRIX_TN_BAD_KEY);
+    assert_int_equal(check(c, "sk-brix-second-key-00000", NULL, "m", 1)->status, BRIX_TN_OK);
+    brix_tn_admin(c, BRIX_TN_LIST, NULL, 0, on_admin, NULL);
+    assert_int_equal(g_rc, BRIX_TN_ADMIN_OK);
+    assert_int_equal(g_n, 4);
+    brix_tn_admin(c, BRIX_TN_DELETE, &u, 0, on_admin, NULL);
+    assert_int_equal(g_rc, BRIX_TN_ADMIN_OK);
+    assert_string_equal(g_users[0].name, "new");
+    brix_tn_admin(c, BRIX_TN_GET, &u, 0, on_admin, NULL);
+    assert_int_equal(g_rc, BRIX_TN_ADMIN_NOT_FOUND);
+    assert_int_equal(check(c, "sk-brix-second-key-00000", NULL, "m", 1)->status, BRIX_TN_BAD_KEY);
+    brix_tn_admin(c, BRIX_TN_UPDATE, &u, BRIX_TN_SET_RPM, on_admin, NULL);
+    assert_int_equal(g_rc, BRIX_TN_ADMIN_NOT_FOUND);
+    brix_tn_conn_free(c);
+    brix_tn_free(tn);
+}
+
+int main(void)
+{
+    brix_alloc_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_parse_user, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_redis_url, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_keys_and_format, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_rpm_gcra, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_tpm_and_charge, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_identity, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_admin, leak_setup, leak_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
