@@ -10,6 +10,9 @@ run, each repeat in a rotated order:
   direct    wrk -> upstream (baseline)
   brix      brix gateway --workers 1 --no-access-log
   brix+log  the same with its default access log on (one line per request)
+  brix+mem  brix with a rate-limited user (RPM and TPM checked, usage charged) in memory
+  brix+redis the same with users and counters in a redis-server (pinned beside the
+            upstream): one EVALSHA for the check and one for the charge per request
   nginx     nginx, 1 worker, keep-alive upstream pool (bench/peers/nginx-proxy.conf)
   haproxy   haproxy, 1 thread, http mode, keep-alive, http-reuse always
 
@@ -51,7 +54,10 @@ LATENCY_S = int(os.environ.get("PROXY_LATENCY_S", "5"))
 CONNS = int(os.environ.get("PROXY_CONNS", "64"))
 FOREIGN_MAX = float(os.environ.get("PROXY_FOREIGN_MAX", "10"))
 RETRIES = int(os.environ.get("PROXY_RETRIES", "5"))
-VARIANTS = os.environ.get("PROXY_VARIANTS", "direct,brix,brix+log,nginx,haproxy").split(",")
+VARIANTS = os.environ.get("PROXY_VARIANTS",
+                          "direct,brix,brix+log,brix+mem,brix+redis,nginx,haproxy").split(",")
+# every request carries `user: bench` (post.lua); this user's limits are never reached
+BENCH_USER = "bench:rpm=1000000000,tpm=1000000000000"
 PROXY_CPU, CLIENT_CPU = "1", "0"
 LUA = os.path.join(g.WRK_DIR, "post.lua")
 PATH = "/v1/chat/completions"
@@ -161,6 +167,20 @@ def main():
             elif v == "brix+log":
                 p, port = g.start_gateway(PROXY_CPU, [up_port], workers=1, access_log=True,
                                           log_path=os.path.join(g.TMP, "brix-access.log"))
+            elif v == "brix+mem":
+                p, port = g.start_gateway(PROXY_CPU, [up_port], workers=1,
+                                          extra=["--user", BENCH_USER])
+            elif v == "brix+redis":
+                rport = c.free_port()
+                rs = subprocess.Popen(["taskset", "-c", CLIENT_CPU, "redis-server", "--port",
+                                       str(rport), "--bind", "127.0.0.1", "--save", "",
+                                       "--appendonly", "no"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)
+                procs.append(rs)
+                time.sleep(0.5)
+                p, port = g.start_gateway(PROXY_CPU, [up_port], workers=1,
+                                          extra=["--user", BENCH_USER, "--redis-url",
+                                                 f"redis://127.0.0.1:{rport}"])
             elif v == "nginx":
                 p, port = g.start_nginx_proxy(PROXY_CPU, up_port, buffering=True)
             elif v == "haproxy":
@@ -193,6 +213,8 @@ def main():
 
 
 LABEL = {"direct": "direct (baseline)", "brix": "**brix gateway**",
+         "brix+mem": "brix, RPM+TPM limits in memory",
+         "brix+redis": "brix, RPM+TPM limits in Redis",
          "brix+log": "brix gateway, access log on", "nginx": "nginx", "haproxy": "haproxy"}
 
 
@@ -259,6 +281,13 @@ def report(out):
     if "brix" in variants and "brix+log" in variants:
         lines.append(f"- brix with access log / without: req/s "
                      f"{S(ratio('brix+log', 'brix', rps), '{:.2f}')}×")
+    for v in ("brix+mem", "brix+redis"):
+        if "brix" in variants and v in variants:
+            add = [r[v]["lat_same_core"]["lat_p50_us"] - r["brix"]["lat_same_core"]["lat_p50_us"]
+                   for r in runs]
+            lines.append(f"- {v} − brix, unloaded p50 (same core): {S(add, '{:.0f}')} µs added by "
+                         f"the limit check; req/s {S(ratio(v, 'brix', rps), '{:.2f}')}× "
+                         "(target, issue 6: ≤ 50 µs p50 for Redis on loopback)")
     fmax = max(max(r[v][k]["foreign_pct"] for v in variants for k in ("throughput", "lat_own_core",
                                                                         "lat_same_core"))
                for r in runs)

@@ -4,6 +4,7 @@
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer sk-bench"
+wrk.headers["user"] = "bench" -- the tenant (only the brix+mem/+redis variants limit it)
 wrk.body = '{"model":"llama-3-8b","messages":[' ..
   '{"role":"system","content":"You are a concise assistant for infrastructure engineers. Answer in plain prose, cite no sources, and keep every answer under one hundred words unless the user asks for more detail."},' ..
   '{"role":"user","content":"We run several vLLM replicas behind a gateway. Explain in a few sentences why paged attention helps throughput when many requests share a long system prompt, and what the prefix cache stores."},' ..

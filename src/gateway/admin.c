@@ -155,8 +155,7 @@ static int parse_user(brix_http_req_t *h, const char *path_name, brix_tn_user_t 
     brix_json_err_t e;
     memset(&e, 0, sizeof e);
     if (h->body.len && brix_json_parse(h->body.data, h->body.len, &j, &e)) {
-        brix_http_respond_error(h, 400, "invalid_request_error", "invalid_json", NULL, "%s",
-                                e.msg);
+        brix_http_respond_error(h, 400, "invalid_request_error", "invalid_json", NULL, "%s", e.msg);
         return -1;
     }
     if (j && !cJSON_IsObject(j)) {

@@ -190,7 +190,8 @@ static void dispatch(brix_fair_t *f)
         for (size_t i = 1; i < f->nbacklog; i++) {
             int ti = f->backlog[i];
             const tenant_t *a = &f->t[ti], *b = &f->t[best];
-            if (a->priority > b->priority || (a->priority == b->priority && a->counter < b->counter))
+            if (a->priority > b->priority ||
+                (a->priority == b->priority && a->counter < b->counter))
                 best = ti;
         }
         tenant_t *t = &f->t[best];

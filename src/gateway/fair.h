@@ -38,9 +38,9 @@ typedef enum brix_fair_state {
 typedef struct brix_fair_item brix_fair_item_t;
 struct brix_fair_item {
     brix_fair_state_t state;
-    int worker;      /* whose loop gets it */
-    void *px;        /* the request; NULL once the client left */
-    int tenant;      /* scheduler's tenant slot */
+    int worker; /* whose loop gets it */
+    void *px;   /* the request; NULL once the client left */
+    int tenant; /* scheduler's tenant slot */
     int64_t priority;
     int64_t in_tokens;
     uint64_t enq_ns, deadline_ns, admit_ns;
@@ -64,9 +64,9 @@ void brix_fair_free(brix_fair_t *f);
 void brix_fair_set_capacity(brix_fair_t *f, int64_t capacity);
 
 typedef enum brix_fair_rc {
-    BRIX_FAIR_GO,    /* admitted now: the item holds a slot */
-    BRIX_FAIR_WAIT,  /* queued: deliver() hands it over later */
-    BRIX_FAIR_FULL,  /* the tenant's queue is full */
+    BRIX_FAIR_GO,   /* admitted now: the item holds a slot */
+    BRIX_FAIR_WAIT, /* queued: deliver() hands it over later */
+    BRIX_FAIR_FULL, /* the tenant's queue is full */
 } brix_fair_rc_t;
 
 /* Creates an item for a request of `tenant` ("" = anonymous) and admits or

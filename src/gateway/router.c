@@ -31,6 +31,7 @@ static const brix_strategy_t *const strategies[] = {
     &brix_strategy_lora_affinity,
     &brix_strategy_sglang_cache_aware,
     &brix_strategy_gie_default,
+    &brix_strategy_vtc_basic,
 };
 
 const brix_strategy_t *const *brix_strategies(size_t *n)

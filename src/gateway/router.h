@@ -153,5 +153,6 @@ extern const brix_strategy_t brix_strategy_lora_affinity;
 extern const brix_strategy_t brix_strategy_weighted;
 extern const brix_strategy_t brix_strategy_sglang_cache_aware;
 extern const brix_strategy_t brix_strategy_gie_default;
+extern const brix_strategy_t brix_strategy_vtc_basic;
 
 #endif

@@ -11,15 +11,14 @@
 int brix_gw_tenant_cfg(const brix_gw_cfg_t *c, brix_tn_cfg_t *out, char *err, size_t errlen)
 {
     memset(out, 0, sizeof *out);
-    out->enabled = c->redis_url || c->users.n || c->require_key || c->admin_key ||
-                   c->default_rpm >= 0;
+    out->enabled =
+        c->redis_url || c->users.n || c->require_key || c->admin_key || c->default_rpm >= 0;
     out->require_key = c->require_key;
     out->default_rpm = c->default_rpm;
     out->default_tpm = c->default_rpm >= 0 ? c->default_tpm : 0;
     out->redis_timeout_ms = c->redis_timeout;
     if (strcmp(c->redis_failure, "open") && strcmp(c->redis_failure, "closed")) {
-        snprintf(err, errlen, "redis-failure: expected open or closed, got '%s'",
-                 c->redis_failure);
+        snprintf(err, errlen, "redis-failure: expected open or closed, got '%s'", c->redis_failure);
         return -1;
     }
     out->fail_open = !strcmp(c->redis_failure, "open");

@@ -157,8 +157,7 @@ int brix_tn_parse_user(const char *spec, brix_tn_user_t *u, char *err, size_t er
                 u->models[i] = v[i] == '|' ? ',' : v[i];
         } else if (!strcmp(kv, "key")) {
             if (strlen(v) < 16) {
-                snprintf(err, errlen, "user '%s': a key must have at least 16 characters",
-                         u->name);
+                snprintf(err, errlen, "user '%s': a key must have at least 16 characters", u->name);
                 rc = -1;
                 break;
             }
@@ -287,8 +286,12 @@ static void fill_numbers(brix_tn_decision_t *d, double r_ahead, double t_ahead)
         t_ahead = 0;
     d->rpm_reset_us = (uint64_t)r_ahead;
     d->tpm_reset_us = (uint64_t)t_ahead;
-    d->rpm_remaining = d->rpm > 0 ? (int64_t)floor((PERIOD_US - r_ahead) / (PERIOD_US / (double)d->rpm) + 1e-9) : -1;
-    d->tpm_remaining = d->tpm > 0 ? (int64_t)floor((PERIOD_US - t_ahead) / (PERIOD_US / (double)d->tpm) + 1e-9) : -1;
+    d->rpm_remaining =
+        d->rpm > 0 ? (int64_t)floor((PERIOD_US - r_ahead) / (PERIOD_US / (double)d->rpm) + 1e-9)
+                   : -1;
+    d->tpm_remaining =
+        d->tpm > 0 ? (int64_t)floor((PERIOD_US - t_ahead) / (PERIOD_US / (double)d->tpm) + 1e-9)
+                   : -1;
     if (d->rpm > 0 && d->rpm_remaining < 0)
         d->rpm_remaining = 0;
     if (d->tpm > 0 && d->tpm_remaining < 0)
@@ -1255,8 +1258,7 @@ void brix_tn_charge(brix_tn_conn_t *c, const char *user, int64_t tpm, int64_t to
     brix_tn_op_t *op = op_new(c, OP_CHARGE, S_CHARGE);
     if (!op)
         return;
-    if (op_arg(op, tn->cfg.prefix) || op_arg(op, user) || op_argi(op, tpm) ||
-        op_argi(op, tokens)) {
+    if (op_arg(op, tn->cfg.prefix) || op_arg(op, user) || op_argi(op, tpm) || op_argi(op, tokens)) {
         op_free(op);
         return;
     }

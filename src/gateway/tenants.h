@@ -43,16 +43,16 @@
 
 typedef struct brix_tn_user {
     char name[BRIX_TN_NAME_MAX];
-    int64_t rpm, tpm;                /* 0 = unlimited */
-    char models[BRIX_TN_MODELS_MAX]; /* comma-separated; "" = every model */
-    int64_t priority;                /* fairness class: higher first */
+    int64_t rpm, tpm;                 /* 0 = unlimited */
+    char models[BRIX_TN_MODELS_MAX];  /* comma-separated; "" = every model */
+    int64_t priority;                 /* fairness class: higher first */
     char key_sha256[BRIX_TN_KEYHASH]; /* "" = no key */
 } brix_tn_user_t;
 
 typedef struct brix_tn_cfg {
-    bool enabled;         /* any tenancy at all */
+    bool enabled; /* any tenancy at all */
     bool require_key;
-    char *redis_host;     /* NULL = memory store */
+    char *redis_host; /* NULL = memory store */
     int redis_port, redis_db;
     char *redis_password; /* NULL = none */
     char *prefix;         /* Redis key prefix, "brix:" */
@@ -84,15 +84,15 @@ void brix_tn_fmt_reset(uint64_t us, char *out, size_t outlen);
 
 typedef enum brix_tn_status {
     BRIX_TN_OK,
-    BRIX_TN_ANONYMOUS,   /* no user named and no key required: not limited */
-    BRIX_TN_NO_KEY,      /* 401: a key is required and none was given */
-    BRIX_TN_BAD_KEY,     /* 401: no user has this key */
-    BRIX_TN_NO_USER,     /* 401: the user header names nobody */
-    BRIX_TN_MODEL,       /* 403: the user may not use this model */
-    BRIX_TN_RPM,         /* 429 */
-    BRIX_TN_TPM,         /* 429 */
-    BRIX_TN_STORE_DOWN,  /* 503 (fail-closed) */
-    BRIX_TN_STORE_OPEN,  /* store unreachable, admitted (fail-open) */
+    BRIX_TN_ANONYMOUS,  /* no user named and no key required: not limited */
+    BRIX_TN_NO_KEY,     /* 401: a key is required and none was given */
+    BRIX_TN_BAD_KEY,    /* 401: no user has this key */
+    BRIX_TN_NO_USER,    /* 401: the user header names nobody */
+    BRIX_TN_MODEL,      /* 403: the user may not use this model */
+    BRIX_TN_RPM,        /* 429 */
+    BRIX_TN_TPM,        /* 429 */
+    BRIX_TN_STORE_DOWN, /* 503 (fail-closed) */
+    BRIX_TN_STORE_OPEN, /* store unreachable, admitted (fail-open) */
 } brix_tn_status_t;
 
 typedef struct brix_tn_decision {

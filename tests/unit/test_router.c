@@ -1286,6 +1286,34 @@ static void test_single_candidate_shortcut(void **state)
     fleet_free(f);
 }
 
+static void test_vtc_basic(void **state)
+{
+    (void)state;
+    fleet_t *f = fleet_new(4);
+    char body[6000];
+    int n = snprintf(body, sizeof body, "{\"model\":\"m\",\"prompt\":\"");
+    for (int i = 0; i < 4000; i++)
+        body[n++] = 'a' + (char)(i % 26);
+    snprintf(body + n, sizeof body - (size_t)n, "\"}");
+    set_body(f, body); /* ~1000 input tokens: 1000 + 2 x 1500 charged per request */
+    set_header(f, "user", "vtc-heavy");
+    assert_int_equal(route(f, "vtc-basic"), 0); /* no tokens yet: the first pod */
+    int last = 0;
+    for (int k = 0; k < 6; k++)
+        last = route(f, "vtc-basic");
+    assert_int_equal(last, 3); /* the heaviest user is pushed to the last pod */
+    clear_headers(f);
+    set_body(f, "{\"model\":\"m\",\"prompt\":\"hi\"}");
+    set_header(f, "user", "vtc-light");
+    assert_int_equal(route(f, "vtc-basic"), 0);
+    clear_headers(f);
+    int counts[MAXP];
+    histogram(f, M_BASE, "vtc-basic", 200, counts); /* no user: random */
+    for (int i = 0; i < 4; i++)
+        assert_true(counts[i] > 20);
+    fleet_free(f);
+}
+
 static void test_adapter_nowhere_no_pod(void **state)
 {
     (void)state;
@@ -1503,6 +1531,7 @@ int main(void)
         T(test_unhealthy_and_ejected),
         T(test_excluded_pods_skipped),
         T(test_single_candidate_shortcut),
+        T(test_vtc_basic),
         T(test_adapter_nowhere_no_pod),
         T(test_explanation),
         T(test_prompt_tokens_match_engine),

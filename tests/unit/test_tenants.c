@@ -73,7 +73,7 @@ static void test_parse_user(void **state)
     char h[BRIX_TN_KEYHASH];
     brix_tn_key_hash("0123456789abcdefXYZ", 19, h);
     assert_string_equal(u.key_sha256, h);
-    static const char *const bad[] = { "",        "a b",       "x:rpm=-1", "x:rpm=1k",
+    static const char *const bad[] = { "",         "a b",         "x:rpm=-1",        "x:rpm=1k",
                                        "x:what=1", "x:key=short", "x:key-sha256=zz", "x:rpm" };
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         err[0] = '\0';
@@ -88,8 +88,8 @@ static void test_redis_url(void **state)
     brix_tn_cfg_t c;
     memset(&c, 0, sizeof c);
     char err[256];
-    assert_int_equal(brix_tn_parse_redis_url("redis://:s3cret@10.0.0.1:6380/2", &c, err, sizeof err),
-                     0);
+    assert_int_equal(
+        brix_tn_parse_redis_url("redis://:s3cret@10.0.0.1:6380/2", &c, err, sizeof err), 0);
     assert_string_equal(c.redis_host, "10.0.0.1");
     assert_int_equal(c.redis_port, 6380);
     assert_int_equal(c.redis_db, 2);
@@ -146,9 +146,9 @@ static brix_tn_t *store(bool require_key, int64_t default_rpm)
     char err[256];
     assert_int_equal(brix_tn_parse_user("r3:rpm=3", &us[0], err, sizeof err), 0);
     assert_int_equal(brix_tn_parse_user("t600:tpm=600,models=m1|m2", &us[1], err, sizeof err), 0);
-    assert_int_equal(brix_tn_parse_user("keyed:rpm=100,key=sk-brix-0123456789abcdef", &us[2], err,
-                                        sizeof err),
-                     0);
+    assert_int_equal(
+        brix_tn_parse_user("keyed:rpm=100,key=sk-brix-0123456789abcdef", &us[2], err, sizeof err),
+        0);
     c.users = us;
     c.nusers = 3;
     brix_tn_t *tn = brix_tn_new(&c, err, sizeof err);

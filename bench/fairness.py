@@ -1,0 +1,493 @@
+#!/usr/bin/env python3
+"""Fairness under saturation: one heavy tenant and three light tenants on a
+saturated simulated fleet, with and without the gateway's Virtual Token
+Counter (VTC; Sheng et al., "Fairness in Serving Large Language Models",
+OSDI 2024).
+
+Target (the project's issue): the light tenants' P99 TTFT with VTC stays
+within 1.5x of their solo run; without VTC, show how far it degrades.
+
+Fleet (fresh processes for every run): two `brix engine-sim --gpu h100
+--time-scale TS --max-num-seqs N` behind one `brix gateway --routing-strategy
+least-request`. Modes:
+  none  the gateway forwards every request at once; the engines queue FIFO
+        beyond their N running sequences (the baseline "without VTC");
+  vtc   `--fairness vtc --max-inflight-per-pod N`: the gateway lets at most
+        N x 2 requests into the fleet (= the fleet's batch capacity), the rest
+        wait in per-tenant queues served by smallest virtual counter.
+The tenant of a request is its `user` header (no users are configured, so the
+gateway does no rate limiting).
+
+Workload: streaming chat completions, prompt 200-500 tokens of random words
+(a random nonce first, so prefix caching does not help), max_tokens 64-128
+with ignore_eos (the engine produces exactly max_tokens). Open-loop Poisson
+arrivals per tenant; the same seeded schedules are used in every mode of a
+repeat (common random numbers), so the modes differ only in the gateway.
+  1. capacity: closed loop, 3N concurrent requests per engine, no fairness:
+     completed requests/s = C (wall).
+  2. rates: each light tenant offers LIGHT_FRAC x C, the heavy tenant
+     HEAVY_X x a light tenant's rate. Defaults 0.1 and 10: lights 10% of
+     capacity each (0.4 of a fair quarter share), heavy 100% of capacity
+     (4x a fair share, 10x a light tenant); 130% offered in all -> saturated.
+  3. runs, per repeat: solo (the three lights alone, mode none), mixed/none,
+     mixed/vtc (order alternates between repeats); once: solo/vtc (VTC costs
+     nothing when the fleet is not saturated).
+After DURATION wall seconds of arrivals, the run waits until every light
+request has finished (bounded by the client timeout), then cancels what is
+left (the heavy tenant's backlog). Heavy throughput counts the tokens
+received inside the arrival window only.
+
+TTFT = first SSE event carrying content - request written (loadgen.py), so it
+includes time queued in the gateway or in the engine. Times are reported in
+simulated seconds (wall / TS); ratios do not depend on that. A request that
+never got a first token (timeout, error status) counts as TTFT = infinity in
+the percentiles, so it cannot make a P99 look better. Headline: pooled P99 TTFT of the
+three light tenants in a mixed run / the same in the solo run of the same
+repeat; median (min..max) over repeats.
+
+Writes bench/results/fairness.{json,md}; process logs bench/results/fair-*.log.
+Knobs (environment): FAIR_DURATION (60 wall s), FAIR_REPEATS (3), FAIR_SEQS (N,
+8), FAIR_TIME_SCALE (0.5), FAIR_LIGHT_FRAC (0.1), FAIR_HEAVY_X (10),
+FAIR_CAP_SECONDS (20), FAIR_TIMEOUT (client timeout, 150 wall s),
+FAIR_SOLO_VTC (1).
+"""
+import asyncio
+import atexit
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import common as c  # noqa: E402
+import gw_common as g  # noqa: E402
+import loadgen  # noqa: E402
+
+DURATION = float(os.environ.get("FAIR_DURATION", "60"))
+REPEATS = int(os.environ.get("FAIR_REPEATS", "3"))
+SEQS = int(os.environ.get("FAIR_SEQS", "8"))
+TS = float(os.environ.get("FAIR_TIME_SCALE", "0.5"))
+LIGHT_FRAC = float(os.environ.get("FAIR_LIGHT_FRAC", "0.1"))
+HEAVY_X = float(os.environ.get("FAIR_HEAVY_X", "10"))
+CAP_SECONDS = float(os.environ.get("FAIR_CAP_SECONDS", "20"))
+TIMEOUT = float(os.environ.get("FAIR_TIMEOUT", "150"))
+SOLO_VTC = os.environ.get("FAIR_SOLO_VTC", "1") == "1"
+ENGINES = 2
+MODEL = "llama-3-8b"
+PATH = "/v1/chat/completions"
+LIGHTS = ["light-1", "light-2", "light-3"]
+HEAVY = "heavy"
+HOST = "127.0.0.1"
+TARGET = 1.5
+
+WORDS = ("the a of to and in is that for it as with was on be by at this from or an are "
+         "model token batch cache prefill decode tenant request queue latency memory kernel "
+         "attention layer weight matrix vector scheduler engine gateway router serving "
+         "throughput fairness counter virtual share service time first byte stream server "
+         "client response prompt output input length block page paged sequence running "
+         "waiting admitted dispatch slot capacity fleet pod replica health metric scrape "
+         "river mountain garden window coffee paper letter winter summer market station "
+         "quickly slowly always never often rarely perhaps maybe certainly clearly").split()
+
+PROCS = []  # every process we started, stopped by its own PID
+
+
+def stop_all():
+    while PROCS:
+        g.stop(PROCS.pop(), timeout=10)
+
+
+def on_signal(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+# ----------------------------------------------------------------- fleet --
+
+def start_fleet(mode, tag):
+    """Two engines and a gateway; returns (gateway port, engine ports)."""
+    eports = []
+    for i in range(ENGINES):
+        port = c.free_port()
+        p = g.spawn([c.BRIX, "engine-sim", "--port", str(port), "--model", MODEL, "--gpu", "h100",
+                     "--time-scale", str(TS), "--max-num-seqs", str(SEQS), "--log-level", "warn"],
+                    None, f"fair-{tag}-engine{i}.log")
+        PROCS.append(p)
+        g.wait_http(f"http://{HOST}:{port}/health")
+        eports.append(port)
+    extra = ["--routing-strategy", "least-request"]
+    if mode == "vtc":
+        extra += ["--fairness", "vtc", "--max-inflight-per-pod", str(SEQS),
+                  "--queue-size", "100000", "--queue-timeout", f"{int(TIMEOUT * 2)}s"]
+    p, gport = g.start_gateway(None, eports, workers=2, extra=extra,
+                               log_path=f"fair-{tag}-gateway.log")
+    PROCS.append(p)
+    # every pod healthy (and, with VTC, the full capacity open) before load
+    deadline = time.time() + 20
+    while True:
+        text = c.metrics(gport)
+        healthy = c.metric(text, "brix_gateway_pod_healthy") or 0
+        cap = c.metric(text, "brix_gateway_fair_capacity")
+        if healthy >= ENGINES and (mode != "vtc" or (cap or 0) >= SEQS * ENGINES):
+            break
+        if time.time() > deadline:
+            raise RuntimeError(f"gateway not ready: healthy={healthy} capacity={cap}")
+        time.sleep(0.1)
+    return gport, eports
+
+
+# -------------------------------------------------------------- workload --
+
+def make_body(rng, stream_id):
+    ptok = rng.randint(200, 500)
+    words, n = [f"[{stream_id}-{rng.getrandbits(48):x}]"], 0
+    while n < ptok * 4:  # ~4 characters per token
+        w = rng.choice(WORDS)
+        words.append(w)
+        n += len(w) + 1
+    return {"model": MODEL, "stream": True, "max_tokens": rng.randint(64, 128), "ignore_eos": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": " ".join(words)}]}
+
+
+def schedule(tenant, rate, seed):
+    """Poisson arrival times (wall s from start) and bodies for one tenant."""
+    rng = random.Random(f"{seed}-{tenant}")
+    out, t = [], 0.0
+    while True:
+        t += rng.expovariate(rate)
+        if t >= DURATION:
+            return out
+        out.append((t, make_body(rng, f"{tenant}-{len(out)}")))
+
+
+class Req:
+    __slots__ = ("tenant", "planned", "lag", "res", "timed_out")
+
+    def __init__(self, tenant, planned):
+        self.tenant, self.planned, self.lag = tenant, planned, 0.0
+        self.res, self.timed_out = loadgen.Result(), False
+
+
+async def one(port, r, body):
+    try:
+        await asyncio.wait_for(
+            loadgen.stream_request(HOST, port, PATH, body, {"user": r.tenant}, r.res), TIMEOUT)
+    except asyncio.TimeoutError:
+        r.timed_out = True
+        r.res.error = r.res.error or "client timeout"
+    except asyncio.CancelledError:
+        r.res.error = r.res.error or "cancelled at end of run"
+
+
+async def scrape(port):
+    """GET /metrics on our own loop (no threads); None on failure."""
+    try:
+        rd, wr = await asyncio.wait_for(asyncio.open_connection(HOST, port), 2)
+        wr.write(f"GET /metrics HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n".encode())
+        data = await asyncio.wait_for(rd.read(), 2)
+        wr.close()
+        return data.decode(errors="replace").split("\r\n\r\n", 1)[-1]
+    except (OSError, asyncio.TimeoutError):
+        return None
+
+
+async def sampler(gport, eports, samples, stop):
+    while not stop.is_set():
+        t = time.perf_counter()
+        s = {"t": t}
+        text = await scrape(gport)
+        if text:
+            s["gw_queued"] = c.metric(text, "brix_gateway_fair_queued")
+            s["gw_inflight"] = c.metric(text, "brix_gateway_fair_inflight")
+        waiting = running = 0.0
+        for p in eports:
+            text = await scrape(p)
+            if text:
+                waiting += c.metric(text, "vllm:num_requests_waiting") or 0
+                running += c.metric(text, "vllm:num_requests_running") or 0
+        s["eng_waiting"], s["eng_running"] = waiting, running
+        samples.append(s)
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+        except asyncio.TimeoutError:
+            pass
+
+
+async def drive(gport, eports, scheds):
+    """Sends every tenant's schedule open-loop; returns (requests, t0, samples)."""
+    loop = asyncio.get_running_loop()
+    reqs, tasks, samples = [], [], []
+    stop = asyncio.Event()
+    samp = asyncio.ensure_future(sampler(gport, eports, samples, stop))
+    t0 = time.perf_counter() + 0.2
+
+    async def tenant_loop(tenant, sched):
+        for at, body in sched:
+            delay = t0 + at - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            r = Req(tenant, at)
+            r.lag = time.perf_counter() - (t0 + at)
+            reqs.append(r)
+            tasks.append(loop.create_task(one(gport, r, body)))
+
+    await asyncio.gather(*[tenant_loop(t, s) for t, s in scheds.items()])
+    # wait for every light request (bounded by the client timeout), then cancel the rest
+    while True:
+        light = [tk for tk, r in zip(tasks, reqs) if r.tenant != HEAVY and not tk.done()]
+        if not light:
+            break
+        await asyncio.wait(light)
+    await asyncio.sleep(0.5)
+    pending = [tk for tk in tasks if not tk.done()]
+    for tk in pending:
+        tk.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    stop.set()
+    await samp
+    return reqs, t0, samples, len(pending)
+
+
+# --------------------------------------------------------------- measure --
+
+def pct(xs, p):
+    """Percentile where a missing first token (inf) is larger than any sample."""
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = (len(xs) - 1) * p / 100.0
+    f = int(k)
+    hi = min(f + 1, len(xs) - 1)
+    if math.isinf(xs[hi]):
+        return xs[hi] if k > f or math.isinf(xs[f]) else xs[f]
+    return xs[f] + (xs[hi] - xs[f]) * (k - f)
+
+
+def ttft_sim(r):
+    return r.res.ttft / TS if r.res.ttft is not None else float("inf")
+
+
+def summarize(reqs, t0, samples, cancelled):
+    end = t0 + DURATION
+    out = {"tenants": {}, "cancelled_at_end": cancelled,
+           "max_send_lag_ms": max((r.lag for r in reqs), default=0) * 1e3}
+    groups = {t: [r for r in reqs if r.tenant == t] for t in sorted({r.tenant for r in reqs})}
+    groups["lights"] = [r for r in reqs if r.tenant != HEAVY]
+    for name, rs in groups.items():
+        ttft = [ttft_sim(r) for r in rs]
+        statuses = {}
+        for r in rs:
+            if r.res.status != 200:
+                k = str(r.res.status) if r.res.status else ("timeout" if r.timed_out else "none")
+                statuses[k] = statuses.get(k, 0) + 1
+        toks = sum(1 for r in rs for e in r.res.events if t0 <= e <= end)
+        done = sum(1 for r in rs if r.res.status == 200 and r.res.error is None and r.res.usage)
+        out["tenants"][name] = {
+            "sent": len(rs), "completed": done,
+            "no_first_token": sum(1 for x in ttft if math.isinf(x)),
+            "errors": sum(1 for r in rs if r.res.error and "cancelled at end" not in r.res.error),
+            "error_samples": sorted({(r.res.error or "")[:160] for r in rs
+                                     if r.res.error and "cancelled at end" not in r.res.error})[:3],
+            "status": statuses,
+            "ttft_p50_s": pct(ttft, 50), "ttft_p90_s": pct(ttft, 90), "ttft_p99_s": pct(ttft, 99),
+            "ttft_max_s": max(ttft) if ttft else float("nan"),
+            # tokens received inside the arrival window, per simulated second
+            "tokens_per_s": toks / (DURATION / TS)}
+    win = [s for s in samples if t0 <= s["t"] <= end]
+    for k in ("gw_queued", "gw_inflight", "eng_waiting", "eng_running"):
+        v = [s[k] for s in win if s.get(k) is not None]
+        out[k + "_mean"] = sum(v) / len(v) if v else None
+        out[k + "_max"] = max(v) if v else None
+    return out
+
+
+def run(kind, mode, rates, seed, tag):
+    """One run on a fresh fleet; kind solo|mixed."""
+    scheds = {t: schedule(t, rates["light"], seed) for t in LIGHTS}
+    if kind == "mixed":
+        scheds[HEAVY] = schedule(HEAVY, rates["heavy"], seed)
+    print(f"  {kind}/{mode} (seed {seed}, load average {g.loadavg():.2f}) ...", end="", flush=True)
+    try:
+        gport, eports = start_fleet(mode, tag)
+        cpu0, w0 = g.self_cpu_s(), time.perf_counter()
+        reqs, t0, samples, cancelled = asyncio.run(drive(gport, eports, scheds))
+        client_cpu = (g.self_cpu_s() - cpu0) / (time.perf_counter() - w0) * 100
+    finally:
+        stop_all()
+    s = summarize(reqs, t0, samples, cancelled)
+    s.update({"kind": kind, "mode": mode, "seed": seed, "client_cpu_pct": client_cpu,
+              "loadavg": g.loadavg()})
+    L = s["tenants"]["lights"]
+    line = (f" lights P99 TTFT {L['ttft_p99_s']:.3f}s (p50 {L['ttft_p50_s']:.3f}s, "
+            f"{L['completed']}/{L['sent']} done, {L['errors']} err)")
+    if HEAVY in s["tenants"]:
+        H = s["tenants"][HEAVY]
+        line += (f"; heavy {H['tokens_per_s']:.0f} tok/s, P50 TTFT {H['ttft_p50_s']:.2f}s, "
+                 f"{H['errors']} err, {cancelled} cancelled")
+    print(line + f"; client CPU {client_cpu:.0f}%, max send lag {s['max_send_lag_ms']:.0f} ms",
+          flush=True)
+    return s
+
+
+async def closed_loop(port, conc, secs, rng):
+    """conc workers back to back for secs; completions and tokens after warm-up."""
+    t_end = time.perf_counter() + secs
+    warm = time.perf_counter() + min(5.0, secs / 4)
+    done, toks = [], [0]
+
+    async def worker(i):
+        while time.perf_counter() < t_end:
+            res = loadgen.Result()
+            try:
+                await asyncio.wait_for(loadgen.stream_request(
+                    HOST, port, PATH, make_body(rng, f"cap-{i}"), {"user": "cap"}, res),
+                    t_end - time.perf_counter() + 1)
+            except asyncio.TimeoutError:
+                return
+            now = time.perf_counter()
+            if res.status == 200 and res.usage and warm <= now <= t_end:
+                done.append(now)
+            toks[0] += sum(1 for e in res.events if warm <= e <= t_end)
+
+    await asyncio.gather(*[worker(i) for i in range(conc)])
+    return len(done) / (t_end - warm), toks[0] / (t_end - warm)
+
+
+def capacity():
+    print(f"capacity: closed loop, {3 * SEQS} concurrent per engine, {CAP_SECONDS:.0f} s ...",
+          end="", flush=True)
+    try:
+        gport, _ = start_fleet("none", "capacity")
+        rps, tps = asyncio.run(closed_loop(gport, 3 * SEQS * ENGINES, CAP_SECONDS,
+                                           random.Random("capacity")))
+    finally:
+        stop_all()
+    print(f" {rps:.1f} req/s wall = {rps * TS:.2f} req/s simulated, {tps * TS:.0f} tok/s simulated",
+          flush=True)
+    return rps, tps
+
+
+# ----------------------------------------------------------------- report --
+
+def spread(xs, fmt="{:.2f}"):
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return "—"
+    med, lo, hi = g.stats(xs)
+    f = lambda v: "∞" if math.isinf(v) else fmt.format(v)  # noqa: E731
+    return f"{f(med)} ({f(lo)}..{f(hi)})" if len(xs) > 1 else f(med)
+
+
+def ratio(a, b):
+    return a / b if b and not math.isnan(a) else float("nan")
+
+
+def report(out):
+    reps = out["repeats_data"]
+    lines = [
+        f"Light tenants' TTFT (3 tenants pooled) on a saturated fleet of {ENGINES} engine-sims "
+        f"(h100, --max-num-seqs {SEQS}, --time-scale {TS}) behind the brix gateway "
+        f"(least-request). Capacity C = {out['capacity_rps'] * TS:.2f} req/s simulated (closed loop). "
+        f"Each light tenant offers {LIGHT_FRAC:.0%} of C, the heavy tenant {HEAVY_X:g}x that "
+        f"({LIGHT_FRAC * HEAVY_X:.0%} of C); offered {LIGHT_FRAC * (3 + HEAVY_X):.0%} of C. "
+        f"{DURATION:.0f} wall s ({DURATION / TS:.0f} simulated s) of Poisson arrivals per run, "
+        f"{len(reps)} repeats; median (min..max) over repeats. Times in simulated seconds. "
+        "VTC: Sheng et al., \"Fairness in Serving Large Language Models\", OSDI 2024.", "",
+        "| run | light P50 TTFT s | light P90 TTFT s | light P99 TTFT s | **P99 / solo P99** | "
+        "light done/sent | heavy tok/s (sim) | heavy P50 TTFT s | errors | gateway queue (mean) | "
+        "engine queue (mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def row(label, runs, solo=None):
+        L = [r["tenants"]["lights"] for r in runs]
+        H = [r["tenants"].get(HEAVY) for r in runs]
+        rat = "—" if solo is None else "**" + spread(
+            [ratio(r["tenants"]["lights"]["ttft_p99_s"], s["tenants"]["lights"]["ttft_p99_s"])
+             for r, s in zip(runs, solo)]) + "x**"
+        errs = sum(t["errors"] for r in runs for n, t in r["tenants"].items() if n != "lights")
+        lines.append(
+            f"| {label} | {spread([x['ttft_p50_s'] for x in L], '{:.3f}')} | "
+            f"{spread([x['ttft_p90_s'] for x in L], '{:.3f}')} | "
+            f"{spread([x['ttft_p99_s'] for x in L], '{:.3f}')} | {rat} | "
+            f"{sum(x['completed'] for x in L)}/{sum(x['sent'] for x in L)} | "
+            f"{spread([h['tokens_per_s'] for h in H if h], '{:.0f}') if any(H) else '—'} | "
+            f"{spread([h['ttft_p50_s'] for h in H if h], '{:.2f}') if any(H) else '—'} | {errs} | "
+            f"{spread([r['gw_queued_mean'] for r in runs], '{:.0f}')} | "
+            f"{spread([r['eng_waiting_mean'] for r in runs], '{:.0f}')} |")
+
+    solo = [r["solo"] for r in reps]
+    row("solo (lights only), no VTC", solo)
+    if out.get("solo_vtc"):
+        row("solo (lights only), VTC", [out["solo_vtc"]], [solo[0]])
+    row("mixed, no VTC", [r["none"] for r in reps], solo)
+    row("mixed, **VTC**", [r["vtc"] for r in reps], solo)
+    v = [ratio(r["vtc"]["tenants"]["lights"]["ttft_p99_s"],
+               r["solo"]["tenants"]["lights"]["ttft_p99_s"]) for r in reps]
+    n = [ratio(r["none"]["tenants"]["lights"]["ttft_p99_s"],
+               r["solo"]["tenants"]["lights"]["ttft_p99_s"]) for r in reps]
+    met = all(x <= TARGET for x in v)
+    lines += ["", f"**Headline**: VTC: light P99 TTFT = {spread(v)}x solo (target <= {TARGET}x: "
+              f"{'met' if met else 'NOT met'} in {sum(x <= TARGET for x in v)}/{len(v)} repeats); "
+              f"without VTC: {spread(n)}x solo.", "",
+              "Per light tenant, P99 TTFT / the same tenant's solo P99 (median (min..max) over "
+              "repeats):", "", "| tenant | no VTC | VTC |", "|---|---|---|"]
+    for t in LIGHTS:
+        def tr(mode):
+            return spread([ratio(r[mode]["tenants"][t]["ttft_p99_s"],
+                                 r["solo"]["tenants"][t]["ttft_p99_s"]) for r in reps])
+        lines.append(f"| {t} | {tr('none')}x | {tr('vtc')}x |")
+    lines += ["", "Heavy tenant tokens/s inside the arrival window, VTC / no VTC: " + spread(
+        [ratio(r["vtc"]["tenants"][HEAVY]["tokens_per_s"], r["none"]["tenants"][HEAVY]["tokens_per_s"])
+         for r in reps]) + "x. Light requests per run: "
+              f"{spread([r['solo']['tenants']['lights']['sent'] for r in reps], '{:.0f}')}; "
+              "a request with no first token counts as infinite TTFT. Without VTC the engines' "
+              "FIFO queue grows for the whole run (offered > capacity), so that ratio grows with "
+              "the run length; with VTC the backlog is the heavy tenant's own, in the gateway.",
+              "", f"Client: max send lag {max(r[m]['max_send_lag_ms'] for r in reps for m in ('solo', 'none', 'vtc')):.0f} ms, "
+              f"CPU {max(r[m]['client_cpu_pct'] for r in reps for m in ('solo', 'none', 'vtc')):.0f}% "
+              "of a core at most. Reproduce: `python3 bench/fairness.py` (knobs in its docstring).",
+              "", g.build_line(out["build"])]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    signal.signal(signal.SIGTERM, on_signal)
+    atexit.register(stop_all)
+    atexit.register(g.cleanup_tmp)
+    os.makedirs(c.RESULTS, exist_ok=True)
+    g.raise_nofile(8192)
+    build = g.snapshot_brix()
+    t_start = time.time()
+    cap_rps, cap_tps = capacity()
+    rates = {"light": LIGHT_FRAC * cap_rps, "heavy": HEAVY_X * LIGHT_FRAC * cap_rps}
+    print(f"rates (wall): light {rates['light']:.2f} req/s each, heavy {rates['heavy']:.2f} req/s",
+          flush=True)
+    out = {"build": build, "engines": ENGINES, "max_num_seqs": SEQS, "time_scale": TS,
+           "duration_wall_s": DURATION, "light_frac": LIGHT_FRAC, "heavy_x": HEAVY_X,
+           "capacity_rps": cap_rps, "capacity_tps": cap_tps, "rates_wall": rates,
+           "repeats_data": [], "solo_vtc": None}
+    for rep in range(REPEATS):
+        print(f"repeat {rep + 1}/{REPEATS}", flush=True)
+        d = {"solo": run("solo", "none", rates, rep, f"r{rep}-solo")}
+        order = ("none", "vtc") if rep % 2 == 0 else ("vtc", "none")
+        for mode in order:
+            d[mode] = run("mixed", mode, rates, rep, f"r{rep}-{mode}")
+        out["repeats_data"].append(d)
+        if rep == 0 and SOLO_VTC:
+            out["solo_vtc"] = run("solo", "vtc", rates, 0, "r0-solo-vtc")
+    out["elapsed_s"] = time.time() - t_start
+    md = report(out)
+    with open(os.path.join(c.RESULTS, "fairness.json"), "w") as f:
+        json.dump(out, f, indent=1, default=str)
+    with open(os.path.join(c.RESULTS, "fairness.md"), "w") as f:
+        f.write(md)
+    print()
+    print(md)
+    print(f"elapsed {out['elapsed_s']:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
