@@ -53,6 +53,7 @@ FAIR_SOLO_VTC (1).
 """
 import asyncio
 import atexit
+import bisect
 import json
 import math
 import os
@@ -202,6 +203,8 @@ async def sampler(gport, eports, samples, stop):
         if text:
             s["gw_queued"] = c.metric(text, "brix_gateway_fair_queued")
             s["gw_inflight"] = c.metric(text, "brix_gateway_fair_inflight")
+            s["gw_expired"] = c.metric(text, "brix_gateway_fair_expired_total")
+            s["gw_rejected"] = c.metric(text, "brix_gateway_fair_rejected_total")
         waiting = running = 0.0
         for p in eports:
             text = await scrape(p)
@@ -280,8 +283,11 @@ def summarize(reqs, t0, samples, cancelled):
         ttft = [ttft_sim(r) for r in rs]
         statuses = {}
         for r in rs:
-            if r.res.status != 200:
-                k = str(r.res.status) if r.res.status else ("timeout" if r.timed_out else "none")
+            if r.res.error and "cancelled at end" in r.res.error:
+                continue
+            if r.res.status != 200 or r.res.error:
+                k = ("timeout" if r.timed_out else str(r.res.status) if r.res.status != 200
+                     else "stream error")
                 statuses[k] = statuses.get(k, 0) + 1
         toks = sum(1 for r in rs for e in r.res.events if t0 <= e <= end)
         done = sum(1 for r in rs if r.res.status == 200 and r.res.error is None and r.res.usage)
@@ -296,6 +302,11 @@ def summarize(reqs, t0, samples, cancelled):
             "ttft_max_s": max(ttft) if ttft else float("nan"),
             # tokens received inside the arrival window, per simulated second
             "tokens_per_s": toks / (DURATION / TS)}
+    out["fleet_tokens_per_s"] = sum(v["tokens_per_s"] for k, v in out["tenants"].items()
+                                    if k != "lights")
+    last = samples[-1] if samples else {}
+    out["gw_expired_total"] = last.get("gw_expired")
+    out["gw_rejected_total"] = last.get("gw_rejected")
     win = [s for s in samples if t0 <= s["t"] <= end]
     for k in ("gw_queued", "gw_inflight", "eng_waiting", "eng_running"):
         v = [s[k] for s in win if s.get(k) is not None]
@@ -318,6 +329,11 @@ def run(kind, mode, rates, seed, tag):
     finally:
         stop_all()
     s = summarize(reqs, t0, samples, cancelled)
+    # per-request data for the ideal-scheduler estimate (not written to the JSON)
+    s["_ends"] = sorted(r.res.events[-1] - t0 for r in reqs if r.res.events)
+    s["_starts"] = sorted(r.res.start - t0 for r in reqs if r.res.start)
+    s["_light"] = {f"{r.tenant}@{r.planned:.6f}": (r.res.start - t0 if r.res.start else None,
+                                                   ttft_sim(r)) for r in reqs if r.tenant != HEAVY}
     s.update({"kind": kind, "mode": mode, "seed": seed, "client_cpu_pct": client_cpu,
               "loadavg": g.loadavg()})
     L = s["tenants"]["lights"]
@@ -397,9 +413,9 @@ def report(out):
         f"{len(reps)} repeats; median (min..max) over repeats. Times in simulated seconds. "
         "VTC: Sheng et al., \"Fairness in Serving Large Language Models\", OSDI 2024.", "",
         "| run | light P50 TTFT s | light P90 TTFT s | light P99 TTFT s | **P99 / solo P99** | "
-        "light done/sent | heavy tok/s (sim) | heavy P50 TTFT s | errors | gateway queue (mean) | "
-        "engine queue (mean) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|"]
+        "light done/sent | heavy tok/s (sim) | fleet tok/s (sim) | heavy P50 TTFT s | errors | "
+        "gateway queue (mean) | engine queue (mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def row(label, runs, solo=None):
         L = [r["tenants"]["lights"] for r in runs]
@@ -414,6 +430,7 @@ def report(out):
             f"{spread([x['ttft_p99_s'] for x in L], '{:.3f}')} | {rat} | "
             f"{sum(x['completed'] for x in L)}/{sum(x['sent'] for x in L)} | "
             f"{spread([h['tokens_per_s'] for h in H if h], '{:.0f}') if any(H) else '—'} | "
+            f"{spread([r['fleet_tokens_per_s'] for r in runs], '{:.0f}')} | "
             f"{spread([h['ttft_p50_s'] for h in H if h], '{:.2f}') if any(H) else '—'} | {errs} | "
             f"{spread([r['gw_queued_mean'] for r in runs], '{:.0f}')} | "
             f"{spread([r['eng_waiting_mean'] for r in runs], '{:.0f}')} |")
@@ -439,6 +456,33 @@ def report(out):
             return spread([ratio(r[mode]["tenants"][t]["ttft_p99_s"],
                                  r["solo"]["tenants"][t]["ttft_p99_s"]) for r in reps])
         lines.append(f"| {t} | {tr('none')}x | {tr('vtc')}x |")
+    interval = 1 / (out["capacity_rps"] * TS)
+    added = [r["vtc"]["tenants"]["lights"]["ttft_p50_s"] - r["solo"]["tenants"]["lights"]["ttft_p50_s"]
+             for r in reps]
+    solo99 = g.stats([r["solo"]["tenants"]["lights"]["ttft_p99_s"] for r in reps])[0]
+    lines += ["", f"At capacity every fleet slot is busy, so a light request admitted by the gateway "
+              f"first waits for one to free: requests complete every 1/C = {interval:.3f} s "
+              f"(simulated) on average ({'more' if interval > solo99 else 'less'} than the solo "
+              f"P99 TTFT, {solo99:.3f} s). VTC light P50 TTFT - solo P50 = "
+              f"{spread(added, '{:.3f}')} s = {spread([a / interval for a in added])} completion "
+              "intervals. Ideal non-preemptive estimate (each light request of the VTC run gets "
+              "the very next completion's slot when the fleet is full, then takes its solo TTFT): "
+              f"P50 {spread([r['ideal']['p50_s'] for r in reps], '{:.3f}')} s, P99 "
+              f"{spread([r['ideal']['p99_s'] for r in reps], '{:.3f}')} s = "
+              f"{spread([r['ideal']['ratio'] for r in reps])}x solo: roughly the floor for any "
+              "gateway-side scheduler that does not preempt running requests."]
+    bad = {}
+    for r in reps:
+        for m in ("solo", "none", "vtc"):
+            for t, v in r[m]["tenants"].items():
+                if t != "lights":
+                    for st, k in v["status"].items():
+                        bad[f"{m} {t} {st}"] = bad.get(f"{m} {t} {st}", 0) + k
+    exp = sum((r["vtc"].get("gw_expired_total") or 0) + (r["vtc"].get("gw_rejected_total") or 0)
+              for r in reps)
+    lines += ["", "Non-200 answers / timeouts (all runs): " +
+              (", ".join(f"{k}: {v}" for k, v in sorted(bad.items())) or "none") +
+              f"; VTC queue expired + rejected: {exp:.0f}."]
     lines += ["", "Heavy tenant tokens/s inside the arrival window, VTC / no VTC: " + spread(
         [ratio(r["vtc"]["tenants"][HEAVY]["tokens_per_s"], r["none"]["tenants"][HEAVY]["tokens_per_s"])
          for r in reps]) + "x. Light requests per run: "
@@ -451,6 +495,38 @@ def report(out):
               "of a core at most. Reproduce: `python3 bench/fairness.py` (knobs in its docstring).",
               "", g.build_line(out["build"])]
     return "\n".join(lines) + "\n"
+
+
+def ideal(solo, vtc):
+    """Estimate of the best a gateway scheduler can do without preempting: each
+    light request of the VTC run goes in at once if fewer than capacity requests
+    were outstanding when it was sent, else it gets the very next slot that
+    frees (the next completion), then takes its solo TTFT. Returns the pooled
+    P99 of those TTFTs (simulated s) and its ratio to the solo P99."""
+    ends, starts, xs = vtc["_ends"], vtc["_starts"], []
+    for key, (start, _) in vtc["_light"].items():
+        if start is None or key not in solo["_light"]:
+            continue
+        i = bisect.bisect_right(ends, start)
+        outstanding = bisect.bisect_left(starts, start) - i
+        if outstanding < SEQS * ENGINES:
+            wait = 0.0
+        else:
+            wait = (ends[i] - start) / TS if i < len(ends) else float("inf")
+        xs.append(solo["_light"][key][1] + wait)
+    p99 = pct(xs, 99)
+    return {"p50_s": pct(xs, 50), "p99_s": p99, "ratio": ratio(p99, solo["tenants"]["lights"]["ttft_p99_s"])}
+
+
+def clean(x):
+    """JSON without Infinity/NaN: those become null."""
+    if isinstance(x, float) and (math.isinf(x) or math.isnan(x)):
+        return None
+    if isinstance(x, dict):
+        return {k: clean(v) for k, v in x.items() if not k.startswith("_")}
+    if isinstance(x, list):
+        return [clean(v) for v in x]
+    return x
 
 
 def main():
@@ -475,13 +551,14 @@ def main():
         order = ("none", "vtc") if rep % 2 == 0 else ("vtc", "none")
         for mode in order:
             d[mode] = run("mixed", mode, rates, rep, f"r{rep}-{mode}")
+        d["ideal"] = ideal(d["solo"], d["vtc"])
         out["repeats_data"].append(d)
         if rep == 0 and SOLO_VTC:
             out["solo_vtc"] = run("solo", "vtc", rates, 0, "r0-solo-vtc")
     out["elapsed_s"] = time.time() - t_start
     md = report(out)
     with open(os.path.join(c.RESULTS, "fairness.json"), "w") as f:
-        json.dump(out, f, indent=1, default=str)
+        json.dump(clean(out), f, indent=1, default=str)
     with open(os.path.join(c.RESULTS, "fairness.md"), "w") as f:
         f.write(md)
     print()

@@ -187,5 +187,25 @@ equal 512-token text blocks, so shared prefixes are real prefix-cache hits.
 {rfrag('routing-mooncake')}
 
 ![TTFT CDF](bench/plots/routing-mooncake-ttft.svg)
+
+At 2.5x the trace's pace the fleet is overloaded for every strategy (TTFT p90 above 15 s for
+all), so this run shows behaviour under overload, not the latency targets.
+
+## Tenants: fairness under saturation (VTC)
+
+Command: `python3 bench/fairness.py`. One heavy tenant offering about 10x a light tenant's
+load and three light tenants, on a saturated fleet of simulated engines behind the gateway,
+with and without `--fairness vtc` (Virtual Token Counter, Sheng et al., "Fairness in Serving
+Large Language Models", OSDI 2024), against the light tenants' solo run.
+
+{frag('fairness.md')}
+
+## Tenants: cost of the rate-limit check
+
+The `brix+mem` and `brix+redis` rows of the gateway proxy benchmark above: the same requests
+with a rate-limited user (RPM and TPM checked before routing, tokens charged from `usage` after
+the response), its state in memory or in a redis-server on loopback (one `EVALSHA` for the check
+and one for the charge per request). The gateway also reports the check's own latency in
+`brix_gateway_ratelimit_check_seconds`.
 """
 open(os.path.join(ROOT, "BENCHMARKS.md"), "w").write(doc)

@@ -246,7 +246,7 @@ static bool authorized(brix_gw_t *gw, brix_http_req_t *h)
     const char *k = auth + 7;
     while (*k == ' ')
         k++;
-    if (!brix_tn_ct_equal(k, gw->cfg.admin_key)) {
+    if (!brix_tn_ct_equal(k, gw->fixed.admin_key)) {
         brix_http_respond_error(h, 401, "invalid_request_error", "invalid_api_key", NULL,
                                 "incorrect admin key");
         return false;
@@ -302,7 +302,7 @@ bool brix_gw_admin_handle(brix_gw_worker_t *w, brix_http_req_t *h)
     if (ai < 0 && !brix)
         return false;
     brix_gw_t *gw = w->gw;
-    if (!gw->cfg.admin_key || !w->tn) {
+    if (!gw->fixed.admin_key || !w->tn) {
         brix_http_respond_error(h, 403, "permission_error", "admin_disabled", NULL,
                                 "the admin API is disabled: start the gateway with --admin-key "
                                 "KEY or BRIX_ADMIN_KEY");

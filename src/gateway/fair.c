@@ -95,8 +95,11 @@ void brix_fair_free(brix_fair_t *f)
     brix_free(f);
 }
 
-static int tenant_of(brix_fair_t *f, const char *name)
+static int tenant_of(brix_fair_t *f, const char *full)
 {
+    /* names are kept to NAME_MAX_LEN - 1 bytes: hash and compare what is kept */
+    char name[NAME_MAX_LEN];
+    snprintf(name, sizeof name, "%s", full);
     size_t mask = f->nslots - 1;
     for (size_t i = fnv(name) & mask;; i = (i + 1) & mask) {
         int s = f->slots[i];
@@ -117,10 +120,13 @@ static int tenant_of(brix_fair_t *f, const char *name)
     }
 }
 
+static void dispatch(brix_fair_t *f);
+
 void brix_fair_set_capacity(brix_fair_t *f, int64_t capacity)
 {
     uv_mutex_lock(&f->mu);
     f->capacity = capacity;
+    dispatch(f); /* more room: let waiting requests in */
     uv_mutex_unlock(&f->mu);
 }
 
@@ -326,8 +332,10 @@ void brix_fair_stats(brix_fair_t *f, brix_fair_stats_t *out)
     uv_mutex_unlock(&f->mu);
 }
 
-double brix_fair_counter(brix_fair_t *f, const char *tenant)
+double brix_fair_counter(brix_fair_t *f, const char *full)
 {
+    char tenant[NAME_MAX_LEN];
+    snprintf(tenant, sizeof tenant, "%s", full);
     double c = -1;
     uv_mutex_lock(&f->mu);
     size_t mask = f->nslots - 1;

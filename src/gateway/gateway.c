@@ -328,6 +328,66 @@ static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t e
 
 /* ------------------------------------------------------------ signals -- */
 
+static bool str_differs(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b));
+}
+
+static bool list_differs(const brix_strlist_t *a, const brix_strlist_t *b)
+{
+    if (a->n != b->n)
+        return true;
+    for (size_t i = 0; i < a->n; i++)
+        if (strcmp(a->v[i], b->v[i]))
+            return true;
+    return false;
+}
+
+/* Tenancy and fairness settings are read by the worker threads without a
+ * lock and shape state built at start (the store, the queue): a reload keeps
+ * the running values (the new file's are swapped into `old`, which the
+ * caller frees) and says so if they differ. */
+static void keep_start_only(brix_gw_cfg_t *nc, brix_gw_cfg_t *old)
+{
+#define KEEP_STR(f)                                                                                \
+    do {                                                                                           \
+        changed |= str_differs(nc->f, old->f);                                                     \
+        char *t = nc->f;                                                                           \
+        nc->f = old->f;                                                                            \
+        old->f = t;                                                                                \
+    } while (0)
+#define KEEP_VAL(f)                                                                                \
+    do {                                                                                           \
+        changed |= nc->f != old->f;                                                                \
+        nc->f = old->f;                                                                            \
+    } while (0)
+    bool changed = list_differs(&nc->users, &old->users);
+    brix_strlist_t tl = nc->users;
+    nc->users = old->users;
+    old->users = tl;
+    KEEP_STR(redis_url);
+    KEEP_STR(redis_password);
+    KEEP_STR(redis_prefix);
+    KEEP_STR(redis_failure);
+    KEEP_STR(admin_key);
+    KEEP_STR(engine_api_key);
+    KEEP_STR(fairness);
+    KEEP_VAL(redis_timeout);
+    KEEP_VAL(require_key);
+    KEEP_VAL(default_rpm);
+    KEEP_VAL(default_tpm);
+    KEEP_VAL(tenant_metrics_max);
+    KEEP_VAL(max_inflight_per_pod);
+    KEEP_VAL(queue_size);
+    KEEP_VAL(queue_timeout);
+    KEEP_VAL(fair_tenants);
+#undef KEEP_STR
+#undef KEEP_VAL
+    if (changed)
+        BRIX_WARN("reload: tenant, Redis, admin-key and fairness settings only change on "
+                  "restart; keeping the running ones (users: change them with the admin API)");
+}
+
 static void on_sighup(uv_signal_t *s, int signum)
 {
     brix_gw_t *gw = s->data;
@@ -361,6 +421,7 @@ static void on_sighup(uv_signal_t *s, int signum)
         brix_config_free(gw_opts, &nc);
         return;
     }
+    keep_start_only(&nc, &gw->cfg);
     /* Listener settings stay; everything else is the new file's. */
     int64_t port = gw->cfg.port, workers = gw->cfg.workers;
     char *host = gw->cfg.host;
@@ -482,6 +543,14 @@ int brix_gateway_main(int argc, char **argv)
         fprintf(stderr, "brix gateway: %s\n", gw->rt ? "out of memory" : err);
         goto out;
     }
+    gw->fixed.admin_key = gw->cfg.admin_key ? brix_strdup(gw->cfg.admin_key) : NULL;
+    gw->fixed.engine_api_key = gw->cfg.engine_api_key ? brix_strdup(gw->cfg.engine_api_key) : NULL;
+    gw->fixed.queue_size = gw->cfg.queue_size;
+    gw->fixed.queue_timeout = gw->cfg.queue_timeout;
+    gw->fixed.tenant_metrics_max = gw->cfg.tenant_metrics_max;
+    if ((gw->cfg.admin_key && !gw->fixed.admin_key) ||
+        (gw->cfg.engine_api_key && !gw->fixed.engine_api_key))
+        goto out;
     brix_tn_cfg_t tc;
     if (brix_gw_tenant_cfg(&gw->cfg, &tc, err, sizeof err)) {
         fprintf(stderr, "brix gateway: %s\n", err);
@@ -571,6 +640,8 @@ out:
     brix_prefix_index_free(gw->index);
     brix_fair_free(gw->fair);
     brix_tn_free(gw->tn);
+    brix_free(gw->fixed.admin_key);
+    brix_free(gw->fixed.engine_api_key);
     for (size_t i = 0; i < gw->nlabel_users; i++)
         brix_free(gw->label_users[i]);
     brix_free(gw->label_users);

@@ -196,6 +196,12 @@ struct brix_gw {
     brix_tn_t *tn;           /* NULL: no tenancy */
     brix_fair_t *fair;       /* NULL: no fairness queue */
     brix_tn_conn_t *tn_seed; /* control loop's connection: writes configured users */
+    /* settings the worker threads read, fixed at start (a reload swaps gw->cfg) */
+    struct brix_gw_fixed {
+        char *admin_key, *engine_api_key;
+        int64_t queue_size, tenant_metrics_max;
+        uint64_t queue_timeout;
+    } fixed;
     uv_timer_t fair_timer;
     uv_mutex_t label_mu; /* users with their own metric labels */
     char **label_users;

@@ -47,10 +47,7 @@ static void on_collect(brix_metrics_t *reg, void *ud)
         brix_metric_set(gw->m.store_timeouts, (double)st.store_timeouts);
         brix_metric_set(gw->m.fail_open, (double)st.fail_open);
         brix_metric_set(gw->m.fail_closed, (double)st.fail_closed);
-        int up = brix_tn_uses_redis(gw->tn) ? 0 : 1;
-        for (int i = 0; i < gw->nworkers && !up; i++)
-            up = gw->w[i] && gw->w[i]->tn && brix_tn_conn_up(gw->w[i]->tn);
-        brix_metric_set(gw->m.store_up, up);
+        brix_metric_set(gw->m.store_up, !brix_tn_uses_redis(gw->tn) || st.conns_up > 0);
     }
     if (gw->fair) {
         brix_fair_stats_t fs;
@@ -223,7 +220,9 @@ int brix_gw_metrics_init(brix_gw_t *gw)
         !m->reloads_ok || !m->client_aborts || !m->streams_broken || !m->index_entries ||
         !m->index_bytes || !m->index_evictions || !m->kv_batches || !m->kv_gaps || !m->kv_resets ||
         !m->kv_replays || !m->kv_unknown || !m->kv_live || !m->tenant_requests ||
-        !m->tenant_tokens || !m->ratelimit_check || !m->store_up || !m->fair_wait ||
+        !m->tenant_tokens || !m->ratelimit_check || !m->store_up || !m->store_errors ||
+        !m->store_timeouts || !m->fail_open || !m->fail_closed || !m->fair_capacity ||
+        !m->fair_inflight || !m->fair_queued || !m->fair_expired || !m->fair_wait ||
         !m->fair_rejected)
         return -1;
     return 0;

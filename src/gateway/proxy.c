@@ -68,6 +68,7 @@ typedef struct px {
     int64_t priority;
     brix_fair_item_t *fair;
     bool fair_waiting; /* queued, or on its way back to this loop */
+    int64_t events;    /* SSE events relayed (~1 token each when no usage arrives) */
 } px_t;
 
 /* ---------------------------------------------------------------- utils -- */
@@ -234,9 +235,15 @@ static void px_free(px_t *px)
     brix_gw_t *gw = w->gw;
     if (px->tn_op)
         brix_tn_cancel(px->tn_op);
+    if (px->attempts && !px->prompt_tokens && !px->completion_tokens && px->events) {
+        /* a stream cut short before its usage: the prompt estimate and
+         * about one token per event relayed */
+        px->prompt_tokens = px->est_tokens;
+        px->completion_tokens = px->events;
+    }
     int64_t used = px->prompt_tokens + px->completion_tokens;
     if (px->attempts && !used)
-        used = px->est_tokens; /* no usage seen (cut short): the estimate */
+        used = px->est_tokens; /* nothing seen at all: the estimate */
     if (px->user[0] && px->attempts) {
         brix_tn_charge(w->tn, px->user, px->user_tpm, used);
         const char *label = brix_gw_user_label(gw, px->user);
@@ -369,6 +376,8 @@ static int relay(px_t *px, const char *data, size_t len)
  * stream it asked for. */
 static int relay_events(px_t *px, const char *src, size_t n)
 {
+    for (const char *p = src, *e = src + n; (p = memmem(p, (size_t)(e - p), "\n\n", 2)); p += 2)
+        px->events++;
     if (!px->strip_usage || !memmem(src, n, "\"usage\"", 7))
         return relay(px, src, n);
     size_t from = 0, i = 0;
@@ -517,7 +526,7 @@ static void up_done(brix_ureq_t *r, void *ud)
     px->ur = NULL;
     /* An unterminated last event is passed on as it is. If the client is
      * gone the write fails and on_abort has already freed px. */
-    if (px->hold.len && relay(px, px->hold.data, px->hold.len))
+    if (px->hold.len && relay_events(px, px->hold.data, px->hold.len))
         return;
     attempt_end(px, px->status < 500);
     access_log(px, px->status);
@@ -764,7 +773,9 @@ static int on_member(const char *key, size_t klen, const brix_json_val_t *v, voi
         break;
     case 6:
         if (brix_json_key_is(key, klen, "stream"))
-            f->stream = v->kind == BRIX_JSON_TRUE;
+            /* lenient like vLLM's parser: true or a non-zero number */
+            f->stream = v->kind == BRIX_JSON_TRUE ||
+                        (v->kind == BRIX_JSON_NUMBER && !(v->n == 1 && v->p[0] == '0'));
         else if (brix_json_key_is(key, klen, "prompt"))
             f->prompt = *v;
         break;
@@ -864,7 +875,7 @@ static int ask_usage(px_t *px)
         size_t eo = 0;
         const char *ew = NULL;
         brix_json_scan(so->p, so->n, on_stream_opt, &iu, &eo, &ew);
-        if (!iu.p || iu.kind != BRIX_JSON_FALSE)
+        if (!iu.p || iu.kind == BRIX_JSON_TRUE)
             return 0; /* absent (vLLM's default is true) or true */
         at = (size_t)(iu.p - b);
         cut = iu.n;
@@ -926,6 +937,13 @@ static void on_tenant(void *ud, const brix_tn_decision_t *d)
         px_fail(px, 401, "invalid_request_error", "invalid_user",
                 "user '%s' (the `user` header) is not known to this gateway", d->user);
         return;
+    case BRIX_TN_KEY_NEEDED:
+        tenant_result(px, "unauthorized");
+        px_fail(px, 401, "invalid_request_error", "invalid_api_key",
+                "user '%s' has an API key: send it as `Authorization: Bearer <key>` (the user "
+                "header cannot name this user)",
+                d->user);
+        return;
     case BRIX_TN_MODEL:
         snprintf(px->user, sizeof px->user, "%s", d->user);
         tenant_result(px, "forbidden");
@@ -947,8 +965,10 @@ static void on_tenant(void *ud, const brix_tn_decision_t *d)
         tenant_result(px, d->status == BRIX_TN_RPM ? "rpm_limited" : "tpm_limited");
         px->user[0] = '\0'; /* nothing to charge */
         add_limit_headers(h, d);
+        bool never = d->status == BRIX_TN_TPM && d->est_tokens > d->tpm; /* retrying cannot help */
         snprintf(v, sizeof v, "%llu", (unsigned long long)((d->retry_us + 999999) / 1000000));
-        brix_http_add_header(h, "retry-after", v);
+        if (!never)
+            brix_http_add_header(h, "retry-after", v);
         brix_http_add_header(
             h, d->status == BRIX_TN_RPM ? "x-error-rpm-exceeded" : "x-error-tpm-exceeded", "true");
         char wait[32];
@@ -958,7 +978,7 @@ static void on_tenant(void *ud, const brix_tn_decision_t *d)
                     "Rate limit reached for %s on requests per minute (RPM): Limit %lld. Please "
                     "try again in %s.",
                     d->user, (long long)d->rpm, wait);
-        else if (d->est_tokens > d->tpm)
+        else if (never)
             px_fail(px, 429, "rate_limit_error", "rate_limit_exceeded",
                     "Request too large for %s: about %lld prompt tokens, over the limit of %lld "
                     "tokens per minute (TPM).",
@@ -980,10 +1000,6 @@ static void on_tenant(void *ud, const brix_tn_decision_t *d)
     px->tenant = px->user;
     tenant_result(px, "ok");
     add_limit_headers(h, d);
-    if (d->tpm > 0 && px->fields.stream && ask_usage(px)) {
-        px_fail(px, 500, "api_error", NULL, "out of memory");
-        return;
-    }
     admit(px);
 }
 
@@ -1078,7 +1094,8 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
             while (*bearer == ' ')
                 bearer++;
         }
-        px->key_used = bearer && (gw->cfg.require_key || !strncmp(bearer, "sk-brix-", 8));
+        px->key_used =
+            bearer && (brix_tn_cfg(gw->tn)->require_key || !strncmp(bearer, "sk-brix-", 8));
         px->tn_start_ns = brix_now_ns();
         /* on_tenant may run before this returns */
         brix_tn_op_t *op = brix_tn_check(w->tn, bearer, brix_http_req_header(h, "user"), model,
@@ -1095,6 +1112,11 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
 static void admit(px_t *px)
 {
     brix_gw_t *gw = px->w->gw;
+    /* tokens must be counted: a TPM limit, or the fairness counters */
+    if (px->fields.stream && (px->user_tpm > 0 || gw->fair) && ask_usage(px)) {
+        px_fail(px, 500, "api_error", NULL, "out of memory");
+        return;
+    }
     if (!gw->fair) {
         start(px);
         return;
@@ -1107,7 +1129,7 @@ static void admit(px_t *px)
         px_fail(px, 429, "rate_limit_error", "queue_full",
                 "too many of your requests are waiting for capacity (--queue-size %lld); retry "
                 "later",
-                (long long)gw->cfg.queue_size);
+                (long long)gw->fixed.queue_size);
         return;
     }
     px->fair = it;
@@ -1134,7 +1156,7 @@ static void start(px_t *px)
         brix_buf_append(b, hd->value, hd->value_len);
         brix_buf_append(b, "\r\n", 2);
     }
-    const char *ek = px->w->gw->cfg.engine_api_key;
+    const char *ek = px->w->gw->fixed.engine_api_key;
     if (px->key_used && ek) {
         brix_buf_append_str(&px->fwd_headers, "authorization: Bearer ");
         brix_buf_append_str(&px->fwd_headers, ek);
@@ -1270,6 +1292,26 @@ void brix_gw_fair_deliver(void *ud, int worker, brix_fair_item_t *it)
     uv_mutex_unlock(&w->fair_mu);
 }
 
+/* A request that waited routes on the fleet as it is now. Returns false
+ * after answering when its model is gone. */
+static bool refresh_view(px_t *px)
+{
+    brix_gw_worker_t *w = px->w;
+    if (!w->view || w->view == px->view)
+        return true;
+    const brix_model_entry_t *me = brix_snap_model(w->view->fleet, px->model_name);
+    if (!me) {
+        px_fail(px, 503, "overloaded_error", "service_unavailable",
+                "model '%s' is no longer served by any pod", px->model_name);
+        return false;
+    }
+    brix_gw_view_ref(w->view);
+    brix_gw_view_unref(px->view);
+    px->view = w->view;
+    px->model = me;
+    return true;
+}
+
 /* Requests the fairness queue let in (or gave up on) arrive here. */
 static void take_ready(brix_gw_worker_t *w, bool closing)
 {
@@ -1305,8 +1347,8 @@ static void take_ready(brix_gw_worker_t *w, bool closing)
                 px_fail(px, 503, "overloaded_error", "queue_timeout",
                         "no capacity for this request within %llu ms (--queue-timeout); retry "
                         "later",
-                        (unsigned long long)w->gw->cfg.queue_timeout);
-            } else {
+                        (unsigned long long)w->gw->fixed.queue_timeout);
+            } else if (refresh_view(px)) {
                 start(px);
             }
         }
@@ -1350,9 +1392,9 @@ int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx)
     uv_mutex_init(&w->fair_mu);
     uv_async_init(loop, &w->fair_wake, on_fair_wake);
     w->fair_wake.data = w;
+    gw->w[idx] = w;
     if (gw->tn && !(w->tn = brix_tn_conn_new(gw->tn, loop)))
         return -ENOMEM;
-    gw->w[idx] = w;
     const brix_gw_cfg_t *c = &gw->cfg;
     w->srv = brix_http_server_new(loop, &c->http, handler, w);
     if (!w->srv)

@@ -70,7 +70,7 @@ const char *brix_gw_user_label(brix_gw_t *gw, const char *user)
             goto out;
         }
     }
-    if ((int64_t)gw->nlabel_users < gw->cfg.tenant_metrics_max) {
+    if ((int64_t)gw->nlabel_users < gw->fixed.tenant_metrics_max) {
         char **nl = brix_realloc(gw->label_users, (gw->nlabel_users + 1) * sizeof *nl);
         if (nl) {
             gw->label_users = nl;

@@ -4,7 +4,9 @@
  */
 #include "gateway/tenants.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
+#include <netdb.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <math.h>
@@ -303,6 +305,7 @@ static void fill_numbers(brix_tn_decision_t *d, double r_ahead, double t_ahead)
 typedef struct mem_user {
     brix_tn_user_t u;
     double rt, tt; /* GCRA theoretical arrival times, µs on the monotonic clock */
+    bool implicit; /* created by the default-limit policy, not configured */
 } mem_user_t;
 
 struct brix_tn {
@@ -312,7 +315,11 @@ struct brix_tn {
     uv_mutex_t mu;
     mem_user_t *users;
     size_t nusers, cap;
+    uint32_t *slots; /* name index */
+    size_t nslots;
     atomic_ullong store_errors, store_timeouts, fail_open, fail_closed, reconnects;
+    atomic_int conns_up; /* worker connections to Redis that are up */
+    char *redis_ip;      /* redis_host resolved once at start (no DNS on the loops) */
 };
 
 static const char CHECK_LUA[] =
@@ -321,11 +328,14 @@ static const char CHECK_LUA[] =
     "  name = redis.call('GET', p .. 'key:' .. ARGV[3])\n"
     "  if not name then return {'nokey'} end\n"
     "end\n"
-    "local u = redis.call('HMGET', p .. 'user:' .. name, 'rpm', 'tpm', 'models', 'priority')\n"
-    "local rpm, tpm, prio = tonumber(u[1]), tonumber(u[2]), tonumber(u[4]) or 0\n"
-    "if not rpm then\n"
+    "local u = redis.call('HMGET', p .. 'user:' .. name, 'rpm', 'tpm', 'models', 'priority', "
+    "'key')\n"
+    "local rpm, tpm, prio = tonumber(u[1]) or 0, tonumber(u[2]) or 0, tonumber(u[4]) or 0\n"
+    "if not u[1] and not u[2] then\n"
     "  if tonumber(ARGV[6]) < 0 then return {'nouser', name} end\n"
     "  rpm, tpm = tonumber(ARGV[6]), tonumber(ARGV[7])\n"
+    "elseif ARGV[2] == 'u' and u[5] then\n"
+    "  return {'needkey', name}\n"
     "end\n"
     "if u[3] and u[3] ~= '' and ARGV[4] ~= '' then\n"
     "  local ok = false\n"
@@ -414,16 +424,80 @@ static void sha1_hex(const char *s, char out[41])
         snprintf(out + 2 * i, 3, "%02x", d[i]);
 }
 
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (; *s; s++)
+        h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+/* The name index: open addressing, entry index + 1, rebuilt on growth and
+ * after removals (admin deletes and evictions are rare). */
+static int mem_reindex(brix_tn_t *tn)
+{
+    size_t want = 64;
+    while (want < tn->nusers * 2 + 2)
+        want *= 2;
+    if (want != tn->nslots) {
+        uint32_t *ns = brix_calloc(want, sizeof *ns);
+        if (!ns)
+            return -1;
+        brix_free(tn->slots);
+        tn->slots = ns;
+        tn->nslots = want;
+    } else {
+        memset(tn->slots, 0, tn->nslots * sizeof *tn->slots);
+    }
+    for (size_t i = 0; i < tn->nusers; i++) {
+        size_t k = name_hash(tn->users[i].u.name) & (tn->nslots - 1);
+        while (tn->slots[k])
+            k = (k + 1) & (tn->nslots - 1);
+        tn->slots[k] = (uint32_t)i + 1;
+    }
+    return 0;
+}
+
 static mem_user_t *mem_find(brix_tn_t *tn, const char *name)
 {
-    for (size_t i = 0; i < tn->nusers; i++)
-        if (!strcmp(tn->users[i].u.name, name))
-            return &tn->users[i];
+    if (!tn->nslots)
+        return NULL;
+    for (size_t k = name_hash(name) & (tn->nslots - 1); tn->slots[k];
+         k = (k + 1) & (tn->nslots - 1))
+        if (!strcmp(tn->users[tn->slots[k] - 1].u.name, name))
+            return &tn->users[tn->slots[k] - 1];
     return NULL;
 }
 
-static mem_user_t *mem_add(brix_tn_t *tn, const char *name)
+static void mem_remove(brix_tn_t *tn, mem_user_t *m)
 {
+    *m = tn->users[--tn->nusers];
+    mem_reindex(tn);
+}
+
+/* Users the default-limit policy created, whose buckets are full again,
+ * carry no state worth keeping: dropped when the table is full. */
+static void mem_evict_idle(brix_tn_t *tn)
+{
+    double now = (double)brix_now_ns() / 1e3;
+    size_t j = 0;
+    for (size_t i = 0; i < tn->nusers; i++) {
+        mem_user_t *m = &tn->users[i];
+        if (m->implicit && m->rt <= now && m->tt <= now)
+            continue;
+        tn->users[j++] = *m;
+    }
+    tn->nusers = j;
+    mem_reindex(tn);
+}
+
+static mem_user_t *mem_add(brix_tn_t *tn, const char *name, bool implicit)
+{
+    if (implicit && tn->nusers >= BRIX_TN_MEM_USERS_MAX) {
+        mem_evict_idle(tn);
+        if (tn->nusers >= BRIX_TN_MEM_USERS_MAX)
+            return NULL;
+    }
     if (tn->nusers == tn->cap) {
         size_t nc = tn->cap ? tn->cap * 2 : 16;
         mem_user_t *nu = brix_realloc(tn->users, nc * sizeof *nu);
@@ -435,6 +509,18 @@ static mem_user_t *mem_add(brix_tn_t *tn, const char *name)
     mem_user_t *m = &tn->users[tn->nusers++];
     memset(m, 0, sizeof *m);
     snprintf(m->u.name, sizeof m->u.name, "%s", name);
+    m->implicit = implicit;
+    if (tn->nusers * 2 + 2 > tn->nslots) {
+        if (mem_reindex(tn)) {
+            tn->nusers--;
+            return NULL;
+        }
+    } else {
+        size_t k = name_hash(m->u.name) & (tn->nslots - 1);
+        while (tn->slots[k])
+            k = (k + 1) & (tn->nslots - 1);
+        tn->slots[k] = (uint32_t)tn->nusers;
+    }
     return m;
 }
 
@@ -444,8 +530,9 @@ void brix_tn_seed_memory(brix_tn_t *tn)
     for (size_t i = 0; i < tn->cfg.nusers; i++) {
         const brix_tn_user_t *cu = &tn->cfg.users[i];
         mem_user_t *m = mem_find(tn, cu->name);
-        if (!m && !(m = mem_add(tn, cu->name)))
+        if (!m && !(m = mem_add(tn, cu->name, false)))
             break;
+        m->implicit = false;
         char key[BRIX_TN_KEYHASH];
         memcpy(key, m->u.key_sha256, sizeof key);
         m->u = *cu;
@@ -479,6 +566,27 @@ brix_tn_t *brix_tn_new(const brix_tn_cfg_t *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    if (tn->cfg.redis_host) {
+        /* resolved once here: hiredis would block a worker loop on DNS at
+         * every reconnect */
+        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *ai = NULL;
+        char ip[INET6_ADDRSTRLEN] = "";
+        if (!getaddrinfo(tn->cfg.redis_host, NULL, &hints, &ai) && ai) {
+            const void *a = ai->ai_family == AF_INET6
+                                ? (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr
+                                : (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr;
+            inet_ntop(ai->ai_family, a, ip, sizeof ip);
+        }
+        if (ai)
+            freeaddrinfo(ai);
+        if (!ip[0]) {
+            snprintf(err, errlen, "redis-url: cannot resolve host '%s'", tn->cfg.redis_host);
+            brix_tn_cfg_free(&tn->cfg);
+            brix_free(tn);
+            return NULL;
+        }
+        tn->redis_ip = brix_strdup(ip);
+    }
     uv_mutex_init(&tn->mu);
     sha1_hex(CHECK_LUA, tn->check_sha);
     sha1_hex(CHARGE_LUA, tn->charge_sha);
@@ -494,6 +602,8 @@ void brix_tn_free(brix_tn_t *tn)
         return;
     uv_mutex_destroy(&tn->mu);
     brix_free(tn->users);
+    brix_free(tn->slots);
+    brix_free(tn->redis_ip);
     brix_tn_cfg_free(&tn->cfg);
     brix_free(tn);
 }
@@ -516,6 +626,7 @@ void brix_tn_stats(const brix_tn_t *tn, brix_tn_stats_t *out)
     out->fail_open = atomic_load(&t->fail_open);
     out->fail_closed = atomic_load(&t->fail_closed);
     out->reconnects = atomic_load(&t->reconnects);
+    out->conns_up = atomic_load(&t->conns_up);
 }
 
 /* ------------------------------------------------------- memory checks -- */
@@ -551,7 +662,7 @@ static void mem_check(brix_tn_t *tn, bool by_key, const char *id, const char *mo
             }
             /* the default-limit policy: an unknown user gets its own
              * counters with the default limits */
-            m = mem_add(tn, id);
+            m = mem_add(tn, id, true);
             if (!m) {
                 uv_mutex_unlock(&tn->mu);
                 d->status = BRIX_TN_STORE_DOWN;
@@ -563,6 +674,11 @@ static void mem_check(brix_tn_t *tn, bool by_key, const char *id, const char *mo
         }
     }
     snprintf(d->user, sizeof d->user, "%s", m->u.name);
+    if (!by_key && m->u.key_sha256[0]) {
+        uv_mutex_unlock(&tn->mu);
+        d->status = BRIX_TN_KEY_NEEDED; /* a user with a key is only its key */
+        return;
+    }
     d->rpm = m->u.rpm;
     d->tpm = m->u.tpm;
     d->priority = m->u.priority;
@@ -633,7 +749,7 @@ static brix_tn_admin_rc_t mem_admin(brix_tn_t *tn, brix_tn_admin_op_t op, const 
             rc = BRIX_TN_ADMIN_NOT_FOUND;
         } else {
             brix_tn_user_t gone = m->u;
-            *m = tn->users[--tn->nusers];
+            mem_remove(tn, m);
             brix_tn_user_t *o = brix_malloc(sizeof *o);
             if (o) {
                 *o = gone;
@@ -645,13 +761,15 @@ static brix_tn_admin_rc_t mem_admin(brix_tn_t *tn, brix_tn_admin_op_t op, const 
         break;
     case BRIX_TN_CREATE:
     case BRIX_TN_CREATE_KEEP:
-        if (m) {
+        if (m && !m->implicit) {
             rc = BRIX_TN_ADMIN_EXISTS;
             break;
         }
         /* fall through */
     case BRIX_TN_UPSERT:
-        if (!m && !(m = mem_add(tn, in->name))) {
+        if (m)
+            m->implicit = false;
+        if (!m && !(m = mem_add(tn, in->name, false))) {
             rc = BRIX_TN_ADMIN_FAILED;
             break;
         }
@@ -702,6 +820,7 @@ struct brix_tn_op {
     int script;
     bool done; /* answered (or cancelled): the reply is only freed */
     bool retried_eval;
+    bool by_key; /* a check that identifies the user by key */
     uint64_t deadline_ns;
     brix_tn_op_t *prev, *next; /* outstanding in Redis */
     brix_tn_check_cb ccb;
@@ -764,7 +883,9 @@ static void op_fail(brix_tn_op_t *op, const char *why, bool timeout)
         atomic_fetch_add(&tn->store_errors, 1);
     if (op->kind == OP_CHECK) {
         op->d.detail = why;
-        if (tn->cfg.fail_open) {
+        /* fail-open waives limits, never authentication: a key that cannot
+         * be checked is not accepted */
+        if (tn->cfg.fail_open && !op->by_key) {
             atomic_fetch_add(&tn->fail_open, 1);
             op->d.status = BRIX_TN_STORE_OPEN;
         } else {
@@ -835,6 +956,9 @@ static void deliver_check(brix_tn_op_t *op, const redisReply *r)
     } else if (!strcmp(st, "nouser")) {
         snprintf(d->user, sizeof d->user, "%s", r->elements > 1 ? rstr(r->element[1]) : "");
         d->status = BRIX_TN_NO_USER;
+    } else if (!strcmp(st, "needkey")) {
+        snprintf(d->user, sizeof d->user, "%s", r->elements > 1 ? rstr(r->element[1]) : "");
+        d->status = BRIX_TN_KEY_NEEDED;
     } else if (!strcmp(st, "model")) {
         snprintf(d->user, sizeof d->user, "%s", r->elements > 1 ? rstr(r->element[1]) : "");
         d->status = BRIX_TN_MODEL;
@@ -955,7 +1079,9 @@ static void on_connect(const redisAsyncContext *ac, int status)
         return;
     }
     c->up = true;
+    atomic_fetch_add(&c->tn->conns_up, 1);
     c->backoff_ms = 0;
+    redisEnableKeepAlive(&((redisAsyncContext *)ac)->c);
     BRIX_INFO("redis %s:%d: connected", c->tn->cfg.redis_host, c->tn->cfg.redis_port);
     if (c->seed)
         for (size_t i = 0; i < c->tn->cfg.nusers; i++)
@@ -968,6 +1094,8 @@ static void on_disconnect(const redisAsyncContext *ac, int status)
     if (!c || c->ac != ac)
         return;
     c->ac = NULL;
+    if (c->up)
+        atomic_fetch_sub(&c->tn->conns_up, 1);
     c->up = false;
     if (!c->closing) {
         BRIX_WARN("redis %s:%d: connection lost%s%s", c->tn->cfg.redis_host, c->tn->cfg.redis_port,
@@ -985,7 +1113,8 @@ static void setup_cmd(brix_tn_conn_t *c, int argc, const char **argv)
     op->kind = OP_SETUP;
     op->argc = 1;
     op->argv[0] = brix_strdup(argv[0]);
-    redisAsyncCommandArgv(c->ac, on_reply, op, argc, argv, NULL);
+    if (redisAsyncCommandArgv(c->ac, on_reply, op, argc, argv, NULL) != REDIS_OK)
+        op_free(op);
 }
 
 static void conn_connect(brix_tn_conn_t *c)
@@ -993,7 +1122,7 @@ static void conn_connect(brix_tn_conn_t *c)
     if (c->closing || c->ac)
         return;
     const brix_tn_cfg_t *cfg = &c->tn->cfg;
-    redisAsyncContext *ac = redisAsyncConnect(cfg->redis_host, cfg->redis_port);
+    redisAsyncContext *ac = redisAsyncConnect(c->tn->redis_ip, cfg->redis_port);
     if (!ac || ac->err) {
         BRIX_WARN("redis %s:%d: %s", cfg->redis_host, cfg->redis_port,
                   ac ? ac->errstr : "out of memory");
@@ -1006,7 +1135,13 @@ static void conn_connect(brix_tn_conn_t *c)
     ac->data = c;
     c->ac = ac;
     c->connect_start_ns = brix_now_ns();
-    redisLibuvAttach(ac, c->loop);
+    if (redisLibuvAttach(ac, c->loop) != REDIS_OK) {
+        BRIX_WARN("redis %s:%d: cannot watch the connection", cfg->redis_host, cfg->redis_port);
+        c->ac = NULL;
+        redisAsyncFree(ac);
+        schedule_reconnect(c);
+        return;
+    }
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
     if (cfg->redis_password) {
@@ -1030,6 +1165,8 @@ static void conn_reset(brix_tn_conn_t *c, const char *why)
         return;
     BRIX_WARN("redis %s:%d: %s; reconnecting", c->tn->cfg.redis_host, c->tn->cfg.redis_port, why);
     c->ac = NULL;
+    if (c->up)
+        atomic_fetch_sub(&c->tn->conns_up, 1);
     c->up = false;
     ac->data = NULL;
     redisAsyncFree(ac);
@@ -1045,17 +1182,17 @@ static void on_watchdog(uv_timer_t *t)
         conn_reset(c, "connect timed out");
         return;
     }
+    /* a reply overdue means Redis is hung or the connection is dead (the
+     * libuv adapter does not report socket errors): start over at once */
     bool stuck = false;
-    for (brix_tn_op_t *op = c->pending; op; op = op->next) {
-        if (now > op->deadline_ns) {
-            if (!op->done)
+    for (brix_tn_op_t *op = c->pending; op && !stuck; op = op->next)
+        stuck = now > op->deadline_ns;
+    if (stuck) {
+        for (brix_tn_op_t *op = c->pending; op; op = op->next)
+            if (!op->done && now > op->deadline_ns)
                 op_fail(op, "redis timed out", true);
-            if (now > op->deadline_ns + tmo)
-                stuck = true;
-        }
+        conn_reset(c, "no reply within --redis-timeout");
     }
-    if (stuck)
-        conn_reset(c, "no reply within twice the timeout");
 }
 
 brix_tn_conn_t *brix_tn_conn_new(brix_tn_t *tn, uv_loop_t *loop)
@@ -1093,6 +1230,9 @@ void brix_tn_conn_free(brix_tn_conn_t *c)
     if (!c)
         return;
     c->closing = true;
+    if (c->up)
+        atomic_fetch_sub(&c->tn->conns_up, 1);
+    c->up = false;
     if (c->ac) {
         redisAsyncContext *ac = c->ac;
         c->ac = NULL;
@@ -1233,6 +1373,7 @@ brix_tn_op_t *brix_tn_check(brix_tn_conn_t *c, const char *bearer, const char *u
     op->d = d;
     op->ccb = cb;
     op->ud = ud;
+    op->by_key = by_key;
     if (op_arg(op, tn->cfg.prefix) || op_arg(op, by_key ? "k" : "u") || op_arg(op, id) ||
         op_arg(op, model ? model : "") || op_argi(op, est_tokens) ||
         op_argi(op, tn->cfg.default_rpm) || op_argi(op, tn->cfg.default_tpm)) {

@@ -26,7 +26,10 @@
  *            PREFIX rl:NAME:r / :t (GCRA state, expiring).
  * Redis unreachable or slow (--redis-timeout): --redis-failure open admits
  * the request unlimited, closed answers 503; both are logged and counted,
- * and the connection is re-established in the background.
+ * and the connection is re-established in the background. Fail-open waives
+ * limits only: a request identified by an API key is refused (503) while
+ * the key cannot be checked. A user that has a key can only be named by it
+ * (not by the user header).
  */
 #ifndef BRIX_GATEWAY_TENANTS_H
 #define BRIX_GATEWAY_TENANTS_H
@@ -40,6 +43,9 @@
 #define BRIX_TN_NAME_MAX   64
 #define BRIX_TN_MODELS_MAX 512
 #define BRIX_TN_KEYHASH    65 /* hex SHA-256 + NUL */
+/* memory store: users the default-limit policy may create (idle ones are
+ * dropped first) */
+#define BRIX_TN_MEM_USERS_MAX 100000
 
 typedef struct brix_tn_user {
     char name[BRIX_TN_NAME_MAX];
@@ -88,6 +94,7 @@ typedef enum brix_tn_status {
     BRIX_TN_NO_KEY,     /* 401: a key is required and none was given */
     BRIX_TN_BAD_KEY,    /* 401: no user has this key */
     BRIX_TN_NO_USER,    /* 401: the user header names nobody */
+    BRIX_TN_KEY_NEEDED, /* 401: the user header names a user that has a key */
     BRIX_TN_MODEL,      /* 403: the user may not use this model */
     BRIX_TN_RPM,        /* 429 */
     BRIX_TN_TPM,        /* 429 */
@@ -179,6 +186,7 @@ void brix_tn_seed_memory(brix_tn_t *tn);
 /* Counters for /metrics (all threads). */
 typedef struct brix_tn_stats {
     uint64_t store_errors, store_timeouts, fail_open, fail_closed, reconnects;
+    int conns_up; /* worker connections to Redis that are up */
 } brix_tn_stats_t;
 void brix_tn_stats(const brix_tn_t *tn, brix_tn_stats_t *out);
 

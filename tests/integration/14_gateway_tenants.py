@@ -164,10 +164,15 @@ def _():
 def _():
     st, j = admin(A, "POST", "/admin/users", {"name": "five", "rpm": 5})
     assert st == 201, j
+    key = {"authorization": f"Bearer {j['api_key']}"}
+    # a user with a key is only its key: the user header cannot name it
+    st, hd, j, b = chat(B, {"user": "five"}, n=1)
+    assert st == 401, b
+    err(j, "invalid_api_key", "invalid_request_error")
     codes = []
     for i in range(10):
         g = A if i % 2 == 0 else B
-        st, hd, j, b = chat(g, {"user": "five"}, n=1)
+        st, hd, j, b = chat(g, key, n=1)
         codes.append(st)
         assert hd["x-ratelimit-limit-requests"] == "5", hd
         if st == 429:
@@ -189,13 +194,13 @@ def _():
 @h.check("TPM from usage: non-streaming and streaming both charged; the client never sees the "
          "gateway's usage chunk, but gets the one it asks for")
 def _():
-    st, j = admin(A, "POST", "/admin/users", {"name": "tok", "tpm": 6000})
-    assert st == 201, j
+    st, j = admin(A, "POST", "/CreateUser", {"name": "tok", "rpm": 1000, "tpm": 6000})
+    assert st == 200, j  # AIBrix-style user: no key, named by the user header
     st, hd, j, b = chat(A, {"user": "tok"}, n=8)
     assert st == 200, b
     used1 = j["usage"]["total_tokens"]
     assert hd["x-ratelimit-limit-tokens"] == "6000", hd
-    assert "x-ratelimit-limit-requests" not in hd, hd  # rpm 0 = unlimited
+    assert hd["x-ratelimit-limit-requests"] == "1000", hd
     time.sleep(0.1)  # charged when the upstream response ends
     st, hd, ev, raw = chat(B, {"user": "tok"}, stream=True, n=8)
     assert st == 200, raw
@@ -230,8 +235,8 @@ def _():
 
 @h.check("TPM limit: a request over the remaining budget gets 429 with the -tokens headers")
 def _():
-    st, j = admin(A, "POST", "/admin/users", {"name": "small", "tpm": 100})
-    assert st == 201, j
+    st, j = admin(A, "POST", "/CreateUser", {"name": "small", "rpm": 1000, "tpm": 100})
+    assert st == 200, j
     st, hd, j, b = chat(A, {"user": "small"}, n=150)  # uses ~160 tokens: in debt afterwards
     assert st == 200, b
     first = (hd, j["usage"])
@@ -320,6 +325,9 @@ def _():
     st, hd, j, b = chat(B, {"user": "cfg"}, n=1)
     assert st == 503 and "retry-after" in hd, (st, b)
     err(j, "service_unavailable", "overloaded_error")
+    # fail-open waives limits, not authentication: a key that cannot be checked is refused
+    st, hd, j, b = chat(A, {"authorization": "Bearer sk-brix-anything"}, n=1)
+    assert st == 503, (st, b)
     m = h.metrics(A.port)
     assert (h.metric_value(m, "brix_gateway_ratelimit_fail_open_total") or 0) >= 1, m
     assert h.metric_value(m, "brix_gateway_tenant_store_up") == 0

@@ -226,6 +226,17 @@ static void test_overflow_tenant(void **state)
     (void)w;
     assert_int_equal(pos, 4);
     brix_fair_free(f);
+    /* names longer than what is kept still find their tenant (no slot each) */
+    f = fair(0, 100, 2);
+    char longname[200];
+    memset(longname, 'x', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    for (int i = 0; i < 5; i++)
+        brix_fair_leave(f, enter(f, longname, 0, 10, BRIX_FAIR_GO), 0);
+    assert_true(brix_fair_counter(f, longname) >= 50);
+    brix_fair_leave(f, enter(f, "second", 0, 1, BRIX_FAIR_GO), 0);
+    assert_true(brix_fair_counter(f, "second") >= 0); /* a slot was still free */
+    brix_fair_free(f);
 }
 
 int main(void)

@@ -218,6 +218,8 @@ static void test_identity(void **state)
     assert_int_equal(d->status, BRIX_TN_OK);
     assert_string_equal(d->user, "keyed"); /* the key wins over the header */
     assert_int_equal(check(c, "sk-brix-wrong", "r3", "m", 1)->status, BRIX_TN_BAD_KEY);
+    /* a user with a key cannot be named by the header */
+    assert_int_equal(check(c, NULL, "keyed", "m", 1)->status, BRIX_TN_KEY_NEEDED);
     brix_tn_conn_free(c);
     brix_tn_free(tn);
     tn = store(true, -1);

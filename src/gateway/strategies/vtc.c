@@ -28,8 +28,8 @@
 #include "core/time.h"
 #include "gateway/router.h"
 
-#define VTC_USERS   1024
-#define VTC_BUCKETS 30
+#define VTC_USERS     1024
+#define VTC_BUCKETS   30
 #define VTC_BUCKET_NS (10ull * 1000000000ull)
 
 typedef struct vtc_user {
@@ -91,10 +91,14 @@ static vtc_user_t *find(const char *name, uint64_t now_b, bool create)
     return u;
 }
 
-static const char *user_of(const brix_route_ctx_t *ctx)
+/* The user header, cut to what the table keeps (so long names still match). */
+static const char *user_of(const brix_route_ctx_t *ctx, char buf[64])
 {
     const char *u = ctx->req ? brix_http_req_header(ctx->req, "user") : NULL;
-    return u && *u ? u : NULL;
+    if (!u || !*u)
+        return NULL;
+    snprintf(buf, 64, "%s", u);
+    return buf;
 }
 
 static double input_tokens(const brix_route_ctx_t *ctx)
@@ -106,7 +110,8 @@ static double input_tokens(const brix_route_ctx_t *ctx)
 
 static void score_vtc(brix_route_ctx_t *ctx)
 {
-    const char *user = user_of(ctx);
+    char ubuf[64];
+    const char *user = user_of(ctx, ubuf);
     if (!user) {
         for (size_t i = 0; i < ctx->ncand; i++)
             ctx->score[i] = (double)(brix_rng_next(ctx->rng) % 1000);
@@ -148,7 +153,8 @@ static size_t pick_vtc(brix_route_ctx_t *ctx)
     for (size_t i = 1; i < ctx->ncand; i++)
         if (ctx->score[i] < ctx->score[k])
             k = i;
-    const char *user = user_of(ctx);
+    char ubuf[64];
+    const char *user = user_of(ctx, ubuf);
     if (user) {
         double in = input_tokens(ctx), out = ceil(1.5 * in);
         uint64_t now_b = ctx->now_ns / VTC_BUCKET_NS;
