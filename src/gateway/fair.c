@@ -18,7 +18,8 @@ typedef struct tenant {
     int64_t priority;
     brix_fair_item_t *head, *tail;
     int64_t qlen;
-    int backlog_pos; /* index in f->backlog, -1 when not waiting */
+    int64_t inflight; /* its requests holding slots */
+    int backlog_pos;  /* index in f->backlog, -1 when not waiting */
 } tenant_t;
 
 struct brix_fair {
@@ -33,6 +34,7 @@ struct brix_fair {
     size_t nslots;
     int *backlog; /* tenants with waiting requests */
     size_t nbacklog;
+    int64_t nactive; /* tenants with requests waiting or in flight */
     double last_served;
     brix_fair_stats_t st;
 };
@@ -130,6 +132,36 @@ void brix_fair_set_capacity(brix_fair_t *f, int64_t capacity)
     uv_mutex_unlock(&f->mu);
 }
 
+static bool active(const tenant_t *t)
+{
+    return t->qlen > 0 || t->inflight > 0;
+}
+
+/* Wraps a change of t's queue or in-flight count, keeping nactive. */
+#define ACTIVE_CHANGE(f, t, stmt)                                                                  \
+    do {                                                                                           \
+        bool was_ = active(t);                                                                     \
+        stmt;                                                                                      \
+        (f)->nactive += (int64_t)active(t) - (int64_t)was_;                                        \
+    } while (0)
+
+/* May t have one more request in the fleet? Below capacity, a tenant under
+ * its fair share (capacity / active tenants) always may; one at or above it
+ * may not take the last `reserve` of the capacity, which is kept for the
+ * others so their requests start at once instead of waiting for a slot. */
+static bool can_admit(const brix_fair_t *f, const tenant_t *t)
+{
+    if (f->capacity <= 0)
+        return true;
+    if (f->inflight >= f->capacity)
+        return false;
+    int64_t act = f->nactive + (active(t) ? 0 : 1);
+    double share = (double)f->capacity / (double)(act > 0 ? act : 1);
+    if ((double)t->inflight < share)
+        return true;
+    return (double)f->inflight < (double)f->capacity * (1.0 - f->cfg.reserve);
+}
+
 static void backlog_add(brix_fair_t *f, int ti)
 {
     tenant_t *t = &f->t[ti];
@@ -174,7 +206,7 @@ static void queue_remove(brix_fair_t *f, tenant_t *t, brix_fair_item_t *it)
     if (t->tail == it)
         t->tail = prev;
     it->next = NULL;
-    t->qlen--;
+    ACTIVE_CHANGE(f, t, t->qlen--);
     f->queued--;
     if (!t->qlen)
         backlog_remove(f, (int)(t - f->t));
@@ -183,6 +215,7 @@ static void queue_remove(brix_fair_t *f, tenant_t *t, brix_fair_item_t *it)
 static void charge_in(brix_fair_t *f, brix_fair_item_t *it)
 {
     tenant_t *t = &f->t[it->tenant];
+    ACTIVE_CHANGE(f, t, t->inflight++);
     t->counter += f->cfg.w_in * (double)it->in_tokens;
     f->last_served = t->counter;
 }
@@ -191,15 +224,20 @@ static void charge_in(brix_fair_t *f, brix_fair_item_t *it)
  * first, smallest counter within it. */
 static void dispatch(brix_fair_t *f)
 {
-    while (f->nbacklog && (f->capacity <= 0 || f->inflight < f->capacity)) {
-        int best = f->backlog[0];
-        for (size_t i = 1; i < f->nbacklog; i++) {
+    while (f->nbacklog) {
+        int best = -1;
+        for (size_t i = 0; i < f->nbacklog; i++) {
             int ti = f->backlog[i];
-            const tenant_t *a = &f->t[ti], *b = &f->t[best];
-            if (a->priority > b->priority ||
+            const tenant_t *a = &f->t[ti];
+            if (!can_admit(f, a))
+                continue;
+            const tenant_t *b = best >= 0 ? &f->t[best] : NULL;
+            if (!b || a->priority > b->priority ||
                 (a->priority == b->priority && a->counter < b->counter))
                 best = ti;
         }
+        if (best < 0)
+            break;
         tenant_t *t = &f->t[best];
         brix_fair_item_t *it = t->head;
         queue_remove(f, t, it);
@@ -229,7 +267,13 @@ brix_fair_rc_t brix_fair_enter(brix_fair_t *f, const char *tenant, int64_t prior
     int ti = tenant_of(f, tenant && *tenant ? tenant : "(anonymous)");
     it->tenant = ti;
     tenant_t *t = &f->t[ti];
-    if (!f->nbacklog && (f->capacity <= 0 || f->inflight < f->capacity)) {
+    /* straight in when there is room for it and it would not overtake
+     * anyone with a better claim: nobody waits, or it is under its share
+     * with nothing of its own waiting */
+    bool under =
+        f->capacity > 0 &&
+        (double)t->inflight < (double)f->capacity / (double)(f->nactive + (active(t) ? 0 : 1));
+    if (can_admit(f, t) && !t->qlen && (!f->nbacklog || under)) {
         it->state = BRIX_FAIR_ADMITTED;
         it->admit_ns = it->enq_ns;
         f->inflight++;
@@ -252,7 +296,7 @@ brix_fair_rc_t brix_fair_enter(brix_fair_t *f, const char *tenant, int64_t prior
     else
         t->head = it;
     t->tail = it;
-    t->qlen++;
+    ACTIVE_CHANGE(f, t, t->qlen++);
     f->queued++;
     backlog_add(f, ti);
     *out = it;
@@ -272,13 +316,14 @@ void brix_fair_leave(brix_fair_t *f, brix_fair_item_t *it, int64_t out_tokens)
     case BRIX_FAIR_QUEUED:
         queue_remove(f, &f->t[it->tenant], it);
         break;
-    case BRIX_FAIR_ADMITTED:
+    case BRIX_FAIR_ADMITTED: {
+        tenant_t *t = &f->t[it->tenant];
         f->inflight--;
-        if (out_tokens > 0) {
-            tenant_t *t = &f->t[it->tenant];
+        ACTIVE_CHANGE(f, t, t->inflight--);
+        if (out_tokens > 0)
             t->counter += f->cfg.w_out * (double)out_tokens;
-        }
         break;
+    }
     default:
         break;
     }

@@ -15,6 +15,13 @@
  * counter of the last tenant served when nobody waits), so credit cannot be
  * banked while idle — the paper's counter lift.
  *
+ * Saturation is not all-or-nothing: a tenant already holding its fair share
+ * of the slots (capacity / active tenants) may not take the last `reserve`
+ * of them, which stay for tenants under their share, so a light tenant's
+ * request starts at once instead of waiting for a heavy one's to finish
+ * (the engine adds it to the running batch at its next step, as the paper's
+ * in-engine scheduler would). Alone, a tenant may use everything.
+ *
  * One scheduler per gateway process, shared by its worker threads (a mutex);
  * a dispatched request is handed to its worker's loop through `deliver`.
  * Queues are bounded per tenant (--queue-size -> 429) and in time
@@ -56,6 +63,7 @@ typedef struct brix_fair_cfg {
     uint64_t timeout_ms; /* longest wait */
     double w_in, w_out;
     int64_t max_tenants; /* tracked tenants; beyond, they share one slot */
+    double reserve;      /* share of capacity kept from tenants over their fair share */
 } brix_fair_cfg_t;
 
 brix_fair_t *brix_fair_new(const brix_fair_cfg_t *cfg, brix_fair_deliver_fn deliver, void *ud);

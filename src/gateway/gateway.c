@@ -153,6 +153,9 @@ static const brix_opt_t gw_opts[] = {
       "fairness: waiting requests per user (429 beyond)" },
     { "queue-timeout", BRIX_OPT_DURATION, O(queue_timeout), "30s", 1, 3600000, NULL,
       "fairness: longest wait for capacity (503 after)" },
+    { "fair-reserve", BRIX_OPT_DOUBLE, O(fair_reserve), "0.1", 0, 0.9, "F",
+      "fairness: share of the capacity a user over its fair share may not take (kept so "
+      "others' requests start at once)" },
     { "fair-tenants", BRIX_OPT_INT, O(fair_tenants), "10000", 1, 10000000, "N",
       "fairness: users tracked separately; beyond, they share one queue" },
     BRIX_OPT_END,
@@ -381,6 +384,7 @@ static void keep_start_only(brix_gw_cfg_t *nc, brix_gw_cfg_t *old)
     KEEP_VAL(queue_size);
     KEEP_VAL(queue_timeout);
     KEEP_VAL(fair_tenants);
+    KEEP_VAL(fair_reserve);
 #undef KEEP_STR
 #undef KEEP_VAL
     if (changed)
@@ -574,7 +578,8 @@ int brix_gateway_main(int argc, char **argv)
                                .timeout_ms = gw->cfg.queue_timeout,
                                .w_in = 1,
                                .w_out = 2,
-                               .max_tenants = gw->cfg.fair_tenants };
+                               .max_tenants = gw->cfg.fair_tenants,
+                               .reserve = gw->cfg.fair_reserve };
         if (!(gw->fair = brix_fair_new(&fc, brix_gw_fair_deliver, gw)))
             goto out;
         uv_timer_start(&gw->fair_timer, on_fair_timer, 50, 50);

@@ -71,6 +71,7 @@ typedef struct brix_gw_cfg {
     /* fairness */
     char *fairness;
     int64_t max_inflight_per_pod, queue_size, fair_tenants;
+    double fair_reserve;
     uint64_t queue_timeout;
 } brix_gw_cfg_t;
 

@@ -32,16 +32,24 @@ static void deliver(void *ud, int worker, brix_fair_item_t *it)
     g_out[g_nout++] = it;
 }
 
-static brix_fair_t *fair(int64_t capacity, int64_t qsize, int64_t tenants)
+static brix_fair_t *fair_r(int64_t capacity, int64_t qsize, int64_t tenants, double reserve)
 {
-    brix_fair_cfg_t c = {
-        .queue_size = qsize, .timeout_ms = 1000, .w_in = 1, .w_out = 2, .max_tenants = tenants
-    };
+    brix_fair_cfg_t c = { .queue_size = qsize,
+                          .timeout_ms = 1000,
+                          .w_in = 1,
+                          .w_out = 2,
+                          .max_tenants = tenants,
+                          .reserve = reserve };
     brix_fair_t *f = brix_fair_new(&c, deliver, NULL);
     assert_non_null(f);
     brix_fair_set_capacity(f, capacity);
     g_nout = 0;
     return f;
+}
+
+static brix_fair_t *fair(int64_t capacity, int64_t qsize, int64_t tenants)
+{
+    return fair_r(capacity, qsize, tenants, 0);
 }
 
 static brix_fair_item_t *enter(brix_fair_t *f, const char *tenant, int64_t prio, int64_t in,
@@ -135,6 +143,48 @@ static void test_light_overtakes_heavy(void **state)
     take(f, &pos, h[4]);
     brix_fair_leave(f, h[4], 0);
     assert_int_equal(pos, g_nout);
+    brix_fair_free(f);
+}
+
+static void test_reserve_for_light_tenants(void **state)
+{
+    (void)state;
+    brix_fair_t *f = fair_r(8, 100, 100, 0.25); /* over-share tenants stop at 6 of 8 */
+    brix_fair_item_t *h[12];
+    for (int i = 0; i < 8; i++) /* alone, the heavy tenant may use everything */
+        h[i] = enter(f, "heavy", 0, 10, BRIX_FAIR_GO);
+    for (int i = 8; i < 12; i++)
+        h[i] = enter(f, "heavy", 0, 10, BRIX_FAIR_WAIT);
+    brix_fair_item_t *l1 = enter(f, "light", 0, 10, BRIX_FAIR_WAIT); /* no room at all */
+    /* two heavy requests end: light (under its share of 4) gets the first slot,
+     * heavy (over its share) not the second: 7 of 8 > 6 */
+    brix_fair_leave(f, h[0], 10);
+    size_t pos = 0;
+    take(f, &pos, l1);
+    brix_fair_leave(f, h[1], 10);
+    assert_int_equal(g_nout, 1);
+    /* a new light request goes straight in, past heavy's queue */
+    brix_fair_item_t *l2 = enter(f, "light", 0, 10, BRIX_FAIR_GO);
+    brix_fair_stats_t st;
+    brix_fair_stats(f, &st);
+    assert_int_equal(st.inflight, 8);
+    assert_int_equal(st.queued, 4);
+    /* while light is active, heavy stays out of the reserve: 7 in flight */
+    brix_fair_leave(f, l1, 1);
+    assert_int_equal(g_nout, 1);
+    /* light gone: heavy alone may fill everything again */
+    brix_fair_leave(f, l2, 1);
+    assert_int_equal(g_nout, 3);
+    take(f, &pos, h[8]);
+    take(f, &pos, h[9]);
+    for (int i = 2; i < 8; i++)
+        brix_fair_leave(f, h[i], 1);
+    take(f, &pos, h[10]);
+    take(f, &pos, h[11]);
+    for (int i = 8; i < 12; i++)
+        brix_fair_leave(f, h[i], 1);
+    brix_fair_stats(f, &st);
+    assert_int_equal(st.inflight, 0);
     brix_fair_free(f);
 }
 
@@ -245,6 +295,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pass_through_then_queue, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_light_overtakes_heavy, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_reserve_for_light_tenants, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_output_weighs_twice, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_priority_classes, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_full_expired_cancelled, leak_setup, leak_teardown),
