@@ -14,7 +14,17 @@ least-request`. Modes:
         beyond their N running sequences (the baseline "without VTC");
   vtc   `--fairness vtc --max-inflight-per-pod N`: the gateway lets at most
         N x 2 requests into the fleet (= the fleet's batch capacity), the rest
-        wait in per-tenant queues served by smallest virtual counter.
+        wait in per-tenant queues served by smallest virtual counter. A tenant
+        holding its fair share of slots may not take the last --fair-reserve
+        of them (gateway default; idle headroom so a light request starts at
+        once); repeat 1 also runs the reserve values in FAIR_RESERVE_SWEEP.
+N sets how coarse a "slot" is: a light tenant's request that finds the fleet
+full waits for some request to finish, about 1/C. With N = 32 (64 slots,
+C ~ 37 req/s) the default reserve is ~6 slots and that wait is rare; with
+N = 8 (16 slots, FAIR_SEQS=8 FAIR_TIME_SCALE=0.5) the reserve is one slot, the
+light tenants (30% of C in all, ~5 slots) often find it taken, and 1/C is
+longer than a solo TTFT. TS = 1.0 keeps the client at ~40 req/s and ~4k SSE
+events/s wall, which one Python process and two cores sustain.
 The tenant of a request is its `user` header (no users are configured, so the
 gateway does no rate limiting).
 
@@ -31,7 +41,9 @@ repeat (common random numbers), so the modes differ only in the gateway.
      (4x a fair share, 10x a light tenant); 130% offered in all -> saturated.
   3. runs, per repeat: solo (the three lights alone, mode none), mixed/none,
      mixed/vtc (order alternates between repeats); once: solo/vtc (VTC costs
-     nothing when the fleet is not saturated).
+     nothing when the fleet is not saturated), and mixed/vtc with each
+     --fair-reserve of FAIR_RESERVE_SWEEP (skipped if the gateway has no such
+     flag).
 After DURATION wall seconds of arrivals, the run waits until every light
 request has finished (bounded by the client timeout), then cancels what is
 left (the heavy tenant's backlog). Heavy throughput counts the tokens
@@ -47,9 +59,10 @@ repeat; median (min..max) over repeats.
 
 Writes bench/results/fairness.{json,md}; process logs bench/results/fair-*.log.
 Knobs (environment): FAIR_DURATION (60 wall s), FAIR_REPEATS (3), FAIR_SEQS (N,
-8), FAIR_TIME_SCALE (0.5), FAIR_LIGHT_FRAC (0.1), FAIR_HEAVY_X (10),
+32), FAIR_TIME_SCALE (1.0), FAIR_LIGHT_FRAC (0.1), FAIR_HEAVY_X (10),
 FAIR_CAP_SECONDS (20), FAIR_TIMEOUT (client timeout, 150 wall s),
-FAIR_SOLO_VTC (1).
+FAIR_SOLO_VTC (1), FAIR_RESERVE_SWEEP ("0,0.3"; "" for none), FAIR_OUT (results
+file name, "fairness"). About 14 minutes with the defaults.
 """
 import asyncio
 import atexit
@@ -69,13 +82,15 @@ import loadgen  # noqa: E402
 
 DURATION = float(os.environ.get("FAIR_DURATION", "60"))
 REPEATS = int(os.environ.get("FAIR_REPEATS", "3"))
-SEQS = int(os.environ.get("FAIR_SEQS", "8"))
-TS = float(os.environ.get("FAIR_TIME_SCALE", "0.5"))
+SEQS = int(os.environ.get("FAIR_SEQS", "32"))
+TS = float(os.environ.get("FAIR_TIME_SCALE", "1.0"))
 LIGHT_FRAC = float(os.environ.get("FAIR_LIGHT_FRAC", "0.1"))
 HEAVY_X = float(os.environ.get("FAIR_HEAVY_X", "10"))
 CAP_SECONDS = float(os.environ.get("FAIR_CAP_SECONDS", "20"))
 TIMEOUT = float(os.environ.get("FAIR_TIMEOUT", "150"))
 SOLO_VTC = os.environ.get("FAIR_SOLO_VTC", "1") == "1"
+OUT = os.environ.get("FAIR_OUT", "fairness")
+SWEEP = [float(x) for x in os.environ.get("FAIR_RESERVE_SWEEP", "0,0.3").split(",") if x.strip()]
 ENGINES = 2
 MODEL = "llama-3-8b"
 PATH = "/v1/chat/completions"
@@ -107,7 +122,16 @@ def on_signal(signum, frame):
 
 # ----------------------------------------------------------------- fleet --
 
-def start_fleet(mode, tag):
+def gateway_reserve_default():
+    """The gateway's --fair-reserve default, or None when it has no such flag."""
+    import re
+    import subprocess
+    h = subprocess.run([c.BRIX, "gateway", "--help"], capture_output=True, text=True).stdout
+    m = re.search(r"--fair-reserve F.*?\(default: ([0-9.]+)\)", h, re.S)
+    return float(m.group(1)) if m else None
+
+
+def start_fleet(mode, tag, reserve=None):
     """Two engines and a gateway; returns (gateway port, engine ports)."""
     eports = []
     for i in range(ENGINES):
@@ -122,6 +146,8 @@ def start_fleet(mode, tag):
     if mode == "vtc":
         extra += ["--fairness", "vtc", "--max-inflight-per-pod", str(SEQS),
                   "--queue-size", "100000", "--queue-timeout", f"{int(TIMEOUT * 2)}s"]
+        if reserve is not None:
+            extra += ["--fair-reserve", str(reserve)]
     p, gport = g.start_gateway(None, eports, workers=2, extra=extra,
                                log_path=f"fair-{tag}-gateway.log")
     PROCS.append(p)
@@ -315,14 +341,15 @@ def summarize(reqs, t0, samples, cancelled):
     return out
 
 
-def run(kind, mode, rates, seed, tag):
-    """One run on a fresh fleet; kind solo|mixed."""
+def run(kind, mode, rates, seed, tag, reserve=None):
+    """One run on a fresh fleet; kind solo|mixed; reserve: --fair-reserve (vtc)."""
     scheds = {t: schedule(t, rates["light"], seed) for t in LIGHTS}
     if kind == "mixed":
         scheds[HEAVY] = schedule(HEAVY, rates["heavy"], seed)
-    print(f"  {kind}/{mode} (seed {seed}, load average {g.loadavg():.2f}) ...", end="", flush=True)
+    label = mode if reserve is None else f"{mode} --fair-reserve {reserve:g}"
+    print(f"  {kind}/{label} (seed {seed}, load average {g.loadavg():.2f}) ...", end="", flush=True)
     try:
-        gport, eports = start_fleet(mode, tag)
+        gport, eports = start_fleet(mode, tag, reserve)
         cpu0, w0 = g.self_cpu_s(), time.perf_counter()
         reqs, t0, samples, cancelled = asyncio.run(drive(gport, eports, scheds))
         client_cpu = (g.self_cpu_s() - cpu0) / (time.perf_counter() - w0) * 100
@@ -334,7 +361,7 @@ def run(kind, mode, rates, seed, tag):
     s["_starts"] = sorted(r.res.start - t0 for r in reqs if r.res.start)
     s["_light"] = {f"{r.tenant}@{r.planned:.6f}": (r.res.start - t0 if r.res.start else None,
                                                    ttft_sim(r)) for r in reqs if r.tenant != HEAVY}
-    s.update({"kind": kind, "mode": mode, "seed": seed, "client_cpu_pct": client_cpu,
+    s.update({"kind": kind, "mode": mode, "seed": seed, "fair_reserve": reserve, "client_cpu_pct": client_cpu,
               "loadavg": g.loadavg()})
     L = s["tenants"]["lights"]
     line = (f" lights P99 TTFT {L['ttft_p99_s']:.3f}s (p50 {L['ttft_p50_s']:.3f}s, "
@@ -403,17 +430,21 @@ def ratio(a, b):
 
 def report(out):
     reps = out["repeats_data"]
+    rd = out["reserve_default"]
+    vtc_label = "VTC" + ("" if rd is None else f" (--fair-reserve {rd:g}, default)")
     lines = [
         f"Light tenants' TTFT (3 tenants pooled) on a saturated fleet of {ENGINES} engine-sims "
         f"(h100, --max-num-seqs {SEQS}, --time-scale {TS}) behind the brix gateway "
-        f"(least-request). Capacity C = {out['capacity_rps'] * TS:.2f} req/s simulated (closed loop). "
+        f"(least-request; VTC: --max-inflight-per-pod {SEQS}). Capacity C = "
+        f"{out['capacity_rps'] * TS:.2f} req/s simulated (closed loop). "
         f"Each light tenant offers {LIGHT_FRAC:.0%} of C, the heavy tenant {HEAVY_X:g}x that "
         f"({LIGHT_FRAC * HEAVY_X:.0%} of C); offered {LIGHT_FRAC * (3 + HEAVY_X):.0%} of C. "
         f"{DURATION:.0f} wall s ({DURATION / TS:.0f} simulated s) of Poisson arrivals per run, "
-        f"{len(reps)} repeats; median (min..max) over repeats. Times in simulated seconds. "
+        f"{len(reps)} repeats; median (min..max) over repeats. Times in simulated seconds; "
+        "tokens/s = tokens received inside the arrival window per simulated second. "
         "VTC: Sheng et al., \"Fairness in Serving Large Language Models\", OSDI 2024.", "",
         "| run | light P50 TTFT s | light P90 TTFT s | light P99 TTFT s | **P99 / solo P99** | "
-        "light done/sent | heavy tok/s (sim) | fleet tok/s (sim) | heavy P50 TTFT s | errors | "
+        "light done/sent | heavy tok/s | fleet tok/s | heavy P50 TTFT s | errors | "
         "gateway queue (mean) | engine queue (mean) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
@@ -438,61 +469,67 @@ def report(out):
     solo = [r["solo"] for r in reps]
     row("solo (lights only), no VTC", solo)
     if out.get("solo_vtc"):
-        row("solo (lights only), VTC", [out["solo_vtc"]], [solo[0]])
+        row(f"solo (lights only), {vtc_label}, repeat 1", [out["solo_vtc"]], [solo[0]])
     row("mixed, no VTC", [r["none"] for r in reps], solo)
-    row("mixed, **VTC**", [r["vtc"] for r in reps], solo)
-    v = [ratio(r["vtc"]["tenants"]["lights"]["ttft_p99_s"],
-               r["solo"]["tenants"]["lights"]["ttft_p99_s"]) for r in reps]
-    n = [ratio(r["none"]["tenants"]["lights"]["ttft_p99_s"],
-               r["solo"]["tenants"]["lights"]["ttft_p99_s"]) for r in reps]
-    met = all(x <= TARGET for x in v)
-    lines += ["", f"**Headline**: VTC: light P99 TTFT = {spread(v)}x solo (target <= {TARGET}x: "
-              f"{'met' if met else 'NOT met'} in {sum(x <= TARGET for x in v)}/{len(v)} repeats); "
-              f"without VTC: {spread(n)}x solo.", "",
-              "Per light tenant, P99 TTFT / the same tenant's solo P99 (median (min..max) over "
-              "repeats):", "", "| tenant | no VTC | VTC |", "|---|---|---|"]
+    row(f"mixed, **{vtc_label}**", [r["vtc"] for r in reps], solo)
+    for x in out["sweep"]:
+        row(f"mixed, VTC --fair-reserve {x['fair_reserve']:g}, repeat 1", [x], [solo[0]])
+
+    def r99(r, s):
+        return ratio(r["tenants"]["lights"]["ttft_p99_s"], s["tenants"]["lights"]["ttft_p99_s"])
+    v = [r99(r["vtc"], r["solo"]) for r in reps]
+    n = [r99(r["none"], r["solo"]) for r in reps]
+    hv = [ratio(r["vtc"]["tenants"][HEAVY]["tokens_per_s"], r["none"]["tenants"][HEAVY]["tokens_per_s"])
+          for r in reps]
+    fl = [ratio(r["vtc"]["fleet_tokens_per_s"], r["none"]["fleet_tokens_per_s"]) for r in reps]
+    met = sum(x <= TARGET for x in v)
+    lines += ["", f"**Headline**: {vtc_label}: light P99 TTFT = {spread(v)}x solo (target <= "
+              f"{TARGET}x: {'met' if met == len(v) else 'NOT met'} in {met}/{len(v)} repeats); "
+              f"without VTC: {spread(n)}x solo. Heavy tenant tokens/s, VTC / no VTC: {spread(hv)}x; "
+              f"fleet tokens/s, VTC / no VTC: {spread(fl)}x.", "",
+              "Per light tenant, P99 TTFT / the same tenant's solo P99:", "",
+              "| tenant | no VTC | " + vtc_label + " |", "|---|---|---|"]
     for t in LIGHTS:
         def tr(mode):
             return spread([ratio(r[mode]["tenants"][t]["ttft_p99_s"],
                                  r["solo"]["tenants"][t]["ttft_p99_s"]) for r in reps])
         lines.append(f"| {t} | {tr('none')}x | {tr('vtc')}x |")
     interval = 1 / (out["capacity_rps"] * TS)
-    added = [r["vtc"]["tenants"]["lights"]["ttft_p50_s"] - r["solo"]["tenants"]["lights"]["ttft_p50_s"]
-             for r in reps]
     solo99 = g.stats([r["solo"]["tenants"]["lights"]["ttft_p99_s"] for r in reps])[0]
-    lines += ["", f"At capacity every fleet slot is busy, so a light request admitted by the gateway "
-              f"first waits for one to free: requests complete every 1/C = {interval:.3f} s "
+    lines += ["", f"Reading: with every fleet slot busy, a light request that is not given a free "
+              f"slot waits for one to free; requests complete every 1/C = {interval:.3f} s "
               f"(simulated) on average ({'more' if interval > solo99 else 'less'} than the solo "
-              f"P99 TTFT, {solo99:.3f} s). VTC light P50 TTFT - solo P50 = "
-              f"{spread(added, '{:.3f}')} s = {spread([a / interval for a in added])} completion "
-              "intervals. Ideal non-preemptive estimate (each light request of the VTC run gets "
-              "the very next completion's slot when the fleet is full, then takes its solo TTFT): "
-              f"P50 {spread([r['ideal']['p50_s'] for r in reps], '{:.3f}')} s, P99 "
+              f"P99 TTFT, {solo99:.3f} s). Work-conserving estimate (each light request of a VTC "
+              "run gets the very next completion's slot whenever the fleet is full, then takes "
+              "its solo TTFT; computed from that run's completion times): P99 = "
               f"{spread([r['ideal']['p99_s'] for r in reps], '{:.3f}')} s = "
-              f"{spread([r['ideal']['ratio'] for r in reps])}x solo: roughly the floor for any "
-              "gateway-side scheduler that does not preempt running requests."]
+              f"{spread([r['ideal']['ratio'] for r in reps])}x solo — roughly the best a gateway "
+              "scheduler can do while keeping every slot busy and never preempting; only idle "
+              "headroom (--fair-reserve) goes below it, paid in throughput."]
     bad = {}
-    for r in reps:
-        for m in ("solo", "none", "vtc"):
-            for t, v in r[m]["tenants"].items():
-                if t != "lights":
-                    for st, k in v["status"].items():
-                        bad[f"{m} {t} {st}"] = bad.get(f"{m} {t} {st}", 0) + k
-    exp = sum((r["vtc"].get("gw_expired_total") or 0) + (r["vtc"].get("gw_rejected_total") or 0)
-              for r in reps)
+    runs_all = [(m, r[m]) for r in reps for m in ("solo", "none", "vtc")]
+    runs_all += [("vtc-reserve", x) for x in out["sweep"]]
+    if out.get("solo_vtc"):
+        runs_all.append(("solo-vtc", out["solo_vtc"]))
+    for m, r in runs_all:
+        for t, tv in r["tenants"].items():
+            if t != "lights":
+                for st, k in tv["status"].items():
+                    bad[f"{m} {t} {st}"] = bad.get(f"{m} {t} {st}", 0) + k
+    exp = sum((r.get("gw_expired_total") or 0) + (r.get("gw_rejected_total") or 0)
+              for _, r in runs_all)
     lines += ["", "Non-200 answers / timeouts (all runs): " +
               (", ".join(f"{k}: {v}" for k, v in sorted(bad.items())) or "none") +
-              f"; VTC queue expired + rejected: {exp:.0f}."]
-    lines += ["", "Heavy tenant tokens/s inside the arrival window, VTC / no VTC: " + spread(
-        [ratio(r["vtc"]["tenants"][HEAVY]["tokens_per_s"], r["none"]["tenants"][HEAVY]["tokens_per_s"])
-         for r in reps]) + "x. Light requests per run: "
+              f"; VTC queue expired + rejected: {exp:.0f}. Light requests per run: "
               f"{spread([r['solo']['tenants']['lights']['sent'] for r in reps], '{:.0f}')}; "
               "a request with no first token counts as infinite TTFT. Without VTC the engines' "
               "FIFO queue grows for the whole run (offered > capacity), so that ratio grows with "
-              "the run length; with VTC the backlog is the heavy tenant's own, in the gateway.",
-              "", f"Client: max send lag {max(r[m]['max_send_lag_ms'] for r in reps for m in ('solo', 'none', 'vtc')):.0f} ms, "
-              f"CPU {max(r[m]['client_cpu_pct'] for r in reps for m in ('solo', 'none', 'vtc')):.0f}% "
-              "of a core at most. Reproduce: `python3 bench/fairness.py` (knobs in its docstring).",
+              "the run length; with VTC the backlog is the heavy tenant's own, in the gateway "
+              "(cancelled at the end of the run, once every light request has finished).",
+              "", f"Client: max send lag {max(r['max_send_lag_ms'] for _, r in runs_all):.0f} ms, "
+              f"CPU {max(r['client_cpu_pct'] for _, r in runs_all):.0f}% of a core at most. "
+              f"Run time {out.get('elapsed_s', 0) / 60:.0f} min. Reproduce: "
+              "`python3 bench/fairness.py` (knobs in its docstring).",
               "", g.build_line(out["build"])]
     return "\n".join(lines) + "\n"
 
@@ -544,7 +581,8 @@ def main():
     out = {"build": build, "engines": ENGINES, "max_num_seqs": SEQS, "time_scale": TS,
            "duration_wall_s": DURATION, "light_frac": LIGHT_FRAC, "heavy_x": HEAVY_X,
            "capacity_rps": cap_rps, "capacity_tps": cap_tps, "rates_wall": rates,
-           "repeats_data": [], "solo_vtc": None}
+           "repeats_data": [], "solo_vtc": None, "sweep": [],
+           "reserve_default": gateway_reserve_default()}
     for rep in range(REPEATS):
         print(f"repeat {rep + 1}/{REPEATS}", flush=True)
         d = {"solo": run("solo", "none", rates, rep, f"r{rep}-solo")}
@@ -555,11 +593,16 @@ def main():
         out["repeats_data"].append(d)
         if rep == 0 and SOLO_VTC:
             out["solo_vtc"] = run("solo", "vtc", rates, 0, "r0-solo-vtc")
+        if rep == 0 and out["reserve_default"] is not None:
+            for rv in SWEEP:
+                x = run("mixed", "vtc", rates, 0, f"r0-vtc-reserve{rv:g}", reserve=rv)
+                x["ideal"] = ideal(d["solo"], x)
+                out["sweep"].append(x)
     out["elapsed_s"] = time.time() - t_start
     md = report(out)
-    with open(os.path.join(c.RESULTS, "fairness.json"), "w") as f:
+    with open(os.path.join(c.RESULTS, OUT + ".json"), "w") as f:
         json.dump(clean(out), f, indent=1, default=str)
-    with open(os.path.join(c.RESULTS, "fairness.md"), "w") as f:
+    with open(os.path.join(c.RESULTS, OUT + ".md"), "w") as f:
         f.write(md)
     print()
     print(md)

@@ -232,8 +232,12 @@ static void dispatch(brix_fair_t *f)
             if (!can_admit(f, a))
                 continue;
             const tenant_t *b = best >= 0 ? &f->t[best] : NULL;
+            /* a tenant lifted to the least counter ties with it: the one
+             * with fewer requests in flight goes first */
             if (!b || a->priority > b->priority ||
-                (a->priority == b->priority && a->counter < b->counter))
+                (a->priority == b->priority &&
+                 (a->counter < b->counter ||
+                  (a->counter == b->counter && a->inflight < b->inflight))))
                 best = ti;
         }
         if (best < 0)

@@ -188,6 +188,26 @@ static void test_reserve_for_light_tenants(void **state)
     brix_fair_free(f);
 }
 
+static void test_tie_goes_to_fewer_in_flight(void **state)
+{
+    (void)state;
+    brix_fair_t *f = fair(2, 100, 100);
+    brix_fair_item_t *h0 = enter(f, "heavy", 0, 10, BRIX_FAIR_GO);
+    brix_fair_item_t *h1 = enter(f, "heavy", 0, 10, BRIX_FAIR_GO);
+    brix_fair_item_t *h2 = enter(f, "heavy", 0, 10, BRIX_FAIR_WAIT);
+    brix_fair_item_t *l = enter(f, "light", 0, 10, BRIX_FAIR_WAIT);
+    /* lifted to exactly heavy's counter: equal; light has nothing in flight */
+    assert_true(brix_fair_counter(f, "light") == brix_fair_counter(f, "heavy"));
+    brix_fair_leave(f, h0, 0);
+    size_t pos = 0;
+    take(f, &pos, l);
+    brix_fair_leave(f, l, 0);
+    take(f, &pos, h2);
+    brix_fair_leave(f, h1, 0);
+    brix_fair_leave(f, h2, 0);
+    brix_fair_free(f);
+}
+
 static void test_output_weighs_twice(void **state)
 {
     (void)state;
@@ -296,6 +316,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pass_through_then_queue, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_light_overtakes_heavy, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_reserve_for_light_tenants, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_tie_goes_to_fewer_in_flight, leak_setup,
+                                        leak_teardown),
         cmocka_unit_test_setup_teardown(test_output_weighs_twice, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_priority_classes, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_full_expired_cancelled, leak_setup, leak_teardown),
