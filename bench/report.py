@@ -202,10 +202,19 @@ Large Language Models", OSDI 2024), against the light tenants' solo run.
 
 ## Tenants: cost of the rate-limit check
 
-The `brix+mem` and `brix+redis` rows of the gateway proxy benchmark above: the same requests
-with a rate-limited user (RPM and TPM checked before routing, tokens charged from `usage` after
-the response), its state in memory or in a redis-server on loopback (one `EVALSHA` for the check
-and one for the charge per request). The gateway also reports the check's own latency in
-`brix_gateway_ratelimit_check_seconds`.
+End to end: the `brix+mem` and `brix+redis` rows of the gateway proxy benchmark above — the
+same requests with a rate-limited user (RPM and TPM checked before routing, tokens charged from
+`usage` after the response), its state in memory or in a redis-server on loopback (one `EVALSHA`
+for the check and one for the charge per request). The memory store costs nothing measurable;
+with Redis every request makes two round trips to a process that shares CPU 0 with wrk and the
+upstream, which also halves the throughput this 2-core layout can reach.
+
+The check alone, as the gateway times it (`brix_gateway_ratelimit_check_seconds`), command
+`python3 bench/ratelimit_check.py`:
+
+{frag('ratelimit_check.md')}
+
+"Own core" adds two cross-core wake-ups of an idle vCPU per round trip (the gateway on CPU 1,
+Redis on CPU 0), the same effect the proxy benchmark shows for every proxy.
 """
 open(os.path.join(ROOT, "BENCHMARKS.md"), "w").write(doc)
