@@ -70,6 +70,7 @@ brix_fair_t *brix_fair_new(const brix_fair_cfg_t *cfg, brix_fair_deliver_fn deli
     }
     /* slot 0: tenants beyond max_tenants share it */
     snprintf(f->t[0].name, sizeof f->t[0].name, "%s", "(other)");
+    f->capacity = -1; /* unknown until the first fleet snapshot: no limit */
     f->t[0].backlog_pos = -1;
     f->nt = 1;
     uv_mutex_init(&f->mu);
@@ -151,7 +152,7 @@ static bool active(const tenant_t *t)
  * others so their requests start at once instead of waiting for a slot. */
 static bool can_admit(const brix_fair_t *f, const tenant_t *t)
 {
-    if (f->capacity <= 0)
+    if (f->capacity < 0)
         return true;
     if (f->inflight >= f->capacity)
         return false;

@@ -68,7 +68,8 @@ typedef struct brix_fair_cfg {
 
 brix_fair_t *brix_fair_new(const brix_fair_cfg_t *cfg, brix_fair_deliver_fn deliver, void *ud);
 void brix_fair_free(brix_fair_t *f);
-/* Sets the number of requests the fleet may hold (0 = no limit). */
+/* Sets the number of requests the fleet may hold: < 0 no limit (the start),
+ * 0 none (no ready pod: requests wait until pods return or --queue-timeout). */
 void brix_fair_set_capacity(brix_fair_t *f, int64_t capacity);
 
 typedef enum brix_fair_rc {

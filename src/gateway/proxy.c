@@ -775,7 +775,7 @@ static int on_member(const char *key, size_t klen, const brix_json_val_t *v, voi
         if (brix_json_key_is(key, klen, "stream"))
             /* lenient like vLLM's parser: true or a non-zero number */
             f->stream = v->kind == BRIX_JSON_TRUE ||
-                        (v->kind == BRIX_JSON_NUMBER && !(v->n == 1 && v->p[0] == '0'));
+                        (v->kind == BRIX_JSON_NUMBER && strtod(v->p, NULL) != 0);
         else if (brix_json_key_is(key, klen, "prompt"))
             f->prompt = *v;
         break;

@@ -317,6 +317,7 @@ struct brix_tn {
     size_t nusers, cap;
     uint32_t *slots; /* name index */
     size_t nslots;
+    double next_evict_us; /* no eviction pass before (µs, monotonic) */
     atomic_ullong store_errors, store_timeouts, fail_open, fail_closed, reconnects;
     atomic_int conns_up; /* worker connections to Redis that are up */
     char *redis_ip;      /* redis_host resolved once at start (no DNS on the loops) */
@@ -331,11 +332,10 @@ static const char CHECK_LUA[] =
     "local u = redis.call('HMGET', p .. 'user:' .. name, 'rpm', 'tpm', 'models', 'priority', "
     "'key')\n"
     "local rpm, tpm, prio = tonumber(u[1]) or 0, tonumber(u[2]) or 0, tonumber(u[4]) or 0\n"
-    "if not u[1] and not u[2] then\n"
+    "if ARGV[2] == 'u' and u[5] then return {'needkey', name} end\n"
+    "if not (u[1] or u[2] or u[3] or u[4] or u[5]) then\n"
     "  if tonumber(ARGV[6]) < 0 then return {'nouser', name} end\n"
     "  rpm, tpm = tonumber(ARGV[6]), tonumber(ARGV[7])\n"
-    "elseif ARGV[2] == 'u' and u[5] then\n"
-    "  return {'needkey', name}\n"
     "end\n"
     "if u[3] and u[3] ~= '' and ARGV[4] ~= '' then\n"
     "  local ok = false\n"
@@ -439,7 +439,7 @@ static int mem_reindex(brix_tn_t *tn)
     size_t want = 64;
     while (want < tn->nusers * 2 + 2)
         want *= 2;
-    if (want != tn->nslots) {
+    if (want > tn->nslots) {
         uint32_t *ns = brix_calloc(want, sizeof *ns);
         if (!ns)
             return -1;
@@ -447,6 +447,7 @@ static int mem_reindex(brix_tn_t *tn)
         tn->slots = ns;
         tn->nslots = want;
     } else {
+        /* never shrinks: a rebuild after removals cannot fail */
         memset(tn->slots, 0, tn->nslots * sizeof *tn->slots);
     }
     for (size_t i = 0; i < tn->nusers; i++) {
@@ -476,16 +477,27 @@ static void mem_remove(brix_tn_t *tn, mem_user_t *m)
 }
 
 /* Users the default-limit policy created, whose buckets are full again,
- * carry no state worth keeping: dropped when the table is full. */
+ * carry no state worth keeping: dropped when the table is full, down to 90%
+ * if there are that many. A pass that frees nothing is not repeated for a
+ * second (it scans the whole table under the store's lock). */
 static void mem_evict_idle(brix_tn_t *tn)
 {
     double now = (double)brix_now_ns() / 1e3;
-    size_t j = 0;
-    for (size_t i = 0; i < tn->nusers; i++) {
+    if (now < tn->next_evict_us)
+        return;
+    size_t keep_max = BRIX_TN_MEM_USERS_MAX / 10 * 9, j = 0, n = tn->nusers;
+    for (size_t i = 0; i < n; i++) {
         mem_user_t *m = &tn->users[i];
-        if (m->implicit && m->rt <= now && m->tt <= now)
-            continue;
-        tn->users[j++] = *m;
+        bool idle = m->implicit && m->rt <= now && m->tt <= now;
+        if (idle && n - (i - j) > keep_max)
+            continue; /* dropped */
+        if (i != j)
+            tn->users[j] = *m;
+        j++;
+    }
+    if (j == n) {
+        tn->next_evict_us = now + 1e6;
+        return;
     }
     tn->nusers = j;
     mem_reindex(tn);
@@ -569,23 +581,35 @@ brix_tn_t *brix_tn_new(const brix_tn_cfg_t *cfg, char *err, size_t errlen)
     if (tn->cfg.redis_host) {
         /* resolved once here: hiredis would block a worker loop on DNS at
          * every reconnect */
-        struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM }, *ai = NULL;
+        /* IPv4 first, as hiredis itself tries: "localhost" must reach a
+         * Redis bound to 127.0.0.1 */
         char ip[INET6_ADDRSTRLEN] = "";
-        if (!getaddrinfo(tn->cfg.redis_host, NULL, &hints, &ai) && ai) {
-            const void *a = ai->ai_family == AF_INET6
-                                ? (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr
-                                : (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr;
-            inet_ntop(ai->ai_family, a, ip, sizeof ip);
+        static const int fams[] = { AF_INET, AF_INET6 };
+        for (size_t k = 0; k < 2 && !ip[0]; k++) {
+            struct addrinfo hints = { .ai_family = fams[k], .ai_socktype = SOCK_STREAM },
+                            *ai = NULL;
+            if (!getaddrinfo(tn->cfg.redis_host, NULL, &hints, &ai) && ai) {
+                const void *a = ai->ai_family == AF_INET6
+                                    ? (const void *)&((struct sockaddr_in6 *)ai->ai_addr)->sin6_addr
+                                    : (const void *)&((struct sockaddr_in *)ai->ai_addr)->sin_addr;
+                inet_ntop(ai->ai_family, a, ip, sizeof ip);
+            }
+            if (ai)
+                freeaddrinfo(ai);
         }
-        if (ai)
-            freeaddrinfo(ai);
         if (!ip[0]) {
-            snprintf(err, errlen, "redis-url: cannot resolve host '%s'", tn->cfg.redis_host);
+            /* not resolvable now (a service not up yet): hiredis resolves it
+             * at each connect instead */
+            BRIX_WARN("redis-url: cannot resolve '%s' now; it is resolved at each connect",
+                      tn->cfg.redis_host);
+            snprintf(ip, sizeof ip, "%.45s", tn->cfg.redis_host);
+        }
+        if (!(tn->redis_ip = brix_strdup(ip))) {
+            snprintf(err, errlen, "out of memory");
             brix_tn_cfg_free(&tn->cfg);
             brix_free(tn);
             return NULL;
         }
-        tn->redis_ip = brix_strdup(ip);
     }
     uv_mutex_init(&tn->mu);
     sha1_hex(CHECK_LUA, tn->check_sha);
@@ -666,7 +690,7 @@ static void mem_check(brix_tn_t *tn, bool by_key, const char *id, const char *mo
             if (!m) {
                 uv_mutex_unlock(&tn->mu);
                 d->status = BRIX_TN_STORE_DOWN;
-                d->detail = "out of memory";
+                d->detail = "too many users with the default limits are active";
                 return;
             }
             m->u.rpm = tn->cfg.default_rpm;
@@ -783,6 +807,7 @@ static brix_tn_admin_rc_t mem_admin(brix_tn_t *tn, brix_tn_admin_op_t op, const 
         }
         if (op == BRIX_TN_ROTATE)
             set = 0;
+        m->implicit = false; /* written by the admin: no longer evictable */
         if (set & BRIX_TN_SET_RPM)
             m->u.rpm = in->rpm;
         if (set & BRIX_TN_SET_TPM)
@@ -1138,6 +1163,11 @@ static void conn_connect(brix_tn_conn_t *c)
     if (redisLibuvAttach(ac, c->loop) != REDIS_OK) {
         BRIX_WARN("redis %s:%d: cannot watch the connection", cfg->redis_host, cfg->redis_port);
         c->ac = NULL;
+        /* the adapter may have set its hooks without their data: unset them
+         * so the free does not call them */
+        ac->ev.addRead = ac->ev.delRead = ac->ev.addWrite = ac->ev.delWrite = NULL;
+        ac->ev.cleanup = NULL;
+        ac->ev.data = NULL;
         redisAsyncFree(ac);
         schedule_reconnect(c);
         return;

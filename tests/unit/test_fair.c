@@ -98,8 +98,8 @@ static void test_pass_through_then_queue(void **state)
     assert_int_equal(st.inflight, 0);
     assert_int_equal(st.admitted_direct, 2);
     assert_int_equal(st.admitted_queued, 1);
-    /* capacity 0: no limit */
-    brix_fair_set_capacity(f, 0);
+    /* capacity < 0: no limit */
+    brix_fair_set_capacity(f, -1);
     brix_fair_item_t *x[5];
     for (int i = 0; i < 5; i++)
         x[i] = enter(f, "a", 0, 1, BRIX_FAIR_GO);
@@ -185,6 +185,26 @@ static void test_reserve_for_light_tenants(void **state)
         brix_fair_leave(f, h[i], 1);
     brix_fair_stats(f, &st);
     assert_int_equal(st.inflight, 0);
+    brix_fair_free(f);
+}
+
+static void test_no_capacity_holds_requests(void **state)
+{
+    (void)state;
+    brix_fair_t *f = fair(1, 100, 100);
+    brix_fair_item_t *a = enter(f, "a", 0, 1, BRIX_FAIR_GO);
+    brix_fair_item_t *b = enter(f, "b", 0, 1, BRIX_FAIR_WAIT);
+    /* every pod went away: nothing more is let in, nothing is flushed */
+    brix_fair_set_capacity(f, 0);
+    brix_fair_leave(f, a, 0);
+    assert_int_equal(g_nout, 0);
+    brix_fair_item_t *c = enter(f, "c", 0, 1, BRIX_FAIR_WAIT);
+    /* pods are back: the waiting requests go in */
+    brix_fair_set_capacity(f, 4);
+    assert_int_equal(g_nout, 2);
+    size_t pos = 0;
+    brix_fair_leave(f, take(f, &pos, g_out[0] == b ? b : c), 0);
+    brix_fair_leave(f, g_out[1], 0);
     brix_fair_free(f);
 }
 
@@ -297,7 +317,7 @@ static void test_overflow_tenant(void **state)
     assert_int_equal(pos, 4);
     brix_fair_free(f);
     /* names longer than what is kept still find their tenant (no slot each) */
-    f = fair(0, 100, 2);
+    f = fair(-1, 100, 2);
     char longname[200];
     memset(longname, 'x', sizeof longname - 1);
     longname[sizeof longname - 1] = '\0';
@@ -316,6 +336,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pass_through_then_queue, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_light_overtakes_heavy, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_reserve_for_light_tenants, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_no_capacity_holds_requests, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_tie_goes_to_fewer_in_flight, leak_setup,
                                         leak_teardown),
         cmocka_unit_test_setup_teardown(test_output_weighs_twice, leak_setup, leak_teardown),
