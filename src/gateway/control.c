@@ -117,8 +117,7 @@ void brix_gw_view_unref(brix_gw_view_t *v)
 void brix_gw_publish(brix_gw_t *gw, brix_gw_view_t *v)
 {
     if (gw->fair)
-        brix_fair_set_capacity(gw->fair,
-                               gw->cfg.max_inflight_per_pod * (int64_t)v->fleet->nhealthy);
+        brix_gw_fairs_publish(gw->fair, v->fleet);
     for (int i = 0; i < gw->nworkers; i++) {
         brix_gw_worker_t *w = gw->w[i];
         if (!w)

@@ -262,6 +262,7 @@ brix_fair_rc_t brix_fair_enter(brix_fair_t *f, const char *tenant, int64_t prior
     brix_fair_item_t *it = brix_calloc(1, sizeof *it);
     if (!it)
         return BRIX_FAIR_FULL;
+    it->owner = f;
     it->worker = worker;
     it->px = px;
     it->priority = priority;

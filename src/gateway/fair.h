@@ -44,6 +44,7 @@ typedef enum brix_fair_state {
 
 typedef struct brix_fair_item brix_fair_item_t;
 struct brix_fair_item {
+    brix_fair_t *owner; /* the scheduler it belongs to */
     brix_fair_state_t state;
     int worker; /* whose loop gets it */
     void *px;   /* the request; NULL once the client left */

@@ -448,7 +448,7 @@ static void on_sighup(uv_signal_t *s, int signum)
 static void on_fair_timer(uv_timer_t *t)
 {
     brix_gw_t *gw = t->data;
-    brix_fair_sweep(gw->fair, brix_now_ns());
+    brix_gw_fairs_sweep(gw->fair, brix_now_ns());
 }
 
 static void shutdown_now(brix_gw_t *gw)
@@ -580,7 +580,7 @@ int brix_gateway_main(int argc, char **argv)
                                .w_out = 2,
                                .max_tenants = gw->cfg.fair_tenants,
                                .reserve = gw->cfg.fair_reserve };
-        if (!(gw->fair = brix_fair_new(&fc, brix_gw_fair_deliver, gw)))
+        if (!(gw->fair = brix_gw_fairs_new(&fc, gw->cfg.max_inflight_per_pod)))
             goto out;
         uv_timer_start(&gw->fair_timer, on_fair_timer, 50, 50);
     }
@@ -643,7 +643,7 @@ out:
     brix_free(gw->w);
     brix_gw_metrics_free(gw);
     brix_prefix_index_free(gw->index);
-    brix_fair_free(gw->fair);
+    brix_gw_fairs_free(gw->fair);
     brix_tn_free(gw->tn);
     brix_free(gw->fixed.admin_key);
     brix_free(gw->fixed.engine_api_key);

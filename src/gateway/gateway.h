@@ -111,6 +111,7 @@ void brix_gw_view_ref(brix_gw_view_t *v);
 void brix_gw_view_unref(brix_gw_view_t *v);
 
 typedef struct brix_gw brix_gw_t;
+typedef struct brix_gw_fairs brix_gw_fairs_t;
 
 /* Per-worker state (owned by its thread). */
 typedef struct brix_gw_worker {
@@ -195,7 +196,7 @@ struct brix_gw {
     uint64_t drain_start_ns;
     atomic_int workers_done;
     brix_tn_t *tn;           /* NULL: no tenancy */
-    brix_fair_t *fair;       /* NULL: no fairness queue */
+    brix_gw_fairs_t *fair;   /* NULL: no fairness queues */
     brix_tn_conn_t *tn_seed; /* control loop's connection: writes configured users */
     /* settings the worker threads read, fixed at start (a reload swaps gw->cfg) */
     struct brix_gw_fixed {
@@ -237,6 +238,16 @@ int brix_gw_tenant_cfg(const brix_gw_cfg_t *c, brix_tn_cfg_t *out, char *err, si
 bool brix_gw_admin_handle(brix_gw_worker_t *w, brix_http_req_t *h);
 /* The label a user's metrics go under ("other" beyond --tenant-metrics-max). */
 const char *brix_gw_user_label(brix_gw_t *gw, const char *user);
+
+/* fair_pool.c: one fairness queue per base model */
+brix_gw_fairs_t *brix_gw_fairs_new(const brix_fair_cfg_t *cfg, int64_t per_pod);
+void brix_gw_fairs_free(brix_gw_fairs_t *p);
+/* The queue of a model's base model (created on first use); NULL: no memory. */
+brix_fair_t *brix_gw_fairs_get(brix_gw_t *gw, const brix_model_entry_t *me,
+                               const brix_fleet_snap_t *snap);
+void brix_gw_fairs_publish(brix_gw_fairs_t *p, const brix_fleet_snap_t *snap);
+void brix_gw_fairs_sweep(brix_gw_fairs_t *p, uint64_t now_ns);
+void brix_gw_fairs_stats(brix_gw_fairs_t *p, brix_fair_stats_t *sum);
 
 /* gw_metrics.c */
 int brix_gw_metrics_init(brix_gw_t *gw);

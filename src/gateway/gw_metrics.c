@@ -51,7 +51,7 @@ static void on_collect(brix_metrics_t *reg, void *ud)
     }
     if (gw->fair) {
         brix_fair_stats_t fs;
-        brix_fair_stats(gw->fair, &fs);
+        brix_gw_fairs_stats(gw->fair, &fs);
         brix_metric_set(gw->m.fair_capacity, (double)fs.capacity);
         brix_metric_set(gw->m.fair_inflight, (double)fs.inflight);
         brix_metric_set(gw->m.fair_queued, (double)fs.queued);

@@ -254,9 +254,9 @@ static void px_free(px_t *px)
     }
     if (px->fair) {
         if (px->fair_waiting)
-            brix_fair_cancel(gw->fair, px->fair);
+            brix_fair_cancel(px->fair->owner, px->fair);
         else
-            brix_fair_leave(gw->fair, px->fair, px->completion_tokens);
+            brix_fair_leave(px->fair->owner, px->fair, px->completion_tokens);
     }
     brix_buf_free(&px->body);
     if (px->pod)
@@ -1121,9 +1121,11 @@ static void admit(px_t *px)
         start(px);
         return;
     }
-    brix_fair_item_t *it;
+    brix_fair_item_t *it = NULL;
+    brix_fair_t *fq = brix_gw_fairs_get(gw, px->model, px->view->fleet);
     brix_fair_rc_t rc =
-        brix_fair_enter(gw->fair, px->tenant, px->priority, px->est_tokens, px->w->idx, px, &it);
+        fq ? brix_fair_enter(fq, px->tenant, px->priority, px->est_tokens, px->w->idx, px, &it)
+           : BRIX_FAIR_FULL;
     if (rc == BRIX_FAIR_FULL) {
         tenant_result(px, "queue_full");
         px_fail(px, 429, "rate_limit_error", "queue_full",
@@ -1327,7 +1329,6 @@ static void take_ready(brix_gw_worker_t *w, bool closing)
         rev = it;
         it = n;
     }
-    brix_fair_t *f = w->gw->fair;
     for (it = rev; it;) {
         brix_fair_item_t *n = it->next;
         it->next = NULL;
@@ -1335,7 +1336,7 @@ static void take_ready(brix_gw_worker_t *w, bool closing)
         if (!px || closing) {
             if (px)
                 px->fair = NULL;
-            brix_fair_leave(f, it, 0); /* the client left meanwhile */
+            brix_fair_leave(it->owner, it, 0); /* the client left meanwhile */
         } else {
             px->fair_waiting = false;
             brix_metric_observe(w->gw->m.fair_wait, (double)(brix_now_ns() - it->enq_ns) / 1e9);

@@ -390,8 +390,10 @@ def _():
 def _():
     e = h.engine(["--model", MODEL, "--time-scale", "0.2"], name="engine-fair")
     PROCS.append(e)
-    g = h.gateway([e], ["--fairness", "vtc", "--max-inflight-per-pod", "2",
-                        "--queue-size", "40"], name="gateway-fair")
+    e2 = h.engine(["--model", "other-model", "--time-scale", "0.2"], name="engine-fair-2")
+    PROCS.append(e2)
+    g = h.gateway([e, e2], ["--fairness", "vtc", "--max-inflight-per-pod", "2",
+                            "--queue-size", "40"], name="gateway-fair")
     PROCS.append(g)
     results = {}
 
@@ -405,6 +407,13 @@ def _():
         t.start()
     h.wait_until(lambda: (h.metric_value(h.metrics(g.port), "brix_gateway_fair_queued") or 0)
                  >= 15, timeout=10, what="heavy user's queue")
+    # another model has its own queue: its requests do not wait behind this one's
+    st, hd, j, b = h.post(g.port, CHAT, {"model": "other-model", "max_tokens": 2,
+                                         "messages": [{"role": "user", "content": "hi"}]},
+                          {"user": "heavy"})
+    assert st == 200, b
+    # (one shared queue would have put it behind all of heavy's: nothing left queued)
+    assert (h.metric_value(h.metrics(g.port), "brix_gateway_fair_queued") or 0) >= 3
     light = [threading.Thread(target=send, args=("light", i)) for i in range(3)]
     for t in light:
         t.start()
@@ -417,7 +426,7 @@ def _():
     # VTC lets them in as soon as a slot frees
     assert light_t < heavy_t[len(heavy_t) // 2], (light_t, heavy_t)
     m = h.metrics(g.port)
-    assert h.metric_value(m, "brix_gateway_fair_capacity") == 2, m
+    assert h.metric_value(m, "brix_gateway_fair_capacity") == 4, m  # 2 per model
     assert (h.metric_value(m, "brix_gateway_fair_wait_seconds_count") or 0) >= 3
     # a full queue -> 429 queue_full
     blockers = [threading.Thread(target=send, args=("flood", i)) for i in range(2 + 41)]
@@ -429,6 +438,7 @@ def _():
     assert full, sorted(v[0] for k, v in results.items() if k[0] == "flood")
     g.stop()
     e.stop()
+    e2.stop()
 
 
 @h.check("gateways and engine stop cleanly (no sanitizer report)")
