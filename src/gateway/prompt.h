@@ -31,6 +31,7 @@ typedef struct brix_req_fields {
     brix_json_val_t input;          /* embeddings */
     bool no_generation_prompt;      /* chat "add_generation_prompt": false */
     brix_json_val_t stream_options; /* kind NULL when absent */
+    int64_t max_tokens;             /* max_tokens / max_completion_tokens, 0 when absent */
 } brix_req_fields_t;
 
 typedef struct brix_prompt {

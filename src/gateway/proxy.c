@@ -60,7 +60,8 @@ typedef struct px {
     uint64_t tn_start_ns;
     char user[BRIX_TN_NAME_MAX]; /* the limited user, "" = none */
     int64_t user_tpm;
-    int64_t est_tokens;
+    int64_t est_tokens; /* prompt estimate */
+    int64_t reserved;   /* tokens its admission reserved against the user's TPM */
     bool key_used;      /* the Authorization bearer was a brix key: not forwarded */
     bool strip_usage;   /* the usage chunk was asked for by the gateway: removed */
     brix_buf_t body;    /* rewritten body, or empty (the client's is sent) */
@@ -244,8 +245,10 @@ static void px_free(px_t *px)
     int64_t used = px->prompt_tokens + px->completion_tokens;
     if (px->attempts && !used)
         used = px->est_tokens; /* nothing seen at all: the estimate */
+    if (px->user[0] && !px->attempts && px->reserved)
+        brix_tn_charge(w->tn, px->user, px->user_tpm, -px->reserved); /* never sent: refund */
     if (px->user[0] && px->attempts) {
-        brix_tn_charge(w->tn, px->user, px->user_tpm, used);
+        brix_tn_charge(w->tn, px->user, px->user_tpm, used - px->reserved);
         const char *label = brix_gw_user_label(gw, px->user);
         brix_metric_add(brix_gw_metric2(gw->m.tenant_tokens, label, "prompt"),
                         (double)px->prompt_tokens);
@@ -783,6 +786,10 @@ static int on_member(const char *key, size_t klen, const brix_json_val_t *v, voi
         if (brix_json_key_is(key, klen, "messages"))
             f->messages = *v;
         break;
+    case 10:
+        if (brix_json_key_is(key, klen, "max_tokens") && v->kind == BRIX_JSON_NUMBER)
+            f->max_tokens = (int64_t)strtod(v->p, NULL);
+        break;
     case 14:
         if (brix_json_key_is(key, klen, "stream_options"))
             f->stream_options = *v;
@@ -790,6 +797,9 @@ static int on_member(const char *key, size_t klen, const brix_json_val_t *v, voi
     case 21:
         if (brix_json_key_is(key, klen, "add_generation_prompt"))
             f->no_generation_prompt = v->kind == BRIX_JSON_FALSE;
+        else if (brix_json_key_is(key, klen, "max_completion_tokens") &&
+                 v->kind == BRIX_JSON_NUMBER)
+            f->max_tokens = (int64_t)strtod(v->p, NULL);
         break;
     default:
         break;
@@ -980,13 +990,14 @@ static void on_tenant(void *ud, const brix_tn_decision_t *d)
                     d->user, (long long)d->rpm, wait);
         else if (never)
             px_fail(px, 429, "rate_limit_error", "rate_limit_exceeded",
-                    "Request too large for %s: about %lld prompt tokens, over the limit of %lld "
-                    "tokens per minute (TPM).",
+                    "Request too large for %s: about %lld tokens (prompt estimate + max_tokens), "
+                    "over the limit of %lld tokens per minute (TPM).",
                     d->user, (long long)d->est_tokens, (long long)d->tpm);
         else
             px_fail(px, 429, "rate_limit_error", "rate_limit_exceeded",
                     "Rate limit reached for %s on tokens per minute (TPM): Limit %lld, Remaining "
-                    "%lld, Requested about %lld. Please try again in %s.",
+                    "%lld, Requested about %lld (prompt estimate + max_tokens). Please try again "
+                    "in %s.",
                     d->user, (long long)d->tpm, (long long)d->tpm_remaining,
                     (long long)d->est_tokens, wait);
         return;
@@ -996,6 +1007,7 @@ static void on_tenant(void *ud, const brix_tn_decision_t *d)
     }
     snprintf(px->user, sizeof px->user, "%s", d->user);
     px->user_tpm = d->tpm;
+    px->reserved = d->tpm > 0 ? d->est_tokens : 0;
     px->priority = d->priority;
     px->tenant = px->user;
     tenant_result(px, "ok");
@@ -1082,6 +1094,8 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     px->explain = ex && (!strcmp(ex, "1") || !strcasecmp(ex, "true"));
     px->fields = f;
     px->est_tokens = (int64_t)((f.messages.n + f.prompt.n + f.input.n + 3) / 4);
+    if (f.max_tokens < 0 || f.max_tokens > 100000000)
+        f.max_tokens = 0; /* the engine answers 400; nothing to reserve */
     h->ud = px;
     h->on_abort = on_client_abort;
     h->on_drain = on_drain;
@@ -1099,7 +1113,7 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
         px->tn_start_ns = brix_now_ns();
         /* on_tenant may run before this returns */
         brix_tn_op_t *op = brix_tn_check(w->tn, bearer, brix_http_req_header(h, "user"), model,
-                                         px->est_tokens, on_tenant, px);
+                                         px->est_tokens + f.max_tokens, on_tenant, px);
         if (op)
             px->tn_op = op;
         return;

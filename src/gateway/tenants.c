@@ -358,16 +358,22 @@ static const char CHECK_LUA[] =
     "  redis.call('SET', rk, string.format('%.0f', rt), 'PX', math.ceil((rt - now) / 1000) + "
     "1000)\n"
     "end\n"
+    "if st == 'ok' and tpm > 0 and est > 0 then\n"
+    "  tt = tt + est * P / tpm\n"
+    "  redis.call('SET', tk, string.format('%.0f', tt), 'PX', math.ceil((tt - now) / 1000) + "
+    "1000)\n"
+    "end\n"
     "return {st, name, rpm, tpm, prio, string.format('%.0f', rt - now), string.format('%.0f', tt "
     "- now), string.format('%.0f', wait)}\n";
 
 static const char CHARGE_LUA[] =
     "local tpm, n = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
-    "if tpm <= 0 or n <= 0 then return 0 end\n"
+    "if tpm <= 0 or n == 0 then return 0 end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
     "local tk = ARGV[1] .. 'rl:' .. ARGV[2] .. ':t'\n"
     "local tt = math.max(tonumber(redis.call('GET', tk) or 0), now) + n * 60000000 / tpm\n"
+    "if tt <= now then redis.call('DEL', tk) return 1 end\n"
     "redis.call('SET', tk, string.format('%.0f', tt), 'PX', math.ceil((tt - now) / 1000) + 1000)\n"
     "return 1\n";
 
@@ -727,6 +733,10 @@ static void mem_check(brix_tn_t *tn, bool by_key, const char *id, const char *mo
         rt += PERIOD_US / (double)d->rpm;
         m->rt = rt;
     }
+    if (d->status == BRIX_TN_OK && d->tpm > 0 && d->est_tokens > 0) {
+        tt += (double)d->est_tokens * PERIOD_US / (double)d->tpm; /* reserved */
+        m->tt = tt;
+    }
     uv_mutex_unlock(&tn->mu);
     fill_numbers(d, rt - now, tt - now);
 }
@@ -735,9 +745,11 @@ static void mem_charge(brix_tn_t *tn, const char *user, int64_t tokens)
 {
     uv_mutex_lock(&tn->mu);
     mem_user_t *m = mem_find(tn, user);
-    if (m && m->u.tpm > 0 && tokens > 0) {
+    if (m && m->u.tpm > 0 && tokens) {
         double now = mono_us();
         m->tt = (m->tt > now ? m->tt : now) + (double)tokens * PERIOD_US / (double)m->u.tpm;
+        if (m->tt < now)
+            m->tt = now; /* a refund never banks credit */
     }
     uv_mutex_unlock(&tn->mu);
 }
@@ -1418,7 +1430,7 @@ brix_tn_op_t *brix_tn_check(brix_tn_conn_t *c, const char *bearer, const char *u
 void brix_tn_charge(brix_tn_conn_t *c, const char *user, int64_t tpm, int64_t tokens)
 {
     brix_tn_t *tn = c->tn;
-    if (!user || !*user || tokens <= 0)
+    if (!user || !*user || !tokens)
         return;
     if (!tn->cfg.redis_host) {
         mem_charge(tn, user, tokens);

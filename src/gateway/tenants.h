@@ -9,11 +9,11 @@
  * Limits are GCRA (the generic cell rate algorithm, a leaky bucket kept as
  * one "theoretical arrival time" per counter): a user may spend its whole
  * minute's budget at once and earns it back continuously at limit/60 s.
- * A request is admitted when one more request fits the RPM bucket and the
- * prompt's estimated tokens fit the TPM bucket; the tokens actually used
- * (usage.prompt_tokens + completion_tokens) are charged when the response
- * ends, so a response that used more puts the user in debt until earned
- * back. OpenAI's x-ratelimit-* headers are computed from the same state:
+ * A request is admitted when one more request fits the RPM bucket and its
+ * estimated tokens (prompt estimate + max_tokens, as OpenAI counts them) fit
+ * the TPM bucket, and those tokens are reserved at once, so concurrent
+ * requests cannot overshoot; when the response ends the difference to the
+ * tokens actually used (usage) is charged or refunded. OpenAI's x-ratelimit-* headers are computed from the same state:
  * remaining = what fits now, reset = time until the bucket is full again.
  *
  * Two stores behind one interface:
@@ -146,7 +146,8 @@ brix_tn_op_t *brix_tn_check(brix_tn_conn_t *c, const char *bearer, const char *u
                             const char *model, int64_t est_tokens, brix_tn_check_cb cb, void *ud);
 /* The callback will not run; the operation's memory is reclaimed later. */
 void brix_tn_cancel(brix_tn_op_t *op);
-/* Charges used tokens to a user's TPM bucket (fire and forget). */
+/* Charges (tokens > 0) or refunds (< 0) the difference between what a
+ * request used and what its admission reserved (fire and forget). */
 void brix_tn_charge(brix_tn_conn_t *c, const char *user, int64_t tpm, int64_t tokens);
 
 /* ----------------------------------------------------------------- admin -- */

@@ -184,13 +184,17 @@ static void test_tpm_and_charge(void **state)
     (void)state;
     brix_tn_t *tn = store(false, -1);
     brix_tn_conn_t *c = brix_tn_conn_new(tn, NULL);
+    /* admission reserves the estimate (prompt + max_tokens) at once */
     const brix_tn_decision_t *d = check(c, NULL, "t600", "m1", 100);
     assert_int_equal(d->status, BRIX_TN_OK);
-    assert_int_equal(d->tpm_remaining, 600);
-    brix_tn_charge(c, "t600", 600, 450);
+    assert_true(d->tpm_remaining >= 499 && d->tpm_remaining <= 500);
+    /* it used 450: 350 more are charged */
+    brix_tn_charge(c, "t600", 600, 350);
     d = check(c, NULL, "t600", "m1", 100);
     assert_int_equal(d->status, BRIX_TN_OK);
-    assert_true(d->tpm_remaining >= 150 && d->tpm_remaining <= 151);
+    assert_true(d->tpm_remaining >= 49 && d->tpm_remaining <= 51);
+    /* that one used nothing: refunded */
+    brix_tn_charge(c, "t600", 600, -100);
     d = check(c, NULL, "t600", "m2", 200); /* 200 > ~150 left */
     assert_int_equal(d->status, BRIX_TN_TPM);
     /* 50 tokens are earned back in 5 s */
@@ -199,6 +203,11 @@ static void test_tpm_and_charge(void **state)
     d = check(c, NULL, "t600", "m1", 1);
     assert_int_equal(d->status, BRIX_TN_TPM);
     assert_int_equal(d->tpm_remaining, 0);
+    /* a refund never banks credit beyond a full bucket */
+    brix_tn_charge(c, "t600", 600, -100000);
+    d = check(c, NULL, "t600", "m1", 600);
+    assert_int_equal(d->status, BRIX_TN_OK);
+    assert_true(d->tpm_remaining <= 1);
     d = check(c, NULL, "t600", "m3", 1);
     assert_int_equal(d->status, BRIX_TN_MODEL);
     brix_tn_conn_free(c);
