@@ -13,8 +13,8 @@ static const double latency_buckets[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 static const double decision_buckets[] = { 1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6,
                                            1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3 };
 
-static const double check_buckets[] = { 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4,
-                                        1e-3, 2.5e-3, 1e-2, 0.1,  1 };
+static const double check_buckets[] = { 1e-5,   2e-5,   3e-5, 4e-5, 5e-5,   6e-5, 7e-5, 8e-5, 1e-4,
+                                        1.5e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 0.1,  1 };
 
 #define NB(a) (sizeof(a) / sizeof *(a))
 

@@ -23,7 +23,7 @@
  *            (libuv adapter), with Redis' clock, so any number of gateway
  *            processes enforce one limit. Keys: PREFIX user:NAME (hash),
  *            PREFIX key:SHA256 -> NAME, PREFIX users (set),
- *            PREFIX rl:NAME:r / :t (GCRA state, expiring).
+ *            PREFIX rl:NAME ("RT,TT": both GCRA times in µs, expiring).
  * Redis unreachable or slow (--redis-timeout): --redis-failure open admits
  * the request unlimited, closed answers 503; both are logged and counted,
  * and the connection is re-established in the background. Fail-open waives
