@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <uv.h>
+#include <xxhash.h>
 
 #include "core/alloc.h"
 #include "core/time.h"
@@ -38,14 +39,6 @@ struct brix_fair {
     double last_served;
     brix_fair_stats_t st;
 };
-
-static uint64_t fnv(const char *s)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
 
 brix_fair_t *brix_fair_new(const brix_fair_cfg_t *cfg, brix_fair_deliver_fn deliver, void *ud)
 {
@@ -98,15 +91,19 @@ void brix_fair_free(brix_fair_t *f)
     brix_free(f);
 }
 
-static int tenant_of(brix_fair_t *f, const char *full)
+/* A tenant's slot; with `create`, a new one (or the shared overflow slot 0
+ * when the table is full), else -1 when unknown. */
+static int tenant_of(brix_fair_t *f, const char *full, bool create)
 {
     /* names are kept to NAME_MAX_LEN - 1 bytes: hash and compare what is kept */
     char name[NAME_MAX_LEN];
     snprintf(name, sizeof name, "%s", full);
     size_t mask = f->nslots - 1;
-    for (size_t i = fnv(name) & mask;; i = (i + 1) & mask) {
+    for (size_t i = XXH64(name, strlen(name), 0) & mask;; i = (i + 1) & mask) {
         int s = f->slots[i];
         if (!s) {
+            if (!create)
+                return -1;
             if (f->nt >= f->tcap)
                 return 0;
             tenant_t *t = &f->t[f->nt];
@@ -270,7 +267,7 @@ brix_fair_rc_t brix_fair_enter(brix_fair_t *f, const char *tenant, int64_t prior
     it->enq_ns = brix_now_ns();
     it->deadline_ns = it->enq_ns + f->cfg.timeout_ms * 1000000ull;
     uv_mutex_lock(&f->mu);
-    int ti = tenant_of(f, tenant && *tenant ? tenant : "(anonymous)");
+    int ti = tenant_of(f, tenant && *tenant ? tenant : "(anonymous)", true);
     it->tenant = ti;
     tenant_t *t = &f->t[ti];
     /* straight in when there is room for it and it would not overtake
@@ -383,19 +380,11 @@ void brix_fair_stats(brix_fair_t *f, brix_fair_stats_t *out)
     uv_mutex_unlock(&f->mu);
 }
 
-double brix_fair_counter(brix_fair_t *f, const char *full)
+double brix_fair_counter(brix_fair_t *f, const char *tenant)
 {
-    char tenant[NAME_MAX_LEN];
-    snprintf(tenant, sizeof tenant, "%s", full);
-    double c = -1;
     uv_mutex_lock(&f->mu);
-    size_t mask = f->nslots - 1;
-    for (size_t i = fnv(tenant) & mask; f->slots[i]; i = (i + 1) & mask) {
-        if (!strcmp(f->t[f->slots[i] - 1].name, tenant)) {
-            c = f->t[f->slots[i] - 1].counter;
-            break;
-        }
-    }
+    int ti = tenant_of(f, tenant, false);
+    double c = ti < 0 ? -1 : f->t[ti].counter;
     uv_mutex_unlock(&f->mu);
     return c;
 }

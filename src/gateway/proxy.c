@@ -69,7 +69,8 @@ typedef struct px {
     int64_t priority;
     brix_fair_item_t *fair;
     bool fair_waiting; /* queued, or on its way back to this loop */
-    int64_t events;    /* SSE events relayed (~1 token each when no usage arrives) */
+    int64_t events;    /* SSE events relayed to a user or under fairness (~1 token each
+                       when no usage arrives) */
 } px_t;
 
 /* ---------------------------------------------------------------- utils -- */
@@ -379,8 +380,11 @@ static int relay(px_t *px, const char *data, size_t len)
  * stream it asked for. */
 static int relay_events(px_t *px, const char *src, size_t n)
 {
-    for (const char *p = src, *e = src + n; (p = memmem(p, (size_t)(e - p), "\n\n", 2)); p += 2)
-        px->events++;
+    /* the event count only matters when tokens are charged to someone
+     * (a user's TPM or the fairness counters): other streams skip the scan */
+    if (px->user[0] || px->fair)
+        for (const char *p = src, *e = src + n; (p = memmem(p, (size_t)(e - p), "\n\n", 2)); p += 2)
+            px->events++;
     if (!px->strip_usage || !memmem(src, n, "\"usage\"", 7))
         return relay(px, src, n);
     size_t from = 0, i = 0;
@@ -830,10 +834,11 @@ static void px_fail(px_t *px, int status, const char *type, const char *code, co
     brix_http_respond_error(h, status, type, code, NULL, "%s", msg);
 }
 
-static void tenant_result(px_t *px, const char *result)
+/* Counts a tenancy decision for `user` ("" when nobody was identified). */
+static void tenant_result(px_t *px, const char *user, const char *result)
 {
     brix_gw_t *gw = px->w->gw;
-    const char *label = px->user[0] ? brix_gw_user_label(gw, px->user) : "";
+    const char *label = user[0] ? brix_gw_user_label(gw, user) : "";
     brix_metric_add(brix_gw_metric2(gw->m.tenant_requests, label, result), 1);
 }
 
@@ -925,7 +930,7 @@ static void on_tenant(void *ud, const brix_tn_decision_t *d)
     case BRIX_TN_ANONYMOUS:
     case BRIX_TN_STORE_OPEN:
         if (d->status == BRIX_TN_STORE_OPEN) {
-            tenant_result(px, "unchecked");
+            tenant_result(px, px->user, "unchecked");
             brix_log(BRIX_LOG_DEBUG, h->id,
                      "rate limits not checked (%s): admitted (--redis-failure open)",
                      d->detail ? d->detail : "store down");
@@ -934,35 +939,33 @@ static void on_tenant(void *ud, const brix_tn_decision_t *d)
         admit(px);
         return;
     case BRIX_TN_NO_KEY:
-        tenant_result(px, "unauthorized");
+        tenant_result(px, px->user, "unauthorized");
         px_fail(px, 401, "invalid_request_error", "invalid_api_key",
                 "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.");
         return;
     case BRIX_TN_BAD_KEY:
-        tenant_result(px, "unauthorized");
+        tenant_result(px, px->user, "unauthorized");
         px_fail(px, 401, "invalid_request_error", "invalid_api_key", "Incorrect API key provided.");
         return;
     case BRIX_TN_NO_USER:
-        tenant_result(px, "unauthorized");
+        tenant_result(px, px->user, "unauthorized");
         px_fail(px, 401, "invalid_request_error", "invalid_user",
                 "user '%s' (the `user` header) is not known to this gateway", d->user);
         return;
     case BRIX_TN_KEY_NEEDED:
-        tenant_result(px, "unauthorized");
+        tenant_result(px, px->user, "unauthorized");
         px_fail(px, 401, "invalid_request_error", "invalid_api_key",
                 "user '%s' has an API key: send it as `Authorization: Bearer <key>` (the user "
                 "header cannot name this user)",
                 d->user);
         return;
     case BRIX_TN_MODEL:
-        snprintf(px->user, sizeof px->user, "%s", d->user);
-        tenant_result(px, "forbidden");
-        px->user[0] = '\0';
+        tenant_result(px, d->user, "forbidden");
         px_fail(px, 403, "permission_error", "model_not_allowed",
                 "user '%s' may not use the model `%s`", d->user, px->model_name);
         return;
     case BRIX_TN_STORE_DOWN:
-        tenant_result(px, "store_down");
+        tenant_result(px, px->user, "store_down");
         snprintf(v, sizeof v, "%d", px->view->rt->retry_after_s);
         brix_http_add_header(h, "retry-after", v);
         px_fail(px, 503, "overloaded_error", "service_unavailable",
@@ -971,9 +974,7 @@ static void on_tenant(void *ud, const brix_tn_decision_t *d)
         return;
     case BRIX_TN_RPM:
     case BRIX_TN_TPM: {
-        snprintf(px->user, sizeof px->user, "%s", d->user);
-        tenant_result(px, d->status == BRIX_TN_RPM ? "rpm_limited" : "tpm_limited");
-        px->user[0] = '\0'; /* nothing to charge */
+        tenant_result(px, d->user, d->status == BRIX_TN_RPM ? "rpm_limited" : "tpm_limited");
         add_limit_headers(h, d);
         bool never = d->status == BRIX_TN_TPM && d->est_tokens > d->tpm; /* retrying cannot help */
         snprintf(v, sizeof v, "%llu", (unsigned long long)((d->retry_us + 999999) / 1000000));
@@ -1010,7 +1011,7 @@ static void on_tenant(void *ud, const brix_tn_decision_t *d)
     px->reserved = d->tpm > 0 ? d->est_tokens : 0;
     px->priority = d->priority;
     px->tenant = px->user;
-    tenant_result(px, "ok");
+    tenant_result(px, px->user, "ok");
     add_limit_headers(h, d);
     admit(px);
 }
@@ -1141,7 +1142,7 @@ static void admit(px_t *px)
         fq ? brix_fair_enter(fq, px->tenant, px->priority, px->est_tokens, px->w->idx, px, &it)
            : BRIX_FAIR_FULL;
     if (rc == BRIX_FAIR_FULL) {
-        tenant_result(px, "queue_full");
+        tenant_result(px, px->user, "queue_full");
         px_fail(px, 429, "rate_limit_error", "queue_full",
                 "too many of your requests are waiting for capacity (--queue-size %lld); retry "
                 "later",
@@ -1358,7 +1359,7 @@ static void take_ready(brix_gw_worker_t *w, bool closing)
                 char v[16];
                 snprintf(v, sizeof v, "%d", px->view->rt->retry_after_s);
                 brix_http_add_header(px->h, "retry-after", v);
-                tenant_result(px, "queue_timeout");
+                tenant_result(px, px->user, "queue_timeout");
                 px_fail(px, 503, "overloaded_error", "queue_timeout",
                         "no capacity for this request within %llu ms (--queue-timeout); retry "
                         "later",

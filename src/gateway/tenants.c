@@ -22,6 +22,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
+#include <xxhash.h>
 
 #include "core/alloc.h"
 #include "core/log.h"
@@ -443,10 +444,7 @@ static void sha1_hex(const char *s, char out[41])
 
 static uint64_t name_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
+    return XXH64(s, strlen(s), 0);
 }
 
 /* The name index: open addressing, entry index + 1, rebuilt on growth and
