@@ -41,6 +41,13 @@ typedef struct brix_prompt {
     bool known;     /* false when the body carries no prompt we can read */
 } brix_prompt_t;
 
+/* The prompt's token estimate without tokenizing: ceil(characters of the
+ * prompt fields as sent / 4), as AIBrix estimates (rate limits, VTC). */
+static inline int64_t brix_prompt_estimate(const brix_req_fields_t *f)
+{
+    return f ? (int64_t)((f->messages.n + f->prompt.n + f->input.n + 3) / 4) : 0;
+}
+
 /* Hashes at most max_blocks blocks (longer prompts still count ntokens). */
 int brix_prompt_hash(const brix_req_fields_t *f, const char *model, uint32_t block_size,
                      size_t max_blocks, brix_arena_t *arena, brix_prompt_t *out);

@@ -1094,7 +1094,7 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     const char *ex = brix_http_req_header(h, "x-brix-explain");
     px->explain = ex && (!strcmp(ex, "1") || !strcasecmp(ex, "true"));
     px->fields = f;
-    px->est_tokens = (int64_t)((f.messages.n + f.prompt.n + f.input.n + 3) / 4);
+    px->est_tokens = brix_prompt_estimate(&f);
     if (f.max_tokens < 0 || f.max_tokens > 100000000)
         f.max_tokens = 0; /* the engine answers 400; nothing to reserve */
     h->ud = px;

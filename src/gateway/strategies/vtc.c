@@ -101,13 +101,6 @@ static const char *user_of(const brix_route_ctx_t *ctx, char buf[64])
     return buf;
 }
 
-static double input_tokens(const brix_route_ctx_t *ctx)
-{
-    const brix_req_fields_t *f = ctx->fields;
-    size_t chars = f ? f->messages.n + f->prompt.n + f->input.n : 0;
-    return ceil((double)chars / 4.0);
-}
-
 static void score_vtc(brix_route_ctx_t *ctx)
 {
     char ubuf[64];
@@ -156,7 +149,7 @@ static size_t pick_vtc(brix_route_ctx_t *ctx)
     char ubuf[64];
     const char *user = user_of(ctx, ubuf);
     if (user) {
-        double in = input_tokens(ctx), out = ceil(1.5 * in);
+        double in = (double)brix_prompt_estimate(ctx->fields), out = ceil(1.5 * in);
         uint64_t now_b = ctx->now_ns / VTC_BUCKET_NS;
         uv_mutex_lock(&vtc.mu);
         vtc_user_t *u = find(user, now_b, true);
