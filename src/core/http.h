@@ -160,6 +160,9 @@ void brix_http_reqparser_free(brix_http_reqparser_t *rp);
 
 /* Case-insensitive header lookup; NULL when absent. */
 const char *brix_http_req_header(const brix_http_req_t *req, const char *name);
+/* The token of `Authorization: Bearer <token>` (scheme case-insensitive,
+ * RFC 6750), or NULL when there is no such header. */
+const char *brix_http_req_bearer(const brix_http_req_t *req);
 /* The canonical reason phrase of a status code ("OK", "Not Found", ...). */
 const char *brix_http_reason(int status);
 

@@ -292,6 +292,17 @@ const char *brix_http_req_header(const brix_http_req_t *req, const char *name)
     return NULL;
 }
 
+const char *brix_http_req_bearer(const brix_http_req_t *req)
+{
+    const char *auth = brix_http_req_header(req, "authorization");
+    if (!auth || strncasecmp(auth, "bearer ", 7))
+        return NULL;
+    auth += 7;
+    while (*auth == ' ')
+        auth++;
+    return auth;
+}
+
 const char *brix_http_reason(int status)
 {
     switch (status) {

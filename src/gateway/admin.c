@@ -237,15 +237,12 @@ bad:
 
 static bool authorized(brix_gw_t *gw, brix_http_req_t *h)
 {
-    const char *auth = brix_http_req_header(h, "authorization");
-    if (!auth || strncasecmp(auth, "bearer ", 7)) {
+    const char *k = brix_http_req_bearer(h);
+    if (!k) {
         brix_http_respond_error(h, 401, "invalid_request_error", "invalid_api_key", NULL,
                                 "the admin API needs `Authorization: Bearer <admin key>`");
         return false;
     }
-    const char *k = auth + 7;
-    while (*k == ' ')
-        k++;
     if (!brix_tn_ct_equal(k, gw->fixed.admin_key)) {
         brix_http_respond_error(h, 401, "invalid_request_error", "invalid_api_key", NULL,
                                 "incorrect admin key");

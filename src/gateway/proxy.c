@@ -1102,13 +1102,7 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     h->on_drain = on_drain;
     brix_gw_t *gw = w->gw;
     if (gw->tn) {
-        const char *auth = brix_http_req_header(h, "authorization");
-        const char *bearer = NULL;
-        if (auth && !strncasecmp(auth, "bearer ", 7)) {
-            bearer = auth + 7;
-            while (*bearer == ' ')
-                bearer++;
-        }
+        const char *bearer = brix_http_req_bearer(h);
         px->key_used =
             bearer && (brix_tn_cfg(gw->tn)->require_key || !strncmp(bearer, "sk-brix-", 8));
         px->tn_start_ns = brix_now_ns();
