@@ -117,6 +117,7 @@ typedef struct brix_gw_fairs brix_gw_fairs_t;
 typedef struct brix_gw_worker {
     brix_gw_t *gw;
     int idx;
+    int retry_after_s; /* --retry-after at start, until the first view arrives */
     uv_loop_t *loop;
     brix_http_server_t *srv;
     uv_async_t wake; /* a new view is waiting, or stop */

@@ -1052,7 +1052,7 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     const char *model = f.model;
     if (!view || !view->fleet->nmodels) {
         char ra[16];
-        snprintf(ra, sizeof ra, "%d", view ? view->rt->retry_after_s : 1);
+        snprintf(ra, sizeof ra, "%d", view ? view->rt->retry_after_s : w->retry_after_s);
         brix_http_add_header(h, "retry-after", ra);
         gw_error(w, h, 503, "service_unavailable", NULL, model,
                  "no model server is ready yet; retry later");
@@ -1391,6 +1391,7 @@ int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx)
     w->gw = gw;
     w->idx = idx;
     w->loop = loop;
+    w->retry_after_s = gw->rt->retry_after_s; /* answers before the first snapshot */
     w->rng = brix_now_ns() ^ ((uint64_t)idx << 56) ^ (uint64_t)(uintptr_t)w;
     uv_mutex_init(&w->mu);
     uv_async_init(loop, &w->wake, on_wake);
