@@ -7,6 +7,7 @@
 
 #include "core/alloc.h"
 #include "bench/bench_main.h"
+#include "controller/controller_main.h"
 #include "engine_sim/engine_sim.h"
 #include "gateway/gateway_main.h"
 
@@ -19,6 +20,8 @@ typedef struct component {
 static const component_t components[] = {
     { "bench", brix_bench_main,
       "benchmark: workloads and traces against a fleet, strategies compared side by side" },
+    { "controller", brix_controller_main,
+      "controller: model deployments, LoRA adapter placement, local replicas, watch API" },
     { "gateway", brix_gateway_main,
       "OpenAI-compatible gateway: routes requests to engine replicas by model and load" },
     { "engine-sim", brix_engine_sim_main,
