@@ -60,8 +60,10 @@ void brix_yaml_free(brix_yaml_node_t *n)
     brix_free(n);
 }
 
-int brix_yaml_parse(const char *name, const char *text, size_t len, brix_yaml_node_t **root,
-                    char *err, size_t errlen)
+/* multi: every document becomes an item of a sequence node (empty documents
+ * are skipped); otherwise a second document is an error. */
+static int parse(const char *name, const char *text, size_t len, bool multi,
+                 brix_yaml_node_t **root, char *err, size_t errlen)
 {
     yaml_parser_t p;
     yaml_event_t ev;
@@ -69,8 +71,16 @@ int brix_yaml_parse(const char *name, const char *text, size_t len, brix_yaml_no
     int depth = 0;
     brix_yaml_node_t *doc = NULL;
     int rc = -1, docs = 0;
+    brix_yaml_node_t *all = NULL;
 
     *root = NULL;
+    if (multi) {
+        yaml_mark_t m0 = { 0, 0, 0 };
+        if (!(all = node_new(BRIX_YAML_SEQ, &m0))) {
+            snprintf(err, errlen, "%s: out of memory", name);
+            return -1;
+        }
+    }
     if (!yaml_parser_initialize(&p)) {
         snprintf(err, errlen, "%s: out of memory", name);
         return -1;
@@ -89,8 +99,21 @@ int brix_yaml_parse(const char *name, const char *text, size_t len, brix_yaml_no
         case YAML_STREAM_END_EVENT:
             done = 1;
             break;
+        case YAML_DOCUMENT_END_EVENT:
+            if (multi && doc) {
+                bool empty = brix_yaml_is_null(doc);
+                if (empty) {
+                    brix_yaml_free(doc);
+                } else if (node_push(all, doc)) {
+                    snprintf(err, errlen, "%s: out of memory", name);
+                    yaml_event_delete(&ev);
+                    goto out;
+                }
+                doc = NULL;
+            }
+            break;
         case YAML_DOCUMENT_START_EVENT:
-            if (++docs > 1) {
+            if (++docs > 1 && !multi) {
                 snprintf(err, errlen, "%s:%zu:%zu: only one YAML document is allowed", name,
                          ev.start_mark.line + 1, ev.start_mark.column + 1);
                 yaml_event_delete(&ev);
@@ -170,6 +193,12 @@ int brix_yaml_parse(const char *name, const char *text, size_t len, brix_yaml_no
         if (done)
             break;
     }
+    if (multi) {
+        *root = all;
+        all = NULL;
+        rc = 0;
+        goto out;
+    }
     if (!doc) {
         yaml_mark_t m = { 0, 0, 0 };
         doc = node_new(BRIX_YAML_MAP, &m);
@@ -184,12 +213,27 @@ int brix_yaml_parse(const char *name, const char *text, size_t len, brix_yaml_no
 out:
     /* On error `doc` owns every node pushed so far. */
     brix_yaml_free(doc);
+    brix_yaml_free(all);
     yaml_parser_delete(&p);
     return rc;
 }
 
-int brix_yaml_load_file(const char *path, brix_yaml_node_t **root, char *err, size_t errlen)
+int brix_yaml_parse(const char *name, const char *text, size_t len, brix_yaml_node_t **root,
+                    char *err, size_t errlen)
 {
+    return parse(name, text, len, false, root, err, errlen);
+}
+
+int brix_yaml_parse_docs(const char *name, const char *text, size_t len, brix_yaml_node_t **docs,
+                         char *err, size_t errlen)
+{
+    return parse(name, text, len, true, docs, err, errlen);
+}
+
+int brix_file_read(const char *path, char **out, size_t *outlen, char *err, size_t errlen)
+{
+    *out = NULL;
+    *outlen = 0;
     FILE *f = fopen(path, "rb");
     if (!f) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
@@ -227,9 +271,33 @@ int brix_yaml_load_file(const char *path, brix_yaml_node_t **root, char *err, si
         brix_free(data);
         return -1;
     }
-    int rc = brix_yaml_parse(path, data, len, root, err, errlen);
+    data[len] = '\0'; /* the loop leaves at least 4096 spare bytes */
+    *out = data;
+    *outlen = len;
+    return 0;
+}
+
+static int load_file(const char *path, bool multi, brix_yaml_node_t **root, char *err,
+                     size_t errlen)
+{
+    char *data;
+    size_t len;
+    *root = NULL;
+    if (brix_file_read(path, &data, &len, err, errlen))
+        return -1;
+    int rc = parse(path, data ? data : "", len, multi, root, err, errlen);
     brix_free(data);
     return rc;
+}
+
+int brix_yaml_load_file(const char *path, brix_yaml_node_t **root, char *err, size_t errlen)
+{
+    return load_file(path, false, root, err, errlen);
+}
+
+int brix_yaml_load_file_docs(const char *path, brix_yaml_node_t **docs, char *err, size_t errlen)
+{
+    return load_file(path, true, docs, err, errlen);
 }
 
 brix_yaml_node_t *brix_yaml_get(const brix_yaml_node_t *map, const char *key)

@@ -37,6 +37,14 @@ int brix_yaml_parse(const char *name, const char *text, size_t len, brix_yaml_no
                     char *err, size_t errlen);
 /* Reads and parses a file. */
 int brix_yaml_load_file(const char *path, brix_yaml_node_t **root, char *err, size_t errlen);
+/* Multi-document ("---"-separated) variants: *docs is a SEQ node whose items
+ * are the non-empty documents, in order (possibly none). */
+int brix_yaml_parse_docs(const char *name, const char *text, size_t len, brix_yaml_node_t **docs,
+                         char *err, size_t errlen);
+int brix_yaml_load_file_docs(const char *path, brix_yaml_node_t **docs, char *err, size_t errlen);
+/* Reads a whole file (up to 64 MiB) into a brix_malloc'd, NUL-terminated
+ * buffer. 0, or -1 with "path: reason" in err. */
+int brix_file_read(const char *path, char **out, size_t *outlen, char *err, size_t errlen);
 void brix_yaml_free(brix_yaml_node_t *n);
 
 /* Mapping lookup by key (exact match); NULL when absent or n is not a map. */

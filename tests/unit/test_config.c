@@ -552,6 +552,35 @@ static void test_yaml_tree(void **state)
     brix_yaml_free(NULL);
 }
 
+static void test_yaml_multi_docs(void **state)
+{
+    (void)state;
+    char err[256];
+    brix_yaml_node_t *docs = NULL;
+    const char *y = "a: 1\n---\n---\nkind: B\nspec:\n  x: [1, 2]\n---\n";
+    assert_int_equal(brix_yaml_parse_docs("m.yaml", y, strlen(y), &docs, err, sizeof err), 0);
+    assert_int_equal(docs->type, BRIX_YAML_SEQ);
+    assert_int_equal(docs->n, 2); /* the empty document is skipped */
+    assert_string_equal(brix_yaml_get(docs->items[0], "a")->scalar, "1");
+    brix_yaml_node_t *k = brix_yaml_get(docs->items[1], "kind");
+    assert_string_equal(k->scalar, "B");
+    assert_int_equal(k->line, 4); /* lines count from the top of the file */
+    brix_yaml_free(docs);
+    /* the single-document parser still refuses a second document */
+    brix_yaml_node_t *root = NULL;
+    assert_int_equal(brix_yaml_parse("m.yaml", y, strlen(y), &root, err, sizeof err), -1);
+    assert_non_null(strstr(err, "only one YAML document"));
+    /* a syntax error in the second document names its line */
+    const char *bad = "a: 1\n---\nb: [1, 2\n";
+    assert_int_equal(brix_yaml_parse_docs("m.yaml", bad, strlen(bad), &docs, err, sizeof err), -1);
+    assert_non_null(strstr(err, "m.yaml:"));
+    assert_null(docs);
+    /* no documents at all */
+    assert_int_equal(brix_yaml_parse_docs("e.yaml", "", 0, &docs, err, sizeof err), 0);
+    assert_int_equal(docs->n, 0);
+    brix_yaml_free(docs);
+}
+
 static void test_load_file(void **state)
 {
     (void)state;
@@ -719,6 +748,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_yaml_errors, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_yaml_syntax_errors, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_yaml_tree, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_yaml_multi_docs, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_load_file, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_free_releases_everything, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_yaml_enomem, leak_setup, leak_teardown),
