@@ -20,6 +20,11 @@ typedef struct component {
 static const component_t components[] = {
     { "bench", brix_bench_main,
       "benchmark: workloads and traces against a fleet, strategies compared side by side" },
+    { "up", brix_up_main,
+      "local cluster from one file: controller, engine replicas, adapters and a gateway" },
+    { "apply", brix_apply_main, "create or update deployments and adapters: brix apply -f FILE" },
+    { "get", brix_get_main, "list deployments, adapters or replicas: brix get KIND [NAME]" },
+    { "delete", brix_delete_main, "delete a deployment or adapter: brix delete KIND NAME" },
     { "controller", brix_controller_main,
       "controller: model deployments, LoRA adapter placement, local replicas, watch API" },
     { "gateway", brix_gateway_main,

@@ -1,0 +1,171 @@
+/*
+ * ctl — the controller's shared state (internal to src/controller).
+ *
+ * One libuv loop owns everything: objects (desired state), replicas and
+ * adapter placements (observed state), the HTTP API and its watchers. The
+ * reconcile pass (reconcile.c) is level-triggered: it recomputes what should
+ * be from the objects and what is from the last observations, and acts on the
+ * difference; api.c renders the same state as JSON, tables and the watch.
+ */
+#ifndef BRIX_CONTROLLER_CTL_H
+#define BRIX_CONTROLLER_CTL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "controller/objects.h"
+#include "controller/provider.h"
+#include "core/curl_uv.h"
+#include "core/http.h"
+#include "core/http_server.h"
+#include "core/metrics.h"
+
+typedef struct brix_ctl_cfg {
+    char *host;
+    int64_t port;
+    char *state_dir;
+    int64_t adapter_idle_ttl; /* ms; 0 = adapters are never unloaded for idleness */
+    int64_t reconcile_interval;
+    int64_t health_interval;
+    int64_t health_timeout;
+    int64_t restart_backoff_max;
+    int64_t load_retries;
+    int64_t load_timeout;
+    uint64_t artifact_max_bytes;
+    int64_t artifact_timeout;
+    int64_t stop_grace;
+    bool keep_replicas;
+    int64_t max_watchers;
+    char *log_level;
+    char *config;
+    brix_http_limits_t http;
+} brix_ctl_cfg_t;
+
+/* Artifact state of one adapter (what the engines are given to load). */
+typedef enum brix_art_state {
+    BRIX_ARTS_NONE,     /* not fetched for the current generation */
+    BRIX_ARTS_FETCHING, /* a fetch is running */
+    BRIX_ARTS_READY,    /* path holds the local artifact */
+    BRIX_ARTS_FAILED,   /* reason/message say why; retried at retry_at (transient only) */
+} brix_art_state_t;
+
+/* A load or unload of one adapter on one replica, in flight or retrying. */
+typedef struct brix_lora_op {
+    char *replica;
+    bool unload;
+    bool inflight;
+    int tries;
+    uint64_t next_at;   /* monotonic ms: earliest next attempt */
+    uint64_t begin_ms;  /* monotonic ms: first attempt (cold-load latency) */
+    char last_err[200];
+} brix_lora_op_t;
+
+typedef struct brix_cond {
+    const char *type; /* Initialized | Scheduled | Ready */
+    bool status;
+    char reason[40];
+    char message[240];
+    uint64_t since_wall_ms;
+} brix_cond_t;
+
+#define BRIX_ADAPTER_CONDS 3
+
+typedef struct brix_adapter_rt {
+    brix_obj_t *o;
+    brix_art_state_t art;
+    int64_t art_gen; /* generation the artifact state belongs to */
+    char *art_path;
+    char art_reason[32];
+    char art_msg[256];
+    uint64_t art_retry_at;
+    bool scaled;              /* scaled to zero after idleTTL without traffic */
+    uint64_t last_used_wall;  /* wall ms of the last request / wake / apply */
+    brix_lora_op_t *ops;
+    size_t nops;
+    char last_err[200]; /* the last failed load/unload, until one succeeds */
+    /* what the last reconcile computed (rendered in status) */
+    const char *phase;
+    int candidates, desired, ready;
+    brix_cond_t conds[BRIX_ADAPTER_CONDS];
+    /* pods that failed to load it recently are skipped until this time */
+    char **avoid;
+    uint64_t *avoid_until;
+    size_t navoid;
+} brix_adapter_rt_t;
+
+typedef struct brix_ctl_metrics {
+    brix_metrics_t *reg;
+    brix_metric_family_t *replicas, *adapters;
+    brix_metric_t *loads_ok, *loads_failed, *unloads_ok, *unloads_failed;
+    brix_metric_t *restarts, *fetch_ok, *fetch_failed, *watchers, *wakes, *scaled_down;
+    brix_metric_t *load_seconds, *cold_seconds, *reconcile_seconds;
+} brix_ctl_metrics_t;
+
+typedef struct brix_ctl {
+    brix_ctl_cfg_t cfg;
+    uv_loop_t *loop;
+    char *self_exe;
+    char *state_path, *log_dir, *artifact_dir;
+    brix_provider_t *prov;
+    brix_curl_t *curl;
+    brix_http_server_t *srv;
+    int port; /* bound API port */
+
+    brix_obj_t **deploys;
+    size_t ndeploys;
+    brix_adapter_rt_t **adapters;
+    size_t nadapters;
+    brix_replica_t **reps;
+    size_t nreps;
+
+    uint64_t version; /* bumped on every change a watcher can see */
+    uint64_t sent_version;
+    bool dirty;       /* state file needs writing */
+    bool ready;
+    bool stopping;
+
+    struct brix_ctl_call *calls; /* HTTP calls in flight (freed at shutdown) */
+    brix_http_req_t **watchers;
+    size_t nwatchers;
+
+    uv_timer_t reconcile_timer, health_timer, heartbeat_timer, save_timer, kick_timer;
+    uv_signal_t sigterm, sigint;
+    uint64_t stop_deadline;
+    uv_timer_t stop_timer;
+    brix_ctl_metrics_t m;
+} brix_ctl_t;
+
+/* reconcile.c */
+void brix_ctl_reconcile(brix_ctl_t *c);
+void brix_ctl_kick(brix_ctl_t *c); /* reconcile soon (coalesced) */
+void brix_ctl_changed(brix_ctl_t *c); /* visible state changed: bump version, save, notify */
+void brix_ctl_health_tick(brix_ctl_t *c);
+void brix_ctl_on_exit(void *ud, brix_replica_t *r, const char *why);
+brix_replica_t *brix_ctl_replica(brix_ctl_t *c, const char *name);
+brix_obj_t *brix_ctl_deploy(brix_ctl_t *c, const char *name);
+brix_adapter_rt_t *brix_ctl_adapter(brix_ctl_t *c, const char *name);
+void brix_ctl_replica_free(brix_ctl_t *c, brix_replica_t *r);
+void brix_ctl_adapter_free(brix_adapter_rt_t *a);
+bool brix_ctl_replica_has(const brix_replica_t *r, const char *adapter);
+/* Sets r's labels: the deployment's, plus AIBrix's pod labels. */
+int brix_ctl_replica_labels(brix_replica_t *r, const brix_obj_t *d);
+/* Restarts a replica (the API's DELETE /v1/replicas/NAME, like deleting a pod). */
+void brix_ctl_replica_restart(brix_ctl_t *c, brix_replica_t *r);
+void brix_ctl_calls_free(brix_ctl_t *c);
+
+/* state.c */
+int brix_ctl_save(brix_ctl_t *c);
+int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen);
+
+/* api.c */
+void brix_ctl_http(brix_http_req_t *h, void *ud);
+void brix_ctl_notify_watchers(brix_ctl_t *c);
+void brix_ctl_heartbeat(brix_ctl_t *c);
+void brix_ctl_close_watchers(brix_ctl_t *c);
+int brix_ctl_render(brix_ctl_t *c, brix_buf_t *b, brix_kind_t kind, const char *name);
+/* Applies the documents of one YAML/JSON text; all or nothing. */
+int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, const char *text,
+                   size_t len, brix_buf_t *result, char *err, size_t errlen);
+
+#endif

@@ -1,0 +1,110 @@
+/*
+ * objects — the controller's object model: ModelDeployment (brix's own kind:
+ * a base model served by N engine replicas) and ModelAdapter (AIBrix's kind,
+ * model.aibrix.ai/v1alpha1, applied unchanged), parsed from YAML or JSON with
+ * strict validation that names file:line:col, and written back as canonical
+ * JSON ({"apiVersion","kind","metadata","spec"}; the controller adds status).
+ *
+ * Everything is parsed from brix_yaml trees, JSON included (JSON is YAML), so
+ * `brix apply -f`, the HTTP API and the state file share one code path.
+ * Ownership: a brix_obj_t owns all its strings; brix_obj_free releases it.
+ */
+#ifndef BRIX_CONTROLLER_OBJECTS_H
+#define BRIX_CONTROLLER_OBJECTS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/buf.h"
+#include "core/config.h"
+#include "core/yaml.h"
+
+typedef enum brix_kind {
+    BRIX_KIND_NONE = -1,
+    BRIX_KIND_DEPLOYMENT = 0, /* ModelDeployment */
+    BRIX_KIND_ADAPTER,        /* ModelAdapter */
+    BRIX_KIND_REPLICA,        /* read-only: the replicas the provider runs */
+    BRIX_KIND_CLUSTER,        /* brix up's own settings document; never stored */
+} brix_kind_t;
+
+/* "deployments", "deployment", "deploy", "md", "modeldeployment(s)" …;
+ * case-insensitive; BRIX_KIND_NONE when unknown. */
+brix_kind_t brix_kind_parse(const char *s);
+const char *brix_kind_name(brix_kind_t k);   /* "ModelDeployment" */
+const char *brix_kind_plural(brix_kind_t k); /* "deployments" (the API path) */
+
+typedef struct brix_labels {
+    size_t n;
+    char **k, **v;
+} brix_labels_t;
+
+int brix_labels_set(brix_labels_t *l, const char *k, const char *v);
+const char *brix_labels_get(const brix_labels_t *l, const char *k);
+/* Every key of sel is in labels with the same value (an empty sel matches). */
+bool brix_labels_match(const brix_labels_t *sel, const brix_labels_t *labels);
+void brix_labels_free(brix_labels_t *l);
+int brix_labels_json(brix_buf_t *b, const brix_labels_t *l);
+
+typedef struct brix_meta {
+    char *name;
+    brix_labels_t labels, annotations;
+    int64_t generation;  /* bumped by the controller when the spec changes */
+    uint64_t created_ms; /* wall clock */
+    int64_t deleting_ms; /* wall clock of the delete request; 0 = live */
+} brix_meta_t;
+
+typedef struct brix_deploy_spec {
+    char *model;               /* --served-model-name; default metadata.name */
+    int64_t replicas;          /* 0..256 */
+    char *gpu;                 /* GPU profile (engine-sim --gpu); default "a100" */
+    brix_strlist_t command;    /* engine command template; empty = brix engine-sim */
+    brix_strlist_t args;       /* extra arguments appended to the command */
+    bool lora;                 /* LoRA enabled (default true) */
+    int64_t max_loras;         /* adapters in one batch (engine --max-loras) */
+    int64_t max_cpu_loras;     /* adapters resident (engine --max-cpu-loras) */
+    int64_t adapter_capacity;  /* placement capacity per replica (default max_cpu_loras) */
+    char *health_path;         /* default /health */
+    uint64_t startup_timeout_ms;
+} brix_deploy_spec_t;
+
+typedef struct brix_adapter_spec {
+    char *base_model;       /* may be NULL (AIBrix: optional) */
+    brix_labels_t selector; /* podSelector.matchLabels (required) */
+    char *scheduler;        /* default | leastAdapters | binPack | random */
+    char *artifact_url;     /* file://, http(s)://; others → condition */
+    char *sha256;           /* brix extension: artifact checksum (lowercase hex) */
+    char *credentials_ref;  /* credentialsSecretRef.name, unsupported locally */
+    int64_t replicas;       /* 0 = every matching replica (AIBrix's nil) */
+    int64_t idle_ttl_ms;    /* brix extension idleTTL; -1 = controller default, 0 = never */
+    brix_labels_t additional_config;
+} brix_adapter_spec_t;
+
+typedef struct brix_obj {
+    brix_kind_t kind;
+    char *api_version;
+    brix_meta_t meta;
+    brix_deploy_spec_t d;  /* BRIX_KIND_DEPLOYMENT */
+    brix_adapter_spec_t a; /* BRIX_KIND_ADAPTER */
+} brix_obj_t;
+
+/*
+ * Validates one document. file names the source in errors; base_dir (may be
+ * NULL) resolves relative file:// artifact paths. On error returns -1 and
+ * writes "file:line:col: field.path: what is wrong" into err. A Cluster
+ * document returns 0 with kind BRIX_KIND_CLUSTER and nothing else parsed.
+ */
+int brix_obj_parse(const brix_yaml_node_t *doc, const char *file, const char *base_dir,
+                   brix_obj_t **out, char *err, size_t errlen);
+void brix_obj_free(brix_obj_t *o);
+
+/* Appends {"apiVersion","kind","metadata":{…},"spec":{…} — without the closing
+ * brace, so the caller can add ,"status":{…} and then '}'. */
+int brix_obj_json_open(brix_buf_t *b, const brix_obj_t *o);
+/* Same spec, labels and annotations (what decides "unchanged" on apply). */
+bool brix_obj_same(const brix_obj_t *a, const brix_obj_t *b);
+
+/* Names: DNS-1123 labels joined by '.', lowercase, ≤ 253 characters. */
+bool brix_obj_name_valid(const char *s);
+
+#endif

@@ -1,0 +1,1000 @@
+/*
+ * reconcile — the controller's level-triggered loop.
+ *
+ * Every pass (on a timer, and soon after any event) recomputes, from the
+ * objects and the latest observations only: which replicas each deployment
+ * should have (create, restart after backoff, roll one at a time onto a new
+ * generation, remove extras), and where each adapter should be loaded (spread
+ * over matching ready replicas, least-loaded first, within each replica's
+ * adapter capacity), then issues the loads and unloads that close the gap.
+ * Observations come from the replicas themselves: /health for readiness and
+ * /v1/models for the adapters they really hold; nothing is assumed loaded
+ * because a load call returned 200. A call in flight is tracked so the next
+ * pass neither repeats nor contradicts it.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "controller/artifact.h"
+#include "controller/ctl.h"
+#include "core/alloc.h"
+#include "core/json.h"
+#include "core/log.h"
+#include "core/time.h"
+
+/* An HTTP call in flight; the name is looked up again on completion, since
+ * the replica or adapter may be gone by then. */
+typedef struct brix_ctl_call {
+    brix_ctl_t *c;
+    struct brix_ctl_call *next, **pprev;
+    char *replica;
+    char *adapter;
+    int pid;
+    int64_t gen;
+    bool unload;
+} call_t;
+
+static call_t *call_new(brix_ctl_t *c, const char *replica, const char *adapter)
+{
+    call_t *k = brix_calloc(1, sizeof *k);
+    if (!k)
+        return NULL;
+    k->c = c;
+    k->replica = replica ? brix_strdup(replica) : NULL;
+    k->adapter = adapter ? brix_strdup(adapter) : NULL;
+    if ((replica && !k->replica) || (adapter && !k->adapter)) {
+        brix_free(k->replica);
+        brix_free(k->adapter);
+        brix_free(k);
+        return NULL;
+    }
+    k->next = c->calls;
+    if (c->calls)
+        c->calls->pprev = &k->next;
+    k->pprev = &c->calls;
+    c->calls = k;
+    return k;
+}
+
+static void call_free(call_t *k)
+{
+    *k->pprev = k->next;
+    if (k->next)
+        k->next->pprev = k->pprev;
+    brix_free(k->replica);
+    brix_free(k->adapter);
+    brix_free(k);
+}
+
+void brix_ctl_calls_free(brix_ctl_t *c)
+{
+    while (c->calls)
+        call_free(c->calls);
+}
+
+/* ----------------------------------------------------------- lookups -- */
+
+brix_replica_t *brix_ctl_replica(brix_ctl_t *c, const char *name)
+{
+    for (size_t i = 0; name && i < c->nreps; i++)
+        if (!strcmp(c->reps[i]->name, name))
+            return c->reps[i];
+    return NULL;
+}
+
+brix_obj_t *brix_ctl_deploy(brix_ctl_t *c, const char *name)
+{
+    for (size_t i = 0; name && i < c->ndeploys; i++)
+        if (!strcmp(c->deploys[i]->meta.name, name))
+            return c->deploys[i];
+    return NULL;
+}
+
+brix_adapter_rt_t *brix_ctl_adapter(brix_ctl_t *c, const char *name)
+{
+    for (size_t i = 0; name && i < c->nadapters; i++)
+        if (!strcmp(c->adapters[i]->o->meta.name, name))
+            return c->adapters[i];
+    return NULL;
+}
+
+bool brix_ctl_replica_has(const brix_replica_t *r, const char *adapter)
+{
+    for (size_t i = 0; i < r->adapters.n; i++)
+        if (!strcmp(r->adapters.v[i], adapter))
+            return true;
+    return false;
+}
+
+void brix_ctl_replica_free(brix_ctl_t *c, brix_replica_t *r)
+{
+    if (c && c->prov)
+        c->prov->ops->release(c->prov, r);
+    brix_free(r->name);
+    brix_free(r->deployment);
+    brix_free(r->model);
+    brix_labels_free(&r->labels);
+    brix_strlist_free(&r->argv);
+    brix_free(r->log_path);
+    brix_strlist_free(&r->adapters);
+    brix_free(r);
+}
+
+static void op_clear(brix_lora_op_t *op)
+{
+    brix_free(op->replica);
+    memset(op, 0, sizeof *op);
+}
+
+void brix_ctl_adapter_free(brix_adapter_rt_t *a)
+{
+    brix_obj_free(a->o);
+    brix_free(a->art_path);
+    for (size_t i = 0; i < a->nops; i++)
+        op_clear(&a->ops[i]);
+    brix_free(a->ops);
+    for (size_t i = 0; i < a->navoid; i++)
+        brix_free(a->avoid[i]);
+    brix_free(a->avoid);
+    brix_free(a->avoid_until);
+    brix_free(a);
+}
+
+static void remove_replica(brix_ctl_t *c, brix_replica_t *r)
+{
+    for (size_t i = 0; i < c->nreps; i++) {
+        if (c->reps[i] == r) {
+            memmove(c->reps + i, c->reps + i + 1, (c->nreps - i - 1) * sizeof *c->reps);
+            c->nreps--;
+            break;
+        }
+    }
+    brix_ctl_replica_free(c, r);
+}
+
+/* ------------------------------------------------------------ change -- */
+
+static void on_save_timer(uv_timer_t *t)
+{
+    brix_ctl_t *c = t->data;
+    if (c->dirty && !brix_ctl_save(c))
+        c->dirty = false;
+    brix_ctl_notify_watchers(c);
+}
+
+void brix_ctl_changed(brix_ctl_t *c)
+{
+    c->version++;
+    c->dirty = true;
+    if (!uv_is_active((uv_handle_t *)&c->save_timer))
+        uv_timer_start(&c->save_timer, on_save_timer, 20, 0);
+}
+
+static void on_kick(uv_timer_t *t)
+{
+    brix_ctl_reconcile(t->data);
+}
+
+void brix_ctl_kick(brix_ctl_t *c)
+{
+    if (!c->stopping && !uv_is_active((uv_handle_t *)&c->kick_timer))
+        uv_timer_start(&c->kick_timer, on_kick, 5, 0);
+}
+
+/* ----------------------------------------------------------- replicas -- */
+
+static int free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = 0 };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t l = sizeof a;
+    int port = -1;
+    if (!bind(fd, (struct sockaddr *)&a, sizeof a) && !getsockname(fd, (struct sockaddr *)&a, &l))
+        port = ntohs(a.sin_port);
+    close(fd);
+    return port;
+}
+
+static bool port_free(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool ok = !bind(fd, (struct sockaddr *)&a, sizeof a);
+    close(fd);
+    return ok;
+}
+
+int brix_ctl_replica_labels(brix_replica_t *r, const brix_obj_t *d)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", r->port);
+    brix_labels_free(&r->labels);
+    int rc = 0;
+    for (size_t i = 0; i < d->meta.labels.n; i++)
+        rc |= brix_labels_set(&r->labels, d->meta.labels.k[i], d->meta.labels.v[i]);
+    /* AIBrix's pod labels (shared/reference/aibrix.md §3) */
+    rc |= brix_labels_set(&r->labels, "model.aibrix.ai/name", r->model);
+    rc |= brix_labels_set(&r->labels, "model.aibrix.ai/port", port);
+    rc |= brix_labels_set(&r->labels, "model.aibrix.ai/engine",
+                          d->d.command.n ? "custom" : "vllm");
+    if (d->d.lora)
+        rc |= brix_labels_set(&r->labels, "adapter.model.aibrix.ai/enabled", "true");
+    rc |= brix_labels_set(&r->labels, "brix.dev/deployment", d->meta.name);
+    rc |= brix_labels_set(&r->labels, "brix.dev/gpu", d->d.gpu);
+    return rc;
+}
+
+static void start_replica(brix_ctl_t *c, brix_replica_t *r, const brix_obj_t *d, uint64_t now)
+{
+    char err[256];
+    int port = r->port > 0 && port_free(r->port) ? r->port : free_port();
+    if (port <= 0) {
+        snprintf(r->last_exit, sizeof r->last_exit, "no free port");
+        r->phase = BRIX_RP_FAILED;
+        r->restart_at_ms = now + 1000;
+        return;
+    }
+    r->port = port;
+    snprintf(r->url, sizeof r->url, "http://127.0.0.1:%d", port);
+    brix_free(r->model);
+    r->model = brix_strdup(d->d.model);
+    if (!r->model || brix_ctl_replica_labels(r, d)) {
+        r->phase = BRIX_RP_FAILED;
+        r->restart_at_ms = now + 1000;
+        return;
+    }
+    r->generation = d->meta.generation;
+    brix_strlist_free(&r->adapters);
+    r->models_known = false;
+    r->ready = false;
+    r->health_fails = 0;
+    if (c->prov->ops->start(c->prov, r, d, err, sizeof err)) {
+        BRIX_ERROR("replica %s: %s", r->name, err);
+        snprintf(r->last_exit, sizeof r->last_exit, "%.150s", err);
+        r->phase = BRIX_RP_FAILED;
+        r->restart_at_ms = now + r->backoff_ms;
+        r->backoff_ms = r->backoff_ms * 2 > (uint64_t)c->cfg.restart_backoff_max
+                            ? (uint64_t)c->cfg.restart_backoff_max
+                            : r->backoff_ms * 2;
+        brix_ctl_changed(c);
+        return;
+    }
+    r->phase = BRIX_RP_STARTING;
+    r->started_ms = now;
+    r->started_wall_ms = brix_wall_ms();
+    BRIX_INFO("replica %s: started pid %d on %s (log %s)", r->name, r->pid, r->url, r->log_path);
+    brix_ctl_changed(c);
+}
+
+static void terminate(brix_ctl_t *c, brix_replica_t *r, bool recycle, const char *why)
+{
+    if (r->phase == BRIX_RP_TERMINATING)
+        return;
+    if (r->pid <= 0) {
+        if (recycle) {
+            r->phase = BRIX_RP_PENDING;
+            r->restart_at_ms = brix_now_ms();
+        } else {
+            BRIX_INFO("replica %s: removed (%s)", r->name, why);
+            remove_replica(c, r);
+        }
+        brix_ctl_changed(c);
+        return;
+    }
+    BRIX_INFO("replica %s: stopping pid %d (%s)", r->name, r->pid, why);
+    r->phase = BRIX_RP_TERMINATING;
+    r->recycle = recycle;
+    r->ready = false;
+    c->prov->ops->stop(c->prov, r, (uint64_t)c->cfg.stop_grace);
+    brix_ctl_changed(c);
+}
+
+void brix_ctl_replica_restart(brix_ctl_t *c, brix_replica_t *r)
+{
+    terminate(c, r, true, "restart requested");
+}
+
+void brix_ctl_on_exit(void *ud, brix_replica_t *r, const char *why)
+{
+    brix_ctl_t *c = ud;
+    uint64_t now = brix_now_ms();
+    bool expected = r->phase == BRIX_RP_TERMINATING;
+    if (expected && !r->recycle) {
+        BRIX_INFO("replica %s: stopped (%s)", r->name, why);
+        remove_replica(c, r);
+        brix_ctl_changed(c);
+        brix_ctl_kick(c);
+        return;
+    }
+    if (!expected || !r->last_exit[0])
+        snprintf(r->last_exit, sizeof r->last_exit, "%s", why);
+    r->ready = false;
+    r->models_known = false;
+    brix_strlist_free(&r->adapters);
+    if (expected) { /* a deliberate restart: no backoff */
+        r->phase = BRIX_RP_PENDING;
+        r->restart_at_ms = now;
+    } else {
+        r->phase = BRIX_RP_FAILED;
+        r->restarts++;
+        brix_metric_add(c->m.restarts, 1);
+        r->restart_at_ms = now + r->backoff_ms;
+        BRIX_WARN("replica %s: %s; restarting in %.1f s (log %s)", r->name, why,
+                  (double)r->backoff_ms / 1000.0, r->log_path ? r->log_path : "-");
+        r->backoff_ms = r->backoff_ms * 2 > (uint64_t)c->cfg.restart_backoff_max
+                            ? (uint64_t)c->cfg.restart_backoff_max
+                            : r->backoff_ms * 2;
+    }
+    r->recycle = false;
+    brix_ctl_changed(c);
+    brix_ctl_kick(c);
+}
+
+static brix_replica_t *replica_new(brix_ctl_t *c, const brix_obj_t *d, int index)
+{
+    brix_replica_t *r = brix_calloc(1, sizeof *r);
+    brix_replica_t **v = brix_realloc(c->reps, (c->nreps + 1) * sizeof *v);
+    char name[300];
+    snprintf(name, sizeof name, "%s-%d", d->meta.name, index);
+    if (!r || !v || !(r->name = brix_strdup(name)) || !(r->deployment = brix_strdup(d->meta.name)) ||
+        !(r->model = brix_strdup(d->d.model))) {
+        if (v)
+            c->reps = v;
+        if (r)
+            brix_ctl_replica_free(NULL, r);
+        return NULL;
+    }
+    c->reps = v;
+    r->index = index;
+    r->phase = BRIX_RP_PENDING;
+    r->backoff_ms = 1000;
+    r->restart_at_ms = brix_now_ms();
+    c->reps[c->nreps++] = r;
+    return r;
+}
+
+static void reconcile_deployments(brix_ctl_t *c, uint64_t now)
+{
+    /* replicas whose deployment is gone */
+    for (size_t i = c->nreps; i-- > 0;) {
+        brix_replica_t *r = c->reps[i];
+        if (!brix_ctl_deploy(c, r->deployment))
+            terminate(c, r, false, "its deployment was deleted");
+    }
+    for (size_t di = c->ndeploys; di-- > 0;) {
+        brix_obj_t *d = c->deploys[di];
+        int64_t want = d->meta.deleting_ms ? 0 : d->d.replicas;
+        int unsettled = 0;
+        brix_replica_t *stale = NULL;
+        for (int64_t i = 0; i < want; i++) {
+            char name[300];
+            snprintf(name, sizeof name, "%s-%lld", d->meta.name, (long long)i);
+            if (!brix_ctl_replica(c, name) && replica_new(c, d, (int)i))
+                brix_ctl_changed(c);
+        }
+        for (size_t i = c->nreps; i-- > 0;) {
+            brix_replica_t *r = c->reps[i];
+            if (strcmp(r->deployment, d->meta.name))
+                continue;
+            if (r->index >= want) {
+                terminate(c, r, false, d->meta.deleting_ms ? "deployment deleted" : "scaled down");
+                continue;
+            }
+            if (r->phase != BRIX_RP_RUNNING || !r->ready)
+                unsettled++;
+            else if (r->generation != d->meta.generation && r->pid > 0)
+                stale = r;
+        }
+        /* rolling update: one replica at a time, only while the rest serve */
+        if (stale && !unsettled)
+            terminate(c, stale, true, "spec changed (rolling update)");
+        bool any = false;
+        for (size_t i = 0; i < c->nreps && !any; i++)
+            any = !strcmp(c->reps[i]->deployment, d->meta.name);
+        if (d->meta.deleting_ms && !any) {
+            BRIX_INFO("deployment %s: deleted", d->meta.name);
+            brix_obj_free(d);
+            memmove(c->deploys + di, c->deploys + di + 1, (c->ndeploys - di - 1) * sizeof *c->deploys);
+            c->ndeploys--;
+            brix_ctl_changed(c);
+        }
+    }
+    for (size_t i = 0; i < c->nreps; i++) {
+        brix_replica_t *r = c->reps[i];
+        brix_obj_t *d = brix_ctl_deploy(c, r->deployment);
+        if (!d)
+            continue;
+        if ((r->phase == BRIX_RP_PENDING || r->phase == BRIX_RP_FAILED) && now >= r->restart_at_ms &&
+            !d->meta.deleting_ms && r->index < d->d.replicas)
+            start_replica(c, r, d, now);
+        else if (r->phase == BRIX_RP_STARTING && now - r->started_ms > d->d.startup_timeout_ms) {
+            snprintf(r->last_exit, sizeof r->last_exit, "no answer 200 on %s within %.0f s",
+                     d->d.health_path, (double)d->d.startup_timeout_ms / 1000.0);
+            BRIX_WARN("replica %s: %s; restarting it", r->name, r->last_exit);
+            r->restarts++;
+            terminate(c, r, true, "startup timeout");
+        }
+    }
+}
+
+/* ------------------------------------------------------ observations -- */
+
+static void on_models(const brix_curl_result_t *res, void *ud)
+{
+    call_t *k = ud;
+    brix_ctl_t *c = k->c;
+    brix_replica_t *r = brix_ctl_replica(c, k->replica);
+    if (!r || r->pid != k->pid) {
+        call_free(k);
+        return;
+    }
+    r->models_inflight = false;
+    call_free(k);
+    cJSON *j = NULL;
+    brix_json_err_t je;
+    if (res->status != 200 || brix_json_parse(res->body, res->body_len, &j, &je))
+        return;
+    cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
+    brix_strlist_t seen = { 0, NULL };
+    cJSON *it;
+    cJSON_ArrayForEach(it, data)
+    {
+        cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
+        cJSON *parent = cJSON_GetObjectItemCaseSensitive(it, "parent");
+        if (cJSON_IsString(id) && cJSON_IsString(parent)) /* a LoRA adapter */
+            brix_strlist_push(&seen, id->valuestring);
+    }
+    cJSON_Delete(j);
+    bool same = r->models_known && seen.n == r->adapters.n;
+    for (size_t i = 0; same && i < seen.n; i++)
+        same = brix_ctl_replica_has(r, seen.v[i]);
+    if (!same) {
+        brix_strlist_free(&r->adapters);
+        r->adapters = seen;
+        r->models_known = true;
+        brix_ctl_changed(c);
+        brix_ctl_kick(c);
+    } else {
+        brix_strlist_free(&seen);
+    }
+}
+
+static void fetch_models(brix_ctl_t *c, brix_replica_t *r)
+{
+    if (r->models_inflight || r->pid <= 0)
+        return;
+    call_t *k = call_new(c, r->name, NULL);
+    if (!k)
+        return;
+    k->pid = r->pid;
+    char url[128];
+    snprintf(url, sizeof url, "%s/v1/models", r->url);
+    r->models_inflight = true;
+    if (brix_curl_request(c->curl, "GET", url, NULL, 0, NULL, (uint64_t)c->cfg.health_timeout,
+                          4u << 20, on_models, k)) {
+        r->models_inflight = false;
+        call_free(k);
+    }
+}
+
+static void on_health(const brix_curl_result_t *res, void *ud)
+{
+    call_t *k = ud;
+    brix_ctl_t *c = k->c;
+    brix_replica_t *r = brix_ctl_replica(c, k->replica);
+    if (!r || r->pid != k->pid) {
+        call_free(k);
+        return;
+    }
+    call_free(k);
+    r->health_inflight = false;
+    uint64_t now = brix_now_ms();
+    if (res->status == 200) {
+        r->health_fails = 0;
+        if (r->phase == BRIX_RP_STARTING) {
+            r->phase = BRIX_RP_RUNNING;
+            BRIX_INFO("replica %s: ready on %s after %.1f s", r->name, r->url,
+                      (double)(now - r->started_ms) / 1000.0);
+        }
+        if (r->phase == BRIX_RP_RUNNING && now - r->started_ms > 60000)
+            r->backoff_ms = 1000; /* it ran well for a minute: forget old crashes */
+        if (!r->ready && r->phase == BRIX_RP_RUNNING) {
+            r->ready = true;
+            brix_ctl_changed(c);
+            brix_ctl_kick(c);
+        }
+        if (r->ready)
+            fetch_models(c, r);
+        return;
+    }
+    if (r->phase == BRIX_RP_RUNNING && ++r->health_fails >= 3 && r->ready) {
+        BRIX_WARN("replica %s: %d health checks failed (%s); not ready", r->name, r->health_fails,
+                  res->error ? res->error : "bad status");
+        r->ready = false;
+        brix_ctl_changed(c);
+    }
+}
+
+void brix_ctl_health_tick(brix_ctl_t *c)
+{
+    for (size_t i = 0; i < c->nreps; i++) {
+        brix_replica_t *r = c->reps[i];
+        if (r->pid <= 0 || r->health_inflight ||
+            (r->phase != BRIX_RP_STARTING && r->phase != BRIX_RP_RUNNING))
+            continue;
+        brix_obj_t *d = brix_ctl_deploy(c, r->deployment);
+        call_t *k = call_new(c, r->name, NULL);
+        if (!k)
+            return;
+        k->pid = r->pid;
+        char url[300];
+        snprintf(url, sizeof url, "%s%s", r->url, d ? d->d.health_path : "/health");
+        r->health_inflight = true;
+        if (brix_curl_request(c->curl, "GET", url, NULL, 0, NULL, (uint64_t)c->cfg.health_timeout,
+                              65536, on_health, k)) {
+            r->health_inflight = false;
+            call_free(k);
+        }
+    }
+}
+
+/* ---------------------------------------------------------- artifacts -- */
+
+static void on_artifact(const brix_art_result_t *res, void *ud)
+{
+    call_t *k = ud;
+    brix_ctl_t *c = k->c;
+    brix_adapter_rt_t *a = brix_ctl_adapter(c, k->adapter);
+    int64_t gen = k->gen;
+    call_free(k);
+    if (!a || a->art_gen != gen || a->art != BRIX_ARTS_FETCHING)
+        return;
+    if (res->status == BRIX_ART_OK) {
+        a->art = BRIX_ARTS_READY;
+        brix_free(a->art_path);
+        a->art_path = brix_strdup(res->path);
+        a->art_reason[0] = a->art_msg[0] = '\0';
+        brix_metric_add(c->m.fetch_ok, 1);
+        BRIX_INFO("adapter %s: artifact ready at %s%s", a->o->meta.name, res->path,
+                  res->cached ? " (cached)" : "");
+    } else {
+        a->art = BRIX_ARTS_FAILED;
+        snprintf(a->art_reason, sizeof a->art_reason, "%s", brix_art_status_name(res->status));
+        snprintf(a->art_msg, sizeof a->art_msg, "%s", res->message ? res->message : "fetch failed");
+        bool transient = res->status == BRIX_ART_IO || res->status == BRIX_ART_NOT_FOUND;
+        a->art_retry_at = transient ? brix_now_ms() + 15000 : UINT64_MAX;
+        brix_metric_add(c->m.fetch_failed, 1);
+        BRIX_WARN("adapter %s: artifact %s: %s%s", a->o->meta.name, a->o->a.artifact_url,
+                  a->art_msg, transient ? " (retrying in 15 s)" : "");
+    }
+    brix_ctl_changed(c);
+    brix_ctl_kick(c);
+}
+
+static void ensure_artifact(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now)
+{
+    if (a->art_gen != a->o->meta.generation) {
+        a->art_gen = a->o->meta.generation;
+        a->art = BRIX_ARTS_NONE;
+        brix_free(a->art_path);
+        a->art_path = NULL;
+    }
+    if (a->art == BRIX_ARTS_FAILED && now >= a->art_retry_at)
+        a->art = BRIX_ARTS_NONE;
+    if (a->art != BRIX_ARTS_NONE)
+        return;
+    call_t *k = call_new(c, NULL, a->o->meta.name);
+    if (!k)
+        return;
+    k->gen = a->art_gen;
+    brix_art_req_t req = {
+        .url = a->o->a.artifact_url,
+        .sha256 = a->o->a.sha256,
+        .cache_dir = c->artifact_dir,
+        .max_bytes = c->cfg.artifact_max_bytes,
+        .timeout_ms = (uint64_t)c->cfg.artifact_timeout,
+        .label = a->o->meta.name,
+    };
+    a->art = BRIX_ARTS_FETCHING;
+    if (brix_art_fetch(c->loop, &req, on_artifact, k)) {
+        a->art = BRIX_ARTS_NONE;
+        call_free(k);
+    }
+}
+
+/* ------------------------------------------------------- LoRA loading -- */
+
+static bool avoided(brix_adapter_rt_t *a, const char *replica, uint64_t now)
+{
+    for (size_t i = 0; i < a->navoid; i++)
+        if (!strcmp(a->avoid[i], replica))
+            return now < a->avoid_until[i];
+    return false;
+}
+
+static void avoid(brix_adapter_rt_t *a, const char *replica, uint64_t until)
+{
+    for (size_t i = 0; i < a->navoid; i++) {
+        if (!strcmp(a->avoid[i], replica)) {
+            a->avoid_until[i] = until;
+            return;
+        }
+    }
+    char **v = brix_realloc(a->avoid, (a->navoid + 1) * sizeof *v);
+    if (!v)
+        return;
+    a->avoid = v;
+    uint64_t *u = brix_realloc(a->avoid_until, (a->navoid + 1) * sizeof *u);
+    if (!u)
+        return;
+    a->avoid_until = u;
+    if (!(a->avoid[a->navoid] = brix_strdup(replica)))
+        return;
+    a->avoid_until[a->navoid++] = until;
+}
+
+static brix_lora_op_t *find_op(brix_adapter_rt_t *a, const char *replica)
+{
+    for (size_t i = 0; i < a->nops; i++)
+        if (!strcmp(a->ops[i].replica, replica))
+            return &a->ops[i];
+    return NULL;
+}
+
+static void drop_op(brix_adapter_rt_t *a, brix_lora_op_t *op)
+{
+    size_t i = (size_t)(op - a->ops);
+    op_clear(op);
+    memmove(a->ops + i, a->ops + i + 1, (a->nops - i - 1) * sizeof *a->ops);
+    a->nops--;
+}
+
+static brix_lora_op_t *add_op(brix_adapter_rt_t *a, const char *replica, bool unload, uint64_t now)
+{
+    brix_lora_op_t *v = brix_realloc(a->ops, (a->nops + 1) * sizeof *v);
+    if (!v)
+        return NULL;
+    a->ops = v;
+    brix_lora_op_t *op = &a->ops[a->nops];
+    memset(op, 0, sizeof *op);
+    if (!(op->replica = brix_strdup(replica)))
+        return NULL;
+    op->unload = unload;
+    op->next_at = now;
+    op->begin_ms = now;
+    a->nops++;
+    return op;
+}
+
+/* Loads in flight (or retrying) to replica r, over every adapter. */
+static int loads_to(brix_ctl_t *c, const brix_replica_t *r)
+{
+    int n = 0;
+    for (size_t i = 0; i < c->nadapters; i++) {
+        brix_lora_op_t *op = find_op(c->adapters[i], r->name);
+        n += op && !op->unload && !brix_ctl_replica_has(r, c->adapters[i]->o->meta.name);
+    }
+    return n;
+}
+
+static void on_lora_call(const brix_curl_result_t *res, void *ud)
+{
+    call_t *k = ud;
+    brix_ctl_t *c = k->c;
+    brix_adapter_rt_t *a = brix_ctl_adapter(c, k->adapter);
+    brix_replica_t *r = brix_ctl_replica(c, k->replica);
+    bool unload = k->unload;
+    int pid = k->pid;
+    brix_lora_op_t *op = a ? find_op(a, k->replica) : NULL;
+    call_free(k);
+    if (!a || !op || op->unload != unload)
+        return;
+    op->inflight = false;
+    uint64_t now = brix_now_ms();
+    /* vLLM answers 400 "already been loaded" / 404 "not found" when the
+     * engine is already where we want it: success for a level-triggered loop */
+    bool ok = res->status == 200 ||
+              (!unload && res->status == 400 && res->body && strstr(res->body, "already")) ||
+              (unload && res->status == 404);
+    if (ok) {
+        double secs = (double)(now - op->begin_ms) / 1000.0;
+        if (!unload) {
+            brix_metric_add(c->m.loads_ok, 1);
+            brix_metric_observe(c->m.load_seconds, secs);
+            BRIX_INFO("adapter %s: loaded on %s in %.2f s", a->o->meta.name, op->replica, secs);
+        } else {
+            brix_metric_add(c->m.unloads_ok, 1);
+            BRIX_INFO("adapter %s: unloaded from %s", a->o->meta.name, op->replica);
+        }
+        drop_op(a, op);
+        a->last_err[0] = '\0';
+        if (r && r->pid == pid) {
+            r->models_inflight = false; /* a fresh look: confirm through /v1/models */
+            fetch_models(c, r);
+        }
+        return;
+    }
+    op->tries++;
+    if (res->error)
+        snprintf(op->last_err, sizeof op->last_err, "%s %s: %s", unload ? "unload from" : "load on",
+                 op->replica, res->error);
+    else
+        snprintf(op->last_err, sizeof op->last_err, "%s %s: HTTP %ld: %.*s",
+                 unload ? "unload from" : "load on", op->replica, res->status,
+                 (int)(res->body_len > 120 ? 120 : res->body_len), res->body ? res->body : "");
+    snprintf(a->last_err, sizeof a->last_err, "%s", op->last_err);
+    if (op->tries >= c->cfg.load_retries) {
+        BRIX_WARN("adapter %s: %s failed %d times; giving up on this replica for 60 s: %s",
+                  a->o->meta.name, unload ? "unload" : "load", op->tries, op->last_err);
+        brix_metric_add(unload ? c->m.unloads_failed : c->m.loads_failed, 1);
+        if (!unload)
+            avoid(a, op->replica, now + 60000);
+        drop_op(a, op);
+    } else {
+        op->next_at = now + (500ull << (op->tries - 1 < 5 ? op->tries - 1 : 5));
+    }
+    brix_ctl_changed(c);
+    brix_ctl_kick(c);
+}
+
+static void issue_op(brix_ctl_t *c, brix_adapter_rt_t *a, brix_lora_op_t *op, brix_replica_t *r)
+{
+    call_t *k = call_new(c, r->name, a->o->meta.name);
+    if (!k)
+        return;
+    k->pid = r->pid;
+    k->unload = op->unload;
+    brix_buf_t body = BRIX_BUF_INIT;
+    char url[160];
+    snprintf(url, sizeof url, "%s/v1/%s_lora_adapter", r->url, op->unload ? "unload" : "load");
+    int rc = brix_buf_append_str(&body, "{\"lora_name\":") |
+             brix_buf_append_json_str(&body, a->o->meta.name, strlen(a->o->meta.name));
+    if (!op->unload && a->art_path)
+        rc |= brix_buf_append_str(&body, ",\"lora_path\":") |
+              brix_buf_append_json_str(&body, a->art_path, strlen(a->art_path));
+    rc |= brix_buf_append_char(&body, '}');
+    if (rc || brix_curl_request(c->curl, "POST", url, body.data, body.len, "application/json",
+                                (uint64_t)c->cfg.load_timeout, 65536, on_lora_call, k)) {
+        call_free(k);
+    } else {
+        op->inflight = true;
+    }
+    brix_buf_free(&body);
+}
+
+static bool is_candidate(brix_ctl_t *c, const brix_adapter_rt_t *a, const brix_replica_t *r)
+{
+    if (r->phase != BRIX_RP_RUNNING || !r->ready || !r->models_known)
+        return false;
+    const brix_obj_t *d = brix_ctl_deploy(c, r->deployment);
+    if (!d || !d->d.lora)
+        return false;
+    if (a->o->a.base_model && strcmp(a->o->a.base_model, r->model))
+        return false;
+    return brix_labels_match(&a->o->a.selector, &r->labels);
+}
+
+static int64_t capacity(brix_ctl_t *c, const brix_replica_t *r)
+{
+    const brix_obj_t *d = brix_ctl_deploy(c, r->deployment);
+    return d ? d->d.adapter_capacity : 0;
+}
+
+static void set_cond(brix_ctl_t *c, brix_adapter_rt_t *a, int i, const char *type, bool status,
+                     const char *reason, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
+static void set_cond(brix_ctl_t *c, brix_adapter_rt_t *a, int i, const char *type, bool status,
+                     const char *reason, const char *fmt, ...)
+{
+    brix_cond_t *k = &a->conds[i];
+    char msg[sizeof k->message];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    bool flip = !k->type || k->status != status || strcmp(k->reason, reason);
+    if (flip)
+        k->since_wall_ms = brix_wall_ms();
+    if (flip || strcmp(k->message, msg))
+        brix_ctl_changed(c);
+    k->type = type;
+    k->status = status;
+    snprintf(k->reason, sizeof k->reason, "%s", reason);
+    snprintf(k->message, sizeof k->message, "%s", msg);
+}
+
+static int cmp_load(brix_ctl_t *c, const brix_replica_t *x, const brix_replica_t *y)
+{
+    int lx = (int)x->adapters.n + loads_to(c, x), ly = (int)y->adapters.n + loads_to(c, y);
+    if (lx != ly)
+        return lx - ly;
+    return strcmp(x->name, y->name);
+}
+
+static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now, uint64_t wall)
+{
+    const brix_adapter_spec_t *s = &a->o->a;
+    const char *name = a->o->meta.name;
+    bool deleting = a->o->meta.deleting_ms != 0;
+    int64_t ttl = s->idle_ttl_ms >= 0 ? s->idle_ttl_ms : c->cfg.adapter_idle_ttl;
+    if (!deleting && !a->scaled && ttl > 0 && wall > a->last_used_wall &&
+        wall - a->last_used_wall > (uint64_t)ttl) {
+        a->scaled = true;
+        brix_metric_add(c->m.scaled_down, 1);
+        BRIX_INFO("adapter %s: no requests for %.0f s; scaling to zero", name, (double)ttl / 1000.0);
+        brix_ctl_changed(c);
+    }
+    if (!deleting)
+        ensure_artifact(c, a, now);
+
+    int ncand = 0, ninst = 0, nloading = 0;
+    for (size_t i = 0; i < c->nreps; i++) {
+        brix_replica_t *r = c->reps[i];
+        if (!is_candidate(c, a, r))
+            continue;
+        ncand++;
+        brix_lora_op_t *op = find_op(a, r->name);
+        if (brix_ctl_replica_has(r, name))
+            ninst += !(op && op->unload);
+        else if (op && !op->unload)
+            nloading++;
+    }
+    /* forget operations whose replica is no longer a candidate (not in flight) */
+    for (size_t i = a->nops; i-- > 0;) {
+        brix_replica_t *r = brix_ctl_replica(c, a->ops[i].replica);
+        if (!a->ops[i].inflight && (!r || !is_candidate(c, a, r) ||
+                                    (!a->ops[i].unload && brix_ctl_replica_has(r, name))))
+            drop_op(a, &a->ops[i]);
+    }
+    int desired = deleting || a->scaled ? 0 : s->replicas ? (int)(s->replicas < ncand ? s->replicas : ncand) : ncand;
+    bool nocap = false;
+    if (ninst + nloading < desired && a->art == BRIX_ARTS_READY) {
+        int need = desired - ninst - nloading;
+        while (need-- > 0) {
+            brix_replica_t *best = NULL;
+            for (size_t i = 0; i < c->nreps; i++) {
+                brix_replica_t *r = c->reps[i];
+                if (!is_candidate(c, a, r) || brix_ctl_replica_has(r, name) || find_op(a, r->name) ||
+                    avoided(a, r->name, now))
+                    continue;
+                if ((int64_t)r->adapters.n + loads_to(c, r) >= capacity(c, r))
+                    continue;
+                if (!best)
+                    best = r;
+                else if (!strcmp(s->scheduler, "binPack") ? cmp_load(c, r, best) > 0
+                         : !strcmp(s->scheduler, "random") ? (rand() & 1)
+                                                            : cmp_load(c, r, best) < 0)
+                    best = r;
+            }
+            if (!best) {
+                nocap = true;
+                break;
+            }
+            if (add_op(a, best->name, false, now)) {
+                nloading++;
+                BRIX_INFO("adapter %s: placing on %s", name, best->name);
+            }
+        }
+    } else if (ninst > desired) {
+        int extra = ninst - desired;
+        while (extra-- > 0) {
+            brix_replica_t *worst = NULL;
+            for (size_t i = 0; i < c->nreps; i++) {
+                brix_replica_t *r = c->reps[i];
+                if (!is_candidate(c, a, r) || !brix_ctl_replica_has(r, name) || find_op(a, r->name))
+                    continue;
+                if (!worst || cmp_load(c, r, worst) > 0)
+                    worst = r;
+            }
+            if (!worst || !add_op(a, worst->name, true, now))
+                break;
+        }
+    }
+    /* unload from replicas that hold it but are no longer candidates, e.g.
+     * when the podSelector changed or the adapter is being deleted */
+    for (size_t i = 0; i < c->nreps; i++) {
+        brix_replica_t *r = c->reps[i];
+        if (r->phase == BRIX_RP_RUNNING && r->ready && brix_ctl_replica_has(r, name) &&
+            (deleting || !is_candidate(c, a, r)) && !find_op(a, r->name))
+            add_op(a, r->name, true, now);
+    }
+    for (size_t i = 0; i < a->nops; i++) {
+        brix_lora_op_t *op = &a->ops[i];
+        brix_replica_t *r = brix_ctl_replica(c, op->replica);
+        if (!op->inflight && r && now >= op->next_at && (op->unload || a->art == BRIX_ARTS_READY))
+            issue_op(c, a, op, r);
+    }
+
+    /* status: phase and conditions, from what was just computed */
+    int prev_ready = a->ready;
+    const char *prev_phase = a->phase;
+    a->candidates = ncand;
+    a->desired = desired;
+    a->ready = ninst;
+    set_cond(c, a, 0, "Initialized", true, "Accepted", "adapter %s is registered", name);
+    const char *phase;
+    if (deleting) {
+        phase = "Unknown";
+        set_cond(c, a, 1, "Scheduled", false, "Deleting", "unloading from %d replica(s)", ninst);
+    } else if (a->art == BRIX_ARTS_FAILED && ninst == 0) {
+        phase = "Failed";
+        set_cond(c, a, 1, "Scheduled", false, a->art_reason, "%s", a->art_msg);
+    } else if (a->scaled) {
+        phase = "Scaled";
+        set_cond(c, a, 1, "Scheduled", true, "ScaledToZero",
+                 "no requests for %.0f s; the next request loads it", (double)ttl / 1000.0);
+    } else if (ncand == 0) {
+        phase = "Pending";
+        set_cond(c, a, 1, "Scheduled", false, "NoCandidates",
+                 "no ready replica matches the podSelector%s%s", s->base_model ? " and base model " : "",
+                 s->base_model ? s->base_model : "");
+    } else if (nocap && ninst + nloading == 0) {
+        phase = "Pending";
+        set_cond(c, a, 1, "Scheduled", false, "NoCapacity",
+                 "all %d candidate replica(s) are full or failing (adapter capacity per replica)", ncand);
+    } else {
+        phase = ninst >= desired && ninst > 0 ? "Running" : ninst > 0 ? "Bound" : "Scheduled";
+        set_cond(c, a, 1, "Scheduled", true, "Placed", "%d of %d candidate replica(s) chosen",
+                 ninst + nloading, ncand);
+    }
+    if (a->art == BRIX_ARTS_FETCHING && ninst == 0 && !a->scaled && !deleting)
+        phase = "Pending";
+    bool ready = ninst > 0 && ninst >= desired;
+    if (ready)
+        set_cond(c, a, 2, "Ready", true, "Loaded", "loaded on %d replica(s)", ninst);
+    else if (a->scaled)
+        set_cond(c, a, 2, "Ready", false, "ScaledToZero", "loaded nowhere until a request arrives");
+    else if (a->art == BRIX_ARTS_FETCHING)
+        set_cond(c, a, 2, "Ready", false, "Fetching", "fetching %s", s->artifact_url);
+    else
+        set_cond(c, a, 2, "Ready", false, ninst ? "PartiallyLoaded" : "NotLoaded",
+                 "loaded on %d of %d wanted replica(s)%s%s", ninst, desired,
+                 a->last_err[0] ? "; last error: " : "", a->last_err);
+    a->phase = phase;
+    if (prev_phase != phase || prev_ready != a->ready)
+        brix_ctl_changed(c);
+}
+
+void brix_ctl_reconcile(brix_ctl_t *c)
+{
+    if (c->stopping || !c->ready)
+        return;
+    uint64_t t0 = brix_now_ns();
+    uint64_t now = brix_now_ms(), wall = brix_wall_ms();
+    reconcile_deployments(c, now);
+    for (size_t i = c->nadapters; i-- > 0;) {
+        brix_adapter_rt_t *a = c->adapters[i];
+        reconcile_adapter(c, a, now, wall);
+        if (a->o->meta.deleting_ms && a->ready == 0 && a->nops == 0) {
+            bool anywhere = false;
+            for (size_t j = 0; j < c->nreps && !anywhere; j++)
+                anywhere = c->reps[j]->phase == BRIX_RP_RUNNING && c->reps[j]->ready &&
+                           brix_ctl_replica_has(c->reps[j], a->o->meta.name);
+            if (!anywhere) {
+                BRIX_INFO("adapter %s: deleted", a->o->meta.name);
+                memmove(c->adapters + i, c->adapters + i + 1,
+                        (c->nadapters - i - 1) * sizeof *c->adapters);
+                c->nadapters--;
+                brix_ctl_adapter_free(a);
+                brix_ctl_changed(c);
+            }
+        }
+    }
+    brix_metric_observe(c->m.reconcile_seconds, (double)(brix_now_ns() - t0) / 1e9);
+}

@@ -1,0 +1,487 @@
+/*
+ * up — `brix up -c FILE`: the embedded local cluster in one command.
+ *
+ * A small supervisor, not an event loop: it validates FILE (a Cluster
+ * settings document plus ModelDeployment / ModelAdapter objects), starts
+ * `brix controller` and applies the objects, starts `brix gateway
+ * --controller …`, waits until the fleet serves, prints where everything is,
+ * then sleeps in sigtimedwait until Ctrl-C / SIGTERM or a child's death, and
+ * stops the gateway first (it drains) and the controller last (it stops the
+ * replicas). Children get PR_SET_PDEATHSIG so a killed `brix up` leaves no
+ * gateway or controller behind; the controller's replicas then follow it.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "controller/cli.h"
+#include "controller/controller_main.h"
+#include "controller/objects.h"
+#include "core/alloc.h"
+#include "core/buf.h"
+#include "core/config.h"
+#include "core/time.h"
+#include "core/yaml.h"
+
+typedef struct up_cfg {
+    int gw_port, api_port;
+    char state_dir[PATH_MAX];
+    brix_strlist_t gw_args, ctl_args;
+    int ready_timeout_s;
+} up_cfg_t;
+
+typedef struct child {
+    const char *what;
+    pid_t pid;
+    char log[PATH_MAX + 64];
+} child_t;
+
+static int errat(const char *file, const brix_yaml_node_t *n, const char *msg)
+{
+    fprintf(stderr, "brix up: %s:%d:%d: %s\n", file, n ? n->line : 1, n ? n->col : 1, msg);
+    return -1;
+}
+
+static int yint(const char *file, const brix_yaml_node_t *n, int min, int max, int *out)
+{
+    char *end;
+    long v = n && n->type == BRIX_YAML_SCALAR ? strtol(n->scalar, &end, 10) : 0;
+    if (!n || n->type != BRIX_YAML_SCALAR || *end || !n->scalar[0] || v < min || v > max) {
+        char m[96];
+        snprintf(m, sizeof m, "expected an integer from %d to %d", min, max);
+        return errat(file, n, m);
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int ylist(const char *file, const brix_yaml_node_t *n, brix_strlist_t *out)
+{
+    if (!n || n->type != BRIX_YAML_SEQ)
+        return errat(file, n, "expected a list of strings");
+    for (size_t i = 0; i < n->n; i++) {
+        if (n->items[i]->type != BRIX_YAML_SCALAR)
+            return errat(file, n->items[i], "expected a string");
+        brix_strlist_push(out, n->items[i]->scalar);
+    }
+    return 0;
+}
+
+/* spec: {gateway: {port, args}, controller: {port, stateDir, args}, readyTimeout} */
+static int parse_cluster(const char *file, const brix_yaml_node_t *doc, up_cfg_t *u, bool port_set,
+                         bool api_set, bool dir_set)
+{
+    const brix_yaml_node_t *spec = brix_yaml_get(doc, "spec");
+    if (!spec || brix_yaml_is_null(spec))
+        return 0;
+    if (spec->type != BRIX_YAML_MAP)
+        return errat(file, spec, "spec: expected a mapping");
+    for (size_t i = 0; i < spec->n; i++) {
+        const brix_yaml_node_t *k = spec->items[2 * i], *v = spec->items[2 * i + 1];
+        bool gw = !strcmp(k->scalar, "gateway"), ctl = !strcmp(k->scalar, "controller");
+        if (!strcmp(k->scalar, "readyTimeout")) {
+            if (yint(file, v, 1, 3600, &u->ready_timeout_s))
+                return -1;
+            continue;
+        }
+        if (!gw && !ctl)
+            return errat(file, k, "spec: unknown field (known: gateway, controller, readyTimeout)");
+        if (v->type != BRIX_YAML_MAP)
+            return errat(file, v, "expected a mapping");
+        for (size_t j = 0; j < v->n; j++) {
+            const brix_yaml_node_t *kk = v->items[2 * j], *vv = v->items[2 * j + 1];
+            if (!strcmp(kk->scalar, "port")) {
+                int p;
+                if (yint(file, vv, 0, 65535, &p))
+                    return -1;
+                if (gw && !port_set)
+                    u->gw_port = p;
+                if (ctl && !api_set)
+                    u->api_port = p;
+            } else if (!strcmp(kk->scalar, "args")) {
+                if (ylist(file, vv, gw ? &u->gw_args : &u->ctl_args))
+                    return -1;
+            } else if (ctl && !strcmp(kk->scalar, "stateDir")) {
+                if (vv->type != BRIX_YAML_SCALAR || !vv->scalar[0])
+                    return errat(file, vv, "stateDir: expected a path");
+                if (!dir_set)
+                    snprintf(u->state_dir, sizeof u->state_dir, "%s", vv->scalar);
+            } else {
+                return errat(file, kk, gw ? "gateway: unknown field (known: port, args)"
+                                          : "controller: unknown field (known: port, stateDir, args)");
+            }
+        }
+    }
+    return 0;
+}
+
+static pid_t spawn(const char *self, const char *const *argv0, const brix_strlist_t *extra,
+                   const char *log)
+{
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        fprintf(stderr, "brix up: %s: %s\n", log, strerror(errno));
+        return -1;
+    }
+    size_t n0 = 0;
+    while (argv0[n0])
+        n0++;
+    char **argv = brix_calloc(n0 + extra->n + 2, sizeof *argv);
+    if (!argv) {
+        close(fd);
+        return -1;
+    }
+    argv[0] = (char *)self;
+    for (size_t i = 0; i < n0; i++)
+        argv[i + 1] = (char *)argv0[i];
+    for (size_t i = 0; i < extra->n; i++)
+        argv[n0 + 1 + i] = extra->v[i];
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent)
+            _exit(1);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        dup2(fd, 1);
+        dup2(fd, 2);
+        int nul = open("/dev/null", O_RDONLY);
+        if (nul >= 0)
+            dup2(nul, 0);
+        execv(self, argv);
+        fprintf(stderr, "exec %s: %s\n", self, strerror(errno));
+        _exit(127);
+    }
+    brix_free(argv);
+    close(fd);
+    return pid;
+}
+
+static void tail_log(const char *path)
+{
+    char *text;
+    size_t len;
+    char err[256];
+    if (brix_file_read(path, &text, &len, err, sizeof err))
+        return;
+    size_t start = len, lines = 0;
+    while (start > 0 && lines < 12)
+        if (text[--start] == '\n' && start + 1 < len)
+            lines++;
+    fprintf(stderr, "---- last lines of %s ----\n%s", path, text + start + (start > 0));
+    brix_free(text);
+}
+
+static bool http_ok(const char *base, const char *path, brix_buf_t *out)
+{
+    char err[512];
+    brix_buf_t tmp = BRIX_BUF_INIT;
+    long st = brix_cli_call(base, "GET", path, NULL, 0, NULL, out ? out : &tmp, err, sizeof err);
+    brix_buf_free(&tmp);
+    return st == 200;
+}
+
+static volatile int stop_sig;
+
+static bool alive(child_t *c)
+{
+    if (c->pid <= 0)
+        return false;
+    int st;
+    pid_t r = waitpid(c->pid, &st, WNOHANG);
+    if (r == c->pid) {
+        fprintf(stderr, "brix up: the %s exited (%s %d)\n", c->what,
+                WIFSIGNALED(st) ? "signal" : "status", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+        c->pid = 0;
+        tail_log(c->log);
+        return false;
+    }
+    return true;
+}
+
+/* Waits (up to ms) until path answers 200, the child dies, or a signal. */
+static bool wait_http(child_t *c, const char *base, const char *path, int ms, const sigset_t *set)
+{
+    struct timespec ts = { 0, 50 * 1000000L };
+    for (int waited = 0; waited < ms; waited += 50) {
+        if (http_ok(base, path, NULL))
+            return true;
+        if (!alive(c))
+            return false;
+        int s = sigtimedwait(set, NULL, &ts);
+        if (s == SIGINT || s == SIGTERM) {
+            stop_sig = s;
+            return false;
+        }
+    }
+    fprintf(stderr, "brix up: the %s did not answer %s%s within %d s\n", c->what, base, path,
+            ms / 1000);
+    tail_log(c->log);
+    return false;
+}
+
+static void stop_child(child_t *c, int grace_ms)
+{
+    if (c->pid <= 0)
+        return;
+    kill(c->pid, SIGTERM);
+    for (int waited = 0; waited < grace_ms; waited += 20) {
+        int st;
+        if (waitpid(c->pid, &st, WNOHANG) == c->pid) {
+            c->pid = 0;
+            return;
+        }
+        struct timespec ts = { 0, 20 * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    fprintf(stderr, "brix up: the %s did not stop in %d s; killing it\n", c->what, grace_ms / 1000);
+    kill(c->pid, SIGKILL);
+    waitpid(c->pid, NULL, 0);
+    c->pid = 0;
+}
+
+/* Prints progress until every deployment is ready and every adapter is
+ * Running (or Scaled), or the time is up; true when all is ready. */
+static bool wait_fleet(const char *api, child_t *ch, size_t nch, int timeout_s, const sigset_t *set)
+{
+    char last[512] = "";
+    for (int t = 0; t < timeout_s * 5; t++) {
+        brix_buf_t d = BRIX_BUF_INIT, a = BRIX_BUF_INIT;
+        bool ok = http_ok(api, "/v1/deployments", &d) && http_ok(api, "/v1/adapters", &a);
+        cJSON *dj = ok ? cJSON_Parse(d.data) : NULL, *aj = ok ? cJSON_Parse(a.data) : NULL;
+        brix_buf_free(&d);
+        brix_buf_free(&a);
+        int want = 0, ready = 0, adapters = 0, running = 0;
+        const cJSON *it;
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(dj, "items"))
+        {
+            const cJSON *sp = cJSON_GetObjectItemCaseSensitive(it, "spec");
+            const cJSON *st = cJSON_GetObjectItemCaseSensitive(it, "status");
+            want += (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(sp, "replicas"));
+            ready += (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(st, "readyReplicas"));
+        }
+        cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(aj, "items"))
+        {
+            const cJSON *ph = cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(it, "status"), "phase");
+            adapters++;
+            running += cJSON_IsString(ph) && (!strcmp(ph->valuestring, "Running") ||
+                                              !strcmp(ph->valuestring, "Scaled"));
+        }
+        cJSON_Delete(dj);
+        cJSON_Delete(aj);
+        char now[512];
+        snprintf(now, sizeof now, "  replicas ready %d/%d, adapters loaded %d/%d", ready, want,
+                 running, adapters);
+        if (strcmp(now, last)) {
+            printf("%s\n", now);
+            fflush(stdout);
+            snprintf(last, sizeof last, "%s", now);
+        }
+        if (ok && ready >= want && running >= adapters)
+            return true;
+        for (size_t i = 0; i < nch; i++)
+            if (!alive(&ch[i]))
+                return false;
+        struct timespec ts = { 0, 200 * 1000000L };
+        int s = sigtimedwait(set, NULL, &ts);
+        if (s == SIGINT || s == SIGTERM) {
+            stop_sig = s;
+            return false;
+        }
+    }
+    fprintf(stderr, "brix up: the fleet was not ready within %d s; it keeps trying (see "
+                    "`brix get replicas` and the logs)\n",
+            timeout_s);
+    return true;
+}
+
+int brix_up_main(int argc, char **argv)
+{
+    const char *file = NULL;
+    up_cfg_t u;
+    memset(&u, 0, sizeof u);
+    u.gw_port = 8080;
+    u.api_port = 8081;
+    u.ready_timeout_s = 120;
+    snprintf(u.state_dir, sizeof u.state_dir, ".brix");
+    bool port_set = false, api_set = false, dir_set = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        bool more = i + 1 < argc;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            printf("usage: brix up -c FILE [--port 8080] [--api-port 8081] [--state-dir DIR]\n\n"
+                   "Starts the local cluster described by FILE: the controller (API on\n"
+                   "--api-port), the ModelDeployments' engine replicas and ModelAdapters it\n"
+                   "manages, and a gateway serving the OpenAI API on --port. Ctrl-C stops all.\n"
+                   "Logs go to STATE_DIR/logs/. See examples/local.yaml.\n");
+            return 0;
+        }
+        if ((!strcmp(a, "-c") || !strcmp(a, "--config") || !strcmp(a, "-f")) && more) {
+            file = argv[++i];
+        } else if (!strcmp(a, "--port") && more) {
+            u.gw_port = atoi(argv[++i]);
+            port_set = true;
+        } else if (!strcmp(a, "--api-port") && more) {
+            u.api_port = atoi(argv[++i]);
+            api_set = true;
+        } else if (!strcmp(a, "--state-dir") && more) {
+            snprintf(u.state_dir, sizeof u.state_dir, "%s", argv[++i]);
+            dir_set = true;
+        } else {
+            fprintf(stderr, "brix up: unexpected argument '%s' (see brix up --help)\n", a);
+            return 2;
+        }
+    }
+    if (!file) {
+        fprintf(stderr, "brix up: -c FILE is required (e.g. examples/local.yaml)\n");
+        return 2;
+    }
+    if (u.gw_port <= 0 || u.gw_port > 65535 || u.api_port <= 0 || u.api_port > 65535) {
+        fprintf(stderr, "brix up: ports must be 1..65535\n");
+        return 2;
+    }
+    /* validate the whole file before starting anything */
+    brix_yaml_node_t *docs;
+    char err[2048], real[PATH_MAX], base[PATH_MAX] = "";
+    if (brix_yaml_load_file_docs(file, &docs, err, sizeof err)) {
+        fprintf(stderr, "brix up: %s\n", err);
+        return 1;
+    }
+    if (realpath(file, real))
+        snprintf(base, sizeof base, "%s", dirname(real));
+    int nobj = 0, rc = 1;
+    for (size_t i = 0; i < docs->n; i++) {
+        brix_obj_t *o;
+        if (brix_obj_parse(docs->items[i], file, base, &o, err, sizeof err)) {
+            fprintf(stderr, "brix up: %s\n", err);
+            goto out_docs;
+        }
+        if (o->kind == BRIX_KIND_CLUSTER &&
+            parse_cluster(file, docs->items[i], &u, port_set, api_set, dir_set)) {
+            brix_obj_free(o);
+            goto out_docs;
+        }
+        nobj += o->kind != BRIX_KIND_CLUSTER;
+        brix_obj_free(o);
+    }
+    if (!nobj) {
+        fprintf(stderr, "brix up: %s has no ModelDeployment or ModelAdapter\n", file);
+        goto out_docs;
+    }
+    char self[PATH_MAX];
+    ssize_t sl = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (sl <= 0) {
+        fprintf(stderr, "brix up: cannot find its own executable\n");
+        goto out_docs;
+    }
+    self[sl] = '\0';
+    char logs[PATH_MAX + 16];
+    snprintf(logs, sizeof logs, "%s/logs", u.state_dir);
+    mkdir(u.state_dir, 0755);
+    if (mkdir(logs, 0755) && errno != EEXIST) {
+        fprintf(stderr, "brix up: cannot create %s: %s\n", logs, strerror(errno));
+        goto out_docs;
+    }
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGCHLD);
+    sigprocmask(SIG_BLOCK, &set, NULL);
+
+    child_t ch[2] = { { "controller", 0, "" }, { "gateway", 0, "" } };
+    snprintf(ch[0].log, sizeof ch[0].log, "%s/controller.log", logs);
+    snprintf(ch[1].log, sizeof ch[1].log, "%s/gateway.log", logs);
+    char api[64], gwurl[64], aport[16], gport[16];
+    snprintf(api, sizeof api, "http://127.0.0.1:%d", u.api_port);
+    snprintf(gwurl, sizeof gwurl, "http://127.0.0.1:%d", u.gw_port);
+    snprintf(aport, sizeof aport, "%d", u.api_port);
+    snprintf(gport, sizeof gport, "%d", u.gw_port);
+    if (http_ok(api, "/healthz", NULL)) {
+        fprintf(stderr, "brix up: something already answers on %s (another `brix up`?)\n", api);
+        goto out_sig;
+    }
+    printf("brix up: starting the controller (state in %s/)\n", u.state_dir);
+    fflush(stdout);
+    const char *cargs[] = { "controller", "--host", "127.0.0.1", "--port", aport, "--state-dir",
+                            u.state_dir, NULL };
+    if ((ch[0].pid = spawn(self, cargs, &u.ctl_args, ch[0].log)) <= 0 ||
+        !wait_http(&ch[0], api, "/readyz", 15000, &set))
+        goto stop;
+    /* apply the objects: the controller validates again and reports positions */
+    char *text;
+    size_t len;
+    if (brix_file_read(file, &text, &len, err, sizeof err)) {
+        fprintf(stderr, "brix up: %s\n", err);
+        goto stop;
+    }
+    char h1[PATH_MAX + 32], h2[PATH_MAX + 32];
+    snprintf(h1, sizeof h1, "x-brix-source: %s", file);
+    snprintf(h2, sizeof h2, "x-brix-base-dir: %s", base);
+    const char *hdrs[] = { h1, base[0] ? h2 : NULL, NULL };
+    brix_buf_t out = BRIX_BUF_INIT;
+    long st = brix_cli_call(api, "POST", "/v1/apply", text, len, hdrs, &out, err, sizeof err);
+    brix_free(text);
+    if (st != 200) {
+        fprintf(stderr, "brix up: applying %s: %s\n", file, st < 0 ? err : out.data ? out.data : "");
+        brix_buf_free(&out);
+        goto stop;
+    }
+    brix_buf_free(&out);
+    printf("brix up: applied %d object(s) from %s; starting the gateway\n", nobj, file);
+    fflush(stdout);
+    const char *gargs[] = { "gateway", "--host", "127.0.0.1", "--port", gport, "--controller", api,
+                            NULL };
+    if ((ch[1].pid = spawn(self, gargs, &u.gw_args, ch[1].log)) <= 0 ||
+        !wait_http(&ch[1], gwurl, "/healthz", 15000, &set))
+        goto stop;
+    printf("brix up: waiting for the fleet\n");
+    fflush(stdout);
+    if (!wait_fleet(api, ch, 2, u.ready_timeout_s, &set))
+        goto stop;
+    printf("\nbrix is up.\n"
+           "  OpenAI API     %s/v1      try: curl %s/v1/models\n"
+           "  controller     %s         status page: %s/   objects: brix get adapters\n"
+           "  logs           %s/\n"
+           "Ctrl-C stops everything.\n\n",
+           gwurl, gwurl, api, api, logs);
+    fflush(stdout);
+    for (;;) {
+        int s = sigwaitinfo(&set, NULL);
+        if (s == SIGINT || s == SIGTERM) {
+            stop_sig = s;
+            break;
+        }
+        if (s == SIGCHLD && (!alive(&ch[0]) || !alive(&ch[1])))
+            break;
+    }
+stop:
+    printf("\nbrix up: stopping\n");
+    fflush(stdout);
+    stop_child(&ch[1], 35000); /* the gateway drains in-flight requests first */
+    stop_child(&ch[0], 30000); /* the controller stops its replicas */
+    rc = stop_sig ? 0 : 1;
+    printf("brix up: stopped\n");
+out_sig:
+    sigprocmask(SIG_UNBLOCK, &set, NULL);
+out_docs:
+    brix_yaml_free(docs);
+    brix_strlist_free(&u.gw_args);
+    brix_strlist_free(&u.ctl_args);
+    return rc;
+}
