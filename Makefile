@@ -22,10 +22,12 @@ build-asan:
 	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DBRIX_SANITIZE=ON >/dev/null
 	@cmake --build $(ASAN_BUILD) -j $(JOBS)
 
-# Until `brix up` lands, `make run` starts two simulated engines and the
-# gateway serving the OpenAI API on 127.0.0.1:$(PORT); Ctrl-C stops them all.
+# The local cluster from examples/local.yaml: the controller (API and status
+# page on 127.0.0.1:8081), two simulated llama-3-8b replicas with two LoRA
+# adapters, and the gateway serving the OpenAI API on 127.0.0.1:$(PORT).
+# Ctrl-C stops them all.
 run: setup build
-	PORT=$(PORT) BRIX=$(BUILD)/brix scripts/run-local
+	$(BUILD)/brix up -c examples/local.yaml --port $(PORT)
 
 test: setup build-asan
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300

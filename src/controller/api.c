@@ -569,6 +569,7 @@ static void handle_activity(brix_ctl_t *c, brix_http_req_t *h)
             a->last_used_wall = wall;
     }
     cJSON_Delete(j);
+    brix_ctl_dirty(c);
     brix_http_respond(h, 204, NULL, NULL, 0);
 }
 

@@ -140,6 +140,7 @@ typedef struct brix_ctl {
 void brix_ctl_reconcile(brix_ctl_t *c);
 void brix_ctl_kick(brix_ctl_t *c); /* reconcile soon (coalesced) */
 void brix_ctl_changed(brix_ctl_t *c); /* visible state changed: bump version, save, notify */
+void brix_ctl_dirty(brix_ctl_t *c);   /* only the state file is behind (e.g. last use times) */
 void brix_ctl_health_tick(brix_ctl_t *c);
 void brix_ctl_on_exit(void *ud, brix_replica_t *r, const char *why);
 brix_replica_t *brix_ctl_replica(brix_ctl_t *c, const char *name);

@@ -170,11 +170,19 @@ static void on_save_timer(uv_timer_t *t)
     brix_ctl_notify_watchers(c);
 }
 
+void brix_ctl_dirty(brix_ctl_t *c)
+{
+    c->dirty = true;
+    if (!uv_is_active((uv_handle_t *)&c->save_timer))
+        uv_timer_start(&c->save_timer, on_save_timer, 1000, 0);
+}
+
 void brix_ctl_changed(brix_ctl_t *c)
 {
     c->version++;
     c->dirty = true;
-    if (!uv_is_active((uv_handle_t *)&c->save_timer))
+    /* watchers hear of a change within 20 ms, even if a slow save was pending */
+    if (!uv_is_active((uv_handle_t *)&c->save_timer) || uv_timer_get_due_in(&c->save_timer) > 20)
         uv_timer_start(&c->save_timer, on_save_timer, 20, 0);
 }
 
