@@ -16,7 +16,7 @@
 #include <stdio.h>
 #include <string.h>
 
-typedef struct xfer {
+typedef struct brix_curl_xfer {
     CURL *easy;
     brix_curl_t *c;
     brix_buf_t body;
@@ -26,7 +26,13 @@ typedef struct xfer {
     brix_curl_done_fn done;
     void *ud;
     char err[CURL_ERROR_SIZE];
-    struct xfer *next, *prev;
+    struct brix_curl_xfer *next, *prev;
+    /* streaming (brix_curl_stream) */
+    brix_curl_data_fn on_data; /* NULL: a plain request */
+    bool decided;              /* the status was looked at (first body bytes) */
+    bool pass;                 /* 2xx: the body is streamed to on_data */
+    bool delivering;           /* inside on_data: a cancel is deferred */
+    bool cancelled;
 } xfer_t;
 
 typedef struct sock_ctx {
@@ -42,9 +48,10 @@ struct brix_curl {
     xfer_t *xfers;
     size_t active;
     bool closing;
-    bool dispatching; /* inside a completion callback */
-    int handles;      /* our uv handles still open (timer + polls) */
-    char *auth;       /* "Authorization: Bearer ..." on every request, or NULL */
+    bool dispatching;    /* inside a completion callback */
+    bool stream_pending; /* some stream has bytes not yet delivered */
+    int handles;         /* our uv handles still open (timer + polls) */
+    char *auth;          /* "Authorization: Bearer ..." on every request, or NULL */
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -90,8 +97,40 @@ static void xfer_free(xfer_t *x)
 
 static void close_now(brix_curl_t *c);
 
+/* Hands buffered stream bytes to their owners, outside libcurl's callbacks.
+ * A callback may cancel transfers or close c: the scan restarts after each
+ * delivery. */
+static void deliver_streams(brix_curl_t *c)
+{
+    while (c->stream_pending && !c->closing) {
+        c->stream_pending = false;
+        xfer_t *x = c->xfers;
+        while (x && !(x->pass && x->body.len && !x->cancelled))
+            x = x->next;
+        if (!x)
+            return;
+        c->stream_pending = true; /* others may still hold bytes */
+        x->delivering = true;
+        c->dispatching = true;
+        x->on_data(x->body.data, x->body.len, x->ud);
+        c->dispatching = false;
+        x->delivering = false;
+        if (c->closing) {
+            close_now(c);
+            return;
+        }
+        if (x->cancelled)
+            xfer_free(x);
+        else
+            brix_buf_reset(&x->body);
+    }
+}
+
 static void check_done(brix_curl_t *c)
 {
+    deliver_streams(c);
+    if (c->closing)
+        return;
     CURLMsg *m;
     int left;
     while ((m = curl_multi_info_read(c->multi, &left))) {
@@ -106,7 +145,8 @@ static void check_done(brix_curl_t *c)
             r.error = x->err[0] ? x->err : curl_easy_strerror(m->data.result);
         }
         if (x->truncated && !r.error)
-            r.error = "response body larger than the limit";
+            r.error = x->pass ? "stream data not consumed in time"
+                              : "response body larger than the limit";
         curl_easy_getinfo(x->easy, CURLINFO_TOTAL_TIME, &r.total_s);
         r.body = x->body.data ? x->body.data : "";
         r.body_len = x->body.len;
@@ -197,11 +237,23 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *ud)
 {
     xfer_t *x = ud;
     size_t n = size * nmemb;
+    if (x->on_data && !x->decided) {
+        long st = 0;
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &st);
+        x->decided = true;
+        x->pass = st >= 200 && st < 300;
+    }
+    if (x->cancelled)
+        return 0;
     if (x->body.len + n > x->max_body) {
         x->truncated = true;
         return 0; /* makes curl abort the transfer */
     }
-    return brix_buf_append(&x->body, ptr, n) ? 0 : n;
+    if (brix_buf_append(&x->body, ptr, n))
+        return 0;
+    if (x->pass)
+        x->c->stream_pending = true; /* delivered once curl returns to us */
+    return n;
 }
 
 brix_curl_t *brix_curl_new(uv_loop_t *loop)
@@ -226,17 +278,16 @@ brix_curl_t *brix_curl_new(uv_loop_t *loop)
     return c;
 }
 
-int brix_curl_request(brix_curl_t *c, const char *method, const char *url, const char *body,
-                      size_t body_len, const char *content_type, uint64_t timeout_ms,
-                      size_t max_body, brix_curl_done_fn done, void *ud)
+static xfer_t *xfer_new(brix_curl_t *c, const char *url, size_t max_body, brix_curl_done_fn done,
+                        void *ud)
 {
     xfer_t *x = brix_calloc(1, sizeof *x);
     if (!x)
-        return -ENOMEM;
+        return NULL;
     x->easy = curl_easy_init();
     if (!x->easy) {
         brix_free(x);
-        return -ENOMEM;
+        return NULL;
     }
     x->c = c;
     x->done = done;
@@ -248,9 +299,41 @@ int brix_curl_request(brix_curl_t *c, const char *method, const char *url, const
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->err);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "brix/" BRIX_VERSION);
+    return x;
+}
+
+/* Links x in and hands it to curl; frees it on failure. */
+static int xfer_add(brix_curl_t *c, xfer_t *x)
+{
+    if (c->auth)
+        x->hdrs = curl_slist_append(x->hdrs, c->auth);
+    if (x->hdrs)
+        curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, x->hdrs);
+    x->next = c->xfers;
+    if (c->xfers)
+        c->xfers->prev = x;
+    c->xfers = x;
+    c->active++;
+    if (curl_multi_add_handle(c->multi, x->easy) != CURLM_OK) {
+        xfer_free(x);
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+int brix_curl_request(brix_curl_t *c, const char *method, const char *url, const char *body,
+                      size_t body_len, const char *content_type, uint64_t timeout_ms,
+                      size_t max_body, brix_curl_done_fn done, void *ud)
+{
+    xfer_t *x = xfer_new(c, url, max_body, done, ud);
+    if (!x)
+        return -ENOMEM;
+    CURL *e = x->easy;
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)timeout_ms);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(timeout_ms < 5000 ? timeout_ms : 5000));
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_TCP_NODELAY, 1L);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "brix/" BRIX_VERSION);
     if (strcmp(method, "GET"))
@@ -263,20 +346,32 @@ int brix_curl_request(brix_curl_t *c, const char *method, const char *url, const
         x->hdrs = curl_slist_append(x->hdrs, h);
         x->hdrs = curl_slist_append(x->hdrs, "Expect:");
     }
-    if (c->auth)
-        x->hdrs = curl_slist_append(x->hdrs, c->auth);
-    if (x->hdrs)
-        curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->hdrs);
-    x->next = c->xfers;
-    if (c->xfers)
-        c->xfers->prev = x;
-    c->xfers = x;
-    c->active++;
-    if (curl_multi_add_handle(c->multi, e) != CURLM_OK) {
+    return xfer_add(c, x);
+}
+
+brix_curl_xfer_t *brix_curl_stream(brix_curl_t *c, const char *url, uint64_t connect_timeout_ms,
+                                   size_t max_pending, brix_curl_data_fn on_data,
+                                   brix_curl_done_fn done, void *ud)
+{
+    xfer_t *x = xfer_new(c, url, max_pending, done, ud);
+    if (!x)
+        return NULL;
+    x->on_data = on_data;
+    curl_easy_setopt(x->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)connect_timeout_ms);
+    /* a dead peer without a FIN is the caller's silence timer's to notice;
+     * keepalive probes only help it along on long quiet streams */
+    curl_easy_setopt(x->easy, CURLOPT_TCP_KEEPALIVE, 1L);
+    return xfer_add(c, x) ? NULL : x;
+}
+
+void brix_curl_cancel(brix_curl_t *c, brix_curl_xfer_t *x)
+{
+    if (x->cancelled)
+        return;
+    x->cancelled = true;
+    if (!x->delivering)
         xfer_free(x);
-        return -ENOMEM;
-    }
-    return 0;
+    (void)c;
 }
 
 size_t brix_curl_active(const brix_curl_t *c)

@@ -11,14 +11,22 @@
  * unhealthy) and its model list is known. Scraped metrics older than
  * metrics_stale_after are flagged stale so strategies stop trusting them.
  *
- * Discovery here is static (--worker-urls); the controller watch plugs into
- * brix_gw_control_reconfigure's pod-set diff later.
+ * Discovery is static (--worker-urls, diffed on reload by
+ * brix_gw_control_reconfigure) or from `brix controller` (--controller,
+ * watch.c): every controller snapshot is diffed the same way against the
+ * pods it manages — ready replicas join at once, the others leave at once —
+ * and a replica whose confirmed adapters changed has its /v1/models read
+ * again right away. Both kinds of pod get the same health checks, model
+ * lists, scraping, breaker and KV events. The controller's adapter registry
+ * rides along in every snapshot, and /v1/models lists registered adapters
+ * that are loaded nowhere yet.
  */
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/time.h"
 #include "gateway/gateway.h"
 #include "gateway/kv_watch.h"
+#include "gateway/watch.h"
 
 #include <zmq.h>
 
@@ -41,8 +49,10 @@ typedef struct cpod {
     brix_pod_t *pod;
     brix_kvw_t *kvw; /* KV-event subscription, when configured */
     brix_gw_control_t *ctl;
-    bool removed; /* left the fleet; freed when no request is in flight */
-    int inflight; /* curl transfers referring to this record */
+    bool managed;       /* from the controller's snapshots (else --worker-urls) */
+    char *ctl_adapters; /* managed: the adapters the controller last said it serves */
+    bool removed;       /* left the fleet; freed when no request is in flight */
+    int inflight;       /* curl transfers referring to this record */
     /* health */
     bool healthy;
     int ok_streak, fail_streak;
@@ -50,6 +60,7 @@ typedef struct cpod {
     /* models */
     bool models_known;
     bool models_busy;
+    bool models_again; /* read them again once the read in flight is answered */
     uint64_t models_at_ns;
     cmodel_t *models;
     size_t nmodels;
@@ -80,6 +91,8 @@ struct brix_gw_control {
     size_t nretired;
     uint32_t next_id;
     bool stopping;
+    brix_gw_watch_t *watch;    /* --controller */
+    brix_registry_t *registry; /* its last snapshot's (kept through outages) */
 };
 
 /* ------------------------------------------------------------- views -- */
@@ -149,6 +162,10 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
         return NULL;
     atomic_init(&s->refs, 1);
     s->version = ++ctl->version;
+    if (ctl->registry) {
+        brix_registry_ref(ctl->registry);
+        s->registry = ctl->registry;
+    }
     size_t live = 0;
     for (size_t i = 0; i < ctl->npods; i++)
         live += !ctl->pods[i]->removed;
@@ -226,6 +243,8 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
                     me->name = brix_strdup(cm->id);
                     me->parent = cm->parent ? brix_strdup(cm->parent) : NULL;
                     me->pods = brix_calloc(s->npods, sizeof *me->pods);
+                    if (ctl->watch)
+                        me->activity = brix_gw_watch_activity(ctl->watch, cm->id);
                     if (!me->name || !me->pods) {
                         brix_buf_free(&js);
                         brix_free(listed);
@@ -245,6 +264,32 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
                     me->pods[me->npods++] = (uint32_t)pi;
             }
         }
+    }
+    /* registered adapters loaded nowhere (or on no healthy pod) are listed
+     * too, so clients see every model they may ask for */
+    const brix_registry_t *reg = s->registry;
+    for (size_t i = 0; reg && i < reg->nadapters; i++) {
+        const brix_reg_adapter_t *a = &reg->adapters[i];
+        bool shown = false;
+        for (size_t k = 0; k < s->nmodels && !shown; k++)
+            shown = listed[k] && !strcmp(s->models[k].name, a->name);
+        if (shown)
+            continue;
+        if (!first)
+            brix_buf_append_char(&js, ',');
+        first = false;
+        brix_buf_append_str(&js, "{\"id\":");
+        brix_buf_append_json_str(&js, a->name, strlen(a->name));
+        brix_buf_printf(&js,
+                        ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"brix\",\"root\":",
+                        (long long)brix_wall_s());
+        brix_buf_append_json_str(&js, a->name, strlen(a->name));
+        brix_buf_append_str(&js, ",\"parent\":");
+        if (a->base_model)
+            brix_buf_append_json_str(&js, a->base_model, strlen(a->base_model));
+        else
+            brix_buf_append_str(&js, "null");
+        brix_buf_append_str(&js, ",\"max_model_len\":null,\"permission\":[]}");
     }
     brix_buf_append_str(&js, "]}");
     brix_free(listed);
@@ -302,6 +347,7 @@ static void cpod_free(cpod_t *cp)
         brix_free(cp->models[i].json);
     }
     brix_free(cp->models);
+    brix_free(cp->ctl_adapters);
     brix_gw_control_t *ctl = cp->ctl;
     brix_prefix_index_forget_pod(ctl->gw->index, BRIX_PREFIX_ROUTED, cp->pod->id);
     brix_pod_t **r = brix_realloc(ctl->retired, (ctl->nretired + 1) * sizeof *r);
@@ -414,17 +460,20 @@ static void check_health(cpod_t *cp);
 static void fetch_models(cpod_t *cp);
 static void attach_kv_events(brix_gw_control_t *ctl, cpod_t *cp);
 
-static cpod_t *add_pod(brix_gw_control_t *ctl, const char *url, char *err, size_t errlen)
+/* A pod for an engine URL; `pod_name` NULL names it "ip:port" (static). */
+static cpod_t *add_pod(brix_gw_control_t *ctl, const char *url, const char *pod_name, char *err,
+                       size_t errlen)
 {
     char host[64];
     int port;
     if (parse_url(url, host, sizeof host, &port, err, errlen))
         return NULL;
     reclaim_ids(ctl);
+    char name[256], hp[96], base[128];
+    snprintf(hp, sizeof hp, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
+    snprintf(base, sizeof base, "http://%s", hp);
+    snprintf(name, sizeof name, "%s", pod_name ? pod_name : hp);
     uint32_t id = ctl->nfree_ids ? ctl->free_ids[--ctl->nfree_ids] : ctl->next_id++;
-    char name[96], base[128];
-    snprintf(name, sizeof name, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
-    snprintf(base, sizeof base, "http://%s", name);
     cpod_t *cp = brix_calloc(1, sizeof *cp);
     cpod_t **v = brix_realloc(ctl->pods, (ctl->npods + 1) * sizeof *v);
     if (!cp || !v) {
@@ -533,6 +582,10 @@ static void on_models(const brix_curl_result_t *r, void *ud)
         BRIX_WARN("pod %s: /v1/models failed: %s", cp->pod->name,
                   r->error ? r->error : (r->status == 200 ? "not a model list" : "bad status"));
         cJSON_Delete(j);
+        if (cp->models_again) {
+            cp->models_again = false;
+            fetch_models(cp);
+        }
         xfer_end(cp);
         return;
     }
@@ -585,13 +638,22 @@ static void on_models(const brix_curl_result_t *r, void *ud)
                   cp->nmodels ? ", first " : "", cp->nmodels ? cp->models[0].id : "");
         mark_dirty(cp->ctl);
     }
+    if (cp->models_again) {
+        /* asked for while this read was under way: it may predate the change */
+        cp->models_again = false;
+        fetch_models(cp);
+    }
     xfer_end(cp);
 }
 
 static void fetch_models(cpod_t *cp)
 {
-    if (cp->models_busy || cp->removed)
+    if (cp->removed)
         return;
+    if (cp->models_busy) {
+        cp->models_again = true;
+        return;
+    }
     char url[256];
     snprintf(url, sizeof url, "%s/v1/models", cp->pod->url);
     if (brix_curl_request(cp->ctl->curl, "GET", url, NULL, 0, NULL, cp->ctl->gw->cfg.health_timeout,
@@ -605,7 +667,7 @@ static void on_models_timer(uv_timer_t *t)
 {
     brix_gw_control_t *ctl = t->data;
     for (size_t i = 0; i < ctl->npods; i++)
-        if (ctl->pods[i]->healthy)
+        if (ctl->pods[i]->healthy && !ctl->pods[i]->models_busy)
             fetch_models(ctl->pods[i]);
 }
 
@@ -708,13 +770,105 @@ static void attach_kv_events(brix_gw_control_t *ctl, cpod_t *cp)
 
 /* --------------------------------------------------------- lifecycle -- */
 
+static void remove_pod(cpod_t *cp, const char *why)
+{
+    if (cp->removed)
+        return;
+    BRIX_INFO("pod %s removed (%s)", cp->pod->name, why);
+    cp->removed = true;
+    brix_metric_set(brix_gw_metric1(cp->ctl->gw->m.pod_healthy, cp->pod->name), 0);
+    mark_dirty(cp->ctl);
+}
+
+static bool url_moved(const char *url, const brix_pod_t *p, char *err, size_t errlen)
+{
+    char host[64];
+    int port;
+    return parse_url(url, host, sizeof host, &port, err, errlen) || strcmp(host, p->host) ||
+           port != p->port;
+}
+
+/* A controller snapshot: its ready replicas are the managed pods. */
+static void on_ctl_snapshot(void *ud, const brix_ctl_snapshot_t *snap)
+{
+    brix_gw_control_t *ctl = ud;
+    char err[512];
+    for (size_t i = 0; i < ctl->npods; i++) {
+        cpod_t *cp = ctl->pods[i];
+        if (!cp->managed || cp->removed)
+            continue;
+        const brix_ctl_replica_t *r = NULL;
+        for (size_t k = 0; k < snap->nreplicas && !r; k++)
+            if (!strcmp(snap->replicas[k].name, cp->pod->name))
+                r = &snap->replicas[k];
+        if (!r) {
+            remove_pod(cp, "gone from the controller's snapshot");
+        } else if (!r->ready) {
+            remove_pod(cp, r->phase ? r->phase : "not ready");
+        } else if (strcmp(r->url, cp->pod->url) && url_moved(r->url, cp->pod, err, sizeof err)) {
+            /* same name, another address: a new engine, not this one */
+            remove_pod(cp, "its URL changed");
+        } else if (strcmp(r->adapters_key, cp->ctl_adapters ? cp->ctl_adapters : "")) {
+            /* the controller confirmed other adapters there: read the list
+             * now instead of at the next periodic refresh */
+            char *k = brix_strdup(r->adapters_key);
+            if (k) {
+                brix_free(cp->ctl_adapters);
+                cp->ctl_adapters = k;
+            }
+            if (cp->healthy)
+                fetch_models(cp);
+        }
+    }
+    for (size_t k = 0; k < snap->nreplicas; k++) {
+        const brix_ctl_replica_t *r = &snap->replicas[k];
+        if (!r->ready)
+            continue;
+        bool have = false;
+        for (size_t i = 0; i < ctl->npods && !have; i++)
+            have = ctl->pods[i]->managed && !ctl->pods[i]->removed &&
+                   !strcmp(ctl->pods[i]->pod->name, r->name);
+        if (have)
+            continue;
+        cpod_t *cp = add_pod(ctl, r->url, r->name, err, sizeof err);
+        if (!cp) {
+            BRIX_WARN("controller replica %s: %s", r->name, err);
+            continue;
+        }
+        cp->managed = true;
+        cp->ctl_adapters = brix_strdup(r->adapters_key);
+    }
+    reap(ctl);
+    brix_registry_unref(ctl->registry);
+    brix_registry_ref(snap->registry);
+    ctl->registry = snap->registry;
+    mark_dirty(ctl);
+}
+
 void brix_gw_control_reconfigure(brix_gw_control_t *ctl)
 {
     brix_gw_t *gw = ctl->gw;
     char err[512];
-    /* pods: add new URLs, remove the ones no longer listed */
+    /* the controller: start, follow a new URL, or stop (its pods go too) */
+    if (gw->cfg.controller && !ctl->watch) {
+        if (!(ctl->watch = brix_gw_watch_start(gw, on_ctl_snapshot, ctl)))
+            BRIX_ERROR("controller: out of memory starting the watch");
+    } else if (gw->cfg.controller) {
+        brix_gw_watch_reconfigure(ctl->watch);
+    } else if (ctl->watch) {
+        brix_gw_watch_stop(ctl->watch);
+        ctl->watch = NULL;
+        brix_registry_unref(ctl->registry);
+        ctl->registry = NULL;
+        for (size_t i = 0; i < ctl->npods; i++)
+            if (ctl->pods[i]->managed)
+                remove_pod(ctl->pods[i], "--controller is no longer set");
+    }
+    /* static pods: add new URLs, remove the ones no longer listed */
     for (size_t i = 0; i < ctl->npods; i++) {
         cpod_t *cp = ctl->pods[i];
+        if (cp->managed)
+            continue;
         bool keep = false;
         for (size_t j = 0; j < gw->cfg.worker_urls.n && !keep; j++) {
             char host[64];
@@ -723,10 +877,8 @@ void brix_gw_control_reconfigure(brix_gw_control_t *ctl)
                 continue;
             keep = !strcmp(host, cp->pod->host) && port == cp->pod->port;
         }
-        if (!keep && !cp->removed) {
-            BRIX_INFO("pod %s removed", cp->pod->name);
-            cp->removed = true;
-        }
+        if (!keep)
+            remove_pod(cp, "no longer in --worker-urls");
     }
     for (size_t j = 0; j < gw->cfg.worker_urls.n; j++) {
         char host[64];
@@ -737,9 +889,9 @@ void brix_gw_control_reconfigure(brix_gw_control_t *ctl)
         }
         bool have = false;
         for (size_t i = 0; i < ctl->npods && !have; i++)
-            have = !ctl->pods[i]->removed && !strcmp(host, ctl->pods[i]->pod->host) &&
-                   port == ctl->pods[i]->pod->port;
-        if (!have && !add_pod(ctl, gw->cfg.worker_urls.v[j], err, sizeof err))
+            have = !ctl->pods[i]->removed && !ctl->pods[i]->managed &&
+                   !strcmp(host, ctl->pods[i]->pod->host) && port == ctl->pods[i]->pod->port;
+        if (!have && !add_pod(ctl, gw->cfg.worker_urls.v[j], NULL, err, sizeof err))
             BRIX_ERROR("--worker-urls: %s", err);
     }
     reap(ctl);
@@ -789,6 +941,7 @@ static void on_timer_closed(uv_handle_t *h)
             brix_pod_unref(ctl->retired[i]);
         brix_free(ctl->retired);
         brix_free(ctl->free_ids);
+        brix_registry_unref(ctl->registry);
         brix_free(ctl);
     }
 }
@@ -796,6 +949,9 @@ static void on_timer_closed(uv_handle_t *h)
 void brix_gw_control_stop(brix_gw_control_t *ctl)
 {
     ctl->stopping = true;
+    if (ctl->watch)
+        brix_gw_watch_stop(ctl->watch);
+    ctl->watch = NULL;
     brix_curl_close(ctl->curl); /* aborts transfers without callbacks */
     /* the ZMQ context is terminated by gateway.c once the loop has closed
      * every handle (and with them every socket) */

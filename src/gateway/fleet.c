@@ -63,7 +63,11 @@ void brix_snap_unref(brix_fleet_snap_t *s)
         brix_free(s->models[i].name);
         brix_free(s->models[i].parent);
         brix_free(s->models[i].pods);
+        if (s->models[i].activity)
+            brix_model_activity_unref(s->models[i].activity);
     }
+    if (s->registry)
+        brix_registry_unref(s->registry);
     brix_free(s->pods);
     brix_free(s->models);
     brix_free(s->models_json);
@@ -84,6 +88,100 @@ const brix_model_entry_t *brix_snap_model(const brix_fleet_snap_t *s, const char
             hi = mid;
     }
     return NULL;
+}
+
+bool brix_snap_model_ready(const brix_fleet_snap_t *s, const brix_model_entry_t *me)
+{
+    for (size_t i = 0; me && i < me->npods; i++)
+        if (s->pods[me->pods[i]].healthy)
+            return true;
+    return false;
+}
+
+void brix_model_activity_ref(brix_model_activity_t *a)
+{
+    atomic_fetch_add_explicit(&a->refs, 1, memory_order_relaxed);
+}
+
+void brix_model_activity_unref(brix_model_activity_t *a)
+{
+    if (atomic_fetch_sub_explicit(&a->refs, 1, memory_order_acq_rel) == 1)
+        brix_free(a);
+}
+
+/* ----------------------------------------------------------- registry -- */
+
+static const char *const phase_names[] = {
+    [BRIX_REG_UNKNOWN] = "Unknown",     [BRIX_REG_PENDING] = "Pending",
+    [BRIX_REG_SCHEDULED] = "Scheduled", [BRIX_REG_BOUND] = "Bound",
+    [BRIX_REG_RUNNING] = "Running",     [BRIX_REG_SCALED] = "Scaled",
+    [BRIX_REG_FAILED] = "Failed",
+};
+
+brix_reg_phase_t brix_reg_phase_parse(const char *s)
+{
+    for (size_t i = 1; s && i < sizeof phase_names / sizeof *phase_names; i++)
+        if (!strcmp(s, phase_names[i]))
+            return (brix_reg_phase_t)i;
+    return BRIX_REG_UNKNOWN;
+}
+
+const char *brix_reg_phase_name(brix_reg_phase_t p)
+{
+    return (size_t)p < sizeof phase_names / sizeof *phase_names ? phase_names[p] : "Unknown";
+}
+
+void brix_registry_ref(brix_registry_t *r)
+{
+    atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+}
+
+void brix_registry_unref(brix_registry_t *r)
+{
+    if (!r || atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1)
+        return;
+    for (size_t i = 0; i < r->nadapters; i++) {
+        brix_free(r->adapters[i].name);
+        brix_free(r->adapters[i].base_model);
+        brix_free(r->adapters[i].message);
+    }
+    for (size_t i = 0; i < r->nbase_models; i++)
+        brix_free(r->base_models[i]);
+    brix_free(r->adapters);
+    brix_free(r->base_models);
+    brix_free(r);
+}
+
+const brix_reg_adapter_t *brix_registry_adapter(const brix_registry_t *r, const char *name)
+{
+    size_t lo = 0, hi = r ? r->nadapters : 0;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(r->adapters[mid].name, name);
+        if (c == 0)
+            return &r->adapters[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+bool brix_registry_has_base(const brix_registry_t *r, const char *name)
+{
+    size_t lo = 0, hi = r ? r->nbase_models : 0;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(r->base_models[mid], name);
+        if (c == 0)
+            return true;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return false;
 }
 
 brix_breaker_state_t brix_breaker_state(brix_pod_t *p, uint64_t now_ns)

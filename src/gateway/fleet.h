@@ -61,13 +61,68 @@ typedef struct brix_pod_view {
     char *base_model;          /* the base model's id (first /v1/models entry without parent) */
 } brix_pod_view_t;
 
+/* Requests routed to one model name since the last activity report to the
+ * controller (its idle TTL). Long-lived: the control thread keeps one per
+ * name and every snapshot's entry for that name points at it, so workers
+ * count with one atomic add and no lookup. */
+typedef struct brix_model_activity {
+    atomic_int refs;
+    atomic_llong routed;
+    char name[]; /* NUL-terminated */
+} brix_model_activity_t;
+
+void brix_model_activity_ref(brix_model_activity_t *a);
+void brix_model_activity_unref(brix_model_activity_t *a);
+
 /* A model name the fleet serves: a base model or a LoRA adapter. */
 typedef struct brix_model_entry {
     char *name;
     char *parent;   /* base model for adapters, NULL for base models */
     uint32_t *pods; /* indices into snapshot pods[] */
     size_t npods;
+    brix_model_activity_t *activity; /* NULL without --controller */
 } brix_model_entry_t;
+
+/* ModelAdapter phases as the controller reports them. */
+typedef enum brix_reg_phase {
+    BRIX_REG_UNKNOWN = 0, /* a phase this gateway does not know: treated as loading */
+    BRIX_REG_PENDING,     /* accepted, not placed yet */
+    BRIX_REG_SCHEDULED,   /* replicas chosen */
+    BRIX_REG_BOUND,       /* loading on its replicas */
+    BRIX_REG_RUNNING,     /* loaded on at least one replica */
+    BRIX_REG_SCALED,      /* scaled to zero: registered, loaded nowhere, woken on demand */
+    BRIX_REG_FAILED,      /* could not be loaded (see message) */
+} brix_reg_phase_t;
+
+brix_reg_phase_t brix_reg_phase_parse(const char *s);
+const char *brix_reg_phase_name(brix_reg_phase_t p);
+
+/* One registered adapter (the controller's ModelAdapter). */
+typedef struct brix_reg_adapter {
+    char *name;
+    char *base_model; /* NULL when the controller names none */
+    brix_reg_phase_t phase;
+    size_t ninstances; /* replicas it is loaded on, by the controller's account */
+    char *message;     /* why it failed, when the controller says; NULL */
+} brix_reg_adapter_t;
+
+/* What the controller registered: adapters (loaded or not) and the base
+ * models its replicas serve (ready or not). Immutable once published and
+ * shared by reference between snapshots; NULL without --controller. */
+typedef struct brix_registry {
+    atomic_int refs;
+    uint64_t version;             /* the controller's snapshot version */
+    brix_reg_adapter_t *adapters; /* sorted by name */
+    size_t nadapters;
+    char **base_models; /* sorted, distinct */
+    size_t nbase_models;
+} brix_registry_t;
+
+void brix_registry_ref(brix_registry_t *r);
+void brix_registry_unref(brix_registry_t *r);
+/* Binary searches; NULL/false when r is NULL or the name is not there. */
+const brix_reg_adapter_t *brix_registry_adapter(const brix_registry_t *r, const char *name);
+bool brix_registry_has_base(const brix_registry_t *r, const char *name);
 
 typedef struct brix_fleet_snap {
     atomic_int refs;
@@ -79,7 +134,8 @@ typedef struct brix_fleet_snap {
     char *models_json; /* the aggregated /v1/models answer */
     size_t models_json_len;
     size_t nhealthy;
-    brix_podset_t precise; /* pods (by id) whose KV events are live */
+    brix_podset_t precise;     /* pods (by id) whose KV events are live */
+    brix_registry_t *registry; /* the controller's, as last seen; NULL without one */
 } brix_fleet_snap_t;
 
 brix_pod_t *brix_pod_new(uint32_t id, const char *name, const char *url, const char *host,
@@ -91,6 +147,8 @@ void brix_snap_ref(brix_fleet_snap_t *s);
 void brix_snap_unref(brix_fleet_snap_t *s);
 /* Binary search by name; NULL when the fleet does not serve it. */
 const brix_model_entry_t *brix_snap_model(const brix_fleet_snap_t *s, const char *name);
+/* Whether a pod that passes health checks serves the model. */
+bool brix_snap_model_ready(const brix_fleet_snap_t *s, const brix_model_entry_t *me);
 
 /* Circuit breaker, called by workers. */
 typedef struct brix_breaker_cfg {

@@ -33,7 +33,22 @@ static const brix_opt_t gw_opts[] = {
     { "workers", BRIX_OPT_INT, O(workers), "2", 1, 256, "N",
       "worker threads, each with its own event loop (SO_REUSEPORT)" },
     { "worker-urls", BRIX_OPT_STRLIST, O(worker_urls), NULL, 1, 0, "URL[,URL...]",
-      "engine base URLs, e.g. http://127.0.0.1:8001 (comma-separated or repeated)" },
+      "engine base URLs, e.g. http://127.0.0.1:8001 (comma-separated or repeated); static "
+      "discovery, the alternative to --controller" },
+    { "controller", BRIX_OPT_STRING, O(controller), NULL, 1, 0, "URL",
+      "discover engines from `brix controller` at URL (GET URL/v1/watch): its ready replicas are "
+      "the pods, its adapters the registry; excludes --worker-urls" },
+    { "controller-token", BRIX_OPT_STRING, O(controller_token), NULL, 1, 0, "TOKEN",
+      "bearer token for the controller's API (or BRIX_CONTROLLER_TOKEN)" },
+    { "controller-idle-timeout", BRIX_OPT_DURATION, O(controller_idle_timeout), "15s", 100, 3600000,
+      NULL,
+      "controller watch silent this long (it heartbeats every 5 s): reconnect, serving the last "
+      "known pods meanwhile" },
+    { "adapter-wake-timeout", BRIX_OPT_DURATION, O(adapter_wake_timeout), "30s", 0, 3600000, NULL,
+      "hold a request for a registered adapter loaded nowhere (scaled to zero) while the "
+      "controller loads it, up to this long (503 adapter_loading after; 0 = answer 503 at once)" },
+    { "max-held-requests", BRIX_OPT_INT, O(max_held_requests), "1024", 0, 10000000, "N",
+      "requests held for adapters at once (503 beyond)" },
     { "routing-strategy", BRIX_OPT_STRING, O(routing_strategy), "weighted", 1, 0, "NAME[:W,...]",
       "default strategy, or a weighted mix like prefix-cache:2,least-latency:1 (per request: "
       "header routing-strategy); see the README for the list" },
@@ -167,7 +182,8 @@ const brix_opt_t *brix_gw_options(void)
     return gw_opts;
 }
 
-static const char usage_line[] = "brix gateway --worker-urls URL[,URL...] [options]";
+static const char usage_line[] =
+    "brix gateway (--worker-urls URL[,URL...] | --controller URL) [options]";
 static const char about[] =
     "The OpenAI-compatible gateway: routes each request by its model to an engine replica\n"
     "(vLLM or brix engine-sim), with health checks, retries, a circuit breaker and metrics.";
@@ -233,6 +249,8 @@ brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version, char
     rt->upstream.max_idle = (uint32_t)c->upstream_max_idle;
     rt->retry_after_s = (int)c->retry_after;
     rt->backpressure_bytes = c->backpressure_bytes;
+    rt->adapter_wake_timeout_ms = c->adapter_wake_timeout;
+    rt->max_held_requests = c->max_held_requests;
     return rt;
 }
 
@@ -310,6 +328,24 @@ static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t e
     const char *ee = getenv("BRIX_ENGINE_API_KEY");
     if (!c->engine_api_key && ee && *ee && !(c->engine_api_key = brix_strdup(ee)))
         return -1;
+    const char *ct = getenv("BRIX_CONTROLLER_TOKEN");
+    if (!c->controller_token && ct && *ct && !(c->controller_token = brix_strdup(ct)))
+        return -1;
+    if (c->controller) {
+        /* one source of pods: a static list next to the controller's would
+         * be diffed by two owners and could name one engine twice */
+        if (c->worker_urls.n) {
+            snprintf(err, errlen,
+                     "--controller and --worker-urls exclude each other (the "
+                     "controller lists the engines)");
+            return -1;
+        }
+        if (strncmp(c->controller, "http://", 7) && strncmp(c->controller, "https://", 8)) {
+            snprintf(err, errlen, "controller: expected an http:// or https:// URL, got '%s'",
+                     c->controller);
+            return -1;
+        }
+    }
     if (c->admin_key && strlen(c->admin_key) < 16) {
         snprintf(err, errlen, "admin-key: use at least 16 characters");
         return -1;
@@ -441,7 +477,8 @@ static void on_sighup(uv_signal_t *s, int signum)
     gw->rt = rt;
     brix_gw_control_reconfigure(gw->ctl);
     brix_metric_add(gw->m.reloads_ok, 1);
-    BRIX_INFO("configuration reloaded: %zu engine URL(s), strategy %s", gw->cfg.worker_urls.n,
+    BRIX_INFO("configuration reloaded: %s%zu engine URL(s), strategy %s",
+              gw->cfg.controller ? "engines from the controller, " : "", gw->cfg.worker_urls.n,
               gw->cfg.routing_strategy);
 }
 
@@ -530,9 +567,9 @@ int brix_gateway_main(int argc, char **argv)
         brix_config_free(gw_opts, &gw->cfg);
         return 2;
     }
-    if (!gw->cfg.worker_urls.n) {
-        fprintf(stderr, "brix gateway: --worker-urls is required (engine base URLs, e.g. "
-                        "http://127.0.0.1:8001)\n");
+    if (!gw->cfg.worker_urls.n && !gw->cfg.controller) {
+        fprintf(stderr, "brix gateway: --worker-urls (engine base URLs, e.g. "
+                        "http://127.0.0.1:8001) or --controller URL is required\n");
         brix_config_free(gw_opts, &gw->cfg);
         return 2;
     }
@@ -542,6 +579,12 @@ int brix_gateway_main(int argc, char **argv)
     uv_loop_init(&loop);
     gw->loop = &loop;
     int rc = 1;
+    if (brix_gw_demand_init(&gw->demand, &loop)) {
+        fprintf(stderr, "brix gateway: cannot create the wake signal\n");
+        uv_loop_close(&loop);
+        brix_config_free(gw_opts, &gw->cfg);
+        return 1;
+    }
     if (brix_gw_metrics_init(gw) || !(gw->rt = brix_gw_rt_from_cfg(&gw->cfg, 1, err, sizeof err)) ||
         !(gw->index = brix_prefix_index_new((size_t)gw->cfg.prefix_index_entries))) {
         fprintf(stderr, "brix gateway: %s\n", gw->rt ? "out of memory" : err);
@@ -612,9 +655,16 @@ int brix_gateway_main(int argc, char **argv)
     uv_signal_start(&gw->sigterm, on_term, SIGTERM);
     uv_signal_start(&gw->sigint, on_term, SIGINT);
     uv_signal_start(&gw->sighup, on_sighup, SIGHUP);
-    BRIX_INFO("serving the OpenAI API on http://%s:%d with %d workers, %zu engine(s), strategy %s",
-              gw->cfg.host, gw->port, gw->nworkers, gw->cfg.worker_urls.n,
-              gw->cfg.routing_strategy);
+    if (gw->cfg.controller)
+        BRIX_INFO("serving the OpenAI API on http://%s:%d with %d workers, engines from the "
+                  "controller %s, strategy %s",
+                  gw->cfg.host, gw->port, gw->nworkers, gw->cfg.controller,
+                  gw->cfg.routing_strategy);
+    else
+        BRIX_INFO("serving the OpenAI API on http://%s:%d with %d workers, %zu engine(s), "
+                  "strategy %s",
+                  gw->cfg.host, gw->port, gw->nworkers, gw->cfg.worker_urls.n,
+                  gw->cfg.routing_strategy);
     uv_run(&loop, UV_RUN_DEFAULT);
     brix_workers_join(gw->workers);
     gw->workers = NULL;
@@ -626,6 +676,7 @@ out:
     if (gw->tn_seed)
         brix_tn_conn_free(gw->tn_seed);
     gw->tn_seed = NULL;
+    brix_gw_demand_close(&gw->demand); /* the workers are joined: nobody sends any more */
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     if (gw->zctx)
@@ -651,6 +702,7 @@ out:
         brix_free(gw->label_users[i]);
     brix_free(gw->label_users);
     uv_mutex_destroy(&gw->label_mu);
+    brix_gw_demand_free(&gw->demand);
     brix_config_free(gw_opts, &gw->cfg);
     return rc;
 }

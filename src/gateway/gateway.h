@@ -1,8 +1,10 @@
 /*
  * gateway — internal state of `brix gateway`, shared by its modules:
  * gateway.c (flags, start-up, signals, reload), control.c (the control thread:
- * discovery, health checks, /v1/models, scraping, snapshots), proxy.c (the
- * request path on the worker loops), router.c (strategies) and gw_metrics.c.
+ * discovery, health checks, /v1/models, scraping, snapshots), watch.c (its
+ * link to `brix controller`), proxy.c (the request path on the worker loops),
+ * hold.c (requests waiting for an adapter), router.c (strategies) and
+ * gw_metrics.c.
  *
  * Threads: the main thread runs the control loop; N worker threads each run
  * an HTTP server on the shared port (SO_REUSEPORT) and their own upstream
@@ -24,6 +26,7 @@
 #include "core/workers.h"
 #include "gateway/fair.h"
 #include "gateway/fleet.h"
+#include "gateway/hold.h"
 #include "gateway/prefix_index.h"
 #include "gateway/router.h"
 #include "gateway/tenants.h"
@@ -34,6 +37,11 @@ typedef struct brix_gw_cfg {
     int64_t port;
     int64_t workers;
     brix_strlist_t worker_urls;
+    /* discovery from `brix controller` */
+    char *controller, *controller_token;
+    uint64_t controller_idle_timeout;
+    uint64_t adapter_wake_timeout;
+    int64_t max_held_requests;
     char *routing_strategy;
     brix_strlist_t model_strategy; /* MODEL=STRATEGY */
     brix_strlist_t kv_events;      /* URL=ENDPOINT[;REPLAY] */
@@ -95,6 +103,8 @@ typedef struct brix_gw_rt {
     brix_upstream_opts_t upstream;
     int retry_after_s;
     uint64_t backpressure_bytes;
+    uint64_t adapter_wake_timeout_ms; /* 0: answer 503 at once instead of holding */
+    int64_t max_held_requests;
 } brix_gw_rt_t;
 
 void brix_gw_rt_ref(brix_gw_rt_t *rt);
@@ -144,6 +154,7 @@ typedef struct brix_gw_worker {
     uv_mutex_t fair_mu;
     brix_fair_item_t *fair_ready;
     bool fair_closed;
+    brix_gw_holdq_t held; /* requests waiting for an adapter to be loaded */
 } brix_gw_worker_t;
 
 /* Metric children and families, shared by all threads (atomics). */
@@ -173,6 +184,13 @@ typedef struct brix_gw_metrics {
     brix_metric_t *store_up, *store_errors, *store_timeouts, *fail_open, *fail_closed;
     brix_metric_t *fair_capacity, *fair_inflight, *fair_queued, *fair_expired, *fair_rejected;
     brix_metric_t *fair_wait; /* seconds waited in the queue */
+    /* controller discovery and adapter wakes */
+    brix_metric_t *ctl_connected, *ctl_reconnects, *ctl_version;
+    brix_metric_t *ctl_events_snapshot, *ctl_events_heartbeat, *ctl_events_bad;
+    brix_metric_t *ctl_activity_ok, *ctl_activity_failed;
+    brix_metric_family_t *adapter_wakes; /* {model} */
+    brix_metric_t *adapter_held;
+    brix_metric_family_t *adapter_wait; /* {result} seconds */
 } brix_gw_metrics_t;
 
 typedef struct brix_gw_control brix_gw_control_t;
@@ -206,7 +224,8 @@ struct brix_gw {
         uint64_t queue_timeout;
     } fixed;
     uv_timer_t fair_timer;
-    uv_mutex_t label_mu; /* users with their own metric labels */
+    brix_gw_demand_t demand; /* adapters requests wait for (workers → control thread) */
+    uv_mutex_t label_mu;     /* users with their own metric labels */
     char **label_users;
     size_t nlabel_users;
 };

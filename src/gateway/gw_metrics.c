@@ -58,6 +58,7 @@ static void on_collect(brix_metrics_t *reg, void *ud)
         brix_metric_set(gw->m.fair_expired, (double)fs.expired);
         brix_metric_set(gw->m.fair_rejected, (double)fs.rejected_full);
     }
+    brix_metric_set(gw->m.adapter_held, (double)atomic_load(&gw->demand.held_total));
     if (!gw->index)
         return;
     brix_metric_set(gw->m.index_entries, (double)brix_prefix_index_entries(gw->index));
@@ -208,11 +209,40 @@ int brix_gw_metrics_init(brix_gw_t *gw)
            "Requests that waited past --queue-timeout (answered 503).")
     SIMPLE(fair_rejected, C, "brix_gateway_fair_rejected_total",
            "Requests refused because their user's queue was full (answered 429).")
-#undef SIMPLE
     f = brix_metrics_family(m->reg, H, "brix_gateway_fair_wait_seconds",
                             "Time requests waited in the fairness queue.", NULL, latency_buckets,
                             NB(latency_buckets));
     m->fair_wait = f ? brix_metric_child(f, NULL) : NULL;
+    SIMPLE(ctl_connected, G, "brix_gateway_controller_connected",
+           "1 while the controller watch (--controller) is open and has delivered a line.")
+    SIMPLE(ctl_reconnects, C, "brix_gateway_controller_reconnects_total",
+           "Times the controller watch was opened again after it ended, failed or went silent.")
+    SIMPLE(ctl_version, G, "brix_gateway_controller_snapshot_version",
+           "Version of the newest controller snapshot applied.")
+    f = brix_metrics_family(m->reg, C, "brix_gateway_controller_watch_events_total",
+                            "Lines read from the controller watch, by type (snapshot, heartbeat, "
+                            "invalid).",
+                            (const char *const[]){ "type", NULL }, NULL, 0);
+    m->ctl_events_snapshot = f ? brix_gw_metric1(f, "snapshot") : NULL;
+    m->ctl_events_heartbeat = f ? brix_gw_metric1(f, "heartbeat") : NULL;
+    m->ctl_events_bad = f ? brix_gw_metric1(f, "invalid") : NULL;
+    f = brix_metrics_family(m->reg, C, "brix_gateway_controller_activity_reports_total",
+                            "Activity reports (requests routed per model) sent to the controller, "
+                            "by result.",
+                            L_RESULT, NULL, 0);
+    m->ctl_activity_ok = f ? brix_gw_metric1(f, "ok") : NULL;
+    m->ctl_activity_failed = f ? brix_gw_metric1(f, "error") : NULL;
+    m->adapter_wakes = brix_metrics_family(m->reg, C, "brix_gateway_adapter_wakes_total",
+                                           "Wake requests sent to the controller for a registered "
+                                           "adapter that requests were waiting for.",
+                                           L_MODEL, NULL, 0);
+    SIMPLE(adapter_held, G, "brix_gateway_adapter_held_requests",
+           "Requests held until their adapter is loaded on a ready pod.")
+    m->adapter_wait = brix_metrics_family(m->reg, H, "brix_gateway_adapter_wait_seconds",
+                                          "Time requests were held for their adapter, by how "
+                                          "the wait ended (routed, timeout, failed, gone, "
+                                          "client_closed, shutdown).",
+                                          L_RESULT, latency_buckets, NB(latency_buckets));
     brix_metrics_on_collect(m->reg, on_collect, gw);
     if (!m->requests || !m->duration || !m->ttft || !m->upstream_errors || !m->retries ||
         !m->ejections || !m->pod_inflight || !m->pod_healthy || !m->pod_running ||
@@ -223,8 +253,11 @@ int brix_gw_metrics_init(brix_gw_t *gw)
         !m->tenant_tokens || !m->ratelimit_check || !m->store_up || !m->store_errors ||
         !m->store_timeouts || !m->fail_open || !m->fail_closed || !m->fair_capacity ||
         !m->fair_inflight || !m->fair_queued || !m->fair_expired || !m->fair_wait ||
-        !m->fair_rejected)
+        !m->fair_rejected || !m->ctl_connected || !m->ctl_reconnects || !m->ctl_version ||
+        !m->ctl_events_snapshot || !m->ctl_activity_ok || !m->adapter_wakes || !m->adapter_held ||
+        !m->adapter_wait)
         return -1;
+#undef SIMPLE
     return 0;
 }
 

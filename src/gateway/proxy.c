@@ -11,6 +11,12 @@
  * (bounded); failures after that end the stream with an error event. Client
  * disconnects cancel the upstream request at once. Every outcome feeds the
  * pod's circuit breaker and the metrics, and ends in one access-log line.
+ *
+ * A request for a registered adapter that no ready pod serves yet (scaled to
+ * zero, or still loading) is held after its tenant check (hold.h): the
+ * control thread wakes the adapter at the controller, and the worker looks
+ * at its held requests again whenever a new fleet view arrives, routing them
+ * once a ready pod serves the adapter, or answering 503 at the deadline.
  */
 #include "core/alloc.h"
 #include "core/json.h"
@@ -71,7 +77,12 @@ typedef struct px {
     bool fair_waiting; /* queued, or on its way back to this loop */
     int64_t events;    /* SSE events relayed to a user or under fairness (~1 token each
                        when no usage arrives) */
+
+    /* waiting for its adapter (model is NULL until then) */
+    brix_gw_held_t held;
 } px_t;
+
+#define HELD_PX(e) ((px_t *)(void *)((char *)(e)-offsetof(px_t, held)))
 
 /* ---------------------------------------------------------------- utils -- */
 
@@ -231,10 +242,22 @@ static brix_upstream_t *upstream_for(brix_gw_worker_t *w, brix_pod_t *pod, const
 
 /* ------------------------------------------------------------ lifecycle -- */
 
+/* The request stops waiting for its adapter; `result` labels the wait. */
+static void unhold(px_t *px, const char *result)
+{
+    if (!px->held.linked)
+        return;
+    brix_gw_worker_t *w = px->w;
+    brix_gw_holdq_remove(&w->held, &px->held);
+    brix_metric_observe(brix_gw_metric1(w->gw->m.adapter_wait, result),
+                        (double)(brix_now_ns() - px->held.since_ns) / 1e9);
+}
+
 static void px_free(px_t *px)
 {
     brix_gw_worker_t *w = px->w;
     brix_gw_t *gw = w->gw;
+    unhold(px, "client_closed");
     if (px->tn_op)
         brix_tn_cancel(px->tn_op);
     if (px->attempts && !px->prompt_tokens && !px->completion_tokens && px->events) {
@@ -1016,6 +1039,136 @@ static void on_tenant(void *ud, const brix_tn_decision_t *d)
     admit(px);
 }
 
+/* ------------------------------------------------------------ holding -- */
+
+static void add_retry_after(brix_http_req_t *h, int seconds)
+{
+    char v[16];
+    snprintf(v, sizeof v, "%d", seconds);
+    brix_http_add_header(h, "retry-after", v);
+}
+
+/* "... was not ready within 30 s" / "... 1500 ms"; waited_ms 0: not held. */
+static void loading_msg(char *out, size_t n, const char *name, const brix_reg_adapter_t *ra,
+                        uint64_t waited_ms)
+{
+    char on[300] = "";
+    if (ra && ra->base_model)
+        snprintf(on, sizeof on, " on a replica of '%s'", ra->base_model);
+    if (!waited_ms)
+        snprintf(out, n,
+                 "adapter '%s' is not loaded on a ready replica yet; it is being loaded%s, "
+                 "retry later",
+                 name, on);
+    else if (waited_ms % 1000 == 0)
+        snprintf(out, n,
+                 "adapter '%s' is being loaded%s and was not ready within %llu s; retry "
+                 "later",
+                 name, on, (unsigned long long)(waited_ms / 1000));
+    else
+        snprintf(out, n,
+                 "adapter '%s' is being loaded%s and was not ready within %llu ms; retry "
+                 "later",
+                 name, on, (unsigned long long)waited_ms);
+}
+
+static void failed_msg(char *out, size_t n, const char *name, const brix_reg_adapter_t *ra)
+{
+    if (ra && ra->message)
+        snprintf(out, n, "adapter '%s' could not be loaded: %s", name, ra->message);
+    else
+        snprintf(out, n, "adapter '%s' could not be loaded on any replica (phase Failed)", name);
+}
+
+static void adapter_failed(brix_gw_worker_t *w, brix_http_req_t *h, const char *name,
+                           const brix_reg_adapter_t *ra)
+{
+    char msg[512];
+    failed_msg(msg, sizeof msg, name, ra);
+    gw_error(w, h, 503, "adapter_failed", NULL, name, "%s", msg);
+}
+
+/* Holds px until a ready pod serves its adapter (or its deadline). */
+static void hold(px_t *px)
+{
+    brix_gw_worker_t *w = px->w;
+    const brix_gw_rt_t *rt = px->view->rt;
+    int rc = brix_gw_holdq_add(&w->held, &px->held, px->model_name, rt->adapter_wake_timeout_ms,
+                               rt->max_held_requests);
+    if (rc == -EBUSY) {
+        add_retry_after(px->h, rt->retry_after_s);
+        px_fail(px, 503, "overloaded_error", "too_many_held_requests",
+                "too many requests are waiting for adapters to be loaded (--max-held-requests "
+                "%lld); retry later",
+                (long long)rt->max_held_requests);
+    } else if (rc) {
+        add_retry_after(px->h, rt->retry_after_s);
+        px_fail(px, 503, "overloaded_error", "service_unavailable",
+                "cannot hold the request for adapter '%s' (%s); retry later", px->model_name,
+                rc == -ENOMEM ? "out of memory" : "shutting down");
+    } else {
+        brix_log(BRIX_LOG_DEBUG, px->h->id, "held until adapter %s is loaded", px->model_name);
+    }
+}
+
+/* Deadline of a held request. */
+static void on_held_expire(brix_gw_held_t *e, void *ud)
+{
+    px_t *px = HELD_PX(e);
+    brix_gw_worker_t *w = ud;
+    const brix_gw_view_t *v = w->view ? w->view : px->view;
+    const brix_reg_adapter_t *ra = brix_registry_adapter(v->fleet->registry, px->model_name);
+    brix_metric_observe(brix_gw_metric1(w->gw->m.adapter_wait, "timeout"),
+                        (double)(brix_now_ns() - e->since_ns) / 1e9);
+    char msg[512];
+    loading_msg(msg, sizeof msg, px->model_name, ra, (e->deadline_ns - e->since_ns) / 1000000);
+    add_retry_after(px->h, v->rt->retry_after_s);
+    px_fail(px, 503, "overloaded_error", "adapter_loading", "%s", msg);
+}
+
+/* A new fleet view: held requests whose adapter is now served go on. */
+static void recheck_held(brix_gw_worker_t *w, bool shutdown)
+{
+    brix_gw_view_t *v = w->view;
+    for (brix_gw_held_t *e = w->held.head; e;) {
+        /* answering px may start the next request pipelined on its
+         * connection (appended at the tail), never remove another entry */
+        brix_gw_held_t *next = e->next;
+        px_t *px = HELD_PX(e);
+        const brix_model_entry_t *me = NULL;
+        const brix_reg_adapter_t *ra = NULL;
+        brix_hold_state_t hs =
+            shutdown ? BRIX_HOLD_WAIT : brix_hold_classify(v->fleet, px->model_name, &me, &ra);
+        if (shutdown) {
+            unhold(px, "shutdown");
+            add_retry_after(px->h, v->rt->retry_after_s);
+            px_fail(px, 503, "overloaded_error", "service_unavailable",
+                    "the gateway is shutting down; retry on another one");
+        } else if (hs == BRIX_HOLD_READY ||
+                   (hs == BRIX_HOLD_NONE && brix_snap_model_ready(v->fleet, me))) {
+            unhold(px, "routed");
+            brix_gw_view_ref(v);
+            brix_gw_view_unref(px->view);
+            px->view = v;
+            px->model = me;
+            admit(px);
+        } else if (hs == BRIX_HOLD_FAILED) {
+            unhold(px, "failed");
+            char msg[512];
+            failed_msg(msg, sizeof msg, px->model_name, ra);
+            px_fail(px, 503, "overloaded_error", "adapter_failed", "%s", msg);
+        } else if (hs == BRIX_HOLD_NONE) {
+            unhold(px, "gone");
+            brix_http_add_header(px->h, "x-error-no-model-backends", px->model_name);
+            px_fail(px, 404, "invalid_request_error", "model_not_found",
+                    "The model `%s` does not exist (its adapter was unregistered while the "
+                    "request waited).",
+                    px->model_name);
+        }
+        e = next;
+    }
+}
+
 static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
 {
     brix_gw_view_t *view = w->view;
@@ -1050,16 +1203,39 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
         return;
     }
     const char *model = f.model;
-    if (!view || !view->fleet->nmodels) {
-        char ra[16];
-        snprintf(ra, sizeof ra, "%d", view ? view->rt->retry_after_s : w->retry_after_s);
-        brix_http_add_header(h, "retry-after", ra);
+    const brix_model_entry_t *me = NULL;
+    const brix_reg_adapter_t *ra = NULL;
+    brix_hold_state_t hs = view ? brix_hold_classify(view->fleet, model, &me, &ra) : BRIX_HOLD_NONE;
+    if (hs == BRIX_HOLD_FAILED) {
+        adapter_failed(w, h, model, ra);
+        return;
+    }
+    if (hs == BRIX_HOLD_WAIT && !view->rt->adapter_wake_timeout_ms) {
+        /* not held (--adapter-wake-timeout 0), but woken for the retry */
+        brix_gw_demand_poke(&w->gw->demand, model);
+        char msg[512];
+        loading_msg(msg, sizeof msg, model, ra, 0);
+        add_retry_after(h, view->rt->retry_after_s);
+        gw_error(w, h, 503, "adapter_loading", NULL, model, "%s", msg);
+        return;
+    }
+    if (hs != BRIX_HOLD_WAIT && (!view || !view->fleet->nmodels)) {
+        add_retry_after(h, view ? view->rt->retry_after_s : w->retry_after_s);
         gw_error(w, h, 503, "service_unavailable", NULL, model,
                  "no model server is ready yet; retry later");
         return;
     }
-    const brix_model_entry_t *me = brix_snap_model(view->fleet, model);
-    if (!me) {
+    if (hs != BRIX_HOLD_WAIT && !me) {
+        if (brix_registry_has_base(view->fleet->registry, model)) {
+            /* the controller runs replicas of it, none ready: not a typo */
+            add_retry_after(h, view->rt->retry_after_s);
+            brix_http_add_header(h, "x-error-no-model-backends", model);
+            gw_error(w, h, 503, "service_unavailable", NULL, model,
+                     "model '%s' has no ready replica right now (the controller is starting "
+                     "it); retry later",
+                     model);
+            return;
+        }
         brix_http_add_header(h, "x-error-no-model-backends", model);
         gw_error(w, h, 404, "model_not_found", "model", model, "The model `%s` does not exist.",
                  model);
@@ -1089,7 +1265,7 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     px->h = h;
     px->view = view;
     brix_gw_view_ref(view);
-    px->model = me;
+    px->model = hs == BRIX_HOLD_WAIT ? NULL : me; /* NULL: held in admit() */
     px->strategy = sel;
     const char *ex = brix_http_req_header(h, "x-brix-explain");
     px->explain = ex && (!strcmp(ex, "1") || !strcasecmp(ex, "true"));
@@ -1117,10 +1293,15 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     admit(px);
 }
 
-/* The request may go on: through the fairness queue when there is one. */
+/* The request may go on: held for its adapter first when no ready pod
+ * serves it, then through the fairness queue when there is one. */
 static void admit(px_t *px)
 {
     brix_gw_t *gw = px->w->gw;
+    if (!px->model) {
+        hold(px);
+        return;
+    }
     /* tokens must be counted: a TPM limit, or the fairness counters */
     if (px->fields.stream && (px->user_tpm > 0 || gw->fair) && ask_usage(px)) {
         px_fail(px, 500, "api_error", NULL, "out of memory");
@@ -1155,6 +1336,8 @@ static void admit(px_t *px)
 static void start(px_t *px)
 {
     brix_http_req_t *h = px->h;
+    if (px->model->activity) /* for the controller's idle TTL */
+        atomic_fetch_add_explicit(&px->model->activity->routed, 1, memory_order_relaxed);
     for (size_t i = 0; i < h->nheaders; i++) {
         const brix_http_header_t *hd = &h->headers[i];
         if (hop_by_hop(hd->name, hd->name_len) || !strcasecmp(hd->name, "x-request-id"))
@@ -1281,8 +1464,12 @@ static void on_wake(uv_async_t *a)
         }
         if (old)
             brix_gw_view_unref(old);
+        if (w->held.n)
+            recheck_held(w, false);
     }
     if (stop && !w->draining && w->srv) {
+        if (w->held.n && w->view)
+            recheck_held(w, true); /* nothing will load for them before the drain ends */
         w->draining = true;
         brix_http_server_drain(w->srv);
         uv_timer_start(&w->drain_timer, on_drain_tick, 0, 20);
@@ -1403,6 +1590,7 @@ int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx)
     uv_mutex_init(&w->fair_mu);
     uv_async_init(loop, &w->fair_wake, on_fair_wake);
     w->fair_wake.data = w;
+    brix_gw_holdq_init(&w->held, loop, &gw->demand, on_held_expire, w);
     gw->w[idx] = w;
     if (gw->tn && !(w->tn = brix_tn_conn_new(gw->tn, loop)))
         return -ENOMEM;
@@ -1446,6 +1634,7 @@ static void on_server_closed(void *arg)
     w->view = NULL;
     uv_close((uv_handle_t *)&w->wake, NULL);
     uv_close((uv_handle_t *)&w->drain_timer, NULL);
+    brix_gw_holdq_close(&w->held);
     close_fair(w);
     brix_tn_conn_free(w->tn);
     w->tn = NULL;
@@ -1467,6 +1656,7 @@ void brix_gw_worker_stop(uv_loop_t *loop, int idx, void *ud, void *wctx)
         uv_close((uv_handle_t *)&w->wake, NULL);
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
         uv_close((uv_handle_t *)&w->alog_check, NULL);
+        brix_gw_holdq_close(&w->held);
         close_fair(w);
         brix_tn_conn_free(w->tn);
         w->tn = NULL;
