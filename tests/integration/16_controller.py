@@ -1,5 +1,6 @@
 """brix controller, brix apply/get/delete: objects, local replicas, LoRA placement,
 restarts, persistence, artifacts, scale-to-zero (issue 7)."""
+import atexit
 import hashlib
 import json
 import os
@@ -126,6 +127,17 @@ def alive(pid):
 
 
 C = Controller()
+
+
+@atexit.register
+def _cleanup():
+    # a failed check exits early: the controller still stops the replicas it started
+    if C.p.p.poll() is None:
+        C.p.p.send_signal(signal.SIGTERM)
+        try:
+            C.p.p.wait(20)
+        except Exception:
+            C.p.p.kill()
 
 
 @h.check("apply creates objects; get lists them as tables, json and yaml; aliases work")

@@ -1,5 +1,6 @@
 """brix up: the local cluster from one file — controller, replicas, adapters and a gateway
 discovering them through the controller's watch; used as a new user would (issue 7)."""
+import atexit
 import json
 import os
 import re
@@ -60,6 +61,17 @@ spec:
 
 # --port / --api-port override the file's (deliberately unusable) ports
 UP = h.Proc(["up", "-c", CFG, "--port", str(GW), "--api-port", str(API)], name="up")
+
+
+@atexit.register
+def _cleanup():
+    # a failed check exits early: brix up still stops everything it started
+    if UP.p.poll() is None:
+        UP.p.send_signal(signal.SIGINT)
+        try:
+            UP.p.wait(60)
+        except Exception:
+            UP.p.kill()
 
 
 def cli(*args, want=0):
@@ -225,5 +237,3 @@ def _():
 
 
 h.run()
-if UP.p.poll() is None:
-    UP.p.kill()
