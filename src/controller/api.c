@@ -273,6 +273,10 @@ void brix_ctl_close_watchers(brix_ctl_t *c)
 
 static void handle_watch(brix_ctl_t *c, brix_http_req_t *h)
 {
+    if (c->stopping) {
+        brix_http_respond_error(h, 503, NULL, "shutting_down", NULL, "the controller is stopping");
+        return;
+    }
     if (c->nwatchers >= (size_t)c->cfg.max_watchers) {
         brix_http_respond_error(h, 503, NULL, "too_many_watchers", NULL,
                                 "%zu watchers already (--max-watchers)", c->nwatchers);
@@ -366,6 +370,8 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
             status = 409;
             goto out;
         }
+        o->meta.deleting_ms = 0; /* the controller's fields are not taken from input */
+        o->meta.generation = 0;
         objs[nobjs++] = o;
     }
     if (!nobjs) {
@@ -392,12 +398,17 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
             o = *slot;
         } else if (slot) {
             what = "configured";
+            bool spec_changed = !brix_obj_spec_same(*slot, o);
             o->meta.created_ms = (*slot)->meta.created_ms;
-            o->meta.generation = (*slot)->meta.generation + 1;
+            o->meta.generation = (*slot)->meta.generation + (spec_changed ? 1 : 0);
             brix_obj_free(*slot);
             *slot = o;
-            if (a) /* a new spec (artifact, selector…): serve it now, not after an old TTL */
+            if (a && spec_changed) /* a new spec: serve it now, not after an old TTL */
                 a->last_used_wall = wall, a->scaled = false;
+            if (o->kind == BRIX_KIND_DEPLOYMENT && !spec_changed) /* labels: in place */
+                for (size_t j = 0; j < c->nreps; j++)
+                    if (!strcmp(c->reps[j]->deployment, o->meta.name) && c->reps[j]->port > 0)
+                        brix_ctl_replica_labels(c->reps[j], o);
         } else {
             what = "created";
             o->meta.created_ms = wall;
@@ -432,6 +443,12 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
     brix_ctl_changed(c);
     brix_ctl_kick(c);
     status = 200;
+    if (brix_ctl_save(c)) { /* applied in memory; say that it is not durable yet */
+        snprintf(err, errlen, "applied, but the state file could not be written (see the log)");
+        status = 500;
+    } else {
+        c->dirty = false;
+    }
 out:
     for (size_t i = 0; objs && i < nobjs; i++)
         brix_obj_free(objs[i]);
@@ -460,8 +477,11 @@ static void handle_apply(brix_ctl_t *c, brix_http_req_t *h)
                             h->body.len, &out, err, sizeof err);
     if (st != 200) {
         brix_buf_free(&out);
-        brix_http_respond_error(h, st, NULL, st == 409 ? "conflict" : "invalid_object", NULL, "%s",
-                                err);
+        brix_http_respond_error(h, st, NULL,
+                                st == 409   ? "conflict"
+                                : st == 500 ? "state_not_saved"
+                                            : "invalid_object",
+                                NULL, "%s", err);
         return;
     }
     respond_json(h, 200, &out);
@@ -518,6 +538,8 @@ static void handle_object(brix_ctl_t *c, brix_http_req_t *h, brix_kind_t kind, c
         BRIX_INFO("delete: %s/%s", brix_kind_name(kind), name);
         brix_ctl_changed(c);
         brix_ctl_kick(c);
+        if (!brix_ctl_save(c))
+            c->dirty = false;
     }
     brix_buf_t b = BRIX_BUF_INIT;
     brix_buf_printf(&b, "{\"kind\":\"%s\",\"name\":", brix_kind_name(kind));
@@ -739,8 +761,13 @@ void brix_ctl_http(brix_http_req_t *h, void *ud)
         char kind[64] = "", name[256] = "", verb[32] = "";
         int n = sscanf(p + 4, "%63[^/]/%255[^/]/%31s", kind, name, verb);
         brix_kind_t k = brix_kind_parse(kind);
-        if (n == 3 && k == BRIX_KIND_ADAPTER && !strcmp(verb, "wake") && post) {
-            handle_wake(c, h, name);
+        if (n == 3 && k == BRIX_KIND_ADAPTER && !strcmp(verb, "wake")) {
+            if (post) {
+                handle_wake(c, h, name);
+            } else {
+                brix_http_add_header(h, "allow", "POST");
+                brix_http_respond_error(h, 405, NULL, "method_not_allowed", NULL, "use POST");
+            }
             return;
         }
         if (n >= 1 && n <= 2 && k != BRIX_KIND_NONE && k != BRIX_KIND_CLUSTER) {

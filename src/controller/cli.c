@@ -5,6 +5,7 @@
  * errors name the file and line exactly as written); the CLI renders tables.
  * Blocking libcurl is fine here: one request per command.
  */
+#include <ctype.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <limits.h>
@@ -398,7 +399,11 @@ static bool looks_typed(const char *s)
             return true;
     char *end;
     strtod(s, &end);
-    return *end == '\0';
+    if (*end == '\0')
+        return true;
+    /* YAML 1.1 readers take 2026-11-25… for a timestamp: keep it a string */
+    return strlen(s) >= 10 && isdigit((unsigned char)s[0]) && isdigit((unsigned char)s[3]) &&
+           s[4] == '-' && s[7] == '-';
 }
 
 static int emit_json(yaml_emitter_t *e, const cJSON *j)

@@ -202,6 +202,10 @@ static void finish(brix_ctl_t *c)
     uv_timer_stop(&c->stop_timer);
     if (c->dirty || c->cfg.keep_replicas)
         brix_ctl_save(c);
+    /* let go of replicas still running (--keep-replicas, or ones that would
+     * not die): their handles must not keep this loop alive */
+    for (size_t i = 0; i < c->nreps; i++)
+        c->prov->ops->release(c->prov, c->reps[i]);
     if (c->curl) {
         brix_curl_close(c->curl);
         c->curl = NULL;
@@ -209,6 +213,7 @@ static void finish(brix_ctl_t *c)
     uv_handle_t *hs[] = { (uv_handle_t *)&c->reconcile_timer, (uv_handle_t *)&c->health_timer,
                           (uv_handle_t *)&c->heartbeat_timer, (uv_handle_t *)&c->save_timer,
                           (uv_handle_t *)&c->kick_timer,      (uv_handle_t *)&c->stop_timer,
+                          (uv_handle_t *)&c->notify_timer,
                           (uv_handle_t *)&c->sigterm,         (uv_handle_t *)&c->sigint };
     for (size_t i = 0; i < sizeof hs / sizeof *hs; i++)
         if (!uv_is_closing(hs[i]))
@@ -237,7 +242,7 @@ static void on_signal(uv_signal_t *s, int signum)
 {
     brix_ctl_t *c = s->data;
     if (c->stopping) {
-        BRIX_WARN("second signal: exiting now");
+        BRIX_WARN("second signal: not waiting for replicas any longer");
         c->stop_deadline = 0;
         return;
     }
@@ -327,7 +332,9 @@ int brix_controller_main(int argc, char **argv)
         goto out;
     }
     uv_timer_t *ts[] = { &c->reconcile_timer, &c->health_timer, &c->heartbeat_timer,
-                         &c->save_timer,      &c->kick_timer,   &c->stop_timer };
+                         &c->save_timer,      &c->kick_timer,   &c->stop_timer,
+                         &c->notify_timer };
+    c->rng = brix_now_ns() | 1;
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) {
         uv_timer_init(&loop, ts[i]);
         ts[i]->data = c;
@@ -366,6 +373,7 @@ out_loop:
     uv_run(&loop, UV_RUN_DEFAULT);
 out:
     brix_ctl_calls_free(c);
+    brix_free(c->watchers);
     if (c->curl)
         brix_curl_close(c->curl);
     for (size_t i = 0; i < c->nreps; i++)

@@ -55,6 +55,8 @@ typedef struct brix_lora_op {
     char *replica;
     bool unload;
     bool inflight;
+    bool done;          /* the engine said 200; waiting for /v1/models to confirm */
+    uint64_t done_at;   /* monotonic ms of that 200 */
     int tries;
     uint64_t next_at;   /* monotonic ms: earliest next attempt */
     uint64_t begin_ms;  /* monotonic ms: first attempt (cold-load latency) */
@@ -75,6 +77,7 @@ typedef struct brix_adapter_rt {
     brix_obj_t *o;
     brix_art_state_t art;
     int64_t art_gen; /* generation the artifact state belongs to */
+    uint64_t art_fetch; /* id of the fetch in flight (ids are unique per controller) */
     char *art_path;
     char art_reason[32];
     char art_msg[256];
@@ -99,7 +102,7 @@ typedef struct brix_ctl_metrics {
     brix_metric_family_t *replicas, *adapters;
     brix_metric_t *loads_ok, *loads_failed, *unloads_ok, *unloads_failed;
     brix_metric_t *restarts, *fetch_ok, *fetch_failed, *watchers, *wakes, *scaled_down;
-    brix_metric_t *load_seconds, *cold_seconds, *reconcile_seconds;
+    brix_metric_t *load_seconds, *reconcile_seconds;
 } brix_ctl_metrics_t;
 
 typedef struct brix_ctl {
@@ -130,6 +133,9 @@ typedef struct brix_ctl {
     size_t nwatchers;
 
     uv_timer_t reconcile_timer, health_timer, heartbeat_timer, save_timer, kick_timer;
+    uv_timer_t notify_timer;
+    uint64_t fetch_seq;
+    uint64_t rng;
     uv_signal_t sigterm, sigint;
     uint64_t stop_deadline;
     uv_timer_t stop_timer;

@@ -398,15 +398,20 @@ static int parse_deploy(vctx_t *v, const brix_yaml_node_t *spec, brix_obj_t *o)
             return -1;
         if ((e = brix_yaml_get(n, "command")) && d->command.n == 0)
             return fail(v, e, "spec.engine.command", "must not be empty (omit it for engine-sim)");
+        const brix_yaml_node_t *cmd = e;
+        if ((e = brix_yaml_get(n, "args")) && get_strlist(v, e, "spec.engine.args", &d->args))
+            return -1;
         bool has_port = false;
         for (size_t i = 0; i < d->command.n; i++)
             has_port |= strstr(d->command.v[i], "{port}") != NULL;
+        for (size_t i = 0; i < d->args.n; i++)
+            has_port |= strstr(d->args.v[i], "{port}") != NULL;
         if (d->command.n && !has_port)
-            return fail(v, e, "spec.engine.command",
-                        "the command must contain {port} where the replica's port goes");
-        if ((e = brix_yaml_get(n, "args")) && get_strlist(v, e, "spec.engine.args", &d->args))
-            return -1;
+            return fail(v, cmd, "spec.engine.command",
+                        "the command or args must contain {port} where the replica's port goes");
     }
+    /* a custom engine gets no LoRA flags from brix: LoRA only when asked for */
+    d->lora = d->command.n == 0;
     if ((n = brix_yaml_get(spec, "lora"))) {
         const brix_yaml_node_t *e;
         if (want_map(v, n, "spec.lora") || known_keys(v, n, "spec.lora", lkeys))
@@ -570,6 +575,10 @@ int brix_obj_parse(const brix_yaml_node_t *doc, const char *file, const char *ba
                        : !strcmp(k->scalar, "ModelAdapter")  ? BRIX_KIND_ADAPTER
                        : !strcmp(k->scalar, "Cluster")       ? BRIX_KIND_CLUSTER
                                                              : BRIX_KIND_NONE;
+    if (kind == BRIX_KIND_NONE && !strcmp(k->scalar, "List"))
+        return fail(&v, k, "kind",
+                    "a List (as `brix get -o yaml` prints) is not applied; apply its items as "
+                    "documents separated by ---");
     if (kind == BRIX_KIND_NONE)
         return fail(&v, k, "kind",
                     "unknown kind '%s' (this controller manages ModelDeployment and "
@@ -596,6 +605,10 @@ int brix_obj_parse(const brix_yaml_node_t *doc, const char *file, const char *ba
         rc = known_keys(&v, doc, "", top) || parse_meta(&v, brix_yaml_get(doc, "metadata"), &o->meta);
         if (!rc && !spec)
             rc = fail(&v, doc, "spec", "missing");
+        if (!rc && kind == BRIX_KIND_DEPLOYMENT && strlen(o->meta.name) > 63)
+            rc = fail(&v, brix_yaml_get(brix_yaml_get(doc, "metadata"), "name"), "metadata.name",
+                      "a ModelDeployment name has at most 63 characters (it names replicas, "
+                      "labels and log files)");
         if (!rc)
             rc = kind == BRIX_KIND_DEPLOYMENT ? parse_deploy(&v, spec, o) : parse_adapter(&v, spec, o);
     }
@@ -717,6 +730,18 @@ int brix_obj_json_open(brix_buf_t *b, const brix_obj_t *o)
               brix_labels_json(b, &o->meta.annotations);
     rc |= brix_buf_append_str(b, "},\"spec\":") | spec_json(b, o);
     return rc ? -ENOMEM : 0;
+}
+
+bool brix_obj_spec_same(const brix_obj_t *a, const brix_obj_t *b)
+{
+    if (a->kind != b->kind)
+        return false;
+    brix_buf_t x = { 0 }, y = { 0 };
+    int rc = spec_json(&x, a) | spec_json(&y, b);
+    bool same = !rc && x.len == y.len && !memcmp(x.data, y.data, x.len);
+    brix_buf_free(&x);
+    brix_buf_free(&y);
+    return same;
 }
 
 bool brix_obj_same(const brix_obj_t *a, const brix_obj_t *b)

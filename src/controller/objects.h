@@ -103,6 +103,8 @@ void brix_obj_free(brix_obj_t *o);
 int brix_obj_json_open(brix_buf_t *b, const brix_obj_t *o);
 /* Same spec, labels and annotations (what decides "unchanged" on apply). */
 bool brix_obj_same(const brix_obj_t *a, const brix_obj_t *b);
+/* Same spec (what decides a new generation: labels alone do not roll replicas). */
+bool brix_obj_spec_same(const brix_obj_t *a, const brix_obj_t *b);
 
 /* Names: DNS-1123 labels joined by '.', lowercase, ≤ 253 characters. */
 bool brix_obj_name_valid(const char *s);

@@ -38,6 +38,9 @@ typedef struct brix_replica {
     int health_fails;        /* consecutive failed checks while running */
     bool health_inflight;
     bool recycle;            /* TERMINATING for a restart (startup timeout, rollout) */
+    bool timed_out;          /* the restart is for a startup timeout: back off */
+    bool models_again;       /* /v1/models changed while a read was in flight: read again */
+    uint64_t start_ticks;    /* /proc/PID/stat starttime: the process's identity with pid */
     bool models_inflight;
     int pid;                 /* 0 when no process */
     bool adopted;            /* started by an earlier controller; not our child */
@@ -51,6 +54,7 @@ typedef struct brix_replica {
     int restarts;
     char last_exit[160];     /* why the last process ended */
     brix_strlist_t adapters; /* adapters its own /v1/models lists */
+    brix_strlist_t roots;    /* and the path each was loaded from ("root"), same order */
     bool models_known;       /* adapters is from a successful /v1/models */
     void *prov;              /* provider-private state */
 } brix_replica_t;

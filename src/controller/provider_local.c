@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -38,6 +39,41 @@ typedef struct lp_rep {
     int open_handles;
     bool exited;
 } lp_rep_t;
+
+/* State letter and start time (clock ticks since boot) of a process: with the
+ * pid, its identity — a reused pid has another start time. 0 or -1. */
+static int proc_stat(int pid, char *state, uint64_t *start)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* the command name may hold spaces and parentheses */
+    if (!p)
+        return -1;
+    p++;
+    unsigned long long v = 0;
+    for (int field = 3; field <= 22; field++) {
+        while (*p == ' ')
+            p++;
+        if (!*p)
+            return -1;
+        if (field == 3)
+            *state = *p;
+        if (field == 22)
+            v = strtoull(p, NULL, 10);
+        while (*p && *p != ' ')
+            p++;
+    }
+    *start = v;
+    return 0;
+}
 
 const char *brix_replica_phase_name(brix_replica_phase_t p)
 {
@@ -109,7 +145,10 @@ static void on_proc_exit(uv_process_t *p, int64_t status, int sig)
 static void on_poll(uv_timer_t *t)
 {
     lp_rep_t *s = t->data;
-    if (s->r && s->r->pid > 0 && kill(s->r->pid, 0) != 0 && errno == ESRCH)
+    char st = 0;
+    uint64_t start = 0;
+    if (s->r && s->r->pid > 0 &&
+        (proc_stat(s->r->pid, &st, &start) || st == 'Z' || start != s->r->start_ticks))
         gone(s, "process disappeared");
 }
 
@@ -285,6 +324,9 @@ static int lp_start(brix_provider_t *p, brix_replica_t *r, const brix_obj_t *d, 
     s->exited = false;
     r->pid = s->proc.pid;
     r->adopted = false;
+    char st;
+    if (proc_stat(r->pid, &st, &r->start_ticks))
+        r->start_ticks = 0;
     return 0;
 }
 
@@ -301,22 +343,31 @@ static void lp_stop(brix_provider_t *p, brix_replica_t *r, uint64_t grace_ms)
 static int lp_adopt(brix_provider_t *p, brix_replica_t *r)
 {
     lp_t *lp = (lp_t *)p;
-    if (r->pid <= 0 || !r->argv.n || kill(r->pid, 0) != 0)
+    char st = 0;
+    uint64_t start = 0;
+    if (r->pid <= 0 || !r->argv.n || proc_stat(r->pid, &st, &start) || st == 'Z')
         return -1;
-    char path[64];
-    snprintf(path, sizeof path, "/proc/%d/cmdline", r->pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    char buf[8192];
-    ssize_t n = read(fd, buf, sizeof buf);
-    close(fd);
-    size_t off = 0;
-    for (size_t i = 0; i < r->argv.n; i++) {
-        size_t l = strlen(r->argv.v[i]) + 1;
-        if (n < 0 || off + l > (size_t)n || memcmp(buf + off, r->argv.v[i], l))
-            return -1; /* the pid now belongs to something else */
-        off += l;
+    if (r->start_ticks) {
+        /* pid + start time is the process's identity (an engine may rewrite its
+         * command line, as vLLM's workers do) */
+        if (start != r->start_ticks)
+            return -1;
+    } else { /* an older state file: fall back to the command line */
+        char path[64], buf[8192];
+        snprintf(path, sizeof path, "/proc/%d/cmdline", r->pid);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            return -1;
+        ssize_t n = read(fd, buf, sizeof buf);
+        close(fd);
+        size_t off = 0;
+        for (size_t i = 0; i < r->argv.n; i++) {
+            size_t l = strlen(r->argv.v[i]) + 1;
+            if (n < 0 || off + l > (size_t)n || memcmp(buf + off, r->argv.v[i], l))
+                return -1; /* the pid now belongs to something else */
+            off += l;
+        }
+        r->start_ticks = start;
     }
     lp_rep_t *s = rep_state(lp, r);
     if (!s)
@@ -336,7 +387,10 @@ static void lp_release(brix_provider_t *p, brix_replica_t *r)
     r->prov = NULL;
     s->r = NULL;
     rep_close_timers(s);
-    /* A live child keeps its process handle until it exits (then freed). */
+    if (s->proc_open) { /* closing the handle does not signal the process */
+        s->proc_open = false;
+        uv_close((uv_handle_t *)&s->proc, rep_handle_closed);
+    }
     if (s->open_handles == 0)
         brix_free(s);
 }

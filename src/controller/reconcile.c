@@ -125,6 +125,7 @@ void brix_ctl_replica_free(brix_ctl_t *c, brix_replica_t *r)
     brix_strlist_free(&r->argv);
     brix_free(r->log_path);
     brix_strlist_free(&r->adapters);
+    brix_strlist_free(&r->roots);
     brix_free(r);
 }
 
@@ -167,23 +168,35 @@ static void on_save_timer(uv_timer_t *t)
     brix_ctl_t *c = t->data;
     if (c->dirty && !brix_ctl_save(c))
         c->dirty = false;
-    brix_ctl_notify_watchers(c);
+}
+
+static void on_notify_timer(uv_timer_t *t)
+{
+    brix_ctl_notify_watchers(t->data);
+}
+
+/* Watchers hear of a change within 20 ms. The state file (each write
+ * fsyncs) follows a change within 100 ms — a replica's new pid must be on
+ * disk before a crash, or the next controller cannot adopt it — and last-use
+ * times within a second; apply and delete save before they answer. */
+static void save_within(brix_ctl_t *c, uint64_t ms)
+{
+    c->dirty = true;
+    if (!uv_is_active((uv_handle_t *)&c->save_timer) || uv_timer_get_due_in(&c->save_timer) > ms)
+        uv_timer_start(&c->save_timer, on_save_timer, ms, 0);
 }
 
 void brix_ctl_dirty(brix_ctl_t *c)
 {
-    c->dirty = true;
-    if (!uv_is_active((uv_handle_t *)&c->save_timer))
-        uv_timer_start(&c->save_timer, on_save_timer, 1000, 0);
+    save_within(c, 1000);
 }
 
 void brix_ctl_changed(brix_ctl_t *c)
 {
     c->version++;
-    c->dirty = true;
-    /* watchers hear of a change within 20 ms, even if a slow save was pending */
-    if (!uv_is_active((uv_handle_t *)&c->save_timer) || uv_timer_get_due_in(&c->save_timer) > 20)
-        uv_timer_start(&c->save_timer, on_save_timer, 20, 0);
+    save_within(c, 100);
+    if (!uv_is_active((uv_handle_t *)&c->notify_timer))
+        uv_timer_start(&c->notify_timer, on_notify_timer, 20, 0);
 }
 
 static void on_kick(uv_timer_t *t)
@@ -269,9 +282,12 @@ static void start_replica(brix_ctl_t *c, brix_replica_t *r, const brix_obj_t *d,
     }
     r->generation = d->meta.generation;
     brix_strlist_free(&r->adapters);
+    brix_strlist_free(&r->roots);
     r->models_known = false;
     r->ready = false;
     r->health_fails = 0;
+    /* answers for the previous process are ignored (pid check), so their flags go */
+    r->health_inflight = r->models_inflight = r->models_again = false;
     if (c->prov->ops->start(c->prov, r, d, err, sizeof err)) {
         BRIX_ERROR("replica %s: %s", r->name, err);
         snprintf(r->last_exit, sizeof r->last_exit, "%.150s", err);
@@ -334,10 +350,18 @@ void brix_ctl_on_exit(void *ud, brix_replica_t *r, const char *why)
         snprintf(r->last_exit, sizeof r->last_exit, "%s", why);
     r->ready = false;
     r->models_known = false;
+    r->health_inflight = r->models_inflight = r->models_again = false;
     brix_strlist_free(&r->adapters);
-    if (expected) { /* a deliberate restart: no backoff */
+    brix_strlist_free(&r->roots);
+    if (expected && !r->timed_out) { /* a deliberate restart: no backoff */
         r->phase = BRIX_RP_PENDING;
         r->restart_at_ms = now;
+    } else if (expected) { /* it did not start in time: back off like a crash */
+        r->phase = BRIX_RP_FAILED;
+        r->restart_at_ms = now + r->backoff_ms;
+        r->backoff_ms = r->backoff_ms * 2 > (uint64_t)c->cfg.restart_backoff_max
+                            ? (uint64_t)c->cfg.restart_backoff_max
+                            : r->backoff_ms * 2;
     } else {
         r->phase = BRIX_RP_FAILED;
         r->restarts++;
@@ -349,7 +373,7 @@ void brix_ctl_on_exit(void *ud, brix_replica_t *r, const char *why)
                             ? (uint64_t)c->cfg.restart_backoff_max
                             : r->backoff_ms * 2;
     }
-    r->recycle = false;
+    r->recycle = r->timed_out = false;
     brix_ctl_changed(c);
     brix_ctl_kick(c);
 }
@@ -436,12 +460,15 @@ static void reconcile_deployments(brix_ctl_t *c, uint64_t now)
                      d->d.health_path, (double)d->d.startup_timeout_ms / 1000.0);
             BRIX_WARN("replica %s: %s; restarting it", r->name, r->last_exit);
             r->restarts++;
+            r->timed_out = true;
             terminate(c, r, true, "startup timeout");
         }
     }
 }
 
 /* ------------------------------------------------------ observations -- */
+
+static void fetch_models(brix_ctl_t *c, brix_replica_t *r);
 
 static void on_models(const brix_curl_result_t *res, void *ud)
 {
@@ -454,39 +481,63 @@ static void on_models(const brix_curl_result_t *res, void *ud)
     }
     r->models_inflight = false;
     call_free(k);
+    if (r->models_again) { /* a load or unload finished meanwhile: this answer may predate it */
+        r->models_again = false;
+        fetch_models(c, r);
+    }
     cJSON *j = NULL;
     brix_json_err_t je;
     if (res->status != 200 || brix_json_parse(res->body, res->body_len, &j, &je))
         return;
     cJSON *data = cJSON_GetObjectItemCaseSensitive(j, "data");
-    brix_strlist_t seen = { 0, NULL };
+    brix_strlist_t seen = { 0, NULL }, roots = { 0, NULL };
     cJSON *it;
     cJSON_ArrayForEach(it, data)
     {
         cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
         cJSON *parent = cJSON_GetObjectItemCaseSensitive(it, "parent");
-        if (cJSON_IsString(id) && cJSON_IsString(parent)) /* a LoRA adapter */
+        cJSON *root = cJSON_GetObjectItemCaseSensitive(it, "root");
+        if (cJSON_IsString(id) && cJSON_IsString(parent)) { /* a LoRA adapter */
             brix_strlist_push(&seen, id->valuestring);
+            brix_strlist_push(&roots, cJSON_IsString(root) ? root->valuestring : "");
+        }
     }
     cJSON_Delete(j);
-    bool same = r->models_known && seen.n == r->adapters.n;
+    bool same = r->models_known && seen.n == r->adapters.n && roots.n == seen.n;
     for (size_t i = 0; same && i < seen.n; i++)
-        same = brix_ctl_replica_has(r, seen.v[i]);
+        same = brix_ctl_replica_has(r, seen.v[i]) && i < r->roots.n &&
+               !strcmp(r->adapters.v[i], seen.v[i]) && !strcmp(r->roots.v[i], roots.v[i]);
     if (!same) {
         brix_strlist_free(&r->adapters);
+        brix_strlist_free(&r->roots);
         r->adapters = seen;
+        r->roots = roots;
         r->models_known = true;
         brix_ctl_changed(c);
         brix_ctl_kick(c);
     } else {
         brix_strlist_free(&seen);
+        brix_strlist_free(&roots);
     }
+}
+
+/* The path r loaded adapter from, as its /v1/models says ("" if unknown). */
+static const char *replica_root(const brix_replica_t *r, const char *adapter)
+{
+    for (size_t i = 0; i < r->adapters.n && i < r->roots.n; i++)
+        if (!strcmp(r->adapters.v[i], adapter))
+            return r->roots.v[i];
+    return "";
 }
 
 static void fetch_models(brix_ctl_t *c, brix_replica_t *r)
 {
-    if (r->models_inflight || r->pid <= 0)
+    if (r->pid <= 0)
         return;
+    if (r->models_inflight) {
+        r->models_again = true;
+        return;
+    }
     call_t *k = call_new(c, r->name, NULL);
     if (!k)
         return;
@@ -569,10 +620,10 @@ static void on_artifact(const brix_art_result_t *res, void *ud)
     call_t *k = ud;
     brix_ctl_t *c = k->c;
     brix_adapter_rt_t *a = brix_ctl_adapter(c, k->adapter);
-    int64_t gen = k->gen;
+    uint64_t id = (uint64_t)k->gen;
     call_free(k);
-    if (!a || a->art_gen != gen || a->art != BRIX_ARTS_FETCHING)
-        return;
+    if (!a || a->art_fetch != id || a->art != BRIX_ARTS_FETCHING)
+        return; /* a fetch for an older spec or a deleted and re-created adapter */
     if (res->status == BRIX_ART_OK) {
         a->art = BRIX_ARTS_READY;
         brix_free(a->art_path);
@@ -610,7 +661,8 @@ static void ensure_artifact(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now)
     call_t *k = call_new(c, NULL, a->o->meta.name);
     if (!k)
         return;
-    k->gen = a->art_gen;
+    a->art_fetch = ++c->fetch_seq;
+    k->gen = (int64_t)a->art_fetch;
     brix_art_req_t req = {
         .url = a->o->a.artifact_url,
         .sha256 = a->o->a.sha256,
@@ -711,7 +763,7 @@ static void on_lora_call(const brix_curl_result_t *res, void *ud)
     int pid = k->pid;
     brix_lora_op_t *op = a ? find_op(a, k->replica) : NULL;
     call_free(k);
-    if (!a || !op || op->unload != unload)
+    if (!a || !op || op->unload != unload || !op->inflight)
         return;
     op->inflight = false;
     uint64_t now = brix_now_ms();
@@ -730,12 +782,13 @@ static void on_lora_call(const brix_curl_result_t *res, void *ud)
             brix_metric_add(c->m.unloads_ok, 1);
             BRIX_INFO("adapter %s: unloaded from %s", a->o->meta.name, op->replica);
         }
-        drop_op(a, op);
+        /* kept until the replica's /v1/models confirms it (see reconcile_adapter) */
+        op->done = true;
+        op->done_at = now;
         a->last_err[0] = '\0';
-        if (r && r->pid == pid) {
-            r->models_inflight = false; /* a fresh look: confirm through /v1/models */
+        if (r && r->pid == pid)
             fetch_models(c, r);
-        }
+        brix_ctl_kick(c);
         return;
     }
     op->tries++;
@@ -851,6 +904,22 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
     if (!deleting)
         ensure_artifact(c, a, now);
 
+    /* settle finished operations: a 200 counts once /v1/models agrees (or
+     * after 5 s, when the level-triggered logic below decides afresh) */
+    for (size_t i = a->nops; i-- > 0;) {
+        brix_lora_op_t *op = &a->ops[i];
+        brix_replica_t *r = brix_ctl_replica(c, op->replica);
+        if (op->inflight)
+            continue;
+        bool has = r && brix_ctl_replica_has(r, name);
+        bool drop = !r;
+        if (!drop && op->done)
+            drop = op->unload ? !has : has || now - op->done_at > 5000;
+        else if (!drop)
+            drop = op->unload ? !has : has || !is_candidate(c, a, r);
+        if (drop)
+            drop_op(a, op);
+    }
     int ncand = 0, ninst = 0, nloading = 0;
     for (size_t i = 0; i < c->nreps; i++) {
         brix_replica_t *r = c->reps[i];
@@ -858,24 +927,31 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
             continue;
         ncand++;
         brix_lora_op_t *op = find_op(a, r->name);
-        if (brix_ctl_replica_has(r, name))
-            ninst += !(op && op->unload);
-        else if (op && !op->unload)
+        if (brix_ctl_replica_has(r, name)) {
+            const char *root = replica_root(r, name);
+            /* loaded from another artifact (the spec changed): reload it */
+            bool stale = a->art == BRIX_ARTS_READY && a->art_path && root[0] &&
+                         strcmp(root, a->art_path);
+            if (stale && !op) {
+                BRIX_INFO("adapter %s: %s holds it from %s; reloading from %s", name, r->name,
+                          root, a->art_path);
+                op = add_op(a, r->name, true, now);
+            }
+            ninst += !stale && !(op && op->unload);
+        } else if (op && !op->unload) {
             nloading++;
+        }
     }
-    /* forget operations whose replica is no longer a candidate (not in flight) */
-    for (size_t i = a->nops; i-- > 0;) {
-        brix_replica_t *r = brix_ctl_replica(c, a->ops[i].replica);
-        if (!a->ops[i].inflight && (!r || !is_candidate(c, a, r) ||
-                                    (!a->ops[i].unload && brix_ctl_replica_has(r, name))))
-            drop_op(a, &a->ops[i]);
-    }
-    int desired = deleting || a->scaled ? 0 : s->replicas ? (int)(s->replicas < ncand ? s->replicas : ncand) : ncand;
+    int desired = deleting || a->scaled             ? 0
+                  : s->replicas && s->replicas < ncand ? (int)s->replicas
+                                                       : ncand;
     bool nocap = false;
     if (ninst + nloading < desired && a->art == BRIX_ARTS_READY) {
         int need = desired - ninst - nloading;
+        bool random = !strcmp(s->scheduler, "random"), pack = !strcmp(s->scheduler, "binPack");
         while (need-- > 0) {
             brix_replica_t *best = NULL;
+            int seen = 0;
             for (size_t i = 0; i < c->nreps; i++) {
                 brix_replica_t *r = c->reps[i];
                 if (!is_candidate(c, a, r) || brix_ctl_replica_has(r, name) || find_op(a, r->name) ||
@@ -883,12 +959,13 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
                     continue;
                 if ((int64_t)r->adapters.n + loads_to(c, r) >= capacity(c, r))
                     continue;
-                if (!best)
+                if (random) { /* reservoir sampling: each eligible replica equally likely */
+                    c->rng ^= c->rng << 13, c->rng ^= c->rng >> 7, c->rng ^= c->rng << 17;
+                    if (c->rng % (uint64_t)++seen == 0)
+                        best = r;
+                } else if (!best || (pack ? cmp_load(c, r, best) > 0 : cmp_load(c, r, best) < 0)) {
                     best = r;
-                else if (!strcmp(s->scheduler, "binPack") ? cmp_load(c, r, best) > 0
-                         : !strcmp(s->scheduler, "random") ? (rand() & 1)
-                                                            : cmp_load(c, r, best) < 0)
-                    best = r;
+                }
             }
             if (!best) {
                 nocap = true;
@@ -915,17 +992,19 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
         }
     }
     /* unload from replicas that hold it but are no longer candidates, e.g.
-     * when the podSelector changed or the adapter is being deleted */
+     * when the podSelector changed or the adapter is being deleted (a replica
+     * that is not ready is tried too: the object waits until it is clean) */
     for (size_t i = 0; i < c->nreps; i++) {
         brix_replica_t *r = c->reps[i];
-        if (r->phase == BRIX_RP_RUNNING && r->ready && brix_ctl_replica_has(r, name) &&
+        if (r->phase == BRIX_RP_RUNNING && brix_ctl_replica_has(r, name) &&
             (deleting || !is_candidate(c, a, r)) && !find_op(a, r->name))
             add_op(a, r->name, true, now);
     }
     for (size_t i = 0; i < a->nops; i++) {
         brix_lora_op_t *op = &a->ops[i];
         brix_replica_t *r = brix_ctl_replica(c, op->replica);
-        if (!op->inflight && r && now >= op->next_at && (op->unload || a->art == BRIX_ARTS_READY))
+        if (!op->inflight && !op->done && r && now >= op->next_at &&
+            (op->unload || a->art == BRIX_ARTS_READY))
             issue_op(c, a, op, r);
     }
 
@@ -992,7 +1071,7 @@ void brix_ctl_reconcile(brix_ctl_t *c)
         if (a->o->meta.deleting_ms && a->ready == 0 && a->nops == 0) {
             bool anywhere = false;
             for (size_t j = 0; j < c->nreps && !anywhere; j++)
-                anywhere = c->reps[j]->phase == BRIX_RP_RUNNING && c->reps[j]->ready &&
+                anywhere = c->reps[j]->phase == BRIX_RP_RUNNING &&
                            brix_ctl_replica_has(c->reps[j], a->o->meta.name);
             if (!anywhere) {
                 BRIX_INFO("adapter %s: deleted", a->o->meta.name);

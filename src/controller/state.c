@@ -59,9 +59,10 @@ static int render_state(brix_ctl_t *c, brix_buf_t *b)
         rc |= brix_buf_append_str(b, ",\"deployment\":") |
               brix_buf_append_json_str(b, r->deployment, strlen(r->deployment));
         rc |= brix_buf_printf(b,
-                              ",\"index\":%d,\"port\":%d,\"pid\":%d,\"generation\":%lld,"
-                              "\"restarts\":%d,\"startedMs\":%llu,\"argv\":[",
-                              r->index, r->port, r->pid, (long long)r->generation, r->restarts,
+                              ",\"index\":%d,\"port\":%d,\"pid\":%d,\"startTicks\":%llu,"
+                              "\"generation\":%lld,\"restarts\":%d,\"startedMs\":%llu,\"argv\":[",
+                              r->index, r->port, r->pid, (unsigned long long)r->start_ticks,
+                              (long long)r->generation, r->restarts,
                               (unsigned long long)r->started_wall_ms);
         for (size_t j = 0; j < r->argv.n; j++) {
             rc |= j ? brix_buf_append_char(b, ',') : 0;
@@ -199,6 +200,7 @@ static int load_replicas(brix_ctl_t *c, const brix_yaml_node_t *list)
         r->index = (int)num(n, "index");
         r->port = (int)num(n, "port");
         r->pid = (int)num(n, "pid");
+        r->start_ticks = (uint64_t)num(n, "startTicks");
         r->generation = num(n, "generation");
         r->restarts = (int)num(n, "restarts");
         r->started_wall_ms = (uint64_t)num(n, "startedMs");

@@ -10,6 +10,7 @@
  * replicas). Children get PR_SET_PDEATHSIG so a killed `brix up` leaves no
  * gateway or controller behind; the controller's replicas then follow it.
  */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -90,6 +91,8 @@ static int parse_cluster(const char *file, const brix_yaml_node_t *doc, up_cfg_t
         return errat(file, spec, "spec: expected a mapping");
     for (size_t i = 0; i < spec->n; i++) {
         const brix_yaml_node_t *k = spec->items[2 * i], *v = spec->items[2 * i + 1];
+        if (k->type != BRIX_YAML_SCALAR)
+            return errat(file, k, "spec: keys must be strings");
         bool gw = !strcmp(k->scalar, "gateway"), ctl = !strcmp(k->scalar, "controller");
         if (!strcmp(k->scalar, "readyTimeout")) {
             if (yint(file, v, 1, 3600, &u->ready_timeout_s))
@@ -102,6 +105,8 @@ static int parse_cluster(const char *file, const brix_yaml_node_t *doc, up_cfg_t
             return errat(file, v, "expected a mapping");
         for (size_t j = 0; j < v->n; j++) {
             const brix_yaml_node_t *kk = v->items[2 * j], *vv = v->items[2 * j + 1];
+            if (kk->type != BRIX_YAML_SCALAR)
+                return errat(file, kk, "keys must be strings");
             if (!strcmp(kk->scalar, "port")) {
                 int p;
                 if (yint(file, vv, 0, 65535, &p))
@@ -151,6 +156,9 @@ static pid_t spawn(const char *self, const char *const *argv0, const brix_strlis
     pid_t parent = getpid();
     pid_t pid = fork();
     if (pid == 0) {
+        /* its own process group: Ctrl-C reaches only brix up, which stops the
+         * gateway first (it drains) and the controller last */
+        setpgid(0, 0);
         prctl(PR_SET_PDEATHSIG, SIGTERM);
         if (getppid() != parent)
             _exit(1);
@@ -232,6 +240,54 @@ static bool wait_http(child_t *c, const char *base, const char *path, int ms, co
             ms / 1000);
     tail_log(c->log);
     return false;
+}
+
+/* Replicas are the controller's children in their own sessions; if the
+ * controller died, they were re-parented to us (PR_SET_CHILD_SUBREAPER):
+ * stop every child of ours that is still there. */
+static void stop_orphans(void)
+{
+    pid_t me = getpid();
+    for (int round = 0; round < 2; round++) {
+        int found = 0;
+        DIR *d = opendir("/proc");
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            int pid = atoi(e->d_name);
+            char path[64], buf[512];
+            if (pid <= 0)
+                continue;
+            snprintf(path, sizeof path, "/proc/%d/stat", pid);
+            FILE *f = fopen(path, "r");
+            if (!f)
+                continue;
+            size_t n = fread(buf, 1, sizeof buf - 1, f);
+            fclose(f);
+            buf[n] = '\0';
+            char *p = strrchr(buf, ')');
+            char st;
+            int ppid;
+            if (!p || sscanf(p + 1, " %c %d", &st, &ppid) != 2 || ppid != me)
+                continue;
+            found++;
+            if (st != 'Z')
+                kill(pid, round ? SIGKILL : SIGTERM);
+        }
+        if (d)
+            closedir(d);
+        if (!found)
+            return;
+        if (!round)
+            fprintf(stderr, "brix up: stopping %d replica process(es) the controller left\n", found);
+        for (int waited = 0; waited < 5000; waited += 50) {
+            while (waitpid(-1, NULL, WNOHANG) > 0)
+                found--;
+            if (found <= 0)
+                return;
+            struct timespec ts = { 0, 50 * 1000000L };
+            nanosleep(&ts, NULL);
+        }
+    }
 }
 
 static void stop_child(child_t *c, int grace_ms)
@@ -397,6 +453,7 @@ int brix_up_main(int argc, char **argv)
         fprintf(stderr, "brix up: cannot create %s: %s\n", logs, strerror(errno));
         goto out_docs;
     }
+    prctl(PR_SET_CHILD_SUBREAPER, 1);
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
@@ -475,6 +532,7 @@ stop:
     fflush(stdout);
     stop_child(&ch[1], 35000); /* the gateway drains in-flight requests first */
     stop_child(&ch[0], 30000); /* the controller stops its replicas */
+    stop_orphans();
     rc = stop_sig ? 0 : 1;
     printf("brix up: stopped\n");
 out_sig:

@@ -13,7 +13,7 @@ import harness as h
 
 TMP = tempfile.mkdtemp(prefix="brix-ctl-")
 ADIR = os.path.join(TMP, "adapters")
-for name in ("sql", "chat", "math", "extra"):
+for name in ("sql", "chat", "math", "extra", "sql-v2"):
     os.makedirs(os.path.join(ADIR, name), exist_ok=True)
     with open(os.path.join(ADIR, name, "adapter_config.json"), "w") as f:
         json.dump({"peft_type": "LORA", "r": 8}, f)
@@ -357,6 +357,41 @@ def _():
     C.cli("delete", "adapter", "extra")
 
 
+@h.check("a new artifact is reloaded where the old one is loaded; labels alone roll nothing")
+def _():
+    C.apply(adapter("sql", url="file://adapters/sql-v2", extra="  replicas: 1"), name="v2.yaml")
+
+    def reloaded():
+        a = C.get("adapters", "sql")
+        if a["status"]["phase"] != "Running" or not a["status"]["instances"]:
+            return False
+        url = C.get("replicas", a["status"]["instances"][0])["status"]["url"]
+        return engine_models(url)["sql"]["root"].endswith("/adapters/sql-v2")
+    h.wait_until(reloaded, 20, "sql served from sql-v2")
+    assert C.get("adapters", "sql")["metadata"]["generation"] == 2
+    before = {n: r["status"]["pid"] for n, r in C.items("replicas").items()}
+    gen = C.get("deployments", "base")["metadata"]["generation"]
+    r = C.apply((DEPLOY % {"replicas": 2, "cap": 2}).replace("{team: infra}",
+                                                             "{team: infra, tier: gold}"),
+                name="labels.yaml")
+    assert r.stdout.strip() == "modeldeployment/base configured", r.stdout
+    time.sleep(1)
+    after = C.items("replicas")
+    assert {n: r["status"]["pid"] for n, r in after.items()} == before, "labels restarted replicas"
+    assert all(r["metadata"]["labels"]["tier"] == "gold" for r in after.values()), after
+    assert C.get("deployments", "base")["metadata"]["generation"] == gen
+    # fields the controller owns are not taken from the input
+    r = C.apply(adapter("ghost").replace("metadata:\n", "metadata:\n  deletionTimestamp: "
+                                          "\"2020-01-01T00:00:00Z\"\n  generation: 7\n"),
+                name="ghost.yaml")
+    time.sleep(0.5)
+    g = C.get("adapters", "ghost")
+    assert g["metadata"]["generation"] == 1 and "deletionTimestamp" not in g["metadata"], g
+    C.cli("delete", "adapter", "ghost")
+    st, hd, _ = h.request("GET", C.port, "/v1/adapters/sql/wake")
+    assert st == 405 and hd.get("allow") == "POST", (st, hd)
+
+
 @h.check("scale to zero after idleTTL; a wake loads it again; activity keeps it loaded")
 def _():
     C.apply(adapter("math", extra="  replicas: 1\n  idleTTL: 1s"), name="ttl.yaml")
@@ -397,6 +432,21 @@ def _():
     p = h.Proc(["controller", "--port", "0", "--state-dir", C.state], name="controller-2")
     rc = p.p.wait(10)
     assert rc == 1 and "is in use by another controller" in p.text(), p.text()
+
+
+@h.check("--keep-replicas: the controller exits and leaves replicas for the next one")
+def _():
+    k = Controller(extra=["--keep-replicas"])
+    k.apply((DEPLOY % {"replicas": 1, "cap": 2}).replace("name: base", "name: kept"),
+            name="kept.yaml")
+    pid = k.wait_ready(1)["kept-0"]["status"]["pid"]
+    k.stop()  # exit code 0 within the harness' timeout, logs clean
+    assert alive(pid), "--keep-replicas stopped the replica"
+    k.extra = []
+    k.start()
+    assert k.wait_ready(1)["kept-0"]["status"]["pid"] == pid
+    k.stop()
+    h.wait_until(lambda: not alive(pid), 10, "replica stopped by a normal exit")
 
 
 @h.check("replica logs: written per replica, and free of errors and sanitizer reports")

@@ -171,6 +171,9 @@ spec:
         a = json.loads(cli("get", "adapter", "cold-lora", "-o", "json").stdout)
         return a["status"]["phase"] == "Scaled" and not a["status"]["instances"]
     h.wait_until(scaled, 30, "cold-lora scaled to zero")
+    # the gateway re-reads the replica's /v1/models when the controller reports the unload;
+    # give it that moment (a request racing the unload itself can meet the engine's 404)
+    time.sleep(0.5)
     st, _, b = h.request("GET", GW, "/v1/models")
     assert "cold-lora" in {m["id"] for m in json.loads(b)["data"]}, "registered adapter not listed"
     st, hd, b = chat("cold-lora", timeout=40)
