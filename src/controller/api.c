@@ -305,24 +305,6 @@ static void handle_watch(brix_ctl_t *c, brix_http_req_t *h)
 
 /* ------------------------------------------------------------- apply -- */
 
-static int add_adapter(brix_ctl_t *c, brix_obj_t *o)
-{
-    brix_adapter_rt_t *a = brix_calloc(1, sizeof *a);
-    brix_adapter_rt_t **v = brix_realloc(c->adapters, (c->nadapters + 1) * sizeof *v);
-    if (v)
-        c->adapters = v;
-    if (!a || !v) {
-        brix_free(a);
-        return -1;
-    }
-    a->o = o;
-    a->art_gen = -1;
-    a->phase = "Pending";
-    a->last_used_wall = brix_wall_ms();
-    c->adapters[c->nadapters++] = a;
-    return 0;
-}
-
 int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, const char *text,
                    size_t len, brix_buf_t *result, char *err, size_t errlen)
 {
@@ -414,15 +396,10 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
             o->meta.created_ms = wall;
             o->meta.generation = 1;
             int rc;
-            if (o->kind == BRIX_KIND_DEPLOYMENT) {
-                brix_obj_t **v = brix_realloc(c->deploys, (c->ndeploys + 1) * sizeof *v);
-                if ((rc = v ? 0 : -1) == 0) {
-                    c->deploys = v;
-                    c->deploys[c->ndeploys++] = o;
-                }
-            } else {
-                rc = add_adapter(c, o);
-            }
+            brix_adapter_rt_t *na = NULL;
+            rc = brix_ctl_add(c, o, &na);
+            if (na)
+                na->last_used_wall = wall;
             if (rc) {
                 brix_obj_free(o);
                 o = NULL;

@@ -149,6 +149,35 @@ void brix_ctl_adapter_free(brix_adapter_rt_t *a)
     brix_free(a);
 }
 
+int brix_ctl_add(brix_ctl_t *c, brix_obj_t *o, brix_adapter_rt_t **out)
+{
+    if (out)
+        *out = NULL;
+    if (o->kind == BRIX_KIND_DEPLOYMENT) {
+        brix_obj_t **v = brix_realloc(c->deploys, (c->ndeploys + 1) * sizeof *v);
+        if (!v)
+            return -ENOMEM;
+        c->deploys = v;
+        c->deploys[c->ndeploys++] = o;
+        return 0;
+    }
+    brix_adapter_rt_t *a = brix_calloc(1, sizeof *a);
+    brix_adapter_rt_t **v = brix_realloc(c->adapters, (c->nadapters + 1) * sizeof *v);
+    if (v)
+        c->adapters = v;
+    if (!a || !v) {
+        brix_free(a);
+        return -ENOMEM;
+    }
+    a->o = o;
+    a->art_gen = -1;
+    a->phase = "Pending";
+    c->adapters[c->nadapters++] = a;
+    if (out)
+        *out = a;
+    return 0;
+}
+
 static void remove_replica(brix_ctl_t *c, brix_replica_t *r)
 {
     for (size_t i = 0; i < c->nreps; i++) {

@@ -148,32 +148,16 @@ static int load_objects(brix_ctl_t *c, const brix_yaml_node_t *list, brix_kind_t
             brix_obj_free(o);
             return -1;
         }
-        if (kind == BRIX_KIND_DEPLOYMENT) {
-            brix_obj_t **v = brix_realloc(c->deploys, (c->ndeploys + 1) * sizeof *v);
-            if (!v) {
-                brix_obj_free(o);
-                return -1;
-            }
-            c->deploys = v;
-            c->deploys[c->ndeploys++] = o;
-        } else {
-            brix_adapter_rt_t *a = brix_calloc(1, sizeof *a);
-            brix_adapter_rt_t **v = brix_realloc(c->adapters, (c->nadapters + 1) * sizeof *v);
-            if (v)
-                c->adapters = v;
-            if (!a || !v) {
-                brix_free(a);
-                brix_obj_free(o);
-                return -1;
-            }
-            a->o = o;
-            a->art_gen = -1;
-            a->phase = "Pending";
+        brix_adapter_rt_t *a = NULL;
+        if (brix_ctl_add(c, o, &a)) {
+            brix_obj_free(o);
+            return -1;
+        }
+        if (a) {
             const brix_yaml_node_t *st = brix_yaml_get(list->items[i], "status");
             const char *sc = str(st, "scaled");
             a->scaled = sc && !strcmp(sc, "true");
             a->last_used_wall = (uint64_t)num(st, "lastUsedMs");
-            c->adapters[c->nadapters++] = a;
         }
     }
     return 0;

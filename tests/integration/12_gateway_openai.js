@@ -12,29 +12,13 @@
 'use strict';
 
 const { spawn } = require('child_process');
-const http = require('http');
 const OpenAI = require('openai');
-const { fail, check, eq, freePort, sleep } = require('./jslib');
+const { fail, check, eq, freePort, sleep, httpGet } = require('./jslib');
 
 const BASE_MODEL = 'llama-3-8b';
 const ADAPTER = 'sql';
 const EMBED_DIM = 4096;
 const procs = [];
-
-function httpGet(url) {
-  return new Promise((resolve) => {
-    const req = http.get(url, (res) => {
-      let body = '';
-      res.on('data', (d) => { body += d; });
-      res.on('end', () => resolve({ status: res.statusCode, body }));
-    });
-    req.on('error', () => resolve({ status: 0, body: '' }));
-    req.setTimeout(2000, () => {
-      req.destroy();
-      resolve({ status: 0, body: '' });
-    });
-  });
-}
 
 function start(name, args) {
   const bin = process.env.BRIX_BIN;

@@ -11,24 +11,8 @@ const { spawn, execFileSync } = require('child_process');
 const fs = require('fs');
 const os = require('os');
 const path = require('path');
-const http = require('http');
 const OpenAI = require('openai');
-const { fail, check, eq, freePort, sleep } = require('./jslib');
-
-function httpGet(url) {
-  return new Promise((resolve) => {
-    const req = http.get(url, (res) => {
-      let body = '';
-      res.on('data', (d) => { body += d; });
-      res.on('end', () => resolve({ status: res.statusCode, body }));
-    });
-    req.on('error', () => resolve({ status: 0, body: '' }));
-    req.setTimeout(2000, () => {
-      req.destroy();
-      resolve({ status: 0, body: '' });
-    });
-  });
-}
+const { fail, check, eq, freePort, sleep, httpGet } = require('./jslib');
 
 async function main() {
   const bin = process.env.BRIX_BIN;

@@ -1,6 +1,7 @@
-// Helpers shared by the node integration tests (08, 12).
+// Helpers shared by the node integration tests (08, 12, 18).
 'use strict';
 
+const http = require('http');
 const net = require('net');
 
 function fail(msg) {
@@ -31,4 +32,20 @@ function sleep(ms) {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-module.exports = { fail, check, eq, freePort, sleep };
+// GET url → { status, body }; status 0 when nothing answered within 2 s.
+function httpGet(url) {
+  return new Promise((resolve) => {
+    const req = http.get(url, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve({ status: res.statusCode, body }));
+    });
+    req.on('error', () => resolve({ status: 0, body: '' }));
+    req.setTimeout(2000, () => {
+      req.destroy();
+      resolve({ status: 0, body: '' });
+    });
+  });
+}
+
+module.exports = { fail, check, eq, freePort, sleep, httpGet };

@@ -31,15 +31,14 @@
 #include "controller/artifact.h"
 #include "core/alloc.h"
 #include "leak_check.h"
+#include "stub_server.h"
 
 #define PAYLOAD_LEN 5000
 
 static struct {
     char base[64]; /* mkdtemp root of everything this test writes */
     char cache[PATH_MAX];
-    int lfd, port;
-    pthread_t th;
-    atomic_int stop;
+    stub_server_t srv;
     char payload[PAYLOAD_LEN];
     char payload_sha[65];
     int cache_seq;
@@ -146,7 +145,7 @@ static got_t fetch(const char *url, const char *sha, uint64_t max)
 static got_t fetch_http(const char *path, const char *sha, uint64_t max)
 {
     char url[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", g.port, path);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", g.srv.port, path);
     return fetch(url, sha, max);
 }
 
@@ -242,27 +241,6 @@ static void serve_one(int fd)
     }
 }
 
-static void *server_main(void *arg)
-{
-    (void)arg;
-    for (;;) {
-        int c = accept(g.lfd, NULL, NULL);
-        if (c < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        if (atomic_load(&g.stop)) {
-            close(c);
-            break;
-        }
-        serve_one(c);
-        shutdown(c, SHUT_WR);
-        close(c);
-    }
-    return NULL;
-}
-
 static int sh(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int sh(const char *fmt, ...)
 {
@@ -298,29 +276,13 @@ static int group_setup(void **state)
            b, b, b, b, b, b, b, b, b, b, b, b, b, b, b, b) != 0)
         return -1;
 
-    g.lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET };
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    socklen_t al = sizeof a;
-    if (bind(g.lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(g.lfd, 16) != 0 ||
-        getsockname(g.lfd, (struct sockaddr *)&a, &al) != 0)
-        return -1;
-    g.port = ntohs(a.sin_port);
-    atomic_store(&g.stop, 0);
-    return pthread_create(&g.th, NULL, server_main, NULL);
+    return stub_server_start(&g.srv, serve_one);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    atomic_store(&g.stop, 1);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)g.port) };
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    connect(fd, (struct sockaddr *)&a, sizeof a); /* wakes accept() */
-    close(fd);
-    pthread_join(g.th, NULL);
-    close(g.lfd);
+    stub_server_stop(&g.srv);
     sh("rm -rf %s", g.base);
     return 0;
 }
@@ -500,7 +462,7 @@ static void test_http_errors(void **state)
     assert_int_equal(o.status, BRIX_ART_IO);
     assert_string_equal(brix_art_status_name(o.status), "FetchFailed");
     char want[128];
-    snprintf(want, sizeof want, "HTTP 500 from http://127.0.0.1:%d/boom", g.port);
+    snprintf(want, sizeof want, "HTTP 500 from http://127.0.0.1:%d/boom", g.srv.port);
     assert_string_equal(o.msg, want); /* the query (a presigned token?) is not shown */
 
     char wrong[65];

@@ -27,11 +27,10 @@
 #include "core/buf.h"
 #include "core/curl_uv.h"
 #include "leak_check.h"
+#include "stub_server.h"
 
 static struct {
-    int lfd, port;
-    pthread_t th;
-    atomic_int stop;
+    stub_server_t srv;
     atomic_int peer_closed; /* /forever: the client hung up */
 } g;
 
@@ -88,52 +87,16 @@ static void serve_one(int fd)
     }
 }
 
-static void *server_main(void *arg)
-{
-    (void)arg;
-    for (;;) {
-        int c = accept(g.lfd, NULL, NULL);
-        if (c < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        if (atomic_load(&g.stop)) {
-            close(c);
-            break;
-        }
-        serve_one(c);
-        shutdown(c, SHUT_WR);
-        close(c);
-    }
-    return NULL;
-}
-
 static int group_setup(void **state)
 {
     (void)state;
-    g.lfd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET };
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    socklen_t al = sizeof a;
-    if (bind(g.lfd, (struct sockaddr *)&a, sizeof a) != 0 || listen(g.lfd, 16) != 0 ||
-        getsockname(g.lfd, (struct sockaddr *)&a, &al) != 0)
-        return -1;
-    g.port = ntohs(a.sin_port);
-    return pthread_create(&g.th, NULL, server_main, NULL);
+    return stub_server_start(&g.srv, serve_one);
 }
 
 static int group_teardown(void **state)
 {
     (void)state;
-    atomic_store(&g.stop, 1);
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)g.port) };
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    connect(fd, (struct sockaddr *)&a, sizeof a); /* wakes accept() */
-    close(fd);
-    pthread_join(g.th, NULL);
-    close(g.lfd);
+    stub_server_stop(&g.srv);
     return 0;
 }
 
@@ -177,7 +140,7 @@ static void go(run_t *r, const char *path, int action)
     assert_non_null(r->c);
     r->on_data_action = action;
     char url[128];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", g.port, path);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", g.srv.port, path);
     r->x = brix_curl_stream(r->c, url, 2000, 1 << 20, on_data, on_done, r);
     assert_non_null(r->x);
     uv_run(&r->loop, UV_RUN_DEFAULT); /* returns once curl has nothing left to do */
