@@ -176,9 +176,11 @@ static int render_watch(brix_ctl_t *c, brix_buf_t *b)
         rc |= brix_buf_printf(b, ",\"ready\":%s,\"labels\":",
                               r->phase == BRIX_RP_RUNNING && r->ready ? "true" : "false");
         rc |= brix_labels_json(b, &r->labels) | brix_buf_append_str(b, ",\"adapters\":[");
+        int k = 0; /* what gateways may route there: loaded, and not being drained */
         for (size_t j = 0; j < r->adapters.n; j++)
-            rc |= (j ? brix_buf_append_char(b, ',') : 0) |
-                  brix_buf_append_json_str(b, r->adapters.v[j], strlen(r->adapters.v[j]));
+            if (!brix_ctl_draining(c, r, r->adapters.v[j]))
+                rc |= (k++ ? brix_buf_append_char(b, ',') : 0) |
+                      brix_buf_append_json_str(b, r->adapters.v[j], strlen(r->adapters.v[j]));
         rc |= brix_buf_append_str(b, "]}");
     }
     rc |= brix_buf_append_str(b, "],\"adapters\":[");
@@ -535,6 +537,7 @@ static void handle_wake(brix_ctl_t *c, brix_http_req_t *h, const char *name)
     a->last_used_wall = brix_wall_ms();
     if (a->scaled) {
         a->scaled = false;
+        brix_ctl_cancel_unloads(c, a); /* still loaded where the drain had not ended */
         a->phase = "Scheduled"; /* until the next pass says more */
         brix_metric_add(c->m.wakes, 1);
         BRIX_INFO("adapter %s: woken up by a waiting request", name);

@@ -53,6 +53,8 @@ static const brix_opt_t ctl_opts[] = {
       "one artifact download may take this long" },
     { "stop-grace", BRIX_OPT_DURATION, O(stop_grace), "10s", 0, 600000, NULL,
       "a stopping replica gets SIGTERM, then SIGKILL after this" },
+    { "unload-drain", BRIX_OPT_DURATION, O(unload_drain), "1s", 0, 600000, NULL,
+      "gateways stop routing an adapter to a replica this long before it is unloaded there" },
     { "keep-replicas", BRIX_OPT_BOOL, O(keep_replicas), "false", 1, 0, NULL,
       "leave replicas running on exit; the next controller adopts them" },
     { "max-watchers", BRIX_OPT_INT, O(max_watchers), "256", 1, 100000, NULL,

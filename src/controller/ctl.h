@@ -35,6 +35,7 @@ typedef struct brix_ctl_cfg {
     uint64_t artifact_max_bytes;
     int64_t artifact_timeout;
     int64_t stop_grace;
+    int64_t unload_drain;
     bool keep_replicas;
     int64_t max_watchers;
     char *log_level;
@@ -158,6 +159,10 @@ void brix_ctl_replica_free(brix_ctl_t *c, brix_replica_t *r);
 int brix_ctl_add(brix_ctl_t *c, brix_obj_t *o, brix_adapter_rt_t **out);
 void brix_ctl_adapter_free(brix_adapter_rt_t *a);
 bool brix_ctl_replica_has(const brix_replica_t *r, const char *adapter);
+/* An unload of adapter from r is pending: gateways must stop routing it there. */
+bool brix_ctl_draining(brix_ctl_t *c, const brix_replica_t *r, const char *adapter);
+/* Drops unloads of a not yet sent (a request wants the adapter again). */
+void brix_ctl_cancel_unloads(brix_ctl_t *c, brix_adapter_rt_t *a);
 /* Sets r's labels: the deployment's, plus AIBrix's pod labels. */
 int brix_ctl_replica_labels(brix_replica_t *r, const brix_obj_t *d);
 /* Restarts a replica (the API's DELETE /v1/replicas/NAME, like deleting a pod). */

@@ -754,6 +754,13 @@ static void drop_op(brix_adapter_rt_t *a, brix_lora_op_t *op)
     a->nops--;
 }
 
+bool brix_ctl_draining(brix_ctl_t *c, const brix_replica_t *r, const char *adapter)
+{
+    brix_adapter_rt_t *a = brix_ctl_adapter(c, adapter);
+    brix_lora_op_t *op = a ? find_op(a, r->name) : NULL;
+    return op && op->unload;
+}
+
 static brix_lora_op_t *add_op(brix_adapter_rt_t *a, const char *replica, bool unload, uint64_t now)
 {
     brix_lora_op_t *v = brix_realloc(a->ops, (a->nops + 1) * sizeof *v);
@@ -768,6 +775,32 @@ static brix_lora_op_t *add_op(brix_adapter_rt_t *a, const char *replica, bool un
     op->next_at = now;
     op->begin_ms = now;
     a->nops++;
+    return op;
+}
+
+void brix_ctl_cancel_unloads(brix_ctl_t *c, brix_adapter_rt_t *a)
+{
+    bool any = false;
+    for (size_t i = a->nops; i-- > 0;) {
+        if (a->ops[i].unload && !a->ops[i].inflight && !a->ops[i].done) {
+            drop_op(a, &a->ops[i]);
+            any = true;
+        }
+    }
+    if (any)
+        brix_ctl_changed(c);
+}
+
+/* An unload waits --unload-drain after gateways were told (the watch lists
+ * the replica without the adapter from now on), so no request meets it. */
+static brix_lora_op_t *add_unload(brix_ctl_t *c, brix_adapter_rt_t *a, const char *replica,
+                                  uint64_t now)
+{
+    brix_lora_op_t *op = add_op(a, replica, true, now);
+    if (op) {
+        op->next_at = now + (uint64_t)c->cfg.unload_drain;
+        brix_ctl_changed(c);
+    }
     return op;
 }
 
@@ -964,7 +997,7 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
             if (stale && !op) {
                 BRIX_INFO("adapter %s: %s holds it from %s; reloading from %s", name, r->name,
                           root, a->art_path);
-                op = add_op(a, r->name, true, now);
+                op = add_unload(c, a, r->name, now);
             }
             ninst += !stale && !(op && op->unload);
         } else if (op && !op->unload) {
@@ -1016,7 +1049,7 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
                 if (!worst || cmp_load(c, r, worst) > 0)
                     worst = r;
             }
-            if (!worst || !add_op(a, worst->name, true, now))
+            if (!worst || !add_unload(c, a, worst->name, now))
                 break;
         }
     }
@@ -1027,7 +1060,7 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
         brix_replica_t *r = c->reps[i];
         if (r->phase == BRIX_RP_RUNNING && brix_ctl_replica_has(r, name) &&
             (deleting || !is_candidate(c, a, r)) && !find_op(a, r->name))
-            add_op(a, r->name, true, now);
+            add_unload(c, a, r->name, now);
     }
     for (size_t i = 0; i < a->nops; i++) {
         brix_lora_op_t *op = &a->ops[i];

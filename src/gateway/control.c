@@ -153,6 +153,20 @@ static int cmp_model(const void *a, const void *b)
     return strcmp(((const brix_model_entry_t *)a)->name, ((const brix_model_entry_t *)b)->name);
 }
 
+/* key: sorted names joined by '\n' (the watch's adapters_key) */
+static bool key_has(const char *key, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = key; p && *p;) {
+        const char *e = strchr(p, '\n');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == n && !memcmp(p, name, n))
+            return true;
+        p = e ? e + 1 : NULL;
+    }
+    return false;
+}
+
 static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
 {
     brix_gw_t *gw = ctl->gw;
@@ -232,6 +246,11 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
             for (size_t j = 0; j < cp->nmodels; j++) {
                 cmodel_t *cm = &cp->models[j];
                 if ((pass == 0) != (cm->parent == NULL))
+                    continue;
+                /* a managed pod serves the adapters the controller lists for it: one
+                 * it is about to unload is left out first (drained), so no request
+                 * meets the unload */
+                if (cm->parent && cp->ctl_adapters && !key_has(cp->ctl_adapters, cm->id))
                     continue;
                 size_t mi = s->nmodels;
                 for (size_t k = 0; k < s->nmodels; k++)
@@ -816,6 +835,7 @@ static void on_ctl_snapshot(void *ud, const brix_ctl_snapshot_t *snap)
                 brix_free(cp->ctl_adapters);
                 cp->ctl_adapters = k;
             }
+            mark_dirty(ctl); /* an adapter being drained leaves the routes at once */
             if (cp->healthy)
                 fetch_models(cp);
         }

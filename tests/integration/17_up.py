@@ -171,9 +171,6 @@ spec:
         a = json.loads(cli("get", "adapter", "cold-lora", "-o", "json").stdout)
         return a["status"]["phase"] == "Scaled" and not a["status"]["instances"]
     h.wait_until(scaled, 30, "cold-lora scaled to zero")
-    # the gateway re-reads the replica's /v1/models when the controller reports the unload;
-    # give it that moment (a request racing the unload itself can meet the engine's 404)
-    time.sleep(0.5)
     st, _, b = h.request("GET", GW, "/v1/models")
     assert "cold-lora" in {m["id"] for m in json.loads(b)["data"]}, "registered adapter not listed"
     st, hd, b = chat("cold-lora", timeout=40)
@@ -182,6 +179,31 @@ spec:
     assert a["status"]["instances"] == [hd["target-pod"]], (a["status"], hd)
     st, _, b = chat("no-such-model")
     assert st == 404, (st, b)
+
+
+@h.check("adapters are drained from the gateway before they are unloaded: no request fails")
+def _():
+    # cold-lora on one replica, idleTTL 1s: keep asking for it while it is scaled to zero
+    # and woken again, over and over; every answer must be a 200 (held while it loads)
+    import threading
+    bad, n = [], [0]
+    stop = time.time() + 6
+
+    def client():
+        while time.time() < stop:
+            st, _, b = chat("cold-lora", timeout=40)
+            n[0] += 1
+            if st != 200:
+                bad.append((st, b[:200]))
+            time.sleep(0.3 + 1.2 * (n[0] % 3 == 0))  # gaps longer than the idle TTL
+    ts = [threading.Thread(target=client) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert n[0] >= 6 and not bad, (n[0], bad[:5])
+    m = h.metrics(API)
+    assert h.metric_value(m, "brix_controller_adapter_scale_to_zero_total") >= 1, m
 
 
 @h.check("a killed replica: the gateway keeps serving, adapters come back on the new process")
