@@ -534,7 +534,7 @@ static void handle_wake(brix_ctl_t *c, brix_http_req_t *h, const char *name)
         brix_http_respond_error(h, 404, NULL, "not_found", NULL, "ModelAdapter '%s' not found", name);
         return;
     }
-    a->last_used_wall = brix_wall_ms();
+    a->last_used_wall = a->woken_wall = brix_wall_ms();
     if (a->scaled) {
         a->scaled = false;
         brix_ctl_cancel_unloads(c, a); /* still loaded where the drain had not ended */

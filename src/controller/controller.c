@@ -55,6 +55,9 @@ static const brix_opt_t ctl_opts[] = {
       "a stopping replica gets SIGTERM, then SIGKILL after this" },
     { "unload-drain", BRIX_OPT_DURATION, O(unload_drain), "1s", 0, 600000, NULL,
       "gateways stop routing an adapter to a replica this long before it is unloaded there" },
+    { "evict-idle-min", BRIX_OPT_DURATION, O(evict_idle_min), "10s", 0, 604800000, NULL,
+      "an adapter needing room may evict (scale to zero) the least recently used adapter idle "
+      "this long (0 = never evict; it waits for an idle TTL)" },
     { "keep-replicas", BRIX_OPT_BOOL, O(keep_replicas), "false", 1, 0, NULL,
       "leave replicas running on exit; the next controller adopts them" },
     { "max-watchers", BRIX_OPT_INT, O(max_watchers), "256", 1, 100000, NULL,
@@ -166,6 +169,8 @@ static int metrics_init(brix_ctl_t *c)
         "scaled-to-zero adapters woken by a waiting request", NULL, 0);
     ONE(scaled_down, C, "brix_controller_adapter_scale_to_zero_total",
         "adapters unloaded everywhere after their idle TTL", NULL, 0);
+    ONE(evictions, C, "brix_controller_adapter_evictions_total",
+        "adapters scaled to zero early (LRU) to make room for a requested one", NULL, 0);
     ONE(load_seconds, H, "brix_controller_adapter_load_seconds",
         "time from placing an adapter on a replica to the engine's 200", load_b,
         sizeof load_b / sizeof *load_b);

@@ -36,6 +36,7 @@ typedef struct brix_ctl_cfg {
     int64_t artifact_timeout;
     int64_t stop_grace;
     int64_t unload_drain;
+    int64_t evict_idle_min;
     bool keep_replicas;
     int64_t max_watchers;
     char *log_level;
@@ -85,6 +86,7 @@ typedef struct brix_adapter_rt {
     uint64_t art_retry_at;
     bool scaled;              /* scaled to zero after idleTTL without traffic */
     uint64_t last_used_wall;  /* wall ms of the last request / wake / apply */
+    uint64_t woken_wall;      /* wall ms of the last wake (a request waits for it) */
     brix_lora_op_t *ops;
     size_t nops;
     char last_err[200]; /* the last failed load/unload, until one succeeds */
@@ -103,6 +105,7 @@ typedef struct brix_ctl_metrics {
     brix_metric_family_t *replicas, *adapters;
     brix_metric_t *loads_ok, *loads_failed, *unloads_ok, *unloads_failed;
     brix_metric_t *restarts, *fetch_ok, *fetch_failed, *watchers, *wakes, *scaled_down;
+    brix_metric_t *evictions;
     brix_metric_t *load_seconds, *reconcile_seconds;
 } brix_ctl_metrics_t;
 

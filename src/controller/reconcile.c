@@ -1053,6 +1053,41 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
                 break;
         }
     }
+    /* no room anywhere for an adapter a request is waiting for (a gateway
+     * woke it in the last minute): the least recently used adapter idle for
+     * --evict-idle-min on a candidate replica is scaled to zero early (LRU),
+     * and this one goes there once it is gone */
+    if (nocap && ninst + nloading == 0 && desired > 0 && a->art == BRIX_ARTS_READY &&
+        c->cfg.evict_idle_min > 0 && a->woken_wall && wall - a->woken_wall < 60000) {
+        brix_adapter_rt_t *victim = NULL;
+        bool room_coming = false; /* an unload on a candidate is under way: wait for it */
+        for (size_t i = 0; i < c->nreps && !room_coming; i++) {
+            brix_replica_t *r = c->reps[i];
+            if (!is_candidate(c, a, r) || avoided(a, r->name, now))
+                continue;
+            for (size_t j = 0; j < r->adapters.n && !room_coming; j++) {
+                brix_adapter_rt_t *b = brix_ctl_adapter(c, r->adapters.v[j]);
+                if (b && (brix_ctl_draining(c, r, r->adapters.v[j]) || b->scaled)) {
+                    room_coming = true;
+                    break;
+                }
+                if (!b || b == a || b->scaled || b->o->meta.deleting_ms || b->nops ||
+                    wall < b->last_used_wall ||
+                    wall - b->last_used_wall < (uint64_t)c->cfg.evict_idle_min)
+                    continue;
+                if (!victim || b->last_used_wall < victim->last_used_wall)
+                    victim = b;
+            }
+        }
+        if (victim && !room_coming) {
+            victim->scaled = true;
+            brix_metric_add(c->m.evictions, 1);
+            BRIX_INFO("adapter %s: idle for %.0f s, scaled to zero early to make room for %s",
+                      victim->o->meta.name, (double)(wall - victim->last_used_wall) / 1000.0, name);
+            brix_ctl_changed(c);
+            brix_ctl_kick(c);
+        }
+    }
     /* unload from replicas that hold it but are no longer candidates, e.g.
      * when the podSelector changed or the adapter is being deleted (a replica
      * that is not ready is tried too: the object waits until it is clean) */

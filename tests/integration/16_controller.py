@@ -72,7 +72,8 @@ class Controller:
     def start(self):
         self.p = h.Proc(["controller", "--port", str(self.port), "--state-dir", self.state,
                          "--health-interval", "200ms", "--reconcile-interval", "200ms",
-                         "--stop-grace", "3s"] + self.extra, name="controller")
+                         "--stop-grace", "3s", "--evict-idle-min", "1s",
+                         "--unload-drain", "200ms"] + self.extra, name="controller")
         self.p.wait_http(self.port, "/readyz")
 
     @property
@@ -351,10 +352,24 @@ def _():
     assert "full" in {c["type"]: c for c in a["status"]["conditions"]}["Scheduled"]["message"]
     for r in C.items("replicas").values():
         assert len(r["status"]["adapters"]) <= 2, r
-    C.cli("delete", "adapter", "math")
+    # a request waits for it (a gateway wakes it): the least recently used adapter idle
+    # for --evict-idle-min makes room (scaled to zero early)
+    time.sleep(1.2)
+    st, _, _ = h.request("POST", C.port, "/v1/adapters/extra/wake")
+    assert st == 202
     C.wait_adapter("extra", lambda a: a["status"]["phase"] == "Running" and a,
-                   what="extra placed once math freed a slot")
+                   what="extra placed after an eviction")
+    scaled = [n for n, a in C.items("adapters").items() if a["status"]["phase"] == "Scaled"]
+    assert len(scaled) == 1, scaled
+    assert h.metric_value(h.metrics(C.port), "brix_controller_adapter_evictions_total") == 1
+    for r in C.items("replicas").values():
+        assert len(r["status"]["adapters"]) <= 2, r
     C.cli("delete", "adapter", "extra")
+    h.wait_until(lambda: "extra" not in C.items("adapters"), 10, "extra deleted")
+    h.request("POST", C.port, f"/v1/adapters/{scaled[0]}/wake")
+    C.wait_adapter(scaled[0], lambda a: a["status"]["phase"] == "Running" and a,
+                   what="the evicted adapter back")
+    C.cli("delete", "adapter", "math")
 
 
 @h.check("a new artifact is reloaded where the old one is loaded; labels alone roll nothing")
