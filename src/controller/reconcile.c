@@ -1162,9 +1162,17 @@ void brix_ctl_reconcile(brix_ctl_t *c)
     uint64_t t0 = brix_now_ns();
     uint64_t now = brix_now_ms(), wall = brix_wall_ms();
     reconcile_deployments(c, now);
+    /* adapters a request waits for (woken in the last minute) go first: a slot
+     * that just freed up (an eviction) is theirs, not an idle newcomer's */
     for (size_t i = c->nadapters; i-- > 0;) {
         brix_adapter_rt_t *a = c->adapters[i];
-        reconcile_adapter(c, a, now, wall);
+        if (a->woken_wall && wall - a->woken_wall < 60000)
+            reconcile_adapter(c, a, now, wall);
+    }
+    for (size_t i = c->nadapters; i-- > 0;) {
+        brix_adapter_rt_t *a = c->adapters[i];
+        if (!(a->woken_wall && wall - a->woken_wall < 60000))
+            reconcile_adapter(c, a, now, wall);
         if (a->o->meta.deleting_ms && a->ready == 0 && a->nops == 0) {
             bool anywhere = false;
             for (size_t j = 0; j < c->nreps && !anywhere; j++)
