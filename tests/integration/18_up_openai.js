@@ -89,6 +89,7 @@ async function main() {
     check(bad.length === 0, `${f}: ${bad.slice(0, 5).join('\n')}`);
   }
   console.log('ok   brix up + openai client: base model and both adapters, plain and streaming');
+  process.exit(0); // the stop timeout's timer would keep node alive
 }
 
 main().catch((e) => fail(e.stack || String(e)));
