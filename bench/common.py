@@ -1,5 +1,6 @@
 """Shared helpers for brix benchmarks: starting processes, free ports,
 reading GPU profiles, /proc sampling and gnuplot."""
+import math
 import os
 import re
 import socket
@@ -98,3 +99,17 @@ def metric(text, name):
 def gnuplot(script):
     os.makedirs(PLOTS, exist_ok=True)
     subprocess.run(["gnuplot"], input=script.encode(), check=True)
+
+
+def pct(xs, p):
+    """Percentile with linear interpolation (as brix bench); an infinite sample (a request
+    that never got its first token) is larger than any other."""
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = (len(xs) - 1) * p / 100.0
+    f = int(k)
+    hi = min(f + 1, len(xs) - 1)
+    if math.isinf(xs[hi]):
+        return xs[hi] if k > f or math.isinf(xs[f]) else xs[f]
+    return xs[f] + (xs[hi] - xs[f]) * (k - f)

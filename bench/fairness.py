@@ -282,17 +282,7 @@ async def drive(gport, eports, scheds):
 
 # --------------------------------------------------------------- measure --
 
-def pct(xs, p):
-    """Percentile where a missing first token (inf) is larger than any sample."""
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    k = (len(xs) - 1) * p / 100.0
-    f = int(k)
-    hi = min(f + 1, len(xs) - 1)
-    if math.isinf(xs[hi]):
-        return xs[hi] if k > f or math.isinf(xs[f]) else xs[f]
-    return xs[f] + (xs[hi] - xs[f]) * (k - f)
+pct = c.pct
 
 
 def ttft_sim(r):

@@ -360,17 +360,7 @@ def bench_wait(p, timeout):
     return rc
 
 
-def pct(xs, p):
-    """Percentile (linear interpolation, as brix bench); inf counts as largest."""
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    k = (len(xs) - 1) * p / 100.0
-    f = int(k)
-    hi = min(f + 1, len(xs) - 1)
-    if math.isinf(xs[hi]):
-        return xs[hi] if k > f or math.isinf(xs[f]) else xs[f]
-    return xs[f] + (xs[hi] - xs[f]) * (k - f)
+pct = c.pct
 
 
 def read_run(out):
