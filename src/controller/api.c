@@ -45,7 +45,8 @@ static int render_replica(brix_ctl_t *c, brix_buf_t *b, const brix_replica_t *r)
     for (size_t i = 0; i < r->argv.n; i++)
         rc |= (i ? brix_buf_append_char(b, ',') : 0) |
               brix_buf_append_json_str(b, r->argv.v[i], strlen(r->argv.v[i]));
-    rc |= brix_buf_append_str(b, "]},\"status\":{") | jkv(b, "phase", brix_replica_phase_name(r->phase));
+    rc |= brix_buf_append_str(b, "]},\"status\":{") |
+          jkv(b, "phase", brix_replica_phase_name(r->phase));
     rc |= brix_buf_printf(b, ",\"ready\":%s,\"url\":", r->ready ? "true" : "false");
     rc |= brix_buf_append_json_str(b, r->url, strlen(r->url));
     rc |= brix_buf_printf(b, ",\"port\":%d,\"pid\":%d,\"restarts\":%d,\"adopted\":%s", r->port,
@@ -84,7 +85,7 @@ static int render_deploy(brix_ctl_t *c, brix_buf_t *b, const brix_obj_t *d)
                           ",\"status\":{\"replicas\":%d,\"readyReplicas\":%d,"
                           "\"updatedReplicas\":%d,\"phase\":\"%s\"}}",
                           total, ready, updated,
-                          d->meta.deleting_ms ? "Terminating"
+                          d->meta.deleting_ms      ? "Terminating"
                           : ready >= d->d.replicas ? "Running"
                                                    : "Progressing");
     return rc;
@@ -94,7 +95,8 @@ static int render_adapter(brix_ctl_t *c, brix_buf_t *b, const brix_adapter_rt_t 
 {
     char ts[32];
     int rc = brix_obj_json_open(b, a->o);
-    rc |= brix_buf_append_str(b, ",\"status\":{") | jkv(b, "phase", a->phase ? a->phase : "Pending");
+    rc |=
+        brix_buf_append_str(b, ",\"status\":{") | jkv(b, "phase", a->phase ? a->phase : "Pending");
     rc |= brix_buf_printf(b, ",\"candidates\":%d,\"desiredReplicas\":%d,\"readyReplicas\":%d,",
                           a->candidates, a->desired, a->ready);
     rc |= brix_buf_append_str(b, "\"instances\":[");
@@ -194,7 +196,8 @@ static int render_watch(brix_ctl_t *c, brix_buf_t *b)
         if (!base) /* AIBrix allows no baseModel: take the selector's model name */
             base = brix_labels_get(&a->o->a.selector, "model.aibrix.ai/name");
         rc |= brix_buf_append_str(b, ",\"baseModel\":");
-        rc |= base ? brix_buf_append_json_str(b, base, strlen(base)) : brix_buf_append_str(b, "null");
+        rc |=
+            base ? brix_buf_append_json_str(b, base, strlen(base)) : brix_buf_append_str(b, "null");
         rc |= brix_buf_append_char(b, ',') | jkv(b, "phase", a->phase ? a->phase : "Pending");
         rc |= brix_buf_append_str(b, ",\"instances\":[");
         int k = 0;
@@ -339,16 +342,16 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
                 goto out;
             }
         }
-        const brix_meta_t *old = o->kind == BRIX_KIND_DEPLOYMENT
-                                     ? (brix_ctl_deploy(c, o->meta.name)
-                                            ? &brix_ctl_deploy(c, o->meta.name)->meta
-                                            : NULL)
-                                     : (brix_ctl_adapter(c, o->meta.name)
-                                            ? &brix_ctl_adapter(c, o->meta.name)->o->meta
-                                            : NULL);
+        const brix_meta_t *old =
+            o->kind == BRIX_KIND_DEPLOYMENT
+                ? (brix_ctl_deploy(c, o->meta.name) ? &brix_ctl_deploy(c, o->meta.name)->meta
+                                                    : NULL)
+                : (brix_ctl_adapter(c, o->meta.name) ? &brix_ctl_adapter(c, o->meta.name)->o->meta
+                                                     : NULL);
         if (old && old->deleting_ms) {
-            snprintf(err, errlen, "%s:%d:%d: %s '%s' is being deleted; apply it again when it is gone",
-                     source, docs->items[i]->line, docs->items[i]->col, brix_kind_name(o->kind),
+            snprintf(err, errlen,
+                     "%s:%d:%d: %s '%s' is being deleted; apply it again when it is gone", source,
+                     docs->items[i]->line, docs->items[i]->col, brix_kind_name(o->kind),
                      o->meta.name);
             brix_obj_free(o);
             status = 409;
@@ -440,7 +443,8 @@ out:
 
 static void respond_json(brix_http_req_t *h, int status, brix_buf_t *b)
 {
-    brix_http_respond(h, status, "application/json", b->data ? b->data : "{}", b->data ? b->len : 2);
+    brix_http_respond(h, status, "application/json", b->data ? b->data : "{}",
+                      b->data ? b->len : 2);
     brix_buf_free(b);
 }
 
@@ -494,12 +498,14 @@ static void handle_object(brix_ctl_t *c, brix_http_req_t *h, brix_kind_t kind, c
     if (kind == BRIX_KIND_REPLICA) {
         brix_replica_t *r = brix_ctl_replica(c, name);
         if (!r) {
-            brix_http_respond_error(h, 404, NULL, "not_found", NULL, "Replica '%s' not found", name);
+            brix_http_respond_error(h, 404, NULL, "not_found", NULL, "Replica '%s' not found",
+                                    name);
             return;
         }
         brix_ctl_replica_restart(c, r);
         brix_buf_t b = BRIX_BUF_INIT;
-        brix_buf_printf(&b, "{\"kind\":\"Replica\",\"name\":\"%s\",\"result\":\"restarting\"}", name);
+        brix_buf_printf(&b, "{\"kind\":\"Replica\",\"name\":\"%s\",\"result\":\"restarting\"}",
+                        name);
         respond_json(h, 200, &b);
         return;
     }
@@ -531,14 +537,15 @@ static void handle_wake(brix_ctl_t *c, brix_http_req_t *h, const char *name)
 {
     brix_adapter_rt_t *a = brix_ctl_adapter(c, name);
     if (!a || a->o->meta.deleting_ms) {
-        brix_http_respond_error(h, 404, NULL, "not_found", NULL, "ModelAdapter '%s' not found", name);
+        brix_http_respond_error(h, 404, NULL, "not_found", NULL, "ModelAdapter '%s' not found",
+                                name);
         return;
     }
     a->last_used_wall = a->woken_wall = brix_wall_ms();
     if (a->scaled) {
         a->scaled = false;
         brix_ctl_cancel_unloads(c, a); /* still loaded where the drain had not ended */
-        a->phase = "Scheduled"; /* until the next pass says more */
+        a->phase = "Scheduled";        /* until the next pass says more */
         brix_metric_add(c->m.wakes, 1);
         BRIX_INFO("adapter %s: woken up by a waiting request", name);
         brix_ctl_changed(c);
@@ -601,18 +608,18 @@ static void html_esc(brix_buf_t *b, const char *s)
 static void handle_status(brix_ctl_t *c, brix_http_req_t *h)
 {
     brix_buf_t b = BRIX_BUF_INIT;
-    brix_buf_append_str(&b,
-                        "<!doctype html><html><head><meta charset=utf-8>"
-                        "<meta http-equiv=refresh content=2><title>brix controller</title>"
-                        "<style>body{font:14px system-ui,sans-serif;margin:2em}"
-                        "table{border-collapse:collapse;margin-bottom:2em}"
-                        "td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
-                        "th{background:#f3f3f3}.ok{color:#070}.bad{color:#b00}</style></head>"
-                        "<body><h1>brix controller</h1>");
-    brix_buf_printf(&b, "<p>state version %llu &middot; %zu watcher(s) &middot; "
-                        "<a href=/v1/deployments>deployments</a> &middot; "
-                        "<a href=/v1/adapters>adapters</a> &middot; "
-                        "<a href=/v1/replicas>replicas</a> &middot; <a href=/metrics>metrics</a></p>",
+    brix_buf_append_str(&b, "<!doctype html><html><head><meta charset=utf-8>"
+                            "<meta http-equiv=refresh content=2><title>brix controller</title>"
+                            "<style>body{font:14px system-ui,sans-serif;margin:2em}"
+                            "table{border-collapse:collapse;margin-bottom:2em}"
+                            "td,th{border:1px solid #ccc;padding:4px 10px;text-align:left}"
+                            "th{background:#f3f3f3}.ok{color:#070}.bad{color:#b00}</style></head>"
+                            "<body><h1>brix controller</h1>");
+    brix_buf_printf(&b,
+                    "<p>state version %llu &middot; %zu watcher(s) &middot; "
+                    "<a href=/v1/deployments>deployments</a> &middot; "
+                    "<a href=/v1/adapters>adapters</a> &middot; "
+                    "<a href=/v1/replicas>replicas</a> &middot; <a href=/metrics>metrics</a></p>",
                     (unsigned long long)c->version, c->nwatchers);
     brix_buf_append_str(&b, "<h2>Deployments</h2><table><tr><th>name</th><th>model</th><th>gpu</th>"
                             "<th>replicas</th><th>ready</th></tr>");
@@ -637,7 +644,8 @@ static void handle_status(brix_ctl_t *c, brix_http_req_t *h)
         const brix_replica_t *r = c->reps[i];
         brix_buf_append_str(&b, "<tr><td>");
         html_esc(&b, r->name);
-        brix_buf_printf(&b, "</td><td>%s</td><td class=%s>%s</td><td>%s</td><td>%d</td><td>%d</td><td>",
+        brix_buf_printf(&b,
+                        "</td><td>%s</td><td class=%s>%s</td><td>%s</td><td>%d</td><td>%d</td><td>",
                         brix_replica_phase_name(r->phase), r->ready ? "ok" : "bad",
                         r->ready ? "yes" : "no", r->url, r->pid, r->restarts);
         for (size_t j = 0; j < r->adapters.n; j++) {
@@ -670,8 +678,9 @@ static void handle_status(brix_ctl_t *c, brix_http_req_t *h)
 
 static void handle_metrics(brix_ctl_t *c, brix_http_req_t *h)
 {
-    static const char *const rphase[] = { "Pending", "Starting", "Running", "Failed", "Terminating" };
-    static const char *const aphase[] = { "Pending", "Scheduled", "Bound", "Running",
+    static const char *const rphase[] = { "Pending", "Starting", "Running", "Failed",
+                                          "Terminating" };
+    static const char *const aphase[] = { "Pending", "Scheduled", "Bound",  "Running",
                                           "Scaled",  "Failed",    "Unknown" };
     for (int p = 0; p < 5; p++) {
         int n = 0;
@@ -760,5 +769,6 @@ void brix_ctl_http(brix_http_req_t *h, void *ud)
             return;
         }
     }
-    brix_http_respond_error(h, 404, NULL, "not_found", NULL, "no route for %s %s", h->method_name, p);
+    brix_http_respond_error(h, 404, NULL, "not_found", NULL, "no route for %s %s", h->method_name,
+                            p);
 }

@@ -91,8 +91,8 @@ long brix_cli_call(const char *server, const char *method, const char *path, con
 static const char *error_message(const brix_buf_t *b, char *out, size_t outlen)
 {
     cJSON *j = b->data ? cJSON_Parse(b->data) : NULL;
-    const cJSON *m = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "error"),
-                                                      "message");
+    const cJSON *m =
+        cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, "error"), "message");
     snprintf(out, outlen, "%s", cJSON_IsString(m) ? m->valuestring : b->data ? b->data : "");
     cJSON_Delete(j);
     return out;
@@ -182,8 +182,8 @@ int brix_apply_main(int argc, char **argv)
         snprintf(h2, sizeof h2, "x-brix-base-dir: %s", base);
         const char *hdrs[] = { h1, base[0] ? h2 : NULL, NULL };
         brix_buf_t out = BRIX_BUF_INIT;
-        long st = brix_cli_call(server, "POST", "/v1/apply", text ? text : "", len, hdrs, &out,
-                                err, sizeof err);
+        long st = brix_cli_call(server, "POST", "/v1/apply", text ? text : "", len, hdrs, &out, err,
+                                sizeof err);
         brix_free(text);
         if (st < 0) {
             fprintf(stderr, "brix apply: %s\n", err);
@@ -323,15 +323,18 @@ static void print_table(brix_kind_t kind, const cJSON *items, bool wide)
             snprintf(n1, sizeof n1, "%ld", jnum(it, "spec", "replicas"));
             snprintf(n2, sizeof n2, "%ld/%ld", jnum(it, "status", "readyReplicas"),
                      jnum(it, "spec", "replicas"));
-            const char *v[] = { jstr(it, "metadata.name"), jstr(it, "spec.model"),
-                                jstr(it, "spec.gpu"),      n1,
-                                n2,                        jstr(it, "status.phase"),
+            const char *v[] = { jstr(it, "metadata.name"),
+                                jstr(it, "spec.model"),
+                                jstr(it, "spec.gpu"),
+                                n1,
+                                n2,
+                                jstr(it, "status.phase"),
                                 a1 };
             table_row(&t, v, 7);
         }
     } else if (kind == BRIX_KIND_ADAPTER) {
-        const char *h[] = { "NAME",      "BASE",    "PHASE", "DESIRED", "READY", "CANDIDATES",
-                            "INSTANCES", "AGE",     "ARTIFACT", "REASON" };
+        const char *h[] = { "NAME",       "BASE",      "PHASE", "DESIRED",  "READY",
+                            "CANDIDATES", "INSTANCES", "AGE",   "ARTIFACT", "REASON" };
         table_row(&t, h, wide ? 10 : 8);
         cJSON_ArrayForEach(it, items)
         {
@@ -344,22 +347,28 @@ static void print_table(brix_kind_t kind, const cJSON *items, bool wide)
                  buf, sizeof buf);
             const char *reason = "";
             const cJSON *cd;
-            cJSON_ArrayForEach(cd, cJSON_GetObjectItemCaseSensitive(
-                                       cJSON_GetObjectItemCaseSensitive(it, "status"), "conditions"))
+            cJSON_ArrayForEach(
+                cd, cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(it, "status"),
+                                                     "conditions"))
             {
                 if (jstr(cd, "type") && !strcmp(jstr(cd, "type"), "Ready") && jstr(cd, "message"))
                     reason = jstr(cd, "message");
             }
-            const char *v[] = { jstr(it, "metadata.name"), jstr(it, "spec.baseModel"),
-                                jstr(it, "status.phase"),  n1,
-                                n2,                        n3,
-                                buf,                       a1,
-                                jstr(it, "spec.artifactURL"), reason };
+            const char *v[] = { jstr(it, "metadata.name"),
+                                jstr(it, "spec.baseModel"),
+                                jstr(it, "status.phase"),
+                                n1,
+                                n2,
+                                n3,
+                                buf,
+                                a1,
+                                jstr(it, "spec.artifactURL"),
+                                reason };
             table_row(&t, v, wide ? 10 : 8);
         }
     } else {
-        const char *h[] = { "NAME", "DEPLOYMENT", "PHASE",    "READY",    "URL",
-                            "PID",  "RESTARTS",   "ADAPTERS", "AGE",      "LAST-EXIT" };
+        const char *h[] = { "NAME", "DEPLOYMENT", "PHASE",    "READY", "URL",
+                            "PID",  "RESTARTS",   "ADAPTERS", "AGE",   "LAST-EXIT" };
         table_row(&t, h, wide ? 10 : 9);
         cJSON_ArrayForEach(it, items)
         {
@@ -368,13 +377,19 @@ static void print_table(brix_kind_t kind, const cJSON *items, bool wide)
             snprintf(n1, sizeof n1, "%ld", jnum(it, "status", "pid"));
             snprintf(n2, sizeof n2, "%ld", jnum(it, "status", "restarts"));
             snprintf(n4, sizeof n4, "%s",
-                     cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(st, "ready")) ? "true" : "false");
+                     cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(st, "ready")) ? "true"
+                                                                                 : "false");
             join(cJSON_GetObjectItemCaseSensitive(st, "adapters"), buf, sizeof buf);
-            const char *v[] = { jstr(it, "metadata.name"), jstr(it, "spec.deployment"),
-                                jstr(it, "status.phase"),  n4,
-                                jstr(it, "status.url"),    n1,
-                                n2,                        buf,
-                                a1,                        jstr(it, "status.lastExit") };
+            const char *v[] = { jstr(it, "metadata.name"),
+                                jstr(it, "spec.deployment"),
+                                jstr(it, "status.phase"),
+                                n4,
+                                jstr(it, "status.url"),
+                                n1,
+                                n2,
+                                buf,
+                                a1,
+                                jstr(it, "status.lastExit") };
             table_row(&t, v, wide ? 10 : 9);
         }
     }
@@ -385,15 +400,17 @@ static void print_table(brix_kind_t kind, const cJSON *items, bool wide)
 static int emit_scalar(yaml_emitter_t *e, const char *s, bool plain_ok)
 {
     yaml_event_t ev;
-    yaml_scalar_event_initialize(&ev, NULL, NULL, (yaml_char_t *)s, (int)strlen(s), plain_ok,
-                                 !plain_ok, plain_ok ? YAML_ANY_SCALAR_STYLE
-                                                     : YAML_DOUBLE_QUOTED_SCALAR_STYLE);
+    yaml_scalar_event_initialize(
+        &ev, NULL, NULL, (yaml_char_t *)s, (int)strlen(s), plain_ok, !plain_ok,
+        plain_ok ? YAML_ANY_SCALAR_STYLE : YAML_DOUBLE_QUOTED_SCALAR_STYLE);
     return yaml_emitter_emit(e, &ev);
 }
 
 static bool looks_typed(const char *s)
 {
-    static const char *const words[] = { "true", "false", "null", "yes", "no", "on", "off", "~", "" };
+    static const char *const words[] = {
+        "true", "false", "null", "yes", "no", "on", "off", "~", ""
+    };
     for (size_t i = 0; i < sizeof words / sizeof *words; i++)
         if (!strcasecmp(s, words[i]))
             return true;
@@ -518,7 +535,8 @@ int brix_get_main(int argc, char **argv)
         return 2;
     }
     char path[512], err[1024];
-    snprintf(path, sizeof path, "/v1/%s%s%s", brix_kind_plural(k), name ? "/" : "", name ? name : "");
+    snprintf(path, sizeof path, "/v1/%s%s%s", brix_kind_plural(k), name ? "/" : "",
+             name ? name : "");
     brix_buf_t body = BRIX_BUF_INIT;
     long st = brix_cli_call(server, "GET", path, NULL, 0, NULL, &body, err, sizeof err);
     int rc = 0;

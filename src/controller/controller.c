@@ -41,14 +41,14 @@ static const brix_opt_t ctl_opts[] = {
       "replica /health and /v1/models checked every" },
     { "health-timeout", BRIX_OPT_DURATION, O(health_timeout), "2s", 50, 600000, NULL,
       "replica /health and /v1/models timeout" },
-    { "restart-backoff-max", BRIX_OPT_DURATION, O(restart_backoff_max), "30s", 1000, 3600000,
-      NULL, "a crashing replica restarts after 1 s, 2 s, 4 s … up to this" },
+    { "restart-backoff-max", BRIX_OPT_DURATION, O(restart_backoff_max), "30s", 1000, 3600000, NULL,
+      "a crashing replica restarts after 1 s, 2 s, 4 s … up to this" },
     { "load-retries", BRIX_OPT_INT, O(load_retries), "5", 1, 100, NULL,
       "tries of one LoRA load on one replica before trying another replica" },
     { "load-timeout", BRIX_OPT_DURATION, O(load_timeout), "60s", 100, 3600000, NULL,
       "one /v1/load_lora_adapter call may take this long" },
-    { "artifact-max-size", BRIX_OPT_SIZE, O(artifact_max_bytes), "10g", 1024, 1099511627776.0,
-      NULL, "largest adapter artifact downloaded" },
+    { "artifact-max-size", BRIX_OPT_SIZE, O(artifact_max_bytes), "10g", 1024, 1099511627776.0, NULL,
+      "largest adapter artifact downloaded" },
     { "artifact-timeout", BRIX_OPT_DURATION, O(artifact_timeout), "10m", 1000, 86400000, NULL,
       "one artifact download may take this long" },
     { "stop-grace", BRIX_OPT_DURATION, O(stop_grace), "10s", 0, 600000, NULL,
@@ -136,15 +136,14 @@ static int metrics_init(brix_ctl_t *c)
     brix_ctl_metrics_t *m = &c->m;
     if (!(m->reg = brix_metrics_new()))
         return -1;
-    m->replicas = brix_metrics_family(m->reg, G, "brix_controller_replicas",
-                                      "replicas by phase", ph, NULL, 0);
+    m->replicas = brix_metrics_family(m->reg, G, "brix_controller_replicas", "replicas by phase",
+                                      ph, NULL, 0);
     m->adapters = brix_metrics_family(m->reg, G, "brix_controller_adapters",
                                       "ModelAdapters by phase", ph, NULL, 0);
     brix_metric_family_t *loads = brix_metrics_family(
         m->reg, C, "brix_controller_adapter_loads_total", "LoRA loads by result", res, NULL, 0);
-    brix_metric_family_t *unloads =
-        brix_metrics_family(m->reg, C, "brix_controller_adapter_unloads_total",
-                            "LoRA unloads by result", res, NULL, 0);
+    brix_metric_family_t *unloads = brix_metrics_family(
+        m->reg, C, "brix_controller_adapter_unloads_total", "LoRA unloads by result", res, NULL, 0);
     brix_metric_family_t *fetch =
         brix_metrics_family(m->reg, C, "brix_controller_artifact_fetches_total",
                             "adapter artifact fetches by result", res, NULL, 0);
@@ -159,7 +158,7 @@ static int metrics_init(brix_ctl_t *c)
     m->fetch_ok = brix_metric_child(fetch, ok);
     m->fetch_failed = brix_metric_child(fetch, bad);
 #define ONE(field, type, name, help, b, nb)                                                        \
-    if (!(f = brix_metrics_family(m->reg, type, name, help, NULL, b, nb)))                        \
+    if (!(f = brix_metrics_family(m->reg, type, name, help, NULL, b, nb)))                         \
         return -1;                                                                                 \
     m->field = brix_metric_child(f, NULL);
     ONE(restarts, C, "brix_controller_replica_restarts_total",
@@ -220,8 +219,8 @@ static void finish(brix_ctl_t *c)
     uv_handle_t *hs[] = { (uv_handle_t *)&c->reconcile_timer, (uv_handle_t *)&c->health_timer,
                           (uv_handle_t *)&c->heartbeat_timer, (uv_handle_t *)&c->save_timer,
                           (uv_handle_t *)&c->kick_timer,      (uv_handle_t *)&c->stop_timer,
-                          (uv_handle_t *)&c->notify_timer,
-                          (uv_handle_t *)&c->sigterm,         (uv_handle_t *)&c->sigint };
+                          (uv_handle_t *)&c->notify_timer,    (uv_handle_t *)&c->sigterm,
+                          (uv_handle_t *)&c->sigint };
     for (size_t i = 0; i < sizeof hs / sizeof *hs; i++)
         if (!uv_is_closing(hs[i]))
             uv_close(hs[i], NULL);
@@ -338,9 +337,8 @@ int brix_controller_main(int argc, char **argv)
         fprintf(stderr, "brix controller: %s\n", err);
         goto out;
     }
-    uv_timer_t *ts[] = { &c->reconcile_timer, &c->health_timer, &c->heartbeat_timer,
-                         &c->save_timer,      &c->kick_timer,   &c->stop_timer,
-                         &c->notify_timer };
+    uv_timer_t *ts[] = { &c->reconcile_timer, &c->health_timer, &c->heartbeat_timer, &c->save_timer,
+                         &c->kick_timer,      &c->stop_timer,   &c->notify_timer };
     c->rng = brix_now_ns() | 1;
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) {
         uv_timer_init(&loop, ts[i]);

@@ -57,11 +57,11 @@ typedef struct brix_lora_op {
     char *replica;
     bool unload;
     bool inflight;
-    bool done;          /* the engine said 200; waiting for /v1/models to confirm */
-    uint64_t done_at;   /* monotonic ms of that 200 */
+    bool done;        /* the engine said 200; waiting for /v1/models to confirm */
+    uint64_t done_at; /* monotonic ms of that 200 */
     int tries;
-    uint64_t next_at;   /* monotonic ms: earliest next attempt */
-    uint64_t begin_ms;  /* monotonic ms: first attempt (cold-load latency) */
+    uint64_t next_at;  /* monotonic ms: earliest next attempt */
+    uint64_t begin_ms; /* monotonic ms: first attempt (cold-load latency) */
     char last_err[200];
 } brix_lora_op_t;
 
@@ -78,15 +78,15 @@ typedef struct brix_cond {
 typedef struct brix_adapter_rt {
     brix_obj_t *o;
     brix_art_state_t art;
-    int64_t art_gen; /* generation the artifact state belongs to */
+    int64_t art_gen;    /* generation the artifact state belongs to */
     uint64_t art_fetch; /* id of the fetch in flight (ids are unique per controller) */
     char *art_path;
     char art_reason[32];
     char art_msg[256];
     uint64_t art_retry_at;
-    bool scaled;              /* scaled to zero after idleTTL without traffic */
-    uint64_t last_used_wall;  /* wall ms of the last request / wake / apply */
-    uint64_t woken_wall;      /* wall ms of the last wake (a request waits for it) */
+    bool scaled;             /* scaled to zero after idleTTL without traffic */
+    uint64_t last_used_wall; /* wall ms of the last request / wake / apply */
+    uint64_t woken_wall;     /* wall ms of the last wake (a request waits for it) */
     brix_lora_op_t *ops;
     size_t nops;
     char last_err[200]; /* the last failed load/unload, until one succeeds */
@@ -128,7 +128,7 @@ typedef struct brix_ctl {
 
     uint64_t version; /* bumped on every change a watcher can see */
     uint64_t sent_version;
-    bool dirty;       /* state file needs writing */
+    bool dirty; /* state file needs writing */
     bool ready;
     bool stopping;
 
@@ -148,7 +148,7 @@ typedef struct brix_ctl {
 
 /* reconcile.c */
 void brix_ctl_reconcile(brix_ctl_t *c);
-void brix_ctl_kick(brix_ctl_t *c); /* reconcile soon (coalesced) */
+void brix_ctl_kick(brix_ctl_t *c);    /* reconcile soon (coalesced) */
 void brix_ctl_changed(brix_ctl_t *c); /* visible state changed: bump version, save, notify */
 void brix_ctl_dirty(brix_ctl_t *c);   /* only the state file is behind (e.g. last use times) */
 void brix_ctl_health_tick(brix_ctl_t *c);

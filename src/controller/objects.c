@@ -25,15 +25,24 @@ static const struct {
     const char *alias;
     brix_kind_t kind;
 } kind_aliases[] = {
-    { "deployments", BRIX_KIND_DEPLOYMENT },     { "deployment", BRIX_KIND_DEPLOYMENT },
-    { "deploy", BRIX_KIND_DEPLOYMENT },          { "modeldeployment", BRIX_KIND_DEPLOYMENT },
-    { "modeldeployments", BRIX_KIND_DEPLOYMENT }, { "md", BRIX_KIND_DEPLOYMENT },
-    { "adapters", BRIX_KIND_ADAPTER },           { "adapter", BRIX_KIND_ADAPTER },
-    { "modeladapter", BRIX_KIND_ADAPTER },       { "modeladapters", BRIX_KIND_ADAPTER },
-    { "ma", BRIX_KIND_ADAPTER },                 { "lora", BRIX_KIND_ADAPTER },
-    { "replicas", BRIX_KIND_REPLICA },           { "replica", BRIX_KIND_REPLICA },
-    { "pods", BRIX_KIND_REPLICA },               { "pod", BRIX_KIND_REPLICA },
-    { "po", BRIX_KIND_REPLICA },                 { "rs", BRIX_KIND_REPLICA },
+    { "deployments", BRIX_KIND_DEPLOYMENT },
+    { "deployment", BRIX_KIND_DEPLOYMENT },
+    { "deploy", BRIX_KIND_DEPLOYMENT },
+    { "modeldeployment", BRIX_KIND_DEPLOYMENT },
+    { "modeldeployments", BRIX_KIND_DEPLOYMENT },
+    { "md", BRIX_KIND_DEPLOYMENT },
+    { "adapters", BRIX_KIND_ADAPTER },
+    { "adapter", BRIX_KIND_ADAPTER },
+    { "modeladapter", BRIX_KIND_ADAPTER },
+    { "modeladapters", BRIX_KIND_ADAPTER },
+    { "ma", BRIX_KIND_ADAPTER },
+    { "lora", BRIX_KIND_ADAPTER },
+    { "replicas", BRIX_KIND_REPLICA },
+    { "replica", BRIX_KIND_REPLICA },
+    { "pods", BRIX_KIND_REPLICA },
+    { "pod", BRIX_KIND_REPLICA },
+    { "po", BRIX_KIND_REPLICA },
+    { "rs", BRIX_KIND_REPLICA },
     { "cluster", BRIX_KIND_CLUSTER },
 };
 
@@ -215,8 +224,8 @@ static int get_str(vctx_t *v, const brix_yaml_node_t *n, const char *path, char 
     return 0;
 }
 
-static int get_int(vctx_t *v, const brix_yaml_node_t *n, const char *path, int64_t min,
-                   int64_t max, int64_t *out)
+static int get_int(vctx_t *v, const brix_yaml_node_t *n, const char *path, int64_t min, int64_t max,
+                   int64_t *out)
 {
     if (!n || n->type != BRIX_YAML_SCALAR || n->quoted || !n->scalar[0])
         return fail(v, n, path, "expected an integer");
@@ -262,8 +271,7 @@ static int get_duration(vctx_t *v, const brix_yaml_node_t *n, const char *path, 
     return 0;
 }
 
-static int get_strlist(vctx_t *v, const brix_yaml_node_t *n, const char *path,
-                       brix_strlist_t *out)
+static int get_strlist(vctx_t *v, const brix_yaml_node_t *n, const char *path, brix_strlist_t *out)
 {
     if (!n || n->type != BRIX_YAML_SEQ)
         return fail(v, n, path, "expected a list of strings");
@@ -360,9 +368,8 @@ static int parse_meta(vctx_t *v, const brix_yaml_node_t *n, brix_meta_t *m)
 
 static int parse_deploy(vctx_t *v, const brix_yaml_node_t *spec, brix_obj_t *o)
 {
-    static const char *const keys[] = { "model",         "replicas", "gpu",
-                                        "engine",        "lora",     "healthPath",
-                                        "startupTimeout", NULL };
+    static const char *const keys[] = { "model",      "replicas",       "gpu", "engine", "lora",
+                                        "healthPath", "startupTimeout", NULL };
     static const char *const ekeys[] = { "command", "args", NULL };
     static const char *const lkeys[] = { "enabled", "maxLoras", "maxCpuLoras", "adapterCapacity",
                                          NULL };
@@ -471,7 +478,8 @@ static int resolve_file_url(vctx_t *v, const brix_yaml_node_t *n, brix_adapter_s
     if (*p == '/' || !v->base_dir)
         return 0;
     brix_buf_t b = { 0 };
-    int rc = brix_buf_printf(&b, "file://%s/%s", v->base_dir, p[0] == '.' && p[1] == '/' ? p + 2 : p);
+    int rc =
+        brix_buf_printf(&b, "file://%s/%s", v->base_dir, p[0] == '.' && p[1] == '/' ? p + 2 : p);
     if (rc) {
         brix_buf_free(&b);
         return fail(v, n, "spec.artifactURL", "out of memory");
@@ -484,9 +492,9 @@ static int resolve_file_url(vctx_t *v, const brix_yaml_node_t *n, brix_adapter_s
 
 static int parse_adapter(vctx_t *v, const brix_yaml_node_t *spec, brix_obj_t *o)
 {
-    static const char *const keys[] = { "baseModel",      "podSelector",  "schedulerName",
-                                        "artifactURL",    "artifactSHA256", "credentialsSecretRef",
-                                        "replicas",       "idleTTL",      "additionalConfig",
+    static const char *const keys[] = { "baseModel",   "podSelector",    "schedulerName",
+                                        "artifactURL", "artifactSHA256", "credentialsSecretRef",
+                                        "replicas",    "idleTTL",        "additionalConfig",
                                         NULL };
     static const char *const skeys[] = { "matchLabels", "matchExpressions", NULL };
     static const char *const sched[] = { "default", "leastAdapters", "binPack", "random", NULL };
@@ -590,8 +598,8 @@ int brix_obj_parse(const brix_yaml_node_t *doc, const char *file, const char *ba
                        : kind == BRIX_KIND_DEPLOYMENT ? "model.brix.dev/v1alpha1"
                                                       : "brix.dev/v1alpha1";
     if (strcmp(av->scalar, want))
-        return fail(&v, av, "apiVersion", "%s objects use apiVersion %s, not '%s'", k->scalar,
-                    want, av->scalar);
+        return fail(&v, av, "apiVersion", "%s objects use apiVersion %s, not '%s'", k->scalar, want,
+                    av->scalar);
     brix_obj_t *o = brix_calloc(1, sizeof *o);
     if (!o || !(o->api_version = brix_strdup(want))) {
         brix_free(o);
@@ -602,7 +610,8 @@ int brix_obj_parse(const brix_yaml_node_t *doc, const char *file, const char *ba
     int rc = 0;
     if (kind != BRIX_KIND_CLUSTER) {
         const brix_yaml_node_t *spec = brix_yaml_get(doc, "spec");
-        rc = known_keys(&v, doc, "", top) || parse_meta(&v, brix_yaml_get(doc, "metadata"), &o->meta);
+        rc = known_keys(&v, doc, "", top) ||
+             parse_meta(&v, brix_yaml_get(doc, "metadata"), &o->meta);
         if (!rc && !spec)
             rc = fail(&v, doc, "spec", "missing");
         if (!rc && kind == BRIX_KIND_DEPLOYMENT && strlen(o->meta.name) > 63)
@@ -610,7 +619,8 @@ int brix_obj_parse(const brix_yaml_node_t *doc, const char *file, const char *ba
                       "a ModelDeployment name has at most 63 characters (it names replicas, "
                       "labels and log files)");
         if (!rc)
-            rc = kind == BRIX_KIND_DEPLOYMENT ? parse_deploy(&v, spec, o) : parse_adapter(&v, spec, o);
+            rc = kind == BRIX_KIND_DEPLOYMENT ? parse_deploy(&v, spec, o)
+                                              : parse_adapter(&v, spec, o);
     }
     if (rc) {
         brix_obj_free(o);
@@ -726,8 +736,8 @@ int brix_obj_json_open(brix_buf_t *b, const brix_obj_t *o)
     if (o->meta.labels.n)
         rc |= brix_buf_append_str(b, ",\"labels\":") | brix_labels_json(b, &o->meta.labels);
     if (o->meta.annotations.n)
-        rc |= brix_buf_append_str(b, ",\"annotations\":") |
-              brix_labels_json(b, &o->meta.annotations);
+        rc |=
+            brix_buf_append_str(b, ",\"annotations\":") | brix_labels_json(b, &o->meta.annotations);
     rc |= brix_buf_append_str(b, "},\"spec\":") | spec_json(b, o);
     return rc ? -ENOMEM : 0;
 }

@@ -34,23 +34,23 @@ typedef struct brix_replica {
     char url[64]; /* http://127.0.0.1:PORT */
     brix_labels_t labels;
     brix_replica_phase_t phase;
-    bool ready;              /* /health answered 200 on the last check */
-    int health_fails;        /* consecutive failed checks while running */
+    bool ready;       /* /health answered 200 on the last check */
+    int health_fails; /* consecutive failed checks while running */
     bool health_inflight;
-    bool recycle;            /* TERMINATING for a restart (startup timeout, rollout) */
-    bool timed_out;          /* the restart is for a startup timeout: back off */
-    bool models_again;       /* /v1/models changed while a read was in flight: read again */
-    uint64_t start_ticks;    /* /proc/PID/stat starttime: the process's identity with pid */
+    bool recycle;         /* TERMINATING for a restart (startup timeout, rollout) */
+    bool timed_out;       /* the restart is for a startup timeout: back off */
+    bool models_again;    /* /v1/models changed while a read was in flight: read again */
+    uint64_t start_ticks; /* /proc/PID/stat starttime: the process's identity with pid */
     bool models_inflight;
-    int pid;                 /* 0 when no process */
-    bool adopted;            /* started by an earlier controller; not our child */
-    brix_strlist_t argv;     /* the command it runs (to recognise it after a restart) */
+    int pid;             /* 0 when no process */
+    bool adopted;        /* started by an earlier controller; not our child */
+    brix_strlist_t argv; /* the command it runs (to recognise it after a restart) */
     char *log_path;
-    int64_t generation;      /* deployment generation it was started from */
-    uint64_t started_ms;     /* monotonic: process start */
+    int64_t generation;  /* deployment generation it was started from */
+    uint64_t started_ms; /* monotonic: process start */
     uint64_t started_wall_ms;
-    uint64_t restart_at_ms;  /* monotonic: PENDING/FAILED → start at this time */
-    uint64_t backoff_ms;     /* next restart delay (doubles, capped) */
+    uint64_t restart_at_ms; /* monotonic: PENDING/FAILED → start at this time */
+    uint64_t backoff_ms;    /* next restart delay (doubles, capped) */
     int restarts;
     char last_exit[160];     /* why the last process ended */
     brix_strlist_t adapters; /* adapters its own /v1/models lists */
@@ -92,8 +92,7 @@ struct brix_provider {
  * started in their own session so they survive a controller restart (and are
  * adopted by the next one). self_exe runs `engine-sim` when a deployment has
  * no command template; logs go to log_dir/<replica>.log. */
-brix_provider_t *brix_provider_local_new(uv_loop_t *loop, const char *self_exe,
-                                         const char *log_dir, brix_provider_exit_fn on_exit,
-                                         void *ud);
+brix_provider_t *brix_provider_local_new(uv_loop_t *loop, const char *self_exe, const char *log_dir,
+                                         brix_provider_exit_fn on_exit, void *ud);
 
 #endif

@@ -164,8 +164,7 @@ static void on_kill_timer(uv_timer_t *t)
 }
 
 /* Expands {port} {model} {name} {gpu} {host} {brix} in one template word. */
-static char *expand(const char *tpl, const brix_replica_t *r, const brix_obj_t *d,
-                    const char *self)
+static char *expand(const char *tpl, const brix_replica_t *r, const brix_obj_t *d, const char *self)
 {
     brix_buf_t b = BRIX_BUF_INIT;
     int rc = 0;
@@ -228,13 +227,15 @@ static int build_argv(lp_t *lp, const brix_replica_t *r, const brix_obj_t *d, br
         snprintf(port, sizeof port, "%d", r->port);
         snprintf(ml, sizeof ml, "%lld", (long long)ds->max_loras);
         snprintf(mcl, sizeof mcl, "%lld", (long long)ds->max_cpu_loras);
-        const char *base[] = { lp->self_exe, "engine-sim", "--host", "127.0.0.1", "--port", port,
-                               "--served-model-name", r->model, "--gpu", ds->gpu };
+        const char *base[] = {
+            lp->self_exe, "engine-sim",          "--host", "127.0.0.1", "--port",
+            port,         "--served-model-name", r->model, "--gpu",     ds->gpu
+        };
         for (size_t i = 0; i < sizeof base / sizeof *base; i++)
             rc |= brix_strlist_push(out, base[i]);
         if (ds->lora) {
-            const char *lora[] = { "--enable-lora", "--max-loras", ml, "--max-cpu-loras", mcl,
-                                   "--lora-path-check" };
+            const char *lora[] = { "--enable-lora",   "--max-loras", ml,
+                                   "--max-cpu-loras", mcl,           "--lora-path-check" };
             for (size_t i = 0; i < sizeof lora / sizeof *lora; i++)
                 rc |= brix_strlist_push(out, lora[i]);
         }
@@ -407,9 +408,8 @@ static const brix_provider_ops_t local_ops = {
     "local", lp_start, lp_stop, lp_adopt, lp_release, lp_close,
 };
 
-brix_provider_t *brix_provider_local_new(uv_loop_t *loop, const char *self_exe,
-                                         const char *log_dir, brix_provider_exit_fn on_exit,
-                                         void *ud)
+brix_provider_t *brix_provider_local_new(uv_loop_t *loop, const char *self_exe, const char *log_dir,
+                                         brix_provider_exit_fn on_exit, void *ud)
 {
     lp_t *lp = brix_calloc(1, sizeof *lp);
     if (!lp)

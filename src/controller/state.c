@@ -36,7 +36,8 @@ static int render_state(brix_ctl_t *c, brix_buf_t *b)
 {
     char ts[32];
     brix_time_iso8601(ts, brix_wall_ms());
-    int rc = brix_buf_printf(b, "{\"brix\":\"controller-state\",\"format\":1,\"savedAt\":\"%s\",", ts);
+    int rc =
+        brix_buf_printf(b, "{\"brix\":\"controller-state\",\"format\":1,\"savedAt\":\"%s\",", ts);
     rc |= brix_buf_append_str(b, "\n\"deployments\":[");
     for (size_t i = 0; i < c->ndeploys; i++) {
         rc |= brix_buf_append_str(b, i ? ",\n" : "\n");
@@ -219,12 +220,15 @@ int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen)
 {
     struct stat st;
     if (stat(c->state_path, &st) != 0)
-        return errno == ENOENT ? 0 : (snprintf(err, errlen, "%s: %s", c->state_path, strerror(errno)), -1);
+        return errno == ENOENT
+                   ? 0
+                   : (snprintf(err, errlen, "%s: %s", c->state_path, strerror(errno)), -1);
     brix_yaml_node_t *root;
     if (brix_yaml_load_file(c->state_path, &root, err, errlen))
         return -1;
     int rc = -1;
-    if (root->type != BRIX_YAML_MAP || !str(root, "brix") || strcmp(str(root, "brix"), "controller-state")) {
+    if (root->type != BRIX_YAML_MAP || !str(root, "brix") ||
+        strcmp(str(root, "brix"), "controller-state")) {
         snprintf(err, errlen, "%s: not a brix controller state file", c->state_path);
         goto out;
     }

@@ -124,8 +124,9 @@ static int parse_cluster(const char *file, const brix_yaml_node_t *doc, up_cfg_t
                 if (!dir_set)
                     snprintf(u->state_dir, sizeof u->state_dir, "%s", vv->scalar);
             } else {
-                return errat(file, kk, gw ? "gateway: unknown field (known: port, args)"
-                                          : "controller: unknown field (known: port, stateDir, args)");
+                return errat(file, kk,
+                             gw ? "gateway: unknown field (known: port, args)"
+                                : "controller: unknown field (known: port, stateDir, args)");
             }
         }
     }
@@ -213,7 +214,8 @@ static bool alive(child_t *c)
     pid_t r = waitpid(c->pid, &st, WNOHANG);
     if (r == c->pid) {
         fprintf(stderr, "brix up: the %s exited (%s %d)\n", c->what,
-                WIFSIGNALED(st) ? "signal" : "status", WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
+                WIFSIGNALED(st) ? "signal" : "status",
+                WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st));
         c->pid = 0;
         tail_log(c->log);
         return false;
@@ -278,7 +280,8 @@ static void stop_orphans(void)
         if (!found)
             return;
         if (!round)
-            fprintf(stderr, "brix up: stopping %d replica process(es) the controller left\n", found);
+            fprintf(stderr, "brix up: stopping %d replica process(es) the controller left\n",
+                    found);
         for (int waited = 0; waited < 5000; waited += 50) {
             while (waitpid(-1, NULL, WNOHANG) > 0)
                 found--;
@@ -328,15 +331,16 @@ static bool wait_fleet(const char *api, child_t *ch, size_t nch, int timeout_s, 
             const cJSON *sp = cJSON_GetObjectItemCaseSensitive(it, "spec");
             const cJSON *st = cJSON_GetObjectItemCaseSensitive(it, "status");
             want += (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(sp, "replicas"));
-            ready += (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(st, "readyReplicas"));
+            ready +=
+                (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(st, "readyReplicas"));
         }
         cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(aj, "items"))
         {
             const cJSON *ph = cJSON_GetObjectItemCaseSensitive(
                 cJSON_GetObjectItemCaseSensitive(it, "status"), "phase");
             adapters++;
-            running += cJSON_IsString(ph) && (!strcmp(ph->valuestring, "Running") ||
-                                              !strcmp(ph->valuestring, "Scaled"));
+            running += cJSON_IsString(ph) &&
+                       (!strcmp(ph->valuestring, "Running") || !strcmp(ph->valuestring, "Scaled"));
         }
         cJSON_Delete(dj);
         cJSON_Delete(aj);
@@ -360,8 +364,9 @@ static bool wait_fleet(const char *api, child_t *ch, size_t nch, int timeout_s, 
             return false;
         }
     }
-    fprintf(stderr, "brix up: the fleet was not ready within %d s; it keeps trying (see "
-                    "`brix get replicas` and the logs)\n",
+    fprintf(stderr,
+            "brix up: the fleet was not ready within %d s; it keeps trying (see "
+            "`brix get replicas` and the logs)\n",
             timeout_s);
     return true;
 }
@@ -475,8 +480,8 @@ int brix_up_main(int argc, char **argv)
     }
     printf("brix up: starting the controller (state in %s/)\n", u.state_dir);
     fflush(stdout);
-    const char *cargs[] = { "controller", "--host", "127.0.0.1", "--port", aport, "--state-dir",
-                            u.state_dir, NULL };
+    const char *cargs[] = { "controller", "--host",      "127.0.0.1", "--port",
+                            aport,        "--state-dir", u.state_dir, NULL };
     if ((ch[0].pid = spawn(self, cargs, &u.ctl_args, ch[0].log)) <= 0 ||
         !wait_http(&ch[0], api, "/readyz", 15000, &set))
         goto stop;
@@ -495,15 +500,18 @@ int brix_up_main(int argc, char **argv)
     long st = brix_cli_call(api, "POST", "/v1/apply", text, len, hdrs, &out, err, sizeof err);
     brix_free(text);
     if (st != 200) {
-        fprintf(stderr, "brix up: applying %s: %s\n", file, st < 0 ? err : out.data ? out.data : "");
+        fprintf(stderr, "brix up: applying %s: %s\n", file,
+                st < 0     ? err
+                : out.data ? out.data
+                           : "");
         brix_buf_free(&out);
         goto stop;
     }
     brix_buf_free(&out);
     printf("brix up: applied %d object(s) from %s; starting the gateway\n", nobj, file);
     fflush(stdout);
-    const char *gargs[] = { "gateway", "--host", "127.0.0.1", "--port", gport, "--controller", api,
-                            NULL };
+    const char *gargs[] = { "gateway", "--host",       "127.0.0.1", "--port",
+                            gport,     "--controller", api,         NULL };
     if ((ch[1].pid = spawn(self, gargs, &u.gw_args, ch[1].log)) <= 0 ||
         !wait_http(&ch[1], gwurl, "/healthz", 15000, &set))
         goto stop;
