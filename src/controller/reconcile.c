@@ -281,8 +281,7 @@ int brix_ctl_replica_labels(brix_replica_t *r, const brix_obj_t *d)
     /* AIBrix's pod labels (shared/reference/aibrix.md §3) */
     rc |= brix_labels_set(&r->labels, "model.aibrix.ai/name", r->model);
     rc |= brix_labels_set(&r->labels, "model.aibrix.ai/port", port);
-    rc |= brix_labels_set(&r->labels, "model.aibrix.ai/engine",
-                          d->d.command.n ? "custom" : "vllm");
+    rc |= brix_labels_set(&r->labels, "model.aibrix.ai/engine", d->d.command.n ? "custom" : "vllm");
     if (d->d.lora)
         rc |= brix_labels_set(&r->labels, "adapter.model.aibrix.ai/enabled", "true");
     rc |= brix_labels_set(&r->labels, "brix.dev/deployment", d->meta.name);
@@ -413,8 +412,8 @@ static brix_replica_t *replica_new(brix_ctl_t *c, const brix_obj_t *d, int index
     brix_replica_t **v = brix_realloc(c->reps, (c->nreps + 1) * sizeof *v);
     char name[300];
     snprintf(name, sizeof name, "%s-%d", d->meta.name, index);
-    if (!r || !v || !(r->name = brix_strdup(name)) || !(r->deployment = brix_strdup(d->meta.name)) ||
-        !(r->model = brix_strdup(d->d.model))) {
+    if (!r || !v || !(r->name = brix_strdup(name)) ||
+        !(r->deployment = brix_strdup(d->meta.name)) || !(r->model = brix_strdup(d->d.model))) {
         if (v)
             c->reps = v;
         if (r)
@@ -471,7 +470,8 @@ static void reconcile_deployments(brix_ctl_t *c, uint64_t now)
         if (d->meta.deleting_ms && !any) {
             BRIX_INFO("deployment %s: deleted", d->meta.name);
             brix_obj_free(d);
-            memmove(c->deploys + di, c->deploys + di + 1, (c->ndeploys - di - 1) * sizeof *c->deploys);
+            memmove(c->deploys + di, c->deploys + di + 1,
+                    (c->ndeploys - di - 1) * sizeof *c->deploys);
             c->ndeploys--;
             brix_ctl_changed(c);
         }
@@ -481,8 +481,8 @@ static void reconcile_deployments(brix_ctl_t *c, uint64_t now)
         brix_obj_t *d = brix_ctl_deploy(c, r->deployment);
         if (!d)
             continue;
-        if ((r->phase == BRIX_RP_PENDING || r->phase == BRIX_RP_FAILED) && now >= r->restart_at_ms &&
-            !d->meta.deleting_ms && r->index < d->d.replicas)
+        if ((r->phase == BRIX_RP_PENDING || r->phase == BRIX_RP_FAILED) &&
+            now >= r->restart_at_ms && !d->meta.deleting_ms && r->index < d->d.replicas)
             start_replica(c, r, d, now);
         else if (r->phase == BRIX_RP_STARTING && now - r->started_ms > d->d.startup_timeout_ms) {
             snprintf(r->last_exit, sizeof r->last_exit, "no answer 200 on %s within %.0f s",
@@ -499,17 +499,44 @@ static void reconcile_deployments(brix_ctl_t *c, uint64_t now)
 
 static void fetch_models(brix_ctl_t *c, brix_replica_t *r);
 
+/* GET r->url + path for the replica's current process; *inflight is set
+ * while the call runs (cleared again if it cannot start). */
+static void replica_get(brix_ctl_t *c, brix_replica_t *r, const char *path, size_t max_body,
+                        bool *inflight, brix_curl_done_fn done)
+{
+    call_t *k = call_new(c, r->name, NULL);
+    if (!k)
+        return;
+    k->pid = r->pid;
+    char url[320];
+    snprintf(url, sizeof url, "%s%s", r->url, path);
+    *inflight = true;
+    if (brix_curl_request(c->curl, "GET", url, NULL, 0, NULL, (uint64_t)c->cfg.health_timeout,
+                          max_body, done, k)) {
+        *inflight = false;
+        call_free(k);
+    }
+}
+
+/* The replica a finished call was for, if it still runs the same process
+ * (answers for an earlier process are dropped); frees the call. */
+static brix_replica_t *call_replica(call_t *k)
+{
+    brix_replica_t *r = brix_ctl_replica(k->c, k->replica);
+    if (r && r->pid != k->pid)
+        r = NULL;
+    call_free(k);
+    return r;
+}
+
 static void on_models(const brix_curl_result_t *res, void *ud)
 {
     call_t *k = ud;
     brix_ctl_t *c = k->c;
-    brix_replica_t *r = brix_ctl_replica(c, k->replica);
-    if (!r || r->pid != k->pid) {
-        call_free(k);
+    brix_replica_t *r = call_replica(k);
+    if (!r)
         return;
-    }
     r->models_inflight = false;
-    call_free(k);
     if (r->models_again) { /* a load or unload finished meanwhile: this answer may predate it */
         r->models_again = false;
         fetch_models(c, r);
@@ -567,30 +594,16 @@ static void fetch_models(brix_ctl_t *c, brix_replica_t *r)
         r->models_again = true;
         return;
     }
-    call_t *k = call_new(c, r->name, NULL);
-    if (!k)
-        return;
-    k->pid = r->pid;
-    char url[128];
-    snprintf(url, sizeof url, "%s/v1/models", r->url);
-    r->models_inflight = true;
-    if (brix_curl_request(c->curl, "GET", url, NULL, 0, NULL, (uint64_t)c->cfg.health_timeout,
-                          4u << 20, on_models, k)) {
-        r->models_inflight = false;
-        call_free(k);
-    }
+    replica_get(c, r, "/v1/models", 4u << 20, &r->models_inflight, on_models);
 }
 
 static void on_health(const brix_curl_result_t *res, void *ud)
 {
     call_t *k = ud;
     brix_ctl_t *c = k->c;
-    brix_replica_t *r = brix_ctl_replica(c, k->replica);
-    if (!r || r->pid != k->pid) {
-        call_free(k);
+    brix_replica_t *r = call_replica(k);
+    if (!r)
         return;
-    }
-    call_free(k);
     r->health_inflight = false;
     uint64_t now = brix_now_ms();
     if (res->status == 200) {
@@ -627,18 +640,7 @@ void brix_ctl_health_tick(brix_ctl_t *c)
             (r->phase != BRIX_RP_STARTING && r->phase != BRIX_RP_RUNNING))
             continue;
         brix_obj_t *d = brix_ctl_deploy(c, r->deployment);
-        call_t *k = call_new(c, r->name, NULL);
-        if (!k)
-            return;
-        k->pid = r->pid;
-        char url[300];
-        snprintf(url, sizeof url, "%s%s", r->url, d ? d->d.health_path : "/health");
-        r->health_inflight = true;
-        if (brix_curl_request(c->curl, "GET", url, NULL, 0, NULL, (uint64_t)c->cfg.health_timeout,
-                              65536, on_health, k)) {
-            r->health_inflight = false;
-            call_free(k);
-        }
+        replica_get(c, r, d ? d->d.health_path : "/health", 65536, &r->health_inflight, on_health);
     }
 }
 
@@ -920,7 +922,8 @@ static int64_t capacity(brix_ctl_t *c, const brix_replica_t *r)
 }
 
 static void set_cond(brix_ctl_t *c, brix_adapter_rt_t *a, int i, const char *type, bool status,
-                     const char *reason, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+                     const char *reason, const char *fmt, ...)
+    __attribute__((format(printf, 7, 8)));
 
 static void set_cond(brix_ctl_t *c, brix_adapter_rt_t *a, int i, const char *type, bool status,
                      const char *reason, const char *fmt, ...)
@@ -950,6 +953,13 @@ static int cmp_load(brix_ctl_t *c, const brix_replica_t *x, const brix_replica_t
     return strcmp(x->name, y->name);
 }
 
+/* A request waits for the adapter: a gateway woke it in the last minute
+ * (gateways repeat the wake every 5 s while they hold requests). */
+static bool awaited(const brix_adapter_rt_t *a, uint64_t wall)
+{
+    return a->woken_wall && wall >= a->woken_wall && wall - a->woken_wall < 60000;
+}
+
 static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now, uint64_t wall)
 {
     const brix_adapter_spec_t *s = &a->o->a;
@@ -960,7 +970,8 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
         wall - a->last_used_wall > (uint64_t)ttl) {
         a->scaled = true;
         brix_metric_add(c->m.scaled_down, 1);
-        BRIX_INFO("adapter %s: no requests for %.0f s; scaling to zero", name, (double)ttl / 1000.0);
+        BRIX_INFO("adapter %s: no requests for %.0f s; scaling to zero", name,
+                  (double)ttl / 1000.0);
         brix_ctl_changed(c);
     }
     if (!deleting)
@@ -992,11 +1003,11 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
         if (brix_ctl_replica_has(r, name)) {
             const char *root = replica_root(r, name);
             /* loaded from another artifact (the spec changed): reload it */
-            bool stale = a->art == BRIX_ARTS_READY && a->art_path && root[0] &&
-                         strcmp(root, a->art_path);
+            bool stale =
+                a->art == BRIX_ARTS_READY && a->art_path && root[0] && strcmp(root, a->art_path);
             if (stale && !op) {
-                BRIX_INFO("adapter %s: %s holds it from %s; reloading from %s", name, r->name,
-                          root, a->art_path);
+                BRIX_INFO("adapter %s: %s holds it from %s; reloading from %s", name, r->name, root,
+                          a->art_path);
                 op = add_unload(c, a, r->name, now);
             }
             ninst += !stale && !(op && op->unload);
@@ -1004,7 +1015,7 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
             nloading++;
         }
     }
-    int desired = deleting || a->scaled             ? 0
+    int desired = deleting || a->scaled                ? 0
                   : s->replicas && s->replicas < ncand ? (int)s->replicas
                                                        : ncand;
     bool nocap = false;
@@ -1016,8 +1027,8 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
             int seen = 0;
             for (size_t i = 0; i < c->nreps; i++) {
                 brix_replica_t *r = c->reps[i];
-                if (!is_candidate(c, a, r) || brix_ctl_replica_has(r, name) || find_op(a, r->name) ||
-                    avoided(a, r->name, now))
+                if (!is_candidate(c, a, r) || brix_ctl_replica_has(r, name) ||
+                    find_op(a, r->name) || avoided(a, r->name, now))
                     continue;
                 if ((int64_t)r->adapters.n + loads_to(c, r) >= capacity(c, r))
                     continue;
@@ -1058,7 +1069,7 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
      * --evict-idle-min on a candidate replica is scaled to zero early (LRU),
      * and this one goes there once it is gone */
     if (nocap && ninst + nloading == 0 && desired > 0 && a->art == BRIX_ARTS_READY &&
-        c->cfg.evict_idle_min > 0 && a->woken_wall && wall - a->woken_wall < 60000) {
+        c->cfg.evict_idle_min > 0 && awaited(a, wall)) {
         brix_adapter_rt_t *victim = NULL;
         bool room_coming = false; /* an unload on a candidate is under way: wait for it */
         for (size_t i = 0; i < c->nreps && !room_coming; i++) {
@@ -1126,12 +1137,13 @@ static void reconcile_adapter(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now,
     } else if (ncand == 0) {
         phase = "Pending";
         set_cond(c, a, 1, "Scheduled", false, "NoCandidates",
-                 "no ready replica matches the podSelector%s%s", s->base_model ? " and base model " : "",
-                 s->base_model ? s->base_model : "");
+                 "no ready replica matches the podSelector%s%s",
+                 s->base_model ? " and base model " : "", s->base_model ? s->base_model : "");
     } else if (nocap && ninst + nloading == 0) {
         phase = "Pending";
         set_cond(c, a, 1, "Scheduled", false, "NoCapacity",
-                 "all %d candidate replica(s) are full or failing (adapter capacity per replica)", ncand);
+                 "all %d candidate replica(s) are full or failing (adapter capacity per replica)",
+                 ncand);
     } else {
         phase = ninst >= desired && ninst > 0 ? "Running" : ninst > 0 ? "Bound" : "Scheduled";
         set_cond(c, a, 1, "Scheduled", true, "Placed", "%d of %d candidate replica(s) chosen",
@@ -1166,12 +1178,12 @@ void brix_ctl_reconcile(brix_ctl_t *c)
      * that just freed up (an eviction) is theirs, not an idle newcomer's */
     for (size_t i = c->nadapters; i-- > 0;) {
         brix_adapter_rt_t *a = c->adapters[i];
-        if (a->woken_wall && wall - a->woken_wall < 60000)
+        if (awaited(a, wall))
             reconcile_adapter(c, a, now, wall);
     }
     for (size_t i = c->nadapters; i-- > 0;) {
         brix_adapter_rt_t *a = c->adapters[i];
-        if (!(a->woken_wall && wall - a->woken_wall < 60000))
+        if (!awaited(a, wall))
             reconcile_adapter(c, a, now, wall);
         if (a->o->meta.deleting_ms && a->ready == 0 && a->nops == 0) {
             bool anywhere = false;

@@ -1,7 +1,7 @@
 /*
  * stub_server — a blocking one-connection-at-a-time TCP server on a thread,
- * for unit tests of HTTP clients: each accepted connection is handed to the
- * test's serve(fd), then closed. Header-only (static functions) since each
+ * for unit tests of HTTP clients: it reads each request's head and hands the
+ * connection and the GET path to the test's serve(fd, path), then closes it. Header-only (static functions) since each
  * test is its own executable.
  */
 #ifndef BRIX_TESTS_STUB_SERVER_H
@@ -12,6 +12,8 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -19,7 +21,7 @@ typedef struct stub_server {
     int lfd, port;
     pthread_t th;
     atomic_int stop;
-    void (*serve)(int fd);
+    void (*serve)(int fd, const char *path);
 } stub_server_t;
 
 static void *stub_server_main(void *arg)
@@ -36,7 +38,15 @@ static void *stub_server_main(void *arg)
             close(c);
             break;
         }
-        s->serve(c);
+        char req[4096], path[256] = "";
+        size_t got = 0;
+        ssize_t r = 1;
+        while (got < sizeof req - 1 && !memmem(req, got, "\r\n\r\n", 4) &&
+               (r = recv(c, req + got, sizeof req - 1 - got, 0)) > 0)
+            got += (size_t)r;
+        req[got] = '\0';
+        if (r > 0 && sscanf(req, "GET %255s ", path) == 1)
+            s->serve(c, path);
         shutdown(c, SHUT_WR);
         close(c);
     }
@@ -44,7 +54,7 @@ static void *stub_server_main(void *arg)
 }
 
 /* Listens on 127.0.0.1:0 (s->port gets the port) and starts the thread. */
-static int stub_server_start(stub_server_t *s, void (*serve)(int fd))
+static int stub_server_start(stub_server_t *s, void (*serve)(int fd, const char *path))
 {
     s->serve = serve;
     atomic_store(&s->stop, 0);

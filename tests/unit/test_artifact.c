@@ -192,19 +192,10 @@ static void serve_file(int fd, const char *name)
     free(b);
 }
 
-static void serve_one(int fd)
+static void serve_one(int fd, const char *req_path)
 {
-    char req[4096];
-    size_t got = 0;
-    while (got < sizeof req - 1 && !memmem(req, got, "\r\n\r\n", 4)) {
-        ssize_t r = recv(fd, req + got, sizeof req - 1 - got, 0);
-        if (r <= 0)
-            return;
-        got += (size_t)r;
-    }
-    req[got] = '\0';
-    char path[256] = "";
-    sscanf(req, "GET %255s ", path);
+    char path[256];
+    snprintf(path, sizeof path, "%s", req_path);
     path[strcspn(path, "?")] = '\0';
     if (!strcmp(path, "/adapter.bin")) {
         respond(fd, 200, "", g.payload, PAYLOAD_LEN);

@@ -49,19 +49,8 @@ static void send_all(int fd, const char *s)
 static const char HEAD[] = "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
                            "Transfer-Encoding: chunked\r\n\r\n";
 
-static void serve_one(int fd)
+static void serve_one(int fd, const char *path)
 {
-    char req[4096];
-    size_t got = 0;
-    while (got < sizeof req - 1 && !memmem(req, got, "\r\n\r\n", 4)) {
-        ssize_t r = recv(fd, req + got, sizeof req - 1 - got, 0);
-        if (r <= 0)
-            return;
-        got += (size_t)r;
-    }
-    req[got] = '\0';
-    char path[256] = "";
-    sscanf(req, "GET %255s ", path);
     if (!strcmp(path, "/stream")) {
         send_all(fd, HEAD);
         /* pieces that split lines and chunks anywhere */
