@@ -5,7 +5,7 @@ ASAN_BUILD  ?= build/asan
 JOBS        ?= $(shell nproc)
 PORT        ?= 8080
 
-.PHONY: all setup build build-asan run test bench format clean
+.PHONY: all setup build build-asan run test soak bench format clean
 
 all: build
 
@@ -31,6 +31,11 @@ run: setup build
 
 test: setup build-asan
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+# The whole local cluster under mixed traffic (streams, aborts, bad input, adapter
+# churn, reloads) for SOAK_SECONDS (600) with ASan+UBSan: RSS must stay flat.
+soak: setup build-asan
+	BRIX_BIN=$(ASAN_BUILD)/brix python3 tests/soak/soak.py
 
 bench: setup build
 	bench/run-all
