@@ -36,6 +36,8 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "integration"))
 import harness as h  # noqa: E402
 
+h.BRIX = os.path.abspath(h.BRIX)
+
 SECONDS = int(os.environ.get("SOAK_SECONDS", "600"))
 WARMUP = float(os.environ.get("SOAK_WARMUP", "0.3"))
 TOL = float(os.environ.get("SOAK_RSS_TOLERANCE", "0.05"))
