@@ -28,7 +28,17 @@
 #include "core/log.h"
 #include "core/time.h"
 
-#define PERIOD_US 60000000.0 /* limits are per minute */
+/* GCRA runs on integer microseconds, in C and in the Lua scripts alike:
+ * absolute times as doubles (µs since boot, or since the epoch in Redis)
+ * round `now + cost` by an ulp where it crosses a power of two, which
+ * refused a request for exactly the budget left at some clock values. Redis'
+ * Lua numbers are doubles too, so every value stays an integer below 2^53:
+ * times (~2^51 µs since the epoch) plus at most COST_MAX + AHEAD_MAX. */
+#define PERIOD_US INT64_C(60000000) /* limits are per minute */
+/* units counted per request saturate here (n x PERIOD_US < 2^53) */
+#define COUNT_MAX INT64_C(100000000)
+/* a bucket never runs further ahead of now than this (2^45 µs, 407 days) */
+#define AHEAD_MAX (INT64_C(1) << 45)
 
 /* ------------------------------------------------------------- helpers -- */
 
@@ -279,9 +289,37 @@ static bool model_allowed(const char *models, const char *model)
     return false;
 }
 
+/* How far (µs) n units move a bucket of `limit` per minute, rounded toward
+ * zero (negative n: a refund). Rounding down keeps the exact budget
+ * admissible: limit x cost(1) <= PERIOD_US; it admits at most 1 µs per
+ * request more than the limit, which is nothing below ~7,700 per minute and
+ * under 0.02 % at 70,000. The Lua scripts' cost() computes the same. */
+static int64_t gcra_cost(int64_t n, int64_t limit)
+{
+    if (limit <= 0)
+        return 0;
+    if (n > COUNT_MAX)
+        n = COUNT_MAX;
+    if (n < -COUNT_MAX)
+        n = -COUNT_MAX;
+    return n * PERIOD_US / limit;
+}
+
+/* How many units fit in `room` µs of a bucket (one request of n costs
+ * gcra_cost(n) <= room), at most `limit`. */
+static int64_t gcra_fit(int64_t room, int64_t limit)
+{
+    if (room < 0)
+        return 0;
+    if (room >= PERIOD_US || limit > (INT64_MAX - 1) / (PERIOD_US + 1))
+        return limit;
+    int64_t n = ((room + 1) * limit - 1) / PERIOD_US;
+    return n < limit ? n : limit;
+}
+
 /* Fills the header numbers from GCRA state: r_ahead / t_ahead are how far
  * each bucket's theoretical arrival time is ahead of now (µs). */
-static void fill_numbers(brix_tn_decision_t *d, double r_ahead, double t_ahead)
+static void fill_numbers(brix_tn_decision_t *d, int64_t r_ahead, int64_t t_ahead)
 {
     if (r_ahead < 0)
         r_ahead = 0;
@@ -289,24 +327,23 @@ static void fill_numbers(brix_tn_decision_t *d, double r_ahead, double t_ahead)
         t_ahead = 0;
     d->rpm_reset_us = (uint64_t)r_ahead;
     d->tpm_reset_us = (uint64_t)t_ahead;
-    d->rpm_remaining =
-        d->rpm > 0 ? (int64_t)floor((PERIOD_US - r_ahead) / (PERIOD_US / (double)d->rpm) + 1e-9)
-                   : -1;
-    d->tpm_remaining =
-        d->tpm > 0 ? (int64_t)floor((PERIOD_US - t_ahead) / (PERIOD_US / (double)d->tpm) + 1e-9)
-                   : -1;
-    if (d->rpm > 0 && d->rpm_remaining < 0)
-        d->rpm_remaining = 0;
-    if (d->tpm > 0 && d->tpm_remaining < 0)
-        d->tpm_remaining = 0;
+    d->rpm_remaining = -1;
+    if (d->rpm > 0) {
+        /* requests of gcra_cost(1) each */
+        int64_t rc = gcra_cost(1, d->rpm), room = PERIOD_US - r_ahead;
+        d->rpm_remaining = room <= 0 ? 0 : rc > 0 ? room / rc : d->rpm;
+        if (d->rpm_remaining > d->rpm)
+            d->rpm_remaining = d->rpm;
+    }
+    d->tpm_remaining = d->tpm > 0 ? gcra_fit(PERIOD_US - t_ahead, d->tpm) : -1;
 }
 
 /* ---------------------------------------------------------- the store -- */
 
 typedef struct mem_user {
     brix_tn_user_t u;
-    double rt, tt; /* GCRA theoretical arrival times, µs on the monotonic clock */
-    bool implicit; /* created by the default-limit policy, not configured */
+    int64_t rt, tt; /* GCRA theoretical arrival times, µs on the monotonic clock */
+    bool implicit;  /* created by the default-limit policy, not configured */
 } mem_user_t;
 
 struct brix_tn {
@@ -318,13 +355,30 @@ struct brix_tn {
     size_t nusers, cap;
     uint32_t *slots; /* name index */
     size_t nslots;
-    double next_evict_us; /* no eviction pass before (µs, monotonic) */
+    int64_t next_evict_us;  /* no eviction pass before (µs, monotonic) */
+    brix_tn_clock_fn clock; /* tests: replaces brix_now_ns */
+    void *clock_ud;
     atomic_ullong store_errors, store_timeouts, fail_open, fail_closed, reconnects;
     atomic_int conns_up; /* worker connections to Redis that are up */
     char *redis_ip;      /* redis_host resolved once at start (no DNS on the loops) */
 };
 
-static const char CHECK_LUA[] =
+static int64_t mono_us(const brix_tn_t *tn);
+
+/* The GCRA arithmetic of gcra_cost() in Lua, on integer-valued doubles
+ * (exact below 2^53; see PERIOD_US). */
+#define LUA_GCRA                                                                                   \
+    "local P, NMAX, AMAX = 60000000, 100000000, 35184372088832\n"                                  \
+    "local function cost(n, lim)\n"                                                                \
+    "  if lim <= 0 or n == 0 then return 0 end\n"                                                  \
+    "  local a = math.min(math.abs(n), NMAX) * P\n"                                                \
+    "  local q = math.floor(a / lim)\n"                                                            \
+    "  if q * lim > a then q = q - 1 end\n"                                                        \
+    "  if n < 0 then return -q end\n"                                                              \
+    "  return q\n"                                                                                 \
+    "end\n"
+
+static const char CHECK_LUA[] = LUA_GCRA
     "local p, name = ARGV[1], ARGV[3]\n"
     "if ARGV[2] == 'k' then\n"
     "  name = redis.call('GET', p .. 'key:' .. ARGV[3])\n"
@@ -345,7 +399,6 @@ static const char CHECK_LUA[] =
     "end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local P = 60000000\n"
     "local rl = p .. 'rl:' .. name\n"
     "local rt, tt = 0, 0\n"
     "local cur = redis.call('GET', rl)\n"
@@ -353,41 +406,41 @@ static const char CHECK_LUA[] =
     "  local a, b = string.match(cur, '^(%d+),(%d+)$')\n"
     "  rt, tt = tonumber(a) or 0, tonumber(b) or 0\n"
     "end\n"
-    "rt, tt = math.max(rt, now), math.max(tt, now)\n"
-    "local est = tonumber(ARGV[5])\n"
+    "local ra, ta = math.max(rt - now, 0), math.max(tt - now, 0)\n"
+    "local est = math.max(tonumber(ARGV[5]) or 0, 0)\n"
+    "local rc, tc = cost(1, rpm), cost(est, tpm)\n"
     "local st, wait = 'ok', 0\n"
-    "if rpm > 0 and rt + P / rpm - now > P then st, wait = 'rpm', rt + P / rpm - now - P\n"
-    "elseif tpm > 0 and tt + est * P / tpm - now > P then st, wait = 'tpm', tt + est * P / tpm - "
-    "now - P end\n"
+    "if rpm > 0 and ra + rc > P then st, wait = 'rpm', ra + rc - P\n"
+    "elseif tpm > 0 and ta + tc > P then st, wait = 'tpm', ta + tc - P end\n"
     "local changed = false\n"
-    "if st == 'ok' and rpm > 0 then rt = rt + P / rpm; changed = true end\n"
-    "if st == 'ok' and tpm > 0 and est > 0 then tt = tt + est * P / tpm; changed = true end\n"
+    "if st == 'ok' and rpm > 0 then ra = ra + rc; changed = true end\n"
+    "if st == 'ok' and tpm > 0 and est > 0 then ta = ta + tc; changed = true end\n"
     "if changed then\n"
-    "  redis.call('SET', rl, string.format('%.0f,%.0f', rt, tt), 'PX', "
-    "math.ceil((math.max(rt, tt) - now) / 1000) + 1000)\n"
+    "  redis.call('SET', rl, string.format('%.0f,%.0f', now + ra, now + ta), 'PX', "
+    "math.ceil(math.max(ra, ta) / 1000) + 1000)\n"
     "end\n"
-    "return {st, name, rpm, tpm, prio, string.format('%.0f', rt - now), string.format('%.0f', tt "
-    "- now), string.format('%.0f', wait)}\n";
+    "return {st, name, rpm, tpm, prio, string.format('%.0f', ra), string.format('%.0f', ta), "
+    "string.format('%.0f', wait)}\n";
 
 static const char CHARGE_LUA[] =
-    "local tpm, n = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
-    "if tpm <= 0 or n == 0 then return 0 end\n"
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local rl = ARGV[1] .. 'rl:' .. ARGV[2]\n"
-    "local rt, tt = 0, 0\n"
-    "local cur = redis.call('GET', rl)\n"
-    "if cur then\n"
-    "  local a, b = string.match(cur, '^(%d+),(%d+)$')\n"
-    "  rt, tt = tonumber(a) or 0, tonumber(b) or 0\n"
-    "end\n"
-    "rt = math.max(rt, now)\n"
-    "tt = math.max(math.max(tt, now) + n * 60000000 / tpm, now)\n"
-    "local ahead = math.max(rt, tt) - now\n"
-    "if ahead <= 0 then redis.call('DEL', rl) return 1 end\n"
-    "redis.call('SET', rl, string.format('%.0f,%.0f', rt, tt), 'PX', math.ceil(ahead / 1000) + "
-    "1000)\n"
-    "return 1\n";
+    LUA_GCRA "local tpm, n = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+             "if tpm <= 0 or n == 0 then return 0 end\n"
+             "local t = redis.call('TIME')\n"
+             "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+             "local rl = ARGV[1] .. 'rl:' .. ARGV[2]\n"
+             "local rt, tt = 0, 0\n"
+             "local cur = redis.call('GET', rl)\n"
+             "if cur then\n"
+             "  local a, b = string.match(cur, '^(%d+),(%d+)$')\n"
+             "  rt, tt = tonumber(a) or 0, tonumber(b) or 0\n"
+             "end\n"
+             "local ra = math.max(rt - now, 0)\n"
+             "local ta = math.min(math.max(math.max(tt - now, 0) + cost(n, tpm), 0), AMAX)\n"
+             "local ahead = math.max(ra, ta)\n"
+             "if ahead <= 0 then redis.call('DEL', rl) return 1 end\n"
+             "redis.call('SET', rl, string.format('%.0f,%.0f', now + ra, now + ta), 'PX', "
+             "math.ceil(ahead / 1000) + 1000)\n"
+             "return 1\n";
 
 static const char ADMIN_LUA[] =
     "local p, op, name = ARGV[1], ARGV[2], ARGV[3]\n"
@@ -497,7 +550,7 @@ static void mem_remove(brix_tn_t *tn, mem_user_t *m)
  * second (it scans the whole table under the store's lock). */
 static void mem_evict_idle(brix_tn_t *tn)
 {
-    double now = (double)brix_now_ns() / 1e3;
+    int64_t now = mono_us(tn);
     if (now < tn->next_evict_us)
         return;
     size_t keep_max = BRIX_TN_MEM_USERS_MAX / 10 * 9, j = 0, n = tn->nusers;
@@ -511,7 +564,7 @@ static void mem_evict_idle(brix_tn_t *tn)
         j++;
     }
     if (j == n) {
-        tn->next_evict_us = now + 1e6;
+        tn->next_evict_us = now + 1000000;
         return;
     }
     tn->nusers = j;
@@ -670,9 +723,20 @@ void brix_tn_stats(const brix_tn_t *tn, brix_tn_stats_t *out)
 
 /* ------------------------------------------------------- memory checks -- */
 
-static double mono_us(void)
+static uint64_t mem_now_ns(const brix_tn_t *tn)
 {
-    return (double)brix_now_ns() / 1e3;
+    return tn->clock ? tn->clock(tn->clock_ud) : brix_now_ns();
+}
+
+static int64_t mono_us(const brix_tn_t *tn)
+{
+    return (int64_t)(mem_now_ns(tn) / 1000);
+}
+
+void brix_tn_set_clock(brix_tn_t *tn, brix_tn_clock_fn fn, void *ud)
+{
+    tn->clock = fn;
+    tn->clock_ud = ud;
 }
 
 static void mem_check(brix_tn_t *tn, bool by_key, const char *id, const char *model,
@@ -726,28 +790,29 @@ static void mem_check(brix_tn_t *tn, bool by_key, const char *id, const char *mo
         d->status = BRIX_TN_MODEL;
         return;
     }
-    double now = mono_us();
-    double rt = m->rt > now ? m->rt : now, tt = m->tt > now ? m->tt : now;
+    /* relative to now, in integer µs: exact (see PERIOD_US) */
+    int64_t now = mono_us(tn);
+    int64_t ra = m->rt > now ? m->rt - now : 0, ta = m->tt > now ? m->tt - now : 0;
+    int64_t est = d->est_tokens > 0 ? d->est_tokens : 0;
+    int64_t rc = gcra_cost(1, d->rpm), tc = gcra_cost(est, d->tpm);
     d->status = BRIX_TN_OK;
-    if (d->rpm > 0 && rt + PERIOD_US / (double)d->rpm - now > PERIOD_US) {
+    if (d->rpm > 0 && ra + rc > PERIOD_US) {
         d->status = BRIX_TN_RPM;
-        d->retry_us = (uint64_t)(rt + PERIOD_US / (double)d->rpm - now - PERIOD_US);
-    } else if (d->tpm > 0 &&
-               tt + (double)d->est_tokens * PERIOD_US / (double)d->tpm - now > PERIOD_US) {
+        d->retry_us = (uint64_t)(ra + rc - PERIOD_US);
+    } else if (d->tpm > 0 && ta + tc > PERIOD_US) {
         d->status = BRIX_TN_TPM;
-        d->retry_us =
-            (uint64_t)(tt + (double)d->est_tokens * PERIOD_US / (double)d->tpm - now - PERIOD_US);
+        d->retry_us = (uint64_t)(ta + tc - PERIOD_US);
     }
     if (d->status == BRIX_TN_OK && d->rpm > 0) {
-        rt += PERIOD_US / (double)d->rpm;
-        m->rt = rt;
+        ra += rc;
+        m->rt = now + ra;
     }
-    if (d->status == BRIX_TN_OK && d->tpm > 0 && d->est_tokens > 0) {
-        tt += (double)d->est_tokens * PERIOD_US / (double)d->tpm; /* reserved */
-        m->tt = tt;
+    if (d->status == BRIX_TN_OK && d->tpm > 0 && est > 0) {
+        ta += tc; /* reserved */
+        m->tt = now + ta;
     }
     uv_mutex_unlock(&tn->mu);
-    fill_numbers(d, rt - now, tt - now);
+    fill_numbers(d, ra, ta);
 }
 
 static void mem_charge(brix_tn_t *tn, const char *user, int64_t tokens)
@@ -755,10 +820,13 @@ static void mem_charge(brix_tn_t *tn, const char *user, int64_t tokens)
     uv_mutex_lock(&tn->mu);
     mem_user_t *m = mem_find(tn, user);
     if (m && m->u.tpm > 0 && tokens) {
-        double now = mono_us();
-        m->tt = (m->tt > now ? m->tt : now) + (double)tokens * PERIOD_US / (double)m->u.tpm;
-        if (m->tt < now)
-            m->tt = now; /* a refund never banks credit */
+        int64_t now = mono_us(tn);
+        int64_t ta = (m->tt > now ? m->tt - now : 0) + gcra_cost(tokens, m->u.tpm);
+        if (ta < 0)
+            ta = 0; /* a refund never banks credit */
+        if (ta > AHEAD_MAX)
+            ta = AHEAD_MAX;
+        m->tt = now + ta;
     }
     uv_mutex_unlock(&tn->mu);
 }
@@ -1015,7 +1083,7 @@ static void deliver_check(brix_tn_op_t *op, const redisReply *r)
         d->priority = rint64(r->element[4]);
         d->retry_us = (uint64_t)rint64(r->element[7]);
         d->status = !strcmp(st, "ok") ? BRIX_TN_OK : !strcmp(st, "rpm") ? BRIX_TN_RPM : BRIX_TN_TPM;
-        fill_numbers(d, (double)rint64(r->element[5]), (double)rint64(r->element[6]));
+        fill_numbers(d, rint64(r->element[5]), rint64(r->element[6]));
     } else {
         op_fail(op, "unexpected reply from the check script", false);
         return;

@@ -184,6 +184,11 @@ brix_tn_op_t *brix_tn_admin(brix_tn_conn_t *c, brix_tn_admin_op_t op, const brix
 /* Memory store only: applies the configured users (start-up and reload). */
 void brix_tn_seed_memory(brix_tn_t *tn);
 
+/* Tests: the memory store reads its clock (monotonic ns) from fn instead of
+ * brix_now_ns(); NULL restores it. */
+typedef uint64_t (*brix_tn_clock_fn)(void *ud);
+void brix_tn_set_clock(brix_tn_t *tn, brix_tn_clock_fn fn, void *ud);
+
 /* Counters for /metrics (all threads). */
 typedef struct brix_tn_stats {
     uint64_t store_errors, store_timeouts, fail_open, fail_closed, reconnects;

@@ -6,6 +6,7 @@ from the client's stream, Redis killed (fail-open and fail-closed) and back,
 the memory store without Redis, and the VTC fairness queue."""
 import atexit
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -255,6 +256,24 @@ def _():
     big = {"model": MODEL, "prompt": "word " * 600, "max_tokens": 1}
     st, hd, j, b = h.post(A.port, CMPL, big, {"user": "small"})
     assert st == 429 and "too large" in j["error"]["message"], b
+
+
+@h.check("TPM exact budget (Redis): a request for exactly the whole budget is admitted, the "
+         "next refused")
+def _():
+    st, j = admin(A, "POST", "/CreateUser", {"name": "probe", "rpm": 1000, "tpm": 10})
+    assert st == 200, j
+    # the 'too large' answer tells the estimate (prompt estimate + max_tokens)
+    st, hd, j, b = chat(A, {"user": "probe"}, n=100)
+    assert st == 429, b
+    est = int(re.search(r"about (\d+) tokens", j["error"]["message"]).group(1))
+    st, j = admin(A, "POST", "/CreateUser", {"name": "exact", "rpm": 1000, "tpm": est})
+    assert st == 200, j
+    st, hd, j, b = chat(A, {"user": "exact"}, n=100)
+    assert st == 200, b
+    assert hd["x-ratelimit-remaining-tokens"] == "0", hd
+    st, hd, j, b = chat(B, {"user": "exact"}, n=100)
+    assert st == 429 and hd["x-error-tpm-exceeded"] == "true", (st, hd)
 
 
 @h.check("keys: required key decides the user (a user header cannot override it); missing or "

@@ -214,6 +214,90 @@ static void test_tpm_and_charge(void **state)
     brix_tn_free(tn);
 }
 
+static uint64_t g_clock_ns;
+
+static uint64_t fake_clock(void *ud)
+{
+    (void)ud;
+    return g_clock_ns;
+}
+
+/* A request for exactly the budget that is left must be admitted whatever
+ * the clock reads. Absolute floating-point times round `now + period` up by
+ * one ulp when it crosses a power of two, which refused it at some host
+ * uptimes (2^28 µs - 60 s is 208 s of uptime): the clock is put just below,
+ * at and just above such points, with sub-microsecond parts. */
+static void test_exact_budget_any_clock(void **state)
+{
+    (void)state;
+    static const int pows[] = { 27, 28, 33, 40, 50 };
+    static const uint64_t sub_ns[] = { 0, 1, 250, 500, 999 };
+    static const int64_t shift_us[] = { -60000001, -60000000, -59999999, -1, 0 };
+    const uint64_t P = 60000000;
+    for (size_t a = 0; a < sizeof pows / sizeof *pows; a++) {
+        for (size_t b = 0; b < sizeof shift_us / sizeof *shift_us; b++) {
+            for (size_t k = 0; k < sizeof sub_ns / sizeof *sub_ns; k++) {
+                uint64_t base_us = (uint64_t)((int64_t)(1ull << pows[a]) + shift_us[b]);
+                g_clock_ns = base_us * 1000 + sub_ns[k];
+                brix_tn_cfg_t c;
+                memset(&c, 0, sizeof c);
+                c.enabled = true;
+                c.default_rpm = -1;
+                brix_tn_user_t us[3];
+                char err[256];
+                assert_int_equal(brix_tn_parse_user("t600:tpm=600", &us[0], err, sizeof err), 0);
+                assert_int_equal(brix_tn_parse_user("r3:rpm=3", &us[1], err, sizeof err), 0);
+                assert_int_equal(brix_tn_parse_user("r7:rpm=7", &us[2], err, sizeof err), 0);
+                c.users = us;
+                c.nusers = 3;
+                brix_tn_t *tn = brix_tn_new(&c, err, sizeof err);
+                assert_non_null(tn);
+                brix_tn_set_clock(tn, fake_clock, NULL);
+                brix_tn_conn_t *cn = brix_tn_conn_new(tn, NULL);
+                /* the whole token budget at once, then nothing */
+                const brix_tn_decision_t *d = check(cn, NULL, "t600", "m", 600);
+                if (d->status != BRIX_TN_OK)
+                    fail_msg("600 of 600 tokens refused at clock %llu ns",
+                             (unsigned long long)g_clock_ns);
+                assert_int_equal(d->tpm_remaining, 0);
+                assert_int_equal(check(cn, NULL, "t600", "m", 1)->status, BRIX_TN_TPM);
+                /* every request of the minute at once, then nothing (a
+                 * per-request cost that divides the period, and one that
+                 * does not) */
+                for (int i = 0; i < 3; i++) {
+                    d = check(cn, NULL, "r3", "m", 1);
+                    if (d->status != BRIX_TN_OK)
+                        fail_msg("request %d of 3 refused at clock %llu ns", i + 1,
+                                 (unsigned long long)g_clock_ns);
+                    assert_int_equal(d->rpm_remaining, 2 - i);
+                }
+                assert_int_equal(check(cn, NULL, "r3", "m", 1)->status, BRIX_TN_RPM);
+                for (int i = 0; i < 7; i++)
+                    if (check(cn, NULL, "r7", "m", 1)->status != BRIX_TN_OK)
+                        fail_msg("request %d of 7 refused at clock %llu ns", i + 1,
+                                 (unsigned long long)g_clock_ns);
+                assert_int_equal(check(cn, NULL, "r7", "m", 1)->status, BRIX_TN_RPM);
+                /* exactly what was earned back: 10 tokens in 1 s, one
+                 * request in 20 s */
+                g_clock_ns += P / 3 * 1000;
+                d = check(cn, NULL, "r3", "m", 1);
+                if (d->status != BRIX_TN_OK)
+                    fail_msg("the request earned back in 20 s refused at clock %llu ns",
+                             (unsigned long long)g_clock_ns);
+                assert_int_equal(check(cn, NULL, "r3", "m", 1)->status, BRIX_TN_RPM);
+                g_clock_ns += 1000000000ull;
+                d = check(cn, NULL, "t600", "m", 20 * 10 + 10);
+                if (d->status != BRIX_TN_OK)
+                    fail_msg("210 tokens earned back in 21 s refused at clock %llu ns",
+                             (unsigned long long)g_clock_ns);
+                assert_int_equal(check(cn, NULL, "t600", "m", 1)->status, BRIX_TN_TPM);
+                brix_tn_conn_free(cn);
+                brix_tn_free(tn);
+            }
+        }
+    }
+}
+
 static void test_identity(void **state)
 {
     (void)state;
@@ -305,6 +389,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_keys_and_format, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_rpm_gcra, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_tpm_and_charge, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_exact_budget_any_clock, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_identity, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_admin, leak_setup, leak_teardown),
     };
