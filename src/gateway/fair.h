@@ -99,6 +99,7 @@ void brix_fair_sweep(brix_fair_t *f, uint64_t now_ns);
 typedef struct brix_fair_stats {
     int64_t capacity, inflight, queued;
     uint64_t admitted_direct, admitted_queued, rejected_full, expired;
+    uint64_t evicted; /* idle tenants dropped to make room */
 } brix_fair_stats_t;
 void brix_fair_stats(brix_fair_t *f, brix_fair_stats_t *out);
 /* A tenant's virtual counter (tests, explanation). -1 if unknown. */

@@ -158,6 +158,9 @@ static const brix_opt_t gw_opts[] = {
       "limits for users named by the user header but not configured (-1: refuse them with 401)" },
     { "default-tpm", BRIX_OPT_INT, O(default_tpm), "0", 0, 1000000000000, "N",
       "TPM for unconfigured users when --default-rpm is set (0 = unlimited)" },
+    { "max-implicit-users", BRIX_OPT_INT, O(max_implicit_users), "10000", 1, 10000000, "N",
+      "users --default-rpm may create (memory store); beyond, an idle one is dropped or the "
+      "newcomer gets 429" },
     { "tenant-metrics-max", BRIX_OPT_INT, O(tenant_metrics_max), "100", 0, 100000, "N",
       "users with their own /metrics labels; the rest are counted as user=\"other\"" },
     { "fairness", BRIX_OPT_STRING, O(fairness), "none", 1, 0, "none|vtc",
@@ -415,6 +418,7 @@ static void keep_start_only(brix_gw_cfg_t *nc, brix_gw_cfg_t *old)
     KEEP_VAL(require_key);
     KEEP_VAL(default_rpm);
     KEEP_VAL(default_tpm);
+    KEEP_VAL(max_implicit_users);
     KEEP_VAL(tenant_metrics_max);
     KEEP_VAL(max_inflight_per_pod);
     KEEP_VAL(queue_size);
