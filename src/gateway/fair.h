@@ -26,6 +26,13 @@
  * a dispatched request is handed to its worker's loop through `deliver`.
  * Queues are bounded per tenant (--queue-size -> 429) and in time
  * (--queue-timeout -> 503).
+ *
+ * The tenant table holds max_tenants; when it is full, a newcomer takes the
+ * place of the tenant idle longest (nothing queued or in flight for at least
+ * idle_ms) whose counter is no higher than where a newcomer starts (the last
+ * counter served): it comes back as a newcomer, which is where the counter
+ * lift would have put it anyway, so eviction gives no one credit. When no
+ * tenant qualifies, newcomers share one overflow tenant, "(other)".
  */
 #ifndef BRIX_GATEWAY_FAIR_H
 #define BRIX_GATEWAY_FAIR_H
@@ -64,6 +71,7 @@ typedef struct brix_fair_cfg {
     uint64_t timeout_ms; /* longest wait */
     double w_in, w_out;
     int64_t max_tenants; /* tracked tenants; beyond, they share one slot */
+    uint64_t idle_ms;    /* a tenant idle this long may make room for a newcomer */
     double reserve;      /* share of capacity kept from tenants over their fair share */
 } brix_fair_cfg_t;
 

@@ -175,7 +175,11 @@ static const brix_opt_t gw_opts[] = {
       "fairness: share of the capacity a user over its fair share may not take (kept so "
       "others' requests start at once)" },
     { "fair-tenants", BRIX_OPT_INT, O(fair_tenants), "10000", 1, 10000000, "N",
-      "fairness: users tracked separately; beyond, they share one queue" },
+      "fairness: users tracked separately; when full, an idle one (--fair-tenant-idle) makes "
+      "room, else newcomers share one queue" },
+    { "fair-tenant-idle", BRIX_OPT_DURATION, O(fair_tenant_idle), "10s", 0, 86400000, NULL,
+      "fairness: how long a user must have had nothing queued or running before a new user "
+      "may take its place in a full table" },
     BRIX_OPT_END,
 };
 #undef O
@@ -424,6 +428,7 @@ static void keep_start_only(brix_gw_cfg_t *nc, brix_gw_cfg_t *old)
     KEEP_VAL(queue_size);
     KEEP_VAL(queue_timeout);
     KEEP_VAL(fair_tenants);
+    KEEP_VAL(fair_tenant_idle);
     KEEP_VAL(fair_reserve);
 #undef KEEP_STR
 #undef KEEP_VAL
@@ -626,6 +631,7 @@ int brix_gateway_main(int argc, char **argv)
                                .w_in = 1,
                                .w_out = 2,
                                .max_tenants = gw->cfg.fair_tenants,
+                               .idle_ms = gw->cfg.fair_tenant_idle,
                                .reserve = gw->cfg.fair_reserve };
         if (!(gw->fair = brix_gw_fairs_new(&fc, gw->cfg.max_inflight_per_pod)))
             goto out;

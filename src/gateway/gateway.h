@@ -82,6 +82,7 @@ typedef struct brix_gw_cfg {
     int64_t max_inflight_per_pod, queue_size, fair_tenants;
     double fair_reserve;
     uint64_t queue_timeout;
+    uint64_t fair_tenant_idle; /* ms */
 } brix_gw_cfg_t;
 
 /* Settings a reload may change, immutable once published (refcounted,
