@@ -395,6 +395,37 @@ def _():
     g2.stop()
 
 
+@h.check("--max-implicit-users: at the bound an idle --default-rpm user makes room; when none "
+         "is idle with full buckets, a new user gets 429 with Retry-After")
+def _():
+    # rpm 1000: a request's cost is earned back in 60 ms
+    g = h.gateway([E], ["--default-rpm", "1000", "--max-implicit-users", "2"],
+                  name="gateway-implicit")
+    PROCS.append(g)
+    assert chat(g, {"user": "i1"}, n=1)[0] == 200
+    assert chat(g, {"user": "i2"}, n=1)[0] == 200
+    time.sleep(0.2)  # both over and their buckets full again
+    assert chat(g, {"user": "i3"}, n=1)[0] == 200  # i1 made room
+    assert chat(g, {"user": "i4"}, n=1)[0] == 200  # then i2
+    m = h.metrics(g.port)
+    assert h.metric_value(m, "brix_gateway_tenant_implicit_evicted_total") == 2, m
+    assert h.metric_value(m, "brix_gateway_tenant_implicit_users") == 2, m
+    g.stop()
+    # rpm 1: a bucket is full again only after a minute: nobody can make room
+    g = h.gateway([E], ["--default-rpm", "1", "--max-implicit-users", "2"],
+                  name="gateway-implicit-1")
+    PROCS.append(g)
+    assert chat(g, {"user": "j1"}, n=1)[0] == 200
+    assert chat(g, {"user": "j2"}, n=1)[0] == 200
+    st, hd, j, b = chat(g, {"user": "j3"}, n=1)
+    assert st == 429 and 1 <= int(hd["retry-after"]) <= 60, (st, hd, b)
+    err(j, "rate_limit_exceeded", "rate_limit_error")
+    assert chat(g, {"user": "j1"}, n=1)[0] == 429  # j1 kept its spent bucket
+    m = h.metrics(g.port)
+    assert h.metric_value(m, "brix_gateway_tenant_implicit_refused_total") == 1, m
+    g.stop()
+
+
 @h.check("bad tenancy flags are refused at start with a clear message")
 def _():
     for extra, want in ((["--redis-url", "rediss://h:1"], "TLS"),
@@ -421,9 +452,9 @@ def _():
     PROCS.append(g)
     results = {}
 
-    def send(user, i):
+    def send(user, i, n=20):
         t0 = time.time()
-        st, hd, j, b = chat(g, {"user": user}, n=20)
+        st, hd, j, b = chat(g, {"user": user}, n=n)
         results[(user, i)] = (st, time.time() - t0)
 
     heavy = [threading.Thread(target=send, args=("heavy", i)) for i in range(24)]
@@ -452,14 +483,25 @@ def _():
     m = h.metrics(g.port)
     assert h.metric_value(m, "brix_gateway_fair_capacity") == 4, m  # 2 per model
     assert (h.metric_value(m, "brix_gateway_fair_wait_seconds_count") or 0) >= 3
-    # a full queue -> 429 queue_full
-    blockers = [threading.Thread(target=send, args=("flood", i)) for i in range(2 + 41)]
-    for t in blockers:
+    # a full queue -> 429 queue_full: two long requests hold both slots while 40 of another
+    # user's wait; its next one is refused (threads started at once raced the requests
+    # ending on a loaded machine)
+    hold = [threading.Thread(target=send, args=("hold", i, 2000)) for i in range(2)]
+    for t in hold:
         t.start()
-    for t in blockers:
+    h.wait_until(lambda: h.metric_value(h.metrics(g.port), "brix_gateway_fair_inflight") == 2,
+                 timeout=10, what="both slots held")
+    flood = [threading.Thread(target=send, args=("flood", i, 1)) for i in range(40)]
+    for t in flood:
+        t.start()
+    h.wait_until(lambda: h.metric_value(h.metrics(g.port), "brix_gateway_fair_queued") >= 40,
+                 timeout=20, what="40 waiting")
+    st, hd, j, b = chat(g, {"user": "flood"}, n=1)
+    assert st == 429, (st, b, results.get(("hold", 0)))
+    assert j["error"]["code"] == "queue_full", j
+    for t in hold + flood:
         t.join(90)
-    full = [v for k, v in results.items() if k[0] == "flood" and v[0] == 429]
-    assert full, sorted(v[0] for k, v in results.items() if k[0] == "flood")
+    assert all(results[("flood", i)][0] == 200 for i in range(40)), results
     g.stop()
     e.stop()
     e2.stop()
