@@ -160,25 +160,34 @@ static void slot_remove(brix_fair_t *f, int ti)
  * under the lock whatever the number of tenants. */
 #define EVICT_SCAN 64
 
-/* A table entry for a newcomer when the table is full: the longest-idle
- * tenant that has been idle idle_ms and whose counter a newcomer's start
- * (last_served) would not lower. -1 if none. */
+/* A table entry for a newcomer when the table is full: among the tenants
+ * idle for idle_ms, the longest-idle one whose counter a newcomer's start
+ * (last_served) would not lower, so that coming back as a newcomer gives it
+ * nothing; failing that, the longest-idle one (its excess service is then
+ * forgotten: fairness is kept among the tenants the table holds, and a
+ * self-declared user could shed its counter by changing its name anyway).
+ * -1 if no tenant has been idle long enough. */
 static int evict_idle(brix_fair_t *f)
 {
     uint64_t now = brix_now_ns(), idle_ns = f->cfg.idle_ms * 1000000ull;
-    int n = 0;
+    int n = 0, pick = -1;
     for (int ti = f->idle_head; ti >= 0 && n < EVICT_SCAN; ti = f->t[ti].idle_next, n++) {
         tenant_t *t = &f->t[ti];
         if (now - t->idle_since_ns < idle_ns)
             break; /* the rest went idle later still */
-        if (t->counter > f->last_served)
-            continue; /* it would come back with credit it has not earned */
-        idle_unlink(f, ti);
-        slot_remove(f, ti);
-        f->st.evicted++;
-        return ti;
+        if (pick < 0)
+            pick = ti;
+        if (t->counter <= f->last_served) {
+            pick = ti;
+            break;
+        }
     }
-    return -1;
+    if (pick >= 0) {
+        idle_unlink(f, pick);
+        slot_remove(f, pick);
+        f->st.evicted++;
+    }
+    return pick;
 }
 
 /* A tenant's slot; with `create`, a new one (or the shared overflow slot 0

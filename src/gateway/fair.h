@@ -28,11 +28,12 @@
  * (--queue-timeout -> 503).
  *
  * The tenant table holds max_tenants; when it is full, a newcomer takes the
- * place of the tenant idle longest (nothing queued or in flight for at least
- * idle_ms) whose counter is no higher than where a newcomer starts (the last
- * counter served): it comes back as a newcomer, which is where the counter
- * lift would have put it anyway, so eviction gives no one credit. When no
- * tenant qualifies, newcomers share one overflow tenant, "(other)".
+ * place of a tenant idle (nothing queued or in flight) for at least idle_ms:
+ * the longest-idle one whose counter is no higher than where a newcomer
+ * starts (the last counter served), which loses nothing since it comes back
+ * as a newcomer; else the longest-idle one, whose excess is forgotten. When
+ * no tenant has been idle that long, newcomers share one overflow tenant,
+ * "(other)".
  */
 #ifndef BRIX_GATEWAY_FAIR_H
 #define BRIX_GATEWAY_FAIR_H

@@ -374,16 +374,23 @@ static void test_idle_tenants_evicted(void **state)
     brix_fair_free(f);
 
     /* a heavy user's counter (output charged after it was last served) is
-     * above a newcomer's start: it is not the one evicted */
+     * above a newcomer's start: a light one, idle for less time, goes first */
     c.max_tenants = 2;
     f = brix_fair_new(&c, deliver, NULL);
     brix_fair_leave(f, enter(f, "heavy", 0, 1000, BRIX_FAIR_GO), 5000);
     assert_true(brix_fair_counter(f, "heavy") == 11000);
     brix_fair_leave(f, enter(f, "light", 0, 1, BRIX_FAIR_GO), 0);
-    brix_fair_leave(f, enter(f, "new", 0, 1, BRIX_FAIR_GO), 0);
-    assert_true(brix_fair_counter(f, "light") < 0);      /* made room */
-    assert_true(brix_fair_counter(f, "heavy") == 11000); /* kept, with its counter */
-    assert_true(brix_fair_counter(f, "new") >= 1001);    /* started where light was */
+    brix_fair_leave(f, enter(f, "new", 0, 1, BRIX_FAIR_GO), 5000);
+    assert_true(brix_fair_counter(f, "light") < 0);           /* made room */
+    assert_true(brix_fair_counter(f, "heavy") == 11000);      /* kept, with its counter */
+    assert_true(brix_fair_counter(f, "new") == 1002 + 10000); /* started where light was */
+    /* both are over a newcomer's start: the longest idle makes room */
+    x = enter(f, "next", 0, 1, BRIX_FAIR_GO);
+    assert_int_not_equal(x->tenant, 0);
+    assert_true(brix_fair_counter(f, "heavy") < 0);
+    assert_true(brix_fair_counter(f, "new") > 0);
+    assert_true(brix_fair_counter(f, "next") == 1003);
+    brix_fair_leave(f, x, 0);
     brix_fair_free(f);
 
     /* not idle long enough: newcomers share "(other)" */
