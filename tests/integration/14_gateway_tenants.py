@@ -507,6 +507,21 @@ def _():
     e2.stop()
 
 
+@h.check("--fair-tenants: a full fairness table makes room for new users from idle ones")
+def _():
+    g = h.gateway([E], ["--fairness", "vtc", "--fair-tenants", "2", "--fair-tenant-idle", "0"],
+                  name="gateway-fair-evict")
+    PROCS.append(g)
+    for u in ("f1", "f2", "f3", "f4", "f1"):
+        assert chat(g, {"user": u}, n=1)[0] == 200
+        # the slot is given back just after the last byte is sent
+        h.wait_until(lambda: h.metric_value(h.metrics(g.port), "brix_gateway_fair_inflight") == 0,
+                     timeout=5, what="the request's slot given back")
+    m = h.metrics(g.port)
+    assert h.metric_value(m, "brix_gateway_fair_tenants_evicted_total") == 3, m
+    g.stop()
+
+
 @h.check("gateways and engine stop cleanly (no sanitizer report)")
 def _():
     for p in (C, B, A):
