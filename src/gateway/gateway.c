@@ -158,6 +158,9 @@ static const brix_opt_t gw_opts[] = {
       "limits for users named by the user header but not configured (-1: refuse them with 401)" },
     { "default-tpm", BRIX_OPT_INT, O(default_tpm), "0", 0, 1000000000000, "N",
       "TPM for unconfigured users when --default-rpm is set (0 = unlimited)" },
+    { "max-implicit-users", BRIX_OPT_INT, O(max_implicit_users), "10000", 1, 10000000, "N",
+      "users --default-rpm may create (memory store); beyond, an idle one is dropped or the "
+      "newcomer gets 429" },
     { "tenant-metrics-max", BRIX_OPT_INT, O(tenant_metrics_max), "100", 0, 100000, "N",
       "users with their own /metrics labels; the rest are counted as user=\"other\"" },
     { "fairness", BRIX_OPT_STRING, O(fairness), "none", 1, 0, "none|vtc",
@@ -172,7 +175,11 @@ static const brix_opt_t gw_opts[] = {
       "fairness: share of the capacity a user over its fair share may not take (kept so "
       "others' requests start at once)" },
     { "fair-tenants", BRIX_OPT_INT, O(fair_tenants), "10000", 1, 10000000, "N",
-      "fairness: users tracked separately; beyond, they share one queue" },
+      "fairness: users tracked separately; when full, an idle one (--fair-tenant-idle) makes "
+      "room, else newcomers share one queue" },
+    { "fair-tenant-idle", BRIX_OPT_DURATION, O(fair_tenant_idle), "10s", 0, 86400000, NULL,
+      "fairness: how long a user must have had nothing queued or running before a new user "
+      "may take its place in a full table" },
     BRIX_OPT_END,
 };
 #undef O
@@ -415,11 +422,13 @@ static void keep_start_only(brix_gw_cfg_t *nc, brix_gw_cfg_t *old)
     KEEP_VAL(require_key);
     KEEP_VAL(default_rpm);
     KEEP_VAL(default_tpm);
+    KEEP_VAL(max_implicit_users);
     KEEP_VAL(tenant_metrics_max);
     KEEP_VAL(max_inflight_per_pod);
     KEEP_VAL(queue_size);
     KEEP_VAL(queue_timeout);
     KEEP_VAL(fair_tenants);
+    KEEP_VAL(fair_tenant_idle);
     KEEP_VAL(fair_reserve);
 #undef KEEP_STR
 #undef KEEP_VAL
@@ -622,6 +631,7 @@ int brix_gateway_main(int argc, char **argv)
                                .w_in = 1,
                                .w_out = 2,
                                .max_tenants = gw->cfg.fair_tenants,
+                               .idle_ms = gw->cfg.fair_tenant_idle,
                                .reserve = gw->cfg.fair_reserve };
         if (!(gw->fair = brix_gw_fairs_new(&fc, gw->cfg.max_inflight_per_pod)))
             goto out;

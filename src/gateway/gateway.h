@@ -75,12 +75,14 @@ typedef struct brix_gw_cfg {
     bool require_key;
     brix_strlist_t users; /* NAME[:rpm=N,tpm=N,...] */
     int64_t default_rpm, default_tpm;
+    int64_t max_implicit_users;
     int64_t tenant_metrics_max;
     /* fairness */
     char *fairness;
     int64_t max_inflight_per_pod, queue_size, fair_tenants;
     double fair_reserve;
     uint64_t queue_timeout;
+    uint64_t fair_tenant_idle; /* ms */
 } brix_gw_cfg_t;
 
 /* Settings a reload may change, immutable once published (refcounted,
@@ -184,6 +186,8 @@ typedef struct brix_gw_metrics {
     brix_metric_t *store_up, *store_errors, *store_timeouts, *fail_open, *fail_closed;
     brix_metric_t *fair_capacity, *fair_inflight, *fair_queued, *fair_expired, *fair_rejected;
     brix_metric_t *fair_wait; /* seconds waited in the queue */
+    /* bounded tenant tables (NULL-safe: not checked at start) */
+    brix_metric_t *implicit_users, *implicit_evicted, *implicit_refused, *fair_evicted;
     /* controller discovery and adapter wakes */
     brix_metric_t *ctl_connected, *ctl_reconnects, *ctl_version;
     brix_metric_t *ctl_events_snapshot, *ctl_events_heartbeat, *ctl_events_bad;

@@ -48,6 +48,9 @@ static void on_collect(brix_metrics_t *reg, void *ud)
         brix_metric_set(gw->m.fail_open, (double)st.fail_open);
         brix_metric_set(gw->m.fail_closed, (double)st.fail_closed);
         brix_metric_set(gw->m.store_up, !brix_tn_uses_redis(gw->tn) || st.conns_up > 0);
+        brix_metric_set(gw->m.implicit_users, (double)st.implicit_users);
+        brix_metric_set(gw->m.implicit_evicted, (double)st.implicit_evicted);
+        brix_metric_set(gw->m.implicit_refused, (double)st.implicit_refused);
     }
     if (gw->fair) {
         brix_fair_stats_t fs;
@@ -57,6 +60,7 @@ static void on_collect(brix_metrics_t *reg, void *ud)
         brix_metric_set(gw->m.fair_queued, (double)fs.queued);
         brix_metric_set(gw->m.fair_expired, (double)fs.expired);
         brix_metric_set(gw->m.fair_rejected, (double)fs.rejected_full);
+        brix_metric_set(gw->m.fair_evicted, (double)fs.evicted);
     }
     brix_metric_set(gw->m.adapter_held, (double)atomic_load(&gw->demand.held_total));
     if (!gw->index)
@@ -209,6 +213,14 @@ int brix_gw_metrics_init(brix_gw_t *gw)
            "Requests that waited past --queue-timeout (answered 503).")
     SIMPLE(fair_rejected, C, "brix_gateway_fair_rejected_total",
            "Requests refused because their user's queue was full (answered 429).")
+    SIMPLE(implicit_users, G, "brix_gateway_tenant_implicit_users",
+           "Users created by --default-rpm held now (memory store; at most --max-implicit-users).")
+    SIMPLE(implicit_evicted, C, "brix_gateway_tenant_implicit_evicted_total",
+           "Idle users created by --default-rpm dropped to make room for new ones.")
+    SIMPLE(implicit_refused, C, "brix_gateway_tenant_implicit_refused_total",
+           "New users refused (429) because --max-implicit-users were all in use.")
+    SIMPLE(fair_evicted, C, "brix_gateway_fair_tenants_evicted_total",
+           "Idle users dropped from the fairness table to make room for new ones.")
     f = brix_metrics_family(m->reg, H, "brix_gateway_fair_wait_seconds",
                             "Time requests waited in the fairness queue.", NULL, latency_buckets,
                             NB(latency_buckets));

@@ -269,10 +269,12 @@ static void px_free(px_t *px)
     int64_t used = px->prompt_tokens + px->completion_tokens;
     if (px->attempts && !used)
         used = px->est_tokens; /* nothing seen at all: the estimate */
-    if (px->user[0] && !px->attempts && px->reserved)
-        brix_tn_charge(w->tn, px->user, px->user_tpm, -px->reserved); /* never sent: refund */
+    /* once per admitted request (it also ends the user's in-flight count);
+     * never sent: the reservation is refunded */
+    if (px->user[0])
+        brix_tn_charge(w->tn, px->user, px->user_tpm,
+                       px->attempts ? used - px->reserved : -px->reserved);
     if (px->user[0] && px->attempts) {
-        brix_tn_charge(w->tn, px->user, px->user_tpm, used - px->reserved);
         const char *label = brix_gw_user_label(gw, px->user);
         brix_metric_add(brix_gw_metric2(gw->m.tenant_tokens, label, "prompt"),
                         (double)px->prompt_tokens);
