@@ -995,10 +995,9 @@ static void not_allowed(art_job_t *j, const char *why)
     brix_buf_t b = BRIX_BUF_INIT;
     for (size_t i = 0; i < j->nroots && b.len < 600; i++)
         brix_buf_printf(&b, "%s%s", i ? ", " : "", j->roots[i]);
-    fail(j, BRIX_ART_NOT_ALLOWED,
-         "%s: %s the directories file:// artifacts may be read from (%s); the operator allows "
-         "more with brix controller --artifact-root DIR",
-         j->shown, why, b.data ? b.data : "none");
+    /* short: it becomes a status condition (240 characters); roots last */
+    fail(j, BRIX_ART_NOT_ALLOWED, "%s %s not under an allowed --artifact-root (%s)", j->shown, why,
+         b.data ? b.data : "none");
     brix_buf_free(&b);
 }
 
@@ -1055,11 +1054,12 @@ static void fetch_file(art_job_t *j, const char *rest)
     for (size_t i = 0; i < j->nroots && !ok; i++) {
         char root[PATH_MAX];
         snprintf(root, sizeof root, "%s", j->roots[i]);
-        lexical_clean(root);
-        ok = under(clean, root) || (j->real_roots[i] && under(clean, j->real_roots[i]));
+        lexical_clean(root); /* a relative root (--state-dir .brix) counts only as resolved */
+        ok = (j->roots[i][0] == '/' && under(clean, root)) ||
+             (j->real_roots[i] && under(clean, j->real_roots[i]));
     }
     if (!ok) {
-        not_allowed(j, "outside");
+        not_allowed(j, "is");
         return;
     }
     struct stat st;
@@ -1069,7 +1069,7 @@ static void fetch_file(art_job_t *j, const char *rest)
         else
             fail(j, BRIX_ART_IO, "%s: %s", j->shown, strerror(errno));
     } else if (!real_allowed(j, real)) {
-        not_allowed(j, "leads (through a symlink) outside");
+        not_allowed(j, "resolves (through a symlink) to a path");
     } else if (S_ISDIR(st.st_mode)) {
         t_walk_job = j;
         t_walk_n = 0;
@@ -1079,7 +1079,7 @@ static void fetch_file(art_job_t *j, const char *rest)
                  "%s is a directory; sha256 applies to a single file or archive, not a directory",
                  j->shown);
         } else if (walk == 1) {
-            not_allowed(j, "holds a symlink leading outside");
+            not_allowed(j, "holds a symlink to a path");
         } else if (walk == 2) {
             fail(j, BRIX_ART_TOO_LARGE, "%s: the directory holds more than %llu files", j->shown,
                  (unsigned long long)j->max_files);
@@ -1351,7 +1351,8 @@ void brix_art_gc_run(const brix_art_gc_req_t *req, brix_art_gc_result_t *res)
         n++;
     }
     closedir(d);
-    qsort(v, n, sizeof *v, by_mtime);
+    if (n) /* qsort's pointer may not be NULL even for 0 elements */
+        qsort(v, n, sizeof *v, by_mtime);
     for (size_t i = 0; i < n && res->bytes > req->max_bytes; i++) {
         if (kept(req, v[i].name))
             continue;

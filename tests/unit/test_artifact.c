@@ -891,7 +891,14 @@ static void test_cache_lru_cleanup(void **state)
     assert_int_equal(r.bytes, 2);
     assert_int_equal(count_entries(g.cache, NULL), 1);
 
-    /* a missing cache directory is an empty cache */
+    /* an empty cache directory, and a missing one, are empty caches */
+    char empty[PATH_MAX + 16];
+    snprintf(empty, sizeof empty, "%s/empty-cache", g.base);
+    assert_int_equal(mkdir(empty, 0755), 0);
+    req.cache_dir = empty;
+    brix_art_gc_run(&req, &r);
+    assert_int_equal(r.err, 0);
+    assert_int_equal(r.bytes, 0);
     req.cache_dir = "/nonexistent-brix/cache";
     brix_art_gc_run(&req, &r);
     assert_int_equal(r.err, 0);
