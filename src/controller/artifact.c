@@ -894,12 +894,27 @@ static void fill_http(art_job_t *j, sink_t *s, const char *unused)
 }
 
 /* Fills the sink with a copy of the local file src. */
+static int real_allowed(const art_job_t *j, const char *real);
+
 static void fill_file(art_job_t *j, sink_t *s, const char *src)
 {
-    int fd = open(src, O_RDONLY | O_CLOEXEC);
+    int fd = open(src, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
     if (fd < 0) {
         fail(j, BRIX_ART_IO, "%s: %s", j->shown, strerror(errno));
         return;
+    }
+    /* src passed the root check, but a directory on its way may have been
+     * swapped for a symlink since: check what was actually opened */
+    char proc[64], opened[PATH_MAX];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(proc, opened, sizeof opened - 1);
+    if (n > 0) {
+        opened[n] = '\0';
+        if (!real_allowed(j, opened)) {
+            close(fd);
+            fail(j, BRIX_ART_NOT_ALLOWED, "%s changed while it was checked; not read", j->shown);
+            return;
+        }
     }
     char buf[65536];
     ssize_t r;
