@@ -12,6 +12,7 @@
  * judged: its tar stream is checked header by header on its way to `tar -x`.
  */
 #include "controller/artifact.h"
+#include "controller/tarscan.h"
 
 #include <ctype.h>
 #include <curl/curl.h>
@@ -48,7 +49,6 @@ extern char **environ;
 #define ART_PROGRESS_MS      2000
 #define ART_DEFAULT_UNPACKED (20ull << 30)
 #define ART_DEFAULT_FILES    10000
-#define ART_MAX_META         (64u << 10) /* a GNU long name or one pax header's records */
 
 typedef struct art_job {
     uv_work_t work; /* first: the job is the uv_work_t */
@@ -355,22 +355,6 @@ static int sink_finish(sink_t *s, const char *tmp)
     return j->status != BRIX_ART_OK ? -1 : 0;
 }
 
-/* A member name that would land outside the extraction directory. */
-static int unsafe_name(const char *s, size_t n)
-{
-    if (n > 0 && s[0] == '/')
-        return 1;
-    for (size_t i = 0; i < n;) {
-        size_t c = i;
-        while (c < n && s[c] != '/')
-            c++;
-        if (c - i == 2 && s[i] == '.' && s[i + 1] == '.')
-            return 1;
-        i = c + 1;
-    }
-    return 0;
-}
-
 /* After extraction (a second line behind the stream checks): only directories,
  * files that are not hard links, and symlinks that stay inside. */
 static int check_entry(const char *p, const struct stat *sb, int flag, struct FTW *f)
@@ -381,271 +365,7 @@ static int check_entry(const char *p, const struct stat *sb, int flag, struct FT
         return 1;
     char t[PATH_MAX];
     ssize_t n = readlink(p, t, sizeof t);
-    return n < 0 || unsafe_name(t, (size_t)n);
-}
-
-/*
- * The tar stream check. Every 512-byte block goes through scan_block before it
- * is forwarded to `tar -x`, so tar never receives the header of a member that
- * breaks a rule: a size or count limit is enforced before any byte of the
- * member is written, and a gzip bomb costs only the blocks read up to its
- * first oversized header. Understood: ustar/GNU headers (octal or base-256
- * sizes, the ustar prefix), GNU long names (L, K) and pax headers (x, g:
- * path, linkpath, size). Members may be files, directories and symlinks whose
- * target is relative without '..'; hard links, devices, FIFOs and anything
- * else (sparse, multi-volume) are refused.
- */
-typedef struct tar_scan {
-    art_job_t *j;
-    uint64_t files, bytes, headers;
-    uint64_t left;  /* data bytes of the current member still to come */
-    char meta_type; /* 'L', 'K', 'x' or 'g' while its data is collected, else 0 */
-    brix_buf_t meta;
-    char *name, *link; /* set by L/K/x for the next member */
-    int has_size;      /* a pax size= for the next member */
-    uint64_t size;
-    int zeros; /* consecutive zero blocks; two end the archive */
-    int done;
-} tar_scan_t;
-
-static uint64_t tar_num(const unsigned char *f, size_t n, int *bad)
-{
-    uint64_t v = 0;
-    if (f[0] & 0x80) { /* GNU base-256, big-endian; only non-negative values under 2^56 */
-        if (f[0] != 0x80)
-            *bad = 1;
-        for (size_t i = 1; i < n && !*bad; i++) {
-            if (v >> 48)
-                *bad = 1;
-            v = v << 8 | f[i];
-        }
-        return *bad ? 0 : v;
-    }
-    size_t i = 0;
-    while (i < n && f[i] == ' ')
-        i++;
-    for (; i < n && f[i] >= '0' && f[i] <= '7'; i++) {
-        if (v >> 60)
-            *bad = 1;
-        v = v * 8 + (uint64_t)(f[i] - '0');
-    }
-    for (; i < n; i++)
-        if (f[i] != ' ' && f[i] != '\0')
-            *bad = 1;
-    return v;
-}
-
-static char *field_dup(const unsigned char *f, size_t n)
-{
-    size_t len = strnlen((const char *)f, n);
-    return brix_strndup((const char *)f, len);
-}
-
-static void scan_reset_next(tar_scan_t *t)
-{
-    brix_free(t->name);
-    brix_free(t->link);
-    t->name = t->link = NULL;
-    t->has_size = 0;
-}
-
-/* pax records "LEN key=value\n"; for x the overrides of the next member, for g
- * (a global header, `git archive` writes one) path/linkpath are refused. */
-static int scan_pax(tar_scan_t *t, int global)
-{
-    art_job_t *j = t->j;
-    const char *p = t->meta.data ? t->meta.data : "", *end = p + t->meta.len;
-    while (p < end) {
-        char *e;
-        unsigned long long len = strtoull(p, &e, 10);
-        if (e == p || *e != ' ' || len < 5 || len > (size_t)(end - p) || p[len - 1] != '\n') {
-            fail(j, BRIX_ART_UNSAFE, "%s: malformed pax header in the archive", j->shown);
-            return -1;
-        }
-        const char *kv = e + 1, *rec_end = p + len - 1,
-                   *eq = memchr(kv, '=', (size_t)(rec_end - kv));
-        if (!eq) {
-            fail(j, BRIX_ART_UNSAFE, "%s: malformed pax header in the archive", j->shown);
-            return -1;
-        }
-        size_t kl = (size_t)(eq - kv);
-        char *val = brix_strndup(eq + 1, (size_t)(rec_end - eq - 1));
-        if (!val) {
-            fail(j, BRIX_ART_IO, "out of memory");
-            return -1;
-        }
-        int is_path = kl == 4 && !memcmp(kv, "path", 4);
-        int is_link = kl == 8 && !memcmp(kv, "linkpath", 8);
-        if (global && (is_path || is_link)) {
-            brix_free(val);
-            fail(j, BRIX_ART_UNSAFE, "%s: a global pax header sets a member path; refusing",
-                 j->shown);
-            return -1;
-        }
-        if (is_path) {
-            brix_free(t->name);
-            t->name = val;
-        } else if (is_link) {
-            brix_free(t->link);
-            t->link = val;
-        } else {
-            if (!global && kl == 4 && !memcmp(kv, "size", 4)) {
-                char *se;
-                errno = 0;
-                t->size = strtoull(val, &se, 10);
-                if (errno || se == val || *se) {
-                    brix_free(val);
-                    fail(j, BRIX_ART_UNSAFE, "%s: bad pax size in the archive", j->shown);
-                    return -1;
-                }
-                t->has_size = 1;
-            }
-            brix_free(val);
-        }
-        p += len;
-    }
-    return 0;
-}
-
-static int scan_meta_done(tar_scan_t *t)
-{
-    char type = t->meta_type;
-    t->meta_type = 0;
-    if (type == 'x' || type == 'g')
-        return scan_pax(t, type == 'g');
-    char *v = brix_strndup(t->meta.data ? t->meta.data : "",
-                           strnlen(t->meta.data ? t->meta.data : "", t->meta.len));
-    if (!v) {
-        fail(t->j, BRIX_ART_IO, "out of memory");
-        return -1;
-    }
-    char **slot = type == 'L' ? &t->name : &t->link;
-    brix_free(*slot);
-    *slot = v;
-    return 0;
-}
-
-/* One block: 0 to forward it to tar, -1 to stop (the job's status says why). */
-static int scan_block(tar_scan_t *t, const unsigned char *b)
-{
-    art_job_t *j = t->j;
-    if (t->left > 0) { /* member or metadata data */
-        size_t n = t->left < 512 ? (size_t)t->left : 512;
-        t->left -= n;
-        if (t->meta_type) {
-            if (brix_buf_append(&t->meta, b, n) != 0) {
-                fail(j, BRIX_ART_IO, "out of memory");
-                return -1;
-            }
-            if (t->left == 0)
-                return scan_meta_done(t);
-        }
-        return 0;
-    }
-    size_t z = 0;
-    while (z < 512 && b[z] == 0)
-        z++;
-    if (z == 512) {
-        t->done = ++t->zeros >= 2;
-        return 0;
-    }
-    t->zeros = 0;
-    /* metadata headers are bounded too: endless pax headers must not spin forever */
-    if (++t->headers > 4 * j->max_files + 4) {
-        fail(j, BRIX_ART_TOO_LARGE, "%s: more than %llu archive headers", j->shown,
-             (unsigned long long)(4 * j->max_files + 4));
-        return -1;
-    }
-    int bad = 0;
-    unsigned sum = 0;
-    for (size_t i = 0; i < 512; i++)
-        sum += i >= 148 && i < 156 ? ' ' : b[i];
-    if (tar_num(b + 148, 8, &bad) != sum || bad) {
-        fail(j, BRIX_ART_IO, "%s: not a valid .tar.gz archive (bad tar header checksum)", j->shown);
-        return -1;
-    }
-    char type = (char)b[156];
-    uint64_t size = tar_num(b + 124, 12, &bad);
-    if (bad) {
-        fail(j, BRIX_ART_IO, "%s: not a valid .tar.gz archive (bad member size)", j->shown);
-        return -1;
-    }
-    if (strchr("LKxg", type) && type) {
-        if (size > ART_MAX_META) {
-            fail(j, BRIX_ART_UNSAFE, "%s: archive metadata of %llu bytes (over %u)", j->shown,
-                 (unsigned long long)size, ART_MAX_META);
-            return -1;
-        }
-        t->meta_type = type;
-        t->left = size;
-        brix_buf_reset(&t->meta);
-        return size == 0 ? scan_meta_done(t) : 0;
-    }
-    if (t->has_size)
-        size = t->size;
-    char *name = t->name;
-    char *own = NULL;
-    if (!name) {
-        own = field_dup(b, 100);
-        if (own && !memcmp(b + 257, "ustar\0", 6) && b[345]) { /* POSIX prefix */
-            char *pre = field_dup(b + 345, 155);
-            brix_buf_t nb = BRIX_BUF_INIT;
-            if (pre && brix_buf_printf(&nb, "%s/%s", pre, own) == 0) {
-                brix_free(own);
-                own = nb.data;
-            } else {
-                brix_buf_free(&nb);
-                brix_free(own);
-                own = NULL;
-            }
-            brix_free(pre);
-        }
-        name = own;
-    }
-    char *link = t->link ? t->link : NULL, *own_link = NULL;
-    if (!link)
-        link = own_link = field_dup(b + 157, 100);
-    int rc = -1;
-    if (!name || !link) {
-        fail(j, BRIX_ART_IO, "out of memory");
-    } else if (!name[0]) {
-        fail(j, BRIX_ART_UNSAFE, "%s: archive member with an empty name", j->shown);
-    } else if (unsafe_name(name, strlen(name))) {
-        fail(j, BRIX_ART_UNSAFE,
-             "%s: archive member '%.200s' has an absolute path or a '..' component; "
-             "refusing to unpack",
-             j->shown, name);
-    } else if (type == '1') {
-        fail(j, BRIX_ART_UNSAFE, "%s: archive member '%.200s' is a hard link; refusing to unpack",
-             j->shown, name);
-    } else if (type == '2' && (!link[0] || unsafe_name(link, strlen(link)))) {
-        fail(j, BRIX_ART_UNSAFE,
-             "%s: archive member '%.200s' is a symlink to '%.200s', outside the archive; "
-             "refusing to unpack",
-             j->shown, name, link);
-    } else if (type == '3' || type == '4' || type == '6') {
-        fail(j, BRIX_ART_UNSAFE,
-             "%s: archive member '%.200s' is a device file or a FIFO; refusing to unpack", j->shown,
-             name);
-    } else if (!strchr("0725", type)) { /* '\0' (old tar) is a file too: strchr finds the NUL */
-        fail(j, BRIX_ART_UNSAFE,
-             "%s: archive member '%.200s' has unsupported type '%c'; refusing to unpack", j->shown,
-             name, isprint((unsigned char)type) ? type : '?');
-    } else if (++t->files > j->max_files) {
-        fail(j, BRIX_ART_TOO_LARGE, "%s: the archive holds more than %llu files", j->shown,
-             (unsigned long long)j->max_files);
-    } else if (size > j->max_unpacked - t->bytes) {
-        fail(j, BRIX_ART_TOO_LARGE, "%s: unpacked size over %llu bytes", j->shown,
-             (unsigned long long)j->max_unpacked);
-    } else {
-        t->bytes += size;
-        t->left = type == '2' ? 0 : size; /* a symlink has no data whatever its size says */
-        rc = 0;
-    }
-    brix_free(own);
-    brix_free(own_link);
-    scan_reset_next(t);
-    return rc;
+    return n < 0 || brix_tarscan_unsafe_name(t, (size_t)n);
 }
 
 static pid_t spawn_fds(char *const argv[], int in_fd, const char *in_path, int out_fd, int err_fd)
@@ -693,13 +413,14 @@ static int send_all_fd(int fd, const unsigned char *p, size_t n)
     return 0;
 }
 
-/* gzip -dc < archive | scan_block | tar -x -C dir. Returns 0 when tar unpacked
+/* gzip -dc < archive | brix_tarscan_block | tar -x -C dir. Returns 0 when tar unpacked
  * a stream that passed every check; otherwise the job's status says why. */
 static void stream_unpack(art_job_t *j, const char *archive, const char *dir)
 {
     int gz[2] = { -1, -1 }, tx[2] = { -1, -1 }, errfd = -1;
     pid_t gzpid = -1, tarpid = -1;
-    tar_scan_t t = { .j = j };
+    brix_tarscan_t t;
+    brix_tarscan_init(&t, j->max_unpacked, j->max_files);
     unsigned char *buf = brix_malloc(65536 + 512);
     size_t blen = 0;
     int tar_gone = 0;
@@ -736,8 +457,16 @@ static void stream_unpack(art_job_t *j, const char *archive, const char *dir)
         }
         size_t have = blen + (size_t)r, off = 0, ok_end = 0;
         while (have - off >= 512 && !t.done) {
-            if (scan_block(&t, buf + off) != 0)
+            if (brix_tarscan_block(&t, buf + off) != 0) {
+                static const brix_art_status_t st[] = {
+                    [BRIX_TARSCAN_BAD] = BRIX_ART_IO,
+                    [BRIX_TARSCAN_TOO_LARGE] = BRIX_ART_TOO_LARGE,
+                    [BRIX_TARSCAN_UNSAFE] = BRIX_ART_UNSAFE,
+                    [BRIX_TARSCAN_NOMEM] = BRIX_ART_IO,
+                };
+                fail(j, st[t.verdict], "%s: %s", j->shown, t.why);
                 break;
+            }
             off += 512;
             ok_end = off;
         }
@@ -748,7 +477,7 @@ static void stream_unpack(art_job_t *j, const char *archive, const char *dir)
         blen = have - off; /* a partial block waits for the next read */
         memmove(buf, buf + off, blen);
     }
-    if (j->status == BRIX_ART_OK && !t.done && !tar_gone && (blen || t.left || t.meta_type))
+    if (j->status == BRIX_ART_OK && !t.done && !tar_gone && (blen || brix_tarscan_pending(&t)))
         fail(j, BRIX_ART_IO, "%s: not a valid .tar.gz archive (truncated)", j->shown);
 out:
     /* stop gzip at once: on a refused bomb it would otherwise inflate the rest */
@@ -781,8 +510,7 @@ out:
     for (size_t k = 0; k < sizeof fds / sizeof *fds; k++)
         if (fds[k] >= 0)
             close(fds[k]);
-    brix_buf_free(&t.meta);
-    scan_reset_next(&t);
+    brix_tarscan_free(&t);
     brix_free(buf);
 }
 

@@ -13,7 +13,7 @@
  * leads outside through a symlink is refused after realpath, so a checksum
  * message never tells anything about a file the operator did not allow.
  * Archives are gunzipped by a `gzip -dc` child and their tar stream inspected
- * header by header before `tar -x` sees it: a member over the unpacked-size or
+ * header by header (tarscan.h) before `tar -x` sees it: a member over the unpacked-size or
  * file-count limit, an absolute or `..` name, a link, or a device is refused
  * before it is written.
  *
