@@ -51,6 +51,19 @@ static const brix_opt_t ctl_opts[] = {
       "largest adapter artifact downloaded" },
     { "artifact-timeout", BRIX_OPT_DURATION, O(artifact_timeout), "10m", 1000, 86400000, NULL,
       "one artifact download may take this long" },
+    { "artifact-max-unpacked", BRIX_OPT_SIZE, O(artifact_max_unpacked), "20g", 1024,
+      1099511627776.0, NULL,
+      "an artifact .tar.gz may unpack to at most this (sum of its members; a gzip bomb fails "
+      "with TooLarge before it is written)" },
+    { "artifact-max-files", BRIX_OPT_INT, O(artifact_max_files), "10000", 1, 10000000, NULL,
+      "an artifact .tar.gz (or a file:// directory) may hold at most this many entries" },
+    { "artifact-cache-max", BRIX_OPT_SIZE, O(artifact_cache_max), "20g", 0, 1099511627776.0 * 64,
+      NULL,
+      "STATE/artifacts is cleaned above this: least recently used artifacts that no "
+      "ModelAdapter references and no replica loaded go first" },
+    { "artifact-root", BRIX_OPT_STRLIST, O(artifact_roots), NULL, 1, 0, "DIR",
+      "file:// artifacts are read only under these directories and the state dir (repeatable; "
+      "default: the directory of the file each adapter was applied from)" },
     { "stop-grace", BRIX_OPT_DURATION, O(stop_grace), "10s", 0, 600000, NULL,
       "a stopping replica gets SIGTERM, then SIGKILL after this" },
     { "unload-drain", BRIX_OPT_DURATION, O(unload_drain), "1s", 0, 600000, NULL,
@@ -170,6 +183,10 @@ static int metrics_init(brix_ctl_t *c)
         "adapters unloaded everywhere after their idle TTL", NULL, 0);
     ONE(evictions, C, "brix_controller_adapter_evictions_total",
         "adapters scaled to zero early (LRU) to make room for a requested one", NULL, 0);
+    ONE(cache_bytes, G, "brix_controller_artifact_cache_bytes",
+        "bytes in the artifact cache (STATE/artifacts) after the last cleanup", NULL, 0);
+    ONE(cache_evictions, C, "brix_controller_artifact_cache_evictions_total",
+        "artifacts removed from the cache by the LRU cleanup", NULL, 0);
     ONE(load_seconds, H, "brix_controller_adapter_load_seconds",
         "time from placing an adapter on a replica to the engine's 200", load_b,
         sizeof load_b / sizeof *load_b);

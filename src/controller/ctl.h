@@ -34,6 +34,10 @@ typedef struct brix_ctl_cfg {
     int64_t load_timeout;
     uint64_t artifact_max_bytes;
     int64_t artifact_timeout;
+    uint64_t artifact_max_unpacked; /* sum of an archive's member sizes */
+    int64_t artifact_max_files;     /* members of an archive */
+    uint64_t artifact_cache_max;    /* LRU cleanup of unreferenced artifacts above this */
+    brix_strlist_t artifact_roots;  /* file:// allowed under these (empty: applied file's dir) */
     int64_t stop_grace;
     int64_t unload_drain;
     int64_t evict_idle_min;
@@ -106,6 +110,7 @@ typedef struct brix_ctl_metrics {
     brix_metric_t *loads_ok, *loads_failed, *unloads_ok, *unloads_failed;
     brix_metric_t *restarts, *fetch_ok, *fetch_failed, *watchers, *wakes, *scaled_down;
     brix_metric_t *evictions;
+    brix_metric_t *cache_bytes, *cache_evictions;
     brix_metric_t *load_seconds, *reconcile_seconds;
 } brix_ctl_metrics_t;
 
@@ -139,6 +144,8 @@ typedef struct brix_ctl {
     uv_timer_t reconcile_timer, health_timer, heartbeat_timer, save_timer, kick_timer;
     uv_timer_t notify_timer;
     uint64_t fetch_seq;
+    bool gc_running, gc_wanted; /* artifact cache cleanup on the pool; another one asked for */
+    uint64_t gc_next_at;        /* monotonic ms of the next periodic cleanup */
     uint64_t rng;
     uv_signal_t sigterm, sigint;
     uint64_t stop_deadline;

@@ -606,6 +606,12 @@ int brix_obj_parse(const brix_yaml_node_t *doc, const char *file, const char *ba
         return fail(&v, doc, "", "out of memory");
     }
     o->kind = kind;
+    if (kind == BRIX_KIND_ADAPTER && base_dir && base_dir[0] == '/' &&
+        !(o->base_dir = brix_strdup(base_dir))) {
+        brix_free(o->api_version);
+        brix_free(o);
+        return fail(&v, doc, "", "out of memory");
+    }
     static const char *const top[] = { "apiVersion", "kind", "metadata", "spec", "status", NULL };
     int rc = 0;
     if (kind != BRIX_KIND_CLUSTER) {
@@ -650,6 +656,7 @@ void brix_obj_free(brix_obj_t *o)
     brix_free(o->a.sha256);
     brix_free(o->a.credentials_ref);
     brix_labels_free(&o->a.additional_config);
+    brix_free(o->base_dir);
     brix_free(o);
 }
 

@@ -48,8 +48,12 @@ static int render_state(brix_ctl_t *c, brix_buf_t *b)
         brix_adapter_rt_t *a = c->adapters[i];
         rc |= brix_buf_append_str(b, i ? ",\n" : "\n");
         rc |= brix_obj_json_open(b, a->o);
-        rc |= brix_buf_printf(b, ",\"status\":{\"scaled\":%s,\"lastUsedMs\":%llu}}",
+        rc |= brix_buf_printf(b, ",\"status\":{\"scaled\":%s,\"lastUsedMs\":%llu",
                               a->scaled ? "true" : "false", (unsigned long long)a->last_used_wall);
+        if (a->o->base_dir) /* where file:// artifacts of this object may be read from */
+            rc |= brix_buf_append_str(b, ",\"baseDir\":") |
+                  brix_buf_append_json_str(b, a->o->base_dir, strlen(a->o->base_dir));
+        rc |= brix_buf_append_str(b, "}}");
     }
     rc |= brix_buf_append_str(b, "],\n\"replicas\":[");
     for (size_t i = 0; i < c->nreps; i++) {
@@ -140,7 +144,8 @@ static int load_objects(brix_ctl_t *c, const brix_yaml_node_t *list, brix_kind_t
     }
     for (size_t i = 0; i < list->n; i++) {
         brix_obj_t *o;
-        if (brix_obj_parse(list->items[i], c->state_path, NULL, &o, err, errlen))
+        const brix_yaml_node_t *st = brix_yaml_get(list->items[i], "status");
+        if (brix_obj_parse(list->items[i], c->state_path, str(st, "baseDir"), &o, err, errlen))
             return -1;
         if (o->kind != kind) {
             snprintf(err, errlen, "%s:%d:%d: a %s in the %s list", c->state_path,
@@ -155,7 +160,6 @@ static int load_objects(brix_ctl_t *c, const brix_yaml_node_t *list, brix_kind_t
             return -1;
         }
         if (a) {
-            const brix_yaml_node_t *st = brix_yaml_get(list->items[i], "status");
             const char *sc = str(st, "scaled");
             a->scaled = sc && !strcmp(sc, "true");
             a->last_used_wall = (uint64_t)num(st, "lastUsedMs");
