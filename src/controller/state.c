@@ -88,13 +88,15 @@ int brix_ctl_save(brix_ctl_t *c)
     }
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", c->state_path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     int rc = -1;
     if (fd < 0) {
         BRIX_ERROR("state: %s: %s", tmp, strerror(errno));
         goto out;
     }
-    if (write_all(fd, b.data, b.len) || fsync(fd)) {
+    /* the state keeps engine argv unredacted: owner-only, also when an older
+     * version left a 0644 temp file behind */
+    if (fchmod(fd, 0600) || write_all(fd, b.data, b.len) || fsync(fd)) {
         BRIX_ERROR("state: writing %s: %s", tmp, strerror(errno));
         close(fd);
         unlink(tmp);
