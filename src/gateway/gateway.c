@@ -13,6 +13,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/time.h"
+#include "core/yaml.h"
 #include "gateway/gateway.h"
 #include "gateway/router.h"
 
@@ -39,7 +40,11 @@ static const brix_opt_t gw_opts[] = {
       "discover engines from `brix controller` at URL (GET URL/v1/watch): its ready replicas are "
       "the pods, its adapters the registry; excludes --worker-urls" },
     { "controller-token", BRIX_OPT_STRING, O(controller_token), NULL, 1, 0, "TOKEN",
-      "bearer token for the controller's API (or BRIX_CONTROLLER_TOKEN)" },
+      "bearer token for the controller's API (or BRIX_CONTROLLER_TOKEN; both are visible to "
+      "other local users less easily than argv: prefer --controller-token-file)" },
+    { "controller-token-file", BRIX_OPT_STRING, O(controller_token_file), NULL, 1, 0, "FILE",
+      "read the controller's bearer token from FILE (e.g. the controller's STATE_DIR/token); "
+      "read again on reload" },
     { "controller-idle-timeout", BRIX_OPT_DURATION, O(controller_idle_timeout), "15s", 100, 3600000,
       NULL,
       "controller watch silent this long (it heartbeats every 5 s): reconnect, serving the last "
@@ -328,6 +333,27 @@ static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t e
     const char *ee = getenv("BRIX_ENGINE_API_KEY");
     if (!c->engine_api_key && ee && *ee && !(c->engine_api_key = brix_strdup(ee)))
         return -1;
+    if (c->controller_token_file) {
+        if (c->controller_token) {
+            snprintf(err, errlen, "--controller-token and --controller-token-file exclude each other");
+            return -1;
+        }
+        char *text = NULL;
+        size_t len = 0;
+        if (brix_file_read(c->controller_token_file, &text, &len, err, errlen))
+            return -1;
+        char *s = text, *e = text + len; /* one word: trailing newline and spaces go */
+        while (s < e && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
+            s++;
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+            e--;
+        c->controller_token = e > s ? brix_strndup(s, (size_t)(e - s)) : NULL;
+        brix_free(text);
+        if (!c->controller_token) {
+            snprintf(err, errlen, "%s: no token in the file", c->controller_token_file);
+            return -1;
+        }
+    }
     const char *ct = getenv("BRIX_CONTROLLER_TOKEN");
     if (!c->controller_token && ct && *ct && !(c->controller_token = brix_strdup(ct)))
         return -1;
