@@ -479,9 +479,9 @@ static void handle_apply(brix_ctl_t *c, brix_http_req_t *h)
     if (rc) { /* the HTTP status of each outcome is decided here, at the edge */
         brix_buf_free(&out);
         int st = rc == -EBUSY ? 409 : rc == -EPERM ? 403 : rc == -EINVAL ? 400 : 500;
-        const char *code = rc == -EBUSY   ? "conflict"
-                           : rc == -EPERM ? "engine_command_not_allowed"
-                           : rc == -EIO   ? "state_not_saved"
+        const char *code = rc == -EBUSY    ? "conflict"
+                           : rc == -EPERM  ? "engine_command_not_allowed"
+                           : rc == -EIO    ? "state_not_saved"
                            : rc == -EINVAL ? "invalid_object"
                                            : NULL;
         if (rc == -EPERM)
@@ -842,8 +842,7 @@ static bool admitted(brix_ctl_t *c, brix_http_req_t *h, bool *open_page)
     }
     bool write = h->method == HTTP_POST || h->method == HTTP_PUT || h->method == HTTP_PATCH ||
                  h->method == HTTP_DELETE;
-    if (write && h->body.len &&
-        !brix_auth_write_type_ok(brix_http_req_header(h, "content-type"))) {
+    if (write && h->body.len && !brix_auth_write_type_ok(brix_http_req_header(h, "content-type"))) {
         brix_http_respond_error(h, 415, NULL, "unsupported_media_type", NULL,
                                 "a request body must be application/json or application/yaml "
                                 "(got '%.100s')",

@@ -618,7 +618,8 @@ int brix_get_main(int argc, char **argv)
     snprintf(path, sizeof path, "/v1/%s%s%s", brix_kind_plural(k), name ? "/" : "",
              name ? name : "");
     brix_buf_t body = BRIX_BUF_INIT;
-    long st = brix_cli_call(cn.server, cn.token, "GET", path, NULL, 0, NULL, &body, err, sizeof err);
+    long st =
+        brix_cli_call(cn.server, cn.token, "GET", path, NULL, 0, NULL, &body, err, sizeof err);
     int rc = 0;
     if (st != 200) {
         call_failed("get", &cn, st, &body, err);
@@ -671,7 +672,8 @@ int brix_delete_main(int argc, char **argv)
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: brix delete KIND NAME " CONN_FLAGS "\n\n"
                "Deletes a deployment (its replicas stop) or an adapter (it is unloaded from\n"
-               "every replica first). Deleting a replica restarts it, as deleting a pod does.\n" CONN_HELP);
+               "every replica first). Deleting a replica restarts it, as deleting a pod "
+               "does.\n" CONN_HELP);
         return 0;
     }
     if (argc != 3) {

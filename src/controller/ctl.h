@@ -42,9 +42,9 @@ typedef struct brix_ctl_cfg {
     int64_t max_watchers;
     char *log_level;
     char *config;
-    char *token_file;        /* NULL: STATE_DIR/token, made on first start */
-    bool insecure_no_auth;   /* loopback only: no token at all */
-    bool status_page_open;   /* loopback only: `/` without the token */
+    char *token_file;      /* NULL: STATE_DIR/token, made on first start */
+    bool insecure_no_auth; /* loopback only: no token at all */
+    bool status_page_open; /* loopback only: `/` without the token */
     bool allow_engine_commands;
     brix_strlist_t allowed_hosts; /* Host names besides IP literals and localhost */
     brix_http_limits_t http;

@@ -785,8 +785,9 @@ bool brix_obj_same(const brix_obj_t *a, const brix_obj_t *b)
     if (a->kind != b->kind)
         return false;
     brix_buf_t x = { 0 }, y = { 0 };
-    int rc = spec_json(&x, a, false) | spec_json(&y, b, false) | brix_labels_json(&x, &a->meta.labels) |
-             brix_labels_json(&y, &b->meta.labels) | brix_labels_json(&x, &a->meta.annotations) |
+    int rc = spec_json(&x, a, false) | spec_json(&y, b, false) |
+             brix_labels_json(&x, &a->meta.labels) | brix_labels_json(&y, &b->meta.labels) |
+             brix_labels_json(&x, &a->meta.annotations) |
              brix_labels_json(&y, &b->meta.annotations);
     bool same = !rc && x.len == y.len && !memcmp(x.data, y.data, x.len);
     brix_buf_free(&x);

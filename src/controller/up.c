@@ -518,10 +518,14 @@ int brix_up_main(int argc, char **argv)
     }
     printf("brix up: starting the controller (state in %s/)\n", u.state_dir);
     fflush(stdout);
-    const char *cargs[] = { "controller",   "--host",      "127.0.0.1", "--port",
-                            aport,          "--state-dir", u.state_dir, "--token-file",
-                            tokpath,        u.allow_engine_commands ? "--allow-engine-commands" : NULL,
-                            NULL };
+    const char *cargs[] = {
+        "controller", "--host",
+        "127.0.0.1",  "--port",
+        aport,        "--state-dir",
+        u.state_dir,  "--token-file",
+        tokpath,      u.allow_engine_commands ? "--allow-engine-commands" : NULL,
+        NULL
+    };
     if ((ch[0].pid = spawn(self, cargs, &u.ctl_args, ch[0].log)) <= 0 ||
         !wait_http(&ch[0], api, "/readyz", 15000, &set))
         goto stop;
@@ -551,10 +555,11 @@ int brix_up_main(int argc, char **argv)
     brix_buf_free(&out);
     printf("brix up: applied %d object(s) from %s; starting the gateway\n", nobj, file);
     fflush(stdout);
-    const char *gargs[] = { "gateway",    "--host", "127.0.0.1",
-                            "--port",     gport,    "--controller",
-                            api,          "--controller-token-file", tokpath,
-                            NULL };
+    const char *gargs[] = { "gateway",   "--host",
+                            "127.0.0.1", "--port",
+                            gport,       "--controller",
+                            api,         "--controller-token-file",
+                            tokpath,     NULL };
     if ((ch[1].pid = spawn(self, gargs, &u.gw_args, ch[1].log)) <= 0 ||
         !wait_http(&ch[1], gwurl, "/healthz", 15000, &set))
         goto stop;

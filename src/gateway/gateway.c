@@ -335,7 +335,8 @@ static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t e
         return -1;
     if (c->controller_token_file) {
         if (c->controller_token) {
-            snprintf(err, errlen, "--controller-token and --controller-token-file exclude each other");
+            snprintf(err, errlen,
+                     "--controller-token and --controller-token-file exclude each other");
             return -1;
         }
         char *text = NULL;
