@@ -185,6 +185,12 @@ static void call_failed(const char *cmd, const conn_t *c, long st, const brix_bu
     char m[1024];
     if (st < 0)
         fprintf(stderr, "brix %s: %s\n", cmd, err);
+    else if (st == 401 && !c->token[0])
+        fprintf(stderr,
+                "brix %s: the controller at %s needs its API token and none was found (no "
+                "--token, $BRIX_TOKEN or .brix/token here): pass --state-dir DIR, the "
+                "controller's state directory (DIR/token), or set BRIX_TOKEN\n",
+                cmd, c->server);
     else if (st == 401)
         fprintf(stderr,
                 "brix %s: the controller at %s refused the token (%s): %s. The token is "

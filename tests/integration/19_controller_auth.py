@@ -258,6 +258,9 @@ def _():
         s.close()
         assert b" 200 " in got.split(b"\r\n")[0] and b"custom" in got, got[:500]
         assert SECRET.encode() not in got, got[:2000]
+        logs = os.path.join(a.state, "logs")
+        for n in os.listdir(logs):  # the replica log's first line names its command
+            assert SECRET not in open(os.path.join(logs, n), errors="replace").read(), n
         state = open(os.path.join(a.state, "state.json")).read()
         assert SECRET in state  # kept for restarts: the file is the owner's only
     finally:
@@ -278,7 +281,8 @@ def _():
     assert "refused the token (--token)" in r.stderr, r.stderr
     # no .brix in the working directory and no token: the 401 says where to look
     r = C.cli("get", "deployments", want=1)
-    assert "refused the token" in r.stderr and "--state-dir" in r.stderr, r.stderr
+    assert "needs its API token and none was found" in r.stderr, r.stderr
+    assert "--state-dir" in r.stderr, r.stderr
     r = C.cli("get", "deployments", "--state-dir", os.path.join(TMP, "nope"), want=2)
     assert "cannot read the controller token" in r.stderr, r.stderr
     # the default --state-dir is .brix in the working directory, as for brix up
