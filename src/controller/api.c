@@ -165,8 +165,8 @@ int brix_ctl_render(brix_ctl_t *c, brix_buf_t *b, brix_kind_t kind, const char *
     if (!name)
         rc |= brix_buf_append_str(b, "]}");
     if (rc)
-        return -1;
-    return name && !found ? 1 : 0;
+        return -ENOMEM;
+    return name && !found ? -ENOENT : 0;
 }
 
 /* ------------------------------------------------------------- watch -- */
@@ -504,7 +504,7 @@ static void handle_object(brix_ctl_t *c, brix_http_req_t *h, brix_kind_t kind, c
     if (get) {
         brix_buf_t b = BRIX_BUF_INIT;
         int rc = brix_ctl_render(c, &b, kind, name);
-        if (rc == 1) {
+        if (rc == -ENOENT) {
             brix_buf_free(&b);
             brix_http_respond_error(h, 404, NULL, "not_found", NULL, "%s '%s' not found",
                                     brix_kind_name(kind), name);

@@ -187,7 +187,9 @@ void brix_ctl_replica_restart(brix_ctl_t *c, brix_replica_t *r);
 void brix_ctl_calls_free(brix_ctl_t *c);
 
 /* state.c */
+/* Writes the state file atomically (0600); 0 or -errno (already logged). */
 int brix_ctl_save(brix_ctl_t *c);
+/* Reads the state file (none: a first start, 0); -errno with err otherwise. */
 int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen);
 
 /* api.c */
@@ -195,6 +197,8 @@ void brix_ctl_http(brix_http_req_t *h, void *ud);
 void brix_ctl_notify_watchers(brix_ctl_t *c);
 void brix_ctl_heartbeat(brix_ctl_t *c);
 void brix_ctl_close_watchers(brix_ctl_t *c);
+/* The list of a kind, or the one object `name` (secrets redacted): 0, -ENOENT
+ * (no such name) or -ENOMEM. */
 int brix_ctl_render(brix_ctl_t *c, brix_buf_t *b, brix_kind_t kind, const char *name);
 /* Applies the documents of one YAML/JSON text; all or nothing. 0, or -errno
  * with err: -EINVAL (invalid input), -EBUSY (an object is being deleted),
