@@ -120,6 +120,13 @@ def _():
     st, hd, b = h.request("GET", API, "/", headers=dict(noauth, cookie=cookie))
     assert st == 200 and hd["content-type"].startswith("text/html"), (st, hd)
     assert b"llama-0" in b and b"sql-lora" in b, b[:2000]
+    # the file has no engine command, so brix up did not allow them: an API apply of one is
+    # refused (403) even with the token
+    evil = {"apiVersion": "model.brix.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "evil"},
+            "spec": {"engine": {"command": ["sh", "-c", "touch /tmp/x # {port}"]}}}
+    st, _, b = h.request("POST", API, "/v1/apply", evil)
+    assert st == 403 and b"spec.engine.command" in b, (st, b)
     gwlog = open(os.path.join(STATE, "logs", "gateway.log"), errors="replace").read()
     assert "refused" not in gwlog, gwlog[-2000:]
     for pid in (UP.p.pid,):  # no token in any argv brix up starts (ps shows argv to all)

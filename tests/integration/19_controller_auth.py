@@ -11,6 +11,7 @@ cookie, secrets in engine argv redacted in every API view, and a gateway whose
 """
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -385,6 +386,46 @@ def _():
                  10, "the gateway connected")
     assert "refused" not in good.text()
     good.stop()
+
+
+@h.check("brix up: its own file's engine command is allowed (and said so); the token is "
+         "shared through files, never argv")
+def _():
+    state = os.path.join(TMP, "up-state")
+    gw, api = h.free_port(), h.free_port()
+    cfg = os.path.join(TMP, "up.yaml")
+    with open(cfg, "w") as f:
+        f.write(f"""apiVersion: model.brix.dev/v1alpha1
+kind: ModelDeployment
+metadata: {{name: own}}
+spec:
+  model: own-7b
+  replicas: 1
+  healthPath: /health
+  engine:
+    command: [sh, -c, "touch {MARKER}.up; exec {h.BRIX} engine-sim --port $0 --time-scale 0.05 --served-model-name own-7b --api-key {SECRET}", "{{port}}"]
+""")
+    up = h.Proc(["up", "-c", cfg, "--port", str(gw), "--api-port", str(api), "--state-dir", state],
+                name="up-own")
+    try:
+        h.wait_until(lambda: "brix is up." in up.text() or up.p.poll() is not None, 60, "up")
+        out = up.text()
+        assert "brix is up." in out and "--allow-engine-commands" in out, out
+        assert os.path.exists(MARKER + ".up")
+        token = open(os.path.join(state, "token")).read().strip()
+        assert token not in out
+        for pid in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read()
+            except OSError:
+                continue
+            assert token.encode() not in cmd, cmd
+        st, _, b = h.request("GET", api, "/v1/replicas",
+                             headers={"authorization": f"Bearer {token}"})
+        assert st == 200 and SECRET not in b.decode() and b"<redacted>" in b, b[:1000]
+    finally:
+        up.stop(sig=signal.SIGINT, timeout=60)
 
 
 @h.check("controller log: no unexpected errors")
