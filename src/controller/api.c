@@ -812,9 +812,13 @@ static bool admitted(brix_ctl_t *c, brix_http_req_t *h, bool *open_page)
 {
     const char *host = brix_http_req_header(h, "host");
     if (!brix_auth_host_ok(host, c->port, &c->cfg.allowed_hosts)) {
-        BRIX_WARN("refused a request for Host '%.100s' (not this controller's address; "
-                  "--allowed-host adds names)",
-                  host);
+        uint64_t now = brix_now_ms(); /* a page can send these in a loop: one line per 10 s */
+        if (!c->host_warned_ms || now - c->host_warned_ms >= 10000) {
+            c->host_warned_ms = now;
+            BRIX_WARN("refused a request for Host '%.100s' (not this controller's address; "
+                      "--allowed-host adds names)",
+                      host);
+        }
         brix_http_respond_error(h, 403, NULL, "host_not_allowed", NULL,
                                 "Host '%.100s' is not an address of this controller (DNS "
                                 "rebinding protection; the operator can add --allowed-host NAME)",

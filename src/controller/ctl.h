@@ -158,6 +158,7 @@ typedef struct brix_ctl {
         char code[65];    /* one-time status-page login code ("" = free slot) */
         uint64_t expires; /* monotonic ms */
     } logins[8];
+    uint64_t host_warned_ms; /* last WARN about a foreign Host (rate limit) */
 } brix_ctl_t;
 
 /* reconcile.c */

@@ -18,6 +18,7 @@
 #include "gateway/router.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -659,6 +660,15 @@ int brix_gateway_main(int argc, char **argv)
     if (!gw->w)
         goto out;
     int werr = 0;
+    /* workers answer as soon as they start, before the handlers below exist: a
+     * SIGTERM in between must wait for them (not kill the process), and the
+     * threads started here inherit the mask so only this one takes it */
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    sigaddset(&term, SIGINT);
+    sigaddset(&term, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &term, NULL);
     gw->workers =
         brix_workers_start(gw->nworkers, brix_gw_worker_init, brix_gw_worker_stop, gw, &werr);
     if (!gw->workers) {
@@ -682,6 +692,7 @@ int brix_gateway_main(int argc, char **argv)
     uv_signal_start(&gw->sigterm, on_term, SIGTERM);
     uv_signal_start(&gw->sigint, on_term, SIGINT);
     uv_signal_start(&gw->sighup, on_sighup, SIGHUP);
+    pthread_sigmask(SIG_UNBLOCK, &term, NULL);
     if (gw->cfg.controller)
         BRIX_INFO("serving the OpenAI API on http://%s:%d with %d workers, engines from the "
                   "controller %s, strategy %s",
