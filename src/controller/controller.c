@@ -26,6 +26,8 @@
 #include "core/log.h"
 #include "core/time.h"
 
+#include <openssl/crypto.h>
+
 #define O(f) offsetof(brix_ctl_cfg_t, f)
 
 static const brix_opt_t ctl_opts[] = {
@@ -79,6 +81,19 @@ static const brix_opt_t ctl_opts[] = {
       "debug | info | warn | error" },
     { "config", BRIX_OPT_STRING, O(config), NULL, 1, 0, "FILE",
       "YAML file with any of these options" },
+    { "token-file", BRIX_OPT_STRING, O(token_file), NULL, 1, 0, "FILE",
+      "the API's bearer token is read from FILE (default: STATE_DIR/token, created with a random "
+      "256-bit token, mode 0600)" },
+    { "allowed-host", BRIX_OPT_STRLIST, O(allowed_hosts), NULL, 0, 0, "NAME",
+      "a Host name the API answers besides IP addresses and localhost (repeatable; NAME:PORT "
+      "for one port only); other names get 403 (DNS rebinding)" },
+    { "allow-engine-commands", BRIX_OPT_BOOL, O(allow_engine_commands), "false", 1, 0, NULL,
+      "accept ModelDeployments whose spec.engine.command runs a program other than the built-in "
+      "engine-sim (it runs as this user)" },
+    { "status-page-open", BRIX_OPT_BOOL, O(status_page_open), "false", 1, 0, NULL,
+      "serve the status page / without the token (loopback --host only)" },
+    { "insecure-no-auth", BRIX_OPT_BOOL, O(insecure_no_auth), "false", 1, 0, NULL,
+      "no API token at all (loopback --host only; every local user and process is trusted)" },
     BRIX_HTTP_LIMIT_OPTIONS(brix_ctl_cfg_t, http, "1000"),
     BRIX_OPT_END,
 };
@@ -86,9 +101,11 @@ static const brix_opt_t ctl_opts[] = {
 static const char usage_line[] = "usage: brix controller [--port 8081] [--state-dir DIR] [options]";
 static const char about[] =
     "Runs model deployments as local engine replicas (brix engine-sim by default, or any engine\n"
-    "command) and places ModelAdapters (LoRA) on them, loading and unloading through vLLM's API.\n"
-    "Objects are managed with `brix apply -f`, `brix get` and `brix delete`; gateways follow the\n"
-    "fleet through GET /v1/watch (brix gateway --controller URL).";
+    "command with --allow-engine-commands) and places ModelAdapters (LoRA) on them, loading and\n"
+    "unloading through vLLM's API. Objects are managed with `brix apply -f`, `brix get` and\n"
+    "`brix delete`; gateways follow the fleet through GET /v1/watch (brix gateway --controller\n"
+    "URL --controller-token-file STATE_DIR/token). Every API path but /healthz and /readyz needs\n"
+    "`Authorization: Bearer <token>` (STATE_DIR/token unless --token-file).";
 
 static int load_cfg(brix_ctl_cfg_t *c, int argc, char **argv, char *err, size_t errlen)
 {
@@ -106,6 +123,52 @@ static int load_cfg(brix_ctl_cfg_t *c, int argc, char **argv, char *err, size_t 
         snprintf(err, errlen, "log-level: unknown level '%s'", c->log_level);
         return -1;
     }
+    bool loopback = brix_auth_is_loopback(c->host);
+    if (c->insecure_no_auth && (!loopback || c->token_file)) {
+        snprintf(err, errlen,
+                 c->token_file ? "--insecure-no-auth and --token-file exclude each other"
+                               : "refusing to listen on %s without a token: --insecure-no-auth "
+                                 "is for a loopback --host only",
+                 c->host);
+        return -1;
+    }
+    if (c->status_page_open && !loopback) {
+        snprintf(err, errlen,
+                 "--status-page-open serves the page without the token, so it needs a loopback "
+                 "--host (not %s)",
+                 c->host);
+        return -1;
+    }
+    return 0;
+}
+
+/* The API token: --token-file, else STATE_DIR/token (made on first start).
+ * 0, or -errno with err. */
+static int load_token(brix_ctl_t *c, char *err, size_t errlen)
+{
+    if (c->cfg.insecure_no_auth) {
+        BRIX_WARN("--insecure-no-auth: the API on %s takes requests from every local process",
+                  c->cfg.host);
+        return 0;
+    }
+    char path[4200];
+    bool created = false;
+    snprintf(path, sizeof path, "%s", c->cfg.token_file ? c->cfg.token_file : "");
+    if (!c->cfg.token_file)
+        snprintf(path, sizeof path, "%s/token", c->cfg.state_dir);
+    int rc = brix_auth_token_load(path, !c->cfg.token_file, c->token, sizeof c->token, &created,
+                                  err, errlen);
+    if (rc)
+        return rc;
+    if (brix_auth_cookie_value(c->token, c->cookie)) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    struct stat st;
+    if (!stat(path, &st) && (st.st_mode & 077))
+        BRIX_WARN("%s can be read by other users (mode %03o): chmod 600 it", path,
+                  (unsigned)(st.st_mode & 0777));
+    BRIX_INFO("API token %s %s", created ? "created in" : "from", path);
     return 0;
 }
 
@@ -345,6 +408,10 @@ int brix_controller_main(int argc, char **argv)
                 c->cfg.state_dir, lockfd < 0 ? strerror(errno) : "locked");
         goto out;
     }
+    if (load_token(c, err, sizeof err)) {
+        fprintf(stderr, "brix controller: %s\n", err);
+        goto out;
+    }
     if (metrics_init(c) || !(c->curl = brix_curl_new(&loop)) ||
         !(c->prov = brix_provider_local_new(&loop, c->self_exe, c->log_dir, brix_ctl_on_exit, c))) {
         fprintf(stderr, "brix controller: out of memory\n");
@@ -419,5 +486,6 @@ out:
     if (lockfd >= 0)
         close(lockfd);
     brix_config_free(ctl_opts, &c->cfg);
+    OPENSSL_cleanse(c->token, sizeof c->token);
     return rc;
 }

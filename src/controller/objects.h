@@ -107,6 +107,9 @@ void brix_obj_free(brix_obj_t *o);
 /* Appends {"apiVersion","kind","metadata":{…},"spec":{…} — without the closing
  * brace, so the caller can add ,"status":{…} and then '}'. */
 int brix_obj_json_open(brix_buf_t *b, const brix_obj_t *o);
+/* The same for API output: secrets in engine argv and artifact URLs hidden
+ * (brix_auth_redact_*). */
+int brix_obj_json_open_redacted(brix_buf_t *b, const brix_obj_t *o);
 /* Same spec, labels and annotations (what decides "unchanged" on apply). */
 bool brix_obj_same(const brix_obj_t *a, const brix_obj_t *b);
 /* Same spec (what decides a new generation: labels alone do not roll replicas). */

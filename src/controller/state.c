@@ -88,17 +88,21 @@ int brix_ctl_save(brix_ctl_t *c)
     if (render_state(c, &b)) {
         brix_buf_free(&b);
         BRIX_ERROR("state: out of memory");
-        return -1;
+        return -ENOMEM;
     }
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", c->state_path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    int rc = -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int rc = -EIO;
     if (fd < 0) {
+        rc = -errno;
         BRIX_ERROR("state: %s: %s", tmp, strerror(errno));
         goto out;
     }
-    if (write_all(fd, b.data, b.len) || fsync(fd)) {
+    /* the state keeps engine argv unredacted: owner-only, also when an older
+     * version left a 0644 temp file behind */
+    if (fchmod(fd, 0600) || write_all(fd, b.data, b.len) || fsync(fd)) {
+        rc = errno ? -errno : -EIO;
         BRIX_ERROR("state: writing %s: %s", tmp, strerror(errno));
         close(fd);
         unlink(tmp);
@@ -106,6 +110,7 @@ int brix_ctl_save(brix_ctl_t *c)
     }
     close(fd);
     if (rename(tmp, c->state_path)) {
+        rc = -errno;
         BRIX_ERROR("state: rename to %s: %s", c->state_path, strerror(errno));
         unlink(tmp);
         goto out;
@@ -223,14 +228,17 @@ static int load_replicas(brix_ctl_t *c, const brix_yaml_node_t *list)
 int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen)
 {
     struct stat st;
-    if (stat(c->state_path, &st) != 0)
-        return errno == ENOENT
-                   ? 0
-                   : (snprintf(err, errlen, "%s: %s", c->state_path, strerror(errno)), -1);
+    if (stat(c->state_path, &st) != 0) {
+        int e = errno;
+        if (e == ENOENT)
+            return 0; /* a first start */
+        snprintf(err, errlen, "%s: %s", c->state_path, strerror(e));
+        return -e;
+    }
     brix_yaml_node_t *root;
     if (brix_yaml_load_file(c->state_path, &root, err, errlen))
-        return -1;
-    int rc = -1;
+        return -EINVAL;
+    int rc = -EINVAL;
     if (root->type != BRIX_YAML_MAP || !str(root, "brix") ||
         strcmp(str(root, "brix"), "controller-state")) {
         snprintf(err, errlen, "%s: not a brix controller state file", c->state_path);
@@ -239,8 +247,10 @@ int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen)
     if (load_objects(c, brix_yaml_get(root, "deployments"), BRIX_KIND_DEPLOYMENT, err, errlen) ||
         load_objects(c, brix_yaml_get(root, "adapters"), BRIX_KIND_ADAPTER, err, errlen) ||
         load_replicas(c, brix_yaml_get(root, "replicas"))) {
-        if (!err[0])
+        if (!err[0]) {
             snprintf(err, errlen, "%s: out of memory", c->state_path);
+            rc = -ENOMEM;
+        }
         goto out;
     }
     BRIX_INFO("state: %zu deployment(s), %zu adapter(s), %zu replica(s) from %s", c->ndeploys,

@@ -26,6 +26,9 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <openssl/crypto.h>
+
+#include "controller/auth.h"
 
 #include "controller/cli.h"
 #include "controller/controller_main.h"
@@ -39,6 +42,8 @@
 typedef struct up_cfg {
     int gw_port, api_port;
     char state_dir[PATH_MAX];
+    const char *token_file; /* NULL: STATE_DIR/token */
+    bool allow_engine_commands;
     brix_strlist_t gw_args, ctl_args;
     int ready_timeout_s;
 } up_cfg_t;
@@ -195,11 +200,15 @@ static void tail_log(const char *path)
     brix_free(text);
 }
 
+/* The controller's API token (brix up is one process: one token). */
+static char up_token[BRIX_AUTH_TOKEN_MAX];
+
 static bool http_ok(const char *base, const char *path, brix_buf_t *out)
 {
     char err[512];
     brix_buf_t tmp = BRIX_BUF_INIT;
-    long st = brix_cli_call(base, "GET", path, NULL, 0, NULL, out ? out : &tmp, err, sizeof err);
+    long st = brix_cli_call(base, up_token, "GET", path, NULL, 0, NULL, out ? out : &tmp, err,
+                            sizeof err);
     brix_buf_free(&tmp);
     return st == 200;
 }
@@ -385,11 +394,17 @@ int brix_up_main(int argc, char **argv)
         const char *a = argv[i];
         bool more = i + 1 < argc;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            printf("usage: brix up -c FILE [--port 8080] [--api-port 8081] [--state-dir DIR]\n\n"
+            printf("usage: brix up -c FILE [--port 8080] [--api-port 8081] [--state-dir DIR]\n"
+                   "               [--token-file FILE] [--allow-engine-commands]\n\n"
                    "Starts the local cluster described by FILE: the controller (API on\n"
                    "--api-port), the ModelDeployments' engine replicas and ModelAdapters it\n"
                    "manages, and a gateway serving the OpenAI API on --port. Ctrl-C stops all.\n"
-                   "Logs go to STATE_DIR/logs/. See examples/local.yaml.\n");
+                   "Logs go to STATE_DIR/logs/. See examples/local.yaml.\n\n"
+                   "The controller's API token is STATE_DIR/token (made on first start, mode\n"
+                   "0600; brix get/apply/delete read it there) unless --token-file FILE.\n"
+                   "If FILE has a spec.engine.command, the controller is started with\n"
+                   "--allow-engine-commands (FILE is the local user's own); otherwise only\n"
+                   "engine-sim runs unless --allow-engine-commands is given here.\n");
             return 0;
         }
         if ((!strcmp(a, "-c") || !strcmp(a, "--config") || !strcmp(a, "-f")) && more) {
@@ -403,6 +418,10 @@ int brix_up_main(int argc, char **argv)
         } else if (!strcmp(a, "--state-dir") && more) {
             snprintf(u.state_dir, sizeof u.state_dir, "%s", argv[++i]);
             dir_set = true;
+        } else if (!strcmp(a, "--token-file") && more) {
+            u.token_file = argv[++i];
+        } else if (!strcmp(a, "--allow-engine-commands")) {
+            u.allow_engine_commands = true;
         } else {
             fprintf(stderr, "brix up: unexpected argument '%s' (see brix up --help)\n", a);
             return 2;
@@ -426,6 +445,7 @@ int brix_up_main(int argc, char **argv)
     if (realpath(file, real))
         snprintf(base, sizeof base, "%s", dirname(real));
     int nobj = 0, rc = 1;
+    bool file_cmds = false; /* the file runs its own engine program */
     for (size_t i = 0; i < docs->n; i++) {
         brix_obj_t *o;
         if (brix_obj_parse(docs->items[i], file, base, &o, err, sizeof err)) {
@@ -438,6 +458,7 @@ int brix_up_main(int argc, char **argv)
             goto out_docs;
         }
         nobj += o->kind != BRIX_KIND_CLUSTER;
+        file_cmds |= o->kind == BRIX_KIND_DEPLOYMENT && o->d.command.n;
         brix_obj_free(o);
     }
     if (!nobj) {
@@ -457,6 +478,23 @@ int brix_up_main(int argc, char **argv)
     if (mkdir(logs, 0755) && errno != EEXIST) {
         fprintf(stderr, "brix up: cannot create %s: %s\n", logs, strerror(errno));
         goto out_docs;
+    }
+    /* the token exists before the controller starts, so brix up, the
+     * controller and the gateway read the same file (no token in any argv) */
+    char tokpath[PATH_MAX + 16];
+    snprintf(tokpath, sizeof tokpath, "%s", u.token_file ? u.token_file : "");
+    if (!u.token_file)
+        snprintf(tokpath, sizeof tokpath, "%s/token", u.state_dir);
+    if (brix_auth_token_load(tokpath, !u.token_file, up_token, sizeof up_token, NULL, err,
+                             sizeof err)) {
+        fprintf(stderr, "brix up: the controller token: %s\n", err);
+        goto out_docs;
+    }
+    if (file_cmds && !u.allow_engine_commands) {
+        printf("brix up: %s runs its own engine command (spec.engine.command): the controller "
+               "accepts engine commands (--allow-engine-commands)\n",
+               file);
+        u.allow_engine_commands = true;
     }
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     sigset_t set;
@@ -480,8 +518,14 @@ int brix_up_main(int argc, char **argv)
     }
     printf("brix up: starting the controller (state in %s/)\n", u.state_dir);
     fflush(stdout);
-    const char *cargs[] = { "controller", "--host",      "127.0.0.1", "--port",
-                            aport,        "--state-dir", u.state_dir, NULL };
+    const char *cargs[] = {
+        "controller", "--host",
+        "127.0.0.1",  "--port",
+        aport,        "--state-dir",
+        u.state_dir,  "--token-file",
+        tokpath,      u.allow_engine_commands ? "--allow-engine-commands" : NULL,
+        NULL
+    };
     if ((ch[0].pid = spawn(self, cargs, &u.ctl_args, ch[0].log)) <= 0 ||
         !wait_http(&ch[0], api, "/readyz", 15000, &set))
         goto stop;
@@ -497,7 +541,8 @@ int brix_up_main(int argc, char **argv)
     snprintf(h2, sizeof h2, "x-brix-base-dir: %s", base);
     const char *hdrs[] = { h1, base[0] ? h2 : NULL, NULL };
     brix_buf_t out = BRIX_BUF_INIT;
-    long st = brix_cli_call(api, "POST", "/v1/apply", text, len, hdrs, &out, err, sizeof err);
+    long st =
+        brix_cli_call(api, up_token, "POST", "/v1/apply", text, len, hdrs, &out, err, sizeof err);
     brix_free(text);
     if (st != 200) {
         fprintf(stderr, "brix up: applying %s: %s\n", file,
@@ -510,8 +555,11 @@ int brix_up_main(int argc, char **argv)
     brix_buf_free(&out);
     printf("brix up: applied %d object(s) from %s; starting the gateway\n", nobj, file);
     fflush(stdout);
-    const char *gargs[] = { "gateway", "--host",       "127.0.0.1", "--port",
-                            gport,     "--controller", api,         NULL };
+    const char *gargs[] = { "gateway",   "--host",
+                            "127.0.0.1", "--port",
+                            gport,       "--controller",
+                            api,         "--controller-token-file",
+                            tokpath,     NULL };
     if ((ch[1].pid = spawn(self, gargs, &u.gw_args, ch[1].log)) <= 0 ||
         !wait_http(&ch[1], gwurl, "/healthz", 15000, &set))
         goto stop;
@@ -519,12 +567,25 @@ int brix_up_main(int argc, char **argv)
     fflush(stdout);
     if (!wait_fleet(api, ch, 2, u.ready_timeout_s, &set))
         goto stop;
+    char login[256] = "";
+    brix_buf_t lb = BRIX_BUF_INIT;
+    if (brix_cli_call(api, up_token, "POST", "/v1/login", NULL, 0, NULL, &lb, err, sizeof err) ==
+        200) {
+        cJSON *lj = cJSON_Parse(lb.data ? lb.data : "");
+        const cJSON *lp = cJSON_GetObjectItemCaseSensitive(lj, "path");
+        if (cJSON_IsString(lp))
+            snprintf(login, sizeof login, "%s%s", api, lp->valuestring);
+        cJSON_Delete(lj);
+    }
+    brix_buf_free(&lb);
     printf("\nbrix is up.\n"
            "  OpenAI API     %s/v1      try: curl %s/v1/models\n"
-           "  controller     %s         status page: %s/   objects: brix get adapters\n"
+           "  controller     %s         objects: brix get adapters (token in %s)\n"
+           "  status page    %s   (one-time login link)\n"
            "  logs           %s/\n"
            "Ctrl-C stops everything.\n\n",
-           gwurl, gwurl, api, api, logs);
+           gwurl, gwurl, api, tokpath, login[0] ? login : "(no login link: see the controller log)",
+           logs);
     fflush(stdout);
     for (;;) {
         int s = sigwaitinfo(&set, NULL);
@@ -549,5 +610,6 @@ out_docs:
     brix_yaml_free(docs);
     brix_strlist_free(&u.gw_args);
     brix_strlist_free(&u.ctl_args);
+    OPENSSL_cleanse(up_token, sizeof up_token);
     return rc;
 }

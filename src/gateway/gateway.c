@@ -13,10 +13,12 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/time.h"
+#include "core/yaml.h"
 #include "gateway/gateway.h"
 #include "gateway/router.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -39,7 +41,11 @@ static const brix_opt_t gw_opts[] = {
       "discover engines from `brix controller` at URL (GET URL/v1/watch): its ready replicas are "
       "the pods, its adapters the registry; excludes --worker-urls" },
     { "controller-token", BRIX_OPT_STRING, O(controller_token), NULL, 1, 0, "TOKEN",
-      "bearer token for the controller's API (or BRIX_CONTROLLER_TOKEN)" },
+      "bearer token for the controller's API (or BRIX_CONTROLLER_TOKEN; both are visible to "
+      "other local users less easily than argv: prefer --controller-token-file)" },
+    { "controller-token-file", BRIX_OPT_STRING, O(controller_token_file), NULL, 1, 0, "FILE",
+      "read the controller's bearer token from FILE (e.g. the controller's STATE_DIR/token); "
+      "read again on reload" },
     { "controller-idle-timeout", BRIX_OPT_DURATION, O(controller_idle_timeout), "15s", 100, 3600000,
       NULL,
       "controller watch silent this long (it heartbeats every 5 s): reconnect, serving the last "
@@ -335,6 +341,28 @@ static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t e
     const char *ee = getenv("BRIX_ENGINE_API_KEY");
     if (!c->engine_api_key && ee && *ee && !(c->engine_api_key = brix_strdup(ee)))
         return -1;
+    if (c->controller_token_file) {
+        if (c->controller_token) {
+            snprintf(err, errlen,
+                     "--controller-token and --controller-token-file exclude each other");
+            return -1;
+        }
+        char *text = NULL;
+        size_t len = 0;
+        if (brix_file_read(c->controller_token_file, &text, &len, err, errlen))
+            return -1;
+        char *s = text, *e = text + len; /* one word: trailing newline and spaces go */
+        while (s < e && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
+            s++;
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+            e--;
+        c->controller_token = e > s ? brix_strndup(s, (size_t)(e - s)) : NULL;
+        brix_free(text);
+        if (!c->controller_token) {
+            snprintf(err, errlen, "%s: no token in the file", c->controller_token_file);
+            return -1;
+        }
+    }
     const char *ct = getenv("BRIX_CONTROLLER_TOKEN");
     if (!c->controller_token && ct && *ct && !(c->controller_token = brix_strdup(ct)))
         return -1;
@@ -642,6 +670,15 @@ int brix_gateway_main(int argc, char **argv)
     if (!gw->w)
         goto out;
     int werr = 0;
+    /* workers answer as soon as they start, before the handlers below exist: a
+     * SIGTERM in between must wait for them (not kill the process), and the
+     * threads started here inherit the mask so only this one takes it */
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    sigaddset(&term, SIGINT);
+    sigaddset(&term, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &term, NULL);
     gw->workers =
         brix_workers_start(gw->nworkers, brix_gw_worker_init, brix_gw_worker_stop, gw, &werr);
     if (!gw->workers) {
@@ -665,6 +702,7 @@ int brix_gateway_main(int argc, char **argv)
     uv_signal_start(&gw->sigterm, on_term, SIGTERM);
     uv_signal_start(&gw->sigint, on_term, SIGINT);
     uv_signal_start(&gw->sighup, on_sighup, SIGHUP);
+    pthread_sigmask(SIG_UNBLOCK, &term, NULL);
     if (gw->cfg.controller)
         BRIX_INFO("serving the OpenAI API on http://%s:%d with %d workers, engines from the "
                   "controller %s, strategy %s",

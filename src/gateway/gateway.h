@@ -39,6 +39,7 @@ typedef struct brix_gw_cfg {
     brix_strlist_t worker_urls;
     /* discovery from `brix controller` */
     char *controller, *controller_token;
+    char *controller_token_file; /* read into controller_token at load */
     uint64_t controller_idle_timeout;
     uint64_t adapter_wake_timeout;
     int64_t max_held_requests;

@@ -113,10 +113,17 @@ def engine(extra=(), port=None, ready=True, env=None, name="engine-sim"):
     return pr
 
 
+# port -> bearer token: request() sends it to that port (a controller's API)
+# unless the caller gives its own authorization header.
+TOKENS = {}
+
+
 def request(method, port, path, body=None, headers=None, timeout=30, raw_body=None):
     """One HTTP request on a fresh connection: (status, headers dict, body bytes)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     h = {"content-type": "application/json"} if body is not None else {}
+    if port in TOKENS:
+        h["authorization"] = f"Bearer {TOKENS[port]}"
     if headers:
         h.update(headers)
     data = raw_body if raw_body is not None else (json.dumps(body) if body is not None else None)
