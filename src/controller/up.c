@@ -322,11 +322,42 @@ static void stop_child(child_t *c, int grace_ms)
     c->pid = 0;
 }
 
-/* Prints progress until every deployment is ready and every adapter is
- * Running (or Scaled), or the time is up; true when all is ready. */
-static bool wait_fleet(const char *api, child_t *ch, size_t nch, int timeout_s, const sigset_t *set)
+/* True when the gateway's /v1/models lists every name in want (a JSON array
+ * of strings): the controller may call a replica ready a moment before the
+ * gateway has read that replica's models, and "brix is up" must mean that a
+ * request for any model of the file is routed. No token: the gateway's API is
+ * not the controller's. */
+static bool gateway_lists(const char *gwurl, const cJSON *want)
+{
+    char err[512];
+    brix_buf_t b = BRIX_BUF_INIT;
+    long st = brix_cli_call(gwurl, NULL, "GET", "/v1/models", NULL, 0, NULL, &b, err, sizeof err);
+    cJSON *j = st == 200 && b.data ? cJSON_Parse(b.data) : NULL;
+    brix_buf_free(&b);
+    bool all = j != NULL;
+    const cJSON *w, *m;
+    cJSON_ArrayForEach(w, want)
+    {
+        bool found = false;
+        cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(j, "data"))
+        {
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
+            found |= cJSON_IsString(id) && !strcmp(id->valuestring, w->valuestring);
+        }
+        all &= found;
+    }
+    cJSON_Delete(j);
+    return all;
+}
+
+/* Prints progress until every deployment is ready, every adapter is Running
+ * (or Scaled) and the gateway lists every served model, or the time is up;
+ * true when all is ready. */
+static bool wait_fleet(const char *api, const char *gwurl, child_t *ch, size_t nch, int timeout_s,
+                       const sigset_t *set)
 {
     char last[512] = "";
+    int fleet_ticks = 0; /* 200 ms ticks since the controller reported all ready */
     for (int t = 0; t < timeout_s * 5; t++) {
         brix_buf_t d = BRIX_BUF_INIT, a = BRIX_BUF_INIT;
         bool ok = http_ok(api, "/v1/deployments", &d) && http_ok(api, "/v1/adapters", &a);
@@ -335,10 +366,15 @@ static bool wait_fleet(const char *api, child_t *ch, size_t nch, int timeout_s, 
         brix_buf_free(&a);
         int want = 0, ready = 0, adapters = 0, running = 0;
         const cJSON *it;
+        cJSON *names = cJSON_CreateArray();
         cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(dj, "items"))
         {
             const cJSON *sp = cJSON_GetObjectItemCaseSensitive(it, "spec");
             const cJSON *st = cJSON_GetObjectItemCaseSensitive(it, "status");
+            const cJSON *model = cJSON_GetObjectItemCaseSensitive(sp, "model");
+            if (cJSON_IsString(model) &&
+                cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(sp, "replicas")) > 0)
+                cJSON_AddItemToArray(names, cJSON_CreateString(model->valuestring));
             want += (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(sp, "replicas"));
             ready +=
                 (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(st, "readyReplicas"));
@@ -361,8 +397,21 @@ static bool wait_fleet(const char *api, child_t *ch, size_t nch, int timeout_s, 
             fflush(stdout);
             snprintf(last, sizeof last, "%s", now);
         }
-        if (ok && ready >= want && running >= adapters)
+        bool fleet = ok && ready >= want && running >= adapters;
+        bool listed = fleet && gateway_lists(gwurl, names);
+        cJSON_Delete(names);
+        if (listed)
             return true;
+        /* the gateway may be unable to read a replica's models (an engine
+         * started with its own --api-key, say): say so instead of waiting on */
+        fleet_ticks = fleet ? fleet_ticks + 1 : 0;
+        if (fleet_ticks > 50) {
+            fprintf(stderr,
+                    "brix up: the replicas are ready but the gateway does not list every "
+                    "model yet (see %s/v1/models and the gateway log)\n",
+                    gwurl);
+            return true;
+        }
         for (size_t i = 0; i < nch; i++)
             if (!alive(&ch[i]))
                 return false;
@@ -565,7 +614,7 @@ int brix_up_main(int argc, char **argv)
         goto stop;
     printf("brix up: waiting for the fleet\n");
     fflush(stdout);
-    if (!wait_fleet(api, ch, 2, u.ready_timeout_s, &set))
+    if (!wait_fleet(api, gwurl, ch, 2, u.ready_timeout_s, &set))
         goto stop;
     char login[256] = "";
     brix_buf_t lb = BRIX_BUF_INIT;
