@@ -111,9 +111,9 @@ def note(kind, ok, detail=""):
 
 
 def cli(*args):
-    return subprocess.run([h.BRIX] + list(args), capture_output=True, text=True, timeout=60,
-                          cwd=TMP, env=dict(os.environ, BRIX_SERVER=f"http://127.0.0.1:{API}",
-                                            **ENV))
+    return subprocess.run([h.BRIX] + list(args) + ["--state-dir", STATE], capture_output=True,
+                          text=True, timeout=60, cwd=TMP,
+                          env=dict(os.environ, BRIX_SERVER=f"http://127.0.0.1:{API}", **ENV))
 
 
 def children(pid):
