@@ -36,9 +36,12 @@ typedef struct brix_engine_stats {
 /* Raw counters of the previous scrape, for deltas. */
 typedef struct brix_scrape_state {
     bool have_prev;
-    bool have_rates;    /* the rate averages have a first sample */
-    bool have_hit_rate; /* the prefix hit rate has a first sample */
-    bool restarted;     /* set by an update whose counters went backwards */
+    bool have_rates;         /* the rate averages have a first sample */
+    bool have_hit_rate;      /* the prefix hit rate has a first sample */
+    bool restarted;          /* set by an update whose counters went backwards */
+    unsigned invalid_values; /* vllm:* values of the last update that were NaN,
+                                +-Inf or negative (then it returned false and
+                                changed nothing) */
     double t;
     double prompt_tokens, gen_tokens;
     double queue_sum, queue_count;
@@ -50,7 +53,8 @@ typedef struct brix_scrape_state {
 
 /* Parses one /metrics body scraped at monotonic time now_s and updates
  * *stats (smoothing derived values with their previous values). Returns
- * false when the body has no vLLM metrics (then nothing changes). */
+ * false when the body has no vLLM metrics, or a vLLM value that is NaN,
+ * infinite or negative (st->invalid_values > 0); then nothing changes. */
 bool brix_engine_stats_update(const char *body, size_t len, double now_s, brix_scrape_state_t *st,
                               brix_engine_stats_t *stats);
 

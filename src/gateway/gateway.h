@@ -67,6 +67,8 @@ typedef struct brix_gw_cfg {
     uint64_t drain_timeout;
     int64_t retry_after;
     uint64_t backpressure_bytes;
+    uint64_t sse_max_event_bytes;
+    uint64_t kv_events_max_msg;
     /* tenants */
     char *redis_url, *redis_password, *redis_prefix, *redis_failure;
     uint64_t redis_timeout;
@@ -76,6 +78,7 @@ typedef struct brix_gw_cfg {
     brix_strlist_t users; /* NAME[:rpm=N,tpm=N,...] */
     int64_t default_rpm, default_tpm;
     int64_t tenant_metrics_max;
+    int64_t metrics_max_children; /* per metric family */
     /* fairness */
     char *fairness;
     int64_t max_inflight_per_pod, queue_size, fair_tenants;
@@ -103,6 +106,7 @@ typedef struct brix_gw_rt {
     brix_upstream_opts_t upstream;
     int retry_after_s;
     uint64_t backpressure_bytes;
+    uint64_t sse_max_event_bytes;     /* longest SSE event relayed */
     uint64_t adapter_wake_timeout_ms; /* 0: answer 503 at once instead of holding */
     int64_t max_held_requests;
 } brix_gw_rt_t;

@@ -1,7 +1,9 @@
 /*
  * The gateway's own Prometheus metrics (brix_gateway_*). Families are shared
  * by every thread; values are atomics. Label cardinality is bounded by the
- * fleet: models and pods the gateway knows, status codes, strategy names.
+ * fleet: models and pods the gateway knows (other names requests carry are
+ * counted as model="unknown"), status codes, strategy names ("mix" for a
+ * weighted mix); every family is capped besides (--metrics-max-children).
  */
 #include "core/alloc.h"
 #include "gateway/gateway.h"
@@ -71,6 +73,7 @@ int brix_gw_metrics_init(brix_gw_t *gw)
     brix_gw_metrics_t *m = &gw->m;
     if (!(m->reg = brix_metrics_new()))
         return -1;
+    brix_metrics_set_max_children(m->reg, (size_t)gw->cfg.metrics_max_children);
     static const char *const L_MODEL_STATUS_STRATEGY[] = { "model", "status", "strategy", NULL };
     static const char *const L_MODEL[] = { "model", NULL };
     static const char *const L_POD[] = { "pod", NULL };
@@ -117,9 +120,10 @@ int brix_gw_metrics_init(brix_gw_t *gw)
     m->pod_kv = brix_metrics_family(m->reg, G, "brix_gateway_pod_engine_kv_cache_usage_ratio",
                                     "The engine's KV-cache usage (0-1) at the last scrape.", L_POD,
                                     NULL, 0);
-    m->scrapes =
-        brix_metrics_family(m->reg, C, "brix_gateway_scrapes_total",
-                            "Scrapes of engine /metrics by pod and result.", L_POD_RESULT, NULL, 0);
+    m->scrapes = brix_metrics_family(m->reg, C, "brix_gateway_scrapes_total",
+                                     "Scrapes of engine /metrics by pod and result (ok, error, "
+                                     "invalid_values: a vLLM value NaN, infinite or negative).",
+                                     L_POD_RESULT, NULL, 0);
     brix_metric_family_t *f;
     f = brix_metrics_family(m->reg, H, "brix_gateway_routing_decision_seconds",
                             "Time spent choosing a pod for one attempt.", NULL, decision_buckets,

@@ -659,7 +659,7 @@ static int watch(brix_kvw_t *w, void *sock, uv_poll_t *p, uv_poll_cb cb)
 
 brix_kvw_t *brix_kvw_new(uv_loop_t *loop, void *zctx, brix_prefix_index_t *ix, brix_pod_t *pod,
                          const char *endpoint, const char *replay, uint32_t block_size,
-                         void (*on_change)(void *ud), void *ud)
+                         int64_t max_msg, void (*on_change)(void *ud), void *ud)
 {
     brix_kvw_t *w = brix_calloc(1, sizeof *w);
     if (!w)
@@ -683,7 +683,12 @@ brix_kvw_t *brix_kvw_new(uv_loop_t *loop, void *zctx, brix_prefix_index_t *ix, b
         goto fail;
     w->sub = zmq_socket(zctx, ZMQ_SUB);
     int zero = 0;
+    /* libzmq's default accepts messages of any size, each buffered whole
+     * before we see it: a bound keeps one peer from pinning the memory (a
+     * larger message drops that connection; the gap is seen and repaired) */
+    int64_t maxmsg = max_msg > 0 ? max_msg : BRIX_KVW_MAX_MSG;
     if (!w->sub || zmq_setsockopt(w->sub, ZMQ_LINGER, &zero, sizeof zero) ||
+        zmq_setsockopt(w->sub, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
         zmq_setsockopt(w->sub, ZMQ_SUBSCRIBE, "", 0) || zmq_connect(w->sub, endpoint)) {
         BRIX_ERROR("kv events for %s: cannot subscribe to %s: %s", pod->name, endpoint,
                    zmq_strerror(zmq_errno()));
@@ -694,6 +699,7 @@ brix_kvw_t *brix_kvw_new(uv_loop_t *loop, void *zctx, brix_prefix_index_t *ix, b
     if (replay) {
         w->dealer = zmq_socket(zctx, ZMQ_DEALER);
         if (!w->dealer || zmq_setsockopt(w->dealer, ZMQ_LINGER, &zero, sizeof zero) ||
+            zmq_setsockopt(w->dealer, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
             zmq_connect(w->dealer, replay) || watch(w, w->dealer, &w->pdealer, on_dealer_poll)) {
             BRIX_ERROR("kv events for %s: cannot connect to the replay socket %s", pod->name,
                        replay);

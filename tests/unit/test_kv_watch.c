@@ -49,6 +49,7 @@ typedef struct env {
     zmq_msg_t ident;
     bool have_req;
     uint64_t req_from;
+    int64_t max_msg; /* 0: the default */
 } env_t;
 
 #include "leak_check.h"
@@ -250,7 +251,7 @@ static env_t *env_new(hash_kind_t hk, bool replay)
     assert_non_null(e->pod);
     chain(e);
     e->w = brix_kvw_new(&e->loop, e->zctx, e->ix, e->pod, e->pub_ep, replay ? e->rep_ep : NULL, BS,
-                        NULL, NULL);
+                        e->max_msg, NULL, NULL);
     assert_non_null(e->w);
     brix_kvw_set_base_model(e->w, "m");
     /* the subscription reaches the publisher (a socket processes such
