@@ -31,6 +31,7 @@ typedef struct brix_kvw brix_kvw_t;
 typedef struct brix_kvw_stats {
     uint64_t batches, events, stored_blocks, removed_blocks;
     uint64_t gaps, resets, replays, unknown_parents;
+    uint64_t reconnects; /* connections dropped and made again */
 } brix_kvw_stats_t;
 
 #define BRIX_KVW_MAX_MSG (16 << 20)
