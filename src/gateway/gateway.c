@@ -58,8 +58,8 @@ static const brix_opt_t gw_opts[] = {
       "subscribe to an engine's vLLM KV events (ZMQ) for prefix-cache-precise and weighted, e.g. "
       "http://127.0.0.1:8001=tcp://127.0.0.1:5557;tcp://127.0.0.1:5558" },
     { "kv-events-max-msg", BRIX_OPT_SIZE, O(kv_events_max_msg), "16m", 1024, 1073741824, NULL,
-      "largest ZMQ message accepted on the KV-event sockets (ZMQ_MAXMSGSIZE); a peer sending a "
-      "larger one is disconnected" },
+      "largest ZMQ message accepted on the KV-event sockets (ZMQ_MAXMSGSIZE); a larger one drops "
+      "the connection, which is made again (what was lost shows as a sequence gap)" },
     { "prefix-block-size", BRIX_OPT_INT, O(route.block_size), "16", 1, 256, NULL,
       "tokens per prompt block for prefix-aware routing: the engines' --block-size" },
     { "prefix-max-blocks", BRIX_OPT_INT, O(route.max_blocks), "2048", 1, 1000000, NULL,
