@@ -490,13 +490,16 @@ static void observe_finished(brix_engine_t *e, const api_req_t *r, const brix_se
         brix_metric_add(m->success_length, 1);
     else
         brix_metric_add(m->success_abort, 1);
+    /* a request ended before it was ever scheduled waited all its life
+     * (its first-scheduled time is unset: 0, which gave negative times) */
+    double sched = q->t_first_sched > 0 ? q->t_first_sched : q->t_finish;
     double first = q->t_first_token > 0 ? q->t_first_token : q->t_finish;
     double last = q->t_last_token > 0 ? q->t_last_token : first;
     brix_metric_observe(m->h_e2e, q->t_finish - q->t_arrival);
-    brix_metric_observe(m->h_queue, q->t_first_sched - q->t_arrival);
-    brix_metric_observe(m->h_prefill, first - q->t_first_sched);
+    brix_metric_observe(m->h_queue, sched - q->t_arrival);
+    brix_metric_observe(m->h_prefill, first - sched);
     brix_metric_observe(m->h_decode, last - first);
-    brix_metric_observe(m->h_inference, last - q->t_first_sched);
+    brix_metric_observe(m->h_inference, last - sched);
     brix_metric_observe(m->h_prompt_tokens, (double)q->prompt_len);
     brix_metric_observe(m->h_generation_tokens, (double)q->generated);
     brix_metric_observe(m->h_max_gen_tokens, (double)q->generated);

@@ -67,6 +67,7 @@ typedef struct cpod {
     /* scraping */
     bool scrape_busy;
     bool scraped_ok;
+    bool bad_values_warned; /* the last scrape had refused values (warned once) */
     uint64_t scraped_at_ns;
     int inflight_at_scrape; /* pod->inflight when the last scrape was answered */
     brix_engine_stats_t stats;
@@ -718,23 +719,22 @@ static void on_scrape(const brix_curl_result_t *r, void *ud)
         }
     }
     unsigned bad = cp->scrape_state.invalid_values;
-    if (ok != cp->scraped_ok && !ok) {
-        if (bad)
-            BRIX_WARN("pod %s: /metrics has %u vLLM value(s) that are NaN, infinite or negative; "
-                      "its figures are not used",
-                      cp->pod->name, bad);
-        else
-            BRIX_WARN("pod %s: scraping /metrics failed: %s", cp->pod->name,
-                      r->error ? r->error : "no vLLM metrics in the answer");
-    }
-    /* a scrape with refused values is not trusted: the pod's figures are
-     * not used, as when scraping fails */
+    if (ok != cp->scraped_ok && !ok && !bad)
+        BRIX_WARN("pod %s: scraping /metrics failed: %s", cp->pod->name,
+                  r->error ? r->error : "no vLLM metrics in the answer");
+    if (bad && !cp->bad_values_warned)
+        BRIX_WARN("pod %s: /metrics has vLLM value(s) that are NaN, infinite or negative; they "
+                  "are not used%s",
+                  cp->pod->name, ok ? "" : " (nor the load figures of that scrape)");
+    cp->bad_values_warned = bad > 0;
     cp->scraped_ok = ok;
     brix_metric_add(brix_gw_metric2(gw->m.scrapes, cp->pod->name,
                                     ok    ? "ok"
                                     : bad ? "invalid_values"
                                           : "error"),
                     1);
+    if (bad)
+        brix_metric_add(brix_gw_metric1(gw->m.values_refused, cp->pod->name), bad);
     mark_dirty(cp->ctl);
     xfer_end(cp);
 }

@@ -18,7 +18,8 @@ typedef struct raw {
     double itl_sum, itl_count, tpot_sum, tpot_count;
     double prefix_hits, prefix_queries, gpu_hits, gpu_queries;
     double lora_ts;
-    unsigned invalid; /* values refused: NaN, +-Inf or negative */
+    unsigned invalid;        /* values refused: NaN, +-Inf or negative */
+    unsigned invalid_gauges; /* ...of them, state gauges (running, waiting, KV, LoRA) */
     int max_lora;
     char running_loras[256], waiting_loras[256];
 } raw_t;
@@ -72,9 +73,10 @@ static void on_sample(const brix_prom_sample_t *s, void *ud)
     /* Every series read here is a count, a ratio, a sum of seconds or a
      * timestamp: never negative, never infinite or NaN. Such a value (a
      * broken or hostile engine) would poison every score it enters, so it
-     * is refused, and the whole scrape with it (see update). */
+     * is refused as if missing (see update). */
     if (!isfinite(v) || v < 0) {
         r->invalid++;
+        r->invalid_gauges += kv || kv_old || lora || !strncmp(n, "num_requests_", 13);
         return;
     }
     if (sum) {
@@ -123,8 +125,8 @@ bool brix_engine_stats_update(const char *body, size_t len, double now_s, brix_s
     brix_prom_parser_finish(&p);
     brix_prom_parser_free(&p);
     st->invalid_values = r.invalid;
-    if (r.invalid)
-        return false; /* as if not scraped: the pod's figures go stale */
+    if (r.invalid_gauges)
+        return false; /* the load is unknown: as if not scraped */
     if (!r.have_running || !r.have_waiting)
         return false;
     /* the pre-0.10 names when the new ones are absent */
@@ -145,6 +147,13 @@ bool brix_engine_stats_update(const char *body, size_t len, double now_s, brix_s
     s->max_lora = r.max_lora;
     memcpy(s->running_loras, r.running_loras, sizeof s->running_loras);
     memcpy(s->waiting_loras, r.waiting_loras, sizeof s->waiting_loras);
+    if (r.invalid) {
+        /* a counter or histogram is missing: no rates or means this time,
+         * and the previous counters stay, so the next good scrape measures
+         * over both intervals (and cannot mistake the gap for a restart) */
+        st->restarted = false;
+        return true;
+    }
     double dt = now_s - st->t;
     /* counters restart with the engine: a drop means a reset, not a rate */
     bool monotonic = had && r.prompt_tokens >= st->prompt_tokens && r.gen_tokens >= st->gen_tokens;

@@ -174,6 +174,7 @@ typedef struct brix_gw_metrics {
     brix_metric_family_t *pod_healthy;                        /* {pod} */
     brix_metric_family_t *pod_running, *pod_waiting, *pod_kv; /* {pod} scraped */
     brix_metric_family_t *scrapes;                            /* {pod,result} */
+    brix_metric_family_t *values_refused;                     /* {pod} */
     brix_metric_t *decision;                                  /* routing decision seconds */
     brix_metric_t *fleet_version;
     brix_metric_t *reloads_ok, *reloads_failed;

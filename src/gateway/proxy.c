@@ -951,8 +951,8 @@ static int on_member(const char *key, size_t klen, const brix_json_val_t *v, voi
         break;
     case K_MAX_TOKENS:
     case K_MAX_COMPLETION_TOKENS:
-        if (v->kind == BRIX_JSON_NULL)
-            break;
+        if (v->kind != BRIX_JSON_NUMBER)
+            break; /* null, or a type the engine judges (pydantic takes "10") */
         if (!json_int64(v, &mt)) {
             sx->bad = name;
             return 1;

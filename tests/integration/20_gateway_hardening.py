@@ -377,8 +377,8 @@ def _():
     ev.close()
 
 
-@h.check("engine metrics: +Inf / NaN / negative vllm:* values are refused (scrape counted as "
-         "invalid_values), never shown as the pod's load")
+@h.check("engine metrics: +Inf / NaN / negative vllm:* values are refused and counted (a load "
+         "gauge fails its scrape: invalid_values), never shown as the pod's load")
 def _():
     pod = f"127.0.0.1:{STUB.port}"
     for bad in ("+Inf", "NaN", "-5"):
@@ -392,6 +392,15 @@ def _():
         m = h.metrics(GS.port)
         v = h.metric_value(m, "brix_gateway_pod_engine_running_requests", {"pod": pod})
         assert v is not None and 0 <= v < 1e9, (bad, v)
+    # a refused counter is counted; the load gauges of that scrape are used
+    STUB.metrics = ("vllm:num_requests_running{engine=\"0\",model_name=\"stub\"} 3\n"
+                    "vllm:num_requests_waiting{engine=\"0\",model_name=\"stub\"} 0\n"
+                    "vllm:prompt_tokens_total{engine=\"0\",model_name=\"stub\"} -Inf\n")
+    h.wait_until(lambda: h.metric_value(h.metrics(GS.port),
+                                        "brix_gateway_pod_engine_running_requests",
+                                        {"pod": pod}) == 3, 5, "running 3 taken")
+    assert (h.metric_value(h.metrics(GS.port), "brix_gateway_engine_metric_values_refused_total",
+                           {"pod": pod}) or 0) >= 4
 
 
 @h.check("shutdown: clean logs")
