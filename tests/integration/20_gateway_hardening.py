@@ -12,6 +12,7 @@ upstream error; NaN / infinite / negative engine metrics are refused."""
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -206,6 +207,10 @@ def _():
         assert n == 3, m  # two pods and "other"
         assert (h.metric_value(m, "brix_metrics_dropped_children_total",
                                {"family": "brix_gateway_pod_healthy"}) or 0) >= 1, m
+        r = subprocess.run(["promtool", "check", "metrics"], input=m.encode(),
+                           capture_output=True, timeout=30)
+        out = (r.stdout + r.stderr).decode()
+        assert r.returncode == 0 and not out.strip(), f"promtool rc {r.returncode}:\n{out}"
     finally:
         g.stop()
         e2.stop()
