@@ -63,6 +63,9 @@ static const brix_opt_t gw_opts[] = {
     { "kv-events", BRIX_OPT_STRLIST, O(kv_events), NULL, 1, 0, "URL=ENDPOINT[;REPLAY]",
       "subscribe to an engine's vLLM KV events (ZMQ) for prefix-cache-precise and weighted, e.g. "
       "http://127.0.0.1:8001=tcp://127.0.0.1:5557;tcp://127.0.0.1:5558" },
+    { "kv-events-max-msg", BRIX_OPT_SIZE, O(kv_events_max_msg), "16m", 1024, 1073741824, NULL,
+      "largest ZMQ message accepted on the KV-event sockets (ZMQ_MAXMSGSIZE); a larger one drops "
+      "the connection, which is made again (what was lost shows as a sequence gap)" },
     { "prefix-block-size", BRIX_OPT_INT, O(route.block_size), "16", 1, 256, NULL,
       "tokens per prompt block for prefix-aware routing: the engines' --block-size" },
     { "prefix-max-blocks", BRIX_OPT_INT, O(route.max_blocks), "2048", 1, 1000000, NULL,
@@ -140,6 +143,9 @@ static const brix_opt_t gw_opts[] = {
       "Retry-After on 503 answers" },
     { "backpressure-bytes", BRIX_OPT_SIZE, O(backpressure_bytes), "1m", 4096, 1073741824, NULL,
       "pause an upstream when this much is queued for a slow client" },
+    { "sse-max-event-bytes", BRIX_OPT_SIZE, O(sse_max_event_bytes), "1m", 1024, 1073741824, NULL,
+      "longest SSE event relayed; an engine sending a longer one has its stream ended with an "
+      "error event (counted as an upstream error, kind event_too_large)" },
     { "redis-url", BRIX_OPT_STRING, O(redis_url), NULL, 1, 0, "redis://[:PASS@]HOST[:PORT][/DB]",
       "keep users and rate-limit counters in Redis, shared by every gateway using it" },
     { "redis-password", BRIX_OPT_STRING, O(redis_password), NULL, 1, 0, "PASSWORD",
@@ -169,6 +175,9 @@ static const brix_opt_t gw_opts[] = {
       "newcomer gets 429" },
     { "tenant-metrics-max", BRIX_OPT_INT, O(tenant_metrics_max), "100", 0, 100000, "N",
       "users with their own /metrics labels; the rest are counted as user=\"other\"" },
+    { "metrics-max-children", BRIX_OPT_INT, O(metrics_max_children), "10000", 1, 10000000, "N",
+      "label sets per /metrics family; new ones beyond are counted under \"other\" "
+      "(brix_metrics_dropped_children_total{family})" },
     { "fairness", BRIX_OPT_STRING, O(fairness), "none", 1, 0, "none|vtc",
       "vtc: at capacity, requests wait in per-user queues served by Virtual Token Counter" },
     { "max-inflight-per-pod", BRIX_OPT_INT, O(max_inflight_per_pod), "256", 1, 1000000, "N",
@@ -262,6 +271,7 @@ brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version, char
     rt->upstream.max_idle = (uint32_t)c->upstream_max_idle;
     rt->retry_after_s = (int)c->retry_after;
     rt->backpressure_bytes = c->backpressure_bytes;
+    rt->sse_max_event_bytes = c->sse_max_event_bytes;
     rt->adapter_wake_timeout_ms = c->adapter_wake_timeout;
     rt->max_held_requests = c->max_held_requests;
     return rt;
@@ -510,6 +520,7 @@ static void on_sighup(uv_signal_t *s, int signum)
     gw->cfg.port = port;
     gw->cfg.workers = workers;
     brix_log_set_level((brix_log_level_t)brix_log_level_parse(gw->cfg.log_level));
+    brix_metrics_set_max_children(gw->m.reg, (size_t)gw->cfg.metrics_max_children);
     brix_gw_rt_unref(gw->rt);
     gw->rt = rt;
     brix_gw_control_reconfigure(gw->ctl);

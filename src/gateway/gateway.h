@@ -68,6 +68,8 @@ typedef struct brix_gw_cfg {
     uint64_t drain_timeout;
     int64_t retry_after;
     uint64_t backpressure_bytes;
+    uint64_t sse_max_event_bytes;
+    uint64_t kv_events_max_msg;
     /* tenants */
     char *redis_url, *redis_password, *redis_prefix, *redis_failure;
     uint64_t redis_timeout;
@@ -78,6 +80,7 @@ typedef struct brix_gw_cfg {
     int64_t default_rpm, default_tpm;
     int64_t max_implicit_users;
     int64_t tenant_metrics_max;
+    int64_t metrics_max_children; /* per metric family */
     /* fairness */
     char *fairness;
     int64_t max_inflight_per_pod, queue_size, fair_tenants;
@@ -106,6 +109,7 @@ typedef struct brix_gw_rt {
     brix_upstream_opts_t upstream;
     int retry_after_s;
     uint64_t backpressure_bytes;
+    uint64_t sse_max_event_bytes;     /* longest SSE event relayed */
     uint64_t adapter_wake_timeout_ms; /* 0: answer 503 at once instead of holding */
     int64_t max_held_requests;
 } brix_gw_rt_t;
@@ -173,6 +177,7 @@ typedef struct brix_gw_metrics {
     brix_metric_family_t *pod_healthy;                        /* {pod} */
     brix_metric_family_t *pod_running, *pod_waiting, *pod_kv; /* {pod} scraped */
     brix_metric_family_t *scrapes;                            /* {pod,result} */
+    brix_metric_family_t *values_refused;                     /* {pod} */
     brix_metric_t *decision;                                  /* routing decision seconds */
     brix_metric_t *fleet_version;
     brix_metric_t *reloads_ok, *reloads_failed;

@@ -1,7 +1,9 @@
 /*
  * The gateway's own Prometheus metrics (brix_gateway_*). Families are shared
  * by every thread; values are atomics. Label cardinality is bounded by the
- * fleet: models and pods the gateway knows, status codes, strategy names.
+ * fleet: models and pods the gateway knows (other names requests carry are
+ * counted as model="unknown"), status codes, strategy names ("mix" for a
+ * weighted mix); every family is capped besides (--metrics-max-children).
  */
 #include "core/alloc.h"
 #include "gateway/gateway.h"
@@ -75,6 +77,7 @@ int brix_gw_metrics_init(brix_gw_t *gw)
     brix_gw_metrics_t *m = &gw->m;
     if (!(m->reg = brix_metrics_new()))
         return -1;
+    brix_metrics_set_max_children(m->reg, (size_t)gw->cfg.metrics_max_children);
     static const char *const L_MODEL_STATUS_STRATEGY[] = { "model", "status", "strategy", NULL };
     static const char *const L_MODEL[] = { "model", NULL };
     static const char *const L_POD[] = { "pod", NULL };
@@ -121,9 +124,15 @@ int brix_gw_metrics_init(brix_gw_t *gw)
     m->pod_kv = brix_metrics_family(m->reg, G, "brix_gateway_pod_engine_kv_cache_usage_ratio",
                                     "The engine's KV-cache usage (0-1) at the last scrape.", L_POD,
                                     NULL, 0);
-    m->scrapes =
-        brix_metrics_family(m->reg, C, "brix_gateway_scrapes_total",
-                            "Scrapes of engine /metrics by pod and result.", L_POD_RESULT, NULL, 0);
+    m->scrapes = brix_metrics_family(m->reg, C, "brix_gateway_scrapes_total",
+                                     "Scrapes of engine /metrics by pod and result (ok, error, "
+                                     "invalid_values: a load gauge NaN, infinite or negative).",
+                                     L_POD_RESULT, NULL, 0);
+    m->values_refused =
+        brix_metrics_family(m->reg, C, "brix_gateway_engine_metric_values_refused_total",
+                            "vLLM values in engine /metrics that were NaN, infinite or negative, "
+                            "by pod: not used (a refused load gauge fails its scrape).",
+                            L_POD, NULL, 0);
     brix_metric_family_t *f;
     f = brix_metrics_family(m->reg, H, "brix_gateway_routing_decision_seconds",
                             "Time spent choosing a pod for one attempt.", NULL, decision_buckets,
@@ -258,16 +267,16 @@ int brix_gw_metrics_init(brix_gw_t *gw)
     brix_metrics_on_collect(m->reg, on_collect, gw);
     if (!m->requests || !m->duration || !m->ttft || !m->upstream_errors || !m->retries ||
         !m->ejections || !m->pod_inflight || !m->pod_healthy || !m->pod_running ||
-        !m->pod_waiting || !m->pod_kv || !m->scrapes || !m->decision || !m->fleet_version ||
-        !m->reloads_ok || !m->client_aborts || !m->streams_broken || !m->index_entries ||
-        !m->index_bytes || !m->index_evictions || !m->kv_batches || !m->kv_gaps || !m->kv_resets ||
-        !m->kv_replays || !m->kv_unknown || !m->kv_live || !m->tenant_requests ||
-        !m->tenant_tokens || !m->ratelimit_check || !m->store_up || !m->store_errors ||
-        !m->store_timeouts || !m->fail_open || !m->fail_closed || !m->fair_capacity ||
-        !m->fair_inflight || !m->fair_queued || !m->fair_expired || !m->fair_wait ||
-        !m->fair_rejected || !m->ctl_connected || !m->ctl_reconnects || !m->ctl_version ||
-        !m->ctl_events_snapshot || !m->ctl_activity_ok || !m->adapter_wakes || !m->adapter_held ||
-        !m->adapter_wait)
+        !m->pod_waiting || !m->pod_kv || !m->scrapes || !m->values_refused || !m->decision ||
+        !m->fleet_version || !m->reloads_ok || !m->client_aborts || !m->streams_broken ||
+        !m->index_entries || !m->index_bytes || !m->index_evictions || !m->kv_batches ||
+        !m->kv_gaps || !m->kv_resets || !m->kv_replays || !m->kv_unknown || !m->kv_live ||
+        !m->tenant_requests || !m->tenant_tokens || !m->ratelimit_check || !m->store_up ||
+        !m->store_errors || !m->store_timeouts || !m->fail_open || !m->fail_closed ||
+        !m->fair_capacity || !m->fair_inflight || !m->fair_queued || !m->fair_expired ||
+        !m->fair_wait || !m->fair_rejected || !m->ctl_connected || !m->ctl_reconnects ||
+        !m->ctl_version || !m->ctl_events_snapshot || !m->ctl_activity_ok || !m->adapter_wakes ||
+        !m->adapter_held || !m->adapter_wait)
         return -1;
 #undef SIMPLE
     return 0;
