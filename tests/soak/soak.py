@@ -345,8 +345,8 @@ def main():
         if len(after) < 4:
             continue
         per_min = max(2, int(60 / SAMPLE_S))
-        base = statistics.median(after[:per_min])
-        last = statistics.median(after[-per_min:])
+        base = int(statistics.median(after[:per_min]))
+        last = int(statistics.median(after[-per_min:]))
         growth = (last - base) / base
         report.append((procs[p], base // 1024, last // 1024, growth))
         if growth > TOL:
