@@ -390,7 +390,7 @@ static int relay(px_t *px, const char *data, size_t len)
     int rc = brix_http_stream_write(px->h, data, len);
     if (rc)
         return rc; /* the client is gone: on_abort already cleaned up */
-    if (!px->paused && brix_http_write_queue_bytes(px->h) > px->view->rt->backpressure_bytes) {
+    if (!px->paused && brix_http_write_backlogged(px->h, px->view->rt->backpressure_bytes)) {
         px->paused = true;
         brix_ureq_pause(px->ur, true);
     }
@@ -577,7 +577,8 @@ static void up_error(brix_ureq_t *r, brix_uerr_t err, bool got_bytes, void *ud)
         "",         "connect", "connect_timeout", "first_byte_timeout", "idle_timeout", "closed",
         "protocol", "nomem"
     };
-    const char *kind = kinds[err <= BRIX_UERR_NOMEM ? err : 0];
+    const char *kind =
+        err == BRIX_UERR_WRITE_TIMEOUT ? "write_timeout" : kinds[err <= BRIX_UERR_NOMEM ? err : 0];
     px->err_kind = kind;
     brix_metric_add(brix_gw_metric2(w->gw->m.upstream_errors, pod_name, kind), 1);
     BRIX_WARN("upstream %s: %s (%s)", pod_name, brix_uerr_str(err),
@@ -588,7 +589,8 @@ static void up_error(brix_ureq_t *r, brix_uerr_t err, bool got_bytes, void *ud)
     if (!px->head_sent) {
         /* Nothing reached the client. Timeouts are not retried: the
          * request may well be running there (a long prefill). */
-        bool timeout = err == BRIX_UERR_FIRST_BYTE_TIMEOUT || err == BRIX_UERR_IDLE_TIMEOUT;
+        bool timeout = err == BRIX_UERR_FIRST_BYTE_TIMEOUT || err == BRIX_UERR_IDLE_TIMEOUT ||
+                       err == BRIX_UERR_WRITE_TIMEOUT;
         if (timeout) {
             access_log(px, 504);
             brix_http_respond_error(px->h, 504, "api_error", NULL, NULL, "upstream timed out: %s",
@@ -1598,6 +1600,7 @@ int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx)
     w->srv = brix_http_server_new(loop, &c->http, handler, w);
     if (!w->srv)
         return -ENOMEM;
+    brix_http_server_set_shared(w->srv, gw->http_shared);
     int bound = 0;
     int port = idx == 0 ? (int)c->port : gw->port;
     int rc = brix_http_server_listen(w->srv, c->host, port, true, &bound);
