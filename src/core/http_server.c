@@ -79,7 +79,8 @@ typedef struct brix_http_conn {
     bool ip_counted;
     bool budget_paused; /* reading stopped while the process is over its budget */
     bool await_admit;   /* paused at the end of the head: its body does not fit yet */
-    int quiet;          /* QUIET_*: eviction list membership */
+    struct brix_http_conn *pprev, *pnext; /* server's paused list, oldest first */
+    int quiet;                            /* QUIET_*: eviction list membership */
     struct brix_http_conn *qprev, *qnext;
     uint64_t counted;  /* bytes this connection adds to the shared budget */
     uint64_t reserved; /* declared body length admitted at the end of the head */
@@ -105,6 +106,7 @@ struct brix_http_server {
     brix_http_conn_t *qhead[QUIET_N], *qtail[QUIET_N]; /* oldest first */
     uv_timer_t budget_timer;                           /* runs while npaused > 0 */
     size_t npaused;
+    brix_http_conn_t *phead, *ptail; /* budget-paused connections, in pause order */
     /* Over the budget with no request in flight here, one connection with a
      * half-received request may still read until that request is complete,
      * so paused connections can never all wait on each other; costs at most
@@ -391,8 +393,8 @@ static void on_budget_timer(uv_timer_t *t)
         /* requests in flight here will release bytes when they end */
         if (s->exempt || s->st.requests_active)
             return;
-        for (brix_http_conn_t *c = s->conns; c; c = c->next) {
-            if (c->budget_paused && c->state == CONN_READING) {
+        for (brix_http_conn_t *c = s->phead; c; c = c->pnext) {
+            if (c->state == CONN_READING) {
                 s->exempt = c;
                 budget_unpause(c);
                 break;
@@ -405,10 +407,8 @@ static void on_budget_timer(uv_timer_t *t)
      * connection. The rest wait for the next tick. */
     int64_t room =
         (int64_t)s->lim.max_buffered_bytes - atomic_load_explicit(&s->sh->buffered, RELAXED);
-    for (brix_http_conn_t *c = s->conns, *n; c && s->npaused && room > 0; c = n) {
-        n = c->next;
-        if (!c->budget_paused)
-            continue;
+    for (brix_http_conn_t *c = s->phead, *n; c && room > 0; c = n) {
+        n = c->pnext; /* oldest pause first: nobody waits behind newer arrivals */
         /* a waiting body is admitted only when its whole length fits (each
          * admission counts at once, so later ones see the room it took) */
         if (c->await_admit && over_budget(s, (int64_t)c->rp.p.content_length) &&
@@ -428,6 +428,13 @@ static void budget_pause(brix_http_conn_t *c)
         return;
     c->budget_paused = true;
     BUMP(s->sh, pauses);
+    c->pnext = NULL;
+    c->pprev = s->ptail;
+    if (s->ptail)
+        s->ptail->pnext = c;
+    else
+        s->phead = c;
+    s->ptail = c;
     if (c->reading) {
         uv_read_stop((uv_stream_t *)&c->tcp);
         c->reading = false;
@@ -440,8 +447,18 @@ static void budget_unpause(brix_http_conn_t *c)
 {
     if (!c->budget_paused)
         return;
+    brix_http_server_t *s = c->srv;
     c->budget_paused = false;
-    c->srv->npaused--;
+    s->npaused--;
+    if (c->pprev)
+        c->pprev->pnext = c->pnext;
+    else
+        s->phead = c->pnext;
+    if (c->pnext)
+        c->pnext->pprev = c->pprev;
+    else
+        s->ptail = c->pprev;
+    c->pprev = c->pnext = NULL;
     bool admitted = c->await_admit;
     if (admitted) {
         c->await_admit = false;

@@ -489,7 +489,7 @@ def _():
     e = h.engine(["--time-scale", "0.2", "--seed", "4", "--output-len-dist", "none",
                   "--max-model-len", "300000"], name="engine-budget")
     PROCS.append(e)
-    nclients, nreq, body = 60, 6, 200 << 10
+    nclients, nreq, body = 60, 4, 200 << 10
     common = ["--workers", "2", "--max-body-bytes", "256k"]
     g0 = h.gateway([e], common + ["--max-buffered-bytes", "0"], name="gateway-nobudget")
     PROCS.append(g0)
