@@ -126,6 +126,7 @@ typedef struct write_req {
 
 static void conn_close(brix_http_conn_t *c);
 static void conn_close_ex(brix_http_conn_t *c, bool reset);
+static void arm_timer(brix_http_conn_t *c, uint64_t ms);
 static void conn_process(brix_http_conn_t *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
@@ -479,6 +480,14 @@ static void budget_unpause(brix_http_conn_t *c)
 static void on_timer(uv_timer_t *t)
 {
     brix_http_conn_t *c = t->data;
+    /* A response still being written is not idle and not yet delivered:
+     * closing now would cut a slow but live reader short. The write timer
+     * drops the connection if that output stops moving. */
+    if ((c->state == CONN_IDLE || c->state == CONN_LINGERING) && c->wq_reqs &&
+        c->srv->lim.write_timeout_ms) {
+        arm_timer(c, c->state == CONN_IDLE ? c->srv->lim.idle_timeout_ms : LINGER_MS);
+        return;
+    }
     switch (c->state) {
     case CONN_IDLE:
         BUMP(c->srv->sh, idle_to);

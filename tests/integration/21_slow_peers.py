@@ -140,6 +140,38 @@ def _():
     e.stop()
 
 
+@h.check("a slow but live reader of a large response is not cut by --idle-timeout once the "
+         "response is queued (keep-alive idle timer)")
+def _():
+    e = h.engine(["--seed", "1", "--idle-timeout", "1s"], name="engine-slow-live-reader")
+    PROCS.append(e)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    s.connect(("127.0.0.1", e.port))
+    # ~6 MB of JSON: more than the kernel buffers hold, so most of it waits in the server
+    body = json.dumps({"model": BASE, "input": ["hello world"] * 120}).encode()
+    s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+              b"content-length: %d\r\n\r\n" % len(body) + body)
+    s.settimeout(10)
+    data, want, t0, took_break = b"", None, time.time(), False
+    while want is None or len(data) < want:
+        if data and not took_break:
+            time.sleep(1.5)  # a reader that pauses longer than the idle timeout
+            took_break = True
+        d = s.recv(65536)
+        if not d:
+            break
+        data += d
+        if want is None and b"\r\n\r\n" in data:
+            hd, rest = data.split(b"\r\n\r\n", 1)
+            cl = [ln for ln in hd.split(b"\r\n") if ln.lower().startswith(b"content-length")]
+            want = len(hd) + 4 + int(cl[0].split(b":")[1])
+    took = time.time() - t0
+    s.close()
+    assert want and len(data) == want, (len(data), want, took)
+    e.stop()
+
+
 class StubEngine:
     """An engine that answers health and model listing but never reads a
     completion request's body (a hung upstream)."""
