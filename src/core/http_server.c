@@ -973,6 +973,18 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         budget_pause(c);
 }
 
+/* The connection to close when the listener is full: the oldest idle one
+ * whose last response has been fully written (a few are looked at, so a full
+ * listener costs O(1) per accept), else the oldest still sending its head. */
+static brix_http_conn_t *pick_victim(brix_http_server_t *s)
+{
+    int n = 0;
+    for (brix_http_conn_t *c = s->qhead[QUIET_IDLE]; c && n < 16; c = c->qnext, n++)
+        if (!c->wq_reqs)
+            return c;
+    return s->qhead[QUIET_HEAD];
+}
+
 static void on_connection(uv_stream_t *ls, int status)
 {
     brix_http_server_t *s = ls->data;
@@ -1026,8 +1038,7 @@ static void on_connection(uv_stream_t *ls, int status)
         /* Full: make room by closing the oldest idle keep-alive connection
          * (clients reopen those as a matter of course), else the oldest one
          * still sending its head, rather than turn a new client away. */
-        brix_http_conn_t *victim =
-            s->qhead[QUIET_IDLE] ? s->qhead[QUIET_IDLE] : s->qhead[QUIET_HEAD];
+        brix_http_conn_t *victim = pick_victim(s);
         if (!victim) {
             BUMP(s->sh, refused_full);
             conn_fail(c, 503, "too many connections");
