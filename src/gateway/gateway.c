@@ -269,6 +269,7 @@ brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version, char
     rt->upstream.idle_timeout_ms = c->upstream_idle_timeout;
     rt->upstream.keepalive_ms = c->upstream_keepalive;
     rt->upstream.max_idle = (uint32_t)c->upstream_max_idle;
+    rt->upstream.write_timeout_ms = c->http.write_timeout_ms; /* one --write-timeout both ways */
     rt->retry_after_s = (int)c->retry_after;
     rt->backpressure_bytes = c->backpressure_bytes;
     rt->sse_max_event_bytes = c->sse_max_event_bytes;
@@ -678,7 +679,7 @@ int brix_gateway_main(int argc, char **argv)
     }
     gw->nworkers = (int)gw->cfg.workers;
     gw->w = brix_calloc((size_t)gw->nworkers, sizeof *gw->w);
-    if (!gw->w)
+    if (!gw->w || !(gw->http_shared = brix_http_shared_new()))
         goto out;
     int werr = 0;
     /* workers answer as soon as they start, before the handlers below exist: a
@@ -762,6 +763,7 @@ out:
     brix_free(gw->label_users);
     uv_mutex_destroy(&gw->label_mu);
     brix_gw_demand_free(&gw->demand);
+    brix_http_shared_free(gw->http_shared); /* every worker's server is closed */
     brix_config_free(gw_opts, &gw->cfg);
     return rc;
 }

@@ -201,6 +201,10 @@ typedef struct brix_gw_metrics {
     brix_metric_family_t *adapter_wakes; /* {model} */
     brix_metric_t *adapter_held;
     brix_metric_family_t *adapter_wait; /* {result} seconds */
+    /* client connections: slow peers and limits (core/http_server guard stats) */
+    brix_metric_t *http_conns, *http_buffered, *http_timeouts[4]; /* header body idle write */
+    brix_metric_t *http_refused_ip, *http_refused_full, *http_evicted;
+    brix_metric_t *http_budget_pauses;
 } brix_gw_metrics_t;
 
 typedef struct brix_gw_control brix_gw_control_t;
@@ -234,8 +238,9 @@ struct brix_gw {
         uint64_t queue_timeout;
     } fixed;
     uv_timer_t fair_timer;
-    brix_gw_demand_t demand; /* adapters requests wait for (workers → control thread) */
-    uv_mutex_t label_mu;     /* users with their own metric labels */
+    brix_gw_demand_t demand;         /* adapters requests wait for (workers → control thread) */
+    uv_mutex_t label_mu;             /* users with their own metric labels */
+    brix_http_shared_t *http_shared; /* per-IP counts and byte budget of all workers */
     char **label_users;
     size_t nlabel_users;
 };

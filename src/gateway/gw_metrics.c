@@ -65,11 +65,68 @@ static void on_collect(brix_metrics_t *reg, void *ud)
         brix_metric_set(gw->m.fair_evicted, (double)fs.evicted);
     }
     brix_metric_set(gw->m.adapter_held, (double)atomic_load(&gw->demand.held_total));
+    if (gw->http_shared) {
+        brix_http_guard_stats_t hs;
+        brix_http_shared_stats(gw->http_shared, &hs);
+        brix_metric_set(gw->m.http_conns, (double)hs.conns_open);
+        brix_metric_set(gw->m.http_buffered, (double)hs.buffered_bytes);
+        brix_metric_set(gw->m.http_timeouts[0], (double)hs.header_timeouts);
+        brix_metric_set(gw->m.http_timeouts[1], (double)hs.body_timeouts);
+        brix_metric_set(gw->m.http_timeouts[2], (double)hs.idle_timeouts);
+        brix_metric_set(gw->m.http_timeouts[3], (double)hs.write_timeouts);
+        brix_metric_set(gw->m.http_refused_ip, (double)hs.refused_per_ip);
+        brix_metric_set(gw->m.http_refused_full, (double)hs.refused_full);
+        brix_metric_set(gw->m.http_evicted, (double)hs.evicted);
+        brix_metric_set(gw->m.http_budget_pauses, (double)hs.budget_pauses);
+    }
     if (!gw->index)
         return;
     brix_metric_set(gw->m.index_entries, (double)brix_prefix_index_entries(gw->index));
     brix_metric_set(gw->m.index_bytes, (double)brix_prefix_index_bytes(gw->index));
     brix_metric_set(gw->m.index_evictions, (double)brix_prefix_index_evictions(gw->index));
+}
+
+/* Client-connection guards (slow peers, per-IP cap, byte budget): fixed
+ * label sets, read from the shared atomics at scrape time. */
+static void http_guard_metrics(brix_gw_metrics_t *m)
+{
+    const brix_metric_type_t C = BRIX_METRIC_COUNTER, G = BRIX_METRIC_GAUGE;
+    static const char *const L_KIND[] = { "kind", NULL };
+    static const char *const L_REASON[] = { "reason", NULL };
+    brix_metric_family_t *f;
+    f = brix_metrics_family(m->reg, G, "brix_gateway_http_connections", "Client connections open.",
+                            NULL, NULL, 0);
+    m->http_conns = f ? brix_metric_child(f, NULL) : NULL;
+    f = brix_metrics_family(m->reg, G, "brix_gateway_http_buffered_bytes",
+                            "Bytes held for client connections: unparsed input, request bodies "
+                            "(declared lengths once admitted) and unsent output "
+                            "(--max-buffered-bytes).",
+                            NULL, NULL, 0);
+    m->http_buffered = f ? brix_metric_child(f, NULL) : NULL;
+    f = brix_metrics_family(m->reg, C, "brix_gateway_http_timeouts_total",
+                            "Client connections closed by a timeout: header (--header-timeout, "
+                            "408), body (--body-timeout, 408), idle (--idle-timeout), write "
+                            "(--write-timeout: the client read nothing; its request is aborted).",
+                            L_KIND, NULL, 0);
+    static const char *const kinds[] = { "header", "body", "idle", "write" };
+    for (int i = 0; i < 4; i++)
+        m->http_timeouts[i] = f ? brix_gw_metric1(f, kinds[i]) : NULL;
+    f = brix_metrics_family(m->reg, C, "brix_gateway_http_connections_refused_total",
+                            "Connections closed at accept: per_ip (--max-conns-per-ip) or full "
+                            "(--max-connections with nothing idle to close; 503).",
+                            L_REASON, NULL, 0);
+    m->http_refused_ip = f ? brix_gw_metric1(f, "per_ip") : NULL;
+    m->http_refused_full = f ? brix_gw_metric1(f, "full") : NULL;
+    f = brix_metrics_family(m->reg, C, "brix_gateway_http_connections_evicted_total",
+                            "Idle (or still head-sending) connections closed to admit a new one "
+                            "at --max-connections.",
+                            NULL, NULL, 0);
+    m->http_evicted = f ? brix_metric_child(f, NULL) : NULL;
+    f = brix_metrics_family(m->reg, C, "brix_gateway_http_budget_pauses_total",
+                            "Times a connection stopped being read because the process held "
+                            "more than --max-buffered-bytes (or its declared body did not fit).",
+                            NULL, NULL, 0);
+    m->http_budget_pauses = f ? brix_metric_child(f, NULL) : NULL;
 }
 
 int brix_gw_metrics_init(brix_gw_t *gw)
@@ -78,6 +135,7 @@ int brix_gw_metrics_init(brix_gw_t *gw)
     if (!(m->reg = brix_metrics_new()))
         return -1;
     brix_metrics_set_max_children(m->reg, (size_t)gw->cfg.metrics_max_children);
+    http_guard_metrics(m);
     static const char *const L_MODEL_STATUS_STRATEGY[] = { "model", "status", "strategy", NULL };
     static const char *const L_MODEL[] = { "model", NULL };
     static const char *const L_POD[] = { "pod", NULL };

@@ -410,7 +410,7 @@ static int relay(px_t *px, const char *data, size_t len)
     int rc = brix_http_stream_write(px->h, data, len);
     if (rc)
         return rc; /* the client is gone: on_abort already cleaned up */
-    if (!px->paused && brix_http_write_queue_bytes(px->h) > px->view->rt->backpressure_bytes) {
+    if (!px->paused && brix_http_write_backlogged(px->h, px->view->rt->backpressure_bytes)) {
         px->paused = true;
         brix_ureq_pause(px->ur, true);
     }
@@ -613,7 +613,8 @@ static void upstream_failed(px_t *px, const char *kind, const char *detail, bool
     if (!px->head_sent) {
         /* Nothing reached the client. Timeouts are not retried: the
          * request may well be running there (a long prefill). */
-        if (!strcmp(kind, "first_byte_timeout") || !strcmp(kind, "idle_timeout")) {
+        if (!strcmp(kind, "first_byte_timeout") || !strcmp(kind, "idle_timeout") ||
+            !strcmp(kind, "write_timeout")) {
             access_log(px, 504);
             brix_http_respond_error(px->h, 504, "api_error", NULL, NULL, "upstream timed out: %s",
                                     detail);
@@ -666,7 +667,8 @@ static void up_error(brix_ureq_t *r, brix_uerr_t err, bool got_bytes, void *ud)
         "",         "connect", "connect_timeout", "first_byte_timeout", "idle_timeout", "closed",
         "protocol", "nomem"
     };
-    const char *kind = kinds[err <= BRIX_UERR_NOMEM ? err : 0];
+    const char *kind =
+        err == BRIX_UERR_WRITE_TIMEOUT ? "write_timeout" : kinds[err <= BRIX_UERR_NOMEM ? err : 0];
     char detail[160];
     snprintf(detail, sizeof detail, "pod %s: %s", px->pod ? px->pod->name : "?",
              brix_uerr_str(err));
@@ -1751,6 +1753,7 @@ int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx)
     w->srv = brix_http_server_new(loop, &c->http, handler, w);
     if (!w->srv)
         return -ENOMEM;
+    brix_http_server_set_shared(w->srv, gw->http_shared);
     int bound = 0;
     int port = idx == 0 ? (int)c->port : gw->port;
     int rc = brix_http_server_listen(w->srv, c->host, port, true, &bound);
