@@ -210,6 +210,60 @@ spec:
     assert "HTTP 401" not in ctllog, ctllog[-3000:]
 
 
+def bearer(k):
+    return {"authorization": f"Bearer {k}"}
+
+
+@h.check("engine-sim takes VLLM_API_KEY from its environment, as vLLM; --api-key wins over it")
+def _():
+    env_key, flag_key = "env-key-" + "a" * 24, "flag-key-" + "b" * 24
+    e1 = h.engine(env={"VLLM_API_KEY": env_key}, name="engine-env")
+    e2 = h.engine(["--api-key", flag_key], env={"VLLM_API_KEY": env_key}, name="engine-flag")
+    try:
+        assert h.request("GET", e1.port, "/v1/models", headers=NOAUTH)[0] == 401
+        assert h.request("GET", e1.port, "/v1/models", headers=bearer(env_key))[0] == 200
+        assert h.request("GET", e2.port, "/v1/models", headers=bearer(env_key))[0] == 401
+        assert h.request("GET", e2.port, "/v1/models", headers=bearer(flag_key))[0] == 200
+        assert h.request("GET", e1.port, "/health", headers=NOAUTH)[0] == 200
+    finally:
+        e1.stop()
+        e2.stop()
+
+
+@h.check("gateway --engine-api-key-file: the key is sent without tenancy, a client's bearer "
+         "never, and a reload reads the file again")
+def _():
+    k1, k2 = "one-engine-key-" + "1" * 20, "two-engine-key-" + "2" * 20
+    kf = os.path.join(TMP, "gw-engine-key")
+    with open(kf, "w") as f:
+        f.write(k1 + "\n")
+    eng = h.engine(env={"VLLM_API_KEY": k1}, name="engine-k")
+    gw = h.gateway([eng], ["--engine-api-key-file", kf, "--models-refresh-interval", "100ms"])
+    try:
+        h.wait_until(lambda: chat(gw.port, "llama-3-8b")[0] == 200, 10, "served with the key")
+        # the client's own bearer (even the engine's key itself) is replaced, not forwarded
+        for k in ("client-key-0123456789", k1, k2):
+            st, _, b = chat(gw.port, "llama-3-8b", headers=bearer(k))
+            assert st == 200, (k, st, b)
+        st, _, b = h.request("POST", gw.port, "/v1/completions",
+                             {"model": "llama-3-8b", "prompt": "hi", "max_tokens": 2})
+        assert st == 200, (st, b)
+        # the engine now wants k2: restart it with k2 on the same port; the gateway
+        # still sends k1 until the file says k2 and it reloads
+        port = eng.port
+        eng.stop()
+        eng = h.engine(port=port, env={"VLLM_API_KEY": k2}, name="engine-k2")
+        h.wait_until(lambda: chat(gw.port, "llama-3-8b")[0] != 200, 10, "k1 refused")
+        with open(kf, "w") as f:
+            f.write(k2 + "\n")
+        gw.p.send_signal(signal.SIGHUP)
+        h.wait_until(lambda: chat(gw.port, "llama-3-8b")[0] == 200, 10, "k2 after the reload")
+        assert "configuration reloaded" in gw.text(), gw.text()[-2000:]
+    finally:
+        gw.stop()
+        eng.stop()
+
+
 @h.check("brix up stops everything cleanly")
 def _():
     UP.stop(signal.SIGINT, timeout=60)
