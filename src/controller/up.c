@@ -451,6 +451,8 @@ int brix_up_main(int argc, char **argv)
                    "Logs go to STATE_DIR/logs/. See examples/local.yaml.\n\n"
                    "The controller's API token is STATE_DIR/token (made on first start, mode\n"
                    "0600; brix get/apply/delete read it there) unless --token-file FILE.\n"
+                   "The engine replicas' key is STATE_DIR/engine-key (same rules; the gateway\n"
+                   "gets --engine-api-key-file to it, the replicas VLLM_API_KEY).\n"
                    "If FILE has a spec.engine.command, the controller is started with\n"
                    "--allow-engine-commands (FILE is the local user's own); otherwise only\n"
                    "engine-sim runs unless --allow-engine-commands is given here.\n");
