@@ -161,9 +161,9 @@ static const brix_opt_t gw_opts[] = {
     { "admin-key", BRIX_OPT_STRING, O(admin_key), NULL, 1, 0, "KEY",
       "enables the user-management API for `Authorization: Bearer KEY` (or BRIX_ADMIN_KEY)" },
     { "engine-api-key", BRIX_OPT_STRING, O(engine_api_key), NULL, 1, 0, "KEY",
-      "the engines' --api-key: sent on the gateway's own calls (/v1/models) and in place of a "
-      "brix user key it consumed (or BRIX_ENGINE_API_KEY); with a key, a client's own "
-      "Authorization never reaches an engine" },
+      "the engines' --api-key (or BRIX_ENGINE_API_KEY): sent on every forwarded request, in "
+      "place of any client Authorization (never forwarded then), and on the gateway's own "
+      "engine calls (/v1/models)" },
     { "engine-api-key-file", BRIX_OPT_STRING, O(engine_api_key_file), NULL, 1, 0, "FILE",
       "read the engines' key from FILE (e.g. the controller's STATE_DIR/engine-key; `brix up` "
       "passes it); read again on reload" },
