@@ -1489,9 +1489,11 @@ static void admit(px_t *px)
 static void start(px_t *px)
 {
     brix_http_req_t *h = px->h;
-    const char *ek = px->view->rt->engine_api_key; /* the view holds the rt */
-    if (px->model->activity)                       /* for the controller's idle TTL */
+    if (px->model->activity) /* for the controller's idle TTL */
         atomic_fetch_add_explicit(&px->model->activity->routed, 1, memory_order_relaxed);
+    /* the key of the settings this request was admitted under (a reload may
+     * swap them meanwhile; the view keeps these alive) */
+    const char *ek = px->view->rt->engine_api_key;
     for (size_t i = 0; i < h->nheaders; i++) {
         const brix_http_header_t *hd = &h->headers[i];
         if (hop_by_hop(hd->name, hd->name_len) || !strcasecmp(hd->name, "x-request-id"))
