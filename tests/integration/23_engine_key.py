@@ -264,6 +264,57 @@ def _():
         eng.stop()
 
 
+def lone_controller(extra, name):
+    """A controller with one engine-sim replica, started with VLLM_API_KEY already in its own
+    environment (an operator's shell): what its replica then requires is the controller's
+    choice, not the inherited value."""
+    state = tempfile.mkdtemp(prefix="state-", dir=TMP)
+    port = h.free_port()
+    c = h.Proc(["controller", "--port", str(port), "--state-dir", state, "--health-interval",
+                "200ms", "--reconcile-interval", "200ms", "--stop-grace", "3s"] + extra,
+               name=name, env={"VLLM_API_KEY": "inherited-key-0123456789"})
+    c.wait_http(port, "/readyz")
+    h.TOKENS[port] = open(os.path.join(state, "token")).read().strip()
+    dep = {"apiVersion": "model.brix.dev/v1alpha1", "kind": "ModelDeployment",
+           "metadata": {"name": "solo"},
+           "spec": {"model": "solo-1b", "replicas": 1, "engine": {"args": ["--time-scale", "0.05"]}}}
+    st, _, b = h.request("POST", port, "/v1/apply", dep)
+    assert st == 200, (st, b)
+
+    def ready():
+        items = json.loads(h.request("GET", port, "/v1/replicas")[2])["items"]
+        return items and items[0]["status"]["ready"] and items[0]["status"]["port"]
+    return c, state, h.wait_until(ready, 30, "the replica ready")
+
+
+@h.check("--engine-key-file: replicas take the operator's key (an inherited VLLM_API_KEY is "
+         "replaced); --no-engine-key: replicas have none (an inherited one is removed)")
+def _():
+    own = os.path.join(TMP, "my-engine-key")
+    with open(own, "w") as f:
+        f.write("operator-engine-key-" + "7" * 20 + "\n")
+    os.chmod(own, 0o600)
+    c, state, port = lone_controller(["--engine-key-file", own], "controller-ekf")
+    try:
+        assert not os.path.exists(os.path.join(state, "engine-key"))
+        assert h.request("GET", port, "/v1/models",
+                         headers=bearer("inherited-key-0123456789"))[0] == 401
+        assert h.request("GET", port, "/v1/models", headers=NOAUTH)[0] == 401
+        assert h.request("GET", port, "/v1/models",
+                         headers=bearer("operator-engine-key-" + "7" * 20))[0] == 200
+    finally:
+        c.stop()
+    c, state, port = lone_controller(["--no-engine-key"], "controller-nokey")
+    try:
+        assert not os.path.exists(os.path.join(state, "engine-key"))
+        assert h.request("GET", port, "/v1/models", headers=NOAUTH)[0] == 200
+    finally:
+        c.stop()
+    bad = h.Proc(["controller", "--port", str(h.free_port()), "--no-engine-key",
+                  "--engine-key-file", own], name="controller-bad")
+    assert bad.p.wait(30) == 2 and "exclude each other" in bad.text(), bad.text()
+
+
 @h.check("brix up stops everything cleanly")
 def _():
     UP.stop(signal.SIGINT, timeout=60)
