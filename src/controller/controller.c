@@ -84,6 +84,13 @@ static const brix_opt_t ctl_opts[] = {
     { "token-file", BRIX_OPT_STRING, O(token_file), NULL, 1, 0, "FILE",
       "the API's bearer token is read from FILE (default: STATE_DIR/token, created with a random "
       "256-bit token, mode 0600)" },
+    { "engine-key-file", BRIX_OPT_STRING, O(engine_key_file), NULL, 1, 0, "FILE",
+      "the key engine replicas require on their /v1 routes is read from FILE (default: "
+      "STATE_DIR/engine-key, created with a random 256-bit key, mode 0600); replicas get it in "
+      "the environment (VLLM_API_KEY), never in argv" },
+    { "no-engine-key", BRIX_OPT_BOOL, O(no_engine_key), "false", 1, 0, NULL,
+      "start replicas without an engine key: any local process can then load, unload and run "
+      "inference on them directly" },
     { "allowed-host", BRIX_OPT_STRLIST, O(allowed_hosts), NULL, 0, 0, "NAME",
       "a Host name the API answers besides IP addresses and localhost (repeatable; NAME:PORT "
       "for one port only); other names get 403 (DNS rebinding)" },
@@ -132,6 +139,10 @@ static int load_cfg(brix_ctl_cfg_t *c, int argc, char **argv, char *err, size_t 
                  c->host);
         return -1;
     }
+    if (c->no_engine_key && c->engine_key_file) {
+        snprintf(err, errlen, "--no-engine-key and --engine-key-file exclude each other");
+        return -1;
+    }
     if (c->status_page_open && !loopback) {
         snprintf(err, errlen,
                  "--status-page-open serves the page without the token, so it needs a loopback "
@@ -169,6 +180,34 @@ static int load_token(brix_ctl_t *c, char *err, size_t errlen)
         BRIX_WARN("%s can be read by other users (mode %03o): chmod 600 it", path,
                   (unsigned)(st.st_mode & 0777));
     BRIX_INFO("API token %s %s", created ? "created in" : "from", path);
+    return 0;
+}
+
+/* The replicas' key: --engine-key-file, else STATE_DIR/engine-key (made on
+ * first start, reused after: replicas adopted from an earlier controller keep
+ * the key they were started with). Read with the API token's code. 0, or
+ * -errno with err. */
+static int load_engine_key(brix_ctl_t *c, char *err, size_t errlen)
+{
+    if (c->cfg.no_engine_key) {
+        BRIX_WARN("--no-engine-key: replicas' /v1 routes take requests from every local process");
+        return 0;
+    }
+    char path[4200];
+    bool created = false;
+    if (c->cfg.engine_key_file)
+        snprintf(path, sizeof path, "%s", c->cfg.engine_key_file);
+    else
+        snprintf(path, sizeof path, "%s/engine-key", c->cfg.state_dir);
+    int rc = brix_auth_token_load(path, !c->cfg.engine_key_file, c->engine_key,
+                                  sizeof c->engine_key, &created, err, errlen);
+    if (rc)
+        return rc;
+    struct stat st;
+    if (!stat(path, &st) && (st.st_mode & 077))
+        BRIX_WARN("%s can be read by other users (mode %03o): chmod 600 it", path,
+                  (unsigned)(st.st_mode & 0777));
+    BRIX_INFO("engine key %s %s", created ? "created in" : "from", path);
     return 0;
 }
 
@@ -296,6 +335,10 @@ static void finish(brix_ctl_t *c)
         brix_curl_close(c->curl);
         c->curl = NULL;
     }
+    if (c->health_curl) {
+        brix_curl_close(c->health_curl);
+        c->health_curl = NULL;
+    }
     uv_handle_t *hs[] = { (uv_handle_t *)&c->reconcile_timer, (uv_handle_t *)&c->health_timer,
                           (uv_handle_t *)&c->heartbeat_timer, (uv_handle_t *)&c->save_timer,
                           (uv_handle_t *)&c->kick_timer,      (uv_handle_t *)&c->stop_timer,
@@ -408,15 +451,17 @@ int brix_controller_main(int argc, char **argv)
                 c->cfg.state_dir, lockfd < 0 ? strerror(errno) : "locked");
         goto out;
     }
-    if (load_token(c, err, sizeof err)) {
+    if (load_token(c, err, sizeof err) || load_engine_key(c, err, sizeof err)) {
         fprintf(stderr, "brix controller: %s\n", err);
         goto out;
     }
     if (metrics_init(c) || !(c->curl = brix_curl_new(&loop)) ||
+        !(c->health_curl = brix_curl_new(&loop)) || brix_curl_set_bearer(c->curl, c->engine_key) ||
         !(c->prov = brix_provider_local_new(&loop, c->self_exe, c->log_dir, brix_ctl_on_exit, c))) {
         fprintf(stderr, "brix controller: out of memory\n");
         goto out;
     }
+    c->prov->engine_key = c->engine_key[0] ? c->engine_key : NULL;
     if (brix_ctl_load(c, err, sizeof err)) {
         fprintf(stderr, "brix controller: %s\n", err);
         goto out;
@@ -465,6 +510,8 @@ out:
     brix_free(c->watchers);
     if (c->curl)
         brix_curl_close(c->curl);
+    if (c->health_curl)
+        brix_curl_close(c->health_curl);
     for (size_t i = 0; i < c->nreps; i++)
         brix_ctl_replica_free(c, c->reps[i]);
     uv_run(&loop, UV_RUN_DEFAULT); /* provider handles closed by release */
@@ -487,5 +534,6 @@ out:
         close(lockfd);
     brix_config_free(ctl_opts, &c->cfg);
     OPENSSL_cleanse(c->token, sizeof c->token);
+    OPENSSL_cleanse(c->engine_key, sizeof c->engine_key);
     return rc;
 }

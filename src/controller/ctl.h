@@ -50,6 +50,8 @@ typedef struct brix_ctl_cfg {
     bool insecure_no_auth; /* loopback only: no token at all */
     bool status_page_open; /* loopback only: `/` without the token */
     bool allow_engine_commands;
+    char *engine_key_file;        /* NULL: STATE_DIR/engine-key, made on first start */
+    bool no_engine_key;           /* replicas start without a key (their /v1 is open) */
     brix_strlist_t allowed_hosts; /* Host names besides IP literals and localhost */
     brix_http_limits_t http;
 } brix_ctl_cfg_t;
@@ -126,7 +128,8 @@ typedef struct brix_ctl {
     char *self_exe;
     char *state_path, *log_dir, *artifact_dir;
     brix_provider_t *prov;
-    brix_curl_t *curl;
+    brix_curl_t *curl;        /* calls to replicas' /v1 routes: with the engine key */
+    brix_curl_t *health_curl; /* replicas' health path: without it (open, as in vLLM) */
     brix_http_server_t *srv;
     int port; /* bound API port */
 
@@ -161,6 +164,8 @@ typedef struct brix_ctl {
     /* API credentials: token[0] == '\0' only with --insecure-no-auth */
     char token[BRIX_AUTH_TOKEN_MAX];
     char cookie[65]; /* the status page's session cookie value */
+    /* the replicas' key (VLLM_API_KEY); '\0' only with --no-engine-key */
+    char engine_key[BRIX_AUTH_TOKEN_MAX];
     struct brix_ctl_login {
         char code[65];    /* one-time status-page login code ("" = free slot) */
         uint64_t expires; /* monotonic ms */

@@ -86,6 +86,10 @@ struct brix_provider {
     uv_loop_t *loop;
     brix_provider_exit_fn on_exit;
     void *ud;
+    /* The key replicas require on their /v1 routes, given to each one started
+     * as VLLM_API_KEY in its environment (never in argv, which `ps` and the
+     * API show); NULL: replicas start without one. Owned by the controller. */
+    const char *engine_key;
 };
 
 /* The local provider: replicas are child processes of this controller,

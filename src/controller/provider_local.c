@@ -17,6 +17,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "controller/auth.h"
 #include "controller/provider.h"
 #include "core/alloc.h"
@@ -246,6 +248,49 @@ static int build_argv(lp_t *lp, const brix_replica_t *r, const brix_obj_t *d, br
     return rc ? -ENOMEM : 0;
 }
 
+#define ENGINE_KEY_ENV "VLLM_API_KEY" /* what vLLM reads when --api-key is not given */
+
+extern char **environ;
+
+/* The controller's environment for a replica, with VLLM_API_KEY replaced by
+ * the engine key (or removed without one: an inherited key the controller
+ * does not know would lock it out of its own replicas). The strings belong to
+ * environ except *own, the key's (free both with brix_free, cleansing *own).
+ * NULL on ENOMEM. */
+static char **replica_env(const char *key, char **own)
+{
+    *own = NULL;
+    size_t n = 0;
+    while (environ && environ[n])
+        n++;
+    char **env = brix_calloc(n + 2, sizeof *env);
+    if (!env)
+        return NULL;
+    size_t k = 0, pl = strlen(ENGINE_KEY_ENV "=");
+    for (size_t i = 0; i < n; i++)
+        if (strncmp(environ[i], ENGINE_KEY_ENV "=", pl))
+            env[k++] = environ[i];
+    if (key) {
+        size_t l = pl + strlen(key) + 1;
+        if (!(*own = brix_malloc(l))) {
+            brix_free(env);
+            return NULL;
+        }
+        snprintf(*own, l, "%s=%s", ENGINE_KEY_ENV, key);
+        env[k] = *own;
+    }
+    return env;
+}
+
+static void free_env(char **env, char *own)
+{
+    if (own) {
+        OPENSSL_cleanse(own, strlen(own));
+        brix_free(own);
+    }
+    brix_free(env);
+}
+
 static int lp_start(brix_provider_t *p, brix_replica_t *r, const brix_obj_t *d, char *err,
                     size_t errlen)
 {
@@ -305,10 +350,19 @@ static int lp_start(brix_provider_t *p, brix_replica_t *r, const brix_obj_t *d, 
     }
     for (size_t i = 0; i < r->argv.n; i++)
         args[i] = r->argv.v[i];
+    char *own = NULL;
+    char **env = replica_env(p->engine_key, &own);
+    if (!env) {
+        brix_free(args);
+        close(fd);
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     uv_process_options_t o;
     memset(&o, 0, sizeof o);
     o.file = args[0];
     o.args = args;
+    o.env = env;
     o.exit_cb = on_proc_exit;
     o.flags = UV_PROCESS_DETACHED;
     o.stdio_count = 3;
@@ -316,6 +370,7 @@ static int lp_start(brix_provider_t *p, brix_replica_t *r, const brix_obj_t *d, 
     s->proc.data = s;
     int rc = uv_spawn(p->loop, &s->proc, &o);
     brix_free(args);
+    free_env(env, own);
     close(fd);
     if (rc) {
         /* libuv requires closing the handle even when spawn fails */

@@ -511,8 +511,11 @@ static void replica_get(brix_ctl_t *c, brix_replica_t *r, const char *path, size
     char url[320];
     snprintf(url, sizeof url, "%s%s", r->url, path);
     *inflight = true;
-    if (brix_curl_request(c->curl, "GET", url, NULL, 0, NULL, (uint64_t)c->cfg.health_timeout,
-                          max_body, done, k)) {
+    /* the engine key goes where engines require it (vLLM: paths under /v1)
+     * and nowhere else */
+    brix_curl_t *cu = strncmp(path, "/v1", 3) ? c->health_curl : c->curl;
+    if (brix_curl_request(cu, "GET", url, NULL, 0, NULL, (uint64_t)c->cfg.health_timeout, max_body,
+                          done, k)) {
         *inflight = false;
         call_free(k);
     }

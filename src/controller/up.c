@@ -451,6 +451,8 @@ int brix_up_main(int argc, char **argv)
                    "Logs go to STATE_DIR/logs/. See examples/local.yaml.\n\n"
                    "The controller's API token is STATE_DIR/token (made on first start, mode\n"
                    "0600; brix get/apply/delete read it there) unless --token-file FILE.\n"
+                   "The engine replicas' key is STATE_DIR/engine-key (same rules; the gateway\n"
+                   "gets --engine-api-key-file to it, the replicas VLLM_API_KEY).\n"
                    "If FILE has a spec.engine.command, the controller is started with\n"
                    "--allow-engine-commands (FILE is the local user's own); otherwise only\n"
                    "engine-sim runs unless --allow-engine-commands is given here.\n");
@@ -539,6 +541,30 @@ int brix_up_main(int argc, char **argv)
         fprintf(stderr, "brix up: the controller token: %s\n", err);
         goto out_docs;
     }
+    /* the engine key, made here too so the gateway can read it when it starts:
+     * the controller's default file, or what the file's controller args say */
+    char ekpath[PATH_MAX + 16];
+    bool no_ek = false;
+    snprintf(ekpath, sizeof ekpath, "%s/engine-key", u.state_dir);
+    bool ek_given = false;
+    for (size_t i = 0; i < u.ctl_args.n; i++) {
+        const char *a = u.ctl_args.v[i];
+        if (!strcmp(a, "--no-engine-key") || !strcmp(a, "--no-engine-key=true"))
+            no_ek = true;
+        else if (!strcmp(a, "--engine-key-file") && i + 1 < u.ctl_args.n)
+            ek_given = snprintf(ekpath, sizeof ekpath, "%s", u.ctl_args.v[++i]) > 0;
+        else if (!strncmp(a, "--engine-key-file=", 18))
+            ek_given = snprintf(ekpath, sizeof ekpath, "%s", a + 18) > 0;
+    }
+    if (!no_ek) {
+        char ek[BRIX_AUTH_TOKEN_MAX];
+        int ekrc = brix_auth_token_load(ekpath, !ek_given, ek, sizeof ek, NULL, err, sizeof err);
+        OPENSSL_cleanse(ek, sizeof ek);
+        if (ekrc) {
+            fprintf(stderr, "brix up: the engine key: %s\n", err);
+            goto out_docs;
+        }
+    }
     if (file_cmds && !u.allow_engine_commands) {
         printf("brix up: %s runs its own engine command (spec.engine.command): the controller "
                "accepts engine commands (--allow-engine-commands)\n",
@@ -608,7 +634,8 @@ int brix_up_main(int argc, char **argv)
                             "127.0.0.1", "--port",
                             gport,       "--controller",
                             api,         "--controller-token-file",
-                            tokpath,     NULL };
+                            tokpath,     no_ek ? NULL : "--engine-api-key-file",
+                            ekpath,      NULL };
     if ((ch[1].pid = spawn(self, gargs, &u.gw_args, ch[1].log)) <= 0 ||
         !wait_http(&ch[1], gwurl, "/healthz", 15000, &set))
         goto stop;

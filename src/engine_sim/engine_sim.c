@@ -35,7 +35,8 @@ static const brix_opt_t engine_opts[] = {
       "names the API accepts for the base model (default: --model); the first is reported in "
       "metrics" },
     { "api-key", BRIX_OPT_STRING, O(api_key), NULL, 1, 0, "KEY",
-      "as vLLM: requests to /v1 routes need `Authorization: Bearer KEY` (401 otherwise)" },
+      "as vLLM: requests to /v1 routes need `Authorization: Bearer KEY` (401 otherwise); "
+      "default: the environment variable VLLM_API_KEY, as vLLM" },
     { "max-model-len", BRIX_OPT_INT, O(max_model_len), "8192", 16, 1 << 24, NULL,
       "context length: prompt + output tokens" },
     { "max-num-seqs", BRIX_OPT_INT, O(max_num_seqs), "0", 0, 1 << 20, NULL,
@@ -451,6 +452,13 @@ static int parse_config(brix_engine_t *e, int argc, char **argv)
         brix_free(path);
         if (rc == 0)
             rc = brix_config_parse_args(engine_opts, c, argc, argv, 1, err, sizeof err);
+    }
+    /* as vLLM: --api-key wins, else VLLM_API_KEY (how `brix controller` hands
+     * its replicas the engine key without putting it in argv) */
+    const char *ek = getenv("VLLM_API_KEY");
+    if (rc == 0 && !c->api_key && ek && *ek && !(c->api_key = brix_strdup(ek))) {
+        snprintf(err, sizeof err, "out of memory");
+        rc = -1;
     }
     if (rc) {
         fprintf(stderr, "brix engine-sim: %s\n", err);

@@ -21,6 +21,9 @@
  * rides along in every snapshot, and /v1/models lists registered adapters
  * that are loaded nowhere yet.
  */
+#include <openssl/crypto.h>
+#include <string.h>
+
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/time.h"
@@ -110,6 +113,10 @@ void brix_gw_rt_unref(brix_gw_rt_t *rt)
             brix_free(rt->model_sel[i].model);
         brix_free(rt->model_sel);
         brix_free(rt->default_strategy);
+        if (rt->engine_api_key) {
+            OPENSSL_cleanse(rt->engine_api_key, strlen(rt->engine_api_key));
+            brix_free(rt->engine_api_key);
+        }
         brix_free(rt);
     }
 }
@@ -884,6 +891,9 @@ void brix_gw_control_reconfigure(brix_gw_control_t *ctl)
 {
     brix_gw_t *gw = ctl->gw;
     char err[512];
+    /* a new engine key (--engine-api-key-file re-read): our own engine calls */
+    if (brix_curl_set_bearer(ctl->curl, gw->cfg.engine_api_key))
+        BRIX_ERROR("out of memory setting the engine key");
     /* the controller: start, follow a new URL, or stop (its pods go too) */
     if (gw->cfg.controller && !ctl->watch) {
         if (!(ctl->watch = brix_gw_watch_start(gw, on_ctl_snapshot, ctl)))

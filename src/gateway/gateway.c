@@ -26,6 +26,8 @@
 #include <string.h>
 #include <zmq.h>
 
+#include <openssl/crypto.h>
+
 #define O(f) offsetof(brix_gw_cfg_t, f)
 static const brix_opt_t gw_opts[] = {
     { "config", BRIX_OPT_STRING, O(config), NULL, 1, 0, "FILE",
@@ -159,8 +161,12 @@ static const brix_opt_t gw_opts[] = {
     { "admin-key", BRIX_OPT_STRING, O(admin_key), NULL, 1, 0, "KEY",
       "enables the user-management API for `Authorization: Bearer KEY` (or BRIX_ADMIN_KEY)" },
     { "engine-api-key", BRIX_OPT_STRING, O(engine_api_key), NULL, 1, 0, "KEY",
-      "the engines' --api-key: sent on the gateway's own calls (/v1/models) and in place of a "
-      "brix user key it consumed (or BRIX_ENGINE_API_KEY)" },
+      "the engines' --api-key (or BRIX_ENGINE_API_KEY): sent on every forwarded request, in "
+      "place of any client Authorization (never forwarded then), and on the gateway's own "
+      "engine calls (/v1/models)" },
+    { "engine-api-key-file", BRIX_OPT_STRING, O(engine_api_key_file), NULL, 1, 0, "FILE",
+      "read the engines' key from FILE (e.g. the controller's STATE_DIR/engine-key; `brix up` "
+      "passes it); read again on reload" },
     { "require-key", BRIX_OPT_BOOL, O(require_key), "false", 1, 0, NULL,
       "every request needs a user's API key (Authorization: Bearer sk-brix-...)" },
     { "user", BRIX_OPT_STRLIST, O(users), NULL, 1, 0,
@@ -275,6 +281,11 @@ brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version, char
     rt->sse_max_event_bytes = c->sse_max_event_bytes;
     rt->adapter_wake_timeout_ms = c->adapter_wake_timeout;
     rt->max_held_requests = c->max_held_requests;
+    if (c->engine_api_key && !(rt->engine_api_key = brix_strdup(c->engine_api_key))) {
+        brix_gw_rt_unref(rt);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
     return rt;
 }
 
@@ -322,6 +333,29 @@ static int split_urls(brix_strlist_t *l, char *err, size_t errlen)
 }
 
 /* defaults, then the file, then argv again: flags win over the file */
+/* A credential file: one word, surrounding newline and spaces trimmed (what
+ * `brix controller` writes). *out is the caller's to free. 0 or -1 with err. */
+static int read_secret_file(const char *path, char **out, char *err, size_t errlen)
+{
+    char *text = NULL;
+    size_t len = 0;
+    if (brix_file_read(path, &text, &len, err, errlen))
+        return -1;
+    char *s = text, *e = text + len;
+    while (s < e && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
+        s++;
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+        e--;
+    *out = e > s ? brix_strndup(s, (size_t)(e - s)) : NULL;
+    OPENSSL_cleanse(text, len);
+    brix_free(text);
+    if (!*out) {
+        snprintf(err, errlen, "%s: no key or token in the file", path);
+        return -1;
+    }
+    return 0;
+}
+
 static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t errlen)
 {
     if (brix_config_defaults(gw_opts, c, err, errlen))
@@ -350,7 +384,8 @@ static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t e
     if (!c->redis_password && ep && *ep && !(c->redis_password = brix_strdup(ep)))
         return -1;
     const char *ee = getenv("BRIX_ENGINE_API_KEY");
-    if (!c->engine_api_key && ee && *ee && !(c->engine_api_key = brix_strdup(ee)))
+    bool ee_used = !c->engine_api_key && ee && *ee;
+    if (ee_used && !(c->engine_api_key = brix_strdup(ee)))
         return -1;
     if (c->controller_token_file) {
         if (c->controller_token) {
@@ -358,21 +393,19 @@ static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t e
                      "--controller-token and --controller-token-file exclude each other");
             return -1;
         }
-        char *text = NULL;
-        size_t len = 0;
-        if (brix_file_read(c->controller_token_file, &text, &len, err, errlen))
+        if (read_secret_file(c->controller_token_file, &c->controller_token, err, errlen))
             return -1;
-        char *s = text, *e = text + len; /* one word: trailing newline and spaces go */
-        while (s < e && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
-            s++;
-        while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
-            e--;
-        c->controller_token = e > s ? brix_strndup(s, (size_t)(e - s)) : NULL;
-        brix_free(text);
-        if (!c->controller_token) {
-            snprintf(err, errlen, "%s: no token in the file", c->controller_token_file);
+    }
+    if (c->engine_api_key_file) {
+        /* the flag or BRIX_ENGINE_API_KEY: the file is the one named explicitly */
+        if (c->engine_api_key && !ee_used) {
+            snprintf(err, errlen, "--engine-api-key and --engine-api-key-file exclude each other");
             return -1;
         }
+        brix_free(c->engine_api_key);
+        c->engine_api_key = NULL;
+        if (read_secret_file(c->engine_api_key_file, &c->engine_api_key, err, errlen))
+            return -1;
     }
     const char *ct = getenv("BRIX_CONTROLLER_TOKEN");
     if (!c->controller_token && ct && *ct && !(c->controller_token = brix_strdup(ct)))
@@ -455,7 +488,6 @@ static void keep_start_only(brix_gw_cfg_t *nc, brix_gw_cfg_t *old)
     KEEP_STR(redis_prefix);
     KEEP_STR(redis_failure);
     KEEP_STR(admin_key);
-    KEEP_STR(engine_api_key);
     KEEP_STR(fairness);
     KEEP_VAL(redis_timeout);
     KEEP_VAL(require_key);
@@ -640,12 +672,10 @@ int brix_gateway_main(int argc, char **argv)
         goto out;
     }
     gw->fixed.admin_key = gw->cfg.admin_key ? brix_strdup(gw->cfg.admin_key) : NULL;
-    gw->fixed.engine_api_key = gw->cfg.engine_api_key ? brix_strdup(gw->cfg.engine_api_key) : NULL;
     gw->fixed.queue_size = gw->cfg.queue_size;
     gw->fixed.queue_timeout = gw->cfg.queue_timeout;
     gw->fixed.tenant_metrics_max = gw->cfg.tenant_metrics_max;
-    if ((gw->cfg.admin_key && !gw->fixed.admin_key) ||
-        (gw->cfg.engine_api_key && !gw->fixed.engine_api_key))
+    if (gw->cfg.admin_key && !gw->fixed.admin_key)
         goto out;
     brix_tn_cfg_t tc;
     if (brix_gw_tenant_cfg(&gw->cfg, &tc, err, sizeof err)) {
@@ -757,7 +787,6 @@ out:
     brix_gw_fairs_free(gw->fair);
     brix_tn_free(gw->tn);
     brix_free(gw->fixed.admin_key);
-    brix_free(gw->fixed.engine_api_key);
     for (size_t i = 0; i < gw->nlabel_users; i++)
         brix_free(gw->label_users[i]);
     brix_free(gw->label_users);

@@ -74,7 +74,8 @@ typedef struct brix_gw_cfg {
     char *redis_url, *redis_password, *redis_prefix, *redis_failure;
     uint64_t redis_timeout;
     char *admin_key;
-    char *engine_api_key; /* the engines' vLLM --api-key */
+    char *engine_api_key;      /* the engines' vLLM --api-key */
+    char *engine_api_key_file; /* read into engine_api_key at load (and reload) */
     bool require_key;
     brix_strlist_t users; /* NAME[:rpm=N,tpm=N,...] */
     int64_t default_rpm, default_tpm;
@@ -109,7 +110,8 @@ typedef struct brix_gw_rt {
     brix_upstream_opts_t upstream;
     int retry_after_s;
     uint64_t backpressure_bytes;
-    uint64_t sse_max_event_bytes;     /* longest SSE event relayed */
+    uint64_t sse_max_event_bytes; /* longest SSE event relayed */
+    char *engine_api_key; /* sent to engines instead of any client Authorization; NULL: none */
     uint64_t adapter_wake_timeout_ms; /* 0: answer 503 at once instead of holding */
     int64_t max_held_requests;
 } brix_gw_rt_t;
@@ -233,7 +235,7 @@ struct brix_gw {
     brix_tn_conn_t *tn_seed; /* control loop's connection: writes configured users */
     /* settings the worker threads read, fixed at start (a reload swaps gw->cfg) */
     struct brix_gw_fixed {
-        char *admin_key, *engine_api_key;
+        char *admin_key;
         int64_t queue_size, tenant_metrics_max;
         uint64_t queue_timeout;
     } fixed;

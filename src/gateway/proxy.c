@@ -1493,20 +1493,26 @@ static void start(px_t *px)
     brix_http_req_t *h = px->h;
     if (px->model->activity) /* for the controller's idle TTL */
         atomic_fetch_add_explicit(&px->model->activity->routed, 1, memory_order_relaxed);
+    /* the key of the settings this request was admitted under (a reload may
+     * swap them meanwhile; the view keeps these alive) */
+    const char *ek = px->view->rt->engine_api_key;
     for (size_t i = 0; i < h->nheaders; i++) {
         const brix_http_header_t *hd = &h->headers[i];
         if (hop_by_hop(hd->name, hd->name_len) || !strcasecmp(hd->name, "x-request-id"))
             continue;
-        if (px->key_used && hd->name_len == 13 && !strcasecmp(hd->name, "authorization"))
-            continue; /* a brix user key stays here */
+        /* a brix user key stays here, and so does any client credential when
+         * the engines have their own key: a client must never reach an engine
+         * with a key of its choosing (nor learn by trying whether it is the
+         * engine key) */
+        if ((px->key_used || ek) && hd->name_len == 13 && !strcasecmp(hd->name, "authorization"))
+            continue;
         brix_buf_t *b = &px->fwd_headers;
         brix_buf_append(b, hd->name, hd->name_len);
         brix_buf_append(b, ": ", 2);
         brix_buf_append(b, hd->value, hd->value_len);
         brix_buf_append(b, "\r\n", 2);
     }
-    const char *ek = px->w->gw->fixed.engine_api_key;
-    if (px->key_used && ek) {
+    if (ek) {
         brix_buf_append_str(&px->fwd_headers, "authorization: Bearer ");
         brix_buf_append_str(&px->fwd_headers, ek);
         brix_buf_append(&px->fwd_headers, "\r\n", 2);

@@ -62,6 +62,9 @@ def write(name, text):
     return p
 
 
+ENGINE_KEYS = set()
+
+
 class Controller:
     def __init__(self, state=None, extra=()):
         self.port = h.free_port()
@@ -77,6 +80,10 @@ class Controller:
         self.p.wait_http(self.port, "/readyz")
         with open(os.path.join(self.state, "token")) as f:  # made by the controller
             h.TOKENS[self.port] = f.read().strip()
+        ek = os.path.join(self.state, "engine-key")  # its replicas' key (23_engine_key)
+        if os.path.exists(ek):
+            with open(ek) as f:
+                ENGINE_KEYS.add(f.read().strip())
 
     @property
     def server(self):
@@ -116,9 +123,14 @@ class Controller:
 
 
 def engine_models(url):
+    # a replica answers /v1 with its controller's engine key (several controllers run here)
     port = int(url.rsplit(":", 1)[1])
-    st, _, b = h.request("GET", port, "/v1/models")
-    assert st == 200
+    for key in ENGINE_KEYS or {""}:
+        st, _, b = h.request("GET", port, "/v1/models",
+                             headers={"authorization": f"Bearer {key}"} if key else None)
+        if st != 401:
+            break
+    assert st == 200, (st, b)
     return {m["id"]: m for m in json.loads(b)["data"]}
 
 
@@ -194,8 +206,10 @@ def _():
     assert conds["Ready"]["status"] == "True" and conds["Scheduled"]["status"] == "True", conds
     # a completion for the adapter, straight at its replica (the gateway test covers routing)
     url = reps[sql["status"]["instances"][0]]["status"]["url"]
+    (key,) = ENGINE_KEYS  # one controller so far
     st, _, b = h.request("POST", int(url.rsplit(":", 1)[1]), "/v1/completions",
-                         {"model": "sql", "prompt": "select", "max_tokens": 3})
+                         {"model": "sql", "prompt": "select", "max_tokens": 3},
+                         headers={"authorization": f"Bearer {key}"})
     assert st == 200 and json.loads(b)["model"] == "sql", (st, b)
 
 

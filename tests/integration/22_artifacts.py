@@ -72,21 +72,21 @@ class Controller:
                          "--reconcile-interval", "100ms", "--artifact-max-unpacked", "1m",
                          "--artifact-cache-max", "8k"], name="controller")
         self.p.wait_http(self.port, "/readyz")
-        with open(os.path.join(STATE, "token")) as f:  # made by the controller
+        with open(os.path.join(STATE, "token")) as f:  # the API needs it (issue 11)
             h.TOKENS[self.port] = f.read().strip()
 
     def apply(self, name, url, sha=None):
         text = ADAPTER % (name, url) + (f"  artifactSHA256: {sha}\n" if sha else "")
         path = os.path.join(APPLY, name + ".yaml")
         open(path, "w").write(text)
-        r = subprocess.run([h.BRIX, "apply", "-f", path, "--server",
-                            f"http://127.0.0.1:{self.port}", "--state-dir", STATE], capture_output=True, text=True,
+        r = subprocess.run([h.BRIX, "apply", "-f", path, "--state-dir", STATE, "--server",
+                            f"http://127.0.0.1:{self.port}"], capture_output=True, text=True,
                            timeout=30)
         assert r.returncode == 0, (r.stdout, r.stderr)
 
     def delete(self, name):
-        r = subprocess.run([h.BRIX, "delete", "adapter", name, "--server",
-                            f"http://127.0.0.1:{self.port}", "--state-dir", STATE], capture_output=True, text=True,
+        r = subprocess.run([h.BRIX, "delete", "adapter", name, "--state-dir", STATE, "--server",
+                            f"http://127.0.0.1:{self.port}"], capture_output=True, text=True,
                            timeout=30)
         assert r.returncode == 0, (r.stdout, r.stderr)
 
