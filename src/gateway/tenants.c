@@ -98,6 +98,15 @@ void brix_tn_fmt_reset(uint64_t us, char *out, size_t outlen)
     }
 }
 
+/* The decision names the user it was about; a longer client-chosen name is
+ * cut (it is only shown in headers and logs, never looked up again). */
+static void set_user(brix_tn_decision_t *d, const char *id)
+{
+    size_t n = strnlen(id, sizeof d->user - 1);
+    memcpy(d->user, id, n);
+    d->user[n] = '\0';
+}
+
 static int parse_i64(const char *s, int64_t *out)
 {
     char *end;
@@ -890,7 +899,7 @@ static void mem_check(brix_tn_t *tn, bool by_key, const char *id, const char *mo
         if (!m) {
             if (tn->cfg.default_rpm < 0) {
                 uv_mutex_unlock(&tn->mu);
-                snprintf(d->user, sizeof d->user, "%s", id);
+                set_user(d, id);
                 d->status = BRIX_TN_NO_USER;
                 return;
             }
@@ -903,7 +912,7 @@ static void mem_check(brix_tn_t *tn, bool by_key, const char *id, const char *mo
             if ((int64_t)tn->nimplicit >= tn->cfg.max_implicit && mem_evict_one(tn, now, &wait)) {
                 uv_mutex_unlock(&tn->mu);
                 atomic_fetch_add(&tn->implicit_refused, 1);
-                snprintf(d->user, sizeof d->user, "%s", id);
+                set_user(d, id);
                 d->status = BRIX_TN_RPM;
                 d->rpm = tn->cfg.default_rpm;
                 d->tpm = tn->cfg.default_tpm;
