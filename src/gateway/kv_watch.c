@@ -4,6 +4,7 @@
  * while ZMQ_EVENTS reports input.
  */
 #include "gateway/kv_watch.h"
+#include "gateway/kv_watch_internal.h"
 
 #include "core/alloc.h"
 #include "core/log.h"
@@ -309,8 +310,147 @@ static void on_removed(brix_kvw_t *w, const msgpack_object_array *ev)
     }
 }
 
+/*
+ * msgpack-c allocates a container's elements from its declared count before
+ * reading them, so a batch of a few bytes declaring 2^32 array items makes it
+ * ask for ~100 GB. Every element takes at least one byte, so a first object
+ * whose counts (or string lengths) exceed what remains of the batch is
+ * malformed: this walk refuses it before anything is unpacked.
+ */
+static bool counts_fit(const unsigned char *p, size_t len)
+{
+    uint64_t pending = 1; /* objects still to read */
+    size_t i = 0;
+    while (pending) {
+        if (pending > len - i) /* each pending object needs a byte */
+            return false;
+        unsigned c = p[i++];
+        pending--;
+        unsigned lenb = 0;  /* bytes of a length field after the tag */
+        uint64_t fixed = 0; /* payload bytes of a fixed-size value */
+        int kind = 0;       /* 1 string/bin, 2 ext, 3 array, 4 map */
+        if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
+            continue;
+        if ((c & 0xf0) == 0x90 || (c & 0xf0) == 0x80) {
+            uint64_t n = (c & 0x0f) * ((c & 0xf0) == 0x80 ? 2u : 1u);
+            if (n > len - i - pending)
+                return false;
+            pending += n;
+            continue;
+        }
+        if ((c & 0xe0) == 0xa0) {
+            fixed = c & 0x1f;
+        } else {
+            switch (c) {
+            case 0xc4:
+            case 0xd9:
+                lenb = 1;
+                kind = 1;
+                break;
+            case 0xc5:
+            case 0xda:
+                lenb = 2;
+                kind = 1;
+                break;
+            case 0xc6:
+            case 0xdb:
+                lenb = 4;
+                kind = 1;
+                break;
+            case 0xc7:
+                lenb = 1;
+                kind = 2;
+                break;
+            case 0xc8:
+                lenb = 2;
+                kind = 2;
+                break;
+            case 0xc9:
+                lenb = 4;
+                kind = 2;
+                break;
+            case 0xca:
+                fixed = 4;
+                break;
+            case 0xcb:
+                fixed = 8;
+                break;
+            case 0xcc:
+            case 0xd0:
+                fixed = 1;
+                break;
+            case 0xcd:
+            case 0xd1:
+                fixed = 2;
+                break;
+            case 0xce:
+            case 0xd2:
+                fixed = 4;
+                break;
+            case 0xcf:
+            case 0xd3:
+                fixed = 8;
+                break;
+            case 0xd4:
+                fixed = 2;
+                break;
+            case 0xd5:
+                fixed = 3;
+                break;
+            case 0xd6:
+                fixed = 5;
+                break;
+            case 0xd7:
+                fixed = 9;
+                break;
+            case 0xd8:
+                fixed = 17;
+                break;
+            case 0xdc:
+                lenb = 2;
+                kind = 3;
+                break;
+            case 0xdd:
+                lenb = 4;
+                kind = 3;
+                break;
+            case 0xde:
+                lenb = 2;
+                kind = 4;
+                break;
+            case 0xdf:
+                lenb = 4;
+                kind = 4;
+                break;
+            default:
+                return false; /* 0xc1: never used */
+            }
+        }
+        if (lenb > len - i)
+            return false;
+        uint64_t n = 0;
+        for (unsigned k = 0; k < lenb; k++)
+            n = n << 8 | p[i++];
+        if (kind == 1 || kind == 2)
+            fixed = n + (kind == 2); /* an ext also has its type byte */
+        if (kind == 3 || kind == 4) {
+            n *= kind == 4 ? 2 : 1;
+            if (pending > len - i || n > len - i - pending)
+                return false;
+            pending += n;
+            continue;
+        }
+        if (fixed > len - i)
+            return false;
+        i += (size_t)fixed;
+    }
+    return true;
+}
+
 static void apply(brix_kvw_t *w, const char *data, size_t len)
 {
+    if (!counts_fit((const unsigned char *)data, len))
+        return;
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     size_t off = 0;
@@ -562,6 +702,15 @@ static void on_replayed(brix_kvw_t *w, uint64_t seq, const char *data, size_t le
     w->have_seq = true;
     w->next_seq = seq + 1;
     apply(w, data, len);
+}
+
+/* The fuzzer's entry (kv_watch_internal.h): what drain() does with a frame. */
+void brix__kvw_batch(brix_kvw_t *w, bool replay, uint64_t seq, const char *data, size_t len)
+{
+    if (replay)
+        on_replayed(w, seq, data, len);
+    else
+        on_live(w, seq, data, len);
 }
 
 /* Reads one multipart message (ZMQ delivers all its frames at once): the
