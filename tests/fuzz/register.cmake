@@ -34,12 +34,18 @@ if(NOT brix_fuzz_ok)
 endif()
 
 include(ExternalProject)
+# $(MAKE) shares the parent make's job slots; other generators build on their own
+if(CMAKE_GENERATOR MATCHES "Make")
+  set(brix_fuzz_build $(MAKE) brix_fuzzers)
+else()
+  set(brix_fuzz_build ${CMAKE_COMMAND} --build <BINARY_DIR> --target brix_fuzzers)
+endif()
 ExternalProject_Add(brix_fuzz
   SOURCE_DIR ${CMAKE_SOURCE_DIR}
   BINARY_DIR ${CMAKE_BINARY_DIR}/fuzz
   CMAKE_ARGS -DCMAKE_C_COMPILER=${BRIX_FUZZ_CC} -DBRIX_FUZZ=ON -DBRIX_TESTS=OFF
              -DCMAKE_BUILD_TYPE=
-  BUILD_COMMAND ${CMAKE_COMMAND} --build <BINARY_DIR> --target brix_fuzzers
+  BUILD_COMMAND ${brix_fuzz_build}
   INSTALL_COMMAND ""
   BUILD_ALWAYS ON
   USES_TERMINAL_BUILD OFF)
