@@ -46,7 +46,9 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     brix_log_set_level(BRIX_LOG_OFF); /* gaps and restarts are logged as warnings */
-    if (uv_loop_init(&g_loop) || !(g_zctx = zmq_ctx_new()))
+    /* more sockets than the default 1023: closed ones are reaped lazily */
+    if (uv_loop_init(&g_loop) || !(g_zctx = zmq_ctx_new()) ||
+        zmq_ctx_set(g_zctx, ZMQ_MAX_SOCKETS, 8192))
         abort();
     /* Silent peers for the watchers to connect to: an inproc connect with
      * nobody bound leaves a pending entry in the context per socket. */
@@ -85,8 +87,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     brix_pod_t *pod = brix_pod_new(2, "p", "http://127.0.0.1:1", "127.0.0.1", 1);
     if (!ix || !pod)
         abort();
-    brix_kvw_t *w = brix_kvw_new(&g_loop, g_zctx, ix, pod, EP, (flags & 1) ? EP_REP : NULL,
-                                 sizes[(flags >> 2) & 3], NULL, NULL);
+    /* ZMQ reaps closed sockets on its own thread: on a busy machine the
+     * context can run out of sockets for a moment, so wait for it */
+    brix_kvw_t *w = NULL;
+    for (int i = 0; i < 2000 && !w; i++) {
+        w = brix_kvw_new(&g_loop, g_zctx, ix, pod, EP, (flags & 1) ? EP_REP : NULL,
+                         sizes[(flags >> 2) & 3], NULL, NULL);
+        if (!w) {
+            uv_run(&g_loop, UV_RUN_NOWAIT);
+            settle();
+            uv_sleep(1);
+        }
+    }
     if (!w)
         abort();
     if (flags & 2)
