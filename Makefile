@@ -34,7 +34,8 @@ test: setup build-asan
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
 
 # Every libFuzzer target in tests/fuzz for FUZZ_SECONDS each (clang, build/fuzz);
-# new inputs and crashes go to /tmp/brix-fuzz/<target>/, never into git.
+# new inputs go to /tmp/brix-fuzz/<target>.corpus, crashes to <target>.findings/,
+# never into git.
 # FUZZ_TARGETS="fuzz_yaml_objects ..." picks some. make test runs them briefly.
 fuzz: setup
 	tests/fuzz/run $(FUZZ_SECONDS) $(FUZZ_TARGETS)
