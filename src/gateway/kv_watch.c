@@ -310,6 +310,25 @@ static void on_removed(brix_kvw_t *w, const msgpack_object_array *ev)
     }
 }
 
+/* msgpack tags 0xc4..0xdf: bytes of the length field that follows the tag,
+ * or of a fixed-size value; what the length counts (see counts_fit). */
+enum { MP_FIXED, MP_BYTES, MP_EXT, MP_ARRAY, MP_MAP };
+static const struct {
+    uint8_t lenb, fixed, kind;
+} mp_tags[] = {
+    { 1, 0, MP_BYTES }, { 2, 0, MP_BYTES },  { 4, 0, MP_BYTES }, /* bin 8/16/32 */
+    { 1, 0, MP_EXT },   { 2, 0, MP_EXT },    { 4, 0, MP_EXT },   /* ext 8/16/32 */
+    { 0, 4, MP_FIXED }, { 0, 8, MP_FIXED },                      /* float 32/64 */
+    { 0, 1, MP_FIXED }, { 0, 2, MP_FIXED },  { 0, 4, MP_FIXED }, /* uint 8/16/32 */
+    { 0, 8, MP_FIXED }, { 0, 1, MP_FIXED },  { 0, 2, MP_FIXED }, /* uint 64, int 8/16 */
+    { 0, 4, MP_FIXED }, { 0, 8, MP_FIXED },                      /* int 32/64 */
+    { 0, 2, MP_FIXED }, { 0, 3, MP_FIXED },  { 0, 5, MP_FIXED }, /* fixext 1/2/4 */
+    { 0, 9, MP_FIXED }, { 0, 17, MP_FIXED },                     /* fixext 8/16 */
+    { 1, 0, MP_BYTES }, { 2, 0, MP_BYTES },  { 4, 0, MP_BYTES }, /* str 8/16/32 */
+    { 2, 0, MP_ARRAY }, { 4, 0, MP_ARRAY },                      /* array 16/32 */
+    { 2, 0, MP_MAP },   { 4, 0, MP_MAP },                        /* map 16/32 */
+};
+
 /*
  * msgpack-c allocates a container's elements from its declared count before
  * reading them, so a batch of a few bytes declaring 2^32 array items makes it
@@ -326,123 +345,38 @@ static bool counts_fit(const unsigned char *p, size_t len)
             return false;
         unsigned c = p[i++];
         pending--;
-        unsigned lenb = 0;  /* bytes of a length field after the tag */
-        uint64_t fixed = 0; /* payload bytes of a fixed-size value */
-        int kind = 0;       /* 1 string/bin, 2 ext, 3 array, 4 map */
-        if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3)
-            continue;
-        if ((c & 0xf0) == 0x90 || (c & 0xf0) == 0x80) {
-            uint64_t n = (c & 0x0f) * ((c & 0xf0) == 0x80 ? 2u : 1u);
-            if (n > len - i - pending)
-                return false;
-            pending += n;
-            continue;
-        }
-        if ((c & 0xe0) == 0xa0) {
-            fixed = c & 0x1f;
+        unsigned lenb = 0, kind = MP_FIXED;
+        uint64_t n = 0; /* a container's items, or the bytes to skip */
+        if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
+            continue; /* fixints, nil, booleans: the tag is all */
+        } else if (c <= 0x8f) {
+            kind = MP_MAP, n = c & 0x0f;
+        } else if (c <= 0x9f) {
+            kind = MP_ARRAY, n = c & 0x0f;
+        } else if (c <= 0xbf) {
+            n = c & 0x1f; /* fixstr */
+        } else if (c == 0xc1) {
+            return false; /* never used */
         } else {
-            switch (c) {
-            case 0xc4:
-            case 0xd9:
-                lenb = 1;
-                kind = 1;
-                break;
-            case 0xc5:
-            case 0xda:
-                lenb = 2;
-                kind = 1;
-                break;
-            case 0xc6:
-            case 0xdb:
-                lenb = 4;
-                kind = 1;
-                break;
-            case 0xc7:
-                lenb = 1;
-                kind = 2;
-                break;
-            case 0xc8:
-                lenb = 2;
-                kind = 2;
-                break;
-            case 0xc9:
-                lenb = 4;
-                kind = 2;
-                break;
-            case 0xca:
-                fixed = 4;
-                break;
-            case 0xcb:
-                fixed = 8;
-                break;
-            case 0xcc:
-            case 0xd0:
-                fixed = 1;
-                break;
-            case 0xcd:
-            case 0xd1:
-                fixed = 2;
-                break;
-            case 0xce:
-            case 0xd2:
-                fixed = 4;
-                break;
-            case 0xcf:
-            case 0xd3:
-                fixed = 8;
-                break;
-            case 0xd4:
-                fixed = 2;
-                break;
-            case 0xd5:
-                fixed = 3;
-                break;
-            case 0xd6:
-                fixed = 5;
-                break;
-            case 0xd7:
-                fixed = 9;
-                break;
-            case 0xd8:
-                fixed = 17;
-                break;
-            case 0xdc:
-                lenb = 2;
-                kind = 3;
-                break;
-            case 0xdd:
-                lenb = 4;
-                kind = 3;
-                break;
-            case 0xde:
-                lenb = 2;
-                kind = 4;
-                break;
-            case 0xdf:
-                lenb = 4;
-                kind = 4;
-                break;
-            default:
-                return false; /* 0xc1: never used */
-            }
+            lenb = mp_tags[c - 0xc4].lenb;
+            kind = mp_tags[c - 0xc4].kind;
+            n = mp_tags[c - 0xc4].fixed;
         }
         if (lenb > len - i)
             return false;
-        uint64_t n = 0;
         for (unsigned k = 0; k < lenb; k++)
             n = n << 8 | p[i++];
-        if (kind == 1 || kind == 2)
-            fixed = n + (kind == 2); /* an ext also has its type byte */
-        if (kind == 3 || kind == 4) {
-            n *= kind == 4 ? 2 : 1;
+        if (kind == MP_ARRAY || kind == MP_MAP) {
+            n *= kind == MP_MAP ? 2 : 1;
             if (pending > len - i || n > len - i - pending)
                 return false;
             pending += n;
             continue;
         }
-        if (fixed > len - i)
+        n += kind == MP_EXT; /* an ext's type byte */
+        if (n > len - i)
             return false;
-        i += (size_t)fixed;
+        i += (size_t)n;
     }
     return true;
 }
