@@ -6,7 +6,7 @@ JOBS        ?= $(shell nproc)
 PORT        ?= 8080
 FUZZ_SECONDS ?= 60
 
-.PHONY: all setup build build-asan run test fuzz bench format clean
+.PHONY: all setup build build-asan run test fuzz soak bench format clean
 
 all: build
 
@@ -39,6 +39,11 @@ test: setup build-asan
 # FUZZ_TARGETS="fuzz_yaml_objects ..." picks some. make test runs them briefly.
 fuzz: setup
 	tests/fuzz/run $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+# The whole local cluster under mixed traffic (streams, aborts, bad input, adapter
+# churn, reloads) for SOAK_SECONDS (600) with ASan+UBSan: RSS must stay flat.
+soak: setup build-asan
+	BRIX_BIN=$(ASAN_BUILD)/brix python3 tests/soak/soak.py
 
 bench: setup build
 	bench/run-all

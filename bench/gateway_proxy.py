@@ -13,6 +13,8 @@ run, each repeat in a rotated order:
   brix+mem  brix with a rate-limited user (RPM and TPM checked, usage charged) in memory
   brix+redis the same with users and counters in a redis-server (pinned beside the
             upstream): one EVALSHA for the check and one for the charge per request
+  brix-base another brix binary (BRIX_BASELINE_BIN, e.g. the previous release) configured
+            like `brix`: before/after comparisons of a change in one run
   nginx     nginx, 1 worker, keep-alive upstream pool (bench/peers/nginx-proxy.conf)
   haproxy   haproxy, 1 thread, http mode, keep-alive, http-reuse always
 
@@ -40,6 +42,7 @@ Writes bench/results/gateway_proxy.{json,md}.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -54,8 +57,10 @@ LATENCY_S = int(os.environ.get("PROXY_LATENCY_S", "5"))
 CONNS = int(os.environ.get("PROXY_CONNS", "64"))
 FOREIGN_MAX = float(os.environ.get("PROXY_FOREIGN_MAX", "10"))
 RETRIES = int(os.environ.get("PROXY_RETRIES", "5"))
+BASELINE_BIN = os.environ.get("BRIX_BASELINE_BIN")
 VARIANTS = os.environ.get("PROXY_VARIANTS",
-                          "direct,brix,brix+log,brix+mem,brix+redis,nginx,haproxy").split(",")
+                          "direct,brix,brix+log,brix+mem,brix+redis,nginx,haproxy"
+                          + (",brix-base" if BASELINE_BIN else "")).split(",")
 # every request carries `user: bench` (post.lua); this user's limits are never reached
 BENCH_USER = "bench:rpm=1000000000,tpm=1000000000000"
 PROXY_CPU, CLIENT_CPU = "1", "0"
@@ -169,6 +174,12 @@ def main():
         for v in VARIANTS:
             if v == "brix":
                 p, port = g.start_gateway(PROXY_CPU, [up_port], workers=1)
+            elif v == "brix-base":
+                base = os.path.join(g.TMP, "brix-base")
+                shutil.copy2(BASELINE_BIN, base)
+                build["baseline"] = subprocess.run([base, "--version"], capture_output=True,
+                                                   text=True).stdout.strip()
+                p, port = g.start_gateway(PROXY_CPU, [up_port], workers=1, binary=base)
             elif v == "brix+log":
                 p, port = g.start_gateway(PROXY_CPU, [up_port], workers=1, access_log=True,
                                           log_path=os.path.join(g.TMP, "brix-access.log"))
@@ -220,6 +231,7 @@ def main():
 
 
 LABEL = {"direct": "direct (baseline)", "brix": "**brix gateway**",
+         "brix-base": "brix gateway, baseline build (BRIX_BASELINE_BIN)",
          "brix+mem": "brix, RPM+TPM limits in memory",
          "brix+redis": "brix, RPM+TPM limits in Redis",
          "brix+log": "brix gateway, access log on", "nginx": "nginx", "haproxy": "haproxy"}
@@ -285,6 +297,10 @@ def report(out):
         if "brix" in variants and peer in variants:
             lines.append(f"- brix / {peer}: measured req/s {S(ratio('brix', peer, rps), '{:.2f}')}×, "
                          f"req/s per proxy core {S(ratio('brix', peer, eff), '{:.2f}')}×")
+    if "brix" in variants and "brix-base" in variants:
+        lines.append(f"- brix / baseline build ({out['build'].get('baseline', '?')}): req/s per proxy "
+                     f"core {S(ratio('brix', 'brix-base', eff), '{:.2f}')}×, measured req/s "
+                     f"{S(ratio('brix', 'brix-base', rps), '{:.2f}')}×")
     if "brix" in variants and "brix+log" in variants:
         lines.append(f"- brix with access log / without: req/s "
                      f"{S(ratio('brix+log', 'brix', rps), '{:.2f}')}×")

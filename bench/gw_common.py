@@ -162,10 +162,11 @@ def start_haproxy(cpus, upstream_port, no_delay, maxconn=4000):
     return p, port
 
 
-def start_gateway(cpus, upstream_ports, workers=1, access_log=False, extra=(), log_path=None):
+def start_gateway(cpus, upstream_ports, workers=1, access_log=False, extra=(), log_path=None,
+                  binary=None):
     port = c.free_port()
     urls = ",".join(f"http://127.0.0.1:{u}" for u in upstream_ports)
-    cmd = [c.BRIX, "gateway", "--port", str(port), "--worker-urls", urls, "--workers",
+    cmd = [binary or c.BRIX, "gateway", "--port", str(port), "--worker-urls", urls, "--workers",
            str(workers), "--log-level", "info" if access_log else "warn"]
     cmd.append("--access-log" if access_log else "--no-access-log")
     cmd += list(extra)

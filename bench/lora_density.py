@@ -83,6 +83,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -128,9 +129,17 @@ def on_signal(signum, frame):
 
 # ------------------------------------------------------------------ http --
 
+# controller port -> its API token (STATE_DIR/token, made by the controller)
+TOKENS = {}
+
+
 def http(method, url, data=None, ctype="application/yaml", timeout=30):
+    hd = {"Content-Type": ctype}
+    port = urllib.parse.urlsplit(url).port
+    if port in TOKENS:
+        hd["Authorization"] = f"Bearer {TOKENS[port]}"
     req = urllib.request.Request(url, data=data.encode() if isinstance(data, str) else data,
-                                 headers={"Content-Type": ctype}, method=method)
+                                 headers=hd, method=method)
     with urllib.request.urlopen(req, timeout=timeout) as r:
         return r.status, r.read().decode()
 
@@ -141,6 +150,8 @@ def get_json(url):
 
 def scrape(port):
     try:
+        if port in TOKENS:  # a controller: /metrics needs its token
+            return http("GET", f"http://{HOST}:{port}/metrics")[1]
         return c.metrics(port)
     except OSError:
         return ""
@@ -249,12 +260,15 @@ class Fleet:
                            os.path.join(self.dir, "controller.log"))
         PROCS.append(self.ctl)
         g.wait_http(f"http://{HOST}:{self.cport}/readyz")
+        with open(os.path.join(state, "token")) as f:
+            TOKENS[self.cport] = f.read().strip()
         t0 = time.time()
         st, body = http("POST", f"http://{HOST}:{self.cport}/v1/apply", "---\n".join(docs))
         assert st == 200, body
         self.gport = c.free_port()
         self.gw = g.spawn([c.BRIX, "gateway", "--port", str(self.gport), "--controller",
-                           f"http://{HOST}:{self.cport}", "--adapter-wake-timeout", WAKE_TIMEOUT,
+                           f"http://{HOST}:{self.cport}", "--controller-token-file",
+                           os.path.join(state, "token"), "--adapter-wake-timeout", WAKE_TIMEOUT,
                            "--no-access-log", "--log-level", "info"], None,
                           os.path.join(self.dir, "gateway.log"))
         PROCS.append(self.gw)

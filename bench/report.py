@@ -217,6 +217,14 @@ The check alone, as the gateway times it (`brix_gateway_ratelimit_check_seconds`
 "Own core" adds two cross-core wake-ups of an idle vCPU per round trip (the gateway on CPU 1,
 Redis on CPU 0), the same effect the proxy benchmark shows for every proxy.
 
+## Slow clients: a real client's latency beside 10,000 slowloris connections
+
+Command: `python3 bench/slowloris.py` (knobs in its docstring). The same client, one request at
+a time, with no slow connection and with 10,000 held open (idle, head dribblers, body
+dribblers; the gateway's timeouts raised so none is closed during the phase):
+
+{frag('slowloris.md')}
+
 ## LoRA density: shared replicas with dynamic loading vs one replica per adapter
 
 Command: `python3 bench/lora_density.py` (knobs in its docstring). 64 adapters with low,

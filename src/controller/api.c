@@ -7,18 +7,28 @@
  *   GET    /v1/watch                     NDJSON stream: a snapshot on every change
  *   POST   /v1/adapters/NAME/wake        a gateway holds a request for it
  *   POST   /v1/activity                  {"models":{"NAME":count}} from gateways
+ *   POST   /v1/login                     a one-time status page link
+ *   GET    /login?code=…                 trades that link for a session cookie
  *   GET    /  /healthz  /readyz  /metrics
+ *
+ * Every path but /healthz and /readyz passes admitted() first: the Host must
+ * be an address of this controller (DNS rebinding), the request must carry
+ * the bearer token (reads may use the status page's cookie instead), and a
+ * body must be JSON or YAML (a cross-origin no-cors request cannot send
+ * those types). The handlers below can assume all three.
  *
  * Kind names in paths accept the same aliases as `brix get`. Errors are
  * OpenAI-style JSON like every brix API. The watch protocol is pinned with the
  * gateway (src/gateway/watch.c): one JSON object per line, type "snapshot"
  * (full state) or "heartbeat" (every 5 s).
  */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 
 #include <cjson/cJSON.h>
+#include <openssl/rand.h>
 
 #include "controller/ctl.h"
 #include "core/alloc.h"
@@ -41,11 +51,8 @@ static int render_replica(brix_ctl_t *c, brix_buf_t *b, const brix_replica_t *r)
     rc |= brix_buf_append_str(b, ",\"labels\":") | brix_labels_json(b, &r->labels);
     rc |= brix_buf_append_str(b, "},\"spec\":{") | jkv(b, "deployment", r->deployment);
     rc |= brix_buf_append_char(b, ',') | jkv(b, "model", r->model);
-    rc |= brix_buf_append_str(b, ",\"command\":[");
-    for (size_t i = 0; i < r->argv.n; i++)
-        rc |= (i ? brix_buf_append_char(b, ',') : 0) |
-              brix_buf_append_json_str(b, r->argv.v[i], strlen(r->argv.v[i]));
-    rc |= brix_buf_append_str(b, "]},\"status\":{") |
+    rc |= brix_buf_append_str(b, ",\"command\":") | brix_auth_redact_json(b, &r->argv);
+    rc |= brix_buf_append_str(b, "},\"status\":{") |
           jkv(b, "phase", brix_replica_phase_name(r->phase));
     rc |= brix_buf_printf(b, ",\"ready\":%s,\"url\":", r->ready ? "true" : "false");
     rc |= brix_buf_append_json_str(b, r->url, strlen(r->url));
@@ -80,7 +87,7 @@ static int render_deploy(brix_ctl_t *c, brix_buf_t *b, const brix_obj_t *d)
         ready += r->phase == BRIX_RP_RUNNING && r->ready;
         updated += r->generation == d->meta.generation && r->pid > 0;
     }
-    int rc = brix_obj_json_open(b, d);
+    int rc = brix_obj_json_open_redacted(b, d);
     rc |= brix_buf_printf(b,
                           ",\"status\":{\"replicas\":%d,\"readyReplicas\":%d,"
                           "\"updatedReplicas\":%d,\"phase\":\"%s\"}}",
@@ -94,7 +101,7 @@ static int render_deploy(brix_ctl_t *c, brix_buf_t *b, const brix_obj_t *d)
 static int render_adapter(brix_ctl_t *c, brix_buf_t *b, const brix_adapter_rt_t *a)
 {
     char ts[32];
-    int rc = brix_obj_json_open(b, a->o);
+    int rc = brix_obj_json_open_redacted(b, a->o);
     rc |=
         brix_buf_append_str(b, ",\"status\":{") | jkv(b, "phase", a->phase ? a->phase : "Pending");
     rc |= brix_buf_printf(b, ",\"candidates\":%d,\"desiredReplicas\":%d,\"readyReplicas\":%d,",
@@ -158,8 +165,8 @@ int brix_ctl_render(brix_ctl_t *c, brix_buf_t *b, brix_kind_t kind, const char *
     if (!name)
         rc |= brix_buf_append_str(b, "]}");
     if (rc)
-        return -1;
-    return name && !found ? 1 : 0;
+        return -ENOMEM;
+    return name && !found ? -ENOENT : 0;
 }
 
 /* ------------------------------------------------------------- watch -- */
@@ -315,13 +322,13 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
 {
     brix_yaml_node_t *docs;
     if (brix_yaml_parse_docs(source, text, len, &docs, err, errlen))
-        return 400;
-    int status = 400;
+        return -EINVAL;
+    int rc = -EINVAL;
     brix_obj_t **objs = brix_calloc(docs->n + 1, sizeof *objs);
     size_t nobjs = 0;
     if (!objs) {
         snprintf(err, errlen, "out of memory");
-        status = 500;
+        rc = -ENOMEM;
         goto out;
     }
     /* validate everything first: nothing is applied unless all of it is valid */
@@ -354,7 +361,19 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
                      docs->items[i]->line, docs->items[i]->col, brix_kind_name(o->kind),
                      o->meta.name);
             brix_obj_free(o);
-            status = 409;
+            rc = -EBUSY;
+            goto out;
+        }
+        /* a command runs as the controller's user: only the operator allows that,
+         * never the API on its own (the token may be in a gateway's hands) */
+        if (o->kind == BRIX_KIND_DEPLOYMENT && o->d.command.n && !c->cfg.allow_engine_commands) {
+            snprintf(err, errlen,
+                     "%s:%d:%d: ModelDeployment '%s': spec.engine.command is not allowed by this "
+                     "controller: it runs only the built-in engine-sim unless started with "
+                     "--allow-engine-commands (brix up: when its own file has engine commands)",
+                     source, docs->items[i]->line, docs->items[i]->col, o->meta.name);
+            brix_obj_free(o);
+            rc = -EPERM;
             goto out;
         }
         o->meta.deleting_ms = 0; /* the controller's fields are not taken from input */
@@ -400,12 +419,11 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
             what = "created";
             o->meta.created_ms = wall;
             o->meta.generation = 1;
-            int rc;
             brix_adapter_rt_t *na = NULL;
-            rc = brix_ctl_add(c, o, &na);
+            int arc = brix_ctl_add(c, o, &na);
             if (na)
                 na->last_used_wall = wall;
-            if (rc) {
+            if (arc) {
                 brix_obj_free(o);
                 o = NULL;
                 what = "failed (out of memory)";
@@ -424,10 +442,10 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
     brix_buf_append_str(result, "]}");
     brix_ctl_changed(c);
     brix_ctl_kick(c);
-    status = 200;
+    rc = 0;
     if (brix_ctl_save(c)) { /* applied in memory; say that it is not durable yet */
         snprintf(err, errlen, "applied, but the state file could not be written (see the log)");
-        status = 500;
+        rc = -EIO;
     } else {
         c->dirty = false;
     }
@@ -436,7 +454,7 @@ out:
         brix_obj_free(objs[i]);
     brix_free(objs);
     brix_yaml_free(docs);
-    return status;
+    return rc;
 }
 
 /* ---------------------------------------------------------- handlers -- */
@@ -456,15 +474,19 @@ static void handle_apply(brix_ctl_t *c, brix_http_req_t *h)
         dir = NULL;
     char err[1024] = "";
     brix_buf_t out = BRIX_BUF_INIT;
-    int st = brix_ctl_apply(c, src && *src ? src : "request", dir, h->body.data ? h->body.data : "",
+    int rc = brix_ctl_apply(c, src && *src ? src : "request", dir, h->body.data ? h->body.data : "",
                             h->body.len, &out, err, sizeof err);
-    if (st != 200) {
+    if (rc) { /* the HTTP status of each outcome is decided here, at the edge */
         brix_buf_free(&out);
-        brix_http_respond_error(h, st, NULL,
-                                st == 409   ? "conflict"
-                                : st == 500 ? "state_not_saved"
-                                            : "invalid_object",
-                                NULL, "%s", err);
+        int st = rc == -EBUSY ? 409 : rc == -EPERM ? 403 : rc == -EINVAL ? 400 : 500;
+        const char *code = rc == -EBUSY    ? "conflict"
+                           : rc == -EPERM  ? "engine_command_not_allowed"
+                           : rc == -EIO    ? "state_not_saved"
+                           : rc == -EINVAL ? "invalid_object"
+                                           : NULL;
+        if (rc == -EPERM)
+            BRIX_WARN("apply refused: %s", err);
+        brix_http_respond_error(h, st, NULL, code, NULL, "%s", err);
         return;
     }
     respond_json(h, 200, &out);
@@ -482,7 +504,7 @@ static void handle_object(brix_ctl_t *c, brix_http_req_t *h, brix_kind_t kind, c
     if (get) {
         brix_buf_t b = BRIX_BUF_INIT;
         int rc = brix_ctl_render(c, &b, kind, name);
-        if (rc == 1) {
+        if (rc == -ENOENT) {
             brix_buf_free(&b);
             brix_http_respond_error(h, 404, NULL, "not_found", NULL, "%s '%s' not found",
                                     brix_kind_name(kind), name);
@@ -666,7 +688,11 @@ static void handle_status(brix_ctl_t *c, brix_http_req_t *h)
         html_esc(&b, a->o->a.base_model ? a->o->a.base_model : "");
         brix_buf_printf(&b, "</td><td>%s</td><td>%d</td><td>%d</td><td>",
                         a->phase ? a->phase : "Pending", a->desired, a->ready);
-        html_esc(&b, a->o->a.artifact_url);
+        brix_buf_t u = BRIX_BUF_INIT;
+        bool pending = false;
+        brix_auth_redact_str(&u, a->o->a.artifact_url, &pending);
+        html_esc(&b, u.data ? u.data : "");
+        brix_buf_free(&u);
         brix_buf_append_str(&b, "</td><td>");
         html_esc(&b, a->conds[2].type ? a->conds[2].message : "");
         brix_buf_append_str(&b, "</td></tr>");
@@ -705,12 +731,139 @@ static void handle_metrics(brix_ctl_t *c, brix_http_req_t *h)
     brix_buf_free(&b);
 }
 
+/* ------------------------------------------------------------ guards -- */
+
+/* A printed login link may be opened much later; it is single use. */
+#define BRIX_CTL_LOGIN_TTL_MS (24 * 3600 * 1000)
+
+/* POST /v1/login (with the token): a one-time URL for the status page, which
+ * `brix up` prints. The code is single use; the URL trades it for a cookie. */
+static void handle_login_new(brix_ctl_t *c, brix_http_req_t *h)
+{
+    unsigned char raw[32];
+    struct brix_ctl_login *slot = &c->logins[0];
+    for (size_t i = 0; i < sizeof c->logins / sizeof *c->logins; i++)
+        if (c->logins[i].expires < slot->expires) /* a free slot or the oldest */
+            slot = &c->logins[i];
+    if (RAND_bytes(raw, sizeof raw) != 1) {
+        brix_http_respond_error(h, 500, NULL, NULL, NULL, "no random bytes");
+        return;
+    }
+    for (size_t i = 0; i < sizeof raw; i++)
+        snprintf(slot->code + 2 * i, 3, "%02x", raw[i]);
+    slot->expires = brix_now_ms() + BRIX_CTL_LOGIN_TTL_MS;
+    brix_buf_t b = BRIX_BUF_INIT;
+    brix_buf_printf(&b, "{\"path\":\"/login?code=%s\",\"expiresInSeconds\":%d}", slot->code,
+                    BRIX_CTL_LOGIN_TTL_MS / 1000);
+    respond_json(h, 200, &b);
+}
+
+/* GET /login?code=…: a valid code sets the session cookie and goes to `/`. */
+static void handle_login(brix_ctl_t *c, brix_http_req_t *h)
+{
+    const char *q = h->query ? strstr(h->query, "code=") : NULL;
+    char code[65] = "";
+    if (q && (q == h->query || q[-1] == '&'))
+        snprintf(code, sizeof code, "%.*s", (int)strcspn(q + 5, "&"), q + 5);
+    uint64_t now = brix_now_ms();
+    struct brix_ctl_login *hit = NULL;
+    for (size_t i = 0; i < sizeof c->logins / sizeof *c->logins; i++) {
+        struct brix_ctl_login *l = &c->logins[i];
+        if (l->code[0] && l->expires > now && code[0] && brix_auth_token_equal(code, l->code))
+            hit = l;
+    }
+    if (!hit) {
+        brix_http_add_header(h, "www-authenticate", "Bearer realm=\"brix-controller\"");
+        brix_http_respond_error(h, 401, NULL, "invalid_login_code", NULL,
+                                "this login link is unknown, used or expired: get a new one with "
+                                "`curl -X POST -H \"Authorization: Bearer $(cat STATE_DIR/token)\" "
+                                "http://HOST:PORT/v1/login`");
+        return;
+    }
+    memset(hit, 0, sizeof *hit); /* one use only */
+    char cookie[160];
+    snprintf(cookie, sizeof cookie, "%s=%s; Path=/; HttpOnly; SameSite=Strict", BRIX_AUTH_COOKIE,
+             c->cookie);
+    brix_http_add_header(h, "set-cookie", cookie);
+    brix_http_add_header(h, "location", "/");
+    brix_http_add_header(h, "cache-control", "no-store");
+    brix_http_respond(h, 303, "text/plain", "logged in\n", 10);
+    BRIX_INFO("status page: a login link was used");
+}
+
+/* The request carries the token (or, for reads, the status page's cookie). */
+static bool authenticated(brix_ctl_t *c, brix_http_req_t *h)
+{
+    if (!c->token[0])
+        return true; /* --insecure-no-auth (loopback only) */
+    const char *bearer = brix_http_req_bearer(h);
+    if (bearer)
+        return brix_auth_token_equal(bearer, c->token);
+    const char *ck = brix_http_req_header(h, "cookie");
+    char v[128];
+    bool read = h->method == HTTP_GET || h->method == HTTP_HEAD;
+    return read && ck && brix_auth_cookie_get(ck, BRIX_AUTH_COOKIE, v, sizeof v) &&
+           brix_auth_token_equal(v, c->cookie);
+}
+
+/* Everything a request must pass before a handler: Host (DNS rebinding),
+ * the token, and the body's type on writes. False: answered already. */
+static bool admitted(brix_ctl_t *c, brix_http_req_t *h, bool *open_page)
+{
+    const char *host = brix_http_req_header(h, "host");
+    if (!brix_auth_host_ok(host, c->port, &c->cfg.allowed_hosts)) {
+        uint64_t now = brix_now_ms(); /* a page can send these in a loop: one line per 10 s */
+        if (!c->host_warned_ms || now - c->host_warned_ms >= 10000) {
+            c->host_warned_ms = now;
+            BRIX_WARN("refused a request for Host '%.100s' (not this controller's address; "
+                      "--allowed-host adds names)",
+                      host);
+        }
+        brix_http_respond_error(h, 403, NULL, "host_not_allowed", NULL,
+                                "Host '%.100s' is not an address of this controller (DNS "
+                                "rebinding protection; the operator can add --allowed-host NAME)",
+                                host);
+        return false;
+    }
+    bool status_page = (h->method == HTTP_GET || h->method == HTTP_HEAD) &&
+                       (!strcmp(h->path, "/") || !strcmp(h->path, "/status"));
+    *open_page = status_page && c->cfg.status_page_open;
+    if (!strcmp(h->path, "/login") || *open_page)
+        return true;
+    if (!authenticated(c, h)) {
+        bool given = brix_http_req_bearer(h) != NULL;
+        brix_http_add_header(h, "www-authenticate",
+                             given ? "Bearer realm=\"brix-controller\", error=\"invalid_token\""
+                                   : "Bearer realm=\"brix-controller\"");
+        brix_http_respond_error(
+            h, 401, NULL, "invalid_api_key", NULL, "%s",
+            given ? "incorrect controller token"
+            : status_page
+                ? "the status page needs a login: open the one-time URL `brix up` printed"
+                : "the controller API needs `Authorization: Bearer <token>` (the token is in "
+                  "STATE_DIR/token; brix get/apply/delete read it from --state-dir)");
+        return false;
+    }
+    bool write = h->method == HTTP_POST || h->method == HTTP_PUT || h->method == HTTP_PATCH ||
+                 h->method == HTTP_DELETE;
+    if (write && h->body.len && !brix_auth_write_type_ok(brix_http_req_header(h, "content-type"))) {
+        brix_http_respond_error(h, 415, NULL, "unsupported_media_type", NULL,
+                                "a request body must be application/json or application/yaml "
+                                "(got '%.100s')",
+                                brix_http_req_header(h, "content-type")
+                                    ? brix_http_req_header(h, "content-type")
+                                    : "none");
+        return false;
+    }
+    return true;
+}
+
 void brix_ctl_http(brix_http_req_t *h, void *ud)
 {
     brix_ctl_t *c = ud;
     const char *p = h->path;
     bool get = h->method == HTTP_GET, post = h->method == HTTP_POST;
-    if (!strcmp(p, "/healthz")) {
+    if (!strcmp(p, "/healthz")) { /* probes: no Host or token check */
         brix_http_respond(h, 200, "text/plain", "ok\n", 3);
         return;
     }
@@ -719,6 +872,17 @@ void brix_ctl_http(brix_http_req_t *h, void *ud)
             brix_http_respond(h, 200, "text/plain", "ready\n", 6);
         else
             brix_http_respond(h, 503, "text/plain", "not ready\n", 10);
+        return;
+    }
+    bool open_page;
+    if (!admitted(c, h, &open_page))
+        return;
+    if (!strcmp(p, "/login") && get) {
+        handle_login(c, h);
+        return;
+    }
+    if (!strcmp(p, "/v1/login") && post) {
+        handle_login_new(c, h);
         return;
     }
     if (!strcmp(p, "/metrics") && get) {

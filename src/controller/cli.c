@@ -20,6 +20,9 @@
 
 #include <cjson/cJSON.h>
 
+#include <openssl/crypto.h>
+
+#include "controller/auth.h"
 #include "controller/cli.h"
 #include "controller/controller_main.h"
 #include "controller/objects.h"
@@ -44,9 +47,9 @@ const char *brix_cli_server(const char *flag)
     return e && *e ? e : "http://127.0.0.1:8081";
 }
 
-long brix_cli_call(const char *server, const char *method, const char *path, const char *body,
-                   size_t len, const char *const *headers, brix_buf_t *out, char *err,
-                   size_t errlen)
+long brix_cli_call(const char *server, const char *token, const char *method, const char *path,
+                   const char *body, size_t len, const char *const *headers, brix_buf_t *out,
+                   char *err, size_t errlen)
 {
     CURL *h = curl_easy_init();
     if (!h) {
@@ -60,6 +63,11 @@ long brix_cli_call(const char *server, const char *method, const char *path, con
         hl = curl_slist_append(hl, headers[i]);
     if (body)
         hl = curl_slist_append(hl, "content-type: application/yaml");
+    char auth[BRIX_AUTH_TOKEN_MAX + 32];
+    if (token && *token) {
+        snprintf(auth, sizeof auth, "authorization: Bearer %s", token);
+        hl = curl_slist_append(hl, auth);
+    }
     char ebuf[CURL_ERROR_SIZE] = "";
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
@@ -84,6 +92,8 @@ long brix_cli_call(const char *server, const char *method, const char *path, con
                  server, ebuf[0] ? ebuf : curl_easy_strerror(rc));
     curl_slist_free_all(hl);
     curl_easy_cleanup(h);
+    if (token && *token)
+        OPENSSL_cleanse(auth, sizeof auth);
     return status;
 }
 
@@ -98,23 +108,96 @@ static const char *error_message(const brix_buf_t *b, char *out, size_t outlen)
     return out;
 }
 
-static const char *take_server(int *argc, char **argv)
+/* Where the controller is and the token it wants. */
+typedef struct conn {
+    const char *server;
+    char token[BRIX_AUTH_TOKEN_MAX];
+    char from[4200]; /* where the token came from, for error messages */
+} conn_t;
+
+#define CONN_FLAGS "[--server URL] [--state-dir DIR | --token TOKEN]"
+#define CONN_HELP                                                                                  \
+    "--server defaults to $BRIX_SERVER or http://127.0.0.1:8081. The API token is --token,\n"      \
+    "else $BRIX_TOKEN, else read from DIR/token (--state-dir, default .brix: the controller's\n"   \
+    "state directory, as for brix up). --token is visible to other users in ps: prefer the\n"      \
+    "others.\n"
+
+static bool flag_val(int argc, char **argv, int *i, const char *name, const char **out)
 {
-    const char *s = NULL;
+    size_t l = strlen(name);
+    if (!strcmp(argv[*i], name) && *i + 1 < argc) {
+        *out = argv[++*i];
+        return true;
+    }
+    if (!strncmp(argv[*i], name, l) && argv[*i][l] == '=') {
+        *out = argv[*i] + l + 1;
+        return true;
+    }
+    return false;
+}
+
+/* Takes --server, --token and --state-dir out of argv and finds the token.
+ * 0, or -1 after printing why (a named state dir without a token). */
+static int take_conn(const char *cmd, int *argc, char **argv, conn_t *c)
+{
+    const char *s = NULL, *tok = NULL, *dir = NULL;
     int j = 0;
     for (int i = 0; i < *argc; i++) {
-        if ((!strcmp(argv[i], "--server") || !strcmp(argv[i], "-s")) && i + 1 < *argc) {
-            s = argv[++i];
+        if (flag_val(*argc, argv, &i, "--server", &s) || flag_val(*argc, argv, &i, "-s", &s) ||
+            flag_val(*argc, argv, &i, "--token", &tok) ||
+            flag_val(*argc, argv, &i, "--state-dir", &dir))
             continue;
-        }
-        if (!strncmp(argv[i], "--server=", 9)) {
-            s = argv[i] + 9;
-            continue;
-        }
         argv[j++] = argv[i];
     }
     *argc = j;
-    return brix_cli_server(s);
+    c->server = brix_cli_server(s);
+    c->token[0] = '\0';
+    const char *env = getenv("BRIX_TOKEN");
+    if (tok && *tok) {
+        snprintf(c->token, sizeof c->token, "%s", tok);
+        snprintf(c->from, sizeof c->from, "--token");
+        return 0;
+    }
+    if (env && *env) {
+        snprintf(c->token, sizeof c->token, "%s", env);
+        snprintf(c->from, sizeof c->from, "$BRIX_TOKEN");
+        return 0;
+    }
+    char path[4200], err[4400];
+    snprintf(path, sizeof path, "%s/token", dir && *dir ? dir : ".brix");
+    snprintf(c->from, sizeof c->from, "%s", path);
+    int rc = brix_auth_token_load(path, false, c->token, sizeof c->token, NULL, err, sizeof err);
+    if (rc == -ENOENT && !dir) {
+        snprintf(c->from, sizeof c->from, "no token (no .brix/token here)");
+        return 0; /* maybe a controller with --insecure-no-auth: it will say */
+    }
+    if (rc) {
+        fprintf(stderr, "brix %s: cannot read the controller token: %s\n", cmd, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Prints a failed call's reason; a 401 says where the token came from. */
+static void call_failed(const char *cmd, const conn_t *c, long st, const brix_buf_t *body,
+                        const char *err)
+{
+    char m[1024];
+    if (st < 0)
+        fprintf(stderr, "brix %s: %s\n", cmd, err);
+    else if (st == 401 && !c->token[0])
+        fprintf(stderr,
+                "brix %s: the controller at %s needs its API token and none was found (no "
+                "--token, $BRIX_TOKEN or .brix/token here): pass --state-dir DIR, the "
+                "controller's state directory (DIR/token), or set BRIX_TOKEN\n",
+                cmd, c->server);
+    else if (st == 401)
+        fprintf(stderr,
+                "brix %s: the controller at %s refused the token (%s): %s. The token is "
+                "--token, $BRIX_TOKEN or STATE_DIR/token (--state-dir, default .brix)\n",
+                cmd, c->server, c->from, error_message(body, m, sizeof m));
+    else
+        fprintf(stderr, "brix %s: %s\n", cmd, error_message(body, m, sizeof m));
 }
 
 static const char *lower_kind(const char *kind)
@@ -128,17 +211,20 @@ static const char *lower_kind(const char *kind)
 
 int brix_apply_main(int argc, char **argv)
 {
-    const char *server = take_server(&argc, argv);
+    static conn_t cn;
+    if (take_conn("apply", &argc, argv, &cn))
+        return 2;
     const char *files[64];
     int nfiles = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: brix apply -f FILE [-f FILE ...] [--server URL]\n\n"
+            printf("usage: brix apply -f FILE [-f FILE ...] " CONN_FLAGS "\n\n"
                    "Creates or updates the ModelDeployment and ModelAdapter objects in FILE\n"
                    "(YAML, several documents separated by ---; '-' reads stdin). Each file is\n"
                    "applied all or nothing: one invalid document and none is applied.\n"
                    "Relative file:// artifact paths are taken relative to the file.\n"
-                   "--server defaults to $BRIX_SERVER or http://127.0.0.1:8081.\n");
+                   "A spec.engine.command needs a controller started with\n"
+                   "--allow-engine-commands.\n" CONN_HELP);
             return 0;
         }
         if ((!strcmp(argv[i], "-f") || !strcmp(argv[i], "--filename")) && i + 1 < argc &&
@@ -182,14 +268,11 @@ int brix_apply_main(int argc, char **argv)
         snprintf(h2, sizeof h2, "x-brix-base-dir: %s", base);
         const char *hdrs[] = { h1, base[0] ? h2 : NULL, NULL };
         brix_buf_t out = BRIX_BUF_INIT;
-        long st = brix_cli_call(server, "POST", "/v1/apply", text ? text : "", len, hdrs, &out, err,
-                                sizeof err);
+        long st = brix_cli_call(cn.server, cn.token, "POST", "/v1/apply", text ? text : "", len,
+                                hdrs, &out, err, sizeof err);
         brix_free(text);
-        if (st < 0) {
-            fprintf(stderr, "brix apply: %s\n", err);
-            rc = 1;
-        } else if (st != 200) {
-            fprintf(stderr, "brix apply: %s\n", error_message(&out, err, sizeof err));
+        if (st != 200) {
+            call_failed("apply", &cn, st, &out, err);
             rc = 1;
         } else {
             cJSON *j = cJSON_Parse(out.data ? out.data : "");
@@ -493,14 +576,17 @@ static int print_yaml(const cJSON *j)
 
 int brix_get_main(int argc, char **argv)
 {
-    const char *server = take_server(&argc, argv);
+    static conn_t cn;
+    if (take_conn("get", &argc, argv, &cn))
+        return 2;
     const char *kind = NULL, *name = NULL, *out = "table";
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            printf("usage: brix get KIND [NAME] [-o json|yaml|wide|name] [--server URL]\n\n"
+            printf("usage: brix get KIND [NAME] [-o json|yaml|wide|name] " CONN_FLAGS "\n\n"
                    "KIND: deployments (deployment, deploy, md), adapters (adapter, modeladapter,\n"
                    "ma, lora), replicas (replica, pods, pod). Tables by default; -o json|yaml\n"
-                   "print the objects with metadata, spec and status.\n");
+                   "print the objects with metadata, spec and status (secrets in engine\n"
+                   "arguments shown as <redacted>).\n" CONN_HELP);
             return 0;
         }
         if (!strcmp(argv[i], "-o") || !strcmp(argv[i], "--output")) {
@@ -538,13 +624,11 @@ int brix_get_main(int argc, char **argv)
     snprintf(path, sizeof path, "/v1/%s%s%s", brix_kind_plural(k), name ? "/" : "",
              name ? name : "");
     brix_buf_t body = BRIX_BUF_INIT;
-    long st = brix_cli_call(server, "GET", path, NULL, 0, NULL, &body, err, sizeof err);
+    long st =
+        brix_cli_call(cn.server, cn.token, "GET", path, NULL, 0, NULL, &body, err, sizeof err);
     int rc = 0;
-    if (st < 0) {
-        fprintf(stderr, "brix get: %s\n", err);
-        rc = 1;
-    } else if (st != 200) {
-        fprintf(stderr, "brix get: %s\n", error_message(&body, err, sizeof err));
+    if (st != 200) {
+        call_failed("get", &cn, st, &body, err);
         rc = 1;
     } else {
         cJSON *j = cJSON_Parse(body.data ? body.data : "");
@@ -588,15 +672,18 @@ int brix_get_main(int argc, char **argv)
 
 int brix_delete_main(int argc, char **argv)
 {
-    const char *server = take_server(&argc, argv);
+    static conn_t cn;
+    if (take_conn("delete", &argc, argv, &cn))
+        return 2;
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
-        printf("usage: brix delete KIND NAME [--server URL]\n\n"
+        printf("usage: brix delete KIND NAME " CONN_FLAGS "\n\n"
                "Deletes a deployment (its replicas stop) or an adapter (it is unloaded from\n"
-               "every replica first). Deleting a replica restarts it, as deleting a pod does.\n");
+               "every replica first). Deleting a replica restarts it, as deleting a pod "
+               "does.\n" CONN_HELP);
         return 0;
     }
     if (argc != 3) {
-        fprintf(stderr, "usage: brix delete KIND NAME [--server URL]\n");
+        fprintf(stderr, "usage: brix delete KIND NAME " CONN_FLAGS "\n");
         return 2;
     }
     brix_kind_t k = brix_kind_parse(argv[1]);
@@ -608,13 +695,11 @@ int brix_delete_main(int argc, char **argv)
     char path[512], err[1024];
     snprintf(path, sizeof path, "/v1/%s/%s", brix_kind_plural(k), argv[2]);
     brix_buf_t body = BRIX_BUF_INIT;
-    long st = brix_cli_call(server, "DELETE", path, NULL, 0, NULL, &body, err, sizeof err);
+    long st =
+        brix_cli_call(cn.server, cn.token, "DELETE", path, NULL, 0, NULL, &body, err, sizeof err);
     int rc = 0;
-    if (st < 0) {
-        fprintf(stderr, "brix delete: %s\n", err);
-        rc = 1;
-    } else if (st != 200) {
-        fprintf(stderr, "brix delete: %s\n", error_message(&body, err, sizeof err));
+    if (st != 200) {
+        call_failed("delete", &cn, st, &body, err);
         rc = 1;
     } else {
         printf("%s/%s %s\n", lower_kind(brix_kind_name(k)), argv[2],

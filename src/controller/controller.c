@@ -26,6 +26,8 @@
 #include "core/log.h"
 #include "core/time.h"
 
+#include <openssl/crypto.h>
+
 #define O(f) offsetof(brix_ctl_cfg_t, f)
 
 static const brix_opt_t ctl_opts[] = {
@@ -51,6 +53,19 @@ static const brix_opt_t ctl_opts[] = {
       "largest adapter artifact downloaded" },
     { "artifact-timeout", BRIX_OPT_DURATION, O(artifact_timeout), "10m", 1000, 86400000, NULL,
       "one artifact download may take this long" },
+    { "artifact-max-unpacked", BRIX_OPT_SIZE, O(artifact_max_unpacked), "20g", 1024,
+      1099511627776.0, NULL,
+      "an artifact .tar.gz may unpack to at most this (sum of its members; a gzip bomb fails "
+      "with TooLarge before it is written)" },
+    { "artifact-max-files", BRIX_OPT_INT, O(artifact_max_files), "10000", 1, 10000000, NULL,
+      "an artifact .tar.gz (or a file:// directory) may hold at most this many entries" },
+    { "artifact-cache-max", BRIX_OPT_SIZE, O(artifact_cache_max), "20g", 0, 1099511627776.0 * 64,
+      NULL,
+      "STATE/artifacts is cleaned above this: least recently used artifacts that no "
+      "ModelAdapter references and no replica loaded go first" },
+    { "artifact-root", BRIX_OPT_STRLIST, O(artifact_roots), NULL, 1, 0, "DIR",
+      "file:// artifacts are read only under these directories and the state dir (repeatable; "
+      "default: the directory of the file each adapter was applied from)" },
     { "stop-grace", BRIX_OPT_DURATION, O(stop_grace), "10s", 0, 600000, NULL,
       "a stopping replica gets SIGTERM, then SIGKILL after this" },
     { "unload-drain", BRIX_OPT_DURATION, O(unload_drain), "1s", 0, 600000, NULL,
@@ -66,6 +81,19 @@ static const brix_opt_t ctl_opts[] = {
       "debug | info | warn | error" },
     { "config", BRIX_OPT_STRING, O(config), NULL, 1, 0, "FILE",
       "YAML file with any of these options" },
+    { "token-file", BRIX_OPT_STRING, O(token_file), NULL, 1, 0, "FILE",
+      "the API's bearer token is read from FILE (default: STATE_DIR/token, created with a random "
+      "256-bit token, mode 0600)" },
+    { "allowed-host", BRIX_OPT_STRLIST, O(allowed_hosts), NULL, 0, 0, "NAME",
+      "a Host name the API answers besides IP addresses and localhost (repeatable; NAME:PORT "
+      "for one port only); other names get 403 (DNS rebinding)" },
+    { "allow-engine-commands", BRIX_OPT_BOOL, O(allow_engine_commands), "false", 1, 0, NULL,
+      "accept ModelDeployments whose spec.engine.command runs a program other than the built-in "
+      "engine-sim (it runs as this user)" },
+    { "status-page-open", BRIX_OPT_BOOL, O(status_page_open), "false", 1, 0, NULL,
+      "serve the status page / without the token (loopback --host only)" },
+    { "insecure-no-auth", BRIX_OPT_BOOL, O(insecure_no_auth), "false", 1, 0, NULL,
+      "no API token at all (loopback --host only; every local user and process is trusted)" },
     BRIX_HTTP_LIMIT_OPTIONS(brix_ctl_cfg_t, http, "1000"),
     BRIX_OPT_END,
 };
@@ -73,9 +101,11 @@ static const brix_opt_t ctl_opts[] = {
 static const char usage_line[] = "usage: brix controller [--port 8081] [--state-dir DIR] [options]";
 static const char about[] =
     "Runs model deployments as local engine replicas (brix engine-sim by default, or any engine\n"
-    "command) and places ModelAdapters (LoRA) on them, loading and unloading through vLLM's API.\n"
-    "Objects are managed with `brix apply -f`, `brix get` and `brix delete`; gateways follow the\n"
-    "fleet through GET /v1/watch (brix gateway --controller URL).";
+    "command with --allow-engine-commands) and places ModelAdapters (LoRA) on them, loading and\n"
+    "unloading through vLLM's API. Objects are managed with `brix apply -f`, `brix get` and\n"
+    "`brix delete`; gateways follow the fleet through GET /v1/watch (brix gateway --controller\n"
+    "URL --controller-token-file STATE_DIR/token). Every API path but /healthz and /readyz needs\n"
+    "`Authorization: Bearer <token>` (STATE_DIR/token unless --token-file).";
 
 static int load_cfg(brix_ctl_cfg_t *c, int argc, char **argv, char *err, size_t errlen)
 {
@@ -93,6 +123,52 @@ static int load_cfg(brix_ctl_cfg_t *c, int argc, char **argv, char *err, size_t 
         snprintf(err, errlen, "log-level: unknown level '%s'", c->log_level);
         return -1;
     }
+    bool loopback = brix_auth_is_loopback(c->host);
+    if (c->insecure_no_auth && (!loopback || c->token_file)) {
+        snprintf(err, errlen,
+                 c->token_file ? "--insecure-no-auth and --token-file exclude each other"
+                               : "refusing to listen on %s without a token: --insecure-no-auth "
+                                 "is for a loopback --host only",
+                 c->host);
+        return -1;
+    }
+    if (c->status_page_open && !loopback) {
+        snprintf(err, errlen,
+                 "--status-page-open serves the page without the token, so it needs a loopback "
+                 "--host (not %s)",
+                 c->host);
+        return -1;
+    }
+    return 0;
+}
+
+/* The API token: --token-file, else STATE_DIR/token (made on first start).
+ * 0, or -errno with err. */
+static int load_token(brix_ctl_t *c, char *err, size_t errlen)
+{
+    if (c->cfg.insecure_no_auth) {
+        BRIX_WARN("--insecure-no-auth: the API on %s takes requests from every local process",
+                  c->cfg.host);
+        return 0;
+    }
+    char path[4200];
+    bool created = false;
+    snprintf(path, sizeof path, "%s", c->cfg.token_file ? c->cfg.token_file : "");
+    if (!c->cfg.token_file)
+        snprintf(path, sizeof path, "%s/token", c->cfg.state_dir);
+    int rc = brix_auth_token_load(path, !c->cfg.token_file, c->token, sizeof c->token, &created,
+                                  err, errlen);
+    if (rc)
+        return rc;
+    if (brix_auth_cookie_value(c->token, c->cookie)) {
+        snprintf(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    struct stat st;
+    if (!stat(path, &st) && (st.st_mode & 077))
+        BRIX_WARN("%s can be read by other users (mode %03o): chmod 600 it", path,
+                  (unsigned)(st.st_mode & 0777));
+    BRIX_INFO("API token %s %s", created ? "created in" : "from", path);
     return 0;
 }
 
@@ -170,6 +246,10 @@ static int metrics_init(brix_ctl_t *c)
         "adapters unloaded everywhere after their idle TTL", NULL, 0);
     ONE(evictions, C, "brix_controller_adapter_evictions_total",
         "adapters scaled to zero early (LRU) to make room for a requested one", NULL, 0);
+    ONE(cache_bytes, G, "brix_controller_artifact_cache_bytes",
+        "bytes in the artifact cache (STATE/artifacts) after the last cleanup", NULL, 0);
+    ONE(cache_evictions, C, "brix_controller_artifact_cache_evictions_total",
+        "artifacts removed from the cache by the LRU cleanup", NULL, 0);
     ONE(load_seconds, H, "brix_controller_adapter_load_seconds",
         "time from placing an adapter on a replica to the engine's 200", load_b,
         sizeof load_b / sizeof *load_b);
@@ -328,6 +408,10 @@ int brix_controller_main(int argc, char **argv)
                 c->cfg.state_dir, lockfd < 0 ? strerror(errno) : "locked");
         goto out;
     }
+    if (load_token(c, err, sizeof err)) {
+        fprintf(stderr, "brix controller: %s\n", err);
+        goto out;
+    }
     if (metrics_init(c) || !(c->curl = brix_curl_new(&loop)) ||
         !(c->prov = brix_provider_local_new(&loop, c->self_exe, c->log_dir, brix_ctl_on_exit, c))) {
         fprintf(stderr, "brix controller: out of memory\n");
@@ -402,5 +486,6 @@ out:
     if (lockfd >= 0)
         close(lockfd);
     brix_config_free(ctl_opts, &c->cfg);
+    OPENSSL_cleanse(c->token, sizeof c->token);
     return rc;
 }

@@ -14,6 +14,7 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "controller/auth.h"
 #include "controller/objects.h"
 #include "controller/provider.h"
 #include "core/curl_uv.h"
@@ -34,6 +35,10 @@ typedef struct brix_ctl_cfg {
     int64_t load_timeout;
     uint64_t artifact_max_bytes;
     int64_t artifact_timeout;
+    uint64_t artifact_max_unpacked; /* sum of an archive's member sizes */
+    int64_t artifact_max_files;     /* members of an archive */
+    uint64_t artifact_cache_max;    /* LRU cleanup of unreferenced artifacts above this */
+    brix_strlist_t artifact_roots;  /* file:// allowed under these (empty: applied file's dir) */
     int64_t stop_grace;
     int64_t unload_drain;
     int64_t evict_idle_min;
@@ -41,6 +46,11 @@ typedef struct brix_ctl_cfg {
     int64_t max_watchers;
     char *log_level;
     char *config;
+    char *token_file;      /* NULL: STATE_DIR/token, made on first start */
+    bool insecure_no_auth; /* loopback only: no token at all */
+    bool status_page_open; /* loopback only: `/` without the token */
+    bool allow_engine_commands;
+    brix_strlist_t allowed_hosts; /* Host names besides IP literals and localhost */
     brix_http_limits_t http;
 } brix_ctl_cfg_t;
 
@@ -106,6 +116,7 @@ typedef struct brix_ctl_metrics {
     brix_metric_t *loads_ok, *loads_failed, *unloads_ok, *unloads_failed;
     brix_metric_t *restarts, *fetch_ok, *fetch_failed, *watchers, *wakes, *scaled_down;
     brix_metric_t *evictions;
+    brix_metric_t *cache_bytes, *cache_evictions;
     brix_metric_t *load_seconds, *reconcile_seconds;
 } brix_ctl_metrics_t;
 
@@ -139,11 +150,22 @@ typedef struct brix_ctl {
     uv_timer_t reconcile_timer, health_timer, heartbeat_timer, save_timer, kick_timer;
     uv_timer_t notify_timer;
     uint64_t fetch_seq;
+    bool gc_running, gc_wanted; /* artifact cache cleanup on the pool; another one asked for */
+    uint64_t gc_next_at;        /* monotonic ms of the next periodic cleanup */
     uint64_t rng;
     uv_signal_t sigterm, sigint;
     uint64_t stop_deadline;
     uv_timer_t stop_timer;
     brix_ctl_metrics_t m;
+
+    /* API credentials: token[0] == '\0' only with --insecure-no-auth */
+    char token[BRIX_AUTH_TOKEN_MAX];
+    char cookie[65]; /* the status page's session cookie value */
+    struct brix_ctl_login {
+        char code[65];    /* one-time status-page login code ("" = free slot) */
+        uint64_t expires; /* monotonic ms */
+    } logins[8];
+    uint64_t host_warned_ms; /* last WARN about a foreign Host (rate limit) */
 } brix_ctl_t;
 
 /* reconcile.c */
@@ -173,7 +195,9 @@ void brix_ctl_replica_restart(brix_ctl_t *c, brix_replica_t *r);
 void brix_ctl_calls_free(brix_ctl_t *c);
 
 /* state.c */
+/* Writes the state file atomically (0600); 0 or -errno (already logged). */
 int brix_ctl_save(brix_ctl_t *c);
+/* Reads the state file (none: a first start, 0); -errno with err otherwise. */
 int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen);
 
 /* api.c */
@@ -181,8 +205,13 @@ void brix_ctl_http(brix_http_req_t *h, void *ud);
 void brix_ctl_notify_watchers(brix_ctl_t *c);
 void brix_ctl_heartbeat(brix_ctl_t *c);
 void brix_ctl_close_watchers(brix_ctl_t *c);
+/* The list of a kind, or the one object `name` (secrets redacted): 0, -ENOENT
+ * (no such name) or -ENOMEM. */
 int brix_ctl_render(brix_ctl_t *c, brix_buf_t *b, brix_kind_t kind, const char *name);
-/* Applies the documents of one YAML/JSON text; all or nothing. */
+/* Applies the documents of one YAML/JSON text; all or nothing. 0, or -errno
+ * with err: -EINVAL (invalid input), -EBUSY (an object is being deleted),
+ * -EPERM (an engine command without --allow-engine-commands), -EIO (applied
+ * but the state file not written), -ENOMEM. */
 int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, const char *text,
                    size_t len, brix_buf_t *result, char *err, size_t errlen);
 

@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "controller/auth.h"
 #include "core/alloc.h"
 #include "core/time.h"
 
@@ -606,6 +607,12 @@ int brix_obj_parse(const brix_yaml_node_t *doc, const char *file, const char *ba
         return fail(&v, doc, "", "out of memory");
     }
     o->kind = kind;
+    if (kind == BRIX_KIND_ADAPTER && base_dir && base_dir[0] == '/' &&
+        !(o->base_dir = brix_strdup(base_dir))) {
+        brix_free(o->api_version);
+        brix_free(o);
+        return fail(&v, doc, "", "out of memory");
+    }
     static const char *const top[] = { "apiVersion", "kind", "metadata", "spec", "status", NULL };
     int rc = 0;
     if (kind != BRIX_KIND_CLUSTER) {
@@ -650,6 +657,7 @@ void brix_obj_free(brix_obj_t *o)
     brix_free(o->a.sha256);
     brix_free(o->a.credentials_ref);
     brix_labels_free(&o->a.additional_config);
+    brix_free(o->base_dir);
     brix_free(o);
 }
 
@@ -677,7 +685,9 @@ static int jdur(brix_buf_t *b, const char *key, int64_t ms)
     return brix_buf_printf(b, "\"%s\":\"%lldms\"", key, (long long)ms);
 }
 
-static int spec_json(brix_buf_t *b, const brix_obj_t *o)
+/* redact: for API output (secrets in argv and URLs hidden); the state file
+ * and the "unchanged" comparisons use the real values. */
+static int spec_json(brix_buf_t *b, const brix_obj_t *o, bool redact)
 {
     int rc = 0;
     if (o->kind == BRIX_KIND_DEPLOYMENT) {
@@ -686,8 +696,12 @@ static int spec_json(brix_buf_t *b, const brix_obj_t *o)
         rc |= brix_buf_printf(b, ",\"replicas\":%lld,", (long long)d->replicas);
         rc |= jstr(b, "gpu", d->gpu) | brix_buf_append_str(b, ",\"engine\":{");
         if (d->command.n)
-            rc |= jlist(b, "command", &d->command) | brix_buf_append_char(b, ',');
-        rc |= jlist(b, "args", &d->args);
+            rc |= (redact ? brix_buf_append_str(b, "\"command\":") |
+                                brix_auth_redact_json(b, &d->command)
+                          : jlist(b, "command", &d->command)) |
+                  brix_buf_append_char(b, ',');
+        rc |= redact ? brix_buf_append_str(b, "\"args\":") | brix_auth_redact_json(b, &d->args)
+                     : jlist(b, "args", &d->args);
         rc |= brix_buf_printf(b,
                               "},\"lora\":{\"enabled\":%s,\"maxLoras\":%lld,\"maxCpuLoras\":%lld,"
                               "\"adapterCapacity\":%lld},",
@@ -704,7 +718,16 @@ static int spec_json(brix_buf_t *b, const brix_obj_t *o)
     rc |= brix_buf_append_str(b, "\"podSelector\":{\"matchLabels\":");
     rc |= brix_labels_json(b, &a->selector) | brix_buf_append_str(b, "},");
     rc |= jstr(b, "schedulerName", a->scheduler) | brix_buf_append_char(b, ',');
-    rc |= jstr(b, "artifactURL", a->artifact_url);
+    if (redact) { /* user info in a URL is a password */
+        brix_buf_t u = BRIX_BUF_INIT;
+        bool pending = false;
+        rc |= brix_auth_redact_str(&u, a->artifact_url, &pending);
+        rc |= brix_buf_append_str(b, "\"artifactURL\":") |
+              brix_buf_append_json_str(b, u.data ? u.data : "", u.len);
+        brix_buf_free(&u);
+    } else {
+        rc |= jstr(b, "artifactURL", a->artifact_url);
+    }
     if (a->sha256)
         rc |= brix_buf_append_char(b, ',') | jstr(b, "artifactSHA256", a->sha256);
     if (a->credentials_ref)
@@ -720,7 +743,7 @@ static int spec_json(brix_buf_t *b, const brix_obj_t *o)
     return rc | brix_buf_append_char(b, '}');
 }
 
-int brix_obj_json_open(brix_buf_t *b, const brix_obj_t *o)
+static int json_open(brix_buf_t *b, const brix_obj_t *o, bool redact)
 {
     char ts[32];
     int rc = brix_buf_append_char(b, '{') | jstr(b, "apiVersion", o->api_version);
@@ -738,8 +761,18 @@ int brix_obj_json_open(brix_buf_t *b, const brix_obj_t *o)
     if (o->meta.annotations.n)
         rc |=
             brix_buf_append_str(b, ",\"annotations\":") | brix_labels_json(b, &o->meta.annotations);
-    rc |= brix_buf_append_str(b, "},\"spec\":") | spec_json(b, o);
+    rc |= brix_buf_append_str(b, "},\"spec\":") | spec_json(b, o, redact);
     return rc ? -ENOMEM : 0;
+}
+
+int brix_obj_json_open(brix_buf_t *b, const brix_obj_t *o)
+{
+    return json_open(b, o, false);
+}
+
+int brix_obj_json_open_redacted(brix_buf_t *b, const brix_obj_t *o)
+{
+    return json_open(b, o, true);
 }
 
 bool brix_obj_spec_same(const brix_obj_t *a, const brix_obj_t *b)
@@ -747,7 +780,7 @@ bool brix_obj_spec_same(const brix_obj_t *a, const brix_obj_t *b)
     if (a->kind != b->kind)
         return false;
     brix_buf_t x = { 0 }, y = { 0 };
-    int rc = spec_json(&x, a) | spec_json(&y, b);
+    int rc = spec_json(&x, a, false) | spec_json(&y, b, false);
     bool same = !rc && x.len == y.len && !memcmp(x.data, y.data, x.len);
     brix_buf_free(&x);
     brix_buf_free(&y);
@@ -759,8 +792,9 @@ bool brix_obj_same(const brix_obj_t *a, const brix_obj_t *b)
     if (a->kind != b->kind)
         return false;
     brix_buf_t x = { 0 }, y = { 0 };
-    int rc = spec_json(&x, a) | spec_json(&y, b) | brix_labels_json(&x, &a->meta.labels) |
-             brix_labels_json(&y, &b->meta.labels) | brix_labels_json(&x, &a->meta.annotations) |
+    int rc = spec_json(&x, a, false) | spec_json(&y, b, false) |
+             brix_labels_json(&x, &a->meta.labels) | brix_labels_json(&y, &b->meta.labels) |
+             brix_labels_json(&x, &a->meta.annotations) |
              brix_labels_json(&y, &b->meta.annotations);
     bool same = !rc && x.len == y.len && !memcmp(x.data, y.data, x.len);
     brix_buf_free(&x);

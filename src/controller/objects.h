@@ -86,11 +86,17 @@ typedef struct brix_obj {
     brix_meta_t meta;
     brix_deploy_spec_t d;  /* BRIX_KIND_DEPLOYMENT */
     brix_adapter_spec_t a; /* BRIX_KIND_ADAPTER */
+    /* The directory the object was applied from (brix apply -f's file, sent as
+     * x-brix-base-dir), or NULL: by default the one place besides the state
+     * dir its file:// artifact may be read from. Not part of the spec; kept
+     * in the state file's status so it survives a restart. */
+    char *base_dir;
 } brix_obj_t;
 
 /*
  * Validates one document. file names the source in errors; base_dir (may be
- * NULL) resolves relative file:// artifact paths. On error returns -1 and
+ * NULL) resolves relative file:// artifact paths and, when absolute, is kept
+ * as an adapter's base_dir. On error returns -1 and
  * writes "file:line:col: field.path: what is wrong" into err. A Cluster
  * document returns 0 with kind BRIX_KIND_CLUSTER and nothing else parsed.
  */
@@ -101,6 +107,9 @@ void brix_obj_free(brix_obj_t *o);
 /* Appends {"apiVersion","kind","metadata":{…},"spec":{…} — without the closing
  * brace, so the caller can add ,"status":{…} and then '}'. */
 int brix_obj_json_open(brix_buf_t *b, const brix_obj_t *o);
+/* The same for API output: secrets in engine argv and artifact URLs hidden
+ * (brix_auth_redact_*). */
+int brix_obj_json_open_redacted(brix_buf_t *b, const brix_obj_t *o);
 /* Same spec, labels and annotations (what decides "unchanged" on apply). */
 bool brix_obj_same(const brix_obj_t *a, const brix_obj_t *b);
 /* Same spec (what decides a new generation: labels alone do not roll replicas). */

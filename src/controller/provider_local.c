@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "controller/auth.h"
 #include "controller/provider.h"
 #include "core/alloc.h"
 #include "core/buf.h"
@@ -279,8 +280,11 @@ static int lp_start(brix_provider_t *p, brix_replica_t *r, const brix_obj_t *d, 
     char ts[32];
     brix_time_iso8601(ts, brix_wall_ms());
     brix_buf_printf(&head, "==== %s brix controller starts %s:", ts, r->name);
-    for (size_t i = 0; i < r->argv.n; i++)
-        brix_buf_printf(&head, " %s", r->argv.v[i]);
+    bool pending = false; /* logs are readable by others: no secrets from argv */
+    for (size_t i = 0; i < r->argv.n; i++) {
+        brix_buf_append_char(&head, ' ');
+        brix_auth_redact_str(&head, r->argv.v[i], &pending);
+    }
     brix_buf_append_char(&head, '\n');
     if (head.data && write(fd, head.data, head.len) < 0) {
         /* the log is best effort; the replica still starts */

@@ -663,10 +663,13 @@ static void on_artifact(const brix_art_result_t *res, void *ud)
         brix_metric_add(c->m.fetch_ok, 1);
         BRIX_INFO("adapter %s: artifact ready at %s%s", a->o->meta.name, res->path,
                   res->cached ? " (cached)" : "");
+        c->gc_wanted |= !res->cached && res->bytes > 0; /* the cache grew: clean up after it */
     } else {
         a->art = BRIX_ARTS_FAILED;
         snprintf(a->art_reason, sizeof a->art_reason, "%s", brix_art_status_name(res->status));
         snprintf(a->art_msg, sizeof a->art_msg, "%s", res->message ? res->message : "fetch failed");
+        /* a refused archive or path (TooLarge, UnsafeArchive, ArtifactNotAllowed)
+         * fails the same way every time: it waits for a new spec */
         bool transient = res->status == BRIX_ART_IO || res->status == BRIX_ART_NOT_FOUND;
         a->art_retry_at = transient ? brix_now_ms() + 15000 : UINT64_MAX;
         brix_metric_add(c->m.fetch_failed, 1);
@@ -675,6 +678,89 @@ static void on_artifact(const brix_art_result_t *res, void *ud)
     }
     brix_ctl_changed(c);
     brix_ctl_kick(c);
+}
+
+/* Where an adapter's file:// artifact may be read from: the operator's
+ * --artifact-root list, or else the directory its file was applied from; and
+ * the state dir. *n is the count; NULL on ENOMEM. */
+static const char **artifact_roots(brix_ctl_t *c, const brix_obj_t *o, size_t *n)
+{
+    const brix_strlist_t *l = &c->cfg.artifact_roots;
+    const char **v = brix_calloc(l->n + 2, sizeof *v);
+    *n = 0;
+    if (!v)
+        return NULL;
+    for (size_t i = 0; i < l->n; i++)
+        v[(*n)++] = l->v[i];
+    if (!l->n && o->base_dir)
+        v[(*n)++] = o->base_dir;
+    v[(*n)++] = c->cfg.state_dir;
+    return v;
+}
+
+static void on_gc(const brix_art_gc_result_t *r, void *ud)
+{
+    brix_ctl_t *c = ud;
+    c->gc_running = false;
+    if (r->err == UV_ECANCELED)
+        return;
+    if (r->err)
+        BRIX_WARN("artifact cache %s: %s", c->artifact_dir, strerror(-r->err));
+    brix_metric_set(c->m.cache_bytes, (double)r->bytes);
+    brix_metric_add(c->m.cache_evictions, (double)r->evicted);
+    if (r->temps_removed)
+        BRIX_INFO("artifact cache: removed %llu temp file(s) an earlier run left",
+                  (unsigned long long)r->temps_removed);
+    if (r->evicted)
+        BRIX_INFO("artifact cache: removed %llu unused artifact(s) (%llu bytes); %llu bytes left "
+                  "(--artifact-cache-max %llu)",
+                  (unsigned long long)r->evicted, (unsigned long long)r->evicted_bytes,
+                  (unsigned long long)r->bytes, (unsigned long long)c->cfg.artifact_cache_max);
+    if (c->gc_wanted)
+        brix_ctl_kick(c);
+}
+
+/* The LRU cleanup of STATE/artifacts: at start (it also removes a crash's temp
+ * files), after a fetch added to the cache, and every minute. What any adapter
+ * references (its URL's cache entry, the path it was fetched to) and what any
+ * replica reports as loaded from is never removed. */
+static void artifact_gc(brix_ctl_t *c, uint64_t now)
+{
+    if (c->gc_running || (!c->gc_wanted && now < c->gc_next_at))
+        return;
+    size_t cap = 2 * c->nadapters, n = 0;
+    for (size_t i = 0; i < c->nreps; i++)
+        cap += c->reps[i]->roots.n;
+    char **keep = brix_calloc(cap + 1, sizeof *keep);
+    if (!keep)
+        return;
+    for (size_t i = 0; i < c->nadapters; i++) {
+        const brix_adapter_rt_t *a = c->adapters[i];
+        char name[160];
+        if (brix_art_cache_name(a->o->a.artifact_url, a->o->a.sha256, name, sizeof name) == 0)
+            keep[n++] = brix_strdup(name);
+        if (a->art_path)
+            keep[n++] = brix_strdup(a->art_path);
+    }
+    for (size_t i = 0; i < c->nreps; i++)
+        for (size_t j = 0; j < c->reps[i]->roots.n; j++)
+            keep[n++] = brix_strdup(c->reps[i]->roots.v[j]);
+    bool nomem = false;
+    for (size_t i = 0; i < n; i++)
+        nomem |= !keep[i];
+    brix_art_gc_req_t req = { .cache_dir = c->artifact_dir,
+                              .max_bytes = c->cfg.artifact_cache_max,
+                              .keep = (const char *const *)keep,
+                              .nkeep = n };
+    /* without the full keep list nothing may be removed: try again later */
+    if (!nomem && brix_art_gc(c->loop, &req, on_gc, c) == 0) {
+        c->gc_running = true;
+        c->gc_wanted = false;
+        c->gc_next_at = now + 60000;
+    }
+    for (size_t i = 0; i < n; i++)
+        brix_free(keep[i]);
+    brix_free(keep);
 }
 
 static void ensure_artifact(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now)
@@ -694,6 +780,12 @@ static void ensure_artifact(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now)
         return;
     a->art_fetch = ++c->fetch_seq;
     k->gen = (int64_t)a->art_fetch;
+    size_t nroots = 0;
+    const char **roots = artifact_roots(c, a->o, &nroots);
+    if (!roots) {
+        call_free(k);
+        return;
+    }
     brix_art_req_t req = {
         .url = a->o->a.artifact_url,
         .sha256 = a->o->a.sha256,
@@ -701,12 +793,17 @@ static void ensure_artifact(brix_ctl_t *c, brix_adapter_rt_t *a, uint64_t now)
         .max_bytes = c->cfg.artifact_max_bytes,
         .timeout_ms = (uint64_t)c->cfg.artifact_timeout,
         .label = a->o->meta.name,
+        .roots = roots,
+        .nroots = nroots,
+        .max_unpacked = c->cfg.artifact_max_unpacked,
+        .max_files = (uint64_t)c->cfg.artifact_max_files,
     };
     a->art = BRIX_ARTS_FETCHING;
     if (brix_art_fetch(c->loop, &req, on_artifact, k)) {
         a->art = BRIX_ARTS_NONE;
         call_free(k);
     }
+    brix_free(roots);
 }
 
 /* ------------------------------------------------------- LoRA loading -- */
@@ -1200,5 +1297,6 @@ void brix_ctl_reconcile(brix_ctl_t *c)
             }
         }
     }
+    artifact_gc(c, now);
     brix_metric_observe(c->m.reconcile_seconds, (double)(brix_now_ns() - t0) / 1e9);
 }

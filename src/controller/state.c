@@ -48,8 +48,12 @@ static int render_state(brix_ctl_t *c, brix_buf_t *b)
         brix_adapter_rt_t *a = c->adapters[i];
         rc |= brix_buf_append_str(b, i ? ",\n" : "\n");
         rc |= brix_obj_json_open(b, a->o);
-        rc |= brix_buf_printf(b, ",\"status\":{\"scaled\":%s,\"lastUsedMs\":%llu}}",
+        rc |= brix_buf_printf(b, ",\"status\":{\"scaled\":%s,\"lastUsedMs\":%llu",
                               a->scaled ? "true" : "false", (unsigned long long)a->last_used_wall);
+        if (a->o->base_dir) /* where file:// artifacts of this object may be read from */
+            rc |= brix_buf_append_str(b, ",\"baseDir\":") |
+                  brix_buf_append_json_str(b, a->o->base_dir, strlen(a->o->base_dir));
+        rc |= brix_buf_append_str(b, "}}");
     }
     rc |= brix_buf_append_str(b, "],\n\"replicas\":[");
     for (size_t i = 0; i < c->nreps; i++) {
@@ -84,17 +88,21 @@ int brix_ctl_save(brix_ctl_t *c)
     if (render_state(c, &b)) {
         brix_buf_free(&b);
         BRIX_ERROR("state: out of memory");
-        return -1;
+        return -ENOMEM;
     }
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp", c->state_path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    int rc = -1;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int rc = -EIO;
     if (fd < 0) {
+        rc = -errno;
         BRIX_ERROR("state: %s: %s", tmp, strerror(errno));
         goto out;
     }
-    if (write_all(fd, b.data, b.len) || fsync(fd)) {
+    /* the state keeps engine argv unredacted: owner-only, also when an older
+     * version left a 0644 temp file behind */
+    if (fchmod(fd, 0600) || write_all(fd, b.data, b.len) || fsync(fd)) {
+        rc = errno ? -errno : -EIO;
         BRIX_ERROR("state: writing %s: %s", tmp, strerror(errno));
         close(fd);
         unlink(tmp);
@@ -102,6 +110,7 @@ int brix_ctl_save(brix_ctl_t *c)
     }
     close(fd);
     if (rename(tmp, c->state_path)) {
+        rc = -errno;
         BRIX_ERROR("state: rename to %s: %s", c->state_path, strerror(errno));
         unlink(tmp);
         goto out;
@@ -140,7 +149,8 @@ static int load_objects(brix_ctl_t *c, const brix_yaml_node_t *list, brix_kind_t
     }
     for (size_t i = 0; i < list->n; i++) {
         brix_obj_t *o;
-        if (brix_obj_parse(list->items[i], c->state_path, NULL, &o, err, errlen))
+        const brix_yaml_node_t *st = brix_yaml_get(list->items[i], "status");
+        if (brix_obj_parse(list->items[i], c->state_path, str(st, "baseDir"), &o, err, errlen))
             return -1;
         if (o->kind != kind) {
             snprintf(err, errlen, "%s:%d:%d: a %s in the %s list", c->state_path,
@@ -155,7 +165,6 @@ static int load_objects(brix_ctl_t *c, const brix_yaml_node_t *list, brix_kind_t
             return -1;
         }
         if (a) {
-            const brix_yaml_node_t *st = brix_yaml_get(list->items[i], "status");
             const char *sc = str(st, "scaled");
             a->scaled = sc && !strcmp(sc, "true");
             a->last_used_wall = (uint64_t)num(st, "lastUsedMs");
@@ -219,14 +228,17 @@ static int load_replicas(brix_ctl_t *c, const brix_yaml_node_t *list)
 int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen)
 {
     struct stat st;
-    if (stat(c->state_path, &st) != 0)
-        return errno == ENOENT
-                   ? 0
-                   : (snprintf(err, errlen, "%s: %s", c->state_path, strerror(errno)), -1);
+    if (stat(c->state_path, &st) != 0) {
+        int e = errno;
+        if (e == ENOENT)
+            return 0; /* a first start */
+        snprintf(err, errlen, "%s: %s", c->state_path, strerror(e));
+        return -e;
+    }
     brix_yaml_node_t *root;
     if (brix_yaml_load_file(c->state_path, &root, err, errlen))
-        return -1;
-    int rc = -1;
+        return -EINVAL;
+    int rc = -EINVAL;
     if (root->type != BRIX_YAML_MAP || !str(root, "brix") ||
         strcmp(str(root, "brix"), "controller-state")) {
         snprintf(err, errlen, "%s: not a brix controller state file", c->state_path);
@@ -235,8 +247,10 @@ int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen)
     if (load_objects(c, brix_yaml_get(root, "deployments"), BRIX_KIND_DEPLOYMENT, err, errlen) ||
         load_objects(c, brix_yaml_get(root, "adapters"), BRIX_KIND_ADAPTER, err, errlen) ||
         load_replicas(c, brix_yaml_get(root, "replicas"))) {
-        if (!err[0])
+        if (!err[0]) {
             snprintf(err, errlen, "%s: out of memory", c->state_path);
+            rc = -ENOMEM;
+        }
         goto out;
     }
     BRIX_INFO("state: %zu deployment(s), %zu adapter(s), %zu replica(s) from %s", c->ndeploys,

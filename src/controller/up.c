@@ -26,6 +26,9 @@
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
+#include <openssl/crypto.h>
+
+#include "controller/auth.h"
 
 #include "controller/cli.h"
 #include "controller/controller_main.h"
@@ -39,6 +42,8 @@
 typedef struct up_cfg {
     int gw_port, api_port;
     char state_dir[PATH_MAX];
+    const char *token_file; /* NULL: STATE_DIR/token */
+    bool allow_engine_commands;
     brix_strlist_t gw_args, ctl_args;
     int ready_timeout_s;
 } up_cfg_t;
@@ -195,11 +200,15 @@ static void tail_log(const char *path)
     brix_free(text);
 }
 
+/* The controller's API token (brix up is one process: one token). */
+static char up_token[BRIX_AUTH_TOKEN_MAX];
+
 static bool http_ok(const char *base, const char *path, brix_buf_t *out)
 {
     char err[512];
     brix_buf_t tmp = BRIX_BUF_INIT;
-    long st = brix_cli_call(base, "GET", path, NULL, 0, NULL, out ? out : &tmp, err, sizeof err);
+    long st = brix_cli_call(base, up_token, "GET", path, NULL, 0, NULL, out ? out : &tmp, err,
+                            sizeof err);
     brix_buf_free(&tmp);
     return st == 200;
 }
@@ -313,11 +322,42 @@ static void stop_child(child_t *c, int grace_ms)
     c->pid = 0;
 }
 
-/* Prints progress until every deployment is ready and every adapter is
- * Running (or Scaled), or the time is up; true when all is ready. */
-static bool wait_fleet(const char *api, child_t *ch, size_t nch, int timeout_s, const sigset_t *set)
+/* True when the gateway's /v1/models lists every name in want (a JSON array
+ * of strings): the controller may call a replica ready a moment before the
+ * gateway has read that replica's models, and "brix is up" must mean that a
+ * request for any model of the file is routed. No token: the gateway's API is
+ * not the controller's. */
+static bool gateway_lists(const char *gwurl, const cJSON *want)
+{
+    char err[512];
+    brix_buf_t b = BRIX_BUF_INIT;
+    long st = brix_cli_call(gwurl, NULL, "GET", "/v1/models", NULL, 0, NULL, &b, err, sizeof err);
+    cJSON *j = st == 200 && b.data ? cJSON_Parse(b.data) : NULL;
+    brix_buf_free(&b);
+    bool all = j != NULL;
+    const cJSON *w, *m;
+    cJSON_ArrayForEach(w, want)
+    {
+        bool found = false;
+        cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(j, "data"))
+        {
+            const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
+            found |= cJSON_IsString(id) && !strcmp(id->valuestring, w->valuestring);
+        }
+        all &= found;
+    }
+    cJSON_Delete(j);
+    return all;
+}
+
+/* Prints progress until every deployment is ready, every adapter is Running
+ * (or Scaled) and the gateway lists every served model, or the time is up;
+ * true when all is ready. */
+static bool wait_fleet(const char *api, const char *gwurl, child_t *ch, size_t nch, int timeout_s,
+                       const sigset_t *set)
 {
     char last[512] = "";
+    int fleet_ticks = 0; /* 200 ms ticks since the controller reported all ready */
     for (int t = 0; t < timeout_s * 5; t++) {
         brix_buf_t d = BRIX_BUF_INIT, a = BRIX_BUF_INIT;
         bool ok = http_ok(api, "/v1/deployments", &d) && http_ok(api, "/v1/adapters", &a);
@@ -326,10 +366,15 @@ static bool wait_fleet(const char *api, child_t *ch, size_t nch, int timeout_s, 
         brix_buf_free(&a);
         int want = 0, ready = 0, adapters = 0, running = 0;
         const cJSON *it;
+        cJSON *names = cJSON_CreateArray();
         cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(dj, "items"))
         {
             const cJSON *sp = cJSON_GetObjectItemCaseSensitive(it, "spec");
             const cJSON *st = cJSON_GetObjectItemCaseSensitive(it, "status");
+            const cJSON *model = cJSON_GetObjectItemCaseSensitive(sp, "model");
+            if (cJSON_IsString(model) &&
+                cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(sp, "replicas")) > 0)
+                cJSON_AddItemToArray(names, cJSON_CreateString(model->valuestring));
             want += (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(sp, "replicas"));
             ready +=
                 (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(st, "readyReplicas"));
@@ -352,8 +397,21 @@ static bool wait_fleet(const char *api, child_t *ch, size_t nch, int timeout_s, 
             fflush(stdout);
             snprintf(last, sizeof last, "%s", now);
         }
-        if (ok && ready >= want && running >= adapters)
+        bool fleet = ok && ready >= want && running >= adapters;
+        bool listed = fleet && gateway_lists(gwurl, names);
+        cJSON_Delete(names);
+        if (listed)
             return true;
+        /* the gateway may be unable to read a replica's models (an engine
+         * started with its own --api-key, say): say so instead of waiting on */
+        fleet_ticks = fleet ? fleet_ticks + 1 : 0;
+        if (fleet_ticks > 50) {
+            fprintf(stderr,
+                    "brix up: the replicas are ready but the gateway does not list every "
+                    "model yet (see %s/v1/models and the gateway log)\n",
+                    gwurl);
+            return true;
+        }
         for (size_t i = 0; i < nch; i++)
             if (!alive(&ch[i]))
                 return false;
@@ -385,11 +443,17 @@ int brix_up_main(int argc, char **argv)
         const char *a = argv[i];
         bool more = i + 1 < argc;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-            printf("usage: brix up -c FILE [--port 8080] [--api-port 8081] [--state-dir DIR]\n\n"
+            printf("usage: brix up -c FILE [--port 8080] [--api-port 8081] [--state-dir DIR]\n"
+                   "               [--token-file FILE] [--allow-engine-commands]\n\n"
                    "Starts the local cluster described by FILE: the controller (API on\n"
                    "--api-port), the ModelDeployments' engine replicas and ModelAdapters it\n"
                    "manages, and a gateway serving the OpenAI API on --port. Ctrl-C stops all.\n"
-                   "Logs go to STATE_DIR/logs/. See examples/local.yaml.\n");
+                   "Logs go to STATE_DIR/logs/. See examples/local.yaml.\n\n"
+                   "The controller's API token is STATE_DIR/token (made on first start, mode\n"
+                   "0600; brix get/apply/delete read it there) unless --token-file FILE.\n"
+                   "If FILE has a spec.engine.command, the controller is started with\n"
+                   "--allow-engine-commands (FILE is the local user's own); otherwise only\n"
+                   "engine-sim runs unless --allow-engine-commands is given here.\n");
             return 0;
         }
         if ((!strcmp(a, "-c") || !strcmp(a, "--config") || !strcmp(a, "-f")) && more) {
@@ -403,6 +467,10 @@ int brix_up_main(int argc, char **argv)
         } else if (!strcmp(a, "--state-dir") && more) {
             snprintf(u.state_dir, sizeof u.state_dir, "%s", argv[++i]);
             dir_set = true;
+        } else if (!strcmp(a, "--token-file") && more) {
+            u.token_file = argv[++i];
+        } else if (!strcmp(a, "--allow-engine-commands")) {
+            u.allow_engine_commands = true;
         } else {
             fprintf(stderr, "brix up: unexpected argument '%s' (see brix up --help)\n", a);
             return 2;
@@ -426,6 +494,7 @@ int brix_up_main(int argc, char **argv)
     if (realpath(file, real))
         snprintf(base, sizeof base, "%s", dirname(real));
     int nobj = 0, rc = 1;
+    bool file_cmds = false; /* the file runs its own engine program */
     for (size_t i = 0; i < docs->n; i++) {
         brix_obj_t *o;
         if (brix_obj_parse(docs->items[i], file, base, &o, err, sizeof err)) {
@@ -438,6 +507,7 @@ int brix_up_main(int argc, char **argv)
             goto out_docs;
         }
         nobj += o->kind != BRIX_KIND_CLUSTER;
+        file_cmds |= o->kind == BRIX_KIND_DEPLOYMENT && o->d.command.n;
         brix_obj_free(o);
     }
     if (!nobj) {
@@ -457,6 +527,23 @@ int brix_up_main(int argc, char **argv)
     if (mkdir(logs, 0755) && errno != EEXIST) {
         fprintf(stderr, "brix up: cannot create %s: %s\n", logs, strerror(errno));
         goto out_docs;
+    }
+    /* the token exists before the controller starts, so brix up, the
+     * controller and the gateway read the same file (no token in any argv) */
+    char tokpath[PATH_MAX + 16];
+    snprintf(tokpath, sizeof tokpath, "%s", u.token_file ? u.token_file : "");
+    if (!u.token_file)
+        snprintf(tokpath, sizeof tokpath, "%s/token", u.state_dir);
+    if (brix_auth_token_load(tokpath, !u.token_file, up_token, sizeof up_token, NULL, err,
+                             sizeof err)) {
+        fprintf(stderr, "brix up: the controller token: %s\n", err);
+        goto out_docs;
+    }
+    if (file_cmds && !u.allow_engine_commands) {
+        printf("brix up: %s runs its own engine command (spec.engine.command): the controller "
+               "accepts engine commands (--allow-engine-commands)\n",
+               file);
+        u.allow_engine_commands = true;
     }
     prctl(PR_SET_CHILD_SUBREAPER, 1);
     sigset_t set;
@@ -480,8 +567,14 @@ int brix_up_main(int argc, char **argv)
     }
     printf("brix up: starting the controller (state in %s/)\n", u.state_dir);
     fflush(stdout);
-    const char *cargs[] = { "controller", "--host",      "127.0.0.1", "--port",
-                            aport,        "--state-dir", u.state_dir, NULL };
+    const char *cargs[] = {
+        "controller", "--host",
+        "127.0.0.1",  "--port",
+        aport,        "--state-dir",
+        u.state_dir,  "--token-file",
+        tokpath,      u.allow_engine_commands ? "--allow-engine-commands" : NULL,
+        NULL
+    };
     if ((ch[0].pid = spawn(self, cargs, &u.ctl_args, ch[0].log)) <= 0 ||
         !wait_http(&ch[0], api, "/readyz", 15000, &set))
         goto stop;
@@ -497,7 +590,8 @@ int brix_up_main(int argc, char **argv)
     snprintf(h2, sizeof h2, "x-brix-base-dir: %s", base);
     const char *hdrs[] = { h1, base[0] ? h2 : NULL, NULL };
     brix_buf_t out = BRIX_BUF_INIT;
-    long st = brix_cli_call(api, "POST", "/v1/apply", text, len, hdrs, &out, err, sizeof err);
+    long st =
+        brix_cli_call(api, up_token, "POST", "/v1/apply", text, len, hdrs, &out, err, sizeof err);
     brix_free(text);
     if (st != 200) {
         fprintf(stderr, "brix up: applying %s: %s\n", file,
@@ -510,21 +604,37 @@ int brix_up_main(int argc, char **argv)
     brix_buf_free(&out);
     printf("brix up: applied %d object(s) from %s; starting the gateway\n", nobj, file);
     fflush(stdout);
-    const char *gargs[] = { "gateway", "--host",       "127.0.0.1", "--port",
-                            gport,     "--controller", api,         NULL };
+    const char *gargs[] = { "gateway",   "--host",
+                            "127.0.0.1", "--port",
+                            gport,       "--controller",
+                            api,         "--controller-token-file",
+                            tokpath,     NULL };
     if ((ch[1].pid = spawn(self, gargs, &u.gw_args, ch[1].log)) <= 0 ||
         !wait_http(&ch[1], gwurl, "/healthz", 15000, &set))
         goto stop;
     printf("brix up: waiting for the fleet\n");
     fflush(stdout);
-    if (!wait_fleet(api, ch, 2, u.ready_timeout_s, &set))
+    if (!wait_fleet(api, gwurl, ch, 2, u.ready_timeout_s, &set))
         goto stop;
+    char login[256] = "";
+    brix_buf_t lb = BRIX_BUF_INIT;
+    if (brix_cli_call(api, up_token, "POST", "/v1/login", NULL, 0, NULL, &lb, err, sizeof err) ==
+        200) {
+        cJSON *lj = cJSON_Parse(lb.data ? lb.data : "");
+        const cJSON *lp = cJSON_GetObjectItemCaseSensitive(lj, "path");
+        if (cJSON_IsString(lp))
+            snprintf(login, sizeof login, "%s%s", api, lp->valuestring);
+        cJSON_Delete(lj);
+    }
+    brix_buf_free(&lb);
     printf("\nbrix is up.\n"
            "  OpenAI API     %s/v1      try: curl %s/v1/models\n"
-           "  controller     %s         status page: %s/   objects: brix get adapters\n"
+           "  controller     %s         objects: brix get adapters (token in %s)\n"
+           "  status page    %s   (one-time login link)\n"
            "  logs           %s/\n"
            "Ctrl-C stops everything.\n\n",
-           gwurl, gwurl, api, api, logs);
+           gwurl, gwurl, api, tokpath, login[0] ? login : "(no login link: see the controller log)",
+           logs);
     fflush(stdout);
     for (;;) {
         int s = sigwaitinfo(&set, NULL);
@@ -549,5 +659,6 @@ out_docs:
     brix_yaml_free(docs);
     brix_strlist_free(&u.gw_args);
     brix_strlist_free(&u.ctl_args);
+    OPENSSL_cleanse(up_token, sizeof up_token);
     return rc;
 }

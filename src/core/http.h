@@ -75,22 +75,32 @@ struct brix_http_req {
 };
 
 typedef struct brix_http_limits {
-    uint64_t max_header_bytes;  /* request line + headers; over → 431 */
-    uint64_t max_body_bytes;    /* over → 413 */
-    uint64_t header_timeout_ms; /* first byte to end of headers; over → 408 */
-    uint64_t body_timeout_ms;   /* end of headers to end of body; over → 408 */
-    uint64_t idle_timeout_ms;   /* keep-alive idle; over → close */
-    int64_t max_connections;    /* per listener; over → 503 and close */
+    uint64_t max_header_bytes;   /* request line + headers; over → 431 */
+    uint64_t max_body_bytes;     /* over → 413 */
+    uint64_t header_timeout_ms;  /* first byte to end of headers; over → 408 */
+    uint64_t body_timeout_ms;    /* end of headers to end of body; over → 408 */
+    uint64_t idle_timeout_ms;    /* keep-alive idle; over → close */
+    int64_t max_connections;     /* per listener; over → the oldest idle (or still
+                                   sending its head) connection is closed, else 503 */
+    uint64_t write_timeout_ms;   /* pending output with no byte accepted for this
+                                   long → connection dropped, request aborted; 0 = off */
+    int64_t max_conns_per_ip;    /* open connections from one address (process-wide);
+                                   over → closed at once; 0 = off */
+    uint64_t max_buffered_bytes; /* process-wide budget of bytes held for
+                                    connections (input, bodies, pending output);
+                                    over → reads pause, bodies wait; 0 = off */
 } brix_http_limits_t;
 
-/* Sensible defaults: 64 KiB headers, 32 MiB body, 30 s, 60 s, 75 s, 10000. */
+/* Sensible defaults: 64 KiB headers, 32 MiB body, 30 s, 60 s, 75 s, 10000,
+ * write 30 s, no per-IP cap, 1 GiB buffered. */
 void brix_http_limits_default(brix_http_limits_t *l);
 
 /*
  * The option-table entries (core/config.h) of a brix_http_limits_t member of
  * a component's config struct, so every HTTP server in brix takes the same
  * flags with the same bounds: --max-header-bytes, --max-body-bytes,
- * --header-timeout, --body-timeout, --idle-timeout, --max-connections.
+ * --header-timeout, --body-timeout, --idle-timeout, --write-timeout,
+ * --max-conns-per-ip, --max-buffered-bytes, --max-connections.
  */
 #define BRIX_HTTP_LIMIT_OPTIONS(type, member, max_conns_default)                                   \
     { "max-header-bytes", BRIX_OPT_SIZE, offsetof(type, member.max_header_bytes),   "64k", 1024,   \
@@ -121,9 +131,35 @@ void brix_http_limits_default(brix_http_limits_t *l);
           3600000,                                                                                 \
           NULL,                                                                                    \
           "keep-alive idle time before a client connection is closed" },                           \
+        { "write-timeout",                                                                         \
+          BRIX_OPT_DURATION,                                                                       \
+          offsetof(type, member.write_timeout_ms),                                                 \
+          "30s",                                                                                   \
+          0,                                                                                       \
+          3600000,                                                                                 \
+          NULL,                                                                                    \
+          "drop a peer that accepts none of our pending output for this long (0 = off)" },         \
+        { "max-conns-per-ip",                                                                      \
+          BRIX_OPT_INT,                                                                            \
+          offsetof(type, member.max_conns_per_ip),                                                 \
+          "0",                                                                                     \
+          0,                                                                                       \
+          10000000,                                                                                \
+          NULL,                                                                                    \
+          "open connections from one client address (0 = no cap)" },                               \
+        { "max-buffered-bytes",                                                                    \
+          BRIX_OPT_SIZE,                                                                           \
+          offsetof(type, member.max_buffered_bytes),                                               \
+          "1g",                                                                                    \
+          0,                                                                                       \
+          1099511627776,                                                                           \
+          NULL,                                                                                    \
+          "bytes held for all connections (input, bodies, unsent output); reading pauses above "   \
+          "(0 = off)" },                                                                           \
     {                                                                                              \
         "max-connections", BRIX_OPT_INT, offsetof(type, member.max_connections),                   \
-            max_conns_default, 1, 10000000, NULL, "open client connections (503 above)"            \
+            max_conns_default, 1, 10000000, NULL,                                                  \
+            "open connections per worker; at the cap the oldest idle one is closed (503 if none)"  \
     }
 
 typedef enum brix_http_parse_rc {

@@ -24,6 +24,9 @@ typedef enum brix_uconn_state {
 typedef struct uconn {
     uv_tcp_t tcp;
     uv_timer_t timer;
+    uv_timer_t wtimer; /* write progress, armed while the request is partly unsent */
+    uint64_t w_left;   /* unsent bytes when wtimer was last armed */
+    bool writing;      /* a uv_write of the request is in flight */
     uv_connect_t creq;
     uv_write_t wreq;
     brix_buf_t wbuf;
@@ -88,6 +91,8 @@ const char *brix_uerr_str(brix_uerr_t e)
         return "invalid HTTP response";
     case BRIX_UERR_NOMEM:
         return "out of memory";
+    case BRIX_UERR_WRITE_TIMEOUT:
+        return "the upstream stopped reading the request";
     }
     return "unknown error";
 }
@@ -100,6 +105,7 @@ void brix_upstream_opts_default(brix_upstream_opts_t *o)
     o->keepalive_ms = 60000;
     o->max_idle = 64;
     o->max_response_header_bytes = 64 * 1024;
+    o->write_timeout_ms = 30000;
 }
 
 brix_upstream_t *brix_upstream_new(uv_loop_t *loop, const char *host, int port,
@@ -185,6 +191,7 @@ static void conn_close(uconn_t *c)
     c->req = NULL;
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_conn_closed);
+    uv_close((uv_handle_t *)&c->wtimer, on_conn_closed);
     uv_close((uv_handle_t *)&c->tcp, on_conn_closed);
 }
 
@@ -236,6 +243,22 @@ static void on_timer(uv_timer_t *t)
     default:
         break;
     }
+}
+
+/* The request is partly unsent and the peer took none of it since the last
+ * check: it stopped reading (a hung engine). Any progress renews the wait. */
+static void on_wtimer(uv_timer_t *t)
+{
+    uconn_t *c = t->data;
+    if (c->state != UC_BUSY || !c->writing || !c->req)
+        return;
+    uint64_t left = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (left < c->w_left) {
+        c->w_left = left;
+        uv_timer_start(&c->wtimer, on_wtimer, c->u->o.write_timeout_ms, 0);
+        return;
+    }
+    req_fail(c->req, BRIX_UERR_WRITE_TIMEOUT);
 }
 
 /* ---- response parsing ---- */
@@ -324,7 +347,10 @@ static void req_complete(uconn_t *c)
 {
     brix_ureq_t *r = c->req;
     brix_upstream_t *u = c->u;
-    bool keep = http_should_keep_alive(&c->p) && !u->released && u->nidle < u->o.max_idle;
+    /* a response that came before the whole request was sent leaves the
+     * connection mid-request: never reuse it */
+    bool keep =
+        http_should_keep_alive(&c->p) && !u->released && u->nidle < u->o.max_idle && !c->writing;
     c->req = NULL;
     r->c = NULL;
     if (keep) {
@@ -414,6 +440,9 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 static void on_written(uv_write_t *w, int status)
 {
     uconn_t *c = w->data;
+    c->writing = false;
+    if (c->state != UC_CLOSING)
+        uv_timer_stop(&c->wtimer);
     if (status < 0 && c->state == UC_BUSY && c->req)
         req_fail(c->req, BRIX_UERR_CLOSED);
 }
@@ -451,6 +480,11 @@ static void conn_send(uconn_t *c)
             req_fail(r, BRIX_UERR_CLOSED);
             return;
         }
+        c->writing = true;
+        if (c->u->o.write_timeout_ms) {
+            c->w_left = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+            uv_timer_start(&c->wtimer, on_wtimer, c->u->o.write_timeout_ms, 0);
+        }
     }
     if (!c->reading) {
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
@@ -485,8 +519,9 @@ static void conn_attach(uconn_t *c, brix_ureq_t *r)
     c->state = UC_CONNECTING;
     uv_tcp_init(u->loop, &c->tcp);
     uv_timer_init(u->loop, &c->timer);
-    c->tcp.data = c->timer.data = c;
-    c->handles = 2;
+    uv_timer_init(u->loop, &c->wtimer);
+    c->tcp.data = c->timer.data = c->wtimer.data = c;
+    c->handles = 3;
     u->nopen++;
     c->creq.data = c;
     int rc = uv_tcp_connect(&c->creq, &c->tcp, (struct sockaddr *)&u->addr, on_connected);

@@ -9,7 +9,9 @@
  * that fails on a reused connection before any response byte arrives is
  * retried once on a fresh connection (the server may have closed an idle
  * keep-alive connection just as we used it). Timeouts: connect, first byte
- * (request fully sent to response head), idle (between response bytes).
+ * (request sent to response head), idle (between response bytes; not while
+ * the caller has paused reading), write progress (a peer that stops reading
+ * the request).
  *
  * Ownership: the upstream owns its connections; a request is owned by the
  * caller until on_done/on_error (after which it is freed) or until
@@ -35,6 +37,7 @@ typedef enum brix_uerr {
     BRIX_UERR_CLOSED,       /* connection closed or reset before the response ended */
     BRIX_UERR_PROTOCOL,     /* unparsable response */
     BRIX_UERR_NOMEM,
+    BRIX_UERR_WRITE_TIMEOUT, /* the peer accepted none of the request for write_timeout_ms */
 } brix_uerr_t;
 
 const char *brix_uerr_str(brix_uerr_t e);
@@ -46,6 +49,8 @@ typedef struct brix_upstream_opts {
     uint64_t keepalive_ms;              /* idle pooled connection lifetime, default 60000 */
     uint32_t max_idle;                  /* pooled idle connections kept, default 64 */
     uint64_t max_response_header_bytes; /* default 64 KiB */
+    uint64_t write_timeout_ms;          /* request bytes unsent and none accepted for
+                                           this long → WRITE_TIMEOUT; default 30000, 0 = off */
 } brix_upstream_opts_t;
 
 void brix_upstream_opts_default(brix_upstream_opts_t *o);

@@ -17,6 +17,9 @@ void brix_http_limits_default(brix_http_limits_t *l)
     l->body_timeout_ms = 60000;
     l->idle_timeout_ms = 75000;
     l->max_connections = 10000;
+    l->write_timeout_ms = 30000;
+    l->max_conns_per_ip = 0;
+    l->max_buffered_bytes = 1024ull * 1024 * 1024;
 }
 
 static brix_http_reqparser_t *RP(http_parser *p)
@@ -320,6 +323,8 @@ const char *brix_http_reason(int status)
         return "Moved Permanently";
     case 302:
         return "Found";
+    case 303:
+        return "See Other";
     case 304:
         return "Not Modified";
     case 400:

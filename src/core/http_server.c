@@ -9,15 +9,38 @@
 #include "core/time.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define READ_BUF_SIZE 65536
-#define LINGER_MS     2000
+#define READ_BUF_SIZE  65536
+#define LINGER_MS      2000
+#define BUDGET_POLL_MS 50 /* paused readers re-check the shared budget this often */
+#define IP_BUCKETS     4096
+
+/* Which eviction list a connection is on: when the listener is full, the
+ * oldest idle keep-alive connection goes first, then the oldest one still
+ * sending its head (a slowloris dribbler is the oldest of those). */
+enum { QUIET_NONE, QUIET_IDLE, QUIET_HEAD, QUIET_N };
+
+typedef struct ip_ent {
+    struct ip_ent *next;
+    uint8_t ip[16]; /* IPv4 as ::ffff:a.b.c.d */
+    uint32_t n;
+} ip_ent_t;
+
+struct brix_http_shared {
+    uv_mutex_t mu; /* ips: taken once per accept and close, only with a per-IP cap */
+    ip_ent_t *ips[IP_BUCKETS];
+    _Atomic int64_t buffered;
+    _Atomic uint64_t conns_open, header_to, body_to, idle_to, write_to, refused_ip, refused_full,
+        evicted, pauses;
+};
 
 typedef enum brix_http_conn_state {
     CONN_IDLE,      /* between requests, no byte of the next one yet; idle timer armed */
@@ -49,6 +72,18 @@ typedef struct brix_http_conn {
     size_t wq_bytes; /* bytes in queued uv_write requests */
     unsigned wq_reqs;
     struct brix_http_conn *prev, *next;
+    uv_timer_t wtimer; /* write progress: armed while uv_write requests are queued */
+    uint64_t wq_added; /* bytes ever handed to uv_write */
+    uint64_t w_mark;   /* bytes written (wq_added - queued) when wtimer was armed */
+    uint8_t ip[16];
+    bool ip_counted;
+    bool budget_paused; /* reading stopped while the process is over its budget */
+    bool await_admit;   /* paused at the end of the head: its body does not fit yet */
+    struct brix_http_conn *pprev, *pnext; /* server's paused list, oldest first */
+    int quiet;                            /* QUIET_*: eviction list membership */
+    struct brix_http_conn *qprev, *qnext;
+    uint64_t counted;  /* bytes this connection adds to the shared budget */
+    uint64_t reserved; /* declared body length admitted at the end of the head */
 } brix_http_conn_t;
 
 struct brix_http_server {
@@ -61,11 +96,22 @@ struct brix_http_server {
     void *ud;
     brix_http_conn_t *conns; /* open connections (not yet closing) */
     size_t conns_alive;      /* connections whose memory is not yet freed */
-    int handles_open;        /* the flush check handle */
+    int handles_open;        /* the flush check and budget timer handles */
     brix_http_server_stats_t st;
     uv_check_t flush_check; /* end of loop tick: send heads still pending */
     bool flush_active;
     brix_http_conn_t *pending_heads; /* connections with head_pending */
+    brix_http_shared_t *sh;
+    bool own_sh;
+    brix_http_conn_t *qhead[QUIET_N], *qtail[QUIET_N]; /* oldest first */
+    uv_timer_t budget_timer;                           /* runs while npaused > 0 */
+    size_t npaused;
+    brix_http_conn_t *phead, *ptail; /* budget-paused connections, in pause order */
+    /* Over the budget with no request in flight here, one connection with a
+     * half-received request may still read until that request is complete,
+     * so paused connections can never all wait on each other; costs at most
+     * one request per server. */
+    brix_http_conn_t *exempt;
     char rbuf[READ_BUF_SIZE];
     void (*done_cb)(void *);
     void *done_arg;
@@ -79,6 +125,8 @@ typedef struct write_req {
 } write_req_t;
 
 static void conn_close(brix_http_conn_t *c);
+static void conn_close_ex(brix_http_conn_t *c, bool reset);
+static void arm_timer(brix_http_conn_t *c, uint64_t ms);
 static void conn_process(brix_http_conn_t *c);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
 static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf);
@@ -174,18 +222,286 @@ static int error_body(brix_buf_t *b, int status, const char *type, const char *c
     return rc ? -ENOMEM : 0;
 }
 
+/* --------------------------------------------------------------- shared -- */
+
+#define RELAXED     memory_order_relaxed
+#define BUMP(sh, f) atomic_fetch_add_explicit(&(sh)->f, 1, RELAXED)
+
+brix_http_shared_t *brix_http_shared_new(void)
+{
+    brix_http_shared_t *sh = brix_calloc(1, sizeof *sh);
+    if (sh)
+        uv_mutex_init(&sh->mu);
+    return sh;
+}
+
+void brix_http_shared_free(brix_http_shared_t *sh)
+{
+    if (!sh)
+        return;
+    for (size_t i = 0; i < IP_BUCKETS; i++)
+        for (ip_ent_t *e = sh->ips[i], *n; e; e = n) {
+            n = e->next;
+            brix_free(e);
+        }
+    uv_mutex_destroy(&sh->mu);
+    brix_free(sh);
+}
+
+void brix_http_shared_stats(const brix_http_shared_t *csh, brix_http_guard_stats_t *o)
+{
+    brix_http_shared_t *sh = (brix_http_shared_t *)csh; /* atomics: loads need non-const */
+    int64_t b = atomic_load_explicit(&sh->buffered, RELAXED);
+    o->buffered_bytes = b > 0 ? (uint64_t)b : 0;
+    o->conns_open = atomic_load_explicit(&sh->conns_open, RELAXED);
+    o->header_timeouts = atomic_load_explicit(&sh->header_to, RELAXED);
+    o->body_timeouts = atomic_load_explicit(&sh->body_to, RELAXED);
+    o->idle_timeouts = atomic_load_explicit(&sh->idle_to, RELAXED);
+    o->write_timeouts = atomic_load_explicit(&sh->write_to, RELAXED);
+    o->refused_per_ip = atomic_load_explicit(&sh->refused_ip, RELAXED);
+    o->refused_full = atomic_load_explicit(&sh->refused_full, RELAXED);
+    o->evicted = atomic_load_explicit(&sh->evicted, RELAXED);
+    o->budget_pauses = atomic_load_explicit(&sh->pauses, RELAXED);
+}
+
+static size_t ip_bucket(const uint8_t ip[16])
+{
+    uint64_t h = 1469598103934665603ull; /* FNV-1a */
+    for (int i = 0; i < 16; i++)
+        h = (h ^ ip[i]) * 1099511628211ull;
+    return (size_t)(h % IP_BUCKETS);
+}
+
+/* Counts one more connection from ip unless max are open; false when full
+ * (or out of memory: refusing is the safe side). */
+static bool ip_acquire(brix_http_shared_t *sh, const uint8_t ip[16], int64_t max)
+{
+    bool ok = false;
+    uv_mutex_lock(&sh->mu);
+    ip_ent_t **head = &sh->ips[ip_bucket(ip)], *e = *head;
+    while (e && memcmp(e->ip, ip, 16))
+        e = e->next;
+    if (!e && (e = brix_calloc(1, sizeof *e))) {
+        memcpy(e->ip, ip, 16);
+        e->next = *head;
+        *head = e;
+    }
+    if (e && (int64_t)e->n < max) {
+        e->n++;
+        ok = true;
+    }
+    uv_mutex_unlock(&sh->mu);
+    return ok;
+}
+
+static void ip_release(brix_http_shared_t *sh, const uint8_t ip[16])
+{
+    uv_mutex_lock(&sh->mu);
+    for (ip_ent_t **q = &sh->ips[ip_bucket(ip)]; *q; q = &(*q)->next) {
+        ip_ent_t *e = *q;
+        if (memcmp(e->ip, ip, 16))
+            continue;
+        if (--e->n == 0) {
+            *q = e->next;
+            brix_free(e);
+        }
+        break;
+    }
+    uv_mutex_unlock(&sh->mu);
+}
+
+static void peer_ip(brix_http_conn_t *c)
+{
+    struct sockaddr_storage a;
+    int len = sizeof a;
+    memset(c->ip, 0, sizeof c->ip);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&a, &len))
+        return;
+    if (a.ss_family == AF_INET) {
+        c->ip[10] = c->ip[11] = 0xff;
+        memcpy(c->ip + 12, &((struct sockaddr_in *)&a)->sin_addr, 4);
+    } else if (a.ss_family == AF_INET6) {
+        memcpy(c->ip, &((struct sockaddr_in6 *)&a)->sin6_addr, 16);
+    }
+}
+
+/* ---- eviction lists ---- */
+
+static void quiet_set(brix_http_conn_t *c, int which)
+{
+    brix_http_server_t *s = c->srv;
+    if (c->quiet == which)
+        return;
+    if (c->quiet != QUIET_NONE) {
+        int q = c->quiet;
+        if (c->qprev)
+            c->qprev->qnext = c->qnext;
+        else
+            s->qhead[q] = c->qnext;
+        if (c->qnext)
+            c->qnext->qprev = c->qprev;
+        else
+            s->qtail[q] = c->qprev;
+        c->qprev = c->qnext = NULL;
+    }
+    c->quiet = which;
+    if (which != QUIET_NONE) {
+        c->qprev = s->qtail[which];
+        c->qnext = NULL;
+        if (s->qtail[which])
+            s->qtail[which]->qnext = c;
+        else
+            s->qhead[which] = c;
+        s->qtail[which] = c;
+    }
+}
+
+/* ---- buffered-bytes budget ---- */
+
+static bool over_budget(const brix_http_server_t *s, int64_t extra)
+{
+    return s->lim.max_buffered_bytes && atomic_load_explicit(&s->sh->buffered, RELAXED) + extra >
+                                            (int64_t)s->lim.max_buffered_bytes;
+}
+
+/* Brings this connection's share of the shared budget up to date: bytes
+ * received and not yet parsed, the body (or its admitted declared length),
+ * a head still arriving, and output queued in user space. */
+static void conn_acct(brix_http_conn_t *c)
+{
+    uint64_t want = 0;
+    if (c->state != CONN_CLOSING) {
+        uint64_t body = c->req.body.len > c->reserved ? c->req.body.len : c->reserved;
+        want = c->in.len + c->wq_bytes + body + (c->rp.headers_done ? 0 : c->rp.header_bytes);
+    }
+    if (want != c->counted) {
+        atomic_fetch_add_explicit(&c->srv->sh->buffered, (int64_t)want - (int64_t)c->counted,
+                                  RELAXED);
+        c->counted = want;
+    }
+}
+
+static void budget_unpause(brix_http_conn_t *c);
+
+/* Paused readers resume once the process is back under 7/8 of its budget
+ * (the gap keeps them from flapping at the boundary). Polled: the bytes that
+ * free the budget may be released on another worker's loop. */
+static void on_budget_timer(uv_timer_t *t)
+{
+    brix_http_server_t *s = t->data;
+    int64_t low = (int64_t)(s->lim.max_buffered_bytes / 8 * 7);
+    if (s->npaused && atomic_load_explicit(&s->sh->buffered, RELAXED) > low) {
+        /* requests in flight here will release bytes when they end */
+        if (s->exempt || s->st.requests_active)
+            return;
+        for (brix_http_conn_t *c = s->phead; c; c = c->pnext) {
+            if (c->state == CONN_READING) {
+                s->exempt = c;
+                budget_unpause(c);
+                break;
+            }
+        }
+        return;
+    }
+    /* Resume only as many as the room left can take one read each: resuming
+     * every paused connection at once would overshoot by a read buffer per
+     * connection. The rest wait for the next tick. */
+    int64_t room =
+        (int64_t)s->lim.max_buffered_bytes - atomic_load_explicit(&s->sh->buffered, RELAXED);
+    for (brix_http_conn_t *c = s->phead, *n; c && room > 0; c = n) {
+        n = c->pnext; /* oldest pause first: nobody waits behind newer arrivals */
+        /* a waiting body is admitted only when its whole length fits (each
+         * admission counts at once, so later ones see the room it took) */
+        if (c->await_admit && over_budget(s, (int64_t)c->rp.p.content_length) &&
+            atomic_load_explicit(&s->sh->buffered, RELAXED) > (int64_t)c->counted)
+            continue;
+        room -= c->await_admit ? (int64_t)c->rp.p.content_length : READ_BUF_SIZE;
+        budget_unpause(c);
+    }
+    if (!s->npaused)
+        uv_timer_stop(t);
+}
+
+static void budget_pause(brix_http_conn_t *c)
+{
+    brix_http_server_t *s = c->srv;
+    if (c->budget_paused)
+        return;
+    c->budget_paused = true;
+    BUMP(s->sh, pauses);
+    c->pnext = NULL;
+    c->pprev = s->ptail;
+    if (s->ptail)
+        s->ptail->pnext = c;
+    else
+        s->phead = c;
+    s->ptail = c;
+    if (c->reading) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+    if (s->npaused++ == 0)
+        uv_timer_start(&s->budget_timer, on_budget_timer, BUDGET_POLL_MS, BUDGET_POLL_MS);
+}
+
+static void budget_unpause(brix_http_conn_t *c)
+{
+    if (!c->budget_paused)
+        return;
+    brix_http_server_t *s = c->srv;
+    c->budget_paused = false;
+    s->npaused--;
+    if (c->pprev)
+        c->pprev->pnext = c->pnext;
+    else
+        s->phead = c->pnext;
+    if (c->pnext)
+        c->pnext->pprev = c->pprev;
+    else
+        s->ptail = c->pprev;
+    c->pprev = c->pnext = NULL;
+    bool admitted = c->await_admit;
+    if (admitted) {
+        c->await_admit = false;
+        if (c->state == CONN_READING) {
+            c->reserved = c->req.body.len + c->rp.p.content_length;
+            conn_acct(c);
+        }
+    }
+    if (!c->reading && c->state != CONN_CLOSING &&
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        c->reading = true;
+    if (admitted && c->state == CONN_READING)
+        conn_process(c); /* body bytes that came with the head */
+}
+
 /* ---------------------------------------------------------------- timer -- */
 
 static void on_timer(uv_timer_t *t)
 {
     brix_http_conn_t *c = t->data;
+    /* A response still being written is not idle and not yet delivered:
+     * closing now would cut a slow but live reader short. The write timer
+     * drops the connection if that output stops moving. */
+    if ((c->state == CONN_IDLE || c->state == CONN_LINGERING) && c->wq_reqs &&
+        c->srv->lim.write_timeout_ms) {
+        arm_timer(c, c->state == CONN_IDLE ? c->srv->lim.idle_timeout_ms : LINGER_MS);
+        return;
+    }
     switch (c->state) {
     case CONN_IDLE:
+        BUMP(c->srv->sh, idle_to);
+        conn_close(c);
+        break;
     case CONN_LINGERING:
         conn_close(c);
         break;
     case CONN_READING: {
         /* Answer 408 to a request that started and stalled. */
+        if (c->body_phase)
+            BUMP(c->srv->sh, body_to);
+        else
+            BUMP(c->srv->sh, header_to);
         static const char msg[] = "request timed out before it was received completely";
         brix_buf_t body = BRIX_BUF_INIT;
         if (error_body(&body, 408, NULL, NULL, NULL, msg) == 0) {
@@ -219,6 +535,32 @@ static void arm_timer(brix_http_conn_t *c, uint64_t ms)
 
 /* ---------------------------------------------------------------- write -- */
 
+static uint64_t bytes_written(brix_http_conn_t *c)
+{
+    return c->wq_added - uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+}
+
+/* Output is queued and the peer accepted none of it for write_timeout_ms: it
+ * stopped reading (or its window is shut). Any accepted byte renews the
+ * deadline, so a slow but live reader is never cut. The reset aborts the
+ * request, which cancels its upstream work and frees its slots. */
+static void on_write_timer(uv_timer_t *t)
+{
+    brix_http_conn_t *c = t->data;
+    if (c->state == CONN_CLOSING || !c->wq_reqs)
+        return;
+    uint64_t w = bytes_written(c);
+    if (w > c->w_mark) {
+        c->w_mark = w;
+        uv_timer_start(&c->wtimer, on_write_timer, c->srv->lim.write_timeout_ms, 0);
+        return;
+    }
+    BUMP(c->srv->sh, write_to);
+    BRIX_INFO("dropping a client that read nothing for %llu ms (%zu bytes unsent)",
+              (unsigned long long)c->srv->lim.write_timeout_ms, c->wq_bytes);
+    conn_close_ex(c, true);
+}
+
 static void on_write(uv_write_t *w, int status)
 {
     write_req_t *wr = (write_req_t *)w;
@@ -226,6 +568,9 @@ static void on_write(uv_write_t *w, int status)
     c->wq_reqs--;
     c->wq_bytes -= wr->len;
     brix_free(wr);
+    conn_acct(c);
+    if (!c->wq_reqs)
+        uv_timer_stop(&c->wtimer);
     if (status < 0 && status != UV_ECANCELED) {
         conn_close(c);
         return;
@@ -302,8 +647,13 @@ static int conn_write(brix_http_conn_t *c, const uv_buf_t *bufs, unsigned n)
         conn_close(c);
         return -EPIPE;
     }
-    c->wq_reqs++;
     c->wq_bytes += pos;
+    c->wq_added += pos;
+    if (!c->wq_reqs++ && c->srv->lim.write_timeout_ms) {
+        c->w_mark = bytes_written(c);
+        uv_timer_start(&c->wtimer, on_write_timer, c->srv->lim.write_timeout_ms, 0);
+    }
+    conn_acct(c);
     return 0;
 }
 
@@ -318,6 +668,8 @@ static void conn_free(brix_http_conn_t *c)
     brix_buf_free(&c->req.resp_headers);
     brix_buf_free(&c->in);
     brix_buf_free(&c->head);
+    if (c->ip_counted)
+        ip_release(s->sh, c->ip);
     brix_free(c);
     s->conns_alive--;
     server_maybe_done(s);
@@ -330,8 +682,6 @@ static void on_conn_handle_closed(uv_handle_t *h)
         conn_free(c);
 }
 
-static void conn_close_ex(brix_http_conn_t *c, bool reset);
-
 static void conn_close(brix_http_conn_t *c)
 {
     conn_close_ex(c, false);
@@ -343,8 +693,13 @@ static void conn_close_ex(brix_http_conn_t *c, bool reset)
         return;
     bool aborting = c->state == CONN_HANDLING && c->req.resp_state != BRIX_HTTP_RESP_DONE;
     pending_remove(c);
+    quiet_set(c, QUIET_NONE);
+    if (c->srv->exempt == c)
+        c->srv->exempt = NULL;
     c->state = CONN_CLOSING;
+    budget_unpause(c);
     brix_http_server_t *s = c->srv;
+    conn_acct(c); /* CLOSING holds nothing new; queued writes end in their callbacks */
     if (aborting) {
         s->st.requests_active--;
         if (c->req.on_abort)
@@ -358,8 +713,10 @@ static void conn_close_ex(brix_http_conn_t *c, bool reset)
     if (c->next)
         c->next->prev = c->prev;
     s->st.connections_open--;
+    atomic_fetch_sub_explicit(&s->sh->conns_open, 1, RELAXED);
     uv_timer_stop(&c->timer);
     uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+    uv_close((uv_handle_t *)&c->wtimer, on_conn_handle_closed);
     if (!reset || uv_tcp_close_reset(&c->tcp, on_conn_handle_closed) != 0)
         uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
 }
@@ -378,12 +735,17 @@ static void conn_linger(brix_http_conn_t *c)
     if (c->state == CONN_CLOSING)
         return;
     c->state = CONN_LINGERING;
+    quiet_set(c, QUIET_NONE);
+    if (c->srv->exempt == c)
+        c->srv->exempt = NULL;
     brix_buf_free(&c->in);
+    conn_acct(c);
     c->shut.data = c;
     if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
         conn_close(c);
         return;
     }
+    budget_unpause(c); /* lingering input is discarded, not held */
     if (!c->reading) {
         /* Keep reading to see EOF; resumed here after backpressure pauses. */
         if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
@@ -437,6 +799,8 @@ static void req_reset(brix_http_req_t *r)
     r->chunked = r->close_after = false;
     r->bytes_out = 0;
     r->expect_continue = false;
+    if (r->conn)
+        r->conn->reserved = 0;
 }
 
 static void dispatch(brix_http_conn_t *c)
@@ -444,6 +808,9 @@ static void dispatch(brix_http_conn_t *c)
     brix_http_server_t *s = c->srv;
     brix_http_req_t *r = &c->req;
     c->state = CONN_HANDLING;
+    quiet_set(c, QUIET_NONE);
+    if (s->exempt == c)
+        s->exempt = NULL; /* its request is complete */
     uv_timer_stop(&c->timer);
     make_request_id(r);
     r->conn = c;
@@ -472,8 +839,38 @@ static void finish_response(brix_http_conn_t *c)
     c->body_phase = false;
     c->sent_continue = false;
     brix_http_reqparser_begin(&c->rp, r);
+    quiet_set(c, QUIET_IDLE);
     arm_timer(c, s->lim.idle_timeout_ms);
+    conn_acct(c);
+    /* Reading stopped while pipelined input waited (per-connection cap):
+     * that input is parsed now, so read again unless the budget says no. */
+    if (!c->reading && !c->budget_paused &&
+        uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+        c->reading = true;
     conn_process(c);
+}
+
+/* The head is in and a body of declared length is still to come. If it fits
+ * in the budget, its whole length is counted now, so an admitted body never
+ * pauses half-way (bodies paused half-way could hold the whole budget and
+ * wait for each other). If not, the connection waits unread for room (its
+ * body deadline runs) and is admitted when the budget timer resumes it.
+ * Returns nonzero when the connection now waits. */
+static int admit_body(brix_http_conn_t *c)
+{
+    brix_http_server_t *s = c->srv;
+    uint64_t left = c->rp.p.content_length;
+    if ((c->rp.p.flags & F_CHUNKED) || left == ULLONG_MAX || !left)
+        return 0;
+    if (s->lim.max_buffered_bytes && c != s->exempt && over_budget(s, (int64_t)left) &&
+        atomic_load_explicit(&s->sh->buffered, RELAXED) > (int64_t)c->counted) {
+        c->await_admit = true;
+        budget_pause(c);
+        return 1;
+    }
+    c->reserved = c->req.body.len + left;
+    conn_acct(c);
+    return 0;
 }
 
 static void conn_process(brix_http_conn_t *c)
@@ -486,9 +883,13 @@ static void conn_process(brix_http_conn_t *c)
     brix_http_server_t *s = c->srv;
     do {
         c->reprocess = false;
-        while ((c->state == CONN_IDLE || c->state == CONN_READING) && c->in.len) {
+        while ((c->state == CONN_IDLE || c->state == CONN_READING) && c->in.len &&
+               !c->await_admit) {
             if (c->state == CONN_IDLE) {
+                /* One deadline for the whole head, from its first byte: bytes
+                 * dribbled in later do not renew it (slowloris). */
                 c->state = CONN_READING;
+                quiet_set(c, QUIET_HEAD);
                 c->req.start_ns = brix_now_ns();
                 arm_timer(c, s->lim.header_timeout_ms);
             }
@@ -502,7 +903,10 @@ static void conn_process(brix_http_conn_t *c)
             }
             if (c->rp.headers_done && !c->body_phase) {
                 c->body_phase = true;
+                quiet_set(c, QUIET_NONE);
                 arm_timer(c, s->lim.body_timeout_ms);
+                if (rc == BRIX_HTTP_PARSE_MORE && admit_body(c))
+                    break;
                 if (c->req.expect_continue && !c->sent_continue && rc == BRIX_HTTP_PARSE_MORE) {
                     static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
                     uv_buf_t b = uv_buf_init((char *)cont, sizeof cont - 1);
@@ -550,9 +954,35 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
             uv_read_stop(st);
             c->reading = false;
         }
+        conn_acct(c);
+        if (over_budget(c->srv, 0))
+            budget_pause(c);
         return;
     }
     conn_process(c);
+    if (c->state == CONN_CLOSING || c->state == CONN_LINGERING)
+        return;
+    conn_acct(c);
+    /* Over the budget, a connection holding unfinished input (a head, a
+     * chunked body, pipelined bytes) waits; an admitted declared-length body
+     * is already counted in full, so reading it adds nothing. */
+    bool adds = c->state == CONN_HANDLING  ? c->in.len > 0
+                : c->state == CONN_READING ? !c->reserved
+                                           : c->in.len > 0;
+    if (adds && c != c->srv->exempt && over_budget(c->srv, 0))
+        budget_pause(c);
+}
+
+/* The connection to close when the listener is full: the oldest idle one
+ * whose last response has been fully written (a few are looked at, so a full
+ * listener costs O(1) per accept), else the oldest still sending its head. */
+static brix_http_conn_t *pick_victim(brix_http_server_t *s)
+{
+    int n = 0;
+    for (brix_http_conn_t *c = s->qhead[QUIET_IDLE]; c && n < 16; c = c->qnext, n++)
+        if (!c->wq_reqs)
+            return c;
+    return s->qhead[QUIET_HEAD];
 }
 
 static void on_connection(uv_stream_t *ls, int status)
@@ -569,8 +999,9 @@ static void on_connection(uv_stream_t *ls, int status)
     s->conns_alive++;
     uv_tcp_init(s->loop, &c->tcp);
     uv_timer_init(s->loop, &c->timer);
-    c->tcp.data = c->timer.data = c;
-    c->handles_open = 2;
+    uv_timer_init(s->loop, &c->wtimer);
+    c->tcp.data = c->timer.data = c->wtimer.data = c;
+    c->handles_open = 3;
     brix_arena_init(&c->req.arena, 2048);
     brix_http_reqparser_init(&c->rp, &s->lim);
     brix_http_reqparser_begin(&c->rp, &c->req);
@@ -581,9 +1012,21 @@ static void on_connection(uv_stream_t *ls, int status)
     s->conns = c;
     s->st.connections_open++;
     s->st.connections_total++;
+    atomic_fetch_add_explicit(&s->sh->conns_open, 1, RELAXED);
     if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
         conn_close(c);
         return;
+    }
+    if (s->lim.max_conns_per_ip > 0) {
+        /* Refused without an answer: a flood from one address costs an
+         * accept and a close, never a timer or a buffer. */
+        peer_ip(c);
+        if (!ip_acquire(s->sh, c->ip, s->lim.max_conns_per_ip)) {
+            BUMP(s->sh, refused_ip);
+            conn_close(c);
+            return;
+        }
+        c->ip_counted = true;
     }
     uv_tcp_nodelay(&c->tcp, 1);
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
@@ -592,9 +1035,19 @@ static void on_connection(uv_stream_t *ls, int status)
     }
     c->reading = true;
     if (s->st.connections_open > (uint64_t)s->lim.max_connections) {
-        conn_fail(c, 503, "too many connections");
-        return;
+        /* Full: make room by closing the oldest idle keep-alive connection
+         * (clients reopen those as a matter of course), else the oldest one
+         * still sending its head, rather than turn a new client away. */
+        brix_http_conn_t *victim = pick_victim(s);
+        if (!victim) {
+            BUMP(s->sh, refused_full);
+            conn_fail(c, 503, "too many connections");
+            return;
+        }
+        BUMP(s->sh, evicted);
+        conn_close(victim);
     }
+    quiet_set(c, QUIET_IDLE);
     arm_timer(c, s->lim.idle_timeout_ms);
 }
 
@@ -610,9 +1063,16 @@ brix_http_server_t *brix_http_server_new(uv_loop_t *loop, const brix_http_limits
     s->lim = *lim;
     s->handler = handler;
     s->ud = ud;
+    if (!(s->sh = brix_http_shared_new())) {
+        brix_free(s);
+        return NULL;
+    }
+    s->own_sh = true;
     uv_check_init(loop, &s->flush_check);
     s->flush_check.data = s;
-    s->handles_open = 1;
+    uv_timer_init(loop, &s->budget_timer);
+    s->budget_timer.data = s;
+    s->handles_open = 2;
     return s;
 }
 
@@ -642,7 +1102,9 @@ int brix_http_server_listen(brix_http_server_t *s, const char *host, int port, b
     }
     if ((rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&ss, 0)))
         return rc;
-    if ((rc = uv_listen((uv_stream_t *)&s->listener, 1024, on_connection)))
+    /* a deep backlog (the kernel caps it at somaxconn): a burst of connects
+     * waits in the queue instead of being dropped into SYN retries */
+    if ((rc = uv_listen((uv_stream_t *)&s->listener, 4096, on_connection)))
         return rc;
     s->listening = true;
     if (bound) {
@@ -689,6 +1151,8 @@ static void server_maybe_done(brix_http_server_t *s)
     if (s->closing && !s->conns_alive && !s->listener_open && !s->handles_open) {
         void (*cb)(void *) = s->done_cb;
         void *arg = s->done_arg;
+        if (s->own_sh)
+            brix_http_shared_free(s->sh);
         brix_free(s);
         if (cb)
             cb(arg);
@@ -698,15 +1162,17 @@ static void server_maybe_done(brix_http_server_t *s)
 static void on_check_closed(uv_handle_t *h)
 {
     brix_http_server_t *s = h->data;
-    s->handles_open = 0;
+    s->handles_open--;
     server_maybe_done(s);
 }
 
 void brix_http_server_close(brix_http_server_t *s, void (*done_cb)(void *), void *arg)
 {
     s->closing = true;
-    if (!uv_is_closing((uv_handle_t *)&s->flush_check))
+    if (!uv_is_closing((uv_handle_t *)&s->flush_check)) {
         uv_close((uv_handle_t *)&s->flush_check, on_check_closed);
+        uv_close((uv_handle_t *)&s->budget_timer, on_check_closed);
+    }
     s->draining = true;
     s->done_cb = done_cb;
     s->done_arg = arg;
@@ -724,6 +1190,21 @@ void brix_http_server_close(brix_http_server_t *s, void (*done_cb)(void *), void
 void brix_http_server_stats(const brix_http_server_t *s, brix_http_server_stats_t *out)
 {
     *out = s->st;
+}
+
+void brix_http_server_set_shared(brix_http_server_t *s, brix_http_shared_t *sh)
+{
+    if (!sh || sh == s->sh)
+        return;
+    if (s->own_sh)
+        brix_http_shared_free(s->sh);
+    s->sh = sh;
+    s->own_sh = false;
+}
+
+brix_http_shared_t *brix_http_server_shared(brix_http_server_t *s)
+{
+    return s->sh;
 }
 
 /* ------------------------------------------------------------ responses -- */
@@ -958,4 +1439,12 @@ void brix_http_abort(brix_http_req_t *req)
 size_t brix_http_write_queue_bytes(const brix_http_req_t *req)
 {
     return req->conn ? req->conn->wq_bytes : 0;
+}
+
+bool brix_http_write_backlogged(const brix_http_req_t *req, size_t limit)
+{
+    const brix_http_conn_t *c = req->conn;
+    if (!c || !c->wq_bytes)
+        return false;
+    return c->wq_bytes > limit || over_budget(c->srv, 0);
 }

@@ -17,6 +17,14 @@
  * the connection; it stays valid until the response is done or on_abort has
  * returned. If a write fails, the connection is closed and on_abort runs before
  * the failing call returns (which then returns a negative errno).
+ *
+ * Slow peers: the head has one deadline from its first byte (not renewed by
+ * each byte), the body one from the end of the head; a connection whose
+ * pending output gains no accepted byte for write_timeout_ms is reset (the
+ * request aborted). State that must span every server of a process — the
+ * per-IP connection counts, the buffered-bytes budget and the counters of
+ * these conditions — lives in a brix_http_shared_t, given to each server with
+ * brix_http_server_set_shared() (a server without one uses a private one).
  */
 #ifndef BRIX_CORE_HTTP_SERVER_H
 #define BRIX_CORE_HTTP_SERVER_H
@@ -36,6 +44,23 @@ typedef struct brix_http_server_stats {
     uint64_t parse_errors; /* 400/413/431/408 answered by the server itself */
 } brix_http_server_stats_t;
 
+/* Process-wide counters of the slow-peer and limit conditions. */
+typedef struct brix_http_guard_stats {
+    uint64_t conns_open;
+    uint64_t buffered_bytes; /* now: input + bodies + unsent output */
+    uint64_t header_timeouts, body_timeouts, idle_timeouts, write_timeouts;
+    uint64_t refused_per_ip; /* closed at accept by --max-conns-per-ip */
+    uint64_t refused_full;   /* 503 at accept: full and nothing idle to close */
+    uint64_t evicted;        /* idle or head-dribbling connections closed to admit new ones */
+    uint64_t budget_pauses;  /* connections whose reading paused over the budget */
+} brix_http_guard_stats_t;
+
+typedef struct brix_http_shared brix_http_shared_t;
+brix_http_shared_t *brix_http_shared_new(void);
+/* Only after every server using it is closed. */
+void brix_http_shared_free(brix_http_shared_t *sh);
+void brix_http_shared_stats(const brix_http_shared_t *sh, brix_http_guard_stats_t *out);
+
 brix_http_server_t *brix_http_server_new(uv_loop_t *loop, const brix_http_limits_t *lim,
                                          brix_http_handler_fn handler, void *ud);
 /*
@@ -52,6 +77,11 @@ void brix_http_server_drain(brix_http_server_t *s);
  * the server is freed once all handles are closed, then done_cb runs. */
 void brix_http_server_close(brix_http_server_t *s, void (*done_cb)(void *), void *arg);
 void brix_http_server_stats(const brix_http_server_t *s, brix_http_server_stats_t *out);
+/* Shares per-IP counts, the buffered-bytes budget and counters with other
+ * servers of the process. Call before listen; sh must outlive s. */
+void brix_http_server_set_shared(brix_http_server_t *s, brix_http_shared_t *sh);
+/* The shared state this server uses (its private one by default). */
+brix_http_shared_t *brix_http_server_shared(brix_http_server_t *s);
 
 /* ---- responses ---- */
 
@@ -83,6 +113,10 @@ int brix_http_sse_data(brix_http_req_t *req, const char *data, size_t len);
 void brix_http_abort(brix_http_req_t *req);
 /* Bytes queued in user space for this request's connection (backpressure). */
 size_t brix_http_write_queue_bytes(const brix_http_req_t *req);
+/* True when a producer should stop feeding this response until on_drain:
+ * more than `limit` bytes are queued, or some are and the process is over its
+ * buffered-bytes budget. */
+bool brix_http_write_backlogged(const brix_http_req_t *req, size_t limit);
 
 /* Default error type for a status: invalid_request_error, authentication_error, ... */
 const char *brix_http_error_type(int status);

@@ -342,6 +342,53 @@ static uint32_t hex4(const char *p)
     return v;
 }
 
+/* Decodes the escape at p[*i] (a backslash) into out (at most 4 bytes),
+ * advancing *i past it; returns the bytes written. The span was validated
+ * by the scanner, so every escape is complete. */
+static size_t decode_escape(const char *p, size_t n, size_t *i, char *out)
+{
+    char e = p[*i + 1];
+    *i += 2;
+    switch (e) {
+    case 'b':
+        *out = '\b';
+        return 1;
+    case 'f':
+        *out = '\f';
+        return 1;
+    case 'n':
+        *out = '\n';
+        return 1;
+    case 'r':
+        *out = '\r';
+        return 1;
+    case 't':
+        *out = '\t';
+        return 1;
+    case 'u': {
+        uint32_t cp = hex4(p + *i);
+        *i += 4;
+        if (cp >= 0xd800 && cp < 0xdc00 && *i + 6 <= n && p[*i] == '\\' && p[*i + 1] == 'u') {
+            uint32_t lo = hex4(p + *i + 2);
+            if (lo >= 0xdc00 && lo < 0xe000) {
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                *i += 6;
+            }
+        }
+        /* \u escapes take 6 bytes and decode to at most 4 (a lone
+         * surrogate becomes U+FFFD, 3 bytes) */
+        if (cp >= 0xd800 && cp < 0xe000)
+            cp = 0xfffd;
+        char *o = out;
+        put_utf8(&o, cp);
+        return (size_t)(o - out);
+    }
+    default:
+        *out = e; /* \" \\ \/ */
+        return 1;
+    }
+}
+
 size_t brix_json_unescape(const char *p, size_t n, char *out)
 {
     char *o = out;
@@ -354,53 +401,42 @@ size_t brix_json_unescape(const char *p, size_t n, char *out)
         i += run;
         if (i >= n)
             break;
-        char e = p[i + 1];
-        i += 2;
-        switch (e) {
-        case 'b':
-            *o++ = '\b';
-            break;
-        case 'f':
-            *o++ = '\f';
-            break;
-        case 'n':
-            *o++ = '\n';
-            break;
-        case 'r':
-            *o++ = '\r';
-            break;
-        case 't':
-            *o++ = '\t';
-            break;
-        case 'u': {
-            uint32_t cp = hex4(p + i);
-            i += 4;
-            if (cp >= 0xd800 && cp < 0xdc00 && i + 6 <= n && p[i] == '\\' && p[i + 1] == 'u') {
-                uint32_t lo = hex4(p + i + 2);
-                if (lo >= 0xdc00 && lo < 0xe000) {
-                    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                    i += 6;
-                }
-            }
-            /* \u escapes take 6 bytes and decode to at most 4 (a lone
-             * surrogate becomes U+FFFD, 3 bytes) */
-            if (cp >= 0xd800 && cp < 0xe000)
-                cp = 0xfffd;
-            put_utf8(&o, cp);
-            break;
-        }
-        default:
-            *o++ = e;
-            break; /* \" \\ \/ */
-        }
+        o += decode_escape(p, n, &i, o);
     }
     *o = '\0';
     return (size_t)(o - out);
 }
 
+size_t brix_json_key_decode(const char *key, size_t klen, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < klen;) {
+        char tmp[4];
+        size_t n = 1;
+        if (key[i] == '\\')
+            n = decode_escape(key, klen, &i, tmp);
+        else
+            tmp[0] = key[i++];
+        if (o + n > cap)
+            return SIZE_MAX; /* longer than any key the caller looks for */
+        memcpy(out + o, tmp, n);
+        o += n;
+    }
+    return o;
+}
+
 bool brix_json_key_is(const char *key, size_t klen, const char *want)
 {
-    return strlen(want) == klen && !memcmp(key, want, klen);
+    size_t wl = strlen(want);
+    if (!memchr(key, '\\', klen))
+        return wl == klen && !memcmp(key, want, klen);
+    /* an escaped spelling ("mod\u0065l") is the same key to every JSON
+     * parser downstream, so it must be the same key here */
+    char buf[64];
+    if (wl > sizeof buf)
+        return false;
+    size_t n = brix_json_key_decode(key, klen, buf, sizeof buf);
+    return n == wl && !memcmp(buf, want, wl);
 }
 
 void brix_json_each(const brix_json_val_t *v, brix_json_member_fn fn, void *ud)

@@ -17,6 +17,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #define BRIX_JSON_SCAN_MAX_DEPTH 512
 
@@ -37,7 +38,8 @@ typedef struct brix_json_val {
 } brix_json_val_t;
 
 /* Called for each member of the top-level object, in order; key is the raw
- * (escaped) key text. Return non-zero to stop scanning early (the rest is
+ * (escaped) key text; compare it with brix_json_key_is or decode it with
+ * brix_json_key_decode. Return non-zero to stop scanning early (the rest is
  * then not validated). */
 typedef int (*brix_json_member_fn)(const char *key, size_t klen, const brix_json_val_t *v,
                                    void *ud);
@@ -62,8 +64,15 @@ void brix_json_each(const brix_json_val_t *v, brix_json_member_fn fn, void *ud);
  * length; \u escapes become UTF-8 (surrogate pairs joined). */
 size_t brix_json_unescape(const char *p, size_t n, char *out);
 
-/* True when the raw key equals the C string (keys with escapes never match,
- * which is fine for the fixed field names brix looks for). */
+/* True when the key, after decoding its escapes, equals the C string (at
+ * most 64 bytes): "mod\u0065l" is "model", as for every JSON parser the
+ * body is forwarded to. */
 bool brix_json_key_is(const char *key, size_t klen, const char *want);
+
+/* Decodes a raw key (as given to a member callback) into out, which holds
+ * cap bytes (not NUL-terminated). Returns the decoded length, or SIZE_MAX
+ * when the decoded key is longer than cap (then it cannot be any of the
+ * short names a caller looks for). No allocation. */
+size_t brix_json_key_decode(const char *key, size_t klen, char *out, size_t cap);
 
 #endif

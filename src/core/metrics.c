@@ -61,6 +61,9 @@ struct brix_metric_family {
     size_t nchildren;
     brix_metric_t **table; /* tcap slots, power of two; NULL until needed */
     size_t tcap;
+    brix_metrics_t *reg;      /* for its child cap */
+    brix_metric_t *other;     /* the overflow child (every label "other"), once made */
+    _Atomic uint64_t dropped; /* lookups of new label sets past the cap */
 };
 
 typedef struct hook {
@@ -70,8 +73,9 @@ typedef struct hook {
 } hook_t;
 
 struct brix_metrics {
-    pthread_mutex_t mu;       /* families, hooks */
-    pthread_mutex_t write_mu; /* one brix_metrics_write at a time */
+    _Atomic size_t max_children; /* per labelled family; 0 = no cap */
+    pthread_mutex_t mu;          /* families, hooks */
+    pthread_mutex_t write_mu;    /* one brix_metrics_write at a time */
     brix_metric_family_t *families, *families_tail;
     hook_t *hooks, *hooks_tail;
 };
@@ -138,7 +142,13 @@ brix_metrics_t *brix_metrics_new(void)
         brix_free(r);
         return NULL;
     }
+    atomic_init(&r->max_children, BRIX_METRICS_MAX_CHILDREN);
     return r;
+}
+
+void brix_metrics_set_max_children(brix_metrics_t *r, size_t max)
+{
+    atomic_store_explicit(&r->max_children, max, memory_order_relaxed);
 }
 
 static void free_children(brix_metric_family_t *f)
@@ -150,6 +160,7 @@ static void free_children(brix_metric_family_t *f)
         m = next;
     }
     f->head = f->tail = NULL;
+    f->other = NULL;
     f->nchildren = 0;
     if (f->table)
         memset(f->table, 0, f->tcap * sizeof *f->table);
@@ -260,6 +271,7 @@ brix_metric_family_t *brix_metrics_family(brix_metrics_t *r, brix_metric_type_t 
         family_free(f);
         return NULL;
     }
+    f->reg = r;
     /* An unlabelled family always exposes its one child, zero until updated
      * (as prometheus_client does), so create it now. */
     if (f->nlabels == 0 && !brix_metric_child(f, NULL))
@@ -359,6 +371,49 @@ static brix_metric_t *child_new(brix_metric_family_t *f, size_t nl, const char *
     return m;
 }
 
+static brix_metric_t *find_child(const brix_metric_family_t *f, const char *const *values,
+                                 size_t nl, uint64_t h)
+{
+    if (!f->table)
+        return NULL;
+    brix_metric_t *m = f->table[h & (f->tcap - 1)];
+    while (m && !(m->hash == h && values_equal(m, values, nl)))
+        m = m->hnext;
+    return m;
+}
+
+/* The overflow child: an existing all-"other" child, or a new one (one past
+ * the cap). Called with the family mutex held. */
+static brix_metric_t *other_child(brix_metric_family_t *f, size_t nl)
+{
+    const char *ov[BRIX_PROM_MAX_LABELS];
+    if (nl > BRIX_PROM_MAX_LABELS)
+        return NULL;
+    for (size_t i = 0; i < nl; i++)
+        ov[i] = "other";
+    uint64_t h = hash_values(ov, nl);
+    brix_metric_t *m = find_child(f, ov, nl, h);
+    if (m)
+        return m;
+    if (f->nchildren >= f->tcap)
+        table_grow(f);
+    if (!f->table || !(m = child_new(f, nl, ov, h)))
+        return NULL;
+    size_t i = (size_t)(h & (f->tcap - 1));
+    m->hnext = f->table[i];
+    f->table[i] = m;
+    f->tail->next = m; /* the family has children: it is full */
+    f->tail = m;
+    f->nchildren++;
+    return m;
+}
+
+uint64_t brix_metric_family_dropped(const brix_metric_family_t *f)
+{
+    return f ? atomic_load_explicit(&((brix_metric_family_t *)f)->dropped, memory_order_relaxed)
+             : 0;
+}
+
 brix_metric_t *brix_metric_child(brix_metric_family_t *f, const char *const *label_values)
 {
     if (!f)
@@ -375,15 +430,23 @@ brix_metric_t *brix_metric_child(brix_metric_family_t *f, const char *const *lab
 
     pthread_mutex_lock(&f->mu);
     brix_metric_t *m = NULL;
-    if (nl == 0) {
+    if (nl == 0)
         m = f->head;
-    } else if (f->table) {
-        for (m = f->table[h & (f->tcap - 1)]; m; m = m->hnext)
-            if (m->hash == h && values_equal(m, label_values, nl))
-                break;
-    }
+    else
+        m = find_child(f, label_values, nl, h);
     if (m)
         goto out;
+    size_t cap = atomic_load_explicit(&f->reg->max_children, memory_order_relaxed);
+    if (nl && cap && f->nchildren >= cap) {
+        /* Label values often come from outside (model names, pods): past the
+         * cap every new set shares one child whose values are all "other",
+         * so memory and the exposition stay bounded; the drops are counted. */
+        atomic_fetch_add_explicit(&f->dropped, 1, memory_order_relaxed);
+        if (!f->other)
+            f->other = other_child(f, nl);
+        m = f->other;
+        goto out;
+    }
     if (nl && f->nchildren >= f->tcap) {
         table_grow(f);
         if (!f->table)
@@ -701,6 +764,23 @@ int brix_metrics_write(brix_metrics_t *r, brix_buf_t *out)
     pthread_mutex_lock(&r->mu);
     for (brix_metric_family_t *f = r->families; f && !rc; f = f->next)
         rc = write_family(out, &labels, f);
+    /* the drops past each family's child cap, only once there are any (an
+     * engine-sim's exposition stays exactly vLLM's until then) */
+    bool head = false;
+    for (brix_metric_family_t *f = r->families; f && !rc; f = f->next) {
+        uint64_t d = atomic_load_explicit(&f->dropped, memory_order_relaxed);
+        if (!d)
+            continue;
+        if (!head)
+            rc =
+                brix_buf_append_str(out, "# HELP " BRIX_METRICS_DROPPED " Label sets counted under "
+                                         "the child \"other\" because their family reached its "
+                                         "child cap.\n# TYPE " BRIX_METRICS_DROPPED " counter\n");
+        head = true;
+        rc = rc ? rc
+                : brix_buf_printf(out, BRIX_METRICS_DROPPED "{family=\"%s\"} %llu.0\n", f->name,
+                                  (unsigned long long)d);
+    }
     pthread_mutex_unlock(&r->mu);
     pthread_mutex_unlock(&r->write_mu);
 

@@ -39,6 +39,15 @@ typedef struct brix_metric brix_metric_t;
 brix_metrics_t *brix_metrics_new(void);
 void brix_metrics_free(brix_metrics_t *r);
 
+/* Children per labelled family (the default cap). Past the cap a lookup of a
+ * new label set gets the family's overflow child, whose label values are all
+ * "other", and counts a drop: the registry then also exposes
+ * brix_metrics_dropped_children_total{family}. 0 = no cap. Existing children
+ * stay; a lower cap only stops new ones. */
+#define BRIX_METRICS_MAX_CHILDREN 10000
+#define BRIX_METRICS_DROPPED      "brix_metrics_dropped_children_total"
+void brix_metrics_set_max_children(brix_metrics_t *r, size_t max);
+
 /* Registers a family. label_names is NULL-terminated (or NULL for none).
  * buckets (histograms only) are the finite upper bounds, strictly ascending;
  * +Inf is implied (a trailing +Inf is accepted and ignored). Returns NULL on
@@ -66,6 +75,8 @@ uint64_t brix_metric_count(const brix_metric_t *m);   /* histogram count */
  * thread holds a child pointer of this family (typically: call it from a
  * collect hook, and never cache that family's children). */
 void brix_metric_family_clear(brix_metric_family_t *f);
+/* Lookups that went to the overflow child since registration. */
+uint64_t brix_metric_family_dropped(const brix_metric_family_t *f);
 
 /* Hooks run in the order added, at the start of every brix_metrics_write,
  * never two at once (writes are serialised). A hook may update metrics,

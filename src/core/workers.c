@@ -8,6 +8,7 @@
 
 #include <errno.h>
 #include <stdbool.h>
+#include <sys/resource.h>
 
 typedef struct worker {
     uv_thread_t tid;
@@ -47,10 +48,25 @@ static void worker_main(void *arg)
         uv_run(&wk->loop, UV_RUN_DEFAULT);
 }
 
+long brix_workers_raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return -errno;
+    if (rl.rlim_cur < rl.rlim_max) {
+        rlim_t want = rl.rlim_max;
+        rl.rlim_cur = want;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            return -errno;
+    }
+    return rl.rlim_cur == RLIM_INFINITY ? (long)1 << 30 : (long)rl.rlim_cur;
+}
+
 brix_workers_t *brix_workers_start(int n, brix_worker_init_fn init, brix_worker_stop_fn stop,
                                    void *ud, int *err)
 {
     *err = 0;
+    (void)brix_workers_raise_nofile(); /* best effort: the old limit still works */
     brix_workers_t *w = brix_calloc(1, sizeof *w);
     if (!w || !(w->ws = brix_calloc((size_t)n, sizeof *w->ws))) {
         brix_free(w);

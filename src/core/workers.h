@@ -22,6 +22,11 @@ typedef int (*brix_worker_init_fn)(uv_loop_t *loop, int idx, void *ud, void **wc
 /* Runs on the worker thread when stop is requested. */
 typedef void (*brix_worker_stop_fn)(uv_loop_t *loop, int idx, void *ud, void *wctx);
 
+/* Raises the soft RLIMIT_NOFILE to the hard limit (a server holding many
+ * slow clients needs one descriptor each); returns the soft limit now in
+ * force, or a negative errno. brix_workers_start calls it. */
+long brix_workers_raise_nofile(void);
+
 /* Starts n workers; returns NULL (and *err set to the first init error) when
  * any init fails, after stopping the ones already running. */
 brix_workers_t *brix_workers_start(int n, brix_worker_init_fn init, brix_worker_stop_fn stop,

@@ -161,6 +161,42 @@ static bool json_content_type_ok(brix_http_req_t *h)
     return n == 16 && !strncasecmp(ct, "application/json", 16);
 }
 
+static int cmp_key(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* The first top-level key that occurs twice, or NULL. Keys are compared as
+ * cJSON decoded them (escapes resolved, cut at a \u0000), which is what
+ * the lookups below see: {"model":"a","mod\u0065l":"b"} has "model" twice.
+ * vLLM would take the last copy and cJSON takes the first, so a gateway in
+ * front could check one while this engine serves the other: refused, as
+ * the gateway refuses it. *oom is set when the check could not run. */
+static const char *duplicate_key(const cJSON *obj, bool *oom)
+{
+    size_t n = 0;
+    for (const cJSON *c = obj->child; c; c = c->next)
+        n++;
+    *oom = false;
+    if (n < 2)
+        return NULL;
+    const char **keys = brix_malloc(n * sizeof *keys);
+    if (!keys) {
+        *oom = true;
+        return NULL;
+    }
+    size_t i = 0;
+    for (const cJSON *c = obj->child; c; c = c->next)
+        keys[i++] = c->string ? c->string : "";
+    qsort(keys, n, sizeof *keys, cmp_key); /* n log n: bodies may have many keys */
+    const char *dup = NULL;
+    for (i = 1; i < n && !dup; i++)
+        if (!strcmp(keys[i - 1], keys[i]))
+            dup = keys[i];
+    brix_free(keys);
+    return dup;
+}
+
 /* Parses the body as a JSON object, answering 400 when it is not. */
 static cJSON *parse_body(brix_http_req_t *h)
 {
@@ -177,6 +213,17 @@ static cJSON *parse_body(brix_http_req_t *h)
     }
     if (!cJSON_IsObject(j)) {
         respond_err(h, 400, "BadRequestError", "request body must be a JSON object");
+        cJSON_Delete(j);
+        return NULL;
+    }
+    bool oom;
+    const char *dup = duplicate_key(j, &oom);
+    if (dup || oom) {
+        if (oom)
+            respond_err(h, 500, "InternalServerError", "out of memory");
+        else
+            brix_http_respond_error(h, 400, "BadRequestError", NULL, dup,
+                                    "the request body has the key '%.64s' more than once", dup);
         cJSON_Delete(j);
         return NULL;
     }
@@ -443,13 +490,16 @@ static void observe_finished(brix_engine_t *e, const api_req_t *r, const brix_se
         brix_metric_add(m->success_length, 1);
     else
         brix_metric_add(m->success_abort, 1);
+    /* a request ended before it was ever scheduled waited all its life
+     * (its first-scheduled time is unset: 0, which gave negative times) */
+    double sched = q->t_first_sched > 0 ? q->t_first_sched : q->t_finish;
     double first = q->t_first_token > 0 ? q->t_first_token : q->t_finish;
     double last = q->t_last_token > 0 ? q->t_last_token : first;
     brix_metric_observe(m->h_e2e, q->t_finish - q->t_arrival);
-    brix_metric_observe(m->h_queue, q->t_first_sched - q->t_arrival);
-    brix_metric_observe(m->h_prefill, first - q->t_first_sched);
+    brix_metric_observe(m->h_queue, sched - q->t_arrival);
+    brix_metric_observe(m->h_prefill, first - sched);
     brix_metric_observe(m->h_decode, last - first);
-    brix_metric_observe(m->h_inference, last - q->t_first_sched);
+    brix_metric_observe(m->h_inference, last - sched);
     brix_metric_observe(m->h_prompt_tokens, (double)q->prompt_len);
     brix_metric_observe(m->h_generation_tokens, (double)q->generated);
     brix_metric_observe(m->h_max_gen_tokens, (double)q->generated);

@@ -12,6 +12,7 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/time.h"
+#include "core/workers.h"
 #include "engine_sim/engine.h"
 
 #include <errno.h>
@@ -497,6 +498,7 @@ int brix_engine_sim_main(int argc, char **argv)
     uv_timer_init(&loop, &e->shutdown_timer);
     e->shutdown_timer.data = e;
 
+    (void)brix_workers_raise_nofile(); /* one descriptor per client connection */
     e->http = brix_http_server_new(&loop, &e->cfg.http, brix_engine_handle, e);
     int rc = e->http
                  ? brix_http_server_listen(e->http, e->cfg.host, (int)e->cfg.port, false, &e->port)

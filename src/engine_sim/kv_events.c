@@ -540,11 +540,19 @@ static bool endpoint_binds(const char *ep)
            strncmp(ep, "inproc://", 9) == 0;
 }
 
+/* What peers may send us is small: subscriptions (a topic) to the PUB socket
+ * and 8-byte sequence numbers to the replay socket. Anything larger is a
+ * misbehaving or hostile peer, which libzmq then disconnects instead of
+ * buffering whatever size it declares. */
+#define KV_EVENTS_MAX_INBOUND 4096
+
 static int sock_opts(void *s, int hwm, const char *ep)
 {
     int zero = 0, one = 1;
+    int64_t max_in = KV_EVENTS_MAX_INBOUND;
     if (zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm))
+        zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm) ||
+        zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &max_in, sizeof max_in))
         return -1;
     if ((strchr(ep, '[') || strstr(ep, "::")) && zmq_setsockopt(s, ZMQ_IPV6, &one, sizeof one))
         return -1;

@@ -67,6 +67,7 @@ typedef struct cpod {
     /* scraping */
     bool scrape_busy;
     bool scraped_ok;
+    bool bad_values_warned; /* the last scrape had refused values (warned once) */
     uint64_t scraped_at_ns;
     int inflight_at_scrape; /* pod->inflight when the last scrape was answered */
     brix_engine_stats_t stats;
@@ -702,6 +703,7 @@ static void on_scrape(const brix_curl_result_t *r, void *ud)
         return;
     }
     bool ok = false;
+    cp->scrape_state.invalid_values = 0;
     if (r->status == 200) {
         uint64_t now = brix_now_ns();
         ok = brix_engine_stats_update(r->body, r->body_len, (double)now / 1e9, &cp->scrape_state,
@@ -716,11 +718,23 @@ static void on_scrape(const brix_curl_result_t *r, void *ud)
             forget_cache(cp);
         }
     }
-    if (ok != cp->scraped_ok && !ok)
+    unsigned bad = cp->scrape_state.invalid_values;
+    if (ok != cp->scraped_ok && !ok && !bad)
         BRIX_WARN("pod %s: scraping /metrics failed: %s", cp->pod->name,
                   r->error ? r->error : "no vLLM metrics in the answer");
+    if (bad && !cp->bad_values_warned)
+        BRIX_WARN("pod %s: /metrics has vLLM value(s) that are NaN, infinite or negative; they "
+                  "are not used%s",
+                  cp->pod->name, ok ? "" : " (nor the load figures of that scrape)");
+    cp->bad_values_warned = bad > 0;
     cp->scraped_ok = ok;
-    brix_metric_add(brix_gw_metric2(gw->m.scrapes, cp->pod->name, ok ? "ok" : "error"), 1);
+    brix_metric_add(brix_gw_metric2(gw->m.scrapes, cp->pod->name,
+                                    ok    ? "ok"
+                                    : bad ? "invalid_values"
+                                          : "error"),
+                    1);
+    if (bad)
+        brix_metric_add(brix_gw_metric1(gw->m.values_refused, cp->pod->name), bad);
     mark_dirty(cp->ctl);
     xfer_end(cp);
 }
@@ -782,7 +796,8 @@ static void attach_kv_events(brix_gw_control_t *ctl, cpod_t *cp)
             return;
         }
         cp->kvw = brix_kvw_new(gw->loop, gw->zctx, gw->index, cp->pod, ep, semi ? rep : NULL,
-                               (uint32_t)gw->cfg.route.block_size, on_kvw_change, ctl);
+                               (uint32_t)gw->cfg.route.block_size,
+                               (int64_t)gw->cfg.kv_events_max_msg, on_kvw_change, ctl);
         return;
     }
 }

@@ -3,6 +3,8 @@
 
 #include "core/metrics.h"
 
+#include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,9 +18,44 @@ typedef struct raw {
     double itl_sum, itl_count, tpot_sum, tpot_count;
     double prefix_hits, prefix_queries, gpu_hits, gpu_queries;
     double lora_ts;
+    unsigned invalid;        /* values refused: NaN, +-Inf or negative */
+    unsigned invalid_gauges; /* ...of them, state gauges (running, waiting, KV, LoRA) */
     int max_lora;
     char running_loras[256], waiting_loras[256];
 } raw_t;
+
+/* Series summed over label sets (several engines or models behind one
+ * port), by name after "vllm:". */
+static double *sum_field(raw_t *r, const char *n)
+{
+    static const struct {
+        const char *name;
+        size_t off;
+    } sums[] = {
+        { "prompt_tokens_total", offsetof(raw_t, prompt_tokens) },
+        { "generation_tokens_total", offsetof(raw_t, gen_tokens) },
+        { "request_queue_time_seconds_sum", offsetof(raw_t, queue_sum) },
+        { "request_queue_time_seconds_count", offsetof(raw_t, queue_count) },
+        { "request_prefill_time_seconds_sum", offsetof(raw_t, prefill_sum) },
+        { "request_prefill_time_seconds_count", offsetof(raw_t, prefill_count) },
+        { "request_prompt_tokens_sum", offsetof(raw_t, prompt_hist_sum) },
+        { "request_prompt_tokens_count", offsetof(raw_t, prompt_hist_count) },
+        { "inter_token_latency_seconds_sum", offsetof(raw_t, itl_sum) },
+        { "inter_token_latency_seconds_count", offsetof(raw_t, itl_count) },
+        { "time_per_output_token_seconds_sum", offsetof(raw_t, tpot_sum) },
+        { "time_per_output_token_seconds_count", offsetof(raw_t, tpot_count) },
+        { "prefix_cache_hits_total", offsetof(raw_t, prefix_hits) },
+        { "prefix_cache_queries_total", offsetof(raw_t, prefix_queries) },
+        { "gpu_prefix_cache_hits_total", offsetof(raw_t, gpu_hits) },
+        { "gpu_prefix_cache_queries_total", offsetof(raw_t, gpu_queries) },
+        { "num_requests_running", offsetof(raw_t, running) },
+        { "num_requests_waiting", offsetof(raw_t, waiting) },
+    };
+    for (size_t i = 0; i < sizeof sums / sizeof *sums; i++)
+        if (!strcmp(n, sums[i].name))
+            return (double *)(void *)((char *)r + sums[i].off);
+    return NULL;
+}
 
 static void on_sample(const brix_prom_sample_t *s, void *ud)
 {
@@ -28,64 +65,39 @@ static void on_sample(const brix_prom_sample_t *s, void *ud)
         return;
     n += 5;
     double v = s->value;
-    if (v != v)
-        return; /* NaN */
-    /* summed over label sets (several engines or models behind one port) */
-    if (!strcmp(n, "num_requests_running")) {
-        r->running += v;
-        r->have_running = true;
-    } else if (!strcmp(n, "num_requests_waiting")) {
-        r->waiting += v;
-        r->have_waiting = true;
-    } else if (!strcmp(n, "kv_cache_usage_perc")) {
+    double *sum = sum_field(r, n);
+    bool kv = !strcmp(n, "kv_cache_usage_perc"), kv_old = !strcmp(n, "gpu_cache_usage_perc");
+    bool lora = !strcmp(n, "lora_requests_info");
+    if (!sum && !kv && !kv_old && !lora)
+        return;
+    /* Every series read here is a count, a ratio, a sum of seconds or a
+     * timestamp: never negative, never infinite or NaN. Such a value (a
+     * broken or hostile engine) would poison every score it enters, so it
+     * is refused as if missing (see update). */
+    if (!isfinite(v) || v < 0) {
+        r->invalid++;
+        r->invalid_gauges += kv || kv_old || lora || !strncmp(n, "num_requests_", 13);
+        return;
+    }
+    if (sum) {
+        *sum += v;
+        r->have_running |= !strcmp(n, "num_requests_running");
+        r->have_waiting |= !strcmp(n, "num_requests_waiting");
+    } else if (kv) {
         r->kv = v > r->kv ? v : r->kv;
         r->have_kv = true;
-    } else if (!strcmp(n, "gpu_cache_usage_perc")) {
+    } else if (kv_old) {
         r->kv_old = v > r->kv_old ? v : r->kv_old;
         r->have_kv_old = true;
-    } else if (!strcmp(n, "prompt_tokens_total")) {
-        r->prompt_tokens += v;
-    } else if (!strcmp(n, "generation_tokens_total")) {
-        r->gen_tokens += v;
-    } else if (!strcmp(n, "request_queue_time_seconds_sum")) {
-        r->queue_sum += v;
-    } else if (!strcmp(n, "request_queue_time_seconds_count")) {
-        r->queue_count += v;
-    } else if (!strcmp(n, "request_prefill_time_seconds_sum")) {
-        r->prefill_sum += v;
-    } else if (!strcmp(n, "request_prefill_time_seconds_count")) {
-        r->prefill_count += v;
-    } else if (!strcmp(n, "request_prompt_tokens_sum")) {
-        r->prompt_hist_sum += v;
-    } else if (!strcmp(n, "request_prompt_tokens_count")) {
-        r->prompt_hist_count += v;
-    } else if (!strcmp(n, "inter_token_latency_seconds_sum")) {
-        r->itl_sum += v;
-    } else if (!strcmp(n, "inter_token_latency_seconds_count")) {
-        r->itl_count += v;
-    } else if (!strcmp(n, "time_per_output_token_seconds_sum")) {
-        r->tpot_sum += v;
-    } else if (!strcmp(n, "time_per_output_token_seconds_count")) {
-        r->tpot_count += v;
-    } else if (!strcmp(n, "prefix_cache_hits_total")) {
-        r->prefix_hits += v;
-    } else if (!strcmp(n, "prefix_cache_queries_total")) {
-        r->prefix_queries += v;
-    } else if (!strcmp(n, "gpu_prefix_cache_hits_total")) {
-        r->gpu_hits += v;
-    } else if (!strcmp(n, "gpu_prefix_cache_queries_total")) {
-        r->gpu_queries += v;
-    } else if (!strcmp(n, "lora_requests_info")) {
+    } else if (v >= r->lora_ts) {
         /* vLLM keeps every past label set; the newest timestamp is current */
-        if (v >= r->lora_ts) {
-            r->lora_ts = v;
-            const char *ml = brix_prom_label(s, "max_lora");
-            const char *run = brix_prom_label(s, "running_lora_adapters");
-            const char *wait = brix_prom_label(s, "waiting_lora_adapters");
-            r->max_lora = ml ? atoi(ml) : -1;
-            snprintf(r->running_loras, sizeof r->running_loras, "%s", run ? run : "");
-            snprintf(r->waiting_loras, sizeof r->waiting_loras, "%s", wait ? wait : "");
-        }
+        r->lora_ts = v;
+        const char *ml = brix_prom_label(s, "max_lora");
+        const char *run = brix_prom_label(s, "running_lora_adapters");
+        const char *wait = brix_prom_label(s, "waiting_lora_adapters");
+        r->max_lora = ml ? atoi(ml) : -1;
+        snprintf(r->running_loras, sizeof r->running_loras, "%s", run ? run : "");
+        snprintf(r->waiting_loras, sizeof r->waiting_loras, "%s", wait ? wait : "");
     }
 }
 
@@ -112,6 +124,9 @@ bool brix_engine_stats_update(const char *body, size_t len, double now_s, brix_s
     brix_prom_parser_feed(&p, body, len);
     brix_prom_parser_finish(&p);
     brix_prom_parser_free(&p);
+    st->invalid_values = r.invalid;
+    if (r.invalid_gauges)
+        return false; /* the load is unknown: as if not scraped */
     if (!r.have_running || !r.have_waiting)
         return false;
     /* the pre-0.10 names when the new ones are absent */
@@ -132,6 +147,13 @@ bool brix_engine_stats_update(const char *body, size_t len, double now_s, brix_s
     s->max_lora = r.max_lora;
     memcpy(s->running_loras, r.running_loras, sizeof s->running_loras);
     memcpy(s->waiting_loras, r.waiting_loras, sizeof s->waiting_loras);
+    if (r.invalid) {
+        /* a counter or histogram is missing: no rates or means this time,
+         * and the previous counters stay, so the next good scrape measures
+         * over both intervals (and cannot mistake the gap for a restart) */
+        st->restarted = false;
+        return true;
+    }
     double dt = now_s - st->t;
     /* counters restart with the engine: a drop means a reset, not a rate */
     bool monotonic = had && r.prompt_tokens >= st->prompt_tokens && r.gen_tokens >= st->gen_tokens;

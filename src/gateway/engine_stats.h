@@ -36,9 +36,11 @@ typedef struct brix_engine_stats {
 /* Raw counters of the previous scrape, for deltas. */
 typedef struct brix_scrape_state {
     bool have_prev;
-    bool have_rates;    /* the rate averages have a first sample */
-    bool have_hit_rate; /* the prefix hit rate has a first sample */
-    bool restarted;     /* set by an update whose counters went backwards */
+    bool have_rates;         /* the rate averages have a first sample */
+    bool have_hit_rate;      /* the prefix hit rate has a first sample */
+    bool restarted;          /* set by an update whose counters went backwards */
+    unsigned invalid_values; /* vllm:* values of the last update that were NaN,
+                                +-Inf or negative, refused as missing */
     double t;
     double prompt_tokens, gen_tokens;
     double queue_sum, queue_count;
@@ -49,8 +51,12 @@ typedef struct brix_scrape_state {
 } brix_scrape_state_t;
 
 /* Parses one /metrics body scraped at monotonic time now_s and updates
- * *stats (smoothing derived values with their previous values). Returns
- * false when the body has no vLLM metrics (then nothing changes). */
+ * *stats (smoothing derived values with their previous values). Values that
+ * are NaN, infinite or negative are refused as missing (counted in
+ * st->invalid_values): a refused state gauge (running, waiting, KV usage,
+ * LoRA info) fails the whole update, a refused counter or histogram only skips this
+ * update's rates and means. Returns false when the body has no usable vLLM
+ * load figures (then nothing changes). */
 bool brix_engine_stats_update(const char *body, size_t len, double now_s, brix_scrape_state_t *st,
                               brix_engine_stats_t *stats);
 

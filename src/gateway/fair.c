@@ -21,6 +21,11 @@ typedef struct tenant {
     int64_t qlen;
     int64_t inflight; /* its requests holding slots */
     int backlog_pos;  /* index in f->backlog, -1 when not waiting */
+    /* idle tenants (nothing queued or in flight), longest idle first: the
+     * candidates for eviction */
+    int idle_prev, idle_next;
+    bool idle_linked;
+    uint64_t idle_since_ns;
 } tenant_t;
 
 struct brix_fair {
@@ -35,7 +40,8 @@ struct brix_fair {
     size_t nslots;
     int *backlog; /* tenants with waiting requests */
     size_t nbacklog;
-    int64_t nactive; /* tenants with requests waiting or in flight */
+    int64_t nactive;          /* tenants with requests waiting or in flight */
+    int idle_head, idle_tail; /* -1: none */
     double last_served;
     brix_fair_stats_t st;
 };
@@ -66,6 +72,7 @@ brix_fair_t *brix_fair_new(const brix_fair_cfg_t *cfg, brix_fair_deliver_fn deli
     f->capacity = -1; /* unknown until the first fleet snapshot: no limit */
     f->t[0].backlog_pos = -1;
     f->nt = 1;
+    f->idle_head = f->idle_tail = -1;
     uv_mutex_init(&f->mu);
     return f;
 }
@@ -91,29 +98,133 @@ void brix_fair_free(brix_fair_t *f)
     brix_free(f);
 }
 
+static void idle_unlink(brix_fair_t *f, int ti)
+{
+    tenant_t *t = &f->t[ti];
+    if (!t->idle_linked)
+        return;
+    if (t->idle_prev >= 0)
+        f->t[t->idle_prev].idle_next = t->idle_next;
+    else
+        f->idle_head = t->idle_next;
+    if (t->idle_next >= 0)
+        f->t[t->idle_next].idle_prev = t->idle_prev;
+    else
+        f->idle_tail = t->idle_prev;
+    t->idle_linked = false;
+}
+
+static void idle_push(brix_fair_t *f, int ti)
+{
+    tenant_t *t = &f->t[ti];
+    if (ti == 0 || t->idle_linked)
+        return; /* the overflow tenant is never evicted */
+    t->idle_since_ns = brix_now_ns();
+    t->idle_prev = f->idle_tail;
+    t->idle_next = -1;
+    if (f->idle_tail >= 0)
+        f->t[f->idle_tail].idle_next = ti;
+    else
+        f->idle_head = ti;
+    f->idle_tail = ti;
+    t->idle_linked = true;
+}
+
+static size_t slot_home(const brix_fair_t *f, const char *name)
+{
+    return XXH64(name, strlen(name), 0) & (f->nslots - 1);
+}
+
+/* Removes tenant ti from the name index (linear probing: entries after the
+ * hole move back unless their home lies cyclically in (hole, entry]). */
+static void slot_remove(brix_fair_t *f, int ti)
+{
+    size_t mask = f->nslots - 1, i = slot_home(f, f->t[ti].name);
+    while (f->slots[i] && f->slots[i] != ti + 1)
+        i = (i + 1) & mask;
+    if (!f->slots[i])
+        return;
+    f->slots[i] = 0;
+    for (size_t j = (i + 1) & mask; f->slots[j]; j = (j + 1) & mask) {
+        size_t h = slot_home(f, f->t[f->slots[j] - 1].name);
+        bool stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);
+        if (!stays) {
+            f->slots[i] = f->slots[j];
+            f->slots[j] = 0;
+            i = j;
+        }
+    }
+}
+
+/* How many of the longest-idle tenants a newcomer looks at: bounded work
+ * under the lock whatever the number of tenants. */
+#define EVICT_SCAN 64
+
+/* A table entry for a newcomer when the table is full: among the tenants
+ * idle for idle_ms, the longest-idle one whose counter a newcomer's start
+ * (last_served) would not lower, so that coming back as a newcomer gives it
+ * nothing; failing that, the longest-idle one (its excess service is then
+ * forgotten: fairness is kept among the tenants the table holds, and a
+ * self-declared user could shed its counter by changing its name anyway).
+ * -1 if no tenant has been idle long enough. */
+static int evict_idle(brix_fair_t *f)
+{
+    uint64_t now = brix_now_ns(), idle_ns = f->cfg.idle_ms * 1000000ull;
+    int n = 0, pick = -1;
+    for (int ti = f->idle_head; ti >= 0 && n < EVICT_SCAN; ti = f->t[ti].idle_next, n++) {
+        tenant_t *t = &f->t[ti];
+        if (now - t->idle_since_ns < idle_ns)
+            break; /* the rest went idle later still */
+        if (pick < 0)
+            pick = ti;
+        if (t->counter <= f->last_served) {
+            pick = ti;
+            break;
+        }
+    }
+    if (pick >= 0) {
+        idle_unlink(f, pick);
+        slot_remove(f, pick);
+        f->st.evicted++;
+    }
+    return pick;
+}
+
 /* A tenant's slot; with `create`, a new one (or the shared overflow slot 0
- * when the table is full), else -1 when unknown. */
+ * when the table is full and no idle tenant can make room), else -1 when
+ * unknown. */
 static int tenant_of(brix_fair_t *f, const char *full, bool create)
 {
     /* names are kept to NAME_MAX_LEN - 1 bytes: hash and compare what is kept */
     char name[NAME_MAX_LEN];
     snprintf(name, sizeof name, "%s", full);
     size_t mask = f->nslots - 1;
-    for (size_t i = XXH64(name, strlen(name), 0) & mask;; i = (i + 1) & mask) {
+    for (size_t i = slot_home(f, name);; i = (i + 1) & mask) {
         int s = f->slots[i];
         if (!s) {
             if (!create)
                 return -1;
-            if (f->nt >= f->tcap)
-                return 0;
-            tenant_t *t = &f->t[f->nt];
+            int ti;
+            if (f->nt < f->tcap) {
+                ti = (int)f->nt++;
+            } else {
+                ti = evict_idle(f);
+                if (ti < 0)
+                    return 0;
+                /* the removal may have moved entries: probe again */
+                for (i = slot_home(f, name); f->slots[i]; i = (i + 1) & mask)
+                    ;
+            }
+            tenant_t *t = &f->t[ti];
+            memset(t, 0, sizeof *t);
             snprintf(t->name, sizeof t->name, "%s", name);
             t->backlog_pos = -1;
             /* a newcomer starts level with the least-served tenant waiting,
              * or with the last one served */
             t->counter = f->last_served;
-            f->slots[i] = (int)f->nt + 1;
-            return (int)f->nt++;
+            f->slots[i] = ti + 1;
+            idle_push(f, ti); /* until its first request is in (or refused) */
+            return ti;
         }
         if (!strcmp(f->t[s - 1].name, name))
             return s - 1;
@@ -141,6 +252,10 @@ static bool active(const tenant_t *t)
         bool was_ = active(t);                                                                     \
         stmt;                                                                                      \
         (f)->nactive += (int64_t)active(t) - (int64_t)was_;                                        \
+        if (was_ && !active(t))                                                                    \
+            idle_push(f, (int)((t) - (f)->t));                                                     \
+        else if (!was_ && active(t))                                                               \
+            idle_unlink(f, (int)((t) - (f)->t));                                                   \
     } while (0)
 
 /* May t have one more request in the fleet? Below capacity, a tenant under

@@ -26,6 +26,14 @@
  * a dispatched request is handed to its worker's loop through `deliver`.
  * Queues are bounded per tenant (--queue-size -> 429) and in time
  * (--queue-timeout -> 503).
+ *
+ * The tenant table holds max_tenants; when it is full, a newcomer takes the
+ * place of a tenant idle (nothing queued or in flight) for at least idle_ms:
+ * the longest-idle one whose counter is no higher than where a newcomer
+ * starts (the last counter served), which loses nothing since it comes back
+ * as a newcomer; else the longest-idle one, whose excess is forgotten. When
+ * no tenant has been idle that long, newcomers share one overflow tenant,
+ * "(other)".
  */
 #ifndef BRIX_GATEWAY_FAIR_H
 #define BRIX_GATEWAY_FAIR_H
@@ -64,6 +72,7 @@ typedef struct brix_fair_cfg {
     uint64_t timeout_ms; /* longest wait */
     double w_in, w_out;
     int64_t max_tenants; /* tracked tenants; beyond, they share one slot */
+    uint64_t idle_ms;    /* a tenant idle this long may make room for a newcomer */
     double reserve;      /* share of capacity kept from tenants over their fair share */
 } brix_fair_cfg_t;
 
@@ -99,6 +108,7 @@ void brix_fair_sweep(brix_fair_t *f, uint64_t now_ns);
 typedef struct brix_fair_stats {
     int64_t capacity, inflight, queued;
     uint64_t admitted_direct, admitted_queued, rejected_full, expired;
+    uint64_t evicted; /* idle tenants dropped to make room */
 } brix_fair_stats_t;
 void brix_fair_stats(brix_fair_t *f, brix_fair_stats_t *out);
 /* A tenant's virtual counter (tests, explanation). -1 if unknown. */

@@ -123,6 +123,7 @@ void brix_gw_fairs_stats(brix_gw_fairs_t *p, brix_fair_stats_t *sum)
         sum->admitted_queued += s.admitted_queued;
         sum->rejected_full += s.rejected_full;
         sum->expired += s.expired;
+        sum->evicted += s.evicted;
     }
     uv_mutex_unlock(&p->mu);
 }

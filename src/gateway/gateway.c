@@ -13,10 +13,12 @@
 #include "core/alloc.h"
 #include "core/log.h"
 #include "core/time.h"
+#include "core/yaml.h"
 #include "gateway/gateway.h"
 #include "gateway/router.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -39,7 +41,11 @@ static const brix_opt_t gw_opts[] = {
       "discover engines from `brix controller` at URL (GET URL/v1/watch): its ready replicas are "
       "the pods, its adapters the registry; excludes --worker-urls" },
     { "controller-token", BRIX_OPT_STRING, O(controller_token), NULL, 1, 0, "TOKEN",
-      "bearer token for the controller's API (or BRIX_CONTROLLER_TOKEN)" },
+      "bearer token for the controller's API (or BRIX_CONTROLLER_TOKEN; both are visible to "
+      "other local users less easily than argv: prefer --controller-token-file)" },
+    { "controller-token-file", BRIX_OPT_STRING, O(controller_token_file), NULL, 1, 0, "FILE",
+      "read the controller's bearer token from FILE (e.g. the controller's STATE_DIR/token); "
+      "read again on reload" },
     { "controller-idle-timeout", BRIX_OPT_DURATION, O(controller_idle_timeout), "15s", 100, 3600000,
       NULL,
       "controller watch silent this long (it heartbeats every 5 s): reconnect, serving the last "
@@ -57,6 +63,9 @@ static const brix_opt_t gw_opts[] = {
     { "kv-events", BRIX_OPT_STRLIST, O(kv_events), NULL, 1, 0, "URL=ENDPOINT[;REPLAY]",
       "subscribe to an engine's vLLM KV events (ZMQ) for prefix-cache-precise and weighted, e.g. "
       "http://127.0.0.1:8001=tcp://127.0.0.1:5557;tcp://127.0.0.1:5558" },
+    { "kv-events-max-msg", BRIX_OPT_SIZE, O(kv_events_max_msg), "16m", 1024, 1073741824, NULL,
+      "largest ZMQ message accepted on the KV-event sockets (ZMQ_MAXMSGSIZE); a larger one drops "
+      "the connection, which is made again (what was lost shows as a sequence gap)" },
     { "prefix-block-size", BRIX_OPT_INT, O(route.block_size), "16", 1, 256, NULL,
       "tokens per prompt block for prefix-aware routing: the engines' --block-size" },
     { "prefix-max-blocks", BRIX_OPT_INT, O(route.max_blocks), "2048", 1, 1000000, NULL,
@@ -134,6 +143,9 @@ static const brix_opt_t gw_opts[] = {
       "Retry-After on 503 answers" },
     { "backpressure-bytes", BRIX_OPT_SIZE, O(backpressure_bytes), "1m", 4096, 1073741824, NULL,
       "pause an upstream when this much is queued for a slow client" },
+    { "sse-max-event-bytes", BRIX_OPT_SIZE, O(sse_max_event_bytes), "1m", 1024, 1073741824, NULL,
+      "longest SSE event relayed; an engine sending a longer one has its stream ended with an "
+      "error event (counted as an upstream error, kind event_too_large)" },
     { "redis-url", BRIX_OPT_STRING, O(redis_url), NULL, 1, 0, "redis://[:PASS@]HOST[:PORT][/DB]",
       "keep users and rate-limit counters in Redis, shared by every gateway using it" },
     { "redis-password", BRIX_OPT_STRING, O(redis_password), NULL, 1, 0, "PASSWORD",
@@ -158,8 +170,14 @@ static const brix_opt_t gw_opts[] = {
       "limits for users named by the user header but not configured (-1: refuse them with 401)" },
     { "default-tpm", BRIX_OPT_INT, O(default_tpm), "0", 0, 1000000000000, "N",
       "TPM for unconfigured users when --default-rpm is set (0 = unlimited)" },
+    { "max-implicit-users", BRIX_OPT_INT, O(max_implicit_users), "10000", 1, 10000000, "N",
+      "users --default-rpm may create (memory store); beyond, an idle one is dropped or the "
+      "newcomer gets 429" },
     { "tenant-metrics-max", BRIX_OPT_INT, O(tenant_metrics_max), "100", 0, 100000, "N",
       "users with their own /metrics labels; the rest are counted as user=\"other\"" },
+    { "metrics-max-children", BRIX_OPT_INT, O(metrics_max_children), "10000", 1, 10000000, "N",
+      "label sets per /metrics family; new ones beyond are counted under \"other\" "
+      "(brix_metrics_dropped_children_total{family})" },
     { "fairness", BRIX_OPT_STRING, O(fairness), "none", 1, 0, "none|vtc",
       "vtc: at capacity, requests wait in per-user queues served by Virtual Token Counter" },
     { "max-inflight-per-pod", BRIX_OPT_INT, O(max_inflight_per_pod), "256", 1, 1000000, "N",
@@ -172,7 +190,11 @@ static const brix_opt_t gw_opts[] = {
       "fairness: share of the capacity a user over its fair share may not take (kept so "
       "others' requests start at once)" },
     { "fair-tenants", BRIX_OPT_INT, O(fair_tenants), "10000", 1, 10000000, "N",
-      "fairness: users tracked separately; beyond, they share one queue" },
+      "fairness: users tracked separately; when full, an idle one (--fair-tenant-idle) makes "
+      "room, else newcomers share one queue" },
+    { "fair-tenant-idle", BRIX_OPT_DURATION, O(fair_tenant_idle), "10s", 0, 86400000, NULL,
+      "fairness: how long a user must have had nothing queued or running before a new user "
+      "may take its place in a full table" },
     BRIX_OPT_END,
 };
 #undef O
@@ -247,8 +269,10 @@ brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version, char
     rt->upstream.idle_timeout_ms = c->upstream_idle_timeout;
     rt->upstream.keepalive_ms = c->upstream_keepalive;
     rt->upstream.max_idle = (uint32_t)c->upstream_max_idle;
+    rt->upstream.write_timeout_ms = c->http.write_timeout_ms; /* one --write-timeout both ways */
     rt->retry_after_s = (int)c->retry_after;
     rt->backpressure_bytes = c->backpressure_bytes;
+    rt->sse_max_event_bytes = c->sse_max_event_bytes;
     rt->adapter_wake_timeout_ms = c->adapter_wake_timeout;
     rt->max_held_requests = c->max_held_requests;
     return rt;
@@ -328,6 +352,28 @@ static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t e
     const char *ee = getenv("BRIX_ENGINE_API_KEY");
     if (!c->engine_api_key && ee && *ee && !(c->engine_api_key = brix_strdup(ee)))
         return -1;
+    if (c->controller_token_file) {
+        if (c->controller_token) {
+            snprintf(err, errlen,
+                     "--controller-token and --controller-token-file exclude each other");
+            return -1;
+        }
+        char *text = NULL;
+        size_t len = 0;
+        if (brix_file_read(c->controller_token_file, &text, &len, err, errlen))
+            return -1;
+        char *s = text, *e = text + len; /* one word: trailing newline and spaces go */
+        while (s < e && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
+            s++;
+        while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+            e--;
+        c->controller_token = e > s ? brix_strndup(s, (size_t)(e - s)) : NULL;
+        brix_free(text);
+        if (!c->controller_token) {
+            snprintf(err, errlen, "%s: no token in the file", c->controller_token_file);
+            return -1;
+        }
+    }
     const char *ct = getenv("BRIX_CONTROLLER_TOKEN");
     if (!c->controller_token && ct && *ct && !(c->controller_token = brix_strdup(ct)))
         return -1;
@@ -415,11 +461,13 @@ static void keep_start_only(brix_gw_cfg_t *nc, brix_gw_cfg_t *old)
     KEEP_VAL(require_key);
     KEEP_VAL(default_rpm);
     KEEP_VAL(default_tpm);
+    KEEP_VAL(max_implicit_users);
     KEEP_VAL(tenant_metrics_max);
     KEEP_VAL(max_inflight_per_pod);
     KEEP_VAL(queue_size);
     KEEP_VAL(queue_timeout);
     KEEP_VAL(fair_tenants);
+    KEEP_VAL(fair_tenant_idle);
     KEEP_VAL(fair_reserve);
 #undef KEEP_STR
 #undef KEEP_VAL
@@ -473,6 +521,7 @@ static void on_sighup(uv_signal_t *s, int signum)
     gw->cfg.port = port;
     gw->cfg.workers = workers;
     brix_log_set_level((brix_log_level_t)brix_log_level_parse(gw->cfg.log_level));
+    brix_metrics_set_max_children(gw->m.reg, (size_t)gw->cfg.metrics_max_children);
     brix_gw_rt_unref(gw->rt);
     gw->rt = rt;
     brix_gw_control_reconfigure(gw->ctl);
@@ -622,6 +671,7 @@ int brix_gateway_main(int argc, char **argv)
                                .w_in = 1,
                                .w_out = 2,
                                .max_tenants = gw->cfg.fair_tenants,
+                               .idle_ms = gw->cfg.fair_tenant_idle,
                                .reserve = gw->cfg.fair_reserve };
         if (!(gw->fair = brix_gw_fairs_new(&fc, gw->cfg.max_inflight_per_pod)))
             goto out;
@@ -629,9 +679,18 @@ int brix_gateway_main(int argc, char **argv)
     }
     gw->nworkers = (int)gw->cfg.workers;
     gw->w = brix_calloc((size_t)gw->nworkers, sizeof *gw->w);
-    if (!gw->w)
+    if (!gw->w || !(gw->http_shared = brix_http_shared_new()))
         goto out;
     int werr = 0;
+    /* workers answer as soon as they start, before the handlers below exist: a
+     * SIGTERM in between must wait for them (not kill the process), and the
+     * threads started here inherit the mask so only this one takes it */
+    sigset_t term;
+    sigemptyset(&term);
+    sigaddset(&term, SIGTERM);
+    sigaddset(&term, SIGINT);
+    sigaddset(&term, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &term, NULL);
     gw->workers =
         brix_workers_start(gw->nworkers, brix_gw_worker_init, brix_gw_worker_stop, gw, &werr);
     if (!gw->workers) {
@@ -655,6 +714,7 @@ int brix_gateway_main(int argc, char **argv)
     uv_signal_start(&gw->sigterm, on_term, SIGTERM);
     uv_signal_start(&gw->sigint, on_term, SIGINT);
     uv_signal_start(&gw->sighup, on_sighup, SIGHUP);
+    pthread_sigmask(SIG_UNBLOCK, &term, NULL);
     if (gw->cfg.controller)
         BRIX_INFO("serving the OpenAI API on http://%s:%d with %d workers, engines from the "
                   "controller %s, strategy %s",
@@ -703,6 +763,7 @@ out:
     brix_free(gw->label_users);
     uv_mutex_destroy(&gw->label_mu);
     brix_gw_demand_free(&gw->demand);
+    brix_http_shared_free(gw->http_shared); /* every worker's server is closed */
     brix_config_free(gw_opts, &gw->cfg);
     return rc;
 }

@@ -39,6 +39,7 @@ typedef struct brix_gw_cfg {
     brix_strlist_t worker_urls;
     /* discovery from `brix controller` */
     char *controller, *controller_token;
+    char *controller_token_file; /* read into controller_token at load */
     uint64_t controller_idle_timeout;
     uint64_t adapter_wake_timeout;
     int64_t max_held_requests;
@@ -67,6 +68,8 @@ typedef struct brix_gw_cfg {
     uint64_t drain_timeout;
     int64_t retry_after;
     uint64_t backpressure_bytes;
+    uint64_t sse_max_event_bytes;
+    uint64_t kv_events_max_msg;
     /* tenants */
     char *redis_url, *redis_password, *redis_prefix, *redis_failure;
     uint64_t redis_timeout;
@@ -75,12 +78,15 @@ typedef struct brix_gw_cfg {
     bool require_key;
     brix_strlist_t users; /* NAME[:rpm=N,tpm=N,...] */
     int64_t default_rpm, default_tpm;
+    int64_t max_implicit_users;
     int64_t tenant_metrics_max;
+    int64_t metrics_max_children; /* per metric family */
     /* fairness */
     char *fairness;
     int64_t max_inflight_per_pod, queue_size, fair_tenants;
     double fair_reserve;
     uint64_t queue_timeout;
+    uint64_t fair_tenant_idle; /* ms */
 } brix_gw_cfg_t;
 
 /* Settings a reload may change, immutable once published (refcounted,
@@ -103,6 +109,7 @@ typedef struct brix_gw_rt {
     brix_upstream_opts_t upstream;
     int retry_after_s;
     uint64_t backpressure_bytes;
+    uint64_t sse_max_event_bytes;     /* longest SSE event relayed */
     uint64_t adapter_wake_timeout_ms; /* 0: answer 503 at once instead of holding */
     int64_t max_held_requests;
 } brix_gw_rt_t;
@@ -170,6 +177,7 @@ typedef struct brix_gw_metrics {
     brix_metric_family_t *pod_healthy;                        /* {pod} */
     brix_metric_family_t *pod_running, *pod_waiting, *pod_kv; /* {pod} scraped */
     brix_metric_family_t *scrapes;                            /* {pod,result} */
+    brix_metric_family_t *values_refused;                     /* {pod} */
     brix_metric_t *decision;                                  /* routing decision seconds */
     brix_metric_t *fleet_version;
     brix_metric_t *reloads_ok, *reloads_failed;
@@ -184,6 +192,8 @@ typedef struct brix_gw_metrics {
     brix_metric_t *store_up, *store_errors, *store_timeouts, *fail_open, *fail_closed;
     brix_metric_t *fair_capacity, *fair_inflight, *fair_queued, *fair_expired, *fair_rejected;
     brix_metric_t *fair_wait; /* seconds waited in the queue */
+    /* bounded tenant tables (NULL-safe: not checked at start) */
+    brix_metric_t *implicit_users, *implicit_evicted, *implicit_refused, *fair_evicted;
     /* controller discovery and adapter wakes */
     brix_metric_t *ctl_connected, *ctl_reconnects, *ctl_version;
     brix_metric_t *ctl_events_snapshot, *ctl_events_heartbeat, *ctl_events_bad;
@@ -191,6 +201,10 @@ typedef struct brix_gw_metrics {
     brix_metric_family_t *adapter_wakes; /* {model} */
     brix_metric_t *adapter_held;
     brix_metric_family_t *adapter_wait; /* {result} seconds */
+    /* client connections: slow peers and limits (core/http_server guard stats) */
+    brix_metric_t *http_conns, *http_buffered, *http_timeouts[4]; /* header body idle write */
+    brix_metric_t *http_refused_ip, *http_refused_full, *http_evicted;
+    brix_metric_t *http_budget_pauses;
 } brix_gw_metrics_t;
 
 typedef struct brix_gw_control brix_gw_control_t;
@@ -224,8 +238,9 @@ struct brix_gw {
         uint64_t queue_timeout;
     } fixed;
     uv_timer_t fair_timer;
-    brix_gw_demand_t demand; /* adapters requests wait for (workers → control thread) */
-    uv_mutex_t label_mu;     /* users with their own metric labels */
+    brix_gw_demand_t demand;         /* adapters requests wait for (workers → control thread) */
+    uv_mutex_t label_mu;             /* users with their own metric labels */
+    brix_http_shared_t *http_shared; /* per-IP counts and byte budget of all workers */
     char **label_users;
     size_t nlabel_users;
 };

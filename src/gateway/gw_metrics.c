@@ -1,7 +1,9 @@
 /*
  * The gateway's own Prometheus metrics (brix_gateway_*). Families are shared
  * by every thread; values are atomics. Label cardinality is bounded by the
- * fleet: models and pods the gateway knows, status codes, strategy names.
+ * fleet: models and pods the gateway knows (other names requests carry are
+ * counted as model="unknown"), status codes, strategy names ("mix" for a
+ * weighted mix); every family is capped besides (--metrics-max-children).
  */
 #include "core/alloc.h"
 #include "gateway/gateway.h"
@@ -48,6 +50,9 @@ static void on_collect(brix_metrics_t *reg, void *ud)
         brix_metric_set(gw->m.fail_open, (double)st.fail_open);
         brix_metric_set(gw->m.fail_closed, (double)st.fail_closed);
         brix_metric_set(gw->m.store_up, !brix_tn_uses_redis(gw->tn) || st.conns_up > 0);
+        brix_metric_set(gw->m.implicit_users, (double)st.implicit_users);
+        brix_metric_set(gw->m.implicit_evicted, (double)st.implicit_evicted);
+        brix_metric_set(gw->m.implicit_refused, (double)st.implicit_refused);
     }
     if (gw->fair) {
         brix_fair_stats_t fs;
@@ -57,8 +62,23 @@ static void on_collect(brix_metrics_t *reg, void *ud)
         brix_metric_set(gw->m.fair_queued, (double)fs.queued);
         brix_metric_set(gw->m.fair_expired, (double)fs.expired);
         brix_metric_set(gw->m.fair_rejected, (double)fs.rejected_full);
+        brix_metric_set(gw->m.fair_evicted, (double)fs.evicted);
     }
     brix_metric_set(gw->m.adapter_held, (double)atomic_load(&gw->demand.held_total));
+    if (gw->http_shared) {
+        brix_http_guard_stats_t hs;
+        brix_http_shared_stats(gw->http_shared, &hs);
+        brix_metric_set(gw->m.http_conns, (double)hs.conns_open);
+        brix_metric_set(gw->m.http_buffered, (double)hs.buffered_bytes);
+        brix_metric_set(gw->m.http_timeouts[0], (double)hs.header_timeouts);
+        brix_metric_set(gw->m.http_timeouts[1], (double)hs.body_timeouts);
+        brix_metric_set(gw->m.http_timeouts[2], (double)hs.idle_timeouts);
+        brix_metric_set(gw->m.http_timeouts[3], (double)hs.write_timeouts);
+        brix_metric_set(gw->m.http_refused_ip, (double)hs.refused_per_ip);
+        brix_metric_set(gw->m.http_refused_full, (double)hs.refused_full);
+        brix_metric_set(gw->m.http_evicted, (double)hs.evicted);
+        brix_metric_set(gw->m.http_budget_pauses, (double)hs.budget_pauses);
+    }
     if (!gw->index)
         return;
     brix_metric_set(gw->m.index_entries, (double)brix_prefix_index_entries(gw->index));
@@ -66,11 +86,56 @@ static void on_collect(brix_metrics_t *reg, void *ud)
     brix_metric_set(gw->m.index_evictions, (double)brix_prefix_index_evictions(gw->index));
 }
 
+/* Client-connection guards (slow peers, per-IP cap, byte budget): fixed
+ * label sets, read from the shared atomics at scrape time. */
+static void http_guard_metrics(brix_gw_metrics_t *m)
+{
+    const brix_metric_type_t C = BRIX_METRIC_COUNTER, G = BRIX_METRIC_GAUGE;
+    static const char *const L_KIND[] = { "kind", NULL };
+    static const char *const L_REASON[] = { "reason", NULL };
+    brix_metric_family_t *f;
+    f = brix_metrics_family(m->reg, G, "brix_gateway_http_connections", "Client connections open.",
+                            NULL, NULL, 0);
+    m->http_conns = f ? brix_metric_child(f, NULL) : NULL;
+    f = brix_metrics_family(m->reg, G, "brix_gateway_http_buffered_bytes",
+                            "Bytes held for client connections: unparsed input, request bodies "
+                            "(declared lengths once admitted) and unsent output "
+                            "(--max-buffered-bytes).",
+                            NULL, NULL, 0);
+    m->http_buffered = f ? brix_metric_child(f, NULL) : NULL;
+    f = brix_metrics_family(m->reg, C, "brix_gateway_http_timeouts_total",
+                            "Client connections closed by a timeout: header (--header-timeout, "
+                            "408), body (--body-timeout, 408), idle (--idle-timeout), write "
+                            "(--write-timeout: the client read nothing; its request is aborted).",
+                            L_KIND, NULL, 0);
+    static const char *const kinds[] = { "header", "body", "idle", "write" };
+    for (int i = 0; i < 4; i++)
+        m->http_timeouts[i] = f ? brix_gw_metric1(f, kinds[i]) : NULL;
+    f = brix_metrics_family(m->reg, C, "brix_gateway_http_connections_refused_total",
+                            "Connections closed at accept: per_ip (--max-conns-per-ip) or full "
+                            "(--max-connections with nothing idle to close; 503).",
+                            L_REASON, NULL, 0);
+    m->http_refused_ip = f ? brix_gw_metric1(f, "per_ip") : NULL;
+    m->http_refused_full = f ? brix_gw_metric1(f, "full") : NULL;
+    f = brix_metrics_family(m->reg, C, "brix_gateway_http_connections_evicted_total",
+                            "Idle (or still head-sending) connections closed to admit a new one "
+                            "at --max-connections.",
+                            NULL, NULL, 0);
+    m->http_evicted = f ? brix_metric_child(f, NULL) : NULL;
+    f = brix_metrics_family(m->reg, C, "brix_gateway_http_budget_pauses_total",
+                            "Times a connection stopped being read because the process held "
+                            "more than --max-buffered-bytes (or its declared body did not fit).",
+                            NULL, NULL, 0);
+    m->http_budget_pauses = f ? brix_metric_child(f, NULL) : NULL;
+}
+
 int brix_gw_metrics_init(brix_gw_t *gw)
 {
     brix_gw_metrics_t *m = &gw->m;
     if (!(m->reg = brix_metrics_new()))
         return -1;
+    brix_metrics_set_max_children(m->reg, (size_t)gw->cfg.metrics_max_children);
+    http_guard_metrics(m);
     static const char *const L_MODEL_STATUS_STRATEGY[] = { "model", "status", "strategy", NULL };
     static const char *const L_MODEL[] = { "model", NULL };
     static const char *const L_POD[] = { "pod", NULL };
@@ -117,9 +182,15 @@ int brix_gw_metrics_init(brix_gw_t *gw)
     m->pod_kv = brix_metrics_family(m->reg, G, "brix_gateway_pod_engine_kv_cache_usage_ratio",
                                     "The engine's KV-cache usage (0-1) at the last scrape.", L_POD,
                                     NULL, 0);
-    m->scrapes =
-        brix_metrics_family(m->reg, C, "brix_gateway_scrapes_total",
-                            "Scrapes of engine /metrics by pod and result.", L_POD_RESULT, NULL, 0);
+    m->scrapes = brix_metrics_family(m->reg, C, "brix_gateway_scrapes_total",
+                                     "Scrapes of engine /metrics by pod and result (ok, error, "
+                                     "invalid_values: a load gauge NaN, infinite or negative).",
+                                     L_POD_RESULT, NULL, 0);
+    m->values_refused =
+        brix_metrics_family(m->reg, C, "brix_gateway_engine_metric_values_refused_total",
+                            "vLLM values in engine /metrics that were NaN, infinite or negative, "
+                            "by pod: not used (a refused load gauge fails its scrape).",
+                            L_POD, NULL, 0);
     brix_metric_family_t *f;
     f = brix_metrics_family(m->reg, H, "brix_gateway_routing_decision_seconds",
                             "Time spent choosing a pod for one attempt.", NULL, decision_buckets,
@@ -209,6 +280,14 @@ int brix_gw_metrics_init(brix_gw_t *gw)
            "Requests that waited past --queue-timeout (answered 503).")
     SIMPLE(fair_rejected, C, "brix_gateway_fair_rejected_total",
            "Requests refused because their user's queue was full (answered 429).")
+    SIMPLE(implicit_users, G, "brix_gateway_tenant_implicit_users",
+           "Users created by --default-rpm held now (memory store; at most --max-implicit-users).")
+    SIMPLE(implicit_evicted, C, "brix_gateway_tenant_implicit_evicted_total",
+           "Idle users created by --default-rpm dropped to make room for new ones.")
+    SIMPLE(implicit_refused, C, "brix_gateway_tenant_implicit_refused_total",
+           "New users refused (429) because --max-implicit-users were all in use.")
+    SIMPLE(fair_evicted, C, "brix_gateway_fair_tenants_evicted_total",
+           "Idle users dropped from the fairness table to make room for new ones.")
     f = brix_metrics_family(m->reg, H, "brix_gateway_fair_wait_seconds",
                             "Time requests waited in the fairness queue.", NULL, latency_buckets,
                             NB(latency_buckets));
@@ -246,16 +325,16 @@ int brix_gw_metrics_init(brix_gw_t *gw)
     brix_metrics_on_collect(m->reg, on_collect, gw);
     if (!m->requests || !m->duration || !m->ttft || !m->upstream_errors || !m->retries ||
         !m->ejections || !m->pod_inflight || !m->pod_healthy || !m->pod_running ||
-        !m->pod_waiting || !m->pod_kv || !m->scrapes || !m->decision || !m->fleet_version ||
-        !m->reloads_ok || !m->client_aborts || !m->streams_broken || !m->index_entries ||
-        !m->index_bytes || !m->index_evictions || !m->kv_batches || !m->kv_gaps || !m->kv_resets ||
-        !m->kv_replays || !m->kv_unknown || !m->kv_live || !m->tenant_requests ||
-        !m->tenant_tokens || !m->ratelimit_check || !m->store_up || !m->store_errors ||
-        !m->store_timeouts || !m->fail_open || !m->fail_closed || !m->fair_capacity ||
-        !m->fair_inflight || !m->fair_queued || !m->fair_expired || !m->fair_wait ||
-        !m->fair_rejected || !m->ctl_connected || !m->ctl_reconnects || !m->ctl_version ||
-        !m->ctl_events_snapshot || !m->ctl_activity_ok || !m->adapter_wakes || !m->adapter_held ||
-        !m->adapter_wait)
+        !m->pod_waiting || !m->pod_kv || !m->scrapes || !m->values_refused || !m->decision ||
+        !m->fleet_version || !m->reloads_ok || !m->client_aborts || !m->streams_broken ||
+        !m->index_entries || !m->index_bytes || !m->index_evictions || !m->kv_batches ||
+        !m->kv_gaps || !m->kv_resets || !m->kv_replays || !m->kv_unknown || !m->kv_live ||
+        !m->tenant_requests || !m->tenant_tokens || !m->ratelimit_check || !m->store_up ||
+        !m->store_errors || !m->store_timeouts || !m->fail_open || !m->fail_closed ||
+        !m->fair_capacity || !m->fair_inflight || !m->fair_queued || !m->fair_expired ||
+        !m->fair_wait || !m->fair_rejected || !m->ctl_connected || !m->ctl_reconnects ||
+        !m->ctl_version || !m->ctl_events_snapshot || !m->ctl_activity_ok || !m->adapter_wakes ||
+        !m->adapter_held || !m->adapter_wait)
         return -1;
 #undef SIMPLE
     return 0;

@@ -33,6 +33,8 @@ struct brix_kvw {
     uint32_t bs;
     void *sub, *dealer;
     uv_poll_t psub, pdealer;
+    void *msub, *mdealer; /* monitors of sub and dealer (ZMQ_EVENT_DISCONNECTED) */
+    uv_poll_t pmsub, pmdealer;
     int handles;
     bool closing;
     bool have_seq, live;
@@ -710,9 +712,15 @@ static void on_dealer_poll(uv_poll_t *p, int status, int events)
     drain(w, w->dealer, true);
 }
 
+static void drain_monitor(brix_kvw_t *w, void *mon, void *sock, const char *endpoint);
+
 static void on_kick(uv_timer_t *t)
 {
     brix_kvw_t *w = t->data;
+    if (w->msub)
+        drain_monitor(w, w->msub, w->sub, w->endpoint);
+    if (w->mdealer && !w->closing)
+        drain_monitor(w, w->mdealer, w->dealer, w->replay);
     if (w->dealer)
         drain(w, w->dealer, true);
     if (!w->closing)
@@ -724,6 +732,71 @@ static void on_tmo(uv_timer_t *t)
     brix_kvw_t *w = t->data;
     if (w->replaying && !w->closing)
         replay_done(w, true);
+}
+
+/* A connection dropped. libzmq reconnects by itself after most failures,
+ * but not after a protocol error, which is what a message over
+ * ZMQ_MAXMSGSIZE is: the endpoint is connected afresh so one oversized
+ * message cannot silence the pod for good (what was lost shows up as a
+ * sequence gap, repaired as any other). */
+static void drain_monitor(brix_kvw_t *w, void *mon, void *sock, const char *endpoint)
+{
+    bool dropped = false;
+    for (;;) {
+        int ev = 0;
+        size_t sz = sizeof ev;
+        if (zmq_getsockopt(mon, ZMQ_EVENTS, &ev, &sz) || !(ev & ZMQ_POLLIN))
+            break;
+        zmq_msg_t f[2];
+        int n = recv_frames(mon, f, 2);
+        if (n < 0)
+            break;
+        if (n >= 1 && zmq_msg_size(&f[0]) >= 2) {
+            uint16_t e;
+            memcpy(&e, zmq_msg_data(&f[0]), sizeof e);
+            dropped |= e == ZMQ_EVENT_DISCONNECTED;
+        }
+        for (int i = 0; i < n; i++)
+            zmq_msg_close(&f[i]);
+    }
+    if (!dropped || w->closing)
+        return;
+    w->st.reconnects++;
+    BRIX_INFO("kv events from %s: connection to %s dropped (engine gone, or a message over "
+              "--kv-events-max-msg); connecting again",
+              w->pod->name, endpoint);
+    zmq_disconnect(sock, endpoint); /* fails when libzmq gave the endpoint up: fine */
+    if (zmq_connect(sock, endpoint))
+        BRIX_WARN("kv events from %s: cannot connect to %s again: %s", w->pod->name, endpoint,
+                  zmq_strerror(zmq_errno()));
+}
+
+static void on_msub_poll(uv_poll_t *p, int status, int events)
+{
+    brix_kvw_t *w = p->data;
+    drain_monitor(w, w->msub, w->sub, w->endpoint);
+}
+
+static void on_mdealer_poll(uv_poll_t *p, int status, int events)
+{
+    brix_kvw_t *w = p->data;
+    drain_monitor(w, w->mdealer, w->dealer, w->replay);
+}
+
+static int watch(brix_kvw_t *w, void *sock, uv_poll_t *p, uv_poll_cb cb);
+
+/* Watches sock's disconnections through a PAIR socket on its monitor. */
+static int monitor(brix_kvw_t *w, void *zctx, void *sock, const char *tag, void **mon, uv_poll_t *p,
+                   uv_poll_cb cb)
+{
+    char addr[96];
+    snprintf(addr, sizeof addr, "inproc://brix-kvw-%p-%s", (void *)w, tag);
+    int zero = 0;
+    if (zmq_socket_monitor(sock, addr, ZMQ_EVENT_DISCONNECTED) ||
+        !(*mon = zmq_socket(zctx, ZMQ_PAIR)) ||
+        zmq_setsockopt(*mon, ZMQ_LINGER, &zero, sizeof zero) || zmq_connect(*mon, addr))
+        return -1;
+    return watch(w, *mon, p, cb);
 }
 
 static int watch(brix_kvw_t *w, void *sock, uv_poll_t *p, uv_poll_cb cb)
@@ -742,7 +815,7 @@ static int watch(brix_kvw_t *w, void *sock, uv_poll_t *p, uv_poll_cb cb)
 
 brix_kvw_t *brix_kvw_new(uv_loop_t *loop, void *zctx, brix_prefix_index_t *ix, brix_pod_t *pod,
                          const char *endpoint, const char *replay, uint32_t block_size,
-                         void (*on_change)(void *ud), void *ud)
+                         int64_t max_msg, void (*on_change)(void *ud), void *ud)
 {
     brix_kvw_t *w = brix_calloc(1, sizeof *w);
     if (!w)
@@ -766,8 +839,15 @@ brix_kvw_t *brix_kvw_new(uv_loop_t *loop, void *zctx, brix_prefix_index_t *ix, b
         goto fail;
     w->sub = zmq_socket(zctx, ZMQ_SUB);
     int zero = 0;
+    /* libzmq's default accepts messages of any size, each buffered whole
+     * before we see it: a bound keeps one peer from pinning the memory (a
+     * larger message drops that connection; the gap is seen and repaired) */
+    int64_t maxmsg = max_msg > 0 ? max_msg : BRIX_KVW_MAX_MSG;
     if (!w->sub || zmq_setsockopt(w->sub, ZMQ_LINGER, &zero, sizeof zero) ||
-        zmq_setsockopt(w->sub, ZMQ_SUBSCRIBE, "", 0) || zmq_connect(w->sub, endpoint)) {
+        zmq_setsockopt(w->sub, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+        zmq_setsockopt(w->sub, ZMQ_SUBSCRIBE, "", 0) ||
+        monitor(w, zctx, w->sub, "sub", &w->msub, &w->pmsub, on_msub_poll) ||
+        zmq_connect(w->sub, endpoint)) {
         BRIX_ERROR("kv events for %s: cannot subscribe to %s: %s", pod->name, endpoint,
                    zmq_strerror(zmq_errno()));
         goto fail;
@@ -777,6 +857,8 @@ brix_kvw_t *brix_kvw_new(uv_loop_t *loop, void *zctx, brix_prefix_index_t *ix, b
     if (replay) {
         w->dealer = zmq_socket(zctx, ZMQ_DEALER);
         if (!w->dealer || zmq_setsockopt(w->dealer, ZMQ_LINGER, &zero, sizeof zero) ||
+            zmq_setsockopt(w->dealer, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) ||
+            monitor(w, zctx, w->dealer, "dealer", &w->mdealer, &w->pmdealer, on_mdealer_poll) ||
             zmq_connect(w->dealer, replay) || watch(w, w->dealer, &w->pdealer, on_dealer_poll)) {
             BRIX_ERROR("kv events for %s: cannot connect to the replay socket %s", pod->name,
                        replay);
@@ -831,6 +913,10 @@ const brix_kvw_stats_t *brix_kvw_stats(const brix_kvw_t *w)
 
 static void kvw_free(brix_kvw_t *w)
 {
+    if (w->msub)
+        zmq_close(w->msub);
+    if (w->mdealer)
+        zmq_close(w->mdealer);
     if (w->sub)
         zmq_close(w->sub);
     if (w->dealer)
@@ -871,4 +957,8 @@ void brix_kvw_close(brix_kvw_t *w)
         uv_close((uv_handle_t *)&w->psub, on_poll_closed);
     if (w->pdealer.data == w)
         uv_close((uv_handle_t *)&w->pdealer, on_poll_closed);
+    if (w->pmsub.data == w)
+        uv_close((uv_handle_t *)&w->pmsub, on_poll_closed);
+    if (w->pmdealer.data == w)
+        uv_close((uv_handle_t *)&w->pmdealer, on_poll_closed);
 }

@@ -31,13 +31,18 @@ typedef struct brix_kvw brix_kvw_t;
 typedef struct brix_kvw_stats {
     uint64_t batches, events, stored_blocks, removed_blocks;
     uint64_t gaps, resets, replays, unknown_parents;
+    uint64_t reconnects; /* connections dropped and made again */
 } brix_kvw_stats_t;
 
+#define BRIX_KVW_MAX_MSG (16 << 20)
+
 /* zctx: a ZMQ context shared by all watchers (control thread only).
- * on_change runs when the watcher turns live or stops being live. */
+ * max_msg: largest message accepted on either socket (ZMQ_MAXMSGSIZE; 0 =
+ * BRIX_KVW_MAX_MSG). on_change runs when the watcher turns live or stops
+ * being live. */
 brix_kvw_t *brix_kvw_new(uv_loop_t *loop, void *zctx, brix_prefix_index_t *ix, brix_pod_t *pod,
                          const char *endpoint, const char *replay, uint32_t block_size,
-                         void (*on_change)(void *ud), void *ud);
+                         int64_t max_msg, void (*on_change)(void *ud), void *ud);
 /* The base model's name, the chain root of blocks without a LoRA. */
 void brix_kvw_set_base_model(brix_kvw_t *w, const char *name);
 bool brix_kvw_live(const brix_kvw_t *w);

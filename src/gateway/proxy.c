@@ -21,6 +21,7 @@
 #include "core/alloc.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/sse.h"
 #include "core/time.h"
 #include "gateway/gateway.h"
 #include "gateway/router.h"
@@ -56,7 +57,9 @@ typedef struct px {
     bool head_sent;
     bool sse;
     bool paused;
-    brix_buf_t hold; /* SSE: bytes after the last complete event */
+    brix_sse_t sse_fr; /* SSE: event framing, holds a partial event */
+    const char *run;   /* SSE: complete events not relayed yet */
+    size_t run_n;
     uint64_t t_first_byte;
     int64_t prompt_tokens, completion_tokens;
     const char *err_kind; /* for the access log */
@@ -145,6 +148,21 @@ static void count_request(brix_gw_worker_t *w, const char *model, int status, co
         brix_gw_metric3(w->gw->m.requests, model ? model : "", st, strategy ? strategy : ""), 1);
 }
 
+/* The model label of an answer the gateway gives itself: a name the fleet
+ * serves or the registry knows, else "unknown" ("" when the body named
+ * none), so request bodies cannot mint label values. */
+static const char *model_label(const brix_gw_worker_t *w, const char *model)
+{
+    if (!model)
+        return NULL;
+    const brix_gw_view_t *v = w->view;
+    if (v &&
+        (brix_snap_model(v->fleet, model) || brix_registry_adapter(v->fleet->registry, model) ||
+         brix_registry_has_base(v->fleet->registry, model)))
+        return model;
+    return "unknown";
+}
+
 /* The one access-log line of a request: every field is always present
  * ("-" or -1 when unknown), so the lines can be parsed by position or key. */
 /* Access-log lines are collected per loop iteration and written with one
@@ -192,7 +210,7 @@ static void gw_error(brix_gw_worker_t *w, brix_http_req_t *h, int status, const 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    count_request(w, model, status, NULL);
+    count_request(w, model_label(w, model), status, NULL);
     log_access(w, h, model, NULL, NULL, status, -1, 0, 0, 0, msg, NULL);
     brix_http_respond_error(h, status, err_type(status), code, param, "%s", msg);
 }
@@ -269,10 +287,12 @@ static void px_free(px_t *px)
     int64_t used = px->prompt_tokens + px->completion_tokens;
     if (px->attempts && !used)
         used = px->est_tokens; /* nothing seen at all: the estimate */
-    if (px->user[0] && !px->attempts && px->reserved)
-        brix_tn_charge(w->tn, px->user, px->user_tpm, -px->reserved); /* never sent: refund */
+    /* once per admitted request (it also ends the user's in-flight count);
+     * never sent: the reservation is refunded */
+    if (px->user[0])
+        brix_tn_charge(w->tn, px->user, px->user_tpm,
+                       px->attempts ? used - px->reserved : -px->reserved);
     if (px->user[0] && px->attempts) {
-        brix_tn_charge(w->tn, px->user, px->user_tpm, used - px->reserved);
         const char *label = brix_gw_user_label(gw, px->user);
         brix_metric_add(brix_gw_metric2(gw->m.tenant_tokens, label, "prompt"),
                         (double)px->prompt_tokens);
@@ -289,7 +309,7 @@ static void px_free(px_t *px)
     if (px->pod)
         brix_pod_unref(px->pod);
     brix_buf_free(&px->fwd_headers);
-    brix_buf_free(&px->hold);
+    brix_sse_free(&px->sse_fr);
     brix_buf_free(&px->explanation);
     brix_gw_view_unref(px->view);
     brix_free(px->model_name);
@@ -335,7 +355,7 @@ static void access_log(px_t *px, int status)
     const brix_fleet_snap_t *s = px->view->fleet;
     const char *pod = px->attempts ? s->pods[px->pod_idx].pod->name : NULL;
     brix_metric_observe(brix_gw_metric1(px->w->gw->m.duration, px->model_name), dur / 1e3);
-    count_request(px->w, px->model_name, status, px->strategy.name);
+    count_request(px->w, px->model_name, status, px->strategy.label);
     log_access(px->w, h, px->model_name, pod, px->strategy.name, status, ttft, px->attempts,
                px->prompt_tokens, px->completion_tokens, px->err_kind,
                px->explain && px->explanation.len ? px->explanation.data : NULL);
@@ -390,40 +410,52 @@ static int relay(px_t *px, const char *data, size_t len)
     int rc = brix_http_stream_write(px->h, data, len);
     if (rc)
         return rc; /* the client is gone: on_abort already cleaned up */
-    if (!px->paused && brix_http_write_queue_bytes(px->h) > px->view->rt->backpressure_bytes) {
+    if (!px->paused && brix_http_write_backlogged(px->h, px->view->rt->backpressure_bytes)) {
         px->paused = true;
         brix_ureq_pause(px->ur, true);
     }
     return 0;
 }
 
-/* Relays whole SSE events; when the gateway asked the engine for usage on
- * the client's behalf, the usage-only event ("choices":[] with a "usage"
- * object, vLLM's last chunk) is left out, so the client sees exactly the
- * stream it asked for. */
-static int relay_events(px_t *px, const char *src, size_t n)
+/* Relays the complete events gathered so far (one write for a run of
+ * them). Non-zero: the client is gone and px with it. */
+static int flush_events(px_t *px)
 {
-    /* the event count only matters when tokens are charged to someone
-     * (a user's TPM or the fairness counters): other streams skip the scan */
-    if (px->user[0] || px->fair)
-        for (const char *p = src, *e = src + n; (p = memmem(p, (size_t)(e - p), "\n\n", 2)); p += 2)
-            px->events++;
-    if (!px->strip_usage || !memmem(src, n, "\"usage\"", 7))
-        return relay(px, src, n);
-    size_t from = 0, i = 0;
-    while (i < n) {
-        const char *e = memmem(src + i, n - i, "\n\n", 2);
-        size_t end = e ? (size_t)(e - src) + 2 : n;
-        const char *ev = src + i;
-        size_t len = end - i;
-        if (memmem(ev, len, "\"choices\":[]", 12) && memmem(ev, len, "\"usage\":{", 9)) {
-            if (i > from && relay(px, src + from, i - from))
-                return -1;
-            from = end;
-        }
-        i = end;
+    if (!px->run_n)
+        return 0;
+    const char *p = px->run;
+    size_t n = px->run_n;
+    px->run_n = 0;
+    if (memmem(p, n, "\"usage\"", 7))
+        scan_usage(px, p, n);
+    return relay(px, p, n);
+}
+
+/* One whole SSE event (sse.h). Consecutive events of a chunk are relayed
+ * together; when the gateway asked the engine for usage on the client's
+ * behalf, the usage-only event ("choices":[] with a "usage" object, vLLM's
+ * last chunk) is left out, so the client sees exactly the stream it asked
+ * for. */
+static int on_sse_event(void *ud, const char *ev, size_t n)
+{
+    px_t *px = ud;
+    px->events++;
+    if (px->strip_usage && memmem(ev, n, "\"choices\":[]", 12) && memmem(ev, n, "\"usage\":{", 9)) {
+        scan_usage(px, ev, n);
+        return flush_events(px);
     }
-    return from < n ? relay(px, src + from, n - from) : 0;
+    if (px->run_n && px->run + px->run_n == ev) {
+        px->run_n += n;
+    } else {
+        if (flush_events(px))
+            return -1;
+        px->run = ev;
+        px->run_n = n;
+    }
+    /* an event completed from held bytes: relay it before they are reused */
+    const char *held;
+    brix_sse_pending(&px->sse_fr, &held);
+    return ev == held ? flush_events(px) : 0;
 }
 
 static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, size_t nh, void *ud);
@@ -434,6 +466,7 @@ static void up_error(brix_ureq_t *r, brix_uerr_t err, bool got_bytes, void *ud);
 static const brix_ureq_cb_t up_cb = { up_head, up_data, up_done, up_error };
 
 static void attempt(px_t *px);
+static void upstream_failed(px_t *px, const char *kind, const char *detail, bool got_bytes);
 
 static bool can_retry(px_t *px)
 {
@@ -497,6 +530,8 @@ static void up_head(brix_ureq_t *r, int status, const brix_http_header_t *hs, si
         brix_http_add_header(h, "x-brix-route", px->explanation.data);
     brix_http_add_header(h, "request-id", h->id);
     px->sse = !strncasecmp(ctype, "text/event-stream", 17);
+    if (px->sse)
+        brix_sse_init(&px->sse_fr, px->view->rt->sse_max_event_bytes);
     px->head_sent = true;
     int rc = clen >= 0 && !px->sse ? brix_http_stream_start_len(h, status, ctype, (uint64_t)clen)
                                    : brix_http_stream_start(h, status, ctype);
@@ -522,32 +557,27 @@ static void up_data(brix_ureq_t *r, const char *data, size_t len, void *ud)
         return;
     }
     /* SSE: forward whole events only; hold a trailing partial one. */
-    const char *src = data;
-    size_t n = len;
-    if (px->hold.len) {
-        if (brix_buf_append(&px->hold, data, len))
-            return;
-        src = px->hold.data;
-        n = px->hold.len;
+    int rc = brix_sse_feed(&px->sse_fr, data, len, on_sse_event, px);
+    if (rc == -1)
+        return; /* the client is gone: on_abort already cleaned up */
+    if (!rc) {
+        flush_events(px);
+        return;
     }
-    size_t end = 0;
-    for (size_t i = n; i >= 2; i--) {
-        if (src[i - 1] == '\n' && src[i - 2] == '\n') {
-            end = i;
-            break;
-        }
-    }
-    if (end) {
-        if (memmem(src, end, "\"usage\"", 7))
-            scan_usage(px, src, end);
-        if (relay_events(px, src, end))
-            return;
-    }
-    if (src == px->hold.data) {
-        brix_buf_consume(&px->hold, end);
-    } else if (end < n) {
-        brix_buf_append(&px->hold, src + end, n - end);
-    }
+    /* An event over --sse-max-event-bytes (or no memory to hold it): the
+     * engine's stream is broken; what was complete is relayed, then an
+     * error event ends the stream. */
+    if (flush_events(px))
+        return;
+    brix_ureq_cancel(r);
+    px->ur = NULL;
+    char detail[160];
+    if (rc == -E2BIG)
+        snprintf(detail, sizeof detail, "pod %s: an SSE event over %zu bytes",
+                 px->pod ? px->pod->name : "?", px->sse_fr.max);
+    else
+        snprintf(detail, sizeof detail, "pod %s: out of memory", px->pod ? px->pod->name : "?");
+    upstream_failed(px, rc == -E2BIG ? "event_too_large" : "nomem", detail, true);
 }
 
 static void up_done(brix_ureq_t *r, void *ud)
@@ -556,7 +586,9 @@ static void up_done(brix_ureq_t *r, void *ud)
     px->ur = NULL;
     /* An unterminated last event is passed on as it is. If the client is
      * gone the write fails and on_abort has already freed px. */
-    if (px->hold.len && relay_events(px, px->hold.data, px->hold.len))
+    const char *tail;
+    size_t tn = brix_sse_pending(&px->sse_fr, &tail);
+    if (tn && on_sse_event(px, tail, tn))
         return;
     attempt_end(px, px->status < 500);
     access_log(px, px->status);
@@ -567,29 +599,22 @@ static void up_done(brix_ureq_t *r, void *ud)
     brix_http_stream_end(h);
 }
 
-static void up_error(brix_ureq_t *r, brix_uerr_t err, bool got_bytes, void *ud)
+/* The current attempt failed (kind labels the metric): retried while no
+ * byte reached the client, else the response is ended as well as it can be. */
+static void upstream_failed(px_t *px, const char *kind, const char *detail, bool got_bytes)
 {
-    px_t *px = ud;
     brix_gw_worker_t *w = px->w;
-    px->ur = NULL;
     const char *pod_name = px->pod ? px->pod->name : "?";
-    static const char *const kinds[] = {
-        "",         "connect", "connect_timeout", "first_byte_timeout", "idle_timeout", "closed",
-        "protocol", "nomem"
-    };
-    const char *kind = kinds[err <= BRIX_UERR_NOMEM ? err : 0];
     px->err_kind = kind;
     brix_metric_add(brix_gw_metric2(w->gw->m.upstream_errors, pod_name, kind), 1);
-    BRIX_WARN("upstream %s: %s (%s)", pod_name, brix_uerr_str(err),
+    BRIX_WARN("upstream %s (%s)", detail,
               got_bytes ? "after the response started" : "before any response byte");
-    char detail[160];
-    snprintf(detail, sizeof detail, "pod %s: %s", pod_name, brix_uerr_str(err));
     attempt_end(px, false);
     if (!px->head_sent) {
         /* Nothing reached the client. Timeouts are not retried: the
          * request may well be running there (a long prefill). */
-        bool timeout = err == BRIX_UERR_FIRST_BYTE_TIMEOUT || err == BRIX_UERR_IDLE_TIMEOUT;
-        if (timeout) {
+        if (!strcmp(kind, "first_byte_timeout") || !strcmp(kind, "idle_timeout") ||
+            !strcmp(kind, "write_timeout")) {
             access_log(px, 504);
             brix_http_respond_error(px->h, 504, "api_error", NULL, NULL, "upstream timed out: %s",
                                     detail);
@@ -632,6 +657,22 @@ static void up_error(brix_ureq_t *r, brix_uerr_t err, bool got_bytes, void *ud)
     h->on_drain = NULL;
     px_free(px);
     brix_http_abort(h);
+}
+
+static void up_error(brix_ureq_t *r, brix_uerr_t err, bool got_bytes, void *ud)
+{
+    px_t *px = ud;
+    px->ur = NULL;
+    static const char *const kinds[] = {
+        "",         "connect", "connect_timeout", "first_byte_timeout", "idle_timeout", "closed",
+        "protocol", "nomem"
+    };
+    const char *kind =
+        err == BRIX_UERR_WRITE_TIMEOUT ? "write_timeout" : kinds[err <= BRIX_UERR_NOMEM ? err : 0];
+    char detail[160];
+    snprintf(detail, sizeof detail, "pod %s: %s", px->pod ? px->pod->name : "?",
+             brix_uerr_str(err));
+    upstream_failed(px, kind, detail, got_bytes);
 }
 
 static void on_client_abort(brix_http_req_t *h, void *ud)
@@ -759,74 +800,176 @@ static void attempt(px_t *px)
 
 /* ------------------------------------------------------------- routes -- */
 
+/* The inference endpoints vLLM serves to clients, and nothing else: the
+ * engine's administration paths (/v1/load_lora_adapter, /sleep,
+ * /start_profile, /reset_prefix_cache, /collective_rpc, ...) answer 404
+ * here, so only the controller manages adapters and engine state. Exact
+ * matches on the path (query excluded): "/v1/./x", "/v1//x" or percent-
+ * encoded spellings are not the same route and are refused too. Audio
+ * endpoints are multipart, not JSON, and GET/cancel of a stored response
+ * carry no model: neither can be routed, so neither is listed. */
 static bool proxied_path(const char *p)
 {
-    static const char *const extra[] = { "/tokenize", "/detokenize", "/pooling",    "/classify",
-                                         "/score",    "/rerank",     "/invocations" };
-    if (!strncmp(p, "/v1/", 4) || !strncmp(p, "/v2/", 4))
-        return true;
-    for (size_t i = 0; i < sizeof extra / sizeof *extra; i++)
-        if (!strcmp(p, extra[i]))
+    static const char *const routes[] = {
+        "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/score",
+        "/v1/rerank",           "/v2/rerank",      "/score",         "/rerank",       "/tokenize",
+        "/detokenize",          "/pooling",        "/classify",      "/invocations",
+    };
+    for (size_t i = 0; i < sizeof routes / sizeof *routes; i++)
+        if (!strcmp(p, routes[i]))
             return true;
     return false;
 }
 
+/* Top-level keys the gateway reads. A body that has one of them twice is
+ * refused: JSON parsers disagree on which copy wins (Python's json, and so
+ * vLLM, takes the last; cJSON the first), so the gateway could check and
+ * route one model while the engine serves another. */
+enum {
+    K_MODEL,
+    K_STREAM,
+    K_MAX_TOKENS,
+    K_MAX_COMPLETION_TOKENS,
+    K_MESSAGES,
+    K_PROMPT,
+    K_INPUT,
+    K_USER,
+    K_STREAM_OPTIONS,
+    K_ADD_GENERATION_PROMPT,
+};
+
 typedef struct scan_ctx {
     brix_req_fields_t *f;
     brix_http_req_t *h;
-    const char *model_raw;
     bool oom;
+    unsigned seen;   /* K_* bits */
+    const char *dup; /* a key seen twice */
+    const char *bad; /* a key with a value the gateway refuses */
+    bool has_mct;    /* max_completion_tokens given: it wins over max_tokens */
 } scan_ctx_t;
 
-/* Picks the fields routing needs; a later duplicate key wins, as in most
- * JSON parsers (and in vLLM's). */
+static bool key_eq(const char *k, size_t kl, const char *want, size_t wl)
+{
+    return kl == wl && !memcmp(k, want, wl);
+}
+
+/* A token count: an integer (1e3 and 100.0 are, as pydantic reads them)
+ * within int64. Returns false for fractions and anything out of range,
+ * where a plain (int64_t) cast would be undefined. */
+static bool json_int64(const brix_json_val_t *v, int64_t *out)
+{
+    if (v->kind != BRIX_JSON_NUMBER)
+        return false;
+    char tmp[64];
+    if (v->n >= sizeof tmp)
+        return false; /* more digits than any int64 needs (or a huge exponent) */
+    memcpy(tmp, v->p, v->n);
+    tmp[v->n] = '\0';
+    if (!memchr(tmp, '.', v->n) && !memchr(tmp, 'e', v->n) && !memchr(tmp, 'E', v->n)) {
+        errno = 0;
+        long long x = strtoll(tmp, NULL, 10);
+        if (errno == ERANGE)
+            return false;
+        *out = x;
+        return true;
+    }
+    double d = strtod(tmp, NULL);
+    /* [-2^63, 2^63): both bounds are exact doubles */
+    if (!(d >= -9223372036854775808.0 && d < 9223372036854775808.0) || d != (double)(int64_t)d)
+        return false;
+    *out = (int64_t)d;
+    return true;
+}
+
+/* Picks the fields routing needs. Keys are compared after decoding their
+ * escapes ("mod\u0065l" is "model" to the engine too); no allocation. */
 static int on_member(const char *key, size_t klen, const brix_json_val_t *v, void *ud)
 {
     scan_ctx_t *sx = ud;
     brix_req_fields_t *f = sx->f;
-    switch (klen) {
-    case 5:
-        if (brix_json_key_is(key, klen, "model")) {
-            f->model = NULL;
-            if (v->kind == BRIX_JSON_STRING) {
-                char *m = brix_arena_alloc(&sx->h->arena, v->n + 1);
-                if (!m) {
-                    sx->oom = true;
-                    return 0;
-                }
-                brix_json_unescape(v->p, v->n, m);
-                f->model = m;
+    char kb[24]; /* longer than every key below */
+    const char *k = key;
+    size_t kl = klen;
+    if (memchr(key, '\\', klen)) {
+        kl = brix_json_key_decode(key, klen, kb, sizeof kb);
+        if (kl == SIZE_MAX)
+            return 0;
+        k = kb;
+    }
+    static const struct {
+        const char *name;
+        size_t len;
+    } keys[] = {
+        [K_MODEL] = { "model", 5 },
+        [K_STREAM] = { "stream", 6 },
+        [K_MAX_TOKENS] = { "max_tokens", 10 },
+        [K_MAX_COMPLETION_TOKENS] = { "max_completion_tokens", 21 },
+        [K_MESSAGES] = { "messages", 8 },
+        [K_PROMPT] = { "prompt", 6 },
+        [K_INPUT] = { "input", 5 },
+        [K_USER] = { "user", 4 },
+        [K_STREAM_OPTIONS] = { "stream_options", 14 },
+        [K_ADD_GENERATION_PROMPT] = { "add_generation_prompt", 21 },
+    };
+    int id = -1;
+    for (int i = 0; i < (int)(sizeof keys / sizeof *keys) && id < 0; i++)
+        if (key_eq(k, kl, keys[i].name, keys[i].len))
+            id = i;
+    const char *name = id >= 0 ? keys[id].name : NULL;
+    if (id < 0)
+        return 0;
+    if (sx->seen & (1u << id)) {
+        sx->dup = name;
+        return 1; /* refused: the rest need not be read */
+    }
+    sx->seen |= 1u << id;
+    int64_t mt;
+    switch (id) {
+    case K_MODEL:
+        f->model = NULL;
+        if (v->kind == BRIX_JSON_STRING) {
+            char *m = brix_arena_alloc(&sx->h->arena, v->n + 1);
+            if (!m) {
+                sx->oom = true;
+                return 0;
             }
-        } else if (brix_json_key_is(key, klen, "input")) {
-            f->input = *v;
+            /* a NUL inside would make the name routed ("a") differ from
+             * the one the engine reads ("a\0b"): refused as not a string */
+            if (brix_json_unescape(v->p, v->n, m) == strlen(m))
+                f->model = m;
         }
         break;
-    case 6:
-        if (brix_json_key_is(key, klen, "stream"))
-            /* lenient like vLLM's parser: true or a non-zero number */
-            f->stream = v->kind == BRIX_JSON_TRUE ||
-                        (v->kind == BRIX_JSON_NUMBER && strtod(v->p, NULL) != 0);
-        else if (brix_json_key_is(key, klen, "prompt"))
-            f->prompt = *v;
+    case K_INPUT:
+        f->input = *v;
         break;
-    case 8:
-        if (brix_json_key_is(key, klen, "messages"))
-            f->messages = *v;
+    case K_STREAM:
+        /* lenient like vLLM's parser: true or a non-zero number */
+        f->stream =
+            v->kind == BRIX_JSON_TRUE || (v->kind == BRIX_JSON_NUMBER && strtod(v->p, NULL) != 0);
         break;
-    case 10:
-        if (brix_json_key_is(key, klen, "max_tokens") && v->kind == BRIX_JSON_NUMBER)
-            f->max_tokens = (int64_t)strtod(v->p, NULL);
+    case K_PROMPT:
+        f->prompt = *v;
         break;
-    case 14:
-        if (brix_json_key_is(key, klen, "stream_options"))
-            f->stream_options = *v;
+    case K_MESSAGES:
+        f->messages = *v;
         break;
-    case 21:
-        if (brix_json_key_is(key, klen, "add_generation_prompt"))
-            f->no_generation_prompt = v->kind == BRIX_JSON_FALSE;
-        else if (brix_json_key_is(key, klen, "max_completion_tokens") &&
-                 v->kind == BRIX_JSON_NUMBER)
-            f->max_tokens = (int64_t)strtod(v->p, NULL);
+    case K_MAX_TOKENS:
+    case K_MAX_COMPLETION_TOKENS:
+        if (v->kind != BRIX_JSON_NUMBER)
+            break; /* null, or a type the engine judges (pydantic takes "10") */
+        if (!json_int64(v, &mt)) {
+            sx->bad = name;
+            return 1;
+        }
+        if (id == K_MAX_COMPLETION_TOKENS || !sx->has_mct)
+            f->max_tokens = mt;
+        sx->has_mct |= id == K_MAX_COMPLETION_TOKENS;
+        break;
+    case K_STREAM_OPTIONS:
+        f->stream_options = *v;
+        break;
+    case K_ADD_GENERATION_PROMPT:
+        f->no_generation_prompt = v->kind == BRIX_JSON_FALSE;
         break;
     default:
         break;
@@ -1176,7 +1319,7 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     size_t err_off = 0;
     const char *err_what = NULL;
     memset(&f, 0, sizeof f);
-    scan_ctx_t sx = { &f, h, NULL, false };
+    scan_ctx_t sx = { .f = &f, .h = h };
     brix_json_scan_rc_t src = brix_json_scan(h->body.data ? h->body.data : "", h->body.len,
                                              on_member, &sx, &err_off, &err_what);
     if (src == BRIX_JSON_SCAN_INVALID) {
@@ -1195,6 +1338,18 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     }
     if (sx.oom) {
         gw_error(w, h, 500, NULL, NULL, NULL, "out of memory");
+        return;
+    }
+    if (sx.dup) {
+        gw_error(w, h, 400, "duplicate_key", sx.dup, NULL,
+                 "the request body has the key '%s' more than once (spelled plainly or with "
+                 "escapes); send it once",
+                 sx.dup);
+        return;
+    }
+    if (sx.bad) {
+        gw_error(w, h, 400, "invalid_value", sx.bad, NULL,
+                 "'%s' must be an integer (within 64 bits)", sx.bad);
         return;
     }
     if (!f.model || !*f.model) {
@@ -1598,6 +1753,7 @@ int brix_gw_worker_init(uv_loop_t *loop, int idx, void *ud, void **wctx)
     w->srv = brix_http_server_new(loop, &c->http, handler, w);
     if (!w->srv)
         return -ENOMEM;
+    brix_http_server_set_shared(w->srv, gw->http_shared);
     int bound = 0;
     int port = idx == 0 ? (int)c->port : gw->port;
     int rc = brix_http_server_listen(w->srv, c->host, port, true, &bound);

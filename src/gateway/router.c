@@ -149,6 +149,11 @@ int brix_strategy_parse(const char *text, brix_strategy_sel_t *out, char *err, s
         snprintf(err, errlen, "incorrect routing strategy '%s': nothing to route with", text);
         return -1;
     }
+    /* a bounded label set: one value per strategy, plus "mix" */
+    out->label = out->s[0]->name;
+    for (size_t i = 1; i < out->n; i++)
+        if (out->s[i] != out->s[0])
+            out->label = "mix";
     return 0;
 }
 

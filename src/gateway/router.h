@@ -110,7 +110,9 @@ typedef struct brix_strategy_sel {
     const brix_strategy_t *s[BRIX_MIX_MAX];
     double w[BRIX_MIX_MAX];
     size_t n;
-    char name[96]; /* canonical text, for headers and metrics */
+    char name[96];     /* canonical text, for headers and the access log */
+    const char *label; /* metric label: the strategy's name, or "mix" when the
+                          selection mixes several (weights never become labels) */
 } brix_strategy_sel_t;
 
 /* Parses a strategy name or mix; returns -1 with err for unknown names or

@@ -16,6 +16,7 @@ int brix_gw_tenant_cfg(const brix_gw_cfg_t *c, brix_tn_cfg_t *out, char *err, si
     out->require_key = c->require_key;
     out->default_rpm = c->default_rpm;
     out->default_tpm = c->default_rpm >= 0 ? c->default_tpm : 0;
+    out->max_implicit = c->max_implicit_users;
     out->redis_timeout_ms = c->redis_timeout;
     if (strcmp(c->redis_failure, "open") && strcmp(c->redis_failure, "closed")) {
         snprintf(err, errlen, "redis-failure: expected open or closed, got '%s'", c->redis_failure);

@@ -28,7 +28,17 @@
 #include "core/log.h"
 #include "core/time.h"
 
-#define PERIOD_US 60000000.0 /* limits are per minute */
+/* GCRA runs on integer microseconds, in C and in the Lua scripts alike:
+ * absolute times as doubles (µs since boot, or since the epoch in Redis)
+ * round `now + cost` by an ulp where it crosses a power of two, which
+ * refused a request for exactly the budget left at some clock values. Redis'
+ * Lua numbers are doubles too, so every value stays an integer below 2^53:
+ * times (~2^51 µs since the epoch) plus at most COST_MAX + AHEAD_MAX. */
+#define PERIOD_US INT64_C(60000000) /* limits are per minute */
+/* units counted per request saturate here (n x PERIOD_US < 2^53) */
+#define COUNT_MAX INT64_C(100000000)
+/* a bucket never runs further ahead of now than this (2^45 µs, 407 days) */
+#define AHEAD_MAX (INT64_C(1) << 45)
 
 /* ------------------------------------------------------------- helpers -- */
 
@@ -279,9 +289,37 @@ static bool model_allowed(const char *models, const char *model)
     return false;
 }
 
+/* How far (µs) n units move a bucket of `limit` per minute, rounded toward
+ * zero (negative n: a refund). Rounding down keeps the exact budget
+ * admissible: limit x cost(1) <= PERIOD_US; it admits at most 1 µs per
+ * request more than the limit, which is nothing below ~7,700 per minute and
+ * under 0.02 % at 70,000. The Lua scripts' cost() computes the same. */
+static int64_t gcra_cost(int64_t n, int64_t limit)
+{
+    if (limit <= 0)
+        return 0;
+    if (n > COUNT_MAX)
+        n = COUNT_MAX;
+    if (n < -COUNT_MAX)
+        n = -COUNT_MAX;
+    return n * PERIOD_US / limit;
+}
+
+/* How many units fit in `room` µs of a bucket (one request of n costs
+ * gcra_cost(n) <= room), at most `limit`. */
+static int64_t gcra_fit(int64_t room, int64_t limit)
+{
+    if (room < 0)
+        return 0;
+    if (room >= PERIOD_US || limit > (INT64_MAX - 1) / (PERIOD_US + 1))
+        return limit;
+    int64_t n = ((room + 1) * limit - 1) / PERIOD_US;
+    return n < limit ? n : limit;
+}
+
 /* Fills the header numbers from GCRA state: r_ahead / t_ahead are how far
  * each bucket's theoretical arrival time is ahead of now (µs). */
-static void fill_numbers(brix_tn_decision_t *d, double r_ahead, double t_ahead)
+static void fill_numbers(brix_tn_decision_t *d, int64_t r_ahead, int64_t t_ahead)
 {
     if (r_ahead < 0)
         r_ahead = 0;
@@ -289,42 +327,73 @@ static void fill_numbers(brix_tn_decision_t *d, double r_ahead, double t_ahead)
         t_ahead = 0;
     d->rpm_reset_us = (uint64_t)r_ahead;
     d->tpm_reset_us = (uint64_t)t_ahead;
-    d->rpm_remaining =
-        d->rpm > 0 ? (int64_t)floor((PERIOD_US - r_ahead) / (PERIOD_US / (double)d->rpm) + 1e-9)
-                   : -1;
-    d->tpm_remaining =
-        d->tpm > 0 ? (int64_t)floor((PERIOD_US - t_ahead) / (PERIOD_US / (double)d->tpm) + 1e-9)
-                   : -1;
-    if (d->rpm > 0 && d->rpm_remaining < 0)
-        d->rpm_remaining = 0;
-    if (d->tpm > 0 && d->tpm_remaining < 0)
-        d->tpm_remaining = 0;
+    d->rpm_remaining = -1;
+    if (d->rpm > 0) {
+        /* requests of gcra_cost(1) each */
+        int64_t rc = gcra_cost(1, d->rpm), room = PERIOD_US - r_ahead;
+        d->rpm_remaining = room <= 0 ? 0 : rc > 0 ? room / rc : d->rpm;
+        if (d->rpm_remaining > d->rpm)
+            d->rpm_remaining = d->rpm;
+    }
+    d->tpm_remaining = d->tpm > 0 ? gcra_fit(PERIOD_US - t_ahead, d->tpm) : -1;
 }
 
 /* ---------------------------------------------------------- the store -- */
 
-typedef struct mem_user {
+typedef struct mem_user mem_user_t;
+struct mem_user {
     brix_tn_user_t u;
-    double rt, tt; /* GCRA theoretical arrival times, µs on the monotonic clock */
-    bool implicit; /* created by the default-limit policy, not configured */
-} mem_user_t;
+    int64_t rt, tt;   /* GCRA theoretical arrival times, µs on the monotonic clock */
+    bool implicit;    /* created by the default-limit policy, not configured */
+    int64_t inflight; /* admitted requests not yet over (brix_tn_charge) */
+    size_t pos;       /* in tn->users */
+    /* implicit users, most recently admitted first: eviction takes from the
+     * tail */
+    mem_user_t *lru_prev, *lru_next;
+};
+
+/* An open-addressing index of users (linear probing, deletion by backward
+ * shift, so lookups never scan more than a cluster): by name, or by key hash. */
+typedef struct mem_index {
+    mem_user_t **slot;
+    size_t n, used; /* n: a power of two, >= 2 x used + 2 */
+    bool by_key;
+} mem_index_t;
 
 struct brix_tn {
     brix_tn_cfg_t cfg;
     char check_sha[41], charge_sha[41], admin_sha[41];
     /* memory store */
     uv_mutex_t mu;
-    mem_user_t *users;
+    mem_user_t **users; /* every user, unordered (LIST) */
     size_t nusers, cap;
-    uint32_t *slots; /* name index */
-    size_t nslots;
-    double next_evict_us; /* no eviction pass before (µs, monotonic) */
+    mem_index_t by_name, by_key;
+    mem_user_t *lru_head, *lru_tail; /* implicit users */
+    size_t nimplicit;
+    brix_tn_clock_fn clock; /* tests: replaces brix_now_ns */
+    void *clock_ud;
     atomic_ullong store_errors, store_timeouts, fail_open, fail_closed, reconnects;
+    atomic_ullong implicit_evicted, implicit_refused, key_compares;
     atomic_int conns_up; /* worker connections to Redis that are up */
     char *redis_ip;      /* redis_host resolved once at start (no DNS on the loops) */
 };
 
-static const char CHECK_LUA[] =
+static int64_t mono_us(const brix_tn_t *tn);
+
+/* The GCRA arithmetic of gcra_cost() in Lua, on integer-valued doubles
+ * (exact below 2^53; see PERIOD_US). */
+#define LUA_GCRA                                                                                   \
+    "local P, NMAX, AMAX = 60000000, 100000000, 35184372088832\n"                                  \
+    "local function cost(n, lim)\n"                                                                \
+    "  if lim <= 0 or n == 0 then return 0 end\n"                                                  \
+    "  local a = math.min(math.abs(n), NMAX) * P\n"                                                \
+    "  local q = math.floor(a / lim)\n"                                                            \
+    "  if q * lim > a then q = q - 1 end\n"                                                        \
+    "  if n < 0 then return -q end\n"                                                              \
+    "  return q\n"                                                                                 \
+    "end\n"
+
+static const char CHECK_LUA[] = LUA_GCRA
     "local p, name = ARGV[1], ARGV[3]\n"
     "if ARGV[2] == 'k' then\n"
     "  name = redis.call('GET', p .. 'key:' .. ARGV[3])\n"
@@ -345,7 +414,6 @@ static const char CHECK_LUA[] =
     "end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local P = 60000000\n"
     "local rl = p .. 'rl:' .. name\n"
     "local rt, tt = 0, 0\n"
     "local cur = redis.call('GET', rl)\n"
@@ -353,41 +421,41 @@ static const char CHECK_LUA[] =
     "  local a, b = string.match(cur, '^(%d+),(%d+)$')\n"
     "  rt, tt = tonumber(a) or 0, tonumber(b) or 0\n"
     "end\n"
-    "rt, tt = math.max(rt, now), math.max(tt, now)\n"
-    "local est = tonumber(ARGV[5])\n"
+    "local ra, ta = math.max(rt - now, 0), math.max(tt - now, 0)\n"
+    "local est = math.max(tonumber(ARGV[5]) or 0, 0)\n"
+    "local rc, tc = cost(1, rpm), cost(est, tpm)\n"
     "local st, wait = 'ok', 0\n"
-    "if rpm > 0 and rt + P / rpm - now > P then st, wait = 'rpm', rt + P / rpm - now - P\n"
-    "elseif tpm > 0 and tt + est * P / tpm - now > P then st, wait = 'tpm', tt + est * P / tpm - "
-    "now - P end\n"
+    "if rpm > 0 and ra + rc > P then st, wait = 'rpm', ra + rc - P\n"
+    "elseif tpm > 0 and ta + tc > P then st, wait = 'tpm', ta + tc - P end\n"
     "local changed = false\n"
-    "if st == 'ok' and rpm > 0 then rt = rt + P / rpm; changed = true end\n"
-    "if st == 'ok' and tpm > 0 and est > 0 then tt = tt + est * P / tpm; changed = true end\n"
+    "if st == 'ok' and rpm > 0 then ra = ra + rc; changed = true end\n"
+    "if st == 'ok' and tpm > 0 and est > 0 then ta = ta + tc; changed = true end\n"
     "if changed then\n"
-    "  redis.call('SET', rl, string.format('%.0f,%.0f', rt, tt), 'PX', "
-    "math.ceil((math.max(rt, tt) - now) / 1000) + 1000)\n"
+    "  redis.call('SET', rl, string.format('%.0f,%.0f', now + ra, now + ta), 'PX', "
+    "math.ceil(math.max(ra, ta) / 1000) + 1000)\n"
     "end\n"
-    "return {st, name, rpm, tpm, prio, string.format('%.0f', rt - now), string.format('%.0f', tt "
-    "- now), string.format('%.0f', wait)}\n";
+    "return {st, name, rpm, tpm, prio, string.format('%.0f', ra), string.format('%.0f', ta), "
+    "string.format('%.0f', wait)}\n";
 
 static const char CHARGE_LUA[] =
-    "local tpm, n = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
-    "if tpm <= 0 or n == 0 then return 0 end\n"
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local rl = ARGV[1] .. 'rl:' .. ARGV[2]\n"
-    "local rt, tt = 0, 0\n"
-    "local cur = redis.call('GET', rl)\n"
-    "if cur then\n"
-    "  local a, b = string.match(cur, '^(%d+),(%d+)$')\n"
-    "  rt, tt = tonumber(a) or 0, tonumber(b) or 0\n"
-    "end\n"
-    "rt = math.max(rt, now)\n"
-    "tt = math.max(math.max(tt, now) + n * 60000000 / tpm, now)\n"
-    "local ahead = math.max(rt, tt) - now\n"
-    "if ahead <= 0 then redis.call('DEL', rl) return 1 end\n"
-    "redis.call('SET', rl, string.format('%.0f,%.0f', rt, tt), 'PX', math.ceil(ahead / 1000) + "
-    "1000)\n"
-    "return 1\n";
+    LUA_GCRA "local tpm, n = tonumber(ARGV[3]), tonumber(ARGV[4])\n"
+             "if tpm <= 0 or n == 0 then return 0 end\n"
+             "local t = redis.call('TIME')\n"
+             "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+             "local rl = ARGV[1] .. 'rl:' .. ARGV[2]\n"
+             "local rt, tt = 0, 0\n"
+             "local cur = redis.call('GET', rl)\n"
+             "if cur then\n"
+             "  local a, b = string.match(cur, '^(%d+),(%d+)$')\n"
+             "  rt, tt = tonumber(a) or 0, tonumber(b) or 0\n"
+             "end\n"
+             "local ra = math.max(rt - now, 0)\n"
+             "local ta = math.min(math.max(math.max(tt - now, 0) + cost(n, tpm), 0), AMAX)\n"
+             "local ahead = math.max(ra, ta)\n"
+             "if ahead <= 0 then redis.call('DEL', rl) return 1 end\n"
+             "redis.call('SET', rl, string.format('%.0f,%.0f', now + ra, now + ta), 'PX', "
+             "math.ceil(ahead / 1000) + 1000)\n"
+             "return 1\n";
 
 static const char ADMIN_LUA[] =
     "local p, op, name = ARGV[1], ARGV[2], ARGV[3]\n"
@@ -442,111 +510,216 @@ static void sha1_hex(const char *s, char out[41])
         snprintf(out + 2 * i, 3, "%02x", d[i]);
 }
 
-static uint64_t name_hash(const char *s)
+static uint64_t idx_home(const mem_index_t *ix, const mem_user_t *m)
 {
-    return XXH64(s, strlen(s), 0);
+    const char *k = ix->by_key ? m->u.key_sha256 : m->u.name;
+    return XXH64(k, strlen(k), 0);
 }
 
-/* The name index: open addressing, entry index + 1, rebuilt on growth and
- * after removals (admin deletes and evictions are rare). */
-static int mem_reindex(brix_tn_t *tn)
+static int idx_resize(mem_index_t *ix, size_t want_used)
 {
-    size_t want = 64;
-    while (want < tn->nusers * 2 + 2)
-        want *= 2;
-    if (want > tn->nslots) {
-        uint32_t *ns = brix_calloc(want, sizeof *ns);
-        if (!ns)
-            return -1;
-        brix_free(tn->slots);
-        tn->slots = ns;
-        tn->nslots = want;
-    } else {
-        /* never shrinks: a rebuild after removals cannot fail */
-        memset(tn->slots, 0, tn->nslots * sizeof *tn->slots);
+    size_t n = 64;
+    while (n < want_used * 2 + 2)
+        n *= 2;
+    if (n <= ix->n)
+        return 0;
+    mem_user_t **ns = brix_calloc(n, sizeof *ns);
+    if (!ns)
+        return -1;
+    for (size_t i = 0; i < ix->n; i++) {
+        mem_user_t *m = ix->slot[i];
+        if (!m)
+            continue;
+        size_t k = idx_home(ix, m) & (n - 1);
+        while (ns[k])
+            k = (k + 1) & (n - 1);
+        ns[k] = m;
     }
-    for (size_t i = 0; i < tn->nusers; i++) {
-        size_t k = name_hash(tn->users[i].u.name) & (tn->nslots - 1);
-        while (tn->slots[k])
-            k = (k + 1) & (tn->nslots - 1);
-        tn->slots[k] = (uint32_t)i + 1;
-    }
+    brix_free(ix->slot);
+    ix->slot = ns;
+    ix->n = n;
     return 0;
+}
+
+static int idx_put(mem_index_t *ix, mem_user_t *m)
+{
+    if (idx_resize(ix, ix->used + 1))
+        return -1;
+    size_t mask = ix->n - 1, k = idx_home(ix, m) & mask;
+    while (ix->slot[k])
+        k = (k + 1) & mask;
+    ix->slot[k] = m;
+    ix->used++;
+    return 0;
+}
+
+static void idx_del(mem_index_t *ix, const mem_user_t *m)
+{
+    if (!ix->n)
+        return;
+    size_t mask = ix->n - 1, i = idx_home(ix, m) & mask;
+    while (ix->slot[i] && ix->slot[i] != m)
+        i = (i + 1) & mask;
+    if (!ix->slot[i])
+        return;
+    ix->slot[i] = NULL;
+    ix->used--;
+    /* backward shift: an entry after the hole moves into it unless its home
+     * lies cyclically in (hole, entry] */
+    for (size_t j = (i + 1) & mask; ix->slot[j]; j = (j + 1) & mask) {
+        size_t h = idx_home(ix, ix->slot[j]) & mask;
+        bool stays = i <= j ? (i < h && h <= j) : (i < h || h <= j);
+        if (!stays) {
+            ix->slot[i] = ix->slot[j];
+            ix->slot[j] = NULL;
+            i = j;
+        }
+    }
 }
 
 static mem_user_t *mem_find(brix_tn_t *tn, const char *name)
 {
-    if (!tn->nslots)
+    mem_index_t *ix = &tn->by_name;
+    if (!ix->n)
         return NULL;
-    for (size_t k = name_hash(name) & (tn->nslots - 1); tn->slots[k];
-         k = (k + 1) & (tn->nslots - 1))
-        if (!strcmp(tn->users[tn->slots[k] - 1].u.name, name))
-            return &tn->users[tn->slots[k] - 1];
+    size_t mask = ix->n - 1;
+    for (size_t k = XXH64(name, strlen(name), 0) & mask; ix->slot[k]; k = (k + 1) & mask)
+        if (!strcmp(ix->slot[k]->u.name, name))
+            return ix->slot[k];
     return NULL;
+}
+
+/* The user whose key has this SHA-256 (hex). Only the entries of one probe
+ * cluster are compared, each in constant time: a wrong key costs the same
+ * few comparisons however many users there are. */
+static mem_user_t *mem_find_key(brix_tn_t *tn, const char *kh)
+{
+    mem_index_t *ix = &tn->by_key;
+    if (!ix->n)
+        return NULL;
+    size_t mask = ix->n - 1;
+    mem_user_t *found = NULL;
+    for (size_t k = XXH64(kh, strlen(kh), 0) & mask; ix->slot[k]; k = (k + 1) & mask) {
+        atomic_fetch_add_explicit(&tn->key_compares, 1, memory_order_relaxed);
+        if (brix_tn_ct_equal(ix->slot[k]->u.key_sha256, kh))
+            found = ix->slot[k];
+    }
+    return found;
+}
+
+/* Sets m's key hash ("" = none), keeping the key index. */
+static int mem_set_key(brix_tn_t *tn, mem_user_t *m, const char *kh)
+{
+    if (m->u.key_sha256[0])
+        idx_del(&tn->by_key, m);
+    snprintf(m->u.key_sha256, sizeof m->u.key_sha256, "%s", kh);
+    if (m->u.key_sha256[0] && idx_put(&tn->by_key, m)) {
+        m->u.key_sha256[0] = '\0'; /* out of memory: the key does not work */
+        return -1;
+    }
+    return 0;
+}
+
+static void lru_unlink(brix_tn_t *tn, mem_user_t *m)
+{
+    if (m->lru_prev)
+        m->lru_prev->lru_next = m->lru_next;
+    else if (tn->lru_head == m)
+        tn->lru_head = m->lru_next;
+    if (m->lru_next)
+        m->lru_next->lru_prev = m->lru_prev;
+    else if (tn->lru_tail == m)
+        tn->lru_tail = m->lru_prev;
+    m->lru_prev = m->lru_next = NULL;
+}
+
+static void lru_front(brix_tn_t *tn, mem_user_t *m)
+{
+    lru_unlink(tn, m);
+    m->lru_next = tn->lru_head;
+    if (tn->lru_head)
+        tn->lru_head->lru_prev = m;
+    tn->lru_head = m;
+    if (!tn->lru_tail)
+        tn->lru_tail = m;
+}
+
+/* An implicit user becomes a configured one (written by the admin or the
+ * config): never evicted. */
+static void mem_make_explicit(brix_tn_t *tn, mem_user_t *m)
+{
+    if (!m->implicit)
+        return;
+    m->implicit = false;
+    lru_unlink(tn, m);
+    tn->nimplicit--;
 }
 
 static void mem_remove(brix_tn_t *tn, mem_user_t *m)
 {
-    *m = tn->users[--tn->nusers];
-    mem_reindex(tn);
+    mem_make_explicit(tn, m);
+    idx_del(&tn->by_name, m);
+    if (m->u.key_sha256[0])
+        idx_del(&tn->by_key, m);
+    mem_user_t *last = tn->users[--tn->nusers];
+    tn->users[m->pos] = last;
+    last->pos = m->pos;
+    brix_free(m);
 }
 
-/* Users the default-limit policy created, whose buckets are full again,
- * carry no state worth keeping: dropped when the table is full, down to 90%
- * if there are that many. A pass that frees nothing is not repeated for a
- * second (it scans the whole table under the store's lock). */
-static void mem_evict_idle(brix_tn_t *tn)
+/* How many of the least recently admitted implicit users an eviction looks
+ * at: it stays O(1) under the store's lock, whatever an attacker sends. */
+#define EVICT_SCAN 64
+
+/* Frees the least recently admitted implicit user that carries no state
+ * worth keeping: nothing in flight (its charge would be lost) and both
+ * buckets full again (a new user starts with full buckets, so dropping it
+ * gives nobody anything). Returns 0, or -1 with *wait_us: how long until the
+ * first one of those looked at will be evictable (0 = unknown, in flight). */
+static int mem_evict_one(brix_tn_t *tn, int64_t now, uint64_t *wait_us)
 {
-    double now = (double)brix_now_ns() / 1e3;
-    if (now < tn->next_evict_us)
-        return;
-    size_t keep_max = BRIX_TN_MEM_USERS_MAX / 10 * 9, j = 0, n = tn->nusers;
-    for (size_t i = 0; i < n; i++) {
-        mem_user_t *m = &tn->users[i];
-        bool idle = m->implicit && m->rt <= now && m->tt <= now;
-        if (idle && n - (i - j) > keep_max)
-            continue; /* dropped */
-        if (i != j)
-            tn->users[j] = *m;
-        j++;
+    int64_t wait = -1;
+    int n = 0;
+    for (mem_user_t *m = tn->lru_tail; m && n < EVICT_SCAN; m = m->lru_prev, n++) {
+        if (m->inflight > 0)
+            continue;
+        int64_t ahead = (m->rt > m->tt ? m->rt : m->tt) - now;
+        if (ahead <= 0) {
+            mem_remove(tn, m);
+            atomic_fetch_add(&tn->implicit_evicted, 1);
+            return 0;
+        }
+        if (wait < 0 || ahead < wait)
+            wait = ahead;
     }
-    if (j == n) {
-        tn->next_evict_us = now + 1e6;
-        return;
-    }
-    tn->nusers = j;
-    mem_reindex(tn);
+    *wait_us = wait < 0 ? 0 : (uint64_t)wait;
+    return -1;
 }
 
 static mem_user_t *mem_add(brix_tn_t *tn, const char *name, bool implicit)
 {
-    if (implicit && tn->nusers >= BRIX_TN_MEM_USERS_MAX) {
-        mem_evict_idle(tn);
-        if (tn->nusers >= BRIX_TN_MEM_USERS_MAX)
-            return NULL;
-    }
     if (tn->nusers == tn->cap) {
         size_t nc = tn->cap ? tn->cap * 2 : 16;
-        mem_user_t *nu = brix_realloc(tn->users, nc * sizeof *nu);
+        mem_user_t **nu = brix_realloc(tn->users, nc * sizeof *nu);
         if (!nu)
             return NULL;
         tn->users = nu;
         tn->cap = nc;
     }
-    mem_user_t *m = &tn->users[tn->nusers++];
-    memset(m, 0, sizeof *m);
+    mem_user_t *m = brix_calloc(1, sizeof *m);
+    if (!m)
+        return NULL;
     snprintf(m->u.name, sizeof m->u.name, "%s", name);
-    m->implicit = implicit;
-    if (tn->nusers * 2 + 2 > tn->nslots) {
-        if (mem_reindex(tn)) {
-            tn->nusers--;
-            return NULL;
-        }
-    } else {
-        size_t k = name_hash(m->u.name) & (tn->nslots - 1);
-        while (tn->slots[k])
-            k = (k + 1) & (tn->nslots - 1);
-        tn->slots[k] = (uint32_t)tn->nusers;
+    if (idx_put(&tn->by_name, m)) {
+        brix_free(m);
+        return NULL;
+    }
+    m->pos = tn->nusers;
+    tn->users[tn->nusers++] = m;
+    if (implicit) {
+        m->implicit = true;
+        tn->nimplicit++;
+        lru_front(tn, m);
     }
     return m;
 }
@@ -559,12 +732,13 @@ void brix_tn_seed_memory(brix_tn_t *tn)
         mem_user_t *m = mem_find(tn, cu->name);
         if (!m && !(m = mem_add(tn, cu->name, false)))
             break;
-        m->implicit = false;
+        mem_make_explicit(tn, m);
         char key[BRIX_TN_KEYHASH];
         memcpy(key, m->u.key_sha256, sizeof key);
         m->u = *cu;
-        if (!cu->key_sha256[0])
-            memcpy(m->u.key_sha256, key, sizeof key);
+        memcpy(m->u.key_sha256, key, sizeof key);
+        /* a key given by the admin since is kept unless the config names one */
+        mem_set_key(tn, m, cu->key_sha256[0] ? cu->key_sha256 : key);
     }
     uv_mutex_unlock(&tn->mu);
 }
@@ -581,6 +755,9 @@ brix_tn_t *brix_tn_new(const brix_tn_cfg_t *cfg, char *err, size_t errlen)
     tn->cfg.redis_password = cfg->redis_password ? brix_strdup(cfg->redis_password) : NULL;
     tn->cfg.prefix = brix_strdup(cfg->prefix ? cfg->prefix : "brix:");
     tn->cfg.users = NULL;
+    tn->by_key.by_key = true;
+    if (tn->cfg.max_implicit <= 0)
+        tn->cfg.max_implicit = BRIX_TN_IMPLICIT_MAX;
     if (cfg->nusers) {
         tn->cfg.users = brix_malloc(cfg->nusers * sizeof *cfg->users);
         if (tn->cfg.users)
@@ -640,8 +817,11 @@ void brix_tn_free(brix_tn_t *tn)
     if (!tn)
         return;
     uv_mutex_destroy(&tn->mu);
+    for (size_t i = 0; i < tn->nusers; i++)
+        brix_free(tn->users[i]);
     brix_free(tn->users);
-    brix_free(tn->slots);
+    brix_free(tn->by_name.slot);
+    brix_free(tn->by_key.slot);
     brix_free(tn->redis_ip);
     brix_tn_cfg_free(&tn->cfg);
     brix_free(tn);
@@ -666,13 +846,30 @@ void brix_tn_stats(const brix_tn_t *tn, brix_tn_stats_t *out)
     out->fail_closed = atomic_load(&t->fail_closed);
     out->reconnects = atomic_load(&t->reconnects);
     out->conns_up = atomic_load(&t->conns_up);
+    out->implicit_evicted = atomic_load(&t->implicit_evicted);
+    out->implicit_refused = atomic_load(&t->implicit_refused);
+    out->key_compares = atomic_load(&t->key_compares);
+    uv_mutex_lock(&t->mu);
+    out->implicit_users = (int64_t)t->nimplicit;
+    uv_mutex_unlock(&t->mu);
 }
 
 /* ------------------------------------------------------- memory checks -- */
 
-static double mono_us(void)
+static uint64_t mem_now_ns(const brix_tn_t *tn)
 {
-    return (double)brix_now_ns() / 1e3;
+    return tn->clock ? tn->clock(tn->clock_ud) : brix_now_ns();
+}
+
+static int64_t mono_us(const brix_tn_t *tn)
+{
+    return (int64_t)(mem_now_ns(tn) / 1000);
+}
+
+void brix_tn_set_clock(brix_tn_t *tn, brix_tn_clock_fn fn, void *ud)
+{
+    tn->clock = fn;
+    tn->clock_ud = ud;
 }
 
 static void mem_check(brix_tn_t *tn, bool by_key, const char *id, const char *model,
@@ -680,11 +877,9 @@ static void mem_check(brix_tn_t *tn, bool by_key, const char *id, const char *mo
 {
     uv_mutex_lock(&tn->mu);
     mem_user_t *m = NULL;
+    int64_t now = mono_us(tn);
     if (by_key) {
-        /* every entry is compared, in constant time, whatever matches */
-        for (size_t i = 0; i < tn->nusers; i++)
-            if (tn->users[i].u.key_sha256[0] && brix_tn_ct_equal(tn->users[i].u.key_sha256, id))
-                m = &tn->users[i];
+        m = mem_find_key(tn, id);
         if (!m) {
             uv_mutex_unlock(&tn->mu);
             d->status = BRIX_TN_BAD_KEY;
@@ -700,12 +895,28 @@ static void mem_check(brix_tn_t *tn, bool by_key, const char *id, const char *mo
                 return;
             }
             /* the default-limit policy: an unknown user gets its own
-             * counters with the default limits */
+             * counters with the default limits, up to --max-implicit-users
+             * of them; beyond, an idle one makes room or the newcomer waits
+             * (429) — sharing a bucket would let one of them spend the
+             * others' budget */
+            uint64_t wait = 0;
+            if ((int64_t)tn->nimplicit >= tn->cfg.max_implicit && mem_evict_one(tn, now, &wait)) {
+                uv_mutex_unlock(&tn->mu);
+                atomic_fetch_add(&tn->implicit_refused, 1);
+                snprintf(d->user, sizeof d->user, "%s", id);
+                d->status = BRIX_TN_RPM;
+                d->rpm = tn->cfg.default_rpm;
+                d->tpm = tn->cfg.default_tpm;
+                d->rpm_remaining = 0;
+                d->retry_us = wait ? wait : 1000000;
+                d->detail = "too many users with the default limits are active";
+                return;
+            }
             m = mem_add(tn, id, true);
             if (!m) {
                 uv_mutex_unlock(&tn->mu);
                 d->status = BRIX_TN_STORE_DOWN;
-                d->detail = "too many users with the default limits are active";
+                d->detail = "out of memory";
                 return;
             }
             m->u.rpm = tn->cfg.default_rpm;
@@ -726,39 +937,49 @@ static void mem_check(brix_tn_t *tn, bool by_key, const char *id, const char *mo
         d->status = BRIX_TN_MODEL;
         return;
     }
-    double now = mono_us();
-    double rt = m->rt > now ? m->rt : now, tt = m->tt > now ? m->tt : now;
+    /* relative to now, in integer µs: exact (see PERIOD_US) */
+    int64_t ra = m->rt > now ? m->rt - now : 0, ta = m->tt > now ? m->tt - now : 0;
+    int64_t est = d->est_tokens > 0 ? d->est_tokens : 0;
+    int64_t rc = gcra_cost(1, d->rpm), tc = gcra_cost(est, d->tpm);
     d->status = BRIX_TN_OK;
-    if (d->rpm > 0 && rt + PERIOD_US / (double)d->rpm - now > PERIOD_US) {
+    if (d->rpm > 0 && ra + rc > PERIOD_US) {
         d->status = BRIX_TN_RPM;
-        d->retry_us = (uint64_t)(rt + PERIOD_US / (double)d->rpm - now - PERIOD_US);
-    } else if (d->tpm > 0 &&
-               tt + (double)d->est_tokens * PERIOD_US / (double)d->tpm - now > PERIOD_US) {
+        d->retry_us = (uint64_t)(ra + rc - PERIOD_US);
+    } else if (d->tpm > 0 && ta + tc > PERIOD_US) {
         d->status = BRIX_TN_TPM;
-        d->retry_us =
-            (uint64_t)(tt + (double)d->est_tokens * PERIOD_US / (double)d->tpm - now - PERIOD_US);
+        d->retry_us = (uint64_t)(ta + tc - PERIOD_US);
     }
     if (d->status == BRIX_TN_OK && d->rpm > 0) {
-        rt += PERIOD_US / (double)d->rpm;
-        m->rt = rt;
+        ra += rc;
+        m->rt = now + ra;
     }
-    if (d->status == BRIX_TN_OK && d->tpm > 0 && d->est_tokens > 0) {
-        tt += (double)d->est_tokens * PERIOD_US / (double)d->tpm; /* reserved */
-        m->tt = tt;
+    if (d->status == BRIX_TN_OK && d->tpm > 0 && est > 0) {
+        ta += tc; /* reserved */
+        m->tt = now + ta;
+    }
+    if (d->status == BRIX_TN_OK) {
+        m->inflight++; /* until brix_tn_charge */
+        if (m->implicit)
+            lru_front(tn, m);
     }
     uv_mutex_unlock(&tn->mu);
-    fill_numbers(d, rt - now, tt - now);
+    fill_numbers(d, ra, ta);
 }
 
 static void mem_charge(brix_tn_t *tn, const char *user, int64_t tokens)
 {
     uv_mutex_lock(&tn->mu);
     mem_user_t *m = mem_find(tn, user);
+    if (m && m->inflight > 0)
+        m->inflight--;
     if (m && m->u.tpm > 0 && tokens) {
-        double now = mono_us();
-        m->tt = (m->tt > now ? m->tt : now) + (double)tokens * PERIOD_US / (double)m->u.tpm;
-        if (m->tt < now)
-            m->tt = now; /* a refund never banks credit */
+        int64_t now = mono_us(tn);
+        int64_t ta = (m->tt > now ? m->tt - now : 0) + gcra_cost(tokens, m->u.tpm);
+        if (ta < 0)
+            ta = 0; /* a refund never banks credit */
+        if (ta > AHEAD_MAX)
+            ta = AHEAD_MAX;
+        m->tt = now + ta;
     }
     uv_mutex_unlock(&tn->mu);
 }
@@ -776,7 +997,7 @@ static brix_tn_admin_rc_t mem_admin(brix_tn_t *tn, brix_tn_admin_op_t op, const 
             rc = BRIX_TN_ADMIN_FAILED;
         } else {
             for (size_t i = 0; i < tn->nusers; i++)
-                all[i] = tn->users[i].u;
+                all[i] = tn->users[i]->u;
             *out = all;
             *nout = tn->nusers;
         }
@@ -813,7 +1034,7 @@ static brix_tn_admin_rc_t mem_admin(brix_tn_t *tn, brix_tn_admin_op_t op, const 
         /* fall through */
     case BRIX_TN_UPSERT:
         if (m)
-            m->implicit = false;
+            mem_make_explicit(tn, m);
         if (!m && !(m = mem_add(tn, in->name, false))) {
             rc = BRIX_TN_ADMIN_FAILED;
             break;
@@ -828,7 +1049,7 @@ static brix_tn_admin_rc_t mem_admin(brix_tn_t *tn, brix_tn_admin_op_t op, const 
         }
         if (op == BRIX_TN_ROTATE)
             set = 0;
-        m->implicit = false; /* written by the admin: no longer evictable */
+        mem_make_explicit(tn, m); /* written by the admin: no longer evictable */
         if (set & BRIX_TN_SET_RPM)
             m->u.rpm = in->rpm;
         if (set & BRIX_TN_SET_TPM)
@@ -837,8 +1058,8 @@ static brix_tn_admin_rc_t mem_admin(brix_tn_t *tn, brix_tn_admin_op_t op, const 
             memcpy(m->u.models, in->models, sizeof m->u.models);
         if (set & BRIX_TN_SET_PRIO)
             m->u.priority = in->priority;
-        if (in->key_sha256[0])
-            memcpy(m->u.key_sha256, in->key_sha256, sizeof m->u.key_sha256);
+        if (in->key_sha256[0] && mem_set_key(tn, m, in->key_sha256))
+            rc = BRIX_TN_ADMIN_FAILED;
         break;
     case BRIX_TN_LIST:
         break;
@@ -1015,7 +1236,7 @@ static void deliver_check(brix_tn_op_t *op, const redisReply *r)
         d->priority = rint64(r->element[4]);
         d->retry_us = (uint64_t)rint64(r->element[7]);
         d->status = !strcmp(st, "ok") ? BRIX_TN_OK : !strcmp(st, "rpm") ? BRIX_TN_RPM : BRIX_TN_TPM;
-        fill_numbers(d, (double)rint64(r->element[5]), (double)rint64(r->element[6]));
+        fill_numbers(d, rint64(r->element[5]), rint64(r->element[6]));
     } else {
         op_fail(op, "unexpected reply from the check script", false);
         return;
@@ -1439,13 +1660,13 @@ brix_tn_op_t *brix_tn_check(brix_tn_conn_t *c, const char *bearer, const char *u
 void brix_tn_charge(brix_tn_conn_t *c, const char *user, int64_t tpm, int64_t tokens)
 {
     brix_tn_t *tn = c->tn;
-    if (!user || !*user || !tokens)
+    if (!user || !*user)
         return;
     if (!tn->cfg.redis_host) {
-        mem_charge(tn, user, tokens);
+        mem_charge(tn, user, tokens); /* also ends the request's in-flight count */
         return;
     }
-    if (tpm <= 0)
+    if (tpm <= 0 || !tokens)
         return;
     brix_tn_op_t *op = op_new(c, OP_CHARGE, S_CHARGE);
     if (!op)

@@ -43,9 +43,9 @@
 #define BRIX_TN_NAME_MAX   64
 #define BRIX_TN_MODELS_MAX 512
 #define BRIX_TN_KEYHASH    65 /* hex SHA-256 + NUL */
-/* memory store: users the default-limit policy may create (idle ones are
- * dropped first) */
-#define BRIX_TN_MEM_USERS_MAX 100000
+/* memory store: users the default-limit policy may create unless
+ * configured (--max-implicit-users) */
+#define BRIX_TN_IMPLICIT_MAX 10000
 
 typedef struct brix_tn_user {
     char name[BRIX_TN_NAME_MAX];
@@ -65,7 +65,14 @@ typedef struct brix_tn_cfg {
     bool fail_open;
     uint64_t redis_timeout_ms;
     int64_t default_rpm, default_tpm; /* < 0: unknown users are refused */
-    brix_tn_user_t *users;            /* from config */
+    /* memory store: users the default-limit policy may hold at once (0 =
+     * BRIX_TN_IMPLICIT_MAX). When all are taken, the least recently admitted
+     * one with nothing in flight and full buckets is dropped (it holds
+     * nothing a newcomer would not get); when none is, the newcomer gets
+     * BRIX_TN_RPM with retry_us. In Redis an implicit user is only its
+     * counter key, which expires once its buckets are full again. */
+    int64_t max_implicit;
+    brix_tn_user_t *users; /* from config */
     size_t nusers;
 } brix_tn_cfg_t;
 
@@ -146,8 +153,11 @@ brix_tn_op_t *brix_tn_check(brix_tn_conn_t *c, const char *bearer, const char *u
                             const char *model, int64_t est_tokens, brix_tn_check_cb cb, void *ud);
 /* The callback will not run; the operation's memory is reclaimed later. */
 void brix_tn_cancel(brix_tn_op_t *op);
-/* Charges (tokens > 0) or refunds (< 0) the difference between what a
- * request used and what its admission reserved (fire and forget). */
+/* The end of a request that was admitted (BRIX_TN_OK): call it exactly once
+ * per such request, with tokens 0 when nothing is to be settled. Charges
+ * (tokens > 0) or refunds (< 0) the difference between what the request used
+ * and what its admission reserved (fire and forget), and ends its in-flight
+ * count (an implicit user in flight is never evicted). */
 void brix_tn_charge(brix_tn_conn_t *c, const char *user, int64_t tpm, int64_t tokens);
 
 /* ----------------------------------------------------------------- admin -- */
@@ -184,10 +194,19 @@ brix_tn_op_t *brix_tn_admin(brix_tn_conn_t *c, brix_tn_admin_op_t op, const brix
 /* Memory store only: applies the configured users (start-up and reload). */
 void brix_tn_seed_memory(brix_tn_t *tn);
 
+/* Tests: the memory store reads its clock (monotonic ns) from fn instead of
+ * brix_now_ns(); NULL restores it. */
+typedef uint64_t (*brix_tn_clock_fn)(void *ud);
+void brix_tn_set_clock(brix_tn_t *tn, brix_tn_clock_fn fn, void *ud);
+
 /* Counters for /metrics (all threads). */
 typedef struct brix_tn_stats {
     uint64_t store_errors, store_timeouts, fail_open, fail_closed, reconnects;
-    int conns_up; /* worker connections to Redis that are up */
+    uint64_t implicit_evicted; /* idle implicit users dropped to make room */
+    uint64_t implicit_refused; /* new implicit users refused: all in use */
+    uint64_t key_compares;     /* key hashes compared (tests: lookups do not scan) */
+    int64_t implicit_users;    /* memory store: implicit users held now */
+    int conns_up;              /* worker connections to Redis that are up */
 } brix_tn_stats_t;
 void brix_tn_stats(const brix_tn_t *tn, brix_tn_stats_t *out);
 

@@ -270,6 +270,7 @@ struct brix_gw_watch {
     uint64_t version;
     bool stopping;
     bool bad_line_logged; /* per stream */
+    bool auth_logged;     /* a 401/403 was logged; again only after a success */
     /* activity */
     brix_model_activity_t **act;
     size_t nact;
@@ -348,6 +349,7 @@ static void got_up(brix_gw_watch_t *w)
                   (unsigned long long)w->version);
     w->outage = false;
     w->ever_up = true;
+    w->auth_logged = false;
 }
 
 static int on_line(const char *line, size_t len, void *ud)
@@ -404,11 +406,29 @@ static void on_data(const char *data, size_t len, void *ud)
     }
 }
 
+/* 401/403 from the controller: a wrong or missing token is a configuration
+ * error no retry fixes, so it is logged as one (once per outage). */
+static bool refused(brix_gw_watch_t *w, long status, const char *what)
+{
+    if (status != 401 && status != 403)
+        return false;
+    if (!w->auth_logged)
+        BRIX_ERROR("controller %s refused %s (%ld): %s; set --controller-token-file to the "
+                   "controller's STATE_DIR/token (or --controller-token / "
+                   "BRIX_CONTROLLER_TOKEN)",
+                   w->url, what, status,
+                   w->gw->cfg.controller_token ? "the controller token is wrong"
+                                               : "no controller token is configured");
+    w->auth_logged = true;
+    return true;
+}
+
 static void on_stream_done(const brix_curl_result_t *r, void *ud)
 {
     brix_gw_watch_t *w = ud;
     w->xfer = NULL;
     char why[256];
+    refused(w, r->status, "the watch");
     if (r->error)
         snprintf(why, sizeof why, "%s", r->error);
     else if (r->status < 200 || r->status >= 300)
@@ -471,6 +491,8 @@ static void on_wake_done(const brix_curl_result_t *r, void *ud)
     brix_gw_demand_sent(&w->gw->demand, wc->name);
     if (r->status == 200 || r->status == 202)
         BRIX_DEBUG("controller: wake of adapter %s accepted: %.200s", wc->name, r->body);
+    else if (refused(w, r->status, "a wake"))
+        ;
     else if (r->status == 404)
         BRIX_WARN("controller does not know adapter %s (wake answered 404)", wc->name);
     else if (r->error)
@@ -553,6 +575,7 @@ static void on_activity_done(const brix_curl_result_t *r, void *ud)
     w->activity_busy = false;
     bool ok = r->status >= 200 && r->status < 300;
     brix_metric_add(ok ? w->gw->m.ctl_activity_ok : w->gw->m.ctl_activity_failed, 1);
+    refused(w, r->status, "an activity report");
     if (!ok)
         BRIX_DEBUG("controller: activity report failed: %s",
                    r->error ? r->error : "unexpected status");

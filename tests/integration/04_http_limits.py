@@ -595,7 +595,8 @@ def _():
         f.stop()
 
 
-@h.check("--max-connections 2: the third connection gets 503; a freed slot is reusable")
+@h.check("--max-connections 2: a third connection closes the oldest idle one; with none idle "
+         "it gets 503; a freed slot is reusable")
 def _():
     m = h.engine(["--max-connections", "2"])
     try:
@@ -604,16 +605,27 @@ def _():
         assert a.response()[0] == 200
         b.send(req("GET", "/health"))
         assert b.response()[0] == 200
+        # full: the oldest idle keep-alive connection (a) makes room
         c = Conn(m.port)
         c.send(req("GET", "/health"))
-        st, hd, body, _ = c.response()
+        assert c.response()[0] == 200
+        assert a.closed()
+        a.close()
+        b.send(req("GET", "/health"))  # the newer idle one still works
+        assert b.response()[0] == 200
+        # two connections in the middle of a body are not idle: a third gets 503
+        part = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\n{"
+        b.send(part)
+        c.send(part)
+        time.sleep(0.2)
+        d = Conn(m.port)
+        d.send(req("GET", "/health"))
+        st, hd, body, _ = d.response()
         assert st == 503, (st, body)
         error_json(body, 503)
-        assert c.closed()
+        assert d.closed()
+        d.close()
         c.close()
-        a.send(req("GET", "/health"))  # the first two still work
-        assert a.response()[0] == 200
-        a.close()
         deadline = time.time() + 10
         while True:
             d = Conn(m.port)

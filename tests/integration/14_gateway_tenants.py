@@ -6,6 +6,7 @@ from the client's stream, Redis killed (fail-open and fail-closed) and back,
 the memory store without Redis, and the VTC fairness queue."""
 import atexit
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -257,6 +258,24 @@ def _():
     assert st == 429 and "too large" in j["error"]["message"], b
 
 
+@h.check("TPM exact budget (Redis): a request for exactly the whole budget is admitted, the "
+         "next refused")
+def _():
+    st, j = admin(A, "POST", "/CreateUser", {"name": "probe", "rpm": 1000, "tpm": 10})
+    assert st == 200, j
+    # the 'too large' answer tells the estimate (prompt estimate + max_tokens)
+    st, hd, j, b = chat(A, {"user": "probe"}, n=100)
+    assert st == 429, b
+    est = int(re.search(r"about (\d+) tokens", j["error"]["message"]).group(1))
+    st, j = admin(A, "POST", "/CreateUser", {"name": "exact", "rpm": 1000, "tpm": est})
+    assert st == 200, j
+    st, hd, j, b = chat(A, {"user": "exact"}, n=100)
+    assert st == 200, b
+    assert hd["x-ratelimit-remaining-tokens"] == "0", hd
+    st, hd, j, b = chat(B, {"user": "exact"}, n=100)
+    assert st == 429 and hd["x-error-tpm-exceeded"] == "true", (st, hd)
+
+
 @h.check("keys: required key decides the user (a user header cannot override it); missing or "
          "wrong -> 401; a rotated key stops working at once on both gateways")
 def _():
@@ -376,6 +395,37 @@ def _():
     g2.stop()
 
 
+@h.check("--max-implicit-users: at the bound an idle --default-rpm user makes room; when none "
+         "is idle with full buckets, a new user gets 429 with Retry-After")
+def _():
+    # rpm 1000: a request's cost is earned back in 60 ms
+    g = h.gateway([E], ["--default-rpm", "1000", "--max-implicit-users", "2"],
+                  name="gateway-implicit")
+    PROCS.append(g)
+    assert chat(g, {"user": "i1"}, n=1)[0] == 200
+    assert chat(g, {"user": "i2"}, n=1)[0] == 200
+    time.sleep(0.2)  # both over and their buckets full again
+    assert chat(g, {"user": "i3"}, n=1)[0] == 200  # i1 made room
+    assert chat(g, {"user": "i4"}, n=1)[0] == 200  # then i2
+    m = h.metrics(g.port)
+    assert h.metric_value(m, "brix_gateway_tenant_implicit_evicted_total") == 2, m
+    assert h.metric_value(m, "brix_gateway_tenant_implicit_users") == 2, m
+    g.stop()
+    # rpm 1: a bucket is full again only after a minute: nobody can make room
+    g = h.gateway([E], ["--default-rpm", "1", "--max-implicit-users", "2"],
+                  name="gateway-implicit-1")
+    PROCS.append(g)
+    assert chat(g, {"user": "j1"}, n=1)[0] == 200
+    assert chat(g, {"user": "j2"}, n=1)[0] == 200
+    st, hd, j, b = chat(g, {"user": "j3"}, n=1)
+    assert st == 429 and 1 <= int(hd["retry-after"]) <= 60, (st, hd, b)
+    err(j, "rate_limit_exceeded", "rate_limit_error")
+    assert chat(g, {"user": "j1"}, n=1)[0] == 429  # j1 kept its spent bucket
+    m = h.metrics(g.port)
+    assert h.metric_value(m, "brix_gateway_tenant_implicit_refused_total") == 1, m
+    g.stop()
+
+
 @h.check("bad tenancy flags are refused at start with a clear message")
 def _():
     for extra, want in ((["--redis-url", "rediss://h:1"], "TLS"),
@@ -402,9 +452,9 @@ def _():
     PROCS.append(g)
     results = {}
 
-    def send(user, i):
+    def send(user, i, n=20):
         t0 = time.time()
-        st, hd, j, b = chat(g, {"user": user}, n=20)
+        st, hd, j, b = chat(g, {"user": user}, n=n)
         results[(user, i)] = (st, time.time() - t0)
 
     heavy = [threading.Thread(target=send, args=("heavy", i)) for i in range(24)]
@@ -433,17 +483,43 @@ def _():
     m = h.metrics(g.port)
     assert h.metric_value(m, "brix_gateway_fair_capacity") == 4, m  # 2 per model
     assert (h.metric_value(m, "brix_gateway_fair_wait_seconds_count") or 0) >= 3
-    # a full queue -> 429 queue_full
-    blockers = [threading.Thread(target=send, args=("flood", i)) for i in range(2 + 41)]
-    for t in blockers:
+    # a full queue -> 429 queue_full: two long requests hold both slots while 40 of another
+    # user's wait; its next one is refused (threads started at once raced the requests
+    # ending on a loaded machine)
+    hold = [threading.Thread(target=send, args=("hold", i, 2000)) for i in range(2)]
+    for t in hold:
         t.start()
-    for t in blockers:
+    h.wait_until(lambda: h.metric_value(h.metrics(g.port), "brix_gateway_fair_inflight") == 2,
+                 timeout=10, what="both slots held")
+    flood = [threading.Thread(target=send, args=("flood", i, 1)) for i in range(40)]
+    for t in flood:
+        t.start()
+    h.wait_until(lambda: h.metric_value(h.metrics(g.port), "brix_gateway_fair_queued") >= 40,
+                 timeout=20, what="40 waiting")
+    st, hd, j, b = chat(g, {"user": "flood"}, n=1)
+    assert st == 429, (st, b, results.get(("hold", 0)))
+    assert j["error"]["code"] == "queue_full", j
+    for t in hold + flood:
         t.join(90)
-    full = [v for k, v in results.items() if k[0] == "flood" and v[0] == 429]
-    assert full, sorted(v[0] for k, v in results.items() if k[0] == "flood")
+    assert all(results[("flood", i)][0] == 200 for i in range(40)), results
     g.stop()
     e.stop()
     e2.stop()
+
+
+@h.check("--fair-tenants: a full fairness table makes room for new users from idle ones")
+def _():
+    g = h.gateway([E], ["--fairness", "vtc", "--fair-tenants", "2", "--fair-tenant-idle", "0"],
+                  name="gateway-fair-evict")
+    PROCS.append(g)
+    for u in ("f1", "f2", "f3", "f4", "f1"):
+        assert chat(g, {"user": u}, n=1)[0] == 200
+        # the slot is given back just after the last byte is sent
+        h.wait_until(lambda: h.metric_value(h.metrics(g.port), "brix_gateway_fair_inflight") == 0,
+                     timeout=5, what="the request's slot given back")
+    m = h.metrics(g.port)
+    assert h.metric_value(m, "brix_gateway_fair_tenants_evicted_total") == 3, m
+    g.stop()
 
 
 @h.check("gateways and engine stop cleanly (no sanitizer report)")

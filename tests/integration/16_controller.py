@@ -75,13 +75,16 @@ class Controller:
                          "--stop-grace", "3s", "--evict-idle-min", "1s",
                          "--unload-drain", "200ms"] + self.extra, name="controller")
         self.p.wait_http(self.port, "/readyz")
+        with open(os.path.join(self.state, "token")) as f:  # made by the controller
+            h.TOKENS[self.port] = f.read().strip()
 
     @property
     def server(self):
         return f"http://127.0.0.1:{self.port}"
 
     def cli(self, *args, want=0):
-        r = subprocess.run([h.BRIX] + list(args) + ["--server", self.server], cwd=TMP,
+        r = subprocess.run([h.BRIX] + list(args) + ["--server", self.server,
+                                                     "--state-dir", self.state], cwd=TMP,
                            capture_output=True, text=True, timeout=60)
         if want is not None:
             assert r.returncode == want, (args, r.returncode, r.stdout, r.stderr)
@@ -219,7 +222,8 @@ spec:
     r = C.apply(DEPLOY.replace("replicas: %(replicas)d", "replicas: lots") % {"cap": 2},
                 want=1, name="int.yaml")
     assert "int.yaml:9:13: spec.replicas: expected an integer" in r.stderr, r.stderr
-    st, _, b = h.request("POST", C.port, "/v1/apply", raw_body=b"kind: Gizmo\n")
+    st, _, b = h.request("POST", C.port, "/v1/apply", raw_body=b"kind: Gizmo\n",
+                         headers={"content-type": "application/yaml"})
     assert st == 400 and "unknown kind 'Gizmo'" in json.loads(b)["error"]["message"], b
 
 
@@ -273,7 +277,8 @@ def _():
 def _():
     import socket
     s = socket.create_connection(("127.0.0.1", C.port), timeout=10)
-    s.sendall(b"GET /v1/watch HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.sendall(f"GET /v1/watch HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+              f"Authorization: Bearer {h.TOKENS[C.port]}\r\n\r\n".encode())
     buf = b""
     while buf.count(b"\n{") < 1 or b"snapshot" not in buf:
         buf += s.recv(65536)
@@ -422,7 +427,8 @@ def _():
     assert h.metric_value(m, "brix_controller_adapter_scale_to_zero_total") >= 1, m
     st, _, _ = h.request("POST", C.port, "/v1/adapters/nope/wake")
     assert st == 404
-    st, _, _ = h.request("POST", C.port, "/v1/activity", raw_body=b"[1]")
+    st, _, _ = h.request("POST", C.port, "/v1/activity", raw_body=b"[1]",
+                         headers={"content-type": "application/json"})
     assert st == 400
 
 

@@ -75,7 +75,9 @@ def _cleanup():
 
 
 def cli(*args, want=0):
-    r = subprocess.run([h.BRIX] + list(args), capture_output=True, text=True, timeout=60,
+    # the token comes from the state directory, as after `make run` (there: .brix)
+    r = subprocess.run([h.BRIX] + list(args) + ["--state-dir", STATE], capture_output=True,
+                       text=True, timeout=60,
                        env=dict(os.environ, BRIX_SERVER=f"http://127.0.0.1:{API}"), cwd=TMP)
     if want is not None:
         assert r.returncode == want, (args, r.returncode, r.stdout, r.stderr)
@@ -103,9 +105,37 @@ def _():
     assert "brix is up." in out, out
     assert f"http://127.0.0.1:{GW}/v1" in out and f"http://127.0.0.1:{API}" in out, out
     assert "status page" in out and "logs" in out, out
-    st, hd, b = h.request("GET", API, "/")
+    token = open(os.path.join(STATE, "token")).read().strip()
+    assert token not in out, "the token itself is never printed"
+    assert h.request("GET", API, "/v1/replicas")[0] == 401  # the API needs it
+    h.TOKENS[API] = token
+    # the status page: the one-time login link sets a cookie, then / renders
+    m = re.search(rf"status page\s+http://127\.0\.0\.1:{API}(/login\?code=\w+)", out)
+    assert m, out
+    noauth = {"authorization": ""}
+    assert h.request("GET", API, "/", headers=noauth)[0] == 401
+    st, hd, _ = h.request("GET", API, m.group(1), headers=noauth)
+    assert st == 303 and "HttpOnly" in hd.get("set-cookie", ""), (st, hd)
+    cookie = hd["set-cookie"].split(";")[0]
+    st, hd, b = h.request("GET", API, "/", headers=dict(noauth, cookie=cookie))
     assert st == 200 and hd["content-type"].startswith("text/html"), (st, hd)
     assert b"llama-0" in b and b"sql-lora" in b, b[:2000]
+    # the file has no engine command, so brix up did not allow them: an API apply of one is
+    # refused (403) even with the token
+    evil = {"apiVersion": "model.brix.dev/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": "evil"},
+            "spec": {"engine": {"command": ["sh", "-c", "touch /tmp/x # {port}"]}}}
+    st, _, b = h.request("POST", API, "/v1/apply", evil)
+    assert st == 403 and b"spec.engine.command" in b, (st, b)
+    gwlog = open(os.path.join(STATE, "logs", "gateway.log"), errors="replace").read()
+    assert "refused" not in gwlog, gwlog[-2000:]
+    for pid in (UP.p.pid,):  # no token in any argv brix up starts (ps shows argv to all)
+        for child in os.listdir("/proc"):
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    assert token.encode() not in f.read(), child
+            except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
+                pass
 
 
 @h.check("the gateway serves the base model and both adapters from the controller's fleet")

@@ -65,14 +65,18 @@ async function main() {
       eq(content, 4, `${model}: streamed content chunks`);
       check(usage && usage.completion_tokens === 4, `${model}: stream usage ${JSON.stringify(usage)}`);
     }
-    const table = execFileSync(bin, ['get', 'adapters', '--server', `http://127.0.0.1:${api}`])
-      .toString();
+    // the token is found in the state directory (after `make run`: .brix), never typed
+    const table = execFileSync(bin, ['get', 'adapters', '--server', `http://127.0.0.1:${api}`,
+      '--state-dir', state]).toString();
     check(/^sql-lora\s+llama-3-8b\s+Running\s+1\s+1\s+2\s+llama-3-8b-[01]\s/m.test(table),
       `brix get adapters:\n${table}`);
     check(/^chat-lora\s+llama-3-8b\s+Running\s+2\s+2\s+2\s+llama-3-8b-0,llama-3-8b-1\s/m.test(table),
       `brix get adapters:\n${table}`);
     const status = await httpGet(`http://127.0.0.1:${api}/`);
-    eq(status.status, 200, 'status page');
+    eq(status.status, 401, 'status page without the login link');
+    const link = up.log.match(/status page\s+(http:\/\/\S+\/login\?code=\w+)/);
+    check(link, `banner has a login link:\n${up.log}`);
+    eq((await httpGet(link[1])).status, 303, 'login link');
   } finally {
     if (!up.exit) up.child.kill('SIGINT');
     const r = await Promise.race([up.exited, sleep(60000).then(() => null)]);

@@ -25,13 +25,35 @@ SRC = os.environ.get("BRIX_SRC") or os.path.join(os.path.dirname(__file__), ".."
 _failures = []
 
 
+_PORT_DIR = os.path.join(tempfile.gettempdir(), "brix-test-ports")
+
+
 def free_port():
-    """A port the kernel just gave us (port 0); closed again for the server."""
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
+    """A port the kernel just gave us (port 0); closed again for the server.
+
+    ctest runs tests in parallel, and the kernel may hand the same free port to
+    two of them between the close here and the server's bind (a gateway once
+    followed another test's controller that way). Ports are therefore also
+    reserved across test processes with a file in _PORT_DIR, created O_EXCL;
+    a reservation older than 10 minutes is stale (a test that died)."""
+    os.makedirs(_PORT_DIR, exist_ok=True)
+    for _ in range(200):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        p = s.getsockname()[1]
+        s.close()
+        path = os.path.join(_PORT_DIR, str(p))
+        try:
+            if time.time() - os.stat(path).st_mtime > 600:
+                os.unlink(path)
+        except OSError:
+            pass
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            return p
+        except FileExistsError:
+            continue
+    raise AssertionError("no free port found that no other test has reserved")
 
 
 class Proc:
@@ -113,10 +135,17 @@ def engine(extra=(), port=None, ready=True, env=None, name="engine-sim"):
     return pr
 
 
+# port -> bearer token: request() sends it to that port (a controller's API)
+# unless the caller gives its own authorization header.
+TOKENS = {}
+
+
 def request(method, port, path, body=None, headers=None, timeout=30, raw_body=None):
     """One HTTP request on a fresh connection: (status, headers dict, body bytes)."""
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     h = {"content-type": "application/json"} if body is not None else {}
+    if port in TOKENS:
+        h["authorization"] = f"Bearer {TOKENS[port]}"
     if headers:
         h.update(headers)
     data = raw_body if raw_body is not None else (json.dumps(body) if body is not None else None)

@@ -432,6 +432,64 @@ static void test_not_vllm(void **state)
     }
 }
 
+/* A NaN, infinite or negative value in a series the gateway reads is refused
+ * as missing and counted: in a state gauge (running, waiting, KV, LoRA) it
+ * fails the update (nothing changes); in a counter or histogram the gauges
+ * are taken but no rate is computed and the previous counters stay, so the
+ * next good scrape measures over both intervals. The same in a series the
+ * gateway does not read is ignored. */
+static void test_invalid_values(void **state)
+{
+    (void)state;
+    brix_scrape_state_t st;
+    brix_engine_stats_t s;
+    init(&st, &s);
+    counters_t c = C1;
+    assert_true(feed(&c, NULL, 1.0, &st, &s));
+    assert_int_equal(st.invalid_values, 0);
+    static const char *gauges[] = {
+        "vllm:num_requests_running{engine=\"1\",model_name=\"m\"} NaN\n",
+        "vllm:num_requests_waiting{engine=\"1\",model_name=\"m\"} +Inf\n",
+        "vllm:kv_cache_usage_perc{engine=\"1\",model_name=\"m\"} -Inf\n",
+        "vllm:lora_requests_info{max_lora=\"1\",running_lora_adapters=\"x\","
+        "waiting_lora_adapters=\"\"} NaN\n",
+    };
+    counters_t c2 = C1;
+    c2.prompt += 100;
+    c2.running = 7;
+    for (size_t i = 0; i < sizeof gauges / sizeof *gauges; i++) {
+        brix_engine_stats_t before = s;
+        brix_scrape_state_t st_before = st;
+        assert_false(feed(&c2, gauges[i], 2.0 + (double)i, &st, &s));
+        assert_int_equal(st.invalid_values, 1);
+        assert_memory_equal(&s, &before, sizeof s);
+        st.invalid_values = st_before.invalid_values;
+        assert_memory_equal(&st, &st_before, sizeof st);
+    }
+    static const char *counters[] = {
+        "vllm:prompt_tokens_total{engine=\"1\",model_name=\"m\"} -1\n",
+        "vllm:prefix_cache_hits_total{engine=\"1\",model_name=\"m\"} 1e400\n",
+        "vllm:request_queue_time_seconds_sum{engine=\"1\",model_name=\"m\"} -0.5\n",
+    };
+    double tps = s.prompt_tps;
+    for (size_t i = 0; i < sizeof counters / sizeof *counters; i++) {
+        brix_scrape_state_t st_before = st;
+        assert_true(feed(&c2, counters[i], 10.0 + (double)i, &st, &s));
+        assert_int_equal(st.invalid_values, 1);
+        near(s.running, 7, "running taken from a scrape with a refused counter");
+        near(s.prompt_tps, tps, "no rate from a scrape with a refused counter");
+        assert_false(st.restarted);
+        st.invalid_values = st_before.invalid_values;
+        assert_memory_equal(&st, &st_before, sizeof st);
+    }
+    /* not read by the gateway: no effect; the next good scrape measures the
+     * prompt rate from the last good one (t = 1) */
+    assert_true(
+        feed(&c2, "vllm:spec_decode_draft_acceptance_rate{engine=\"0\"} NaN\n", 21.0, &st, &s));
+    assert_int_equal(st.invalid_values, 0);
+    assert_true(s.prompt_tps != tps);
+}
+
 static void test_lora_helpers(void **state)
 {
     (void)state;
@@ -464,6 +522,7 @@ int main(void)
         T(test_old_prefix_names_rate),
         T(test_lora_info),
         T(test_not_vllm),
+        T(test_invalid_values),
         T(test_lora_helpers),
 #undef T
     };

@@ -3,8 +3,8 @@
  * queues at capacity, Virtual Token Counter order (a light tenant overtakes
  * a flooding one; the counter lift gives no credit for idle time; output
  * tokens weigh twice), strict priority classes, bounded queues, deadlines,
- * cancellation of waiting and in-transit requests, and the shared overflow
- * tenant.
+ * cancellation of waiting and in-transit requests, the shared overflow
+ * tenant, and eviction of idle tenants from a full table.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -329,6 +329,84 @@ static void test_overflow_tenant(void **state)
     brix_fair_free(f);
 }
 
+/* The tenant table evicts idle tenants: more than max_tenants users over
+ * time each get their own tenant (they shared "(other)" for good once the
+ * table had filled), but only tenants idle for idle_ms whose counter a
+ * newcomer's start would not lower, so nobody sheds its counter. */
+static void test_idle_tenants_evicted(void **state)
+{
+    (void)state;
+    brix_fair_cfg_t c = {
+        .queue_size = 10, .timeout_ms = 1000, .w_in = 1, .w_out = 2, .max_tenants = 4, .idle_ms = 0
+    };
+    brix_fair_t *f = brix_fair_new(&c, deliver, NULL);
+    assert_non_null(f);
+    g_nout = 0;
+    /* 100 users, at most 3 of them active at once, through a table of 4 */
+    brix_fair_item_t *run[3] = { NULL, NULL, NULL };
+    for (int i = 0; i < 100; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "user%d", i);
+        if (run[i % 3])
+            brix_fair_leave(f, run[i % 3], 1);
+        run[i % 3] = enter(f, name, 0, 1, BRIX_FAIR_GO);
+        assert_int_not_equal(run[i % 3]->tenant, 0); /* not the shared overflow */
+        assert_true(brix_fair_counter(f, name) >= 0);
+        /* the others still in flight kept their tenants */
+        for (int k = 1; k < 3 && i - k >= 0; k++) {
+            snprintf(name, sizeof name, "user%d", i - k);
+            assert_true(brix_fair_counter(f, name) >= 0);
+        }
+    }
+    brix_fair_stats_t st;
+    brix_fair_stats(f, &st);
+    assert_int_equal(st.evicted, 100 - 4);
+    /* 4 in flight (table full, nobody idle): a newcomer shares "(other)" */
+    brix_fair_item_t *x = enter(f, "busy", 0, 1, BRIX_FAIR_GO);
+    brix_fair_item_t *y = enter(f, "late", 0, 1, BRIX_FAIR_GO);
+    assert_int_not_equal(x->tenant, 0);
+    assert_int_equal(y->tenant, 0);
+    assert_true(brix_fair_counter(f, "late") < 0);
+    for (int k = 0; k < 3; k++)
+        brix_fair_leave(f, run[k], 0);
+    brix_fair_leave(f, x, 0);
+    brix_fair_leave(f, y, 0);
+    brix_fair_free(f);
+
+    /* a heavy user's counter (output charged after it was last served) is
+     * above a newcomer's start: a light one, idle for less time, goes first */
+    c.max_tenants = 2;
+    f = brix_fair_new(&c, deliver, NULL);
+    brix_fair_leave(f, enter(f, "heavy", 0, 1000, BRIX_FAIR_GO), 5000);
+    assert_true(brix_fair_counter(f, "heavy") == 11000);
+    brix_fair_leave(f, enter(f, "light", 0, 1, BRIX_FAIR_GO), 0);
+    brix_fair_leave(f, enter(f, "new", 0, 1, BRIX_FAIR_GO), 5000);
+    assert_true(brix_fair_counter(f, "light") < 0);           /* made room */
+    assert_true(brix_fair_counter(f, "heavy") == 11000);      /* kept, with its counter */
+    assert_true(brix_fair_counter(f, "new") == 1002 + 10000); /* started where light was */
+    /* both are over a newcomer's start: the longest idle makes room */
+    x = enter(f, "next", 0, 1, BRIX_FAIR_GO);
+    assert_int_not_equal(x->tenant, 0);
+    assert_true(brix_fair_counter(f, "heavy") < 0);
+    assert_true(brix_fair_counter(f, "new") > 0);
+    assert_true(brix_fair_counter(f, "next") == 1003);
+    brix_fair_leave(f, x, 0);
+    brix_fair_free(f);
+
+    /* not idle long enough: newcomers share "(other)" */
+    c.idle_ms = 3600000;
+    f = brix_fair_new(&c, deliver, NULL);
+    brix_fair_leave(f, enter(f, "a", 0, 1, BRIX_FAIR_GO), 0);
+    brix_fair_leave(f, enter(f, "b", 0, 1, BRIX_FAIR_GO), 0);
+    x = enter(f, "c", 0, 1, BRIX_FAIR_GO);
+    assert_int_equal(x->tenant, 0);
+    brix_fair_leave(f, x, 0);
+    assert_true(brix_fair_counter(f, "a") >= 0 && brix_fair_counter(f, "b") >= 0);
+    brix_fair_stats(f, &st);
+    assert_int_equal(st.evicted, 0);
+    brix_fair_free(f);
+}
+
 int main(void)
 {
     brix_alloc_init();
@@ -343,6 +421,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_priority_classes, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_full_expired_cancelled, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_overflow_tenant, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_idle_tenants_evicted, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

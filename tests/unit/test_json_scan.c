@@ -202,12 +202,56 @@ static void test_cjson_printed(void **state)
     }
 }
 
+/* Keys are compared after decoding: "mod\u0065l" is "model" to every JSON
+ * parser a body is forwarded to, so it must be here too. */
+static void test_escaped_keys(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *raw; /* the key as written between the quotes */
+        bool is_model;
+    } cases[] = {
+        { "model", true },
+        { "mod\\u0065l", true },
+        { "\\u006d\\u006f\\u0064\\u0065\\u006c", true },
+        { "\\u006D\\u006F\\u0064\\u0045\\u006c", false }, /* "modEl" */
+        { "mode\\u006C", true },
+        { "model\\u0000", false },
+        { "mod\\\\el", false },
+        { "Model", false },
+        { "models", false },
+        { "mode", false },
+        { "\\/model", false },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        const char *k = cases[i].raw;
+        if (brix_json_key_is(k, strlen(k), "model") != cases[i].is_model)
+            fail_msg("key_is(%s, model) should be %d", k, cases[i].is_model);
+    }
+    char out[8];
+    /* decoding: the length, or SIZE_MAX past the cap */
+    assert_int_equal(brix_json_key_decode("mod\\u0065l", 10, out, sizeof out), 5);
+    assert_memory_equal(out, "model", 5);
+    assert_int_equal(brix_json_key_decode("stream_options", 14, out, sizeof out), SIZE_MAX);
+    assert_int_equal(brix_json_key_decode("\\u00e9\\ud83d\\ude00", 18, out, sizeof out), 6);
+    assert_memory_equal(out, "\xc3\xa9\xf0\x9f\x98\x80", 6);
+    assert_int_equal(brix_json_key_decode("abcdefgh", 8, out, sizeof out), 8);
+    assert_int_equal(brix_json_key_decode("abcdefg\\u00e9", 13, out, sizeof out), SIZE_MAX);
+    /* a very long raw key that decodes long is refused at the cap, not read past it */
+    char longk[600];
+    for (size_t i = 0; i < 100; i++)
+        memcpy(longk + 6 * i, "\\u0061", 6);
+    assert_int_equal(brix_json_key_decode(longk, 600, out, sizeof out), SIZE_MAX);
+    assert_false(brix_json_key_is(longk, 600, "model"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_valid),       cmocka_unit_test(test_invalid_offsets),
-        cmocka_unit_test(test_depth_limit), cmocka_unit_test(test_members),
-        cmocka_unit_test(test_unescape),    cmocka_unit_test(test_cjson_printed),
+        cmocka_unit_test(test_valid),        cmocka_unit_test(test_invalid_offsets),
+        cmocka_unit_test(test_depth_limit),  cmocka_unit_test(test_members),
+        cmocka_unit_test(test_unescape),     cmocka_unit_test(test_cjson_printed),
+        cmocka_unit_test(test_escaped_keys),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

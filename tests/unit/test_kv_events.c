@@ -642,6 +642,34 @@ static void test_replay(void **state)
     fixture_close(&f);
 }
 
+/* A peer sending more than a replay request can be (a hostile or broken
+ * client) is cut off by ZMQ_MAXMSGSIZE instead of being buffered; the
+ * publisher keeps serving everyone else. */
+static void test_replay_oversized_request(void **state)
+{
+    fixture_t f;
+    fixture_open(&f, NULL);
+    uint64_t h = 9;
+    brix_kv_events_block_removed(f.ev, &h, 1);
+    assert_int_equal(brix_kv_events_flush(f.ev), 0);
+    f.flushes++;
+    void *bad = dealer(&f);
+    size_t big = 1 << 20;
+    char *junk = calloc(1, big);
+    assert_non_null(junk);
+    zmq_send(bad, "", 0, ZMQ_SNDMORE);
+    zmq_send(bad, junk, big, 0);
+    free(junk);
+    msg_t m;
+    assert_false(recv_msg(&f.loop, bad, &m, 300));
+    zmq_close(bad);
+    void *d = dealer(&f);
+    uint64_t seqs[16];
+    assert_int_equal(replay(&f, d, 0, seqs, 16), f.flushes);
+    zmq_close(d);
+    fixture_close(&f);
+}
+
 static void test_replay_ring_wraps(void **state)
 {
     fixture_t f;
@@ -802,6 +830,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_empty_flush, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replay, setup, teardown),
         cmocka_unit_test_setup_teardown(test_replay_ring_wraps, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_replay_oversized_request, setup, teardown),
         cmocka_unit_test_setup_teardown(test_enomem_drops_batch, setup, teardown),
         cmocka_unit_test_setup_teardown(test_tcp_bind_and_connect, setup, teardown),
         cmocka_unit_test_setup_teardown(test_new_errors, setup, teardown),

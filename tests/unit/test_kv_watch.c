@@ -49,6 +49,7 @@ typedef struct env {
     zmq_msg_t ident;
     bool have_req;
     uint64_t req_from;
+    int64_t max_msg; /* 0: the default */
 } env_t;
 
 #include "leak_check.h"
@@ -227,12 +228,15 @@ static uint32_t wait_matched(env_t *e, uint32_t want)
     return m;
 }
 
-static env_t *env_new(hash_kind_t hk, bool replay)
+/* tcp: the engine's PUB is on loopback TCP (inproc messages skip the wire
+ * decoder, and with it ZMQ_MAXMSGSIZE). */
+static env_t *env_new_ex(hash_kind_t hk, bool replay, bool tcp, int64_t max_msg)
 {
     static int n;
     env_t *e = calloc(1, sizeof *e);
     assert_non_null(e);
     e->hk = hk;
+    e->max_msg = max_msg;
     assert_int_equal(uv_loop_init(&e->loop), 0);
     e->zctx = zmq_ctx_new();
     snprintf(e->pub_ep, sizeof e->pub_ep, "inproc://kvw-pub-%d", n);
@@ -242,7 +246,13 @@ static env_t *env_new(hash_kind_t hk, bool replay)
     int zero = 0;
     zmq_setsockopt(e->pub, ZMQ_LINGER, &zero, sizeof zero);
     zmq_setsockopt(e->router, ZMQ_LINGER, &zero, sizeof zero);
-    assert_int_equal(zmq_bind(e->pub, e->pub_ep), 0);
+    if (tcp) {
+        assert_int_equal(zmq_bind(e->pub, "tcp://127.0.0.1:*"), 0);
+        size_t sz = sizeof e->pub_ep;
+        assert_int_equal(zmq_getsockopt(e->pub, ZMQ_LAST_ENDPOINT, e->pub_ep, &sz), 0);
+    } else {
+        assert_int_equal(zmq_bind(e->pub, e->pub_ep), 0);
+    }
     assert_int_equal(zmq_bind(e->router, e->rep_ep), 0);
     e->ix = brix_prefix_index_new(100000);
     e->pod = brix_pod_new(3, "p", "http://127.0.0.1:1", "127.0.0.1", 1);
@@ -250,7 +260,7 @@ static env_t *env_new(hash_kind_t hk, bool replay)
     assert_non_null(e->pod);
     chain(e);
     e->w = brix_kvw_new(&e->loop, e->zctx, e->ix, e->pod, e->pub_ep, replay ? e->rep_ep : NULL, BS,
-                        NULL, NULL);
+                        e->max_msg, NULL, NULL);
     assert_non_null(e->w);
     brix_kvw_set_base_model(e->w, "m");
     /* the subscription reaches the publisher (a socket processes such
@@ -262,6 +272,11 @@ static env_t *env_new(hash_kind_t hk, bool replay)
         pump(e, 1);
     }
     return e;
+}
+
+static env_t *env_new(hash_kind_t hk, bool replay)
+{
+    return env_new_ex(hk, replay, false, 0);
 }
 
 static void env_free(env_t *e)
@@ -419,6 +434,83 @@ static void test_reset_during_replay(void **state)
     env_free(e);
 }
 
+/* tcp env: gives the watcher's connection time to be made (a PUB drops
+ * what it sends before). */
+static void wait_connected(env_t *e)
+{
+    pump(e, 300);
+}
+
+/* Batch `seq` storing block `blk`, padded past 4 KiB with a BlockRemoved of
+ * hashes the pod never had (harmless when applied). */
+static void publish_big(env_t *e, uint64_t seq, int blk)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_array(&pk, 3);
+    msgpack_pack_double(&pk, 1.0);
+    msgpack_pack_array(&pk, 2);
+    msgpack_sbuffer one;
+    batch(e, blk, &one); /* [ts, [event], ...]: take its event */
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    assert_int_equal(msgpack_unpack_next(&u, one.data, one.size, NULL), MSGPACK_UNPACK_SUCCESS);
+    msgpack_pack_object(&pk, u.data.via.array.ptr[1].via.array.ptr[0]);
+    msgpack_unpacked_destroy(&u);
+    msgpack_sbuffer_destroy(&one);
+    msgpack_pack_array(&pk, 2);
+    msgpack_pack_str(&pk, 12);
+    msgpack_pack_str_body(&pk, "BlockRemoved", 12);
+    msgpack_pack_array(&pk, 600);
+    for (int i = 0; i < 600; i++)
+        msgpack_pack_uint64(&pk, 0xdead000000000000ull + (uint64_t)i);
+    msgpack_pack_nil(&pk);
+    assert_true(sb.size > 4096);
+    unsigned char b[8];
+    seq8(seq, b);
+    assert_true(zmq_send(e->pub, "kv", 2, ZMQ_SNDMORE) >= 0);
+    assert_true(zmq_send(e->pub, b, 8, ZMQ_SNDMORE) >= 0);
+    assert_true(zmq_send(e->pub, sb.data, sb.size, 0) >= 0);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+/* ZMQ_MAXMSGSIZE: a batch over the limit is never taken in; libzmq drops
+ * the connection and (a protocol error) would not connect again by itself:
+ * the watcher does, and takes batches again. Under the default limit the
+ * same batch is applied. */
+static void test_max_msg_size(void **state)
+{
+    (void)state;
+    for (int limited = 1; limited >= 0; limited--) {
+        env_t *e = env_new_ex(HASH_UINT, false, true, limited ? 4096 : 0);
+        wait_connected(e);
+        publish(e, 0, 0);
+        assert_int_equal(wait_matched(e, 1), 1);
+        publish_big(e, 1, 1);
+        if (!limited) {
+            assert_int_equal(wait_matched(e, 2), 2);
+            assert_int_equal(brix_kvw_stats(e->w)->batches, 2);
+            env_free(e);
+            continue;
+        }
+        pump(e, 50);
+        assert_int_equal(matched(e), 1);
+        assert_int_equal(brix_kvw_stats(e->w)->batches, 1);
+        /* dropped, connected again: batches of a normal size are taken */
+        uint64_t seq = 2;
+        for (int i = 0; i < 100 && brix_kvw_stats(e->w)->batches < 2; i++) {
+            publish(e, seq, (int)seq);
+            seq++;
+            pump(e, 20);
+        }
+        assert_int_equal(brix_kvw_stats(e->w)->batches, 2);
+        assert_true(brix_kvw_stats(e->w)->reconnects >= 1);
+        env_free(e);
+    }
+}
+
 static void test_hash_encodings(void **state)
 {
     (void)state;
@@ -447,6 +539,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_restart_on_the_live_stream, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_reset_during_replay, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_hash_encodings, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_max_msg_size, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -372,6 +372,73 @@ static void test_children(void **state)
     brix_metrics_free(r);
 }
 
+/* Past the cap new label sets share the all-"other" child and are counted;
+ * old children are still found; the drop counter appears in the exposition
+ * only once something was dropped, per family. */
+static void test_child_cap(void **state)
+{
+    (void)state;
+    brix_metrics_t *r = brix_metrics_new();
+    brix_metrics_set_max_children(r, 3);
+    const char *ln[] = { "model", "kind", NULL };
+    const double b[] = { 1 };
+    brix_metric_family_t *c =
+        brix_metrics_family(r, BRIX_METRIC_COUNTER, "c_total", "C.", ln, NULL, 0);
+    brix_metric_family_t *h =
+        brix_metrics_family(r, BRIX_METRIC_HISTOGRAM, "h_seconds", "H.", ln, b, 1);
+    brix_metric_family_t *u = brix_metrics_family(r, BRIX_METRIC_GAUGE, "u", "U.", ln, NULL, 0);
+    assert_non_null(c);
+    assert_non_null(h);
+    assert_non_null(u);
+    brix_buf_t out = BRIX_BUF_INIT;
+    assert_int_equal(brix_metrics_write(r, &out), 0);
+    assert_null(strstr(out.data, BRIX_METRICS_DROPPED));
+    brix_buf_reset(&out);
+    brix_metric_t *first[3], *other = NULL;
+    char a[32];
+    for (int i = 0; i < 1000; i++) {
+        snprintf(a, sizeof a, "x%d", i);
+        const char *v[] = { a, "k" };
+        brix_metric_t *m = brix_metric_child(c, v);
+        assert_non_null(m);
+        brix_metric_add(m, 1);
+        brix_metric_observe(brix_metric_child(h, v), 0.5);
+        if (i < 3) {
+            first[i] = m;
+        } else if (!other) {
+            other = m;
+        } else {
+            assert_ptr_equal(m, other);
+        }
+    }
+    for (int i = 0; i < 3; i++) {
+        snprintf(a, sizeof a, "x%d", i);
+        const char *v[] = { a, "k" };
+        assert_ptr_equal(brix_metric_child(c, v), first[i]);
+    }
+    const char *ov[] = { "other", "other" };
+    assert_ptr_equal(brix_metric_child(c, ov), other);
+    assert_true(brix_metric_family_dropped(c) == 997);
+    assert_true(brix_metric_family_dropped(u) == 0);
+    assert_true(brix_metric_get(other) == 997);
+    assert_int_equal(brix_metrics_write(r, &out), 0);
+    assert_non_null(strstr(out.data, "c_total{model=\"other\",kind=\"other\"} 997.0\n"));
+    assert_non_null(strstr(out.data, "h_seconds_count{model=\"other\",kind=\"other\"} 997.0\n"));
+    assert_null(strstr(out.data, "x3\""));
+    assert_non_null(strstr(out.data, "# TYPE " BRIX_METRICS_DROPPED " counter\n"));
+    assert_non_null(strstr(out.data, BRIX_METRICS_DROPPED "{family=\"c_total\"} 997.0\n"));
+    assert_non_null(strstr(out.data, BRIX_METRICS_DROPPED "{family=\"h_seconds\"} 997.0\n"));
+    assert_null(strstr(out.data, BRIX_METRICS_DROPPED "{family=\"u\"}"));
+    /* a raised cap lets new children in again; 0 lifts it */
+    brix_metrics_set_max_children(r, 0);
+    const char *nv[] = { "fresh", "k" };
+    brix_metric_t *fresh = brix_metric_child(c, nv);
+    assert_non_null(fresh);
+    assert_ptr_not_equal(fresh, other);
+    brix_buf_free(&out);
+    brix_metrics_free(r);
+}
+
 static void test_invalid_families(void **state)
 {
     brix_metrics_t *r = brix_metrics_new();
@@ -984,6 +1051,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_writer_golden, setup, teardown),
         cmocka_unit_test_setup_teardown(test_writer_promtool, setup, teardown),
         cmocka_unit_test_setup_teardown(test_children, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_child_cap, setup, teardown),
         cmocka_unit_test_setup_teardown(test_invalid_families, setup, teardown),
         cmocka_unit_test_setup_teardown(test_collect_hooks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent, setup, teardown),

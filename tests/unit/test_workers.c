@@ -3,7 +3,8 @@
  * bound to one port with SO_REUSEPORT. Checks that port 0 is shared (worker 0
  * binds, the others reuse its port), that the kernel spreads connections over
  * more than one worker, that an init failure stops the ones already started,
- * and that stop + join leave nothing allocated.
+ * that stop + join leave nothing allocated, and that the open-file soft
+ * limit is raised to the hard limit.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -144,12 +146,31 @@ static void test_init_failure_unwinds(void **state)
     assert_int_equal(brix_alloc_live(), live);
 }
 
+/* A server holding thousands of slow clients needs one descriptor each: the
+ * soft limit (often 1024) is raised to the hard one. */
+static void test_raise_nofile(void **state)
+{
+    struct rlimit rl;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_max == RLIM_INFINITY || rl.rlim_max < 64)
+        skip();
+    struct rlimit low = { .rlim_cur = 32, .rlim_max = rl.rlim_max };
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    long now = brix_workers_raise_nofile();
+    struct rlimit after;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &after), 0);
+    assert_true(after.rlim_cur == rl.rlim_max);
+    assert_int_equal(now, (long)rl.rlim_max);
+    setrlimit(RLIMIT_NOFILE, &rl);
+}
+
 int main(void)
 {
     brix_alloc_init();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_reuseport_spreads),
         cmocka_unit_test(test_init_failure_unwinds),
+        cmocka_unit_test(test_raise_nofile),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
