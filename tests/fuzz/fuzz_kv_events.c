@@ -92,7 +92,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     brix_kvw_t *w = NULL;
     for (int i = 0; i < 2000 && !w; i++) {
         w = brix_kvw_new(&g_loop, g_zctx, ix, pod, EP, (flags & 1) ? EP_REP : NULL,
-                         sizes[(flags >> 2) & 3], NULL, NULL);
+                         sizes[(flags >> 2) & 3], 0, NULL, NULL);
         if (!w) {
             uv_run(&g_loop, UV_RUN_NOWAIT);
             settle();

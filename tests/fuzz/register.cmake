@@ -54,8 +54,8 @@ ExternalProject_Add(brix_fuzz
 # included), chosen so each takes a few seconds under ASan; a target without
 # an entry runs BRIX_FUZZ_RUNS_DEFAULT. -max_total_time in tests/fuzz/check
 # bounds a slow machine.
-set(BRIX_FUZZ_RUNS_DEFAULT 40000)
-set(BRIX_FUZZ_RUNS_fuzz_kv_events 6000)
+set(BRIX_FUZZ_RUNS_DEFAULT 30000)
+set(BRIX_FUZZ_RUNS_fuzz_kv_events 4000)
 
 file(GLOB fuzz_srcs CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_*.c)
 foreach(src ${fuzz_srcs})
