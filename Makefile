@@ -4,8 +4,9 @@ BUILD       ?= build
 ASAN_BUILD  ?= build/asan
 JOBS        ?= $(shell nproc)
 PORT        ?= 8080
+FUZZ_SECONDS ?= 60
 
-.PHONY: all setup build build-asan run test soak bench format clean
+.PHONY: all setup build build-asan run test fuzz soak bench format clean
 
 all: build
 
@@ -31,6 +32,13 @@ run: setup build
 
 test: setup build-asan
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) --timeout 300
+
+# Every libFuzzer target in tests/fuzz for FUZZ_SECONDS each (clang, build/fuzz);
+# new inputs go to /tmp/brix-fuzz/<target>.corpus, crashes to <target>.findings/,
+# never into git.
+# FUZZ_TARGETS="fuzz_yaml_objects ..." picks some. make test runs them briefly.
+fuzz: setup
+	tests/fuzz/run $(FUZZ_SECONDS) $(FUZZ_TARGETS)
 
 # The whole local cluster under mixed traffic (streams, aborts, bad input, adapter
 # churn, reloads) for SOAK_SECONDS (600) with ASan+UBSan: RSS must stay flat.

@@ -7,6 +7,7 @@
 #include "core/alloc.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -121,8 +122,17 @@ int brix_buf_append_json_str(brix_buf_t *b, const char *s, size_t n)
             *o++ = '\\';
             *o++ = 't';
             break;
-        default:
-            if (c < 0x20) {
+        default: {
+            /* Besides what JSON requires, DEL and the C1 controls (U+0080..
+             * U+009F, UTF-8 C2 80..C2 9F) are escaped too: brix reads its own
+             * JSON (state file, API bodies) through libyaml, which refuses
+             * them raw ("control characters are not allowed") and folds a
+             * raw U+0085 (NEL) as a line break. */
+            bool c1 = c == 0xc2 && i + 1 < n && (unsigned char)s[i + 1] >= 0x80 &&
+                      (unsigned char)s[i + 1] <= 0x9f;
+            if (c1)
+                c = (unsigned char)s[++i];
+            if (c < 0x20 || c == 0x7f || c1) {
                 memcpy(o, "\\u00", 4);
                 o[4] = hex[c >> 4];
                 o[5] = hex[c & 15];
@@ -130,6 +140,8 @@ int brix_buf_append_json_str(brix_buf_t *b, const char *s, size_t n)
             } else {
                 *o++ = (char)c;
             }
+            break;
+        }
         }
     }
     *o++ = '"';

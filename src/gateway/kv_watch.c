@@ -4,6 +4,7 @@
  * while ZMQ_EVENTS reports input.
  */
 #include "gateway/kv_watch.h"
+#include "gateway/kv_watch_internal.h"
 
 #include "core/alloc.h"
 #include "core/log.h"
@@ -311,8 +312,81 @@ static void on_removed(brix_kvw_t *w, const msgpack_object_array *ev)
     }
 }
 
+/* msgpack tags 0xc4..0xdf: bytes of the length field that follows the tag,
+ * or of a fixed-size value; what the length counts (see counts_fit). */
+enum { MP_FIXED, MP_BYTES, MP_EXT, MP_ARRAY, MP_MAP };
+static const struct {
+    uint8_t lenb, fixed, kind;
+} mp_tags[] = {
+    { 1, 0, MP_BYTES }, { 2, 0, MP_BYTES },  { 4, 0, MP_BYTES }, /* bin 8/16/32 */
+    { 1, 0, MP_EXT },   { 2, 0, MP_EXT },    { 4, 0, MP_EXT },   /* ext 8/16/32 */
+    { 0, 4, MP_FIXED }, { 0, 8, MP_FIXED },                      /* float 32/64 */
+    { 0, 1, MP_FIXED }, { 0, 2, MP_FIXED },  { 0, 4, MP_FIXED }, /* uint 8/16/32 */
+    { 0, 8, MP_FIXED }, { 0, 1, MP_FIXED },  { 0, 2, MP_FIXED }, /* uint 64, int 8/16 */
+    { 0, 4, MP_FIXED }, { 0, 8, MP_FIXED },                      /* int 32/64 */
+    { 0, 2, MP_FIXED }, { 0, 3, MP_FIXED },  { 0, 5, MP_FIXED }, /* fixext 1/2/4 */
+    { 0, 9, MP_FIXED }, { 0, 17, MP_FIXED },                     /* fixext 8/16 */
+    { 1, 0, MP_BYTES }, { 2, 0, MP_BYTES },  { 4, 0, MP_BYTES }, /* str 8/16/32 */
+    { 2, 0, MP_ARRAY }, { 4, 0, MP_ARRAY },                      /* array 16/32 */
+    { 2, 0, MP_MAP },   { 4, 0, MP_MAP },                        /* map 16/32 */
+};
+
+/*
+ * msgpack-c allocates a container's elements from its declared count before
+ * reading them, so a batch of a few bytes declaring 2^32 array items makes it
+ * ask for ~100 GB. Every element takes at least one byte, so a first object
+ * whose counts (or string lengths) exceed what remains of the batch is
+ * malformed: this walk refuses it before anything is unpacked.
+ */
+static bool counts_fit(const unsigned char *p, size_t len)
+{
+    uint64_t pending = 1; /* objects still to read */
+    size_t i = 0;
+    while (pending) {
+        if (pending > len - i) /* each pending object needs a byte */
+            return false;
+        unsigned c = p[i++];
+        pending--;
+        unsigned lenb = 0, kind = MP_FIXED;
+        uint64_t n = 0; /* a container's items, or the bytes to skip */
+        if (c <= 0x7f || c >= 0xe0 || c == 0xc0 || c == 0xc2 || c == 0xc3) {
+            continue; /* fixints, nil, booleans: the tag is all */
+        } else if (c <= 0x8f) {
+            kind = MP_MAP, n = c & 0x0f;
+        } else if (c <= 0x9f) {
+            kind = MP_ARRAY, n = c & 0x0f;
+        } else if (c <= 0xbf) {
+            n = c & 0x1f; /* fixstr */
+        } else if (c == 0xc1) {
+            return false; /* never used */
+        } else {
+            lenb = mp_tags[c - 0xc4].lenb;
+            kind = mp_tags[c - 0xc4].kind;
+            n = mp_tags[c - 0xc4].fixed;
+        }
+        if (lenb > len - i)
+            return false;
+        for (unsigned k = 0; k < lenb; k++)
+            n = n << 8 | p[i++];
+        if (kind == MP_ARRAY || kind == MP_MAP) {
+            n *= kind == MP_MAP ? 2 : 1;
+            if (pending > len - i || n > len - i - pending)
+                return false;
+            pending += n;
+            continue;
+        }
+        n += kind == MP_EXT; /* an ext's type byte */
+        if (n > len - i)
+            return false;
+        i += (size_t)n;
+    }
+    return true;
+}
+
 static void apply(brix_kvw_t *w, const char *data, size_t len)
 {
+    if (!counts_fit((const unsigned char *)data, len))
+        return;
     msgpack_unpacked u;
     msgpack_unpacked_init(&u);
     size_t off = 0;
@@ -564,6 +638,15 @@ static void on_replayed(brix_kvw_t *w, uint64_t seq, const char *data, size_t le
     w->have_seq = true;
     w->next_seq = seq + 1;
     apply(w, data, len);
+}
+
+/* The fuzzer's entry (kv_watch_internal.h): what drain() does with a frame. */
+void brix__kvw_batch(brix_kvw_t *w, bool replay, uint64_t seq, const char *data, size_t len)
+{
+    if (replay)
+        on_replayed(w, seq, data, len);
+    else
+        on_live(w, seq, data, len);
 }
 
 /* Reads one multipart message (ZMQ delivers all its frames at once): the

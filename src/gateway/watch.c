@@ -205,7 +205,10 @@ brix_ctl_line_t brix_ctl_parse_line(const char *line, size_t len, brix_ctl_snaps
         cJSON_Delete(j);
         return kind;
     }
-    *version = cJSON_IsNumber(ver) && ver->valuedouble >= 0 ? (uint64_t)ver->valuedouble : 0;
+    /* a version outside uint64_t (JSON allows 1e30) counts as absent: casting
+     * it would be undefined behaviour */
+    double vd = cJSON_IsNumber(ver) ? ver->valuedouble : -1;
+    *version = vd >= 0 && vd < 18446744073709551616.0 ? (uint64_t)vd : 0;
     if (kind == BRIX_CTL_LINE_HEARTBEAT) {
         cJSON_Delete(j);
         return kind;

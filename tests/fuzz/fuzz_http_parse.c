@@ -1,6 +1,6 @@
 /*
  * libFuzzer target for the HTTP/1.1 request parser (core/http_parse.c).
- * Build and run with tests/fuzz/run (corpus under /tmp, outside the repo).
+ * Built by CMake with clang; `make fuzz` runs it longer, `make test` briefly.
  *
  * The first input byte seeds the chunking; the rest is a byte stream of
  * (possibly pipelined) requests. It is parsed once all at once and once in

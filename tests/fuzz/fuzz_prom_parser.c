@@ -1,11 +1,8 @@
 /*
  * libFuzzer target for the Prometheus text parser (core/metrics.c).
  *
- * Not part of the default CMake build. Build and run (corpus outside the repo):
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE -Isrc \
- *       tests/fuzz/fuzz_prom_parser.c src/core/metrics.c src/core/buf.c src/core/alloc.c \
- *       -lcjson -lm -lpthread -o /tmp/fuzz_prom_parser
- *   mkdir -p /tmp/prom_corpus && /tmp/fuzz_prom_parser -max_total_time=60 /tmp/prom_corpus
+ * Built by CMake with clang (tests/fuzz/CMakeLists.txt); `make fuzz` runs it
+ * longer, `make test` briefly (ctest fuzz/fuzz_prom_parser).
  *
  * The first two input bytes pick max_line and seed the chunk sizes; the rest
  * is the exposition text. It is parsed once all at once and once in

@@ -105,6 +105,19 @@ static void test_other_lines(void **state)
                      BRIX_CTL_LINE_HEARTBEAT);
     assert_int_equal(ver, 7);
     assert_null(s.registry);
+    /* a version beyond uint64_t counts as none (found by fuzz_watch_line:
+     * the cast was undefined behaviour, which clang's UBSan reports and gcc's
+     * -fsanitize=undefined does not check; corpus/fuzz_watch_line/edge-cases
+     * keeps that input in the fuzz/fuzz_watch_line test) */
+    assert_int_equal(parse("{\"type\":\"heartbeat\",\"version\":1e19}", &s, &ver),
+                     BRIX_CTL_LINE_HEARTBEAT);
+    assert_true(ver == 10000000000000000000ull);
+    assert_int_equal(parse("{\"type\":\"heartbeat\",\"version\":1e30}", &s, &ver),
+                     BRIX_CTL_LINE_HEARTBEAT);
+    assert_int_equal(ver, 0);
+    assert_int_equal(parse("{\"type\":\"heartbeat\",\"version\":18446744073709551616}", &s, &ver),
+                     BRIX_CTL_LINE_HEARTBEAT);
+    assert_int_equal(ver, 0);
     assert_int_equal(parse("", &s, &ver), BRIX_CTL_LINE_OTHER);
     assert_int_equal(parse("   ", &s, &ver), BRIX_CTL_LINE_OTHER);
     assert_int_equal(parse("{\"type\":\"event\",\"object\":{}}", &s, &ver), BRIX_CTL_LINE_OTHER);
