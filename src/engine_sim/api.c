@@ -15,6 +15,7 @@
 #include "core/time.h"
 #include "core/tokenizer.h"
 #include "engine_sim/engine.h"
+#include "engine_sim/api_request.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -26,220 +27,8 @@
 #include <sys/stat.h>
 #include <xxhash.h>
 
-#define MAX_N        128 /* choices per request */
-#define MAX_STOPS    16
+#define MAX_N        128  /* choices per request */
 #define MAX_EMBED_IN 2048 /* inputs per embeddings request */
-
-typedef enum api_kind { KIND_CHAT, KIND_COMPLETION, KIND_EMBEDDING } api_kind_t;
-
-typedef struct api_req api_req_t;
-
-typedef struct api_seq {
-    brix_seq_t seq;
-    api_req_t *r;
-    uint32_t index;
-    brix_buf_t text; /* generated text (truncated at a stop string) */
-    size_t sent;     /* bytes of text already streamed */
-    int stop_idx;    /* index of the matched stop string, -1 = none */
-    bool added;      /* handed to the scheduler */
-} api_seq_t;
-
-struct api_req {
-    brix_engine_t *e;
-    brix_http_req_t *http; /* NULL once the client is gone */
-    api_kind_t kind;
-    bool stream, include_usage, continuous_usage, prompt_details;
-    bool dead;            /* client gone: released, possibly waiting in the graveyard */
-    api_req_t *next_dead; /* graveyard link */
-    char id[96];
-    int64_t created;
-    char *model;       /* as the client named it */
-    brix_lora_t *lora; /* holds a reference */
-    char *stops[MAX_STOPS];
-    size_t nstops;
-    size_t n, pending;
-    api_seq_t *seqs;
-    size_t prompt_tokens; /* per sequence (sum over inputs for embeddings) */
-    int64_t max_tokens;   /* effective */
-    int64_t abort_after;  /* fault injection: reset the connection after N chunks */
-    size_t chunks_sent;
-    bool b64; /* embeddings encoding_format base64 */
-    int64_t dims;
-    brix_buf_t out;
-};
-
-/* ------------------------------------------------------------ helpers -- */
-
-static int respond_err(brix_http_req_t *h, int status, const char *type, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int respond_err(brix_http_req_t *h, int status, const char *type, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    BRIX_DEBUG("%s %s -> %d: %s", h->method_name, h->path, status, msg);
-    return brix_http_respond_error(h, status, type, NULL, NULL, "%s", msg);
-}
-
-static int respond_json_err(brix_http_req_t *h, const brix_json_err_t *je)
-{
-    return brix_http_respond_error(h, 400, "BadRequestError", NULL, je->param[0] ? je->param : NULL,
-                                   "%s", je->msg);
-}
-
-static void access_log(brix_http_req_t *h, int status)
-{
-    /* GETs are mostly control-plane polling (/v1/models): debug level */
-    double ms = (double)(brix_now_ns() - h->start_ns) / 1e6;
-    brix_log(h->method == HTTP_GET ? BRIX_LOG_DEBUG : BRIX_LOG_INFO, h->id, "\"%s %s\" %d %.1fms",
-             h->method_name, h->path, status, ms);
-}
-
-static void respond_plain(brix_http_req_t *h, int status, const char *body)
-{
-    access_log(h, status);
-    brix_http_respond(h, status, "text/plain; charset=utf-8", body, strlen(body));
-}
-
-static void respond_buf(brix_http_req_t *h, int status, brix_buf_t *b)
-{
-    access_log(h, status);
-    brix_http_respond(h, status, "application/json", b->data, b->len);
-}
-
-static bool ready(brix_engine_t *e)
-{
-    return brix_engine_now(e) >= e->ready_at;
-}
-
-static bool is_served_name(const brix_engine_t *e, const char *name)
-{
-    if (!e->cfg.served_model_name.n)
-        return !strcmp(name, e->cfg.model);
-    for (size_t i = 0; i < e->cfg.served_model_name.n; i++)
-        if (!strcmp(name, e->cfg.served_model_name.v[i]))
-            return true;
-    return false;
-}
-
-/* Resolves `model` (absent = the base model). Answers 404 itself when unknown. */
-static int resolve_model(brix_engine_t *e, brix_http_req_t *h, const cJSON *body, const char **name,
-                         brix_lora_t **lora)
-{
-    brix_json_err_t je;
-    bool present = false;
-    *name = e->served;
-    *lora = NULL;
-    if (brix_json_get_string(body, "model", &present, name, &je)) {
-        respond_json_err(h, &je);
-        return -1;
-    }
-    if (!present || is_served_name(e, *name)) {
-        if (!present)
-            *name = e->served;
-        return 0;
-    }
-    if (e->cfg.enable_lora && (*lora = brix_lora_find(&e->loras, *name)))
-        return 0;
-    respond_err(h, 404, "NotFoundError", "The model `%s` does not exist.", *name);
-    return -1;
-}
-
-/* vLLM's validate_json_request: the media type (before any ';'), without
- * case, must be exactly application/json; a missing header fails too. */
-static bool json_content_type_ok(brix_http_req_t *h)
-{
-    const char *ct = brix_http_req_header(h, "content-type");
-    if (!ct)
-        return false;
-    size_t n = strcspn(ct, ";");
-    while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
-        n--;
-    return n == 16 && !strncasecmp(ct, "application/json", 16);
-}
-
-static int cmp_key(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* The first top-level key that occurs twice, or NULL. Keys are compared as
- * cJSON decoded them (escapes resolved, cut at a \u0000), which is what
- * the lookups below see: {"model":"a","mod\u0065l":"b"} has "model" twice.
- * vLLM would take the last copy and cJSON takes the first, so a gateway in
- * front could check one while this engine serves the other: refused, as
- * the gateway refuses it. *oom is set when the check could not run. */
-static const char *duplicate_key(const cJSON *obj, bool *oom)
-{
-    size_t n = 0;
-    for (const cJSON *c = obj->child; c; c = c->next)
-        n++;
-    *oom = false;
-    if (n < 2)
-        return NULL;
-    const char **keys = brix_malloc(n * sizeof *keys);
-    if (!keys) {
-        *oom = true;
-        return NULL;
-    }
-    size_t i = 0;
-    for (const cJSON *c = obj->child; c; c = c->next)
-        keys[i++] = c->string ? c->string : "";
-    qsort(keys, n, sizeof *keys, cmp_key); /* n log n: bodies may have many keys */
-    const char *dup = NULL;
-    for (i = 1; i < n && !dup; i++)
-        if (!strcmp(keys[i - 1], keys[i]))
-            dup = keys[i];
-    brix_free(keys);
-    return dup;
-}
-
-/* Parses the body as a JSON object, answering 400 when it is not. */
-static cJSON *parse_body(brix_http_req_t *h)
-{
-    brix_json_err_t je;
-    if (!json_content_type_ok(h)) {
-        respond_err(h, 400, "BadRequestError",
-                    "Unsupported Media Type: Only 'application/json' is allowed");
-        return NULL;
-    }
-    cJSON *j;
-    if (brix_json_parse(h->body.data, h->body.len, &j, &je)) {
-        respond_json_err(h, &je);
-        return NULL;
-    }
-    if (!cJSON_IsObject(j)) {
-        respond_err(h, 400, "BadRequestError", "request body must be a JSON object");
-        cJSON_Delete(j);
-        return NULL;
-    }
-    bool oom;
-    const char *dup = duplicate_key(j, &oom);
-    if (dup || oom) {
-        if (oom)
-            respond_err(h, 500, "InternalServerError", "out of memory");
-        else
-            brix_http_respond_error(h, 400, "BadRequestError", NULL, dup,
-                                    "the request body has the key '%.64s' more than once", dup);
-        cJSON_Delete(j);
-        return NULL;
-    }
-    return j;
-}
-
-static void append_usage(brix_buf_t *b, size_t prompt, size_t completion, bool details,
-                         size_t cached)
-{
-    brix_buf_printf(b, "{\"prompt_tokens\":%zu,\"total_tokens\":%zu,\"completion_tokens\":%zu",
-                    prompt, prompt + completion, completion);
-    if (details)
-        brix_buf_printf(b, ",\"prompt_tokens_details\":{\"cached_tokens\":%zu}}", cached);
-    else
-        brix_buf_append_str(b, ",\"prompt_tokens_details\":null}");
-}
 
 static const char *finish_str(brix_finish_t f)
 {
@@ -255,70 +44,6 @@ static const char *finish_str(brix_finish_t f)
     }
 }
 
-/* ------------------------------------------------------ request state -- */
-
-static void api_req_free(api_req_t *r)
-{
-    brix_engine_t *e = r->e;
-    for (size_t i = 0; i < r->n; i++) {
-        api_seq_t *s = &r->seqs[i];
-        if (s->added && s->seq.state != BRIX_SEQ_FINISHED)
-            brix_sched_abort(&e->sched, &s->seq);
-        brix_seq_free(&s->seq);
-        brix_buf_free(&s->text);
-    }
-    for (size_t i = 0; i < r->nstops; i++)
-        brix_free(r->stops[i]);
-    if (r->lora)
-        brix_lora_unref(&e->loras, r->lora);
-    brix_free(r->model);
-    brix_free(r->seqs);
-    brix_buf_free(&r->out);
-    brix_free(r);
-    e->requests_inflight--;
-}
-
-/*
- * Requests are released while the scheduler may be in the middle of a step
- * that still points at their sequences (a write fails inside on_token, or
- * the last sequence finishes): during a commit they go to a graveyard that
- * brix_engine_reap() empties after the step.
- */
-static void api_req_release(api_req_t *r)
-{
-    brix_engine_t *e = r->e;
-    r->dead = true;
-    r->http = NULL;
-    if (e->in_commit) {
-        r->next_dead = e->graveyard;
-        e->graveyard = r;
-        /* take the sequences out of the scheduler now */
-        for (size_t i = 0; i < r->n; i++) {
-            api_seq_t *s = &r->seqs[i];
-            if (s->added && s->seq.state != BRIX_SEQ_FINISHED)
-                brix_sched_abort(&e->sched, &s->seq);
-        }
-    } else {
-        api_req_free(r);
-    }
-}
-
-void brix_engine_reap(brix_engine_t *e)
-{
-    while (e->graveyard) {
-        api_req_t *r = e->graveyard;
-        e->graveyard = r->next_dead;
-        api_req_free(r);
-    }
-}
-
-static void on_client_abort(brix_http_req_t *h, void *ud)
-{
-    api_req_t *r = ud;
-    brix_log(BRIX_LOG_INFO, h->id, "\"%s %s\" client disconnected", h->method_name, h->path);
-    api_req_release(r);
-}
-
 /* Sequences' output-token streams depend only on (seed, prompt, request
  * seed, choice index), so a repeated request gets the same text. */
 static uint64_t seq_seed(const brix_engine_t *e, const uint32_t *toks, size_t n, int64_t req_seed,
@@ -330,18 +55,18 @@ static uint64_t seq_seed(const brix_engine_t *e, const uint32_t *toks, size_t n,
 
 /* ------------------------------------------------------------ streaming -- */
 
-static void chunk_head(api_req_t *r, brix_buf_t *b)
+static void chunk_head(brix_api_req_t *r, brix_buf_t *b)
 {
     brix_buf_reset(b);
     brix_buf_append_str(b, "{\"id\":");
     brix_buf_append_json_str(b, r->id, strlen(r->id));
     brix_buf_printf(b, ",\"object\":\"%s\",\"created\":%lld,\"model\":",
-                    r->kind == KIND_CHAT ? "chat.completion.chunk" : "text_completion",
+                    r->kind == BRIX_API_CHAT ? "chat.completion.chunk" : "text_completion",
                     (long long)r->created);
     brix_buf_append_json_str(b, r->model, strlen(r->model));
 }
 
-static size_t total_generated(const api_req_t *r)
+static size_t total_generated(const brix_api_req_t *r)
 {
     size_t g = 0;
     for (size_t i = 0; i < r->n; i++)
@@ -350,14 +75,14 @@ static size_t total_generated(const api_req_t *r)
 }
 
 /* Sends one chunk for sequence s with `text` (may be empty) and finish. */
-static int send_chunk(api_req_t *r, api_seq_t *s, const char *text, size_t len, const char *finish,
-                      bool role)
+static int send_chunk(brix_api_req_t *r, brix_api_seq_t *s, const char *text, size_t len,
+                      const char *finish, bool role)
 {
     /* continuous_usage_stats: the choice's own count, 0 on the role chunk */
     size_t generated = role ? 0 : s->seq.generated;
     brix_buf_t *b = &r->out;
     chunk_head(r, b);
-    if (r->kind == KIND_CHAT) {
+    if (r->kind == BRIX_API_CHAT) {
         brix_buf_printf(b, ",\"choices\":[{\"index\":%u,\"delta\":{", s->index);
         if (role)
             brix_buf_append_str(b, "\"role\":\"assistant\",");
@@ -396,7 +121,7 @@ static int send_chunk(api_req_t *r, api_seq_t *s, const char *text, size_t len, 
                         ",\"usage\":{\"prompt_tokens\":%zu,\"total_tokens\":%zu,"
                         "\"completion_tokens\":%zu}",
                         r->prompt_tokens, r->prompt_tokens + generated, generated);
-    } else if (r->kind == KIND_COMPLETION) {
+    } else if (r->kind == BRIX_API_COMPLETION) {
         brix_buf_append_str(b, ",\"usage\":null");
     }
     brix_buf_append_char(b, '}');
@@ -406,7 +131,7 @@ static int send_chunk(api_req_t *r, api_seq_t *s, const char *text, size_t len, 
 
 /* How many trailing bytes of text could still be the start of a stop string:
  * those are held back while streaming, as vLLM does. */
-static size_t stop_holdback(const api_req_t *r, const brix_buf_t *t)
+static size_t stop_holdback(const brix_api_req_t *r, const brix_buf_t *t)
 {
     size_t hold = 0;
     for (size_t i = 0; i < r->nstops; i++) {
@@ -426,8 +151,8 @@ static size_t stop_holdback(const api_req_t *r, const brix_buf_t *t)
 bool brix_engine_on_token(brix_seq_t *q, uint32_t token, void *ud)
 {
     brix_engine_t *e = ud;
-    api_seq_t *s = q->ud;
-    api_req_t *r = s->r;
+    brix_api_seq_t *s = q->ud;
+    brix_api_req_t *r = s->r;
     double now = e->sched.now;
     if (q->generated == 1)
         brix_metric_observe(e->m.h_ttft, now - q->t_arrival);
@@ -458,7 +183,7 @@ bool brix_engine_on_token(brix_seq_t *q, uint32_t token, void *ud)
     }
     if (r->stream && r->http) {
         bool first = q->generated == 1;
-        if (first && r->kind == KIND_CHAT && send_chunk(r, s, "", 0, NULL, true))
+        if (first && r->kind == BRIX_API_CHAT && send_chunk(r, s, "", 0, NULL, true))
             return stop;
         /* The token that ends the sequence travels in the final chunk with
          * finish_reason (vLLM's framing); the scheduler finishes it right
@@ -481,7 +206,7 @@ bool brix_engine_on_token(brix_seq_t *q, uint32_t token, void *ud)
     return stop;
 }
 
-static void observe_finished(brix_engine_t *e, const api_req_t *r, const brix_seq_t *q)
+static void observe_finished(brix_engine_t *e, const brix_api_req_t *r, const brix_seq_t *q)
 {
     brix_engine_metrics_t *m = &e->m;
     if (q->finish == BRIX_FINISH_STOP)
@@ -503,23 +228,23 @@ static void observe_finished(brix_engine_t *e, const api_req_t *r, const brix_se
     brix_metric_observe(m->h_prompt_tokens, (double)q->prompt_len);
     brix_metric_observe(m->h_generation_tokens, (double)q->generated);
     brix_metric_observe(m->h_max_gen_tokens, (double)q->generated);
-    if (r->kind != KIND_EMBEDDING) {
+    if (r->kind != BRIX_API_EMBEDDING) {
         brix_metric_observe(m->h_params_max_tokens, (double)r->max_tokens);
         brix_metric_observe(m->h_req_tpot,
                             q->generated > 1 ? (last - first) / (double)(q->generated - 1) : 0);
     }
 }
 
-static void write_final(api_req_t *r);
+static void write_final(brix_api_req_t *r);
 
 void brix_engine_on_finish(brix_seq_t *q, void *ud)
 {
     brix_engine_t *e = ud;
-    api_seq_t *s = q->ud;
-    api_req_t *r = s->r;
+    brix_api_seq_t *s = q->ud;
+    brix_api_req_t *r = s->r;
     observe_finished(e, r, q);
     r->pending--;
-    if (r->http && r->stream && r->kind != KIND_EMBEDDING) {
+    if (r->http && r->stream && r->kind != BRIX_API_EMBEDDING) {
         const char *fin = finish_str(q->finish);
         if (send_chunk(r, s, s->text.data ? s->text.data + s->sent : "", s->text.len - s->sent, fin,
                        false) == 0)
@@ -528,13 +253,13 @@ void brix_engine_on_finish(brix_seq_t *q, void *ud)
     if (r->pending == 0 && r->http) {
         write_final(r); /* a failed write releases r through on_abort */
         if (!r->dead)
-            api_req_release(r);
+            brix_api_req_release(r);
     }
 }
 
 /* --------------------------------------------------- final responses -- */
 
-static void write_embeddings(api_req_t *r)
+static void write_embeddings(brix_api_req_t *r)
 {
     brix_buf_t *b = &r->out;
     brix_buf_reset(b);
@@ -593,15 +318,15 @@ static void write_embeddings(api_req_t *r)
         brix_free(v);
     }
     brix_buf_append_str(b, "],\"usage\":");
-    append_usage(b, r->prompt_tokens, 0, false, 0);
+    brix_api_append_usage(b, r->prompt_tokens, 0, false, 0);
     brix_buf_append_char(b, '}');
-    respond_buf(r->http, 200, b);
+    brix_api_respond_buf(r->http, 200, b);
 }
 
-static void write_final(api_req_t *r)
+static void write_final(brix_api_req_t *r)
 {
     brix_http_req_t *h = r->http;
-    if (r->kind == KIND_EMBEDDING) {
+    if (r->kind == BRIX_API_EMBEDDING) {
         write_embeddings(r);
         return;
     }
@@ -623,7 +348,7 @@ static void write_final(api_req_t *r)
         }
         if (brix_http_sse_data(h, "[DONE]", 6))
             return;
-        access_log(h, 200);
+        brix_api_access_log(h, 200);
         brix_http_stream_end(h);
         return;
     }
@@ -632,15 +357,15 @@ static void write_final(api_req_t *r)
     brix_buf_append_str(b, "{\"id\":");
     brix_buf_append_json_str(b, r->id, strlen(r->id));
     brix_buf_printf(b, ",\"object\":\"%s\",\"created\":%lld,\"model\":",
-                    r->kind == KIND_CHAT ? "chat.completion" : "text_completion",
+                    r->kind == BRIX_API_CHAT ? "chat.completion" : "text_completion",
                     (long long)r->created);
     brix_buf_append_json_str(b, r->model, strlen(r->model));
     brix_buf_append_str(b, ",\"choices\":[");
     for (size_t i = 0; i < r->n; i++) {
-        api_seq_t *s = &r->seqs[i];
+        brix_api_seq_t *s = &r->seqs[i];
         const char *txt = s->text.data ? s->text.data : "";
         brix_buf_printf(b, "%s{\"index\":%u,", i ? "," : "", s->index);
-        if (r->kind == KIND_CHAT) {
+        if (r->kind == BRIX_API_CHAT) {
             brix_buf_append_str(b, "\"message\":{\"role\":\"assistant\",\"content\":");
             brix_buf_append_json_str(b, txt, s->text.len);
             brix_buf_append_str(b, ",\"refusal\":null,\"annotations\":null,\"audio\":null,"
@@ -657,160 +382,17 @@ static void write_final(api_req_t *r)
             brix_buf_append_json_str(b, r->stops[s->stop_idx], strlen(r->stops[s->stop_idx]));
         else
             brix_buf_append_str(b, "null");
-        brix_buf_append_str(b, r->kind == KIND_CHAT
+        brix_buf_append_str(b, r->kind == BRIX_API_CHAT
                                    ? ",\"token_ids\":null}"
                                    : ",\"token_ids\":null,\"prompt_logprobs\":null,"
                                      "\"prompt_token_ids\":null}");
     }
     brix_buf_append_str(b, "],\"service_tier\":null,\"system_fingerprint\":null,\"usage\":");
-    append_usage(b, r->prompt_tokens, gen, r->prompt_details, cached);
-    if (r->kind == KIND_CHAT)
+    brix_api_append_usage(b, r->prompt_tokens, gen, r->prompt_details, cached);
+    if (r->kind == BRIX_API_CHAT)
         brix_buf_append_str(b, ",\"prompt_logprobs\":null,\"prompt_token_ids\":null");
     brix_buf_append_str(b, ",\"kv_transfer_params\":null}");
-    respond_buf(h, 200, b);
-}
-
-/* ------------------------------------------------------ prompt building -- */
-
-static int render_chat(brix_http_req_t *h, const cJSON *body, brix_buf_t *text, bool gen_prompt)
-{
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(body, "messages");
-    if (!msgs) {
-        respond_err(h, 400, "BadRequestError", "'messages' is required");
-        return -1;
-    }
-    if (!cJSON_IsArray(msgs) || !cJSON_GetArraySize(msgs)) {
-        respond_err(h, 400, "BadRequestError", "'messages' must be a non-empty array");
-        return -1;
-    }
-    brix_chat_render_begin(text);
-    int i = 0;
-    const cJSON *m;
-    cJSON_ArrayForEach(m, msgs)
-    {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
-            respond_err(h, 400, "BadRequestError",
-                        "messages[%d] must be an object with a string 'role'", i);
-            return -1;
-        }
-        static const char *roles[] = { "system", "user",      "assistant",
-                                       "tool",   "developer", "function" };
-        bool ok = false;
-        for (size_t k = 0; k < sizeof roles / sizeof *roles; k++)
-            ok |= !strcmp(role->valuestring, roles[k]);
-        if (!ok) {
-            respond_err(h, 400, "BadRequestError", "messages[%d].role: unknown role '%s'", i,
-                        role->valuestring);
-            return -1;
-        }
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        brix_buf_t c = BRIX_BUF_INIT;
-        if (cJSON_IsString(content)) {
-            brix_buf_append_str(&c, content->valuestring);
-        } else if (cJSON_IsArray(content)) {
-            const cJSON *part;
-            int j = 0;
-            cJSON_ArrayForEach(part, content)
-            {
-                const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
-                const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
-                if (!cJSON_IsString(type)) {
-                    respond_err(h, 400, "BadRequestError",
-                                "messages[%d].content[%d] needs a string 'type'", i, j);
-                    brix_buf_free(&c);
-                    return -1;
-                }
-                if (strcmp(type->valuestring, "text")) {
-                    respond_err(h, 400, "BadRequestError",
-                                "messages[%d].content[%d]: content type '%s' is not supported: "
-                                "engine-sim serves a text-only model",
-                                i, j, type->valuestring);
-                    brix_buf_free(&c);
-                    return -1;
-                }
-                if (!cJSON_IsString(t)) {
-                    respond_err(h, 400, "BadRequestError",
-                                "messages[%d].content[%d].text must be a string", i, j);
-                    brix_buf_free(&c);
-                    return -1;
-                }
-                brix_buf_append_str(&c, t->valuestring);
-                j++;
-            }
-        } else if (content && !cJSON_IsNull(content)) {
-            respond_err(h, 400, "BadRequestError",
-                        "messages[%d].content must be a string, an array of parts or null", i);
-            return -1;
-        }
-        brix_chat_render_message(text, role->valuestring, c.data ? c.data : "", c.len);
-        brix_buf_free(&c);
-        i++;
-    }
-    brix_chat_render_end(text, gen_prompt);
-    return 0;
-}
-
-/* Appends a JSON token-id array to ids; answers 400 on bad ids. */
-static int take_token_array(brix_http_req_t *h, const cJSON *arr, const char *what, uint32_t **ids,
-                            size_t *n, size_t *cap)
-{
-    const cJSON *t;
-    cJSON_ArrayForEach(t, arr)
-    {
-        if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble >= BRIX_TOK_VOCAB ||
-            floor(t->valuedouble) != t->valuedouble) {
-            respond_err(h, 400, "BadRequestError", "%s: token ids must be integers in [0, %u)",
-                        what, BRIX_TOK_VOCAB);
-            return -1;
-        }
-        if (*n == *cap) {
-            size_t nc = *cap ? *cap * 2 : 64;
-            uint32_t *p = brix_realloc(*ids, nc * sizeof *p);
-            if (!p) {
-                respond_err(h, 500, "InternalServerError", "out of memory");
-                return -1;
-            }
-            *ids = p;
-            *cap = nc;
-        }
-        (*ids)[(*n)++] = (uint32_t)t->valuedouble;
-    }
-    return 0;
-}
-
-static int push_bos(uint32_t **ids, size_t *n, size_t *cap)
-{
-    uint32_t bos = BRIX_TOK_BOS;
-    if (*n == *cap) {
-        uint32_t *p = brix_realloc(*ids, 64 * sizeof *p);
-        if (!p)
-            return -ENOMEM;
-        *ids = p;
-        *cap = 64;
-    }
-    (*ids)[(*n)++] = bos;
-    return 0;
-}
-
-/* A completion or embedding input: string | [int] -> tokens (BOS first for text). */
-static int input_tokens(brix_http_req_t *h, const cJSON *in, const char *what, bool bos,
-                        uint32_t **ids, size_t *n, size_t *cap)
-{
-    if (cJSON_IsString(in)) {
-        if (bos && push_bos(ids, n, cap))
-            return -1;
-        if (brix_tokenize(in->valuestring, strlen(in->valuestring), ids, n, cap)) {
-            respond_err(h, 500, "InternalServerError", "out of memory");
-            return -1;
-        }
-        return 0;
-    }
-    if (cJSON_IsArray(in) && cJSON_GetArraySize(in) > 0)
-        return take_token_array(h, in, what, ids, n, cap);
-    respond_err(h, 400, "BadRequestError", "%s must be a string, or a non-empty array of token ids",
-                what);
-    return -1;
+    brix_api_respond_buf(h, 200, b);
 }
 
 /* --------------------------------------------------------- fault hooks -- */
@@ -838,9 +420,9 @@ static int parse_fault(brix_http_req_t *h, fault_t *f)
     else if (!strcmp(v, "hang"))
         f->hang = true;
     else {
-        respond_err(h, 400, "BadRequestError",
-                    "x-brix-fault: expected status=CODE (400-599), abort-after=N or hang, got '%s'",
-                    v);
+        brix_api_respond_err(
+            h, 400, "BadRequestError",
+            "x-brix-fault: expected status=CODE (400-599), abort-after=N or hang, got '%s'", v);
         return -1;
     }
     return 0;
@@ -854,7 +436,7 @@ static void on_hang_abort(brix_http_req_t *h, void *ud)
 
 /* ------------------------------------------------------- generation API -- */
 
-static int parse_stops(api_req_t *r, brix_http_req_t *h, const cJSON *body)
+static int parse_stops(brix_api_req_t *r, brix_http_req_t *h, const cJSON *body)
 {
     const cJSON *st = cJSON_GetObjectItemCaseSensitive(body, "stop");
     if (!st || cJSON_IsNull(st))
@@ -866,22 +448,23 @@ static int parse_stops(api_req_t *r, brix_http_req_t *h, const cJSON *body)
         return 0;
     }
     if (!cJSON_IsArray(st)) {
-        respond_err(h, 400, "BadRequestError", "'stop' must be a string or an array of strings");
+        brix_api_respond_err(h, 400, "BadRequestError",
+                             "'stop' must be a string or an array of strings");
         return -1;
     }
     const cJSON *s;
     cJSON_ArrayForEach(s, st)
     {
         if (!cJSON_IsString(s)) {
-            respond_err(h, 400, "BadRequestError",
-                        "'stop' must be a string or an array of strings");
+            brix_api_respond_err(h, 400, "BadRequestError",
+                                 "'stop' must be a string or an array of strings");
             return -1;
         }
         if (!*s->valuestring)
             continue;
-        if (r->nstops == MAX_STOPS) {
-            respond_err(h, 400, "BadRequestError", "at most %d stop strings are supported",
-                        MAX_STOPS);
+        if (r->nstops == BRIX_API_MAX_STOPS) {
+            brix_api_respond_err(h, 400, "BadRequestError", "at most %d stop strings are supported",
+                                 BRIX_API_MAX_STOPS);
             return -1;
         }
         r->stops[r->nstops++] = brix_strdup(s->valuestring);
@@ -889,45 +472,19 @@ static int parse_stops(api_req_t *r, brix_http_req_t *h, const cJSON *body)
     return 0;
 }
 
-/* A request of nseqs sequences for `model` (lora may be NULL, then the base
- * model). Answers 500 itself on ENOMEM. The caller sets seqs and handlers. */
-static api_req_t *api_req_new(brix_engine_t *e, brix_http_req_t *h, api_kind_t kind, size_t nseqs,
-                              const char *model, brix_lora_t *lora)
-{
-    api_req_t *r = brix_calloc(1, sizeof *r);
-    if (!r || !(r->seqs = brix_calloc(nseqs, sizeof *r->seqs)) ||
-        !(r->model = brix_strdup(model))) {
-        respond_err(h, 500, "InternalServerError", "out of memory");
-        if (r)
-            brix_free(r->seqs);
-        brix_free(r);
-        return NULL;
-    }
-    e->requests_inflight++;
-    r->e = e;
-    r->http = h;
-    r->kind = kind;
-    r->created = brix_wall_s();
-    if (lora) {
-        r->lora = lora;
-        brix_lora_ref(lora);
-    }
-    return r;
-}
-
-static void handle_generate(brix_engine_t *e, brix_http_req_t *h, api_kind_t kind)
+static void handle_generate(brix_engine_t *e, brix_http_req_t *h, brix_api_kind_t kind)
 {
     brix_json_err_t je;
-    cJSON *body = parse_body(h);
+    cJSON *body = brix_api_parse_body(h);
     if (!body)
         return;
-    api_req_t *r = NULL;
+    brix_api_req_t *r = NULL;
     uint32_t *ids = NULL;
     size_t nids = 0, cap = 0;
     const char *model;
     brix_lora_t *lora;
     fault_t fault;
-    if (resolve_model(e, h, body, &model, &lora) || parse_fault(h, &fault))
+    if (brix_api_resolve_model(e, h, body, &model, &lora) || parse_fault(h, &fault))
         goto out;
 
     /* sampling and output parameters */
@@ -946,10 +503,10 @@ static void handle_generate(brix_engine_t *e, brix_http_req_t *h, api_kind_t kin
         brix_json_get_number(body, "top_p", 1e-9, 1, NULL, &tmp, &je) ||
         brix_json_get_number(body, "presence_penalty", -2, 2, NULL, &tmp, &je) ||
         brix_json_get_number(body, "frequency_penalty", -2, 2, NULL, &tmp, &je)) {
-        respond_json_err(h, &je);
+        brix_api_respond_json_err(h, &je);
         goto out;
     }
-    if (kind == KIND_CHAT && has_mct) {
+    if (kind == BRIX_API_CHAT && has_mct) {
         max_tokens = mct;
         has_mt = true;
     }
@@ -957,34 +514,34 @@ static void handle_generate(brix_engine_t *e, brix_http_req_t *h, api_kind_t kin
     bool include_usage = false, continuous = false;
     if (so && !cJSON_IsNull(so)) {
         if (!stream) {
-            respond_err(h, 400, "BadRequestError",
-                        "Stream options can only be defined when `stream=True`.");
+            brix_api_respond_err(h, 400, "BadRequestError",
+                                 "Stream options can only be defined when `stream=True`.");
             goto out;
         }
         if (!cJSON_IsObject(so)) {
-            respond_err(h, 400, "BadRequestError", "'stream_options' must be an object");
+            brix_api_respond_err(h, 400, "BadRequestError", "'stream_options' must be an object");
             goto out;
         }
         include_usage = true; /* vLLM's StreamOptions.include_usage defaults to true */
         if (brix_json_get_bool(so, "include_usage", &present, &include_usage, &je) ||
             brix_json_get_bool(so, "continuous_usage_stats", NULL, &continuous, &je)) {
-            respond_json_err(h, &je);
+            brix_api_respond_json_err(h, &je);
             goto out;
         }
         continuous = continuous && include_usage;
     }
 
     /* prompt */
-    if (kind == KIND_CHAT) {
+    if (kind == BRIX_API_CHAT) {
         brix_buf_t text = BRIX_BUF_INIT;
         bool gen_prompt = true; /* vLLM's ChatCompletionRequest.add_generation_prompt */
         if (brix_json_get_bool(body, "add_generation_prompt", NULL, &gen_prompt, &je)) {
-            respond_json_err(h, &je);
+            brix_api_respond_json_err(h, &je);
             goto out;
         }
-        int rc = render_chat(h, body, &text, gen_prompt);
+        int rc = brix_api_render_chat(h, body, &text, gen_prompt);
         if (rc == 0 && brix_tokenize(text.data, text.len, &ids, &nids, &cap)) {
-            respond_err(h, 500, "InternalServerError", "out of memory");
+            brix_api_respond_err(h, 500, "InternalServerError", "out of memory");
             rc = -1;
         }
         brix_buf_free(&text);
@@ -993,69 +550,73 @@ static void handle_generate(brix_engine_t *e, brix_http_req_t *h, api_kind_t kin
     } else {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "prompt");
         if (!p) {
-            respond_err(h, 400, "BadRequestError", "'prompt' is required");
+            brix_api_respond_err(h, 400, "BadRequestError", "'prompt' is required");
             goto out;
         }
         if (cJSON_IsArray(p) && cJSON_GetArraySize(p) >= 1 &&
             (cJSON_IsString(p->child) || cJSON_IsArray(p->child))) {
             if (cJSON_GetArraySize(p) > 1) {
-                respond_err(h, 400, "BadRequestError",
-                            "engine-sim takes one prompt per request; send a list of prompts as "
-                            "separate requests");
+                brix_api_respond_err(
+                    h, 400, "BadRequestError",
+                    "engine-sim takes one prompt per request; send a list of prompts as "
+                    "separate requests");
                 goto out;
             }
             p = p->child;
         }
-        if (input_tokens(h, p, "'prompt'", true, &ids, &nids, &cap))
+        if (brix_api_input_tokens(h, p, "'prompt'", true, &ids, &nids, &cap))
             goto out;
         if (cJSON_GetObjectItemCaseSensitive(body, "suffix") &&
             !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(body, "suffix"))) {
-            respond_err(h, 400, "BadRequestError", "suffix is not currently supported");
+            brix_api_respond_err(h, 400, "BadRequestError", "suffix is not currently supported");
             goto out;
         }
     }
     size_t L = (size_t)e->cfg.max_model_len;
     if (nids >= L) {
-        respond_err(h, 400, "BadRequestError",
-                    "This model's maximum context length is %zu tokens. However, your request "
-                    "has %zu input tokens. Please reduce the length of the input messages.",
-                    L, nids);
+        brix_api_respond_err(
+            h, 400, "BadRequestError",
+            "This model's maximum context length is %zu tokens. However, your request "
+            "has %zu input tokens. Please reduce the length of the input messages.",
+            L, nids);
         goto out;
     }
     if (!has_mt)
-        max_tokens = kind == KIND_CHAT ? (int64_t)(L - nids) : 16; /* vLLM's defaults */
+        max_tokens = kind == BRIX_API_CHAT ? (int64_t)(L - nids) : 16; /* vLLM's defaults */
     if ((size_t)max_tokens > L - nids) {
-        if (kind == KIND_CHAT || has_mt) {
-            respond_err(h, 400, "BadRequestError",
-                        "'max_tokens' or 'max_completion_tokens' is too large: %lld. This model's "
-                        "maximum context length is %zu tokens and your request has %zu input "
-                        "tokens (%lld > %zu - %zu).",
-                        (long long)max_tokens, L, nids, (long long)max_tokens, L, nids);
+        if (kind == BRIX_API_CHAT || has_mt) {
+            brix_api_respond_err(
+                h, 400, "BadRequestError",
+                "'max_tokens' or 'max_completion_tokens' is too large: %lld. This model's "
+                "maximum context length is %zu tokens and your request has %zu input "
+                "tokens (%lld > %zu - %zu).",
+                (long long)max_tokens, L, nids, (long long)max_tokens, L, nids);
             goto out;
         }
         max_tokens = (int64_t)(L - nids);
     }
 
     if (min_tokens > max_tokens) {
-        respond_err(h, 400, "BadRequestError",
-                    "min_tokens must be less than or equal to max_tokens=%lld, got %lld.",
-                    (long long)max_tokens, (long long)min_tokens);
+        brix_api_respond_err(h, 400, "BadRequestError",
+                             "min_tokens must be less than or equal to max_tokens=%lld, got %lld.",
+                             (long long)max_tokens, (long long)min_tokens);
         goto out;
     }
 
     /* faults and readiness, after validation like a real server */
-    if (!ready(e)) {
-        respond_err(h, 503, "ServiceUnavailableError", "the model is still loading");
+    if (!brix_api_ready(e)) {
+        brix_api_respond_err(h, 503, "ServiceUnavailableError", "the model is still loading");
         goto out;
     }
     if (fault.status) {
-        respond_err(h, fault.status, NULL, "fault injected by x-brix-fault: status %d",
-                    fault.status);
+        brix_api_respond_err(h, fault.status, NULL, "fault injected by x-brix-fault: status %d",
+                             fault.status);
         goto out;
     }
     if (e->cfg.failure_rate > 0 &&
         (double)(brix_sched_rng_next(&e->rng) >> 11) / 9007199254740992.0 < e->cfg.failure_rate) {
-        respond_err(h, 500, "InternalServerError", "simulated engine failure (--failure-rate)");
+        brix_api_respond_err(h, 500, "InternalServerError",
+                             "simulated engine failure (--failure-rate)");
         goto out;
     }
     if (fault.hang) {
@@ -1065,7 +626,7 @@ static void handle_generate(brix_engine_t *e, brix_http_req_t *h, api_kind_t kin
         goto out;
     }
 
-    if (!(r = api_req_new(e, h, kind, (size_t)n, model, lora)))
+    if (!(r = brix_api_req_new(e, h, kind, (size_t)n, model, lora)))
         goto out;
     r->stream = stream;
     r->include_usage = include_usage;
@@ -1073,28 +634,28 @@ static void handle_generate(brix_engine_t *e, brix_http_req_t *h, api_kind_t kin
     r->abort_after = fault.abort_after;
     r->max_tokens = max_tokens;
     r->prompt_tokens = nids;
-    snprintf(r->id, sizeof r->id, "%s%s", kind == KIND_CHAT ? "chatcmpl-" : "cmpl-", h->id);
+    snprintf(r->id, sizeof r->id, "%s%s", kind == BRIX_API_CHAT ? "chatcmpl-" : "cmpl-", h->id);
     if (parse_stops(r, h, body)) {
-        api_req_free(r);
+        brix_api_req_free(r);
         r = NULL;
         goto out;
     }
     h->ud = r;
-    h->on_abort = on_client_abort;
+    h->on_abort = brix_api_req_on_abort;
     r->n = (size_t)n;
     r->pending = r->n;
     brix_metric_observe(e->m.h_params_n, (double)n);
     for (size_t i = 0; i < r->n; i++) {
-        api_seq_t *s = &r->seqs[i];
+        brix_api_seq_t *s = &r->seqs[i];
         s->r = r;
         s->index = (uint32_t)i;
         s->stop_idx = -1;
         if (brix_seq_init(&s->seq, ids, nids, (size_t)max_tokens)) {
             r->n = i;
             r->pending = 0;
-            respond_err(h, 500, "InternalServerError", "out of memory");
+            brix_api_respond_err(h, 500, "InternalServerError", "out of memory");
             h->on_abort = NULL;
-            api_req_free(r);
+            brix_api_req_free(r);
             r = NULL;
             goto out;
         }
@@ -1125,28 +686,29 @@ out:
 static void handle_embeddings(brix_engine_t *e, brix_http_req_t *h)
 {
     brix_json_err_t je;
-    cJSON *body = parse_body(h);
+    cJSON *body = brix_api_parse_body(h);
     if (!body)
         return;
     const char *model, *fmt = "float";
     brix_lora_t *lora;
     int64_t dims = e->cfg.embedding_dim;
     bool has_dims = false;
-    api_req_t *r = NULL;
-    if (resolve_model(e, h, body, &model, &lora))
+    brix_api_req_t *r = NULL;
+    if (brix_api_resolve_model(e, h, body, &model, &lora))
         goto out;
     if (brix_json_get_string(body, "encoding_format", NULL, &fmt, &je) ||
         brix_json_get_int(body, "dimensions", 1, e->cfg.embedding_dim, &has_dims, &dims, &je)) {
-        respond_json_err(h, &je);
+        brix_api_respond_json_err(h, &je);
         goto out;
     }
     if (strcmp(fmt, "float") && strcmp(fmt, "base64")) {
-        respond_err(h, 400, "BadRequestError", "'encoding_format' must be 'float' or 'base64'");
+        brix_api_respond_err(h, 400, "BadRequestError",
+                             "'encoding_format' must be 'float' or 'base64'");
         goto out;
     }
     const cJSON *in = cJSON_GetObjectItemCaseSensitive(body, "input");
     if (!in) {
-        respond_err(h, 400, "BadRequestError", "'input' is required");
+        brix_api_respond_err(h, 400, "BadRequestError", "'input' is required");
         goto out;
     }
     /* input: string | [string] | [int] | [[int]] */
@@ -1156,14 +718,15 @@ static void handle_embeddings(brix_engine_t *e, brix_http_req_t *h)
     if (list)
         count = (size_t)cJSON_GetArraySize(in);
     if (count > MAX_EMBED_IN) {
-        respond_err(h, 400, "BadRequestError", "at most %d inputs per request", MAX_EMBED_IN);
+        brix_api_respond_err(h, 400, "BadRequestError", "at most %d inputs per request",
+                             MAX_EMBED_IN);
         goto out;
     }
-    if (!ready(e)) {
-        respond_err(h, 503, "ServiceUnavailableError", "the model is still loading");
+    if (!brix_api_ready(e)) {
+        brix_api_respond_err(h, 503, "ServiceUnavailableError", "the model is still loading");
         goto out;
     }
-    if (!(r = api_req_new(e, h, KIND_EMBEDDING, count, model, lora)))
+    if (!(r = brix_api_req_new(e, h, BRIX_API_EMBEDDING, count, model, lora)))
         goto out;
     r->b64 = !strcmp(fmt, "base64");
     r->dims = dims;
@@ -1172,20 +735,21 @@ static void handle_embeddings(brix_engine_t *e, brix_http_req_t *h)
     for (size_t i = 0; i < count; i++, item = item->next) {
         uint32_t *ids = NULL;
         size_t nids = 0, cap = 0;
-        api_seq_t *s = &r->seqs[i];
-        if (input_tokens(h, item, "'input'", true, &ids, &nids, &cap)) {
+        brix_api_seq_t *s = &r->seqs[i];
+        if (brix_api_input_tokens(h, item, "'input'", true, &ids, &nids, &cap)) {
             brix_free(ids);
-            api_req_free(r);
+            brix_api_req_free(r);
             r = NULL;
             goto out;
         }
         if (nids > (size_t)e->cfg.max_model_len) {
-            respond_err(h, 400, "BadRequestError",
-                        "This model's maximum context length is %lld tokens. However, input %zu "
-                        "has %zu tokens. Please reduce the length of the input.",
-                        (long long)e->cfg.max_model_len, i, nids);
+            brix_api_respond_err(
+                h, 400, "BadRequestError",
+                "This model's maximum context length is %lld tokens. However, input %zu "
+                "has %zu tokens. Please reduce the length of the input.",
+                (long long)e->cfg.max_model_len, i, nids);
             brix_free(ids);
-            api_req_free(r);
+            brix_api_req_free(r);
             r = NULL;
             goto out;
         }
@@ -1193,8 +757,8 @@ static void handle_embeddings(brix_engine_t *e, brix_http_req_t *h)
         brix_free(ids);
         r->n = i + 1;
         if (rc) {
-            respond_err(h, 500, "InternalServerError", "out of memory");
-            api_req_free(r);
+            brix_api_respond_err(h, 500, "InternalServerError", "out of memory");
+            brix_api_req_free(r);
             r = NULL;
             goto out;
         }
@@ -1208,7 +772,7 @@ static void handle_embeddings(brix_engine_t *e, brix_http_req_t *h)
     }
     r->pending = r->n;
     h->ud = r;
-    h->on_abort = on_client_abort;
+    h->on_abort = brix_api_req_on_abort;
     double now = brix_engine_now(e);
     for (size_t i = 0; i < r->n; i++)
         if (brix_sched_add(&e->sched, &r->seqs[i].seq, now) == 0)
@@ -1270,14 +834,14 @@ static void handle_models(brix_engine_t *e, brix_http_req_t *h)
         models_entry(&b, e->loras.v[i]->name, e->loras.v[i]->path, e->served, 0, now);
     }
     brix_buf_append_str(&b, "]}");
-    respond_buf(h, 200, &b);
+    brix_api_respond_buf(h, 200, &b);
     brix_buf_free(&b);
 }
 
 static void handle_tokenize(brix_engine_t *e, brix_http_req_t *h)
 {
     brix_json_err_t je;
-    cJSON *body = parse_body(h);
+    cJSON *body = brix_api_parse_body(h);
     if (!body)
         return;
     const char *model;
@@ -1286,7 +850,7 @@ static void handle_tokenize(brix_engine_t *e, brix_http_req_t *h)
     uint32_t *ids = NULL;
     size_t n = 0, cap = 0;
     brix_buf_t text = BRIX_BUF_INIT, b = BRIX_BUF_INIT;
-    if (resolve_model(e, h, body, &model, &lora))
+    if (brix_api_resolve_model(e, h, body, &model, &lora))
         goto out;
     bool chat = cJSON_GetObjectItemCaseSensitive(body, "messages") != NULL;
     if (chat)
@@ -1294,24 +858,25 @@ static void handle_tokenize(brix_engine_t *e, brix_http_req_t *h)
     if (brix_json_get_bool(body, "return_token_strs", NULL, &strs, &je) ||
         brix_json_get_bool(body, "add_special_tokens", NULL, &add_special, &je) ||
         brix_json_get_bool(body, "add_generation_prompt", NULL, &gen_prompt, &je)) {
-        respond_json_err(h, &je);
+        brix_api_respond_json_err(h, &je);
         goto out;
     }
     if (chat) {
-        if (render_chat(h, body, &text, gen_prompt))
+        if (brix_api_render_chat(h, body, &text, gen_prompt))
             goto out;
     } else {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "prompt");
         if (!cJSON_IsString(p)) {
-            respond_err(h, 400, "BadRequestError", "'prompt' (a string) or 'messages' is required");
+            brix_api_respond_err(h, 400, "BadRequestError",
+                                 "'prompt' (a string) or 'messages' is required");
             goto out;
         }
-        if (add_special && push_bos(&ids, &n, &cap))
+        if (add_special && brix_api_push_bos(&ids, &n, &cap))
             goto out;
         brix_buf_append_str(&text, p->valuestring);
     }
     if (brix_tokenize(text.data ? text.data : "", text.len, &ids, &n, &cap)) {
-        respond_err(h, 500, "InternalServerError", "out of memory");
+        brix_api_respond_err(h, 500, "InternalServerError", "out of memory");
         goto out;
     }
     brix_buf_printf(&b, "{\"count\":%zu,\"max_model_len\":%lld,\"tokens\":[", n,
@@ -1339,7 +904,7 @@ static void handle_tokenize(brix_engine_t *e, brix_http_req_t *h)
         brix_buf_append_str(&b, "null");
     }
     brix_buf_append_char(&b, '}');
-    respond_buf(h, 200, &b);
+    brix_api_respond_buf(h, 200, &b);
 out:
     brix_free(ids);
     brix_buf_free(&text);
@@ -1349,17 +914,17 @@ out:
 
 static void handle_detokenize(brix_engine_t *e, brix_http_req_t *h)
 {
-    cJSON *body = parse_body(h);
+    cJSON *body = brix_api_parse_body(h);
     if (!body)
         return;
     const char *model;
     brix_lora_t *lora;
     brix_buf_t b = BRIX_BUF_INIT, text = BRIX_BUF_INIT;
-    if (resolve_model(e, h, body, &model, &lora))
+    if (brix_api_resolve_model(e, h, body, &model, &lora))
         goto out;
     const cJSON *toks = cJSON_GetObjectItemCaseSensitive(body, "tokens");
     if (!cJSON_IsArray(toks)) {
-        respond_err(h, 400, "BadRequestError", "'tokens' must be an array of token ids");
+        brix_api_respond_err(h, 400, "BadRequestError", "'tokens' must be an array of token ids");
         goto out;
     }
     static const char *special[] = { NULL,         "<|begin_of_text|>",   "<|end_of_text|>",
@@ -1368,8 +933,8 @@ static void handle_detokenize(brix_engine_t *e, brix_http_req_t *h)
     cJSON_ArrayForEach(t, toks)
     {
         if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble >= BRIX_TOK_VOCAB) {
-            respond_err(h, 400, "BadRequestError", "token ids must be integers in [0, %u)",
-                        BRIX_TOK_VOCAB);
+            brix_api_respond_err(h, 400, "BadRequestError", "token ids must be integers in [0, %u)",
+                                 BRIX_TOK_VOCAB);
             goto out;
         }
         uint32_t id = (uint32_t)t->valuedouble;
@@ -1389,7 +954,7 @@ static void handle_detokenize(brix_engine_t *e, brix_http_req_t *h)
     brix_buf_append_str(&b, "{\"prompt\":");
     brix_buf_append_json_str(&b, text.data ? text.data : "", text.len);
     brix_buf_append_char(&b, '}');
-    respond_buf(h, 200, &b);
+    brix_api_respond_buf(h, 200, &b);
 out:
     brix_buf_free(&b);
     brix_buf_free(&text);
@@ -1430,18 +995,18 @@ static void on_lora_loaded(uv_timer_t *t)
     h->on_abort = NULL;
     e->requests_inflight--;
     if (brix_lora_find(&e->loras, ll->name)) {
-        respond_err(h, 400, "InvalidUserInput", "The lora adapter '%s' has already been loaded.",
-                    ll->name);
+        brix_api_respond_err(h, 400, "InvalidUserInput",
+                             "The lora adapter '%s' has already been loaded.", ll->name);
     } else {
         brix_lora_t *l = brix_lora_add(&e->loras, ll->name, ll->path);
         if (!l) {
-            respond_err(h, 500, "InternalServerError", "out of memory");
+            brix_api_respond_err(h, 500, "InternalServerError", "out of memory");
         } else {
             brix_lora_ensure_cpu(&e->loras, l, 0);
             BRIX_INFO("loaded LoRA adapter '%s' from %s (id %lld)", l->name, l->path,
                       (long long)l->id);
             snprintf(msg, sizeof msg, "Success: LoRA adapter '%s' added successfully.", ll->name);
-            respond_plain(h, 200, msg);
+            brix_api_respond_plain(h, 200, msg);
         }
     }
     uv_close((uv_handle_t *)&ll->timer, lora_load_closed);
@@ -1450,8 +1015,8 @@ static void on_lora_loaded(uv_timer_t *t)
 static bool lora_enabled(brix_engine_t *e, brix_http_req_t *h)
 {
     if (!e->cfg.enable_lora) {
-        respond_err(h, 404, "NotFoundError",
-                    "LoRA is not enabled on this engine (start it with --enable-lora)");
+        brix_api_respond_err(h, 404, "NotFoundError",
+                             "LoRA is not enabled on this engine (start it with --enable-lora)");
         return false;
     }
     return true;
@@ -1462,33 +1027,33 @@ static void handle_load_lora(brix_engine_t *e, brix_http_req_t *h)
     if (!lora_enabled(e, h))
         return;
     brix_json_err_t je;
-    cJSON *body = parse_body(h);
+    cJSON *body = brix_api_parse_body(h);
     if (!body)
         return;
     const char *name = NULL, *path = NULL;
     if (brix_json_get_string(body, "lora_name", NULL, &name, &je) ||
         brix_json_get_string(body, "lora_path", NULL, &path, &je)) {
-        respond_json_err(h, &je);
+        brix_api_respond_json_err(h, &je);
         goto out;
     }
     if (!name || !*name || !path || !*path) {
-        respond_err(h, 400, "InvalidUserInput",
-                    "Both 'lora_name' and 'lora_path' must be provided.");
+        brix_api_respond_err(h, 400, "InvalidUserInput",
+                             "Both 'lora_name' and 'lora_path' must be provided.");
         goto out;
     }
     if (brix_lora_find(&e->loras, name)) {
-        respond_err(h, 400, "InvalidUserInput", "The lora adapter '%s' has already been loaded.",
-                    name);
+        brix_api_respond_err(h, 400, "InvalidUserInput",
+                             "The lora adapter '%s' has already been loaded.", name);
         goto out;
     }
-    if (is_served_name(e, name)) {
-        respond_err(h, 400, "InvalidUserInput",
-                    "The lora adapter name '%s' is the base model's name.", name);
+    if (brix_api_is_served_name(e, name)) {
+        brix_api_respond_err(h, 400, "InvalidUserInput",
+                             "The lora adapter name '%s' is the base model's name.", name);
         goto out;
     }
     struct stat st;
     if (e->cfg.lora_path_check && stat(path, &st) != 0) {
-        respond_err(h, 404, "NotFoundError", "No adapter found for %s", path);
+        brix_api_respond_err(h, 404, "NotFoundError", "No adapter found for %s", path);
         goto out;
     }
     lora_load_t *ll = brix_calloc(1, sizeof *ll);
@@ -1497,7 +1062,7 @@ static void handle_load_lora(brix_engine_t *e, brix_http_req_t *h)
             brix_free(ll->name);
             brix_free(ll);
         }
-        respond_err(h, 500, "InternalServerError", "out of memory");
+        brix_api_respond_err(h, 500, "InternalServerError", "out of memory");
         goto out;
     }
     ll->e = e;
@@ -1518,27 +1083,28 @@ static void handle_unload_lora(brix_engine_t *e, brix_http_req_t *h)
     if (!lora_enabled(e, h))
         return;
     brix_json_err_t je;
-    cJSON *body = parse_body(h);
+    cJSON *body = brix_api_parse_body(h);
     if (!body)
         return;
     const char *name = NULL;
     char msg[512];
     if (brix_json_get_string(body, "lora_name", NULL, &name, &je)) {
-        respond_json_err(h, &je);
+        brix_api_respond_json_err(h, &je);
         goto out;
     }
     if (!name || !*name) {
-        respond_err(h, 400, "InvalidUserInput",
-                    "'lora_name' needs to be provided to unload a LoRA adapter.");
+        brix_api_respond_err(h, 400, "InvalidUserInput",
+                             "'lora_name' needs to be provided to unload a LoRA adapter.");
         goto out;
     }
     if (brix_lora_remove(&e->loras, name)) {
-        respond_err(h, 404, "NotFoundError", "The lora adapter '%s' cannot be found.", name);
+        brix_api_respond_err(h, 404, "NotFoundError", "The lora adapter '%s' cannot be found.",
+                             name);
         goto out;
     }
     BRIX_INFO("unloaded LoRA adapter '%s'", name);
     snprintf(msg, sizeof msg, "Success: LoRA adapter '%s' removed successfully.", name);
-    respond_plain(h, 200, msg);
+    brix_api_respond_plain(h, 200, msg);
 out:
     cJSON_Delete(body);
 }
@@ -1587,13 +1153,13 @@ void brix_engine_handle(brix_http_req_t *h, void *ud)
         }
     }
     if (!rt) {
-        respond_err(h, 404, "NotFoundError", "no route for %s %s", h->method_name, p);
+        brix_api_respond_err(h, 404, "NotFoundError", "no route for %s %s", h->method_name, p);
         return;
     }
     if (rt->method != m && !(m == HTTP_POST && !strcmp(p, "/ping"))) {
         brix_http_add_header(h, "allow", rt->method == HTTP_GET ? "GET, HEAD" : "POST");
-        respond_err(h, 405, "MethodNotAllowedError", "method %s is not allowed on %s",
-                    h->method_name, p);
+        brix_api_respond_err(h, 405, "MethodNotAllowedError", "method %s is not allowed on %s",
+                             h->method_name, p);
         return;
     }
     if (e->cfg.api_key && !strncmp(p, "/v1", 3)) {
@@ -1606,7 +1172,7 @@ void brix_engine_handle(brix_http_req_t *h, void *ud)
         }
     }
     if (!strcmp(p, "/health") || !strcmp(p, "/ping")) {
-        brix_http_respond(h, ready(e) && !e->draining ? 200 : 503, NULL, NULL, 0);
+        brix_http_respond(h, brix_api_ready(e) && !e->draining ? 200 : 503, NULL, NULL, 0);
     } else if (!strcmp(p, "/version")) {
         static const char v[] =
             "{\"version\":\"" BRIX_VLLM_VERSION "\",\"brix\":\"" BRIX_VERSION "\"}";
@@ -1616,9 +1182,9 @@ void brix_engine_handle(brix_http_req_t *h, void *ud)
     } else if (!strcmp(p, "/v1/models")) {
         handle_models(e, h);
     } else if (!strcmp(p, "/v1/chat/completions")) {
-        handle_generate(e, h, KIND_CHAT);
+        handle_generate(e, h, BRIX_API_CHAT);
     } else if (!strcmp(p, "/v1/completions")) {
-        handle_generate(e, h, KIND_COMPLETION);
+        handle_generate(e, h, BRIX_API_COMPLETION);
     } else if (!strcmp(p, "/v1/embeddings")) {
         handle_embeddings(e, h);
     } else if (!strcmp(p, "/tokenize")) {
