@@ -5,10 +5,10 @@
  * top-level key), model resolution (served names and LoRA adapters), the
  * chat template and token inputs, and the request lifecycle.
  *
- * The API is split by endpoint: api.c (the router, /v1/models, /tokenize,
- * /detokenize, /metrics), api_generate.c (chat and text completions, and
- * the scheduler's callbacks), api_embed.c (/v1/embeddings) and api_lora.c
- * (adapter load and unload).
+ * The API is split by endpoint: api.c (the router, /health, /version,
+ * /metrics, /tokenize, /detokenize), api_generate.c (chat and text
+ * completions, and the scheduler's callbacks), api_embed.c (/v1/embeddings)
+ * and api_models.c (/v1/models, LoRA adapter load and unload).
  *
  * Ownership: a brix_api_req_t owns its sequences and their texts, its stop
  * strings, its model name, its output buffer and one reference to its LoRA
