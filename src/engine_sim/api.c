@@ -15,6 +15,7 @@
 #include "engine_sim/api_request.h"
 #include "engine_sim/engine.h"
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 #include <xxhash.h>
@@ -115,7 +116,9 @@ static void handle_detokenize(brix_engine_t *e, brix_http_req_t *h)
     const cJSON *t;
     cJSON_ArrayForEach(t, toks)
     {
-        if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble >= BRIX_TOK_VOCAB) {
+        /* 1.5 is refused as vLLM's list[int] refuses it, not truncated to 1 */
+        if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble >= BRIX_TOK_VOCAB ||
+            floor(t->valuedouble) != t->valuedouble) {
             brix_api_respond_err(h, 400, "BadRequestError", "token ids must be integers in [0, %u)",
                                  BRIX_TOK_VOCAB);
             goto out;
