@@ -55,8 +55,10 @@ static void handle_tokenize(brix_engine_t *e, brix_http_req_t *h)
                                  "'prompt' (a string) or 'messages' is required");
             goto out;
         }
-        if (add_special && brix_api_push_bos(&ids, &n, &cap))
+        if (add_special && brix_api_push_bos(&ids, &n, &cap)) {
+            brix_api_respond_err(h, 500, "InternalServerError", "out of memory");
             goto out;
+        }
         brix_buf_append_str(&text, p->valuestring);
     }
     if (brix_tokenize(text.data ? text.data : "", text.len, &ids, &n, &cap)) {

@@ -409,9 +409,8 @@ int brix_api_input_tokens(brix_http_req_t *h, const cJSON *in, const char *what,
                           uint32_t **ids, size_t *n, size_t *cap)
 {
     if (cJSON_IsString(in)) {
-        if (bos && brix_api_push_bos(ids, n, cap))
-            return -1;
-        if (brix_tokenize(in->valuestring, strlen(in->valuestring), ids, n, cap)) {
+        if ((bos && brix_api_push_bos(ids, n, cap)) ||
+            brix_tokenize(in->valuestring, strlen(in->valuestring), ids, n, cap)) {
             brix_api_respond_err(h, 500, "InternalServerError", "out of memory");
             return -1;
         }
