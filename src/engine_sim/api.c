@@ -1,1283 +1,31 @@
 /*
- * The engine's HTTP API: vLLM's OpenAI-compatible routes, request validation
- * with vLLM's statuses and messages, and response formatting (JSON and SSE)
- * in the shapes vLLM v0.11 produces.
- *
- * A generation request becomes an api_req with one api_seq per choice (n) or
- * per embedding input. Sequences are handed to the scheduler; its callbacks
- * (brix_engine_on_token / on_finish) stream chunks or, when the last sequence
- * finishes, write the whole response. If the client disconnects, on_abort
- * removes the sequences from the scheduler and frees everything at once.
+ * The engine's HTTP API: the router (vLLM's routes and methods, and the
+ * --api-key check on /v1), the endpoints that need no model (/health,
+ * /ping, /version, /metrics) and the tokenizer's, /tokenize and
+ * /detokenize. Generation, embeddings and the model catalogue have their
+ * own modules (listed in api_request.h); statuses, messages and response
+ * shapes are vLLM v0.11's.
  */
-#include "core/alloc.h"
 #include "core/json.h"
-#include "core/log.h"
 #include "core/time.h"
 #include "core/tokenizer.h"
+#include "engine_sim/api_embed.h"
+#include "engine_sim/api_generate.h"
+#include "engine_sim/api_models.h"
+#include "engine_sim/api_request.h"
 #include "engine_sim/engine.h"
 
-#include <ctype.h>
-#include <errno.h>
 #include <math.h>
-#include <stdio.h>
-#include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
-#include <strings.h>
-#include <sys/stat.h>
 #include <xxhash.h>
 
-#define MAX_N        128 /* choices per request */
-#define MAX_STOPS    16
-#define MAX_EMBED_IN 2048 /* inputs per embeddings request */
-
-typedef enum api_kind { KIND_CHAT, KIND_COMPLETION, KIND_EMBEDDING } api_kind_t;
-
-typedef struct api_req api_req_t;
-
-typedef struct api_seq {
-    brix_seq_t seq;
-    api_req_t *r;
-    uint32_t index;
-    brix_buf_t text; /* generated text (truncated at a stop string) */
-    size_t sent;     /* bytes of text already streamed */
-    int stop_idx;    /* index of the matched stop string, -1 = none */
-    bool added;      /* handed to the scheduler */
-} api_seq_t;
-
-struct api_req {
-    brix_engine_t *e;
-    brix_http_req_t *http; /* NULL once the client is gone */
-    api_kind_t kind;
-    bool stream, include_usage, continuous_usage, prompt_details;
-    bool dead;            /* client gone: released, possibly waiting in the graveyard */
-    api_req_t *next_dead; /* graveyard link */
-    char id[96];
-    int64_t created;
-    char *model;       /* as the client named it */
-    brix_lora_t *lora; /* holds a reference */
-    char *stops[MAX_STOPS];
-    size_t nstops;
-    size_t n, pending;
-    api_seq_t *seqs;
-    size_t prompt_tokens; /* per sequence (sum over inputs for embeddings) */
-    int64_t max_tokens;   /* effective */
-    int64_t abort_after;  /* fault injection: reset the connection after N chunks */
-    size_t chunks_sent;
-    bool b64; /* embeddings encoding_format base64 */
-    int64_t dims;
-    brix_buf_t out;
-};
-
-/* ------------------------------------------------------------ helpers -- */
-
-static int respond_err(brix_http_req_t *h, int status, const char *type, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-
-static int respond_err(brix_http_req_t *h, int status, const char *type, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    BRIX_DEBUG("%s %s -> %d: %s", h->method_name, h->path, status, msg);
-    return brix_http_respond_error(h, status, type, NULL, NULL, "%s", msg);
-}
-
-static int respond_json_err(brix_http_req_t *h, const brix_json_err_t *je)
-{
-    return brix_http_respond_error(h, 400, "BadRequestError", NULL, je->param[0] ? je->param : NULL,
-                                   "%s", je->msg);
-}
-
-static void access_log(brix_http_req_t *h, int status)
-{
-    /* GETs are mostly control-plane polling (/v1/models): debug level */
-    double ms = (double)(brix_now_ns() - h->start_ns) / 1e6;
-    brix_log(h->method == HTTP_GET ? BRIX_LOG_DEBUG : BRIX_LOG_INFO, h->id, "\"%s %s\" %d %.1fms",
-             h->method_name, h->path, status, ms);
-}
-
-static void respond_plain(brix_http_req_t *h, int status, const char *body)
-{
-    access_log(h, status);
-    brix_http_respond(h, status, "text/plain; charset=utf-8", body, strlen(body));
-}
-
-static void respond_buf(brix_http_req_t *h, int status, brix_buf_t *b)
-{
-    access_log(h, status);
-    brix_http_respond(h, status, "application/json", b->data, b->len);
-}
-
-static bool ready(brix_engine_t *e)
-{
-    return brix_engine_now(e) >= e->ready_at;
-}
-
-static bool is_served_name(const brix_engine_t *e, const char *name)
-{
-    if (!e->cfg.served_model_name.n)
-        return !strcmp(name, e->cfg.model);
-    for (size_t i = 0; i < e->cfg.served_model_name.n; i++)
-        if (!strcmp(name, e->cfg.served_model_name.v[i]))
-            return true;
-    return false;
-}
-
-/* Resolves `model` (absent = the base model). Answers 404 itself when unknown. */
-static int resolve_model(brix_engine_t *e, brix_http_req_t *h, const cJSON *body, const char **name,
-                         brix_lora_t **lora)
-{
-    brix_json_err_t je;
-    bool present = false;
-    *name = e->served;
-    *lora = NULL;
-    if (brix_json_get_string(body, "model", &present, name, &je)) {
-        respond_json_err(h, &je);
-        return -1;
-    }
-    if (!present || is_served_name(e, *name)) {
-        if (!present)
-            *name = e->served;
-        return 0;
-    }
-    if (e->cfg.enable_lora && (*lora = brix_lora_find(&e->loras, *name)))
-        return 0;
-    respond_err(h, 404, "NotFoundError", "The model `%s` does not exist.", *name);
-    return -1;
-}
-
-/* vLLM's validate_json_request: the media type (before any ';'), without
- * case, must be exactly application/json; a missing header fails too. */
-static bool json_content_type_ok(brix_http_req_t *h)
-{
-    const char *ct = brix_http_req_header(h, "content-type");
-    if (!ct)
-        return false;
-    size_t n = strcspn(ct, ";");
-    while (n && (ct[n - 1] == ' ' || ct[n - 1] == '\t'))
-        n--;
-    return n == 16 && !strncasecmp(ct, "application/json", 16);
-}
-
-static int cmp_key(const void *a, const void *b)
-{
-    return strcmp(*(const char *const *)a, *(const char *const *)b);
-}
-
-/* The first top-level key that occurs twice, or NULL. Keys are compared as
- * cJSON decoded them (escapes resolved, cut at a \u0000), which is what
- * the lookups below see: {"model":"a","mod\u0065l":"b"} has "model" twice.
- * vLLM would take the last copy and cJSON takes the first, so a gateway in
- * front could check one while this engine serves the other: refused, as
- * the gateway refuses it. *oom is set when the check could not run. */
-static const char *duplicate_key(const cJSON *obj, bool *oom)
-{
-    size_t n = 0;
-    for (const cJSON *c = obj->child; c; c = c->next)
-        n++;
-    *oom = false;
-    if (n < 2)
-        return NULL;
-    const char **keys = brix_malloc(n * sizeof *keys);
-    if (!keys) {
-        *oom = true;
-        return NULL;
-    }
-    size_t i = 0;
-    for (const cJSON *c = obj->child; c; c = c->next)
-        keys[i++] = c->string ? c->string : "";
-    qsort(keys, n, sizeof *keys, cmp_key); /* n log n: bodies may have many keys */
-    const char *dup = NULL;
-    for (i = 1; i < n && !dup; i++)
-        if (!strcmp(keys[i - 1], keys[i]))
-            dup = keys[i];
-    brix_free(keys);
-    return dup;
-}
-
-/* Parses the body as a JSON object, answering 400 when it is not. */
-static cJSON *parse_body(brix_http_req_t *h)
-{
-    brix_json_err_t je;
-    if (!json_content_type_ok(h)) {
-        respond_err(h, 400, "BadRequestError",
-                    "Unsupported Media Type: Only 'application/json' is allowed");
-        return NULL;
-    }
-    cJSON *j;
-    if (brix_json_parse(h->body.data, h->body.len, &j, &je)) {
-        respond_json_err(h, &je);
-        return NULL;
-    }
-    if (!cJSON_IsObject(j)) {
-        respond_err(h, 400, "BadRequestError", "request body must be a JSON object");
-        cJSON_Delete(j);
-        return NULL;
-    }
-    bool oom;
-    const char *dup = duplicate_key(j, &oom);
-    if (dup || oom) {
-        if (oom)
-            respond_err(h, 500, "InternalServerError", "out of memory");
-        else
-            brix_http_respond_error(h, 400, "BadRequestError", NULL, dup,
-                                    "the request body has the key '%.64s' more than once", dup);
-        cJSON_Delete(j);
-        return NULL;
-    }
-    return j;
-}
-
-static void append_usage(brix_buf_t *b, size_t prompt, size_t completion, bool details,
-                         size_t cached)
-{
-    brix_buf_printf(b, "{\"prompt_tokens\":%zu,\"total_tokens\":%zu,\"completion_tokens\":%zu",
-                    prompt, prompt + completion, completion);
-    if (details)
-        brix_buf_printf(b, ",\"prompt_tokens_details\":{\"cached_tokens\":%zu}}", cached);
-    else
-        brix_buf_append_str(b, ",\"prompt_tokens_details\":null}");
-}
-
-static const char *finish_str(brix_finish_t f)
-{
-    switch (f) {
-    case BRIX_FINISH_STOP:
-        return "stop";
-    case BRIX_FINISH_LENGTH:
-        return "length";
-    case BRIX_FINISH_ABORT:
-        return "abort";
-    default:
-        return NULL;
-    }
-}
-
-/* ------------------------------------------------------ request state -- */
-
-static void api_req_free(api_req_t *r)
-{
-    brix_engine_t *e = r->e;
-    for (size_t i = 0; i < r->n; i++) {
-        api_seq_t *s = &r->seqs[i];
-        if (s->added && s->seq.state != BRIX_SEQ_FINISHED)
-            brix_sched_abort(&e->sched, &s->seq);
-        brix_seq_free(&s->seq);
-        brix_buf_free(&s->text);
-    }
-    for (size_t i = 0; i < r->nstops; i++)
-        brix_free(r->stops[i]);
-    if (r->lora)
-        brix_lora_unref(&e->loras, r->lora);
-    brix_free(r->model);
-    brix_free(r->seqs);
-    brix_buf_free(&r->out);
-    brix_free(r);
-    e->requests_inflight--;
-}
-
-/*
- * Requests are released while the scheduler may be in the middle of a step
- * that still points at their sequences (a write fails inside on_token, or
- * the last sequence finishes): during a commit they go to a graveyard that
- * brix_engine_reap() empties after the step.
- */
-static void api_req_release(api_req_t *r)
-{
-    brix_engine_t *e = r->e;
-    r->dead = true;
-    r->http = NULL;
-    if (e->in_commit) {
-        r->next_dead = e->graveyard;
-        e->graveyard = r;
-        /* take the sequences out of the scheduler now */
-        for (size_t i = 0; i < r->n; i++) {
-            api_seq_t *s = &r->seqs[i];
-            if (s->added && s->seq.state != BRIX_SEQ_FINISHED)
-                brix_sched_abort(&e->sched, &s->seq);
-        }
-    } else {
-        api_req_free(r);
-    }
-}
-
-void brix_engine_reap(brix_engine_t *e)
-{
-    while (e->graveyard) {
-        api_req_t *r = e->graveyard;
-        e->graveyard = r->next_dead;
-        api_req_free(r);
-    }
-}
-
-static void on_client_abort(brix_http_req_t *h, void *ud)
-{
-    api_req_t *r = ud;
-    brix_log(BRIX_LOG_INFO, h->id, "\"%s %s\" client disconnected", h->method_name, h->path);
-    api_req_release(r);
-}
-
-/* Sequences' output-token streams depend only on (seed, prompt, request
- * seed, choice index), so a repeated request gets the same text. */
-static uint64_t seq_seed(const brix_engine_t *e, const uint32_t *toks, size_t n, int64_t req_seed,
-                         uint32_t index)
-{
-    uint64_t h = XXH64(toks, n * sizeof *toks, (uint64_t)e->cfg.seed);
-    return h ^ ((uint64_t)req_seed * 0x9e3779b97f4a7c15ull) ^ ((uint64_t)index << 48);
-}
-
-/* ------------------------------------------------------------ streaming -- */
-
-static void chunk_head(api_req_t *r, brix_buf_t *b)
-{
-    brix_buf_reset(b);
-    brix_buf_append_str(b, "{\"id\":");
-    brix_buf_append_json_str(b, r->id, strlen(r->id));
-    brix_buf_printf(b, ",\"object\":\"%s\",\"created\":%lld,\"model\":",
-                    r->kind == KIND_CHAT ? "chat.completion.chunk" : "text_completion",
-                    (long long)r->created);
-    brix_buf_append_json_str(b, r->model, strlen(r->model));
-}
-
-static size_t total_generated(const api_req_t *r)
-{
-    size_t g = 0;
-    for (size_t i = 0; i < r->n; i++)
-        g += r->seqs[i].seq.generated;
-    return g;
-}
-
-/* Sends one chunk for sequence s with `text` (may be empty) and finish. */
-static int send_chunk(api_req_t *r, api_seq_t *s, const char *text, size_t len, const char *finish,
-                      bool role)
-{
-    /* continuous_usage_stats: the choice's own count, 0 on the role chunk */
-    size_t generated = role ? 0 : s->seq.generated;
-    brix_buf_t *b = &r->out;
-    chunk_head(r, b);
-    if (r->kind == KIND_CHAT) {
-        brix_buf_printf(b, ",\"choices\":[{\"index\":%u,\"delta\":{", s->index);
-        if (role)
-            brix_buf_append_str(b, "\"role\":\"assistant\",");
-        brix_buf_append_str(b, "\"content\":");
-        brix_buf_append_json_str(b, text, len);
-        brix_buf_append_str(b, "},\"logprobs\":null,\"finish_reason\":");
-        if (finish) {
-            brix_buf_printf(b, "\"%s\",\"stop_reason\":", finish);
-            if (s->stop_idx >= 0)
-                brix_buf_append_json_str(b, r->stops[s->stop_idx], strlen(r->stops[s->stop_idx]));
-            else
-                brix_buf_append_str(b, "null");
-        } else {
-            brix_buf_append_str(b, "null");
-        }
-        brix_buf_append_str(b, role ? "}]" : ",\"token_ids\":null}]");
-        if (role)
-            brix_buf_append_str(b, ",\"prompt_token_ids\":null");
-    } else {
-        brix_buf_printf(b, ",\"choices\":[{\"index\":%u,\"text\":", s->index);
-        brix_buf_append_json_str(b, text, len);
-        brix_buf_append_str(b, ",\"logprobs\":null,\"finish_reason\":");
-        if (finish)
-            brix_buf_printf(b, "\"%s\"", finish);
-        else
-            brix_buf_append_str(b, "null");
-        brix_buf_append_str(b, ",\"stop_reason\":");
-        if (finish && s->stop_idx >= 0)
-            brix_buf_append_json_str(b, r->stops[s->stop_idx], strlen(r->stops[s->stop_idx]));
-        else
-            brix_buf_append_str(b, "null");
-        brix_buf_append_str(b, ",\"prompt_token_ids\":null,\"token_ids\":null}]");
-    }
-    if (r->continuous_usage) {
-        brix_buf_printf(b,
-                        ",\"usage\":{\"prompt_tokens\":%zu,\"total_tokens\":%zu,"
-                        "\"completion_tokens\":%zu}",
-                        r->prompt_tokens, r->prompt_tokens + generated, generated);
-    } else if (r->kind == KIND_COMPLETION) {
-        brix_buf_append_str(b, ",\"usage\":null");
-    }
-    brix_buf_append_char(b, '}');
-    r->chunks_sent++;
-    return brix_http_sse_data(r->http, b->data, b->len);
-}
-
-/* How many trailing bytes of text could still be the start of a stop string:
- * those are held back while streaming, as vLLM does. */
-static size_t stop_holdback(const api_req_t *r, const brix_buf_t *t)
-{
-    size_t hold = 0;
-    for (size_t i = 0; i < r->nstops; i++) {
-        size_t sl = strlen(r->stops[i]);
-        for (size_t k = sl - 1; k > hold && k > 0; k--) {
-            if (k <= t->len && !memcmp(t->data + t->len - k, r->stops[i], k)) {
-                hold = k;
-                break;
-            }
-        }
-    }
-    return hold;
-}
-
-/* ----------------------------------------------------- engine callbacks -- */
-
-bool brix_engine_on_token(brix_seq_t *q, uint32_t token, void *ud)
-{
-    brix_engine_t *e = ud;
-    api_seq_t *s = q->ud;
-    api_req_t *r = s->r;
-    double now = e->sched.now;
-    if (q->generated == 1)
-        brix_metric_observe(e->m.h_ttft, now - q->t_arrival);
-    else {
-        double itl = now - q->t_last_token;
-        brix_metric_observe(e->m.h_itl, itl);
-        brix_metric_observe(e->m.h_tpot, itl);
-    }
-    bool stop = false;
-    size_t plen = 0;
-    const char *piece = "";
-    int vi = token != BRIX_TOK_EOS ? brix_tok_out_index(token) : -1;
-    if (vi >= 0) /* output ids come from the output vocabulary */
-        piece = brix_tok_out_piece((uint32_t)vi, &plen);
-    size_t before = s->text.len;
-    brix_buf_append(&s->text, piece, plen);
-    /* Stop strings: search only where a new match can start. */
-    for (size_t i = 0; i < r->nstops && !stop; i++) {
-        size_t sl = strlen(r->stops[i]);
-        size_t from = before >= sl ? before - sl + 1 : 0;
-        char *hit = memmem(s->text.data + from, s->text.len - from, r->stops[i], sl);
-        if (hit) {
-            s->text.len = (size_t)(hit - s->text.data);
-            s->text.data[s->text.len] = '\0';
-            s->stop_idx = (int)i;
-            stop = true;
-        }
-    }
-    if (r->stream && r->http) {
-        bool first = q->generated == 1;
-        if (first && r->kind == KIND_CHAT && send_chunk(r, s, "", 0, NULL, true))
-            return stop;
-        /* The token that ends the sequence travels in the final chunk with
-         * finish_reason (vLLM's framing); the scheduler finishes it right
-         * after this callback for these reasons. */
-        bool last = stop || token == BRIX_TOK_EOS || q->generated >= q->max_tokens ||
-                    q->ntokens >= (size_t)e->cfg.max_model_len;
-        size_t safe = last ? s->sent : s->text.len - stop_holdback(r, &s->text);
-        if (!r->http)
-            return stop;
-        if (safe > s->sent) {
-            if (send_chunk(r, s, s->text.data + s->sent, safe - s->sent, NULL, false))
-                return stop;
-            s->sent = safe;
-        }
-        if (r->abort_after >= 0 && r->http && (int64_t)r->chunks_sent >= r->abort_after) {
-            BRIX_INFO("fault injection: resetting the connection after %zu chunks", r->chunks_sent);
-            brix_http_abort(r->http); /* on_abort frees r */
-        }
-    }
-    return stop;
-}
-
-static void observe_finished(brix_engine_t *e, const api_req_t *r, const brix_seq_t *q)
-{
-    brix_engine_metrics_t *m = &e->m;
-    if (q->finish == BRIX_FINISH_STOP)
-        brix_metric_add(m->success_stop, 1);
-    else if (q->finish == BRIX_FINISH_LENGTH)
-        brix_metric_add(m->success_length, 1);
-    else
-        brix_metric_add(m->success_abort, 1);
-    /* a request ended before it was ever scheduled waited all its life
-     * (its first-scheduled time is unset: 0, which gave negative times) */
-    double sched = q->t_first_sched > 0 ? q->t_first_sched : q->t_finish;
-    double first = q->t_first_token > 0 ? q->t_first_token : q->t_finish;
-    double last = q->t_last_token > 0 ? q->t_last_token : first;
-    brix_metric_observe(m->h_e2e, q->t_finish - q->t_arrival);
-    brix_metric_observe(m->h_queue, sched - q->t_arrival);
-    brix_metric_observe(m->h_prefill, first - sched);
-    brix_metric_observe(m->h_decode, last - first);
-    brix_metric_observe(m->h_inference, last - sched);
-    brix_metric_observe(m->h_prompt_tokens, (double)q->prompt_len);
-    brix_metric_observe(m->h_generation_tokens, (double)q->generated);
-    brix_metric_observe(m->h_max_gen_tokens, (double)q->generated);
-    if (r->kind != KIND_EMBEDDING) {
-        brix_metric_observe(m->h_params_max_tokens, (double)r->max_tokens);
-        brix_metric_observe(m->h_req_tpot,
-                            q->generated > 1 ? (last - first) / (double)(q->generated - 1) : 0);
-    }
-}
-
-static void write_final(api_req_t *r);
-
-void brix_engine_on_finish(brix_seq_t *q, void *ud)
-{
-    brix_engine_t *e = ud;
-    api_seq_t *s = q->ud;
-    api_req_t *r = s->r;
-    observe_finished(e, r, q);
-    r->pending--;
-    if (r->http && r->stream && r->kind != KIND_EMBEDDING) {
-        const char *fin = finish_str(q->finish);
-        if (send_chunk(r, s, s->text.data ? s->text.data + s->sent : "", s->text.len - s->sent, fin,
-                       false) == 0)
-            s->sent = s->text.len;
-    }
-    if (r->pending == 0 && r->http) {
-        write_final(r); /* a failed write releases r through on_abort */
-        if (!r->dead)
-            api_req_release(r);
-    }
-}
-
-/* --------------------------------------------------- final responses -- */
-
-static void write_embeddings(api_req_t *r)
-{
-    brix_buf_t *b = &r->out;
-    brix_buf_reset(b);
-    brix_buf_append_str(b, "{\"id\":");
-    brix_buf_append_json_str(b, r->id, strlen(r->id));
-    brix_buf_printf(b, ",\"object\":\"list\",\"created\":%lld,\"model\":", (long long)r->created);
-    brix_buf_append_json_str(b, r->model, strlen(r->model));
-    brix_buf_append_str(b, ",\"data\":[");
-    for (size_t i = 0; i < r->n; i++) {
-        const brix_seq_t *q = &r->seqs[i].seq;
-        uint64_t rng =
-            XXH64(q->tokens, q->prompt_len * sizeof *q->tokens, (uint64_t)r->e->cfg.seed);
-        /* Deterministic unit vector: Gaussian-ish components, L2-normalised. */
-        size_t d = (size_t)r->dims;
-        float *v = brix_malloc(d * sizeof *v);
-        if (!v)
-            break;
-        double norm = 0;
-        for (size_t k = 0; k < d; k++) {
-            double x = 0;
-            for (int j = 0; j < 4; j++)
-                x += (double)(brix_sched_rng_next(&rng) >> 11) / 9007199254740992.0 - 0.5;
-            v[k] = (float)x;
-            norm += x * x;
-        }
-        norm = norm > 0 ? sqrt(norm) : 1;
-        brix_buf_printf(b, "%s{\"index\":%zu,\"object\":\"embedding\",\"embedding\":", i ? "," : "",
-                        i);
-        if (r->b64) {
-            static const char tbl[] =
-                "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-            unsigned char *raw = (unsigned char *)v;
-            for (size_t k = 0; k < d; k++)
-                v[k] = (float)(v[k] / norm);
-            size_t nb = d * sizeof *v;
-            brix_buf_append_char(b, '"');
-            for (size_t k = 0; k < nb; k += 3) {
-                uint32_t w = (uint32_t)raw[k] << 16;
-                if (k + 1 < nb)
-                    w |= (uint32_t)raw[k + 1] << 8;
-                if (k + 2 < nb)
-                    w |= raw[k + 2];
-                char o[4] = { tbl[(w >> 18) & 63], tbl[(w >> 12) & 63],
-                              k + 1 < nb ? tbl[(w >> 6) & 63] : '=',
-                              k + 2 < nb ? tbl[w & 63] : '=' };
-                brix_buf_append(b, o, 4);
-            }
-            brix_buf_append_char(b, '"');
-        } else {
-            brix_buf_append_char(b, '[');
-            for (size_t k = 0; k < d; k++)
-                brix_buf_printf(b, "%s%.8g", k ? "," : "", (double)v[k] / norm);
-            brix_buf_append_char(b, ']');
-        }
-        brix_buf_append_char(b, '}');
-        brix_free(v);
-    }
-    brix_buf_append_str(b, "],\"usage\":");
-    append_usage(b, r->prompt_tokens, 0, false, 0);
-    brix_buf_append_char(b, '}');
-    respond_buf(r->http, 200, b);
-}
-
-static void write_final(api_req_t *r)
-{
-    brix_http_req_t *h = r->http;
-    if (r->kind == KIND_EMBEDDING) {
-        write_embeddings(r);
-        return;
-    }
-    size_t gen = total_generated(r);
-    size_t cached = r->seqs[0].seq.cached_tokens;
-    if (r->stream) {
-        brix_buf_t *b = &r->out;
-        if (r->include_usage) {
-            chunk_head(r, b);
-            brix_buf_append_str(b, ",\"choices\":[],\"usage\":");
-            brix_buf_printf(b,
-                            "{\"prompt_tokens\":%zu,\"total_tokens\":%zu,\"completion_tokens\":%zu",
-                            r->prompt_tokens, r->prompt_tokens + gen, gen);
-            if (r->prompt_details)
-                brix_buf_printf(b, ",\"prompt_tokens_details\":{\"cached_tokens\":%zu}", cached);
-            brix_buf_append_str(b, "}}");
-            if (brix_http_sse_data(h, b->data, b->len))
-                return;
-        }
-        if (brix_http_sse_data(h, "[DONE]", 6))
-            return;
-        access_log(h, 200);
-        brix_http_stream_end(h);
-        return;
-    }
-    brix_buf_t *b = &r->out;
-    brix_buf_reset(b);
-    brix_buf_append_str(b, "{\"id\":");
-    brix_buf_append_json_str(b, r->id, strlen(r->id));
-    brix_buf_printf(b, ",\"object\":\"%s\",\"created\":%lld,\"model\":",
-                    r->kind == KIND_CHAT ? "chat.completion" : "text_completion",
-                    (long long)r->created);
-    brix_buf_append_json_str(b, r->model, strlen(r->model));
-    brix_buf_append_str(b, ",\"choices\":[");
-    for (size_t i = 0; i < r->n; i++) {
-        api_seq_t *s = &r->seqs[i];
-        const char *txt = s->text.data ? s->text.data : "";
-        brix_buf_printf(b, "%s{\"index\":%u,", i ? "," : "", s->index);
-        if (r->kind == KIND_CHAT) {
-            brix_buf_append_str(b, "\"message\":{\"role\":\"assistant\",\"content\":");
-            brix_buf_append_json_str(b, txt, s->text.len);
-            brix_buf_append_str(b, ",\"refusal\":null,\"annotations\":null,\"audio\":null,"
-                                   "\"function_call\":null,\"tool_calls\":[],"
-                                   "\"reasoning_content\":null},\"logprobs\":null,");
-        } else {
-            brix_buf_append_str(b, "\"text\":");
-            brix_buf_append_json_str(b, txt, s->text.len);
-            brix_buf_append_str(b, ",\"logprobs\":null,");
-        }
-        brix_buf_printf(b, "\"finish_reason\":\"%s\",\"stop_reason\":",
-                        finish_str(s->seq.finish) ? finish_str(s->seq.finish) : "stop");
-        if (s->stop_idx >= 0)
-            brix_buf_append_json_str(b, r->stops[s->stop_idx], strlen(r->stops[s->stop_idx]));
-        else
-            brix_buf_append_str(b, "null");
-        brix_buf_append_str(b, r->kind == KIND_CHAT
-                                   ? ",\"token_ids\":null}"
-                                   : ",\"token_ids\":null,\"prompt_logprobs\":null,"
-                                     "\"prompt_token_ids\":null}");
-    }
-    brix_buf_append_str(b, "],\"service_tier\":null,\"system_fingerprint\":null,\"usage\":");
-    append_usage(b, r->prompt_tokens, gen, r->prompt_details, cached);
-    if (r->kind == KIND_CHAT)
-        brix_buf_append_str(b, ",\"prompt_logprobs\":null,\"prompt_token_ids\":null");
-    brix_buf_append_str(b, ",\"kv_transfer_params\":null}");
-    respond_buf(h, 200, b);
-}
-
-/* ------------------------------------------------------ prompt building -- */
-
-static int render_chat(brix_http_req_t *h, const cJSON *body, brix_buf_t *text, bool gen_prompt)
-{
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(body, "messages");
-    if (!msgs) {
-        respond_err(h, 400, "BadRequestError", "'messages' is required");
-        return -1;
-    }
-    if (!cJSON_IsArray(msgs) || !cJSON_GetArraySize(msgs)) {
-        respond_err(h, 400, "BadRequestError", "'messages' must be a non-empty array");
-        return -1;
-    }
-    brix_chat_render_begin(text);
-    int i = 0;
-    const cJSON *m;
-    cJSON_ArrayForEach(m, msgs)
-    {
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
-        if (!cJSON_IsObject(m) || !cJSON_IsString(role)) {
-            respond_err(h, 400, "BadRequestError",
-                        "messages[%d] must be an object with a string 'role'", i);
-            return -1;
-        }
-        static const char *roles[] = { "system", "user",      "assistant",
-                                       "tool",   "developer", "function" };
-        bool ok = false;
-        for (size_t k = 0; k < sizeof roles / sizeof *roles; k++)
-            ok |= !strcmp(role->valuestring, roles[k]);
-        if (!ok) {
-            respond_err(h, 400, "BadRequestError", "messages[%d].role: unknown role '%s'", i,
-                        role->valuestring);
-            return -1;
-        }
-        const cJSON *content = cJSON_GetObjectItemCaseSensitive(m, "content");
-        brix_buf_t c = BRIX_BUF_INIT;
-        if (cJSON_IsString(content)) {
-            brix_buf_append_str(&c, content->valuestring);
-        } else if (cJSON_IsArray(content)) {
-            const cJSON *part;
-            int j = 0;
-            cJSON_ArrayForEach(part, content)
-            {
-                const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
-                const cJSON *t = cJSON_GetObjectItemCaseSensitive(part, "text");
-                if (!cJSON_IsString(type)) {
-                    respond_err(h, 400, "BadRequestError",
-                                "messages[%d].content[%d] needs a string 'type'", i, j);
-                    brix_buf_free(&c);
-                    return -1;
-                }
-                if (strcmp(type->valuestring, "text")) {
-                    respond_err(h, 400, "BadRequestError",
-                                "messages[%d].content[%d]: content type '%s' is not supported: "
-                                "engine-sim serves a text-only model",
-                                i, j, type->valuestring);
-                    brix_buf_free(&c);
-                    return -1;
-                }
-                if (!cJSON_IsString(t)) {
-                    respond_err(h, 400, "BadRequestError",
-                                "messages[%d].content[%d].text must be a string", i, j);
-                    brix_buf_free(&c);
-                    return -1;
-                }
-                brix_buf_append_str(&c, t->valuestring);
-                j++;
-            }
-        } else if (content && !cJSON_IsNull(content)) {
-            respond_err(h, 400, "BadRequestError",
-                        "messages[%d].content must be a string, an array of parts or null", i);
-            return -1;
-        }
-        brix_chat_render_message(text, role->valuestring, c.data ? c.data : "", c.len);
-        brix_buf_free(&c);
-        i++;
-    }
-    brix_chat_render_end(text, gen_prompt);
-    return 0;
-}
-
-/* Appends a JSON token-id array to ids; answers 400 on bad ids. */
-static int take_token_array(brix_http_req_t *h, const cJSON *arr, const char *what, uint32_t **ids,
-                            size_t *n, size_t *cap)
-{
-    const cJSON *t;
-    cJSON_ArrayForEach(t, arr)
-    {
-        if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble >= BRIX_TOK_VOCAB ||
-            floor(t->valuedouble) != t->valuedouble) {
-            respond_err(h, 400, "BadRequestError", "%s: token ids must be integers in [0, %u)",
-                        what, BRIX_TOK_VOCAB);
-            return -1;
-        }
-        if (*n == *cap) {
-            size_t nc = *cap ? *cap * 2 : 64;
-            uint32_t *p = brix_realloc(*ids, nc * sizeof *p);
-            if (!p) {
-                respond_err(h, 500, "InternalServerError", "out of memory");
-                return -1;
-            }
-            *ids = p;
-            *cap = nc;
-        }
-        (*ids)[(*n)++] = (uint32_t)t->valuedouble;
-    }
-    return 0;
-}
-
-static int push_bos(uint32_t **ids, size_t *n, size_t *cap)
-{
-    uint32_t bos = BRIX_TOK_BOS;
-    if (*n == *cap) {
-        uint32_t *p = brix_realloc(*ids, 64 * sizeof *p);
-        if (!p)
-            return -ENOMEM;
-        *ids = p;
-        *cap = 64;
-    }
-    (*ids)[(*n)++] = bos;
-    return 0;
-}
-
-/* A completion or embedding input: string | [int] -> tokens (BOS first for text). */
-static int input_tokens(brix_http_req_t *h, const cJSON *in, const char *what, bool bos,
-                        uint32_t **ids, size_t *n, size_t *cap)
-{
-    if (cJSON_IsString(in)) {
-        if (bos && push_bos(ids, n, cap))
-            return -1;
-        if (brix_tokenize(in->valuestring, strlen(in->valuestring), ids, n, cap)) {
-            respond_err(h, 500, "InternalServerError", "out of memory");
-            return -1;
-        }
-        return 0;
-    }
-    if (cJSON_IsArray(in) && cJSON_GetArraySize(in) > 0)
-        return take_token_array(h, in, what, ids, n, cap);
-    respond_err(h, 400, "BadRequestError", "%s must be a string, or a non-empty array of token ids",
-                what);
-    return -1;
-}
-
-/* --------------------------------------------------------- fault hooks -- */
-
-typedef struct fault {
-    int status;          /* answer at once with this status */
-    int64_t abort_after; /* reset the connection after N chunks */
-    bool hang;           /* never answer */
-} fault_t;
-
-static int parse_fault(brix_http_req_t *h, fault_t *f)
-{
-    f->status = 0;
-    f->abort_after = -1;
-    f->hang = false;
-    const char *v = brix_http_req_header(h, "x-brix-fault");
-    if (!v)
-        return 0;
-    int x;
-    long long y;
-    if (sscanf(v, "status=%d", &x) == 1 && x >= 400 && x <= 599)
-        f->status = x;
-    else if (sscanf(v, "abort-after=%lld", &y) == 1 && y >= 0)
-        f->abort_after = y;
-    else if (!strcmp(v, "hang"))
-        f->hang = true;
-    else {
-        respond_err(h, 400, "BadRequestError",
-                    "x-brix-fault: expected status=CODE (400-599), abort-after=N or hang, got '%s'",
-                    v);
-        return -1;
-    }
-    return 0;
-}
-
-static void on_hang_abort(brix_http_req_t *h, void *ud)
-{
-    brix_engine_t *e = ud;
-    e->requests_inflight--;
-}
-
-/* ------------------------------------------------------- generation API -- */
-
-static int parse_stops(api_req_t *r, brix_http_req_t *h, const cJSON *body)
-{
-    const cJSON *st = cJSON_GetObjectItemCaseSensitive(body, "stop");
-    if (!st || cJSON_IsNull(st))
-        return 0;
-    if (cJSON_IsString(st)) {
-        if (!*st->valuestring)
-            return 0;
-        r->stops[r->nstops++] = brix_strdup(st->valuestring);
-        return 0;
-    }
-    if (!cJSON_IsArray(st)) {
-        respond_err(h, 400, "BadRequestError", "'stop' must be a string or an array of strings");
-        return -1;
-    }
-    const cJSON *s;
-    cJSON_ArrayForEach(s, st)
-    {
-        if (!cJSON_IsString(s)) {
-            respond_err(h, 400, "BadRequestError",
-                        "'stop' must be a string or an array of strings");
-            return -1;
-        }
-        if (!*s->valuestring)
-            continue;
-        if (r->nstops == MAX_STOPS) {
-            respond_err(h, 400, "BadRequestError", "at most %d stop strings are supported",
-                        MAX_STOPS);
-            return -1;
-        }
-        r->stops[r->nstops++] = brix_strdup(s->valuestring);
-    }
-    return 0;
-}
-
-/* A request of nseqs sequences for `model` (lora may be NULL, then the base
- * model). Answers 500 itself on ENOMEM. The caller sets seqs and handlers. */
-static api_req_t *api_req_new(brix_engine_t *e, brix_http_req_t *h, api_kind_t kind, size_t nseqs,
-                              const char *model, brix_lora_t *lora)
-{
-    api_req_t *r = brix_calloc(1, sizeof *r);
-    if (!r || !(r->seqs = brix_calloc(nseqs, sizeof *r->seqs)) ||
-        !(r->model = brix_strdup(model))) {
-        respond_err(h, 500, "InternalServerError", "out of memory");
-        if (r)
-            brix_free(r->seqs);
-        brix_free(r);
-        return NULL;
-    }
-    e->requests_inflight++;
-    r->e = e;
-    r->http = h;
-    r->kind = kind;
-    r->created = brix_wall_s();
-    if (lora) {
-        r->lora = lora;
-        brix_lora_ref(lora);
-    }
-    return r;
-}
-
-static void handle_generate(brix_engine_t *e, brix_http_req_t *h, api_kind_t kind)
-{
-    brix_json_err_t je;
-    cJSON *body = parse_body(h);
-    if (!body)
-        return;
-    api_req_t *r = NULL;
-    uint32_t *ids = NULL;
-    size_t nids = 0, cap = 0;
-    const char *model;
-    brix_lora_t *lora;
-    fault_t fault;
-    if (resolve_model(e, h, body, &model, &lora) || parse_fault(h, &fault))
-        goto out;
-
-    /* sampling and output parameters */
-    bool stream = false, ignore_eos = false, has_mt = false, has_mct = false, has_n = false;
-    bool has_seed = false, present;
-    int64_t max_tokens = 0, mct = 0, n = 1, min_tokens = 0, seed = 0;
-    double tmp;
-    if (brix_json_get_bool(body, "stream", NULL, &stream, &je) ||
-        brix_json_get_bool(body, "ignore_eos", NULL, &ignore_eos, &je) ||
-        brix_json_get_int(body, "max_tokens", 1, INT32_MAX, &has_mt, &max_tokens, &je) ||
-        brix_json_get_int(body, "max_completion_tokens", 1, INT32_MAX, &has_mct, &mct, &je) ||
-        brix_json_get_int(body, "n", 1, MAX_N, &has_n, &n, &je) ||
-        brix_json_get_int(body, "min_tokens", 0, INT32_MAX, NULL, &min_tokens, &je) ||
-        brix_json_get_int(body, "seed", INT64_MIN / 2, INT64_MAX / 2, &has_seed, &seed, &je) ||
-        brix_json_get_number(body, "temperature", 0, 2, NULL, &tmp, &je) ||
-        brix_json_get_number(body, "top_p", 1e-9, 1, NULL, &tmp, &je) ||
-        brix_json_get_number(body, "presence_penalty", -2, 2, NULL, &tmp, &je) ||
-        brix_json_get_number(body, "frequency_penalty", -2, 2, NULL, &tmp, &je)) {
-        respond_json_err(h, &je);
-        goto out;
-    }
-    if (kind == KIND_CHAT && has_mct) {
-        max_tokens = mct;
-        has_mt = true;
-    }
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(body, "stream_options");
-    bool include_usage = false, continuous = false;
-    if (so && !cJSON_IsNull(so)) {
-        if (!stream) {
-            respond_err(h, 400, "BadRequestError",
-                        "Stream options can only be defined when `stream=True`.");
-            goto out;
-        }
-        if (!cJSON_IsObject(so)) {
-            respond_err(h, 400, "BadRequestError", "'stream_options' must be an object");
-            goto out;
-        }
-        include_usage = true; /* vLLM's StreamOptions.include_usage defaults to true */
-        if (brix_json_get_bool(so, "include_usage", &present, &include_usage, &je) ||
-            brix_json_get_bool(so, "continuous_usage_stats", NULL, &continuous, &je)) {
-            respond_json_err(h, &je);
-            goto out;
-        }
-        continuous = continuous && include_usage;
-    }
-
-    /* prompt */
-    if (kind == KIND_CHAT) {
-        brix_buf_t text = BRIX_BUF_INIT;
-        bool gen_prompt = true; /* vLLM's ChatCompletionRequest.add_generation_prompt */
-        if (brix_json_get_bool(body, "add_generation_prompt", NULL, &gen_prompt, &je)) {
-            respond_json_err(h, &je);
-            goto out;
-        }
-        int rc = render_chat(h, body, &text, gen_prompt);
-        if (rc == 0 && brix_tokenize(text.data, text.len, &ids, &nids, &cap)) {
-            respond_err(h, 500, "InternalServerError", "out of memory");
-            rc = -1;
-        }
-        brix_buf_free(&text);
-        if (rc)
-            goto out;
-    } else {
-        const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "prompt");
-        if (!p) {
-            respond_err(h, 400, "BadRequestError", "'prompt' is required");
-            goto out;
-        }
-        if (cJSON_IsArray(p) && cJSON_GetArraySize(p) >= 1 &&
-            (cJSON_IsString(p->child) || cJSON_IsArray(p->child))) {
-            if (cJSON_GetArraySize(p) > 1) {
-                respond_err(h, 400, "BadRequestError",
-                            "engine-sim takes one prompt per request; send a list of prompts as "
-                            "separate requests");
-                goto out;
-            }
-            p = p->child;
-        }
-        if (input_tokens(h, p, "'prompt'", true, &ids, &nids, &cap))
-            goto out;
-        if (cJSON_GetObjectItemCaseSensitive(body, "suffix") &&
-            !cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(body, "suffix"))) {
-            respond_err(h, 400, "BadRequestError", "suffix is not currently supported");
-            goto out;
-        }
-    }
-    size_t L = (size_t)e->cfg.max_model_len;
-    if (nids >= L) {
-        respond_err(h, 400, "BadRequestError",
-                    "This model's maximum context length is %zu tokens. However, your request "
-                    "has %zu input tokens. Please reduce the length of the input messages.",
-                    L, nids);
-        goto out;
-    }
-    if (!has_mt)
-        max_tokens = kind == KIND_CHAT ? (int64_t)(L - nids) : 16; /* vLLM's defaults */
-    if ((size_t)max_tokens > L - nids) {
-        if (kind == KIND_CHAT || has_mt) {
-            respond_err(h, 400, "BadRequestError",
-                        "'max_tokens' or 'max_completion_tokens' is too large: %lld. This model's "
-                        "maximum context length is %zu tokens and your request has %zu input "
-                        "tokens (%lld > %zu - %zu).",
-                        (long long)max_tokens, L, nids, (long long)max_tokens, L, nids);
-            goto out;
-        }
-        max_tokens = (int64_t)(L - nids);
-    }
-
-    if (min_tokens > max_tokens) {
-        respond_err(h, 400, "BadRequestError",
-                    "min_tokens must be less than or equal to max_tokens=%lld, got %lld.",
-                    (long long)max_tokens, (long long)min_tokens);
-        goto out;
-    }
-
-    /* faults and readiness, after validation like a real server */
-    if (!ready(e)) {
-        respond_err(h, 503, "ServiceUnavailableError", "the model is still loading");
-        goto out;
-    }
-    if (fault.status) {
-        respond_err(h, fault.status, NULL, "fault injected by x-brix-fault: status %d",
-                    fault.status);
-        goto out;
-    }
-    if (e->cfg.failure_rate > 0 &&
-        (double)(brix_sched_rng_next(&e->rng) >> 11) / 9007199254740992.0 < e->cfg.failure_rate) {
-        respond_err(h, 500, "InternalServerError", "simulated engine failure (--failure-rate)");
-        goto out;
-    }
-    if (fault.hang) {
-        e->requests_inflight++;
-        h->ud = e;
-        h->on_abort = on_hang_abort;
-        goto out;
-    }
-
-    if (!(r = api_req_new(e, h, kind, (size_t)n, model, lora)))
-        goto out;
-    r->stream = stream;
-    r->include_usage = include_usage;
-    r->continuous_usage = continuous;
-    r->abort_after = fault.abort_after;
-    r->max_tokens = max_tokens;
-    r->prompt_tokens = nids;
-    snprintf(r->id, sizeof r->id, "%s%s", kind == KIND_CHAT ? "chatcmpl-" : "cmpl-", h->id);
-    if (parse_stops(r, h, body)) {
-        api_req_free(r);
-        r = NULL;
-        goto out;
-    }
-    h->ud = r;
-    h->on_abort = on_client_abort;
-    r->n = (size_t)n;
-    r->pending = r->n;
-    brix_metric_observe(e->m.h_params_n, (double)n);
-    for (size_t i = 0; i < r->n; i++) {
-        api_seq_t *s = &r->seqs[i];
-        s->r = r;
-        s->index = (uint32_t)i;
-        s->stop_idx = -1;
-        if (brix_seq_init(&s->seq, ids, nids, (size_t)max_tokens)) {
-            r->n = i;
-            r->pending = 0;
-            respond_err(h, 500, "InternalServerError", "out of memory");
-            h->on_abort = NULL;
-            api_req_free(r);
-            r = NULL;
-            goto out;
-        }
-        s->seq.ud = s;
-        s->seq.lora = lora;
-        s->seq.rng = seq_seed(e, ids, nids, has_seed ? seed : 0, (uint32_t)i);
-        if (!ignore_eos) {
-            uint64_t lr = s->seq.rng ^ 0x1e57ull;
-            size_t eos = brix_outlen_draw(&e->outlen, &lr);
-            if (eos != SIZE_MAX && eos <= (size_t)min_tokens)
-                eos = (size_t)min_tokens + 1;
-            s->seq.eos_at = eos;
-        }
-    }
-    if (stream && brix_http_sse_start(h, 200))
-        goto out; /* the connection died: on_abort already released r */
-    double now = brix_engine_now(e);
-    for (size_t i = 0; i < r->n; i++) {
-        if (brix_sched_add(&e->sched, &r->seqs[i].seq, now) == 0)
-            r->seqs[i].added = true;
-    }
-    brix_engine_kick(e);
-out:
-    brix_free(ids);
-    cJSON_Delete(body);
-}
-
-static void handle_embeddings(brix_engine_t *e, brix_http_req_t *h)
-{
-    brix_json_err_t je;
-    cJSON *body = parse_body(h);
-    if (!body)
-        return;
-    const char *model, *fmt = "float";
-    brix_lora_t *lora;
-    int64_t dims = e->cfg.embedding_dim;
-    bool has_dims = false;
-    api_req_t *r = NULL;
-    if (resolve_model(e, h, body, &model, &lora))
-        goto out;
-    if (brix_json_get_string(body, "encoding_format", NULL, &fmt, &je) ||
-        brix_json_get_int(body, "dimensions", 1, e->cfg.embedding_dim, &has_dims, &dims, &je)) {
-        respond_json_err(h, &je);
-        goto out;
-    }
-    if (strcmp(fmt, "float") && strcmp(fmt, "base64")) {
-        respond_err(h, 400, "BadRequestError", "'encoding_format' must be 'float' or 'base64'");
-        goto out;
-    }
-    const cJSON *in = cJSON_GetObjectItemCaseSensitive(body, "input");
-    if (!in) {
-        respond_err(h, 400, "BadRequestError", "'input' is required");
-        goto out;
-    }
-    /* input: string | [string] | [int] | [[int]] */
-    size_t count = 1;
-    bool list = cJSON_IsArray(in) && cJSON_GetArraySize(in) > 0 &&
-                (cJSON_IsString(in->child) || cJSON_IsArray(in->child));
-    if (list)
-        count = (size_t)cJSON_GetArraySize(in);
-    if (count > MAX_EMBED_IN) {
-        respond_err(h, 400, "BadRequestError", "at most %d inputs per request", MAX_EMBED_IN);
-        goto out;
-    }
-    if (!ready(e)) {
-        respond_err(h, 503, "ServiceUnavailableError", "the model is still loading");
-        goto out;
-    }
-    if (!(r = api_req_new(e, h, KIND_EMBEDDING, count, model, lora)))
-        goto out;
-    r->b64 = !strcmp(fmt, "base64");
-    r->dims = dims;
-    snprintf(r->id, sizeof r->id, "embd-%s", h->id);
-    const cJSON *item = list ? in->child : in;
-    for (size_t i = 0; i < count; i++, item = item->next) {
-        uint32_t *ids = NULL;
-        size_t nids = 0, cap = 0;
-        api_seq_t *s = &r->seqs[i];
-        if (input_tokens(h, item, "'input'", true, &ids, &nids, &cap)) {
-            brix_free(ids);
-            api_req_free(r);
-            r = NULL;
-            goto out;
-        }
-        if (nids > (size_t)e->cfg.max_model_len) {
-            respond_err(h, 400, "BadRequestError",
-                        "This model's maximum context length is %lld tokens. However, input %zu "
-                        "has %zu tokens. Please reduce the length of the input.",
-                        (long long)e->cfg.max_model_len, i, nids);
-            brix_free(ids);
-            api_req_free(r);
-            r = NULL;
-            goto out;
-        }
-        int rc = brix_seq_init(&s->seq, ids, nids, 0);
-        brix_free(ids);
-        r->n = i + 1;
-        if (rc) {
-            respond_err(h, 500, "InternalServerError", "out of memory");
-            api_req_free(r);
-            r = NULL;
-            goto out;
-        }
-        s->r = r;
-        s->index = (uint32_t)i;
-        s->stop_idx = -1;
-        s->seq.ud = s;
-        s->seq.lora = lora;
-        s->seq.prefill_only = true;
-        r->prompt_tokens += nids;
-    }
-    r->pending = r->n;
-    h->ud = r;
-    h->on_abort = on_client_abort;
-    double now = brix_engine_now(e);
-    for (size_t i = 0; i < r->n; i++)
-        if (brix_sched_add(&e->sched, &r->seqs[i].seq, now) == 0)
-            r->seqs[i].added = true;
-    brix_engine_kick(e);
-out:
-    cJSON_Delete(body);
-}
-
-/* ------------------------------------------------------------- others -- */
-
-static void models_entry(brix_buf_t *b, const char *id, const char *root, const char *parent,
-                         long long max_len, int64_t created)
-{
-    brix_buf_append_str(b, "{\"id\":");
-    brix_buf_append_json_str(b, id, strlen(id));
-    brix_buf_printf(b, ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"vllm\",\"root\":",
-                    (long long)created);
-    brix_buf_append_json_str(b, root, strlen(root));
-    brix_buf_append_str(b, ",\"parent\":");
-    if (parent)
-        brix_buf_append_json_str(b, parent, strlen(parent));
-    else
-        brix_buf_append_str(b, "null");
-    if (max_len > 0)
-        brix_buf_printf(b, ",\"max_model_len\":%lld", max_len);
-    else
-        brix_buf_append_str(b, ",\"max_model_len\":null");
-    brix_buf_printf(
-        b,
-        ",\"permission\":[{\"id\":\"modelperm-%016llx\",\"object\":\"model_permission\","
-        "\"created\":%lld,\"allow_create_engine\":false,\"allow_sampling\":true,"
-        "\"allow_logprobs\":true,\"allow_search_indices\":false,\"allow_view\":true,"
-        "\"allow_fine_tuning\":false,\"organization\":\"*\",\"group\":null,"
-        "\"is_blocking\":false}]}",
-        (unsigned long long)XXH64(id, strlen(id), 0), (long long)created);
-}
-
-static void handle_models(brix_engine_t *e, brix_http_req_t *h)
-{
-    brix_buf_t b = BRIX_BUF_INIT;
-    int64_t now = brix_wall_s();
-    brix_buf_append_str(&b, "{\"object\":\"list\",\"data\":[");
-    bool first = true;
-    if (e->cfg.served_model_name.n) {
-        for (size_t i = 0; i < e->cfg.served_model_name.n; i++) {
-            if (!first)
-                brix_buf_append_char(&b, ',');
-            models_entry(&b, e->cfg.served_model_name.v[i], e->cfg.model, NULL,
-                         e->cfg.max_model_len, now);
-            first = false;
-        }
-    } else {
-        models_entry(&b, e->cfg.model, e->cfg.model, NULL, e->cfg.max_model_len, now);
-        first = false;
-    }
-    for (size_t i = 0; i < e->loras.n; i++) {
-        brix_buf_append_char(&b, ',');
-        models_entry(&b, e->loras.v[i]->name, e->loras.v[i]->path, e->served, 0, now);
-    }
-    brix_buf_append_str(&b, "]}");
-    respond_buf(h, 200, &b);
-    brix_buf_free(&b);
-}
+/* ---------------------------------------------------- tokenize / detokenize -- */
 
 static void handle_tokenize(brix_engine_t *e, brix_http_req_t *h)
 {
     brix_json_err_t je;
-    cJSON *body = parse_body(h);
+    cJSON *body = brix_api_parse_body(h);
     if (!body)
         return;
     const char *model;
@@ -1286,7 +34,7 @@ static void handle_tokenize(brix_engine_t *e, brix_http_req_t *h)
     uint32_t *ids = NULL;
     size_t n = 0, cap = 0;
     brix_buf_t text = BRIX_BUF_INIT, b = BRIX_BUF_INIT;
-    if (resolve_model(e, h, body, &model, &lora))
+    if (brix_api_resolve_model(e, h, body, &model, &lora))
         goto out;
     bool chat = cJSON_GetObjectItemCaseSensitive(body, "messages") != NULL;
     if (chat)
@@ -1294,24 +42,27 @@ static void handle_tokenize(brix_engine_t *e, brix_http_req_t *h)
     if (brix_json_get_bool(body, "return_token_strs", NULL, &strs, &je) ||
         brix_json_get_bool(body, "add_special_tokens", NULL, &add_special, &je) ||
         brix_json_get_bool(body, "add_generation_prompt", NULL, &gen_prompt, &je)) {
-        respond_json_err(h, &je);
+        brix_api_respond_json_err(h, &je);
         goto out;
     }
     if (chat) {
-        if (render_chat(h, body, &text, gen_prompt))
+        if (brix_api_render_chat(h, body, &text, gen_prompt))
             goto out;
     } else {
         const cJSON *p = cJSON_GetObjectItemCaseSensitive(body, "prompt");
         if (!cJSON_IsString(p)) {
-            respond_err(h, 400, "BadRequestError", "'prompt' (a string) or 'messages' is required");
+            brix_api_respond_err(h, 400, "BadRequestError",
+                                 "'prompt' (a string) or 'messages' is required");
             goto out;
         }
-        if (add_special && push_bos(&ids, &n, &cap))
+        if (add_special && brix_api_push_bos(&ids, &n, &cap)) {
+            brix_api_respond_err(h, 500, "InternalServerError", "out of memory");
             goto out;
+        }
         brix_buf_append_str(&text, p->valuestring);
     }
     if (brix_tokenize(text.data ? text.data : "", text.len, &ids, &n, &cap)) {
-        respond_err(h, 500, "InternalServerError", "out of memory");
+        brix_api_respond_err(h, 500, "InternalServerError", "out of memory");
         goto out;
     }
     brix_buf_printf(&b, "{\"count\":%zu,\"max_model_len\":%lld,\"tokens\":[", n,
@@ -1339,7 +90,7 @@ static void handle_tokenize(brix_engine_t *e, brix_http_req_t *h)
         brix_buf_append_str(&b, "null");
     }
     brix_buf_append_char(&b, '}');
-    respond_buf(h, 200, &b);
+    brix_api_respond_buf(h, 200, &b);
 out:
     brix_free(ids);
     brix_buf_free(&text);
@@ -1349,17 +100,17 @@ out:
 
 static void handle_detokenize(brix_engine_t *e, brix_http_req_t *h)
 {
-    cJSON *body = parse_body(h);
+    cJSON *body = brix_api_parse_body(h);
     if (!body)
         return;
     const char *model;
     brix_lora_t *lora;
     brix_buf_t b = BRIX_BUF_INIT, text = BRIX_BUF_INIT;
-    if (resolve_model(e, h, body, &model, &lora))
+    if (brix_api_resolve_model(e, h, body, &model, &lora))
         goto out;
     const cJSON *toks = cJSON_GetObjectItemCaseSensitive(body, "tokens");
     if (!cJSON_IsArray(toks)) {
-        respond_err(h, 400, "BadRequestError", "'tokens' must be an array of token ids");
+        brix_api_respond_err(h, 400, "BadRequestError", "'tokens' must be an array of token ids");
         goto out;
     }
     static const char *special[] = { NULL,         "<|begin_of_text|>",   "<|end_of_text|>",
@@ -1367,9 +118,11 @@ static void handle_detokenize(brix_engine_t *e, brix_http_req_t *h)
     const cJSON *t;
     cJSON_ArrayForEach(t, toks)
     {
-        if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble >= BRIX_TOK_VOCAB) {
-            respond_err(h, 400, "BadRequestError", "token ids must be integers in [0, %u)",
-                        BRIX_TOK_VOCAB);
+        /* 1.5 is refused as vLLM's list[int] refuses it, not truncated to 1 */
+        if (!cJSON_IsNumber(t) || t->valuedouble < 0 || t->valuedouble >= BRIX_TOK_VOCAB ||
+            floor(t->valuedouble) != t->valuedouble) {
+            brix_api_respond_err(h, 400, "BadRequestError", "token ids must be integers in [0, %u)",
+                                 BRIX_TOK_VOCAB);
             goto out;
         }
         uint32_t id = (uint32_t)t->valuedouble;
@@ -1389,157 +142,10 @@ static void handle_detokenize(brix_engine_t *e, brix_http_req_t *h)
     brix_buf_append_str(&b, "{\"prompt\":");
     brix_buf_append_json_str(&b, text.data ? text.data : "", text.len);
     brix_buf_append_char(&b, '}');
-    respond_buf(h, 200, &b);
+    brix_api_respond_buf(h, 200, &b);
 out:
     brix_buf_free(&b);
     brix_buf_free(&text);
-    cJSON_Delete(body);
-}
-
-/* ----- runtime LoRA loading: the reply comes after the simulated load time */
-
-typedef struct lora_load {
-    uv_timer_t timer;
-    brix_engine_t *e;
-    brix_http_req_t *h; /* NULL once the client is gone */
-    char *name, *path;
-} lora_load_t;
-
-static void lora_load_closed(uv_handle_t *t)
-{
-    lora_load_t *ll = t->data;
-    brix_free(ll->name);
-    brix_free(ll->path);
-    brix_free(ll);
-}
-
-static void on_lora_load_abort(brix_http_req_t *h, void *ud)
-{
-    lora_load_t *ll = ud;
-    ll->h = NULL;
-    ll->e->requests_inflight--;
-    uv_close((uv_handle_t *)&ll->timer, lora_load_closed);
-}
-
-static void on_lora_loaded(uv_timer_t *t)
-{
-    lora_load_t *ll = t->data;
-    brix_engine_t *e = ll->e;
-    brix_http_req_t *h = ll->h;
-    char msg[512];
-    h->on_abort = NULL;
-    e->requests_inflight--;
-    if (brix_lora_find(&e->loras, ll->name)) {
-        respond_err(h, 400, "InvalidUserInput", "The lora adapter '%s' has already been loaded.",
-                    ll->name);
-    } else {
-        brix_lora_t *l = brix_lora_add(&e->loras, ll->name, ll->path);
-        if (!l) {
-            respond_err(h, 500, "InternalServerError", "out of memory");
-        } else {
-            brix_lora_ensure_cpu(&e->loras, l, 0);
-            BRIX_INFO("loaded LoRA adapter '%s' from %s (id %lld)", l->name, l->path,
-                      (long long)l->id);
-            snprintf(msg, sizeof msg, "Success: LoRA adapter '%s' added successfully.", ll->name);
-            respond_plain(h, 200, msg);
-        }
-    }
-    uv_close((uv_handle_t *)&ll->timer, lora_load_closed);
-}
-
-static bool lora_enabled(brix_engine_t *e, brix_http_req_t *h)
-{
-    if (!e->cfg.enable_lora) {
-        respond_err(h, 404, "NotFoundError",
-                    "LoRA is not enabled on this engine (start it with --enable-lora)");
-        return false;
-    }
-    return true;
-}
-
-static void handle_load_lora(brix_engine_t *e, brix_http_req_t *h)
-{
-    if (!lora_enabled(e, h))
-        return;
-    brix_json_err_t je;
-    cJSON *body = parse_body(h);
-    if (!body)
-        return;
-    const char *name = NULL, *path = NULL;
-    if (brix_json_get_string(body, "lora_name", NULL, &name, &je) ||
-        brix_json_get_string(body, "lora_path", NULL, &path, &je)) {
-        respond_json_err(h, &je);
-        goto out;
-    }
-    if (!name || !*name || !path || !*path) {
-        respond_err(h, 400, "InvalidUserInput",
-                    "Both 'lora_name' and 'lora_path' must be provided.");
-        goto out;
-    }
-    if (brix_lora_find(&e->loras, name)) {
-        respond_err(h, 400, "InvalidUserInput", "The lora adapter '%s' has already been loaded.",
-                    name);
-        goto out;
-    }
-    if (is_served_name(e, name)) {
-        respond_err(h, 400, "InvalidUserInput",
-                    "The lora adapter name '%s' is the base model's name.", name);
-        goto out;
-    }
-    struct stat st;
-    if (e->cfg.lora_path_check && stat(path, &st) != 0) {
-        respond_err(h, 404, "NotFoundError", "No adapter found for %s", path);
-        goto out;
-    }
-    lora_load_t *ll = brix_calloc(1, sizeof *ll);
-    if (!ll || !(ll->name = brix_strdup(name)) || !(ll->path = brix_strdup(path))) {
-        if (ll) {
-            brix_free(ll->name);
-            brix_free(ll);
-        }
-        respond_err(h, 500, "InternalServerError", "out of memory");
-        goto out;
-    }
-    ll->e = e;
-    ll->h = h;
-    uv_timer_init(e->loop, &ll->timer);
-    ll->timer.data = ll;
-    h->ud = ll;
-    h->on_abort = on_lora_load_abort;
-    e->requests_inflight++;
-    double wall_s = e->profile->lora_load_seconds * e->cfg.time_scale;
-    uv_timer_start(&ll->timer, on_lora_loaded, (uint64_t)ceil(wall_s * 1000), 0);
-out:
-    cJSON_Delete(body);
-}
-
-static void handle_unload_lora(brix_engine_t *e, brix_http_req_t *h)
-{
-    if (!lora_enabled(e, h))
-        return;
-    brix_json_err_t je;
-    cJSON *body = parse_body(h);
-    if (!body)
-        return;
-    const char *name = NULL;
-    char msg[512];
-    if (brix_json_get_string(body, "lora_name", NULL, &name, &je)) {
-        respond_json_err(h, &je);
-        goto out;
-    }
-    if (!name || !*name) {
-        respond_err(h, 400, "InvalidUserInput",
-                    "'lora_name' needs to be provided to unload a LoRA adapter.");
-        goto out;
-    }
-    if (brix_lora_remove(&e->loras, name)) {
-        respond_err(h, 404, "NotFoundError", "The lora adapter '%s' cannot be found.", name);
-        goto out;
-    }
-    BRIX_INFO("unloaded LoRA adapter '%s'", name);
-    snprintf(msg, sizeof msg, "Success: LoRA adapter '%s' removed successfully.", name);
-    respond_plain(h, 200, msg);
-out:
     cJSON_Delete(body);
 }
 
@@ -1587,13 +193,13 @@ void brix_engine_handle(brix_http_req_t *h, void *ud)
         }
     }
     if (!rt) {
-        respond_err(h, 404, "NotFoundError", "no route for %s %s", h->method_name, p);
+        brix_api_respond_err(h, 404, "NotFoundError", "no route for %s %s", h->method_name, p);
         return;
     }
     if (rt->method != m && !(m == HTTP_POST && !strcmp(p, "/ping"))) {
         brix_http_add_header(h, "allow", rt->method == HTTP_GET ? "GET, HEAD" : "POST");
-        respond_err(h, 405, "MethodNotAllowedError", "method %s is not allowed on %s",
-                    h->method_name, p);
+        brix_api_respond_err(h, 405, "MethodNotAllowedError", "method %s is not allowed on %s",
+                             h->method_name, p);
         return;
     }
     if (e->cfg.api_key && !strncmp(p, "/v1", 3)) {
@@ -1606,7 +212,7 @@ void brix_engine_handle(brix_http_req_t *h, void *ud)
         }
     }
     if (!strcmp(p, "/health") || !strcmp(p, "/ping")) {
-        brix_http_respond(h, ready(e) && !e->draining ? 200 : 503, NULL, NULL, 0);
+        brix_http_respond(h, brix_api_ready(e) && !e->draining ? 200 : 503, NULL, NULL, 0);
     } else if (!strcmp(p, "/version")) {
         static const char v[] =
             "{\"version\":\"" BRIX_VLLM_VERSION "\",\"brix\":\"" BRIX_VERSION "\"}";
@@ -1614,20 +220,20 @@ void brix_engine_handle(brix_http_req_t *h, void *ud)
     } else if (!strcmp(p, "/metrics")) {
         handle_metrics(e, h);
     } else if (!strcmp(p, "/v1/models")) {
-        handle_models(e, h);
+        brix_api_models_list(e, h);
     } else if (!strcmp(p, "/v1/chat/completions")) {
-        handle_generate(e, h, KIND_CHAT);
+        brix_api_generate_handle(e, h, BRIX_API_CHAT);
     } else if (!strcmp(p, "/v1/completions")) {
-        handle_generate(e, h, KIND_COMPLETION);
+        brix_api_generate_handle(e, h, BRIX_API_COMPLETION);
     } else if (!strcmp(p, "/v1/embeddings")) {
-        handle_embeddings(e, h);
+        brix_api_embed_handle(e, h);
     } else if (!strcmp(p, "/tokenize")) {
         handle_tokenize(e, h);
     } else if (!strcmp(p, "/detokenize")) {
         handle_detokenize(e, h);
     } else if (!strcmp(p, "/v1/load_lora_adapter")) {
-        handle_load_lora(e, h);
+        brix_api_models_load_lora(e, h);
     } else if (!strcmp(p, "/v1/unload_lora_adapter")) {
-        handle_unload_lora(e, h);
+        brix_api_models_unload_lora(e, h);
     }
 }

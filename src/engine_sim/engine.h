@@ -1,7 +1,8 @@
 /*
  * engine — internal state of `brix engine-sim`, shared by its modules:
- * engine_sim.c (flags, start-up, the step timer, shutdown), api.c (HTTP
- * routes and OpenAI formatting) and engine_metrics.c (vLLM's /metrics).
+ * engine_sim.c (flags, start-up, the step timer, shutdown), the HTTP API
+ * (api.c, the router, and the api_*.c modules listed in api_request.h) and
+ * engine_metrics.c (vLLM's /metrics).
  *
  * Everything runs on one libuv loop: the HTTP server, the scheduler's step
  * timer and the KV-event sockets, so no state here needs locks.
@@ -114,7 +115,7 @@ typedef struct brix_engine {
     bool force_close; /* second signal: stop waiting for in-flight requests */
     uint64_t drain_start_ns;
     bool in_commit;  /* inside brix_sched_commit: releases are deferred */
-    void *graveyard; /* requests released during a commit (api.c) */
+    void *graveyard; /* requests released during a commit (api_request.c) */
     uint64_t requests_inflight;
 } brix_engine_t;
 
@@ -123,11 +124,12 @@ double brix_engine_now(const brix_engine_t *e);
 /* Starts a step if the scheduler has work and none is running. */
 void brix_engine_kick(brix_engine_t *e);
 
-/* api.c */
+/* api.c: the HTTP server's handler */
 void brix_engine_handle(brix_http_req_t *req, void *ud);
+/* api_generate.c: the scheduler's callbacks */
 bool brix_engine_on_token(brix_seq_t *q, uint32_t token, void *ud);
 void brix_engine_on_finish(brix_seq_t *q, void *ud);
-/* Frees requests released during the last commit. */
+/* api_request.c: frees requests released during the last commit. */
 void brix_engine_reap(brix_engine_t *e);
 /* scheduler on_step hook: observes vllm:iteration_tokens_total */
 void brix_engine_on_step(uint64_t tokens, void *ud);

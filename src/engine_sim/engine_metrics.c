@@ -5,8 +5,9 @@
  *
  * Counters the scheduler keeps (tokens, prefix hits, preemptions) are copied
  * into the registry at scrape time by a collect hook, as are the gauges.
- * Per-request histograms are observed by api.c when a request finishes, TTFT
- * and ITL as tokens are produced. All times are simulated seconds.
+ * Per-request histograms are observed by api_generate.c when a request
+ * finishes, TTFT and ITL as tokens are produced. All times are simulated
+ * seconds.
  *
  * Not reproduced: prometheus_client's `_created` series and the Python
  * process/GC metrics, which carry no engine state.

@@ -388,6 +388,15 @@ def _():
     bad(E.port, "/detokenize", {"tokens": [1], "model": "zzz"}, status=404)
 
 
+@h.check("/detokenize: a fractional token id is refused, not truncated (vLLM's list[int])")
+def _():
+    e = bad(E.port, "/detokenize", {"tokens": [1.5]})
+    assert "integers" in e["message"], e
+    bad(E.port, "/detokenize", {"tokens": [2, 0.25]})
+    # an integral float is an integer to pydantic's lax mode, as to /tokenize's inputs
+    assert ok(E.port, "/detokenize", {"tokens": [2.0]}) == {"prompt": "<|end_of_text|>"}
+
+
 # ------------------------------------------------------------- embeddings --
 
 def emb(port, **body):
