@@ -26,6 +26,7 @@
 #include <openssl/sha.h>
 
 #include "core/alloc.h"
+#include "core/secret.h"
 
 /* -------------------------------------------------------------- token -- */
 
@@ -132,12 +133,7 @@ int brix_auth_token_load(const char *path, bool create, char *out, size_t outlen
 
 bool brix_auth_token_equal(const char *given, const char *want)
 {
-    if (!given || !want || !*want)
-        return false;
-    unsigned char a[SHA256_DIGEST_LENGTH], b[SHA256_DIGEST_LENGTH];
-    SHA256((const unsigned char *)given, strlen(given), a);
-    SHA256((const unsigned char *)want, strlen(want), b);
-    return CRYPTO_memcmp(a, b, sizeof a) == 0;
+    return brix_secret_equal(given, want);
 }
 
 int brix_auth_cookie_value(const char *token, char out[65])

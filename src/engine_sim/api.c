@@ -7,6 +7,7 @@
  * shapes are vLLM v0.11's.
  */
 #include "core/json.h"
+#include "core/secret.h"
 #include "core/time.h"
 #include "core/tokenizer.h"
 #include "engine_sim/api_embed.h"
@@ -203,9 +204,10 @@ void brix_engine_handle(brix_http_req_t *h, void *ud)
         return;
     }
     if (e->cfg.api_key && !strncmp(p, "/v1", 3)) {
-        /* vLLM's API-key middleware: exact "Bearer KEY", else 401 {"error":"Unauthorized"} */
+        /* vLLM's API-key middleware: exact "Bearer KEY", else 401 {"error":"Unauthorized"};
+         * compared in constant time (vLLM compares plainly) */
         const char *auth = brix_http_req_header(h, "authorization");
-        if (!auth || strncmp(auth, "Bearer ", 7) || strcmp(auth + 7, e->cfg.api_key)) {
+        if (!auth || strncmp(auth, "Bearer ", 7) || !brix_secret_equal(auth + 7, e->cfg.api_key)) {
             static const char unauth[] = "{\"error\":\"Unauthorized\"}";
             brix_http_respond(h, 401, "application/json", unauth, sizeof unauth - 1);
             return;

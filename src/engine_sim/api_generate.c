@@ -579,8 +579,10 @@ void brix_api_generate_handle(brix_engine_t *e, brix_http_req_t *h, brix_api_kin
         if (brix_seq_init(&s->seq, ids, nids, (size_t)max_tokens)) {
             r->n = i;
             r->pending = 0;
-            brix_api_respond_err(h, 500, "InternalServerError", "out of memory");
+            /* detach first: a write that fails at once runs on_abort, which
+             * would free r before the free below */
             h->on_abort = NULL;
+            brix_api_respond_err(h, 500, "InternalServerError", "out of memory");
             brix_api_req_free(r);
             r = NULL;
             goto out;

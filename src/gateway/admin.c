@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/secret.h"
 #include "core/buf.h"
 #include "core/json.h"
 #include "gateway/gateway.h"
@@ -242,7 +243,7 @@ static bool authorized(brix_gw_t *gw, brix_http_req_t *h)
                                 "the admin API needs `Authorization: Bearer <admin key>`");
         return false;
     }
-    if (!brix_tn_ct_equal(k, gw->fixed.admin_key)) {
+    if (!brix_secret_equal(k, gw->fixed.admin_key)) {
         brix_http_respond_error(h, 401, "invalid_request_error", "invalid_api_key", NULL,
                                 "incorrect admin key");
         return false;
