@@ -71,9 +71,70 @@ void brix_px_alog_flush(uv_check_t *c)
     uv_check_stop(c);
 }
 
-/* The one access-log line of a request: every field is always present
- * ("-" or -1 when unknown), so the lines can be parsed by position or key. */
+/* Bounds on client-supplied text in an access-log line (bytes written,
+ * escapes included): a 10 KB model name would otherwise fill the line and
+ * push the fields after it out of the 2 KB log line. */
+#define ALOG_FIELD_MAX 256
+#define ALOG_ERROR_MAX 512
+#define ALOG_ROUTE_MAX 1024
 
+/* Copies client-supplied `s` into `out` (room for max + 4 bytes) so that it
+ * stays inside its field and its line: control bytes, DEL, '"' and '\' are
+ * escaped (\n, \r, \t, \\, \xHH), and so is a space in an unquoted field,
+ * so a forged " status=200" or a newline cannot add fields or lines. UTF-8
+ * passes as it is. Past `max` bytes it ends in "…" (cut before an
+ * incomplete UTF-8 sequence). */
+static const char *log_field(char *out, size_t max, const char *s, bool quoted)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        char e[4];
+        size_t n = 2;
+        e[0] = '\\';
+        if (*p == '\n')
+            e[1] = 'n';
+        else if (*p == '\r')
+            e[1] = 'r';
+        else if (*p == '\t')
+            e[1] = 't';
+        else if (*p == '\\')
+            e[1] = '\\';
+        else if (*p < 0x20 || *p == 0x7f || *p == '"' || (*p == ' ' && !quoted)) {
+            e[1] = 'x';
+            e[2] = hex[*p >> 4];
+            e[3] = hex[*p & 15];
+            n = 4;
+        } else {
+            e[0] = (char)*p;
+            n = 1;
+        }
+        if (o + n > max) {
+            size_t k = o;
+            while (k && ((unsigned char)out[k - 1] & 0xC0) == 0x80)
+                k--;
+            if (k && ((unsigned char)out[k - 1] & 0xC0) == 0xC0) {
+                unsigned char lead = (unsigned char)out[k - 1];
+                size_t need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+                if (o - (k - 1) < need)
+                    o = k - 1;
+            }
+            memcpy(out + o, "\xe2\x80\xa6", 3); /* … */
+            o += 3;
+            break;
+        }
+        memcpy(out + o, e, n);
+        o += n;
+    }
+    out[o] = '\0';
+    return out;
+}
+
+/* The one access-log line of a request: every field is always present
+ * ("-" or -1 when unknown), so the lines can be parsed by position or key.
+ * What the client chose (path, model, and the error and route texts that
+ * may quote it) goes through log_field; the request id is already limited
+ * to [A-Za-z0-9._:-] by the HTTP server. */
 static void log_access(brix_gw_worker_t *w, const brix_http_req_t *h, const char *model,
                        const char *pod, const char *strategy, int status, double ttft_ms,
                        int attempts, int64_t prompt_tokens, int64_t completion_tokens,
@@ -84,14 +145,18 @@ static void log_access(brix_gw_worker_t *w, const brix_http_req_t *h, const char
     double dur = (double)(brix_now_ns() - h->start_ns) / 1e6;
     if (!w->alog.len)
         uv_check_start(&w->alog_check, brix_px_alog_flush);
+    char pb[ALOG_FIELD_MAX + 4], mb[ALOG_FIELD_MAX + 4], eb[ALOG_ERROR_MAX + 4],
+        rb[ALOG_ROUTE_MAX + 4];
     brix_log_to(&w->alog, BRIX_LOG_INFO, h->id,
                 "access method=%s path=%s model=%s pod=%s strategy=%s status=%d ttft_ms=%.2f "
                 "dur_ms=%.2f attempts=%d prompt_tokens=%lld completion_tokens=%lld bytes=%llu "
                 "error=%s%s%s%s%s%s",
-                h->method_name, h->path, model ? model : "-", pod ? pod : "-",
+                h->method_name, log_field(pb, ALOG_FIELD_MAX, h->path, false),
+                model ? log_field(mb, ALOG_FIELD_MAX, model, false) : "-", pod ? pod : "-",
                 strategy ? strategy : "-", status, ttft_ms, dur, attempts, (long long)prompt_tokens,
                 (long long)completion_tokens, (unsigned long long)h->bytes_out, error ? "\"" : "-",
-                error ? error : "", error ? "\"" : "", route ? " route=\"" : "", route ? route : "",
+                error ? log_field(eb, ALOG_ERROR_MAX, error, true) : "", error ? "\"" : "",
+                route ? " route=\"" : "", route ? log_field(rb, ALOG_ROUTE_MAX, route, true) : "",
                 route ? "\"" : "");
 }
 
