@@ -28,6 +28,8 @@ const char *brix_px_err_type(int status)
         return "invalid_request_error";
     case 401:
         return "authentication_error";
+    case 403:
+        return "permission_error";
     case 429:
         return "rate_limit_error";
     case 503:

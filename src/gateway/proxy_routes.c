@@ -10,6 +10,7 @@
  * gateway itself.
  */
 #include "core/alloc.h"
+#include "core/http_host.h"
 #include "core/json.h"
 #include "core/time.h"
 #include "gateway/proxy_internal.h"
@@ -349,6 +350,20 @@ void brix_px_handler(brix_http_req_t *h, void *ud)
     const char *p = h->path;
     bool get = h->method == HTTP_GET || h->method == HTTP_HEAD;
     bool post = h->method == HTTP_POST;
+    /* DNS rebinding: a page the user opens must not reach a loopback
+     * gateway under its own name. Probes answer whatever the Host (an
+     * orchestrator's checks may use any name). */
+    const brix_gw_t *gw = w->gw;
+    if (gw->fixed.check_host && strcmp(p, "/healthz") && strcmp(p, "/readyz")) {
+        const char *host = brix_http_req_header(h, "host");
+        if (!brix_http_host_ok(host, gw->port, &gw->fixed.allowed_hosts)) {
+            brix_px_error(w, h, 403, "host_not_allowed", NULL, NULL,
+                          "Host '%.100s' is not an address of this gateway (DNS rebinding "
+                          "protection; the operator can add --allowed-host NAME)",
+                          host);
+            return;
+        }
+    }
     if (!strcmp(p, "/healthz")) {
         if (!get)
             goto method;
