@@ -32,9 +32,11 @@ import common  # noqa: E402
 SLOW = int(os.environ.get("SLOW", "10000"))
 REQS = int(os.environ.get("REQS", "400"))
 WORKERS = os.environ.get("WORKERS", "2")
-HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
+        b"content-type: application/json\r\n"
         + b"x-dribble: " + b"a" * 4000 + b"\r\n\r\n")
-BODY_HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+BODY_HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
+             b"content-type: application/json\r\n"
              b"content-length: 1000000\r\n\r\n{")
 
 
@@ -53,7 +55,7 @@ def one_request(port):
     t0 = time.perf_counter()
     s = socket.create_connection(("127.0.0.1", port), timeout=30)
     try:
-        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: "
+        s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\ncontent-type: "
                   b"application/json\r\nconnection: close\r\ncontent-length: %d\r\n\r\n"
                   % len(body) + body)
         data = b""

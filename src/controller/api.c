@@ -32,6 +32,7 @@
 
 #include "controller/ctl.h"
 #include "core/alloc.h"
+#include "core/http_host.h"
 #include "core/json.h"
 #include "core/log.h"
 #include "core/time.h"
@@ -811,7 +812,7 @@ static bool authenticated(brix_ctl_t *c, brix_http_req_t *h)
 static bool admitted(brix_ctl_t *c, brix_http_req_t *h, bool *open_page)
 {
     const char *host = brix_http_req_header(h, "host");
-    if (!brix_auth_host_ok(host, c->port, &c->cfg.allowed_hosts)) {
+    if (!brix_http_host_ok(host, c->port, &c->cfg.allowed_hosts)) {
         uint64_t now = brix_now_ms(); /* a page can send these in a loop: one line per 10 s */
         if (!c->host_warned_ms || now - c->host_warned_ms >= 10000) {
             c->host_warned_ms = now;

@@ -40,16 +40,6 @@ int brix_auth_cookie_value(const char *token, char out[65]);
 /* The value of cookie `name` in a Cookie header, copied to out; false if absent. */
 bool brix_auth_cookie_get(const char *header, const char *name, char *out, size_t outlen);
 
-/* host is a loopback address or "localhost" (what a local-only listener binds). */
-bool brix_auth_is_loopback(const char *host);
-/*
- * DNS rebinding: a browser tricked into reaching this port sends the
- * attacker's host name in Host. Accepted: IP literals and "localhost" (with no
- * port or the listener's port), and the operator's allowed names (a bare name
- * matches any port; "name:port" exactly). NULL host (HTTP/1.0) is accepted:
- * every browser sends one.
- */
-bool brix_auth_host_ok(const char *host, int port, const brix_strlist_t *allowed);
 /* A write's Content-Type is JSON or YAML (what no-cors cross-origin requests
  * cannot send: they are limited to text/plain and form types). */
 bool brix_auth_write_type_ok(const char *content_type);

@@ -23,6 +23,7 @@
 #include "controller/ctl.h"
 #include "core/alloc.h"
 #include "core/config.h"
+#include "core/http_host.h"
 #include "core/log.h"
 #include "core/time.h"
 
@@ -130,7 +131,7 @@ static int load_cfg(brix_ctl_cfg_t *c, int argc, char **argv, char *err, size_t 
         snprintf(err, errlen, "log-level: unknown level '%s'", c->log_level);
         return -1;
     }
-    bool loopback = brix_auth_is_loopback(c->host);
+    bool loopback = brix_http_host_is_loopback(c->host);
     if (c->insecure_no_auth && (!loopback || c->token_file)) {
         snprintf(err, errlen,
                  c->token_file ? "--insecure-no-auth and --token-file exclude each other"

@@ -11,6 +11,7 @@
 #include "gateway/gateway_main.h"
 
 #include "core/alloc.h"
+#include "core/http_host.h"
 #include "core/log.h"
 #include "core/time.h"
 #include "core/yaml.h"
@@ -34,6 +35,10 @@ static const brix_opt_t gw_opts[] = {
       "YAML file of option: value pairs; SIGHUP re-reads it (flags on the command line win)" },
     { "host", BRIX_OPT_STRING, O(host), "127.0.0.1", 1, 0, "ADDR", "address to listen on" },
     { "port", BRIX_OPT_INT, O(port), "8080", 0, 65535, "PORT", "port to listen on (0 = any free)" },
+    { "allowed-host", BRIX_OPT_STRLIST, O(allowed_hosts), NULL, 0, 0, "NAME",
+      "a Host name served besides IP addresses and localhost (repeatable; NAME:PORT for one port "
+      "only); other names get 403 host_not_allowed (DNS rebinding) on a loopback --host, and on "
+      "any --host once a name is given" },
     { "workers", BRIX_OPT_INT, O(workers), "2", 1, 256, "N",
       "worker threads, each with its own event loop (SO_REUSEPORT)" },
     { "worker-urls", BRIX_OPT_STRLIST, O(worker_urls), NULL, 1, 0, "URL[,URL...]",
@@ -522,9 +527,10 @@ static void on_sighup(uv_signal_t *s, int signum)
         brix_metric_add(gw->m.reloads_failed, 1);
         return;
     }
-    if (nc.port != gw->cfg.port || strcmp(nc.host, gw->cfg.host) || nc.workers != gw->cfg.workers)
-        BRIX_WARN("reload: host, port and workers only change on restart; keeping %s:%d with %d "
-                  "workers",
+    if (nc.port != gw->cfg.port || strcmp(nc.host, gw->cfg.host) || nc.workers != gw->cfg.workers ||
+        list_differs(&nc.allowed_hosts, &gw->fixed.allowed_hosts))
+        BRIX_WARN("reload: host, port, workers and allowed-host only change on restart; keeping "
+                  "%s:%d with %d workers",
                   gw->cfg.host, gw->port, gw->nworkers);
     /* the index and the KV-event watchers are built for one block size */
     if (nc.route.block_size != gw->cfg.route.block_size ||
@@ -675,6 +681,10 @@ int brix_gateway_main(int argc, char **argv)
     gw->fixed.queue_size = gw->cfg.queue_size;
     gw->fixed.queue_timeout = gw->cfg.queue_timeout;
     gw->fixed.tenant_metrics_max = gw->cfg.tenant_metrics_max;
+    gw->fixed.check_host = brix_http_host_is_loopback(gw->cfg.host) || gw->cfg.allowed_hosts.n;
+    for (size_t i = 0; i < gw->cfg.allowed_hosts.n; i++)
+        if (brix_strlist_push(&gw->fixed.allowed_hosts, gw->cfg.allowed_hosts.v[i]))
+            goto out;
     if (gw->cfg.admin_key && !gw->fixed.admin_key)
         goto out;
     brix_tn_cfg_t tc;
@@ -787,6 +797,7 @@ out:
     brix_gw_fairs_free(gw->fair);
     brix_tn_free(gw->tn);
     brix_free(gw->fixed.admin_key);
+    brix_strlist_free(&gw->fixed.allowed_hosts);
     for (size_t i = 0; i < gw->nlabel_users; i++)
         brix_free(gw->label_users[i]);
     brix_free(gw->label_users);

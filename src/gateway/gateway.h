@@ -35,6 +35,7 @@ typedef struct brix_gw_cfg {
     char *config;
     char *host;
     int64_t port;
+    brix_strlist_t allowed_hosts; /* Host names besides IP literals and localhost */
     int64_t workers;
     brix_strlist_t worker_urls;
     /* discovery from `brix controller` */
@@ -238,6 +239,10 @@ struct brix_gw {
         char *admin_key;
         int64_t queue_size, tenant_metrics_max;
         uint64_t queue_timeout;
+        /* DNS rebinding: Host is checked on a loopback listener, or once
+         * names are listed (core/http_host) */
+        bool check_host;
+        brix_strlist_t allowed_hosts;
     } fixed;
     uv_timer_t fair_timer;
     brix_gw_demand_t demand;         /* adapters requests wait for (workers → control thread) */

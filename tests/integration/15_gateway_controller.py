@@ -421,7 +421,8 @@ def _():
 def _():
     s = socket.create_connection(("127.0.0.1", G2.port))
     body = json.dumps({"model": "sql-z", "prompt": "x", "max_tokens": 1}).encode()
-    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n"
+              b"Content-Type: application/json\r\n"
               b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
     h.wait_until(lambda: mv(G2, "brix_gateway_adapter_held_requests") == 1, 3, "held")
     s.close()

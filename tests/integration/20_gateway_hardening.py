@@ -11,6 +11,7 @@ arrive (not held to the end of the stream), byte for byte; an event over
 upstream error; NaN / infinite / negative engine metrics are refused."""
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -406,6 +407,37 @@ def _():
                                         {"pod": pod}) == 3, 5, "running 3 taken")
     assert (h.metric_value(h.metrics(GS.port), "brix_gateway_engine_metric_values_refused_total",
                            {"pod": pod}) or 0) >= 4
+
+
+# ------------------------------------------------------------ access log --
+
+@h.check("access log: a 10 KB client model name with a newline, quotes and spaces gives one "
+         "line of bounded length; the model and error fields are cut with '…', control bytes "
+         "are escaped, and every field after them is still there")
+def _():
+    rid = "logfield-1"
+    forged = '2026-01-01T00:00:00.000Z INFO  gateway[1]: req=x access forged status=200'
+    model = "a\n" + forged + ' "q" \x1b[31m\\ ' + "z" * 10240
+    st, _, j, b = raw_post(G.port, CHAT, json.dumps({"model": model, "messages": MSGS}).encode(),
+                           {"x-request-id": rid})
+    err(st, j, b, 404, param="model", code="model_not_found")
+    time.sleep(0.2)
+    text = G.text()
+    mine = [ln for ln in text.splitlines() if f"req={rid} " in ln]
+    assert len(mine) == 1, mine
+    line = mine[0]
+    assert " access " in line and len(line.encode()) <= 1200, (len(line.encode()), line[:300])
+    # nothing of the model reached a line of its own
+    assert not [ln for ln in text.splitlines() if "forged" in ln and ln != line]
+    assert "\x1b" not in line and "\n" not in line
+    f = dict(re.findall(r'(\w+)=("[^"]*"|\S+)', line))
+    assert f.get("status") == "404" and f.get("bytes") and f.get("error"), (f, line)
+    m = f["model"]
+    assert m.startswith("a\\n2026-01-01T00:00:00.000Z\\x20INFO"), m
+    assert m.endswith("…") and len(m.encode()) <= 256 + 3, (len(m.encode()), m)
+    assert "\\x22q\\x22" in m and "\\x1b[31m" in m and "\\\\" in m, m
+    e = f["error"]
+    assert e.startswith('"') and e.endswith('…"') and len(e.encode()) <= 512 + 5, e
 
 
 @h.check("shutdown: clean logs")

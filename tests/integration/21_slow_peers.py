@@ -51,7 +51,8 @@ def stuck_reader(port, user, max_tokens):
     s.connect(("127.0.0.1", port))
     body = json.dumps({"model": BASE, "stream": True, "max_tokens": max_tokens,
                        "messages": [{"role": "user", "content": "hi"}]}).encode()
-    s.sendall(b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\nuser: %s\r\n"
+    s.sendall(b"POST %s HTTP/1.1\r\nhost: localhost\r\n"
+              b"content-type: application/json\r\nuser: %s\r\n"
               b"content-length: %d\r\n\r\n" % (CHAT.encode(), user.encode(), len(body)) + body)
     return s
 
@@ -150,7 +151,8 @@ def _():
     s.connect(("127.0.0.1", e.port))
     # ~6 MB of JSON: more than the kernel buffers hold, so most of it waits in the server
     body = json.dumps({"model": BASE, "input": ["hello world"] * 120}).encode()
-    s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    s.sendall(b"POST /v1/embeddings HTTP/1.1\r\nhost: localhost\r\n"
+              b"content-type: application/json\r\n"
               b"content-length: %d\r\n\r\n" % len(body) + body)
     s.settimeout(10)
     data, want, t0, took_break = b"", None, time.time(), False
@@ -264,9 +266,11 @@ def open_many(n, src, sel, mode, hold):
         sel.register(s, selectors.EVENT_WRITE)
 
 
-HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
+        b"content-type: application/json\r\n"
         b"x-dribble: " + b"a" * 200 + b"\r\n\r\n")
-BODY_HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+BODY_HEAD = (b"POST /v1/chat/completions HTTP/1.1\r\nhost: localhost\r\n"
+             b"content-type: application/json\r\n"
              b"content-length: 100000\r\n\r\n{")
 
 
@@ -475,7 +479,7 @@ def pipeline_client(port, nreq, body_bytes, out, idx):
     big = json.dumps({"model": BASE, "max_tokens": 1,
                       "messages": [{"role": "user", "content": "y" * body_bytes}]}).encode()
     reqs = [first] + [big] * nreq
-    data = b"".join(b"POST %s HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    data = b"".join(b"POST %s HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n"
                     b"content-length: %d\r\n\r\n" % (CHAT.encode(), len(r)) + r for r in reqs)
     statuses = []
     try:
