@@ -4,7 +4,7 @@
 One engine-sim behind one gateway (default flags except the ones below). Phase "0 slow": the
 client sends REQS sequential chat completions (max_tokens 4, a new connection each, as a
 browser or SDK without pooling would) and records each latency. Phase "N slow": N connections
-from 127.0.0.5 are opened first — a third idle, a third dribbling a request head one byte a
+from one 127.x.y.z address (a new one each run) are opened first — a third idle, a third dribbling a request head one byte a
 second, a third sending a body one byte a second — and kept dribbling while the same client
 sends REQS requests; the head/body/idle timeouts are raised to 10 minutes so the slow
 connections stay for the whole phase (the worst case: nothing times them out). The table
@@ -91,6 +91,9 @@ class Slow:
         self.socks = []
         self.stop = threading.Event()
         self.closed = 0
+        # a fresh loopback source address per run: the previous run's 10,000
+        # connections sit in TIME_WAIT on theirs and would use up its ports
+        self.src = f"127.0.{os.getpid() % 250 + 1}.{int(time.time()) % 250 + 2}"
 
     def open(self):
         sel = selectors.DefaultSelector()
@@ -98,7 +101,7 @@ class Slow:
         for i in range(self.n):
             s = socket.socket()
             s.setblocking(False)
-            s.bind(("127.0.0.5", 0))
+            s.bind((self.src, 0))
             rc = s.connect_ex(("127.0.0.1", self.port))
             if rc not in (0, errno.EINPROGRESS):
                 s.close()
