@@ -4,8 +4,9 @@
 One engine-sim behind one gateway (default flags except the ones below). Phase "0 slow": the
 client sends REQS sequential chat completions (max_tokens 4, a new connection each, as a
 browser or SDK without pooling would) and records each latency. Phase "N slow": N connections
-from one 127.x.y.z address (a new one each run) are opened first — a third idle, a third dribbling a request head one byte a
-second, a third sending a body one byte a second — and kept dribbling while the same client
+from one 127.x.y.z address (a new one each run) are opened first — a third idle, a third
+dribbling a request head one byte a second, a third sending a body one byte a second — and
+kept dribbling while the same client
 sends REQS requests; the head/body/idle timeouts are raised to 10 minutes so the slow
 connections stay for the whole phase (the worst case: nothing times them out). The table
 gives p50/p99/max and errors per phase, and the p99 ratio. A benchmark, not a test: nothing is
