@@ -250,7 +250,7 @@ static int metrics_init(brix_ctl_t *c)
     const brix_metric_type_t C = BRIX_METRIC_COUNTER, G = BRIX_METRIC_GAUGE,
                              H = BRIX_METRIC_HISTOGRAM;
     brix_ctl_metrics_t *m = &c->m;
-    if (!(m->reg = brix_metrics_new()))
+    if (!(m->reg = brix_metrics_new()) || brix_metrics_add_process(m->reg, &m->process))
         return -1;
     m->replicas = brix_metrics_family(m->reg, G, "brix_controller_replicas", "replicas by phase",
                                       ph, NULL, 0);

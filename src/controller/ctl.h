@@ -120,6 +120,7 @@ typedef struct brix_ctl_metrics {
     brix_metric_t *evictions;
     brix_metric_t *cache_bytes, *cache_evictions;
     brix_metric_t *load_seconds, *reconcile_seconds;
+    brix_process_metrics_t process;
 } brix_ctl_metrics_t;
 
 typedef struct brix_ctl {

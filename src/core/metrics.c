@@ -27,13 +27,16 @@
 
 #include "core/alloc.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define DEFAULT_MAX_LINE 16384
 
@@ -1036,4 +1039,67 @@ const char *brix_prom_label(const brix_prom_sample_t *s, const char *name)
         if (!strcmp(s->labels[i].name, name))
             return s->labels[i].value;
     return NULL;
+}
+
+/* ----------------------------------------------------- process gauges -- */
+
+static double read_rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, rss = 0;
+    if (!f)
+        return 0;
+    if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+        rss = 0;
+    fclose(f);
+    return (double)rss * (double)sysconf(_SC_PAGESIZE);
+}
+
+static double count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    double n = 0;
+    if (!d)
+        return 0;
+    for (struct dirent *e; (e = readdir(d));)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n - 1; /* the directory stream's own descriptor */
+}
+
+static void on_collect_process(brix_metrics_t *r, void *ud)
+{
+    (void)r;
+    brix_process_metrics_t *g = ud;
+    brix_metric_set(g->rss, read_rss_bytes());
+    brix_metric_set(g->fds, count_fds());
+    brix_metric_set(g->heap_bytes, (double)brix_alloc_live_bytes());
+    brix_metric_set(g->heap_allocs, (double)brix_alloc_live());
+}
+
+int brix_metrics_add_process(brix_metrics_t *r, brix_process_metrics_t *pm)
+{
+    static const struct {
+        const char *name, *help;
+        size_t off;
+    } G[] = {
+        { "process_resident_memory_bytes", "Resident memory size in bytes.",
+          offsetof(brix_process_metrics_t, rss) },
+        { "process_open_fds", "Number of open file descriptors.",
+          offsetof(brix_process_metrics_t, fds) },
+        { "brix_heap_live_bytes", "bytes held by brix's counted allocator (all threads)",
+          offsetof(brix_process_metrics_t, heap_bytes) },
+        { "brix_heap_live_allocations", "live allocations of brix's counted allocator",
+          offsetof(brix_process_metrics_t, heap_allocs) },
+    };
+    for (size_t i = 0; i < sizeof G / sizeof *G; i++) {
+        brix_metric_family_t *f =
+            brix_metrics_family(r, BRIX_METRIC_GAUGE, G[i].name, G[i].help, NULL, NULL, 0);
+        brix_metric_t *m = f ? brix_metric_child(f, NULL) : NULL;
+        if (!m)
+            return -ENOMEM;
+        *(brix_metric_t **)((char *)pm + G[i].off) = m;
+    }
+    brix_metrics_on_collect(r, on_collect_process, pm);
+    return 0;
 }

@@ -85,6 +85,18 @@ uint64_t brix_metric_family_dropped(const brix_metric_family_t *f);
 typedef void (*brix_metrics_collect_fn)(brix_metrics_t *r, void *ud);
 void brix_metrics_on_collect(brix_metrics_t *r, brix_metrics_collect_fn fn, void *ud);
 
+/* Registers the process gauges brix's own components export (not engine-sim,
+ * whose exposition is vLLM's): process_resident_memory_bytes and
+ * process_open_fds (the Prometheus client conventions, read from /proc at
+ * each scrape), and brix_heap_live_bytes / brix_heap_live_allocations (what
+ * the counted allocator holds: a leak shows there exactly, where RSS is
+ * blurred by the allocator). pm is the caller's and lives as long as the
+ * registry. 0, or -ENOMEM. */
+typedef struct brix_process_metrics {
+    brix_metric_t *rss, *fds, *heap_bytes, *heap_allocs;
+} brix_process_metrics_t;
+int brix_metrics_add_process(brix_metrics_t *r, brix_process_metrics_t *pm);
+
 /* Appends the exposition text of every family, in registration order, and
  * returns 0; on -ENOMEM out is left as it was. May run while other threads
  * update values (a scrape may then be slightly inconsistent). */

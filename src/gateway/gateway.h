@@ -208,6 +208,7 @@ typedef struct brix_gw_metrics {
     brix_metric_t *http_conns, *http_buffered, *http_timeouts[4]; /* header body idle write */
     brix_metric_t *http_refused_ip, *http_refused_full, *http_evicted;
     brix_metric_t *http_budget_pauses;
+    brix_process_metrics_t process;
 } brix_gw_metrics_t;
 
 typedef struct brix_gw_control brix_gw_control_t;

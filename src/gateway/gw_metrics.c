@@ -135,6 +135,8 @@ int brix_gw_metrics_init(brix_gw_t *gw)
     if (!(m->reg = brix_metrics_new()))
         return -1;
     brix_metrics_set_max_children(m->reg, (size_t)gw->cfg.metrics_max_children);
+    if (brix_metrics_add_process(m->reg, &m->process))
+        return -1;
     http_guard_metrics(m);
     static const char *const L_MODEL_STATUS_STRATEGY[] = { "model", "status", "strategy", NULL };
     static const char *const L_MODEL[] = { "model", NULL };
