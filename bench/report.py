@@ -225,6 +225,15 @@ dribblers; the gateway's timeouts raised so none is closed during the phase):
 
 {frag('slowloris.md')}
 
+## Hardening: what the checks cost per request
+
+Command: `BRIX_BASELINE_BIN=/path/to/brix-before python3 bench/gateway_instructions.py`.
+Instructions per proxied request in the gateway's worker thread (callgrind: exact and
+repeatable, where wall-clock throughput on this machine moves by ±20 %), this build against
+the baseline binary in the same run:
+
+{frag('gateway_instructions.md')}
+
 ## LoRA density: shared replicas with dynamic loading vs one replica per adapter
 
 Command: `python3 bench/lora_density.py` (knobs in its docstring). 64 adapters with low,
