@@ -35,6 +35,7 @@
 #include "core/http_host.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/secret.h"
 #include "core/time.h"
 
 /* ---------------------------------------------------------- rendering -- */
@@ -770,7 +771,7 @@ static void handle_login(brix_ctl_t *c, brix_http_req_t *h)
     struct brix_ctl_login *hit = NULL;
     for (size_t i = 0; i < sizeof c->logins / sizeof *c->logins; i++) {
         struct brix_ctl_login *l = &c->logins[i];
-        if (l->code[0] && l->expires > now && code[0] && brix_auth_token_equal(code, l->code))
+        if (l->code[0] && l->expires > now && code[0] && brix_secret_equal(code, l->code))
             hit = l;
     }
     if (!hit) {
@@ -799,12 +800,12 @@ static bool authenticated(brix_ctl_t *c, brix_http_req_t *h)
         return true; /* --insecure-no-auth (loopback only) */
     const char *bearer = brix_http_req_bearer(h);
     if (bearer)
-        return brix_auth_token_equal(bearer, c->token);
+        return brix_secret_equal(bearer, c->token);
     const char *ck = brix_http_req_header(h, "cookie");
     char v[128];
     bool read = h->method == HTTP_GET || h->method == HTTP_HEAD;
     return read && ck && brix_auth_cookie_get(ck, BRIX_AUTH_COOKIE, v, sizeof v) &&
-           brix_auth_token_equal(v, c->cookie);
+           brix_secret_equal(v, c->cookie);
 }
 
 /* Everything a request must pass before a handler: Host (DNS rebinding),

@@ -130,11 +130,6 @@ int brix_auth_token_load(const char *path, bool create, char *out, size_t outlen
     return rc;
 }
 
-bool brix_auth_token_equal(const char *given, const char *want)
-{
-    return brix_secret_equal(given, want);
-}
-
 int brix_auth_cookie_value(const char *token, char out[65])
 {
     static const char label[] = "brix controller status page v1";

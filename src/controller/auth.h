@@ -32,9 +32,6 @@
  */
 int brix_auth_token_load(const char *path, bool create, char *out, size_t outlen, bool *created,
                          char *err, size_t errlen);
-/* Constant-time comparison: both sides are hashed first, so neither the
- * content nor the length of the expected token leaks through timing. */
-bool brix_auth_token_equal(const char *given, const char *want);
 /* The status-page cookie value for token (hex HMAC-SHA256); 0 or -ENOMEM. */
 int brix_auth_cookie_value(const char *token, char out[65]);
 /* The value of cookie `name` in a Cookie header, copied to out; false if absent. */

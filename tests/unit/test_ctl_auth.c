@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "controller/auth.h"
+#include "core/secret.h"
 #include "leak_check.h"
 
 static void redacts(const char *const *argv, size_t n, const char *want)
@@ -125,12 +126,12 @@ static void test_cookie_and_compare(void **state)
     assert_int_equal(strlen(c1), 64);
     assert_string_not_equal(c1, c2);
     assert_null(strstr(c1, "token"));
-    assert_true(brix_auth_token_equal("abc", "abc"));
-    assert_false(brix_auth_token_equal("abc", "abd"));
-    assert_false(brix_auth_token_equal("ab", "abc"));
-    assert_false(brix_auth_token_equal("abcd", "abc"));
-    assert_false(brix_auth_token_equal(NULL, "abc"));
-    assert_false(brix_auth_token_equal("", ""));
+    assert_true(brix_secret_equal("abc", "abc"));
+    assert_false(brix_secret_equal("abc", "abd"));
+    assert_false(brix_secret_equal("ab", "abc"));
+    assert_false(brix_secret_equal("abcd", "abc"));
+    assert_false(brix_secret_equal(NULL, "abc"));
+    assert_false(brix_secret_equal("", ""));
 }
 
 static void test_token_file(void **state)
