@@ -19,6 +19,7 @@
 #include "core/buf.h"
 #include "core/config.h"
 #include "core/yaml.h"
+#include "controller/autoscaler/autoscaler.h"
 
 typedef enum brix_kind {
     BRIX_KIND_NONE = -1,
@@ -26,6 +27,7 @@ typedef enum brix_kind {
     BRIX_KIND_ADAPTER,        /* ModelAdapter */
     BRIX_KIND_REPLICA,        /* read-only: the replicas the provider runs */
     BRIX_KIND_CLUSTER,        /* brix up's own settings document; never stored */
+    BRIX_KIND_AUTOSCALER,     /* PodAutoscaler (autoscaling.aibrix.ai/v1alpha1) */
 } brix_kind_t;
 
 /* "deployments", "deployment", "deploy", "md", "modeldeployment(s)" …;
@@ -80,12 +82,53 @@ typedef struct brix_adapter_spec {
     brix_labels_t additional_config;
 } brix_adapter_spec_t;
 
+/* Where a PodAutoscaler metric comes from (AIBrix's metricSourceType). */
+typedef enum brix_pa_source_type {
+    BRIX_PA_SRC_POD,      /* each replica's own metrics endpoint (locally: the replica's URL) */
+    BRIX_PA_SRC_EXTERNAL, /* protocolType://endpoint/path (also "domain", deprecated) */
+    BRIX_PA_SRC_GATEWAY,  /* brix extension "gateway": the gateways' per-model load reports */
+    BRIX_PA_SRC_RESOURCE, /* cpu/memory of the replica processes (local: /proc) */
+    BRIX_PA_SRC_CUSTOM,   /* Kubernetes custom metrics API: refused locally at apply */
+} brix_pa_source_type_t;
+
+typedef struct brix_pa_metric {
+    brix_pa_source_type_t type;
+    char *protocol;      /* "http" | "https" (default http) */
+    char *endpoint;      /* external: host[:port] */
+    char *path;          /* as given ("metrics" or "/metrics") */
+    char *port;          /* pod: the metrics port in a pod (locally unused: the replica URL) */
+    char *target_metric; /* AIBrix's name (num_requests_waiting …) or an engine metric name */
+    char *target_value;  /* as given (a string in AIBrix) */
+    double target;       /* target_value parsed, > 0 */
+} brix_pa_metric_t;
+
+typedef struct brix_pa_spec {
+    char *target_api_version, *target_kind, *target_name; /* scaleTargetRef */
+    char *sub_target_role;                                 /* subTargetSelector.roleName */
+    int64_t min_replicas; /* default 1 (0 allowed with scale-to-zero) */
+    int64_t max_replicas; /* required, >= min */
+    brix_as_strategy_t strategy;
+    brix_pa_metric_t metrics[BRIX_AS_MAX_METRICS];
+    int nmetrics;
+    int64_t observe_window_ms; /* 0 = default */
+    int64_t panic_window_ms;   /* 0 = default */
+    char *predictive_mode;     /* "Preview" | "Auto" | NULL */
+    int64_t predictive_horizon_ms;
+    brix_as_schedule_t schedules[BRIX_AS_MAX_SCHEDULES];
+    size_t nschedules;
+    /* brix extension spec.slo (scalingStrategy SLO) */
+    double slo_ttft_s, slo_itl_s, slo_headroom;
+    /* annotations, parsed and checked at apply (defaults filled in) */
+    brix_as_params_t params; /* strategy, bounds, windows, rates, tolerances, zero, slo */
+} brix_pa_spec_t;
+
 typedef struct brix_obj {
     brix_kind_t kind;
     char *api_version;
     brix_meta_t meta;
     brix_deploy_spec_t d;  /* BRIX_KIND_DEPLOYMENT */
     brix_adapter_spec_t a; /* BRIX_KIND_ADAPTER */
+    brix_pa_spec_t pa;     /* BRIX_KIND_AUTOSCALER */
     /* The directory the object was applied from (brix apply -f's file, sent as
      * x-brix-base-dir), or NULL: by default the one place besides the state
      * dir its file:// artifact may be read from. Not part of the spec; kept
