@@ -389,6 +389,15 @@ void brix_ctl_on_exit(void *ud, brix_replica_t *r, const char *why)
         brix_ctl_kick(c);
         return;
     }
+    if (!expected && r->draining) { /* it was leaving anyway: not restarted */
+        BRIX_WARN("replica %s: %s while draining; removed (the gateways retry what it had not "
+                  "answered yet)",
+                  r->name, why);
+        remove_replica(c, r);
+        brix_ctl_changed(c);
+        brix_ctl_kick(c);
+        return;
+    }
     if (!expected || !r->last_exit[0])
         snprintf(r->last_exit, sizeof r->last_exit, "%s", why);
     r->ready = false;
