@@ -204,9 +204,10 @@ def _():
                     return name, r
             return None
         name, r = h.wait_until(draining, 40, "a replica draining")
-        if not killed:  # SIGKILL it with requests possibly running on it
-            os.kill(r["status"]["pid"], signal.SIGKILL)
-            killed.append(name)
+        # SIGKILL it with requests possibly running on it (a 200-token request runs ~3 s and
+        # the drain waits for them, so it is still there)
+        os.kill(r["status"]["pid"], signal.SIGKILL)
+        killed.append(name)
         h.wait_until(lambda: K.pa("busy-apa")["status"]["desiredScale"] == 1, 40,
                      "scale-down to 1")
         h.wait_until(lambda: list(K.replicas("busy")) == ["busy-0"], 40,
