@@ -107,6 +107,11 @@ typedef struct brix_as_state {
     double cap_in_tps, cap_out_tps; /* learned per-replica capacity at the SLO (0 = none) */
     double level, trend;            /* Holt's forecast of the load, in replicas */
     uint64_t level_t_ms;
+    /* added with the implementation */
+    bool idle;              /* every known load signal zero since idle_since_ms */
+    bool level_init;        /* SLO: level/trend hold a value */
+    uint64_t learn_t_ms;    /* SLO: samples before this time have been learnt from */
+    double learn_inflight;  /* SLO: inflight+held of that sample (-1 = unknown) */
 } brix_as_state_t;
 
 typedef struct brix_as_input {
