@@ -17,8 +17,10 @@
  *     SLO at L, so cap moves halfway down to L. The backlog guard matters:
  *     right after a burst TTFT stays high while the queue drains at a low
  *     offered load, and that says nothing about capacity;
- *   - TTFT (ITL) under half its target at an L above the estimate: the
- *     replica does better than believed, cap moves a tenth of the way up.
+ *   - TTFT (ITL) under half its target at an L above the estimate while the
+ *     backlog was not growing: the replica does better than believed, cap
+ *     moves a tenth of the way up (a growing backlog would mean it does not
+ *     keep up, whatever the latency shows yet: latency lags the queue).
  *
  * Queue: requests in flight (engines) or held (gateways) beyond what Little's
  * law expects at the SLO (rps x time-in-system at the target) are backlog;
@@ -71,13 +73,14 @@ static double bound_cap(double cap, double prior)
 }
 
 /* One latency dimension's learning step; see the header comment. */
-static double learn(double cap, double prior, double load, double lat, double slo, bool growing)
+static double learn(double cap, double prior, double load, double lat, double slo, bool growing,
+                    bool steady)
 {
     if (cap <= 0 || slo <= 0 || lat < 0 || load <= 0)
         return cap;
     if (lat > slo && load < cap && growing)
         cap += SLO_LEARN_DOWN * (load - cap);
-    else if (lat < SLO_WELL_WITHIN * slo && load > cap)
+    else if (lat < SLO_WELL_WITHIN * slo && load > cap && steady)
         cap += SLO_LEARN_UP * (load - cap);
     return bound_cap(cap, prior);
 }
@@ -100,16 +103,20 @@ static void learn_capacity(const brix_as_params_t *p, brix_as_state_t *s, const 
         s->learn_t_ms = x->t_ms + 1;
         if (!usable(x))
             continue;
+        /* The backlog's direction (inflight + held against the previous
+         * sample): without queue figures latency alone decides; with them,
+         * the first sample has no direction yet and teaches nothing. */
         double q = x->inflight >= 0 && x->held >= 0 ? x->inflight + x->held : -1;
-        bool growing = q < 0 || s->learn_inflight < 0 || q >= s->learn_inflight;
+        bool growing = q < 0 || (s->learn_inflight >= 0 && q >= s->learn_inflight);
+        bool steady = q < 0 || (s->learn_inflight >= 0 && q <= s->learn_inflight);
         s->learn_inflight = q;
         if (in->ready <= 0)
             continue;
         double ready = in->ready;
         s->cap_in_tps = learn(s->cap_in_tps, in->prior_cap_in_tps, x->in_tps / ready, x->ttft_s,
-                              p->slo_ttft_s, growing);
+                              p->slo_ttft_s, growing, steady);
         s->cap_out_tps = learn(s->cap_out_tps, in->prior_cap_out_tps, x->out_tps / ready,
-                               x->itl_s, p->slo_itl_s, growing);
+                               x->itl_s, p->slo_itl_s, growing, steady);
     }
 }
 
