@@ -88,6 +88,7 @@ void brix_as_state_free(brix_as_state_t *s)
 {
     brix_free(s->ring);
     brix_free(s->recs);
+    brix_free(s->peaks);
     memset(s, 0, sizeof *s);
 }
 
@@ -315,6 +316,14 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
     d->panic = r.panic;
     d->frozen = r.frozen && !wake;
 
+    /* A new autoscaler (or a restarted controller) has no history: the scale
+     * it finds is taken as the down window's recommendation at its first
+     * decision, so it does not scale down before a full window of evidence. */
+    if (!s->started) {
+        s->started = true;
+        s->seed_n = cur;
+        s->seed_t_ms = now;
+    }
     const char *why = NULL;
     bool recorded = record(s, p, now, rec);
     int32_t want = rec;
@@ -327,6 +336,8 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
             if (e->t_ms + p->down_stabilization_ms > now && e->n > down)
                 down = e->n;
         }
+        if (s->seed_t_ms + p->down_stabilization_ms > now && s->seed_n > down)
+            down = s->seed_n;
         want = cur;
         if (want < up)
             want = up;

@@ -112,6 +112,11 @@ typedef struct brix_as_state {
     bool level_init;        /* SLO: level/trend hold a value */
     uint64_t learn_t_ms;    /* SLO: samples before this time have been learnt from */
     double learn_inflight;  /* SLO: inflight+held of that sample (-1 = unknown) */
+    brix_as_rec_t *peaks;   /* SLO: decreasing maxima of the demand over its memory */
+    size_t npeaks, peaks_cap;
+    bool started;           /* decided at least once */
+    int32_t seed_n;         /* the scale found at the first decision … */
+    uint64_t seed_t_ms;     /* … counts as a down-window recommendation from then */
 } brix_as_state_t;
 
 typedef struct brix_as_input {

@@ -24,8 +24,11 @@
  *
  * Queue: requests in flight (engines) or held (gateways) beyond what Little's
  * law expects at the SLO (rps x time-in-system at the target) are backlog;
- * their prompt tokens must be cleared within one TTFT target, which asks for
- * backlog_tokens / (cap_in * ttft) more replicas.
+ * their prompt tokens must be cleared within max(TTFT target, start-up
+ * time), which asks for backlog_tokens / (cap_in * that) more replicas:
+ * capacity ordered now cannot help sooner than start-up, and clearing the
+ * whole backlog within one TTFT would order a fleet for a queue that the
+ * first new replicas drain.
  *
  * Forecast: Holt's double exponential smoothing of u_load (level time
  * constant 10 s, trend 60 s, both scaled by the real tick so a late tick
@@ -33,21 +36,31 @@
  * replica ordered now serves only after start-up, so the scale must be the one
  * the load will need then. Only a rising trend is used (max with u_now).
  *
- * Desired = ceil(max(u_now, u_forecast) / headroom). Flap avoidance is a
- * hysteresis band plus the down window: a scale-up happens as soon as the
- * demand exceeds the scale at the planned utilisation (headroom, 0.8), but a
- * scale-down keeps ceil(demand / (headroom * (1 - down_tolerance))), i.e.
- * plans the smaller fleet at a utilisation 10 % lower, and the pipeline's down
- * window then keeps the highest such value of the last 300 s. A scale-down is
- * so followed by a scale-up only if the load climbs more than ~11 % above the
- * highest demand of the previous five minutes; noise around a flat mean never
- * does that. Never below ceil(u_now / headroom): the window can only add.
+ * Desired = ceil(max(u_now, u_forecast) / headroom) when that is more than
+ * the scale: a scale-up happens as soon as the demand exceeds the scale at
+ * the planned utilisation (headroom, 0.8).
+ *
+ * Scale-down is where flaps come from. On a bursty load (the Azure code
+ * trace: bursts of 10-40 s every 0.5-4 min, quiet in between) a replica
+ * ordered for a burst arrives after it (start-up is 30 s to minutes), so what
+ * serves the SLO is capacity KEPT from earlier bursts; and a fleet cut between
+ * bursts is scaled up again by the next one, which is a flap. So the scale
+ * kept is the one the highest demand of a long memory (3 down windows, plus
+ * the pipeline's window: 20 min by default, several burst periods) needs,
+ * planned at a utilisation 10 %
+ * under the headroom (1 - down_tolerance): a scale-down is followed by a
+ * scale-up only if a burst comes that is more than ~11 % above every burst
+ * of the last 20 minutes, and the memory forgets a busy regime 20 minutes
+ * after it ends, which is where the replica-seconds are saved. The
+ * pipeline's down window then applies as for every strategy. Never below
+ * ceil(u_now / headroom): the memory and the window can only add.
  */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "controller/autoscaler/as_internal.h"
+#include "core/alloc.h"
 
 #define SLO_LOAD_WINDOW_MS 10000.0
 #define SLO_LEVEL_TAU_MS   10000.0
@@ -55,6 +68,14 @@
 #define SLO_LEARN_DOWN     0.5
 #define SLO_LEARN_UP       0.1
 #define SLO_WELL_WITHIN    0.5
+/* The demand memory, in down windows; the pipeline's own down window comes
+ * on top, so a burst is remembered for 4 windows (20 min by default). On the
+ * Azure code trace replayed three times over (1-s ticks, 30-s start-up),
+ * 2 windows gave 2-5 flaps and 3 gave none; every window more costs
+ * replica-seconds (+6 % each). */
+#ifndef SLO_MEMORY_WINDOWS
+#define SLO_MEMORY_WINDOWS 3
+#endif
 
 static bool usable(const brix_as_sample_t *x)
 {
@@ -130,6 +151,29 @@ static double load_units(const brix_as_state_t *s, double in_tps, double out_tps
     return u;
 }
 
+/* The highest `n` pushed within the last `mem` ms: a monotonic deque (values
+ * decreasing from the front), a few entries long. false on ENOMEM. */
+static bool peak_push(brix_as_state_t *s, uint64_t now, uint64_t mem, int32_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < s->npeaks; i++) /* drop what has left the memory */
+        if (s->peaks[i].t_ms + mem > now)
+            s->peaks[k++] = s->peaks[i];
+    s->npeaks = k;
+    while (s->npeaks > 0 && s->peaks[s->npeaks - 1].n <= n)
+        s->npeaks--;
+    if (s->npeaks == s->peaks_cap) {
+        size_t ncap = s->peaks_cap ? s->peaks_cap * 2 : 16;
+        brix_as_rec_t *r = brix_realloc(s->peaks, ncap * sizeof *r);
+        if (!r)
+            return false;
+        s->peaks = r;
+        s->peaks_cap = ncap;
+    }
+    s->peaks[s->npeaks++] = (brix_as_rec_t){ .t_ms = now, .n = n };
+    return true;
+}
+
 void brix__as_slo(const brix_as_params_t *p, brix_as_state_t *s, const brix_as_input_t *in,
                   brix_as_decision_t *d, brix__as_raw_t *r)
 {
@@ -188,8 +232,9 @@ void brix__as_slo(const brix_as_params_t *p, brix_as_state_t *s, const brix_as_i
         double itl = p->slo_itl_s > 0 ? p->slo_itl_s : (newest->itl_s > 0 ? newest->itl_s : 0);
         double out_per_req = out_tps / rps, in_per_req = in_tps / rps;
         double expected = rps * (ttft + out_per_req * itl);
+        double drain = in->startup_s > ttft ? in->startup_s : ttft;
         if (q > expected)
-            u_queue = (q - expected) * in_per_req / (s->cap_in_tps * ttft);
+            u_queue = (q - expected) * in_per_req / (s->cap_in_tps * drain);
     }
     double u_now = u_load + u_queue;
 
@@ -219,11 +264,19 @@ void brix__as_slo(const brix_as_params_t *p, brix_as_state_t *s, const brix_as_i
     double keep_h = h * (1 - (p->down_tolerance > 0 && p->down_tolerance < 1 ? p->down_tolerance : 0));
     int32_t rec_up = brix__as_ceil(need / h);
     int32_t rec_keep = brix__as_ceil(need / keep_h);
+    uint64_t mem = SLO_MEMORY_WINDOWS * p->down_stabilization_ms;
+    int32_t keep = rec_keep;
+    if (mem > 0) {
+        if (peak_push(s, now, mem, rec_keep))
+            keep = s->peaks[0].n;
+        else
+            keep = cur; /* no memory, no scale-down */
+    }
     int32_t rec;
     if (rec_up > cur)
         rec = rec_up;
     else
-        rec = rec_keep < cur ? rec_keep : cur;
+        rec = keep < cur ? keep : cur;
     r->rec = rec;
     r->reason = rec == cur ? "WithinHeadroom" : NULL;
     snprintf(r->what, sizeof r->what,
