@@ -28,7 +28,7 @@
 
 #include "leak_check.h"
 
-#define S(x) ((uint64_t)(x) * 1000u)
+#define S(x) ((uint64_t)(x)*1000u)
 /* No latency figure: the SLO tests that are not about learning capacity
  * give none, so the prior is what sizes the fleet. */
 #define NO_LAT (-1.0)
@@ -774,7 +774,8 @@ static void test_schedule_windows(void **st)
     int32_t mn, mx;
     const char *act;
     /* Monday 2026-12-07. */
-    assert_int_equal(brix_as_schedule_bounds(v, 1, utc_ms(2026, 12, 7, 10, 0), 1, 8, &mn, &mx, &act), 0);
+    assert_int_equal(
+        brix_as_schedule_bounds(v, 1, utc_ms(2026, 12, 7, 10, 0), 1, 8, &mn, &mx, &act), 0);
     assert_int_equal(mn, 4);
     assert_int_equal(mx, 8);
     assert_string_equal(act, "business");
@@ -834,8 +835,8 @@ static void test_schedule_windows(void **st)
 
     /* An unknown zone is an error, not UTC. */
     v[0] = sched("bad", "Nowhere/Land", 0, "00:00", "00:00", 5, 9);
-    assert_int_equal(brix_as_schedule_bounds(v, 1, utc_ms(2026, 12, 7, 13, 0), 1, 8, &mn, &mx, &act),
-                     -EINVAL);
+    assert_int_equal(
+        brix_as_schedule_bounds(v, 1, utc_ms(2026, 12, 7, 13, 0), 1, 8, &mn, &mx, &act), -EINVAL);
 }
 
 /* The TZif reader against glibc's localtime over 1900-2100 in zones with
@@ -844,9 +845,11 @@ static void test_schedule_windows(void **st)
 static void test_tzif_matches_libc(void **st)
 {
     (void)st;
-    static const char *const zones[] = { "Europe/Berlin",   "America/New_York", "Australia/Sydney",
-                                         "Asia/Kolkata",    "America/Sao_Paulo", "Pacific/Chatham",
-                                         "Asia/Kathmandu", "Europe/London",     "America/Santiago" };
+    static const char *const zones[] = {
+        "Europe/Berlin",  "America/New_York",  "Australia/Sydney",
+        "Asia/Kolkata",   "America/Sao_Paulo", "Pacific/Chatham",
+        "Asia/Kathmandu", "Europe/London",     "America/Santiago"
+    };
     char *old = getenv("TZ") ? strdup(getenv("TZ")) : NULL;
     for (size_t z = 0; z < sizeof zones / sizeof zones[0]; z++) {
         setenv("TZ", zones[z], 1);

@@ -16,7 +16,8 @@ typedef struct brix__as_raw {
     bool frozen;        /* no usable metric: hold the scale */
     bool panic;         /* KPA panic: the pipeline never scales down */
     const char *reason; /* when nothing else limits: WithinTolerance, PanicMode … */
-    char what[176];     /* the numbers behind rec, e.g. "stable 3.20/replica over 180s vs target 1.00" */
+    char
+        what[176]; /* the numbers behind rec, e.g. "stable 3.20/replica over 180s vs target 1.00" */
 } brix__as_raw_t;
 
 /* Mean over the samples of (now - win, now] whose metric i is ok: the fleet

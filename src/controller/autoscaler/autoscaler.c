@@ -367,7 +367,8 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
     }
 
     bool zero_ok = p->scale_to_zero && p->min_replicas <= 0;
-    bool idle_enough = s->idle && now >= s->idle_since_ms && now - s->idle_since_ms >= p->zero_grace_ms;
+    bool idle_enough =
+        s->idle && now >= s->idle_since_ms && now - s->idle_since_ms >= p->zero_grace_ms;
     if (want == 0 && cur > 0 && zero_ok && !idle_enough) {
         want = 1;
         why = "IdleGrace";

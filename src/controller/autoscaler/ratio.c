@@ -110,7 +110,8 @@ static void ratio_strategy(ratio_kind_t kind, const brix_as_params_t *p, brix_as
     }
     r->rec = best;
     r->reason = moved ? NULL : "WithinTolerance";
-    snprintf(r->what, sizeof r->what, "%s %.2f/replica over %llus vs target %.2f", wname, d->metric[besti], (unsigned long long)(win / 1000), p->target[besti]);
+    snprintf(r->what, sizeof r->what, "%s %.2f/replica over %llus vs target %.2f", wname,
+             d->metric[besti], (unsigned long long)(win / 1000), p->target[besti]);
 }
 
 void brix__as_hpa(const brix_as_params_t *p, brix_as_state_t *s, const brix_as_input_t *in,

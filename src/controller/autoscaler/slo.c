@@ -136,8 +136,8 @@ static void learn_capacity(const brix_as_params_t *p, brix_as_state_t *s, const 
         double ready = in->ready;
         s->cap_in_tps = learn(s->cap_in_tps, in->prior_cap_in_tps, x->in_tps / ready, x->ttft_s,
                               p->slo_ttft_s, growing, steady);
-        s->cap_out_tps = learn(s->cap_out_tps, in->prior_cap_out_tps, x->out_tps / ready,
-                               x->itl_s, p->slo_itl_s, growing, steady);
+        s->cap_out_tps = learn(s->cap_out_tps, in->prior_cap_out_tps, x->out_tps / ready, x->itl_s,
+                               p->slo_itl_s, growing, steady);
     }
 }
 
@@ -226,7 +226,8 @@ void brix__as_slo(const brix_as_params_t *p, brix_as_state_t *s, const brix_as_i
 
     /* Backlog beyond Little's law at the SLO. */
     double u_queue = 0;
-    double q = (newest->inflight > 0 ? newest->inflight : 0) + (newest->held > 0 ? newest->held : 0);
+    double q =
+        (newest->inflight > 0 ? newest->inflight : 0) + (newest->held > 0 ? newest->held : 0);
     if (q > 0 && rps > 0 && s->cap_in_tps > 0) {
         double ttft = p->slo_ttft_s > 0 ? p->slo_ttft_s : (newest->ttft_s > 0 ? newest->ttft_s : 1);
         double itl = p->slo_itl_s > 0 ? p->slo_itl_s : (newest->itl_s > 0 ? newest->itl_s : 0);
@@ -261,7 +262,8 @@ void brix__as_slo(const brix_as_params_t *p, brix_as_state_t *s, const brix_as_i
     d->forecast = u_fc;
 
     double need = u_now > u_fc ? u_now : u_fc;
-    double keep_h = h * (1 - (p->down_tolerance > 0 && p->down_tolerance < 1 ? p->down_tolerance : 0));
+    double keep_h =
+        h * (1 - (p->down_tolerance > 0 && p->down_tolerance < 1 ? p->down_tolerance : 0));
     int32_t rec_up = brix__as_ceil(need / h);
     int32_t rec_keep = brix__as_ceil(need / keep_h);
     uint64_t mem = SLO_MEMORY_WINDOWS * p->down_stabilization_ms;

@@ -279,8 +279,8 @@ int brix_tzif_offset(const char *name, int64_t t, int32_t *off)
         if (p + 44 > len || memcmp(b + p, "TZif", 4) != 0)
             goto out;
         read_counts(b + p, &c);
-        if (c.time > 65536 || c.type > 256 || c.chr > 65536 || c.leap > 65536 ||
-            c.isstd > 256 || c.isut > 256)
+        if (c.time > 65536 || c.type > 256 || c.chr > 65536 || c.leap > 65536 || c.isstd > 256 ||
+            c.isut > 256)
             goto out;
         p += 44;
         tsize = 8;
