@@ -945,10 +945,13 @@ static int parse_pa_schedule(vctx_t *v, const brix_yaml_node_t *n, size_t i, bri
         return fail(v, n, path, "sets neither minReplicas nor maxReplicas (at least one)");
     int64_t emin = s->min_replicas >= 0 ? s->min_replicas : p->min_replicas;
     int64_t emax = s->max_replicas >= 0 ? s->max_replicas : p->max_replicas;
-    if (emin > emax)
-        return fail(v, e ? e : n, path,
+    if (emin > emax) { /* point at the override that makes it so */
+        bool by_min = s->min_replicas >= 0;
+        return fail(v, brix_yaml_get(n, by_min ? "minReplicas" : "maxReplicas"),
+                    FP(by_min ? "minReplicas" : "maxReplicas"),
                     "effective minReplicas %lld is above effective maxReplicas %lld",
                     (long long)emin, (long long)emax);
+    }
     /* AIBrix refuses overlapping windows rather than pick one. Zones differ:
      * the overlap depends on the date (DST), so only same-zone pairs are
      * checked; at run time the first active schedule in list order wins. */
