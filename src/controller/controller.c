@@ -520,6 +520,9 @@ out:
     for (size_t i = 0; i < c->ndeploys; i++)
         brix_obj_free(c->deploys[i]);
     brix_free(c->deploys);
+    for (size_t i = 0; i < c->nautoscalers; i++)
+        brix_obj_free(c->autoscalers[i]);
+    brix_free(c->autoscalers);
     for (size_t i = 0; i < c->nadapters; i++)
         brix_ctl_adapter_free(c->adapters[i]);
     brix_free(c->adapters);

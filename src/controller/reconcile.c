@@ -161,6 +161,14 @@ int brix_ctl_add(brix_ctl_t *c, brix_obj_t *o, brix_adapter_rt_t **out)
         c->deploys[c->ndeploys++] = o;
         return 0;
     }
+    if (o->kind == BRIX_KIND_AUTOSCALER) {
+        brix_obj_t **v = brix_realloc(c->autoscalers, (c->nautoscalers + 1) * sizeof *v);
+        if (!v)
+            return -ENOMEM;
+        c->autoscalers = v;
+        c->autoscalers[c->nautoscalers++] = o;
+        return 0;
+    }
     brix_adapter_rt_t *a = brix_calloc(1, sizeof *a);
     brix_adapter_rt_t **v = brix_realloc(c->adapters, (c->nadapters + 1) * sizeof *v);
     if (v)

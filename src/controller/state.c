@@ -55,6 +55,11 @@ static int render_state(brix_ctl_t *c, brix_buf_t *b)
                   brix_buf_append_json_str(b, a->o->base_dir, strlen(a->o->base_dir));
         rc |= brix_buf_append_str(b, "}}");
     }
+    rc |= brix_buf_append_str(b, "],\n\"autoscalers\":[");
+    for (size_t i = 0; i < c->nautoscalers; i++) {
+        rc |= brix_buf_append_str(b, i ? ",\n" : "\n");
+        rc |= brix_obj_json_open(b, c->autoscalers[i]) | brix_buf_append_char(b, '}');
+    }
     rc |= brix_buf_append_str(b, "],\n\"replicas\":[");
     for (size_t i = 0; i < c->nreps; i++) {
         brix_replica_t *r = c->reps[i];
@@ -246,6 +251,7 @@ int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen)
     }
     if (load_objects(c, brix_yaml_get(root, "deployments"), BRIX_KIND_DEPLOYMENT, err, errlen) ||
         load_objects(c, brix_yaml_get(root, "adapters"), BRIX_KIND_ADAPTER, err, errlen) ||
+        load_objects(c, brix_yaml_get(root, "autoscalers"), BRIX_KIND_AUTOSCALER, err, errlen) ||
         load_replicas(c, brix_yaml_get(root, "replicas"))) {
         if (!err[0]) {
             snprintf(err, errlen, "%s: out of memory", c->state_path);
@@ -253,8 +259,9 @@ int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen)
         }
         goto out;
     }
-    BRIX_INFO("state: %zu deployment(s), %zu adapter(s), %zu replica(s) from %s", c->ndeploys,
-              c->nadapters, c->nreps, c->state_path);
+    BRIX_INFO("state: %zu deployment(s), %zu adapter(s), %zu autoscaler(s), %zu replica(s) from "
+              "%s",
+              c->ndeploys, c->nadapters, c->nautoscalers, c->nreps, c->state_path);
     rc = 0;
 out:
     brix_yaml_free(root);

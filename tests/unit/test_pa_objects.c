@@ -16,8 +16,11 @@
 #include <cmocka.h>
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "controller/ctl.h"
 #include "controller/objects.h"
 #include "core/alloc.h"
 #include "core/buf.h"
@@ -658,6 +661,47 @@ static void test_accepts_adjacent_schedules(void **state)
     brix_obj_free(o);
 }
 
+/* The controller's state file keeps PodAutoscalers: saved with the other
+ * kinds and loaded back through the same validating parser. */
+static void test_state_file(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/brix-pa-state-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    brix_ctl_t a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    a.state_path = b.state_path = path;
+    a.cfg.state_dir = b.cfg.state_dir = dir;
+    assert_int_equal(brix_ctl_add(&a, parse_ok(kpa_annotated), NULL), 0);
+    assert_int_equal(brix_ctl_add(&a, parse_ok(apa_sample), NULL), 0);
+    assert_int_equal(a.nautoscalers, 2);
+    assert_int_equal(a.ndeploys + a.nadapters, 0);
+    assert_int_equal(brix_ctl_save(&a), 0);
+    char err[512] = "";
+    if (brix_ctl_load(&b, err, sizeof err))
+        fail_msg("%s", err);
+    assert_int_equal(b.nautoscalers, 2);
+    assert_int_equal(b.ndeploys + b.nadapters + b.nreps, 0);
+    for (size_t i = 0; i < 2; i++) {
+        assert_string_equal(a.autoscalers[i]->meta.name, b.autoscalers[i]->meta.name);
+        assert_true(brix_obj_same(a.autoscalers[i], b.autoscalers[i]));
+        assert_memory_equal(&a.autoscalers[i]->pa.params, &b.autoscalers[i]->pa.params,
+                            sizeof a.autoscalers[i]->pa.params);
+    }
+    assert_true(b.autoscalers[0]->pa.params.max_up_rate == 3.0);
+    for (size_t i = 0; i < 2; i++) {
+        brix_obj_free(a.autoscalers[i]);
+        brix_obj_free(b.autoscalers[i]);
+    }
+    brix_free(a.autoscalers);
+    brix_free(b.autoscalers);
+    unlink(path);
+    rmdir(dir);
+}
+
 /* Every allocation of a full parse failing in turn: a clean refusal, no leak. */
 static void test_enomem(void **state)
 {
@@ -697,6 +741,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refusals_annotations, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_refusals_schedules, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_accepts_adjacent_schedules, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_state_file, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_enomem, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
