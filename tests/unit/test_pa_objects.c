@@ -10,6 +10,7 @@
  */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -42,6 +43,26 @@ static const char apa_sample[] =
         "  metricsSources:\n"
         "  - {metricSourceType: pod, protocolType: http, port: \"8000\", path: metrics,\n"
         "     targetMetric: gpu_cache_usage_perc, targetValue: \"0.5\"}\n";
+
+/* Field by field: padding bytes of brix_as_params_t are not part of it. */
+static bool params_equal(const brix_as_params_t *a, const brix_as_params_t *b)
+{
+    bool same = a->strategy == b->strategy && a->min_replicas == b->min_replicas &&
+                a->max_replicas == b->max_replicas && a->nmetrics == b->nmetrics &&
+                a->stable_window_ms == b->stable_window_ms &&
+                a->panic_window_ms == b->panic_window_ms &&
+                a->panic_threshold == b->panic_threshold && a->max_up_rate == b->max_up_rate &&
+                a->max_down_rate == b->max_down_rate && a->up_tolerance == b->up_tolerance &&
+                a->down_tolerance == b->down_tolerance &&
+                a->up_stabilization_ms == b->up_stabilization_ms &&
+                a->down_stabilization_ms == b->down_stabilization_ms &&
+                a->scale_to_zero == b->scale_to_zero && a->zero_grace_ms == b->zero_grace_ms &&
+                a->slo_ttft_s == b->slo_ttft_s && a->slo_itl_s == b->slo_itl_s &&
+                a->slo_headroom == b->slo_headroom;
+    for (int i = 0; same && i < a->nmetrics && i < BRIX_AS_MAX_METRICS; i++)
+        same = a->target[i] == b->target[i];
+    return same;
+}
 
 static int parse(const char *text, brix_obj_t **o, char *err, size_t errlen)
 {
@@ -76,7 +97,7 @@ static void round_trip(const brix_obj_t *o)
     assert_int_equal(brix_obj_json_open(&b, back), 0);
     assert_int_equal(brix_buf_append_char(&b, '}'), 0);
     assert_string_equal(a.data, b.data);
-    assert_memory_equal(&o->pa.params, &back->pa.params, sizeof o->pa.params);
+    assert_true(params_equal(&o->pa.params, &back->pa.params));
     brix_obj_free(back);
     brix_buf_free(&a);
     brix_buf_free(&b);
@@ -661,6 +682,50 @@ static void test_accepts_adjacent_schedules(void **state)
     brix_obj_free(o);
 }
 
+/* examples/autoscaler-*.yaml, found from this file's path (CMake compiles
+ * sources by absolute path). */
+static brix_obj_t *parse_example(const char *name)
+{
+    char path[1024], err[512] = "";
+    const char *here = __FILE__, *cut = strstr(here, "tests/unit/");
+    assert_non_null(cut);
+    snprintf(path, sizeof path, "%.*sexamples/%s", (int)(cut - here), here, name);
+    brix_yaml_node_t *doc = NULL;
+    brix_obj_t *o = NULL;
+    if (brix_yaml_load_file(path, &doc, err, sizeof err) ||
+        brix_obj_parse(doc, path, NULL, &o, err, sizeof err))
+        fail_msg("%s", err);
+    brix_yaml_free(doc);
+    assert_int_equal(o->kind, BRIX_KIND_AUTOSCALER);
+    return o;
+}
+
+static void test_examples(void **state)
+{
+    (void)state;
+    brix_obj_t *o = parse_example("autoscaler-apa.yaml");
+    assert_string_equal(o->pa.target_name, "llama-3-8b"); /* examples/local.yaml's */
+    assert_int_equal(o->pa.params.strategy, BRIX_AS_APA);
+    assert_int_equal(o->pa.params.stable_window_ms, 30000); /* apa.autoscaling.aibrix.ai/window */
+    assert_true(o->pa.params.up_tolerance == 0.1 && o->pa.params.down_tolerance == 0.1);
+    assert_true(brix_pa_annotation_unknown("autoscaling.aibrix.ai/down-fluctuation-tolerance"));
+    assert_string_equal(o->pa.metrics[0].target_metric, "kv_cache_usage_perc");
+    round_trip(o);
+    brix_obj_free(o);
+    o = parse_example("autoscaler-slo.yaml");
+    assert_string_equal(o->pa.target_name, "llama-3-8b");
+    const brix_as_params_t *q = &o->pa.params;
+    assert_int_equal(q->strategy, BRIX_AS_SLO);
+    assert_true(q->scale_to_zero);
+    assert_int_equal(q->min_replicas, 0);
+    assert_true(q->slo_ttft_s == 0.5 && q->slo_itl_s == 0.05 && q->slo_headroom == 0.8);
+    assert_int_equal(q->stable_window_ms, 120000);
+    assert_int_equal(q->zero_grace_ms, 120000);
+    assert_int_equal(q->down_stabilization_ms, 120000);
+    round_trip(o);
+    brix_obj_free(o);
+}
+
 /* The controller's state file keeps PodAutoscalers: saved with the other
  * kinds and loaded back through the same validating parser. */
 static void test_state_file(void **state)
@@ -688,8 +753,7 @@ static void test_state_file(void **state)
     for (size_t i = 0; i < 2; i++) {
         assert_string_equal(a.autoscalers[i]->meta.name, b.autoscalers[i]->meta.name);
         assert_true(brix_obj_same(a.autoscalers[i], b.autoscalers[i]));
-        assert_memory_equal(&a.autoscalers[i]->pa.params, &b.autoscalers[i]->pa.params,
-                            sizeof a.autoscalers[i]->pa.params);
+        assert_true(params_equal(&a.autoscalers[i]->pa.params, &b.autoscalers[i]->pa.params));
     }
     assert_true(b.autoscalers[0]->pa.params.max_up_rate == 3.0);
     for (size_t i = 0; i < 2; i++) {
@@ -741,6 +805,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_refusals_annotations, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_refusals_schedules, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_accepts_adjacent_schedules, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_examples, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_state_file, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_enomem, leak_setup, leak_teardown),
     };
