@@ -3,11 +3,14 @@ against a stand-in controller (a Python HTTP server on a free loopback port)
 that answers with the status JSON the controller renders ({desiredScale,
 actualScale, metrics[{name,value,target}], panic, scheduledBounds,
 scalingHistory[...]}), so the table columns, aliases, -o formats, the delete
-path and the error texts are checked without the runtime."""
+path and the error texts are checked without the runtime. And a real
+`brix controller` refuses a bad PodAutoscaler at apply with file:line:col,
+applying nothing of that file."""
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -171,6 +174,53 @@ def _():
     assert rc == 2 and "podautoscalers" in err, err
     rc, out, err = brix("get", "--help")
     assert rc == 0 and "podautoscalers (podautoscaler, pa," in out, out
+
+
+BAD_PA = """apiVersion: model.brix.dev/v1alpha1
+kind: ModelDeployment
+metadata: {name: llama-3-8b}
+spec: {replicas: 0}
+---
+apiVersion: autoscaling.aibrix.ai/v1alpha1
+kind: PodAutoscaler
+metadata:
+  name: llama-kpa
+  annotations:
+    autoscaling.aibrix.ai/scale-down-cooldown-window: 5 minutes
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: llama-3-8b}
+  maxReplicas: 4
+  scalingStrategy: KPA
+  metricsSources:
+  - {metricSourceType: pod, targetMetric: num_requests_waiting, targetValue: "4"}
+"""
+
+
+@h.check("brix apply: a bad PodAutoscaler is refused with file:line:col, nothing applied")
+def _():
+    tmp = tempfile.mkdtemp(prefix="brix-pa-")
+    state = os.path.join(tmp, "state")
+    port = h.free_port()
+    ctl = h.Proc(["controller", "--port", str(port), "--state-dir", state], name="controller")
+    try:
+        ctl.wait_http(port, "/readyz")
+        path = os.path.join(tmp, "bad-pa.yaml")
+        with open(path, "w") as f:
+            f.write(BAD_PA)
+        p = subprocess.run([h.BRIX, "apply", "-f", path, "--server", f"http://127.0.0.1:{port}",
+                            "--state-dir", state], capture_output=True, text=True, timeout=30)
+        assert p.returncode == 1, (p.returncode, p.stdout, p.stderr)
+        line = BAD_PA.splitlines().index(
+            "    autoscaling.aibrix.ai/scale-down-cooldown-window: 5 minutes") + 1
+        want = (f"{path}:{line}:55: metadata.annotations[\"autoscaling.aibrix.ai/"
+                "scale-down-cooldown-window\"]: expected a duration")
+        assert want in p.stderr, p.stderr
+        p = subprocess.run([h.BRIX, "get", "deployments", "-o", "name", "--server",
+                            f"http://127.0.0.1:{port}", "--state-dir", state],
+                           capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0 and "llama-3-8b" not in p.stdout, (p.stdout, p.stderr)
+    finally:
+        ctl.stop()
 
 
 h.run()
