@@ -230,7 +230,7 @@ brix_replica_t *brix_ctl_replica(brix_ctl_t *c, const char *name);
 brix_obj_t *brix_ctl_deploy(brix_ctl_t *c, const char *name);
 brix_adapter_rt_t *brix_ctl_adapter(brix_ctl_t *c, const char *name);
 void brix_ctl_replica_free(brix_ctl_t *c, brix_replica_t *r);
-/* Takes o (a deployment or an adapter) into the tables; *out is the new
+/* Takes o (a deployment, an adapter or a PodAutoscaler) into the tables; *out is the new
  * adapter record, if o is an adapter. 0 or -ENOMEM (o then still the caller's). */
 int brix_ctl_add(brix_ctl_t *c, brix_obj_t *o, brix_adapter_rt_t **out);
 void brix_ctl_adapter_free(brix_adapter_rt_t *a);
