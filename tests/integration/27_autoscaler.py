@@ -38,7 +38,7 @@ class Cluster:
                                 "--controller-token-file", os.path.join(STATE, "token"),
                                 "--engine-api-key-file", os.path.join(STATE, "engine-key"),
                                 "--adapter-wake-timeout", "30s"], ready=False)
-        self.g.wait_http(self.g.port, "/readyz")
+        # the gateway is ready once it has a pod: see the checks
 
     def cli(self, *args, want=0):
         r = subprocess.run([h.BRIX] + list(args) + ["--server", f"http://127.0.0.1:{self.port}",
@@ -161,6 +161,7 @@ def _():
     assert "already scaled by PodAutoscaler 'busy-apa'" in r.stderr, r.stderr
     h.wait_until(lambda: len(K.replicas("busy")) == 1 and
                  all(x["status"]["ready"] for x in K.replicas("busy").values()), 30, "busy-0")
+    K.g.wait_http(K.g.port, "/readyz")
     load = Load("busy-8b", 8)
     try:
         h.wait_until(lambda: K.pa("busy-apa")["status"]["desiredScale"] == 3, 30,

@@ -742,26 +742,29 @@ static void test_state_file(void **state)
     a.cfg.state_dir = b.cfg.state_dir = dir;
     assert_int_equal(brix_ctl_add(&a, parse_ok(kpa_annotated), NULL), 0);
     assert_int_equal(brix_ctl_add(&a, parse_ok(apa_sample), NULL), 0);
-    assert_int_equal(a.nautoscalers, 2);
+    assert_int_equal(a.npas, 2);
     assert_int_equal(a.ndeploys + a.nadapters, 0);
+    a.pas[0]->scale = 3; /* the scale an autoscaler set survives a restart */
     assert_int_equal(brix_ctl_save(&a), 0);
     char err[512] = "";
     if (brix_ctl_load(&b, err, sizeof err))
         fail_msg("%s", err);
-    assert_int_equal(b.nautoscalers, 2);
+    assert_int_equal(b.npas, 2);
     assert_int_equal(b.ndeploys + b.nadapters + b.nreps, 0);
     for (size_t i = 0; i < 2; i++) {
-        assert_string_equal(a.autoscalers[i]->meta.name, b.autoscalers[i]->meta.name);
-        assert_true(brix_obj_same(a.autoscalers[i], b.autoscalers[i]));
-        assert_true(params_equal(&a.autoscalers[i]->pa.params, &b.autoscalers[i]->pa.params));
+        assert_string_equal(a.pas[i]->o->meta.name, b.pas[i]->o->meta.name);
+        assert_true(brix_obj_same(a.pas[i]->o, b.pas[i]->o));
+        assert_true(params_equal(&a.pas[i]->o->pa.params, &b.pas[i]->o->pa.params));
     }
-    assert_true(b.autoscalers[0]->pa.params.max_up_rate == 3.0);
+    assert_true(b.pas[0]->o->pa.params.max_up_rate == 3.0);
+    assert_int_equal(b.pas[0]->scale, 3);
+    assert_int_equal(b.pas[1]->scale, -1);
     for (size_t i = 0; i < 2; i++) {
-        brix_obj_free(a.autoscalers[i]);
-        brix_obj_free(b.autoscalers[i]);
+        brix_ctl_pa_free(a.pas[i]);
+        brix_ctl_pa_free(b.pas[i]);
     }
-    brix_free(a.autoscalers);
-    brix_free(b.autoscalers);
+    brix_free(a.pas);
+    brix_free(b.pas);
     unlink(path);
     rmdir(dir);
 }
