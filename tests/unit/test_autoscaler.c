@@ -1017,6 +1017,15 @@ static void test_slo_sizes_from_tokens(void **st)
     assert_int_equal(most, 5);
     assert_true(fabs(r.d.capacity_in_tps - 1000) < 1e-9);
     run_free(&r);
+    /* No capacity known at all (no profile): hold, and say why. */
+    slo_init(&r, 100);
+    r.prior_in = r.prior_out = 0;
+    r.current = 2;
+    slo_tick(&r, 0, 4000, 200, NO_LAT, 2);
+    assert_true(r.d.frozen);
+    assert_int_equal(r.d.desired, 2);
+    assert_string_equal(r.d.reason, "NoCapacity");
+    run_free(&r);
     /* Decode-bound: 700 completion tok/s over 100 = 7 → ceil(7/0.8) = 9. */
     slo_init(&r, 100);
     r.current = 9;

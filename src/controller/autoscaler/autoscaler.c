@@ -285,7 +285,7 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
     brix__as_raw_t r;
     memset(&r, 0, sizeof r);
     r.rec = cur;
-    r.reason = "WithinTolerance";
+    r.reason = NULL;
     switch (p->strategy) {
     case BRIX_AS_HPA:
         brix__as_hpa(p, s, in, d, &r);
@@ -301,6 +301,7 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
         break;
     default:
         r.frozen = true;
+        r.reason = "UnknownStrategy";
         snprintf(r.what, sizeof r.what, "unknown strategy %d", (int)p->strategy);
         break;
     }
@@ -399,7 +400,7 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
     else if (wake)
         d->reason = "ScaleFromZero";
     else if (d->frozen)
-        d->reason = "MetricsUnavailable";
+        d->reason = r.reason ? r.reason : "MetricsUnavailable";
     else if (want > cur)
         d->reason = "ScaleUp";
     else if (want < cur)
