@@ -15,7 +15,8 @@ typedef struct brix__as_raw {
     int32_t rec;        /* replicas the load asks for */
     bool frozen;        /* no usable metric: hold the scale */
     bool panic;         /* KPA panic: the pipeline never scales down */
-    const char *reason; /* when nothing else limits: WithinTolerance, PanicMode … */
+    const char *reason; /* when nothing else limits: WithinTolerance, PanicMode …;
+                           when frozen, why (NULL = MetricsUnavailable) */
     char
         what[176]; /* the numbers behind rec, e.g. "stable 3.20/replica over 180s vs target 1.00" */
 } brix__as_raw_t;

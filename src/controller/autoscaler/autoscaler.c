@@ -34,6 +34,9 @@
 #define AS_RING_MAX 65536u
 /* SLO mode averages the offered load over the last 10 s (see slo.c). */
 #define AS_SLO_LOAD_WINDOW_MS 10000u
+/* A held-requests report older than this no longer wakes a fleet at zero:
+ * gateways report every second, and a held request's deadline is ~30 s. */
+#define AS_WAKE_FRESH_MS 30000u
 
 static const char *const strategy_names[] = { "HPA", "KPA", "APA", "SLO" };
 
@@ -282,7 +285,7 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
     brix__as_raw_t r;
     memset(&r, 0, sizeof r);
     r.rec = cur;
-    r.reason = "WithinTolerance";
+    r.reason = NULL;
     switch (p->strategy) {
     case BRIX_AS_HPA:
         brix__as_hpa(p, s, in, d, &r);
@@ -298,14 +301,17 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
         break;
     default:
         r.frozen = true;
+        r.reason = "UnknownStrategy";
         snprintf(r.what, sizeof r.what, "unknown strategy %d", (int)p->strategy);
         break;
     }
 
     /* Requests waiting at a gateway for a replica of a model at zero: wake
-     * now, whatever the windows say (a held request has a deadline). */
+     * now, whatever the windows say (a held request has a deadline). Only a
+     * fresh report counts: a gateway gone silent holds nothing any more. */
     const brix_as_sample_t *last = brix__as_newest(s);
-    bool wake = cur == 0 && last && last->held > 0;
+    bool wake = cur == 0 && last && last->held > 0 && last->t_ms <= now &&
+                now - last->t_ms < AS_WAKE_FRESH_MS;
 
     int32_t rec = r.frozen ? cur : r.rec;
     if (rec < 0)
@@ -394,7 +400,7 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
     else if (wake)
         d->reason = "ScaleFromZero";
     else if (d->frozen)
-        d->reason = "MetricsUnavailable";
+        d->reason = r.reason ? r.reason : "MetricsUnavailable";
     else if (want > cur)
         d->reason = "ScaleUp";
     else if (want < cur)
