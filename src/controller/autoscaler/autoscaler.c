@@ -33,7 +33,6 @@
  * beyond any window; the bound only keeps a mis-set window from eating memory. */
 #define AS_RING_MAX 65536u
 /* SLO mode averages the offered load over the last 10 s (see slo.c). */
-#define AS_SLO_LOAD_WINDOW_MS 10000u
 /* A held-requests report older than this no longer wakes a fleet at zero:
  * gateways report every second, and a held request's deadline is ~30 s. */
 #define AS_WAKE_FRESH_MS 30000u
@@ -112,10 +111,7 @@ static uint64_t keep_ms(const brix_as_params_t *p)
     uint64_t k = p->stable_window_ms;
     if (p->panic_window_ms > k)
         k = p->panic_window_ms;
-    if (BRIX__AS_HPA_WINDOW_MS > k)
-        k = BRIX__AS_HPA_WINDOW_MS;
-    if (AS_SLO_LOAD_WINDOW_MS > k)
-        k = AS_SLO_LOAD_WINDOW_MS;
+    /* the derived windows (as_internal.h) are shorter than these */
     return k;
 }
 
