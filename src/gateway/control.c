@@ -324,6 +324,10 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
     if (!s->models_json)
         goto fail;
     qsort(s->models, s->nmodels, sizeof *s->models, cmp_model);
+    for (size_t i = 0; i < s->nmodels; i++) {
+        brix_model_entry_t *me = &s->models[i];
+        me->load = brix_registry_load(reg, me->parent ? me->parent : me->name);
+    }
     return s;
 fail:
     brix_snap_unref(s);

@@ -247,14 +247,25 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     const char *model = f.model;
     const brix_model_entry_t *me = NULL;
     const brix_reg_adapter_t *ra = NULL;
-    brix_hold_state_t hs = view ? brix_hold_classify(view->fleet, model, &me, &ra) : BRIX_HOLD_NONE;
+    const brix_reg_deployment_t *dep = NULL;
+    brix_hold_state_t hs =
+        view ? brix_hold_classify(view->fleet, model, &me, &ra, &dep) : BRIX_HOLD_NONE;
     if (hs == BRIX_HOLD_FAILED) {
         brix_px_adapter_failed(w, h, model, ra);
         return;
     }
-    if (hs == BRIX_HOLD_WAIT && !view->rt->adapter_wake_timeout_ms) {
+    if (hs == BRIX_HOLD_WAIT && dep && !view->rt->scale_from_zero_ms) {
+        /* not held (--scale-from-zero-timeout 0), but woken for the retry */
+        brix_gw_demand_poke(&w->gw->demand, BRIX_HOLD_MODEL, model);
+        char msg[512];
+        brix_px_scaling_msg(msg, sizeof msg, model, dep, 0);
+        brix_px_add_retry_after(h, view->rt->scale_from_zero_retry_s);
+        brix_px_error(w, h, 503, "model_scaling_from_zero", NULL, model, "%s", msg);
+        return;
+    }
+    if (hs == BRIX_HOLD_WAIT && !dep && !view->rt->adapter_wake_timeout_ms) {
         /* not held (--adapter-wake-timeout 0), but woken for the retry */
-        brix_gw_demand_poke(&w->gw->demand, model);
+        brix_gw_demand_poke(&w->gw->demand, BRIX_HOLD_ADAPTER, model);
         char msg[512];
         brix_px_loading_msg(msg, sizeof msg, model, ra, 0);
         brix_px_add_retry_after(h, view->rt->retry_after_s);
@@ -308,6 +319,7 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     px->view = view;
     brix_gw_view_ref(view);
     px->model = hs == BRIX_HOLD_WAIT ? NULL : me; /* NULL: held in brix_px_admit() */
+    px->hold_kind = dep ? BRIX_HOLD_MODEL : BRIX_HOLD_ADAPTER;
     px->strategy = sel;
     const char *ex = brix_http_req_header(h, "x-brix-explain");
     px->explain = ex && (!strcmp(ex, "1") || !strcasecmp(ex, "true"));

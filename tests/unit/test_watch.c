@@ -171,25 +171,26 @@ static void test_classify(void **state)
     };
     const brix_model_entry_t *me;
     const brix_reg_adapter_t *ra;
+    const brix_reg_deployment_t *dep;
     pods[0].healthy = true;
-    assert_int_equal(brix_hold_classify(&s, "sql", &me, &ra), BRIX_HOLD_READY);
+    assert_int_equal(brix_hold_classify(&s, "sql", &me, &ra, &dep), BRIX_HOLD_READY);
     assert_ptr_equal(me, &models[1]);
     assert_non_null(ra);
-    assert_int_equal(brix_hold_classify(&s, "qwen-7b", &me, &ra), BRIX_HOLD_NONE);
+    assert_int_equal(brix_hold_classify(&s, "qwen-7b", &me, &ra, &dep), BRIX_HOLD_NONE);
     assert_ptr_equal(me, &models[0]);
-    assert_int_equal(brix_hold_classify(&s, "chat", &me, &ra), BRIX_HOLD_WAIT);
+    assert_int_equal(brix_hold_classify(&s, "chat", &me, &ra, &dep), BRIX_HOLD_WAIT);
     assert_null(me);
-    assert_int_equal(brix_hold_classify(&s, "odd", &me, &ra), BRIX_HOLD_WAIT);
-    assert_int_equal(brix_hold_classify(&s, "broken", &me, &ra), BRIX_HOLD_FAILED);
-    assert_int_equal(brix_hold_classify(&s, "unknown", &me, &ra), BRIX_HOLD_NONE);
+    assert_int_equal(brix_hold_classify(&s, "odd", &me, &ra, &dep), BRIX_HOLD_WAIT);
+    assert_int_equal(brix_hold_classify(&s, "broken", &me, &ra, &dep), BRIX_HOLD_FAILED);
+    assert_int_equal(brix_hold_classify(&s, "unknown", &me, &ra, &dep), BRIX_HOLD_NONE);
     assert_null(me);
     assert_null(ra);
     /* the pod serving it fails its health checks: hold instead of 503 */
     pods[0].healthy = false;
-    assert_int_equal(brix_hold_classify(&s, "sql", &me, &ra), BRIX_HOLD_WAIT);
+    assert_int_equal(brix_hold_classify(&s, "sql", &me, &ra, &dep), BRIX_HOLD_WAIT);
     /* no controller: nothing is ever held */
     s.registry = NULL;
-    assert_int_equal(brix_hold_classify(&s, "chat", &me, &ra), BRIX_HOLD_NONE);
+    assert_int_equal(brix_hold_classify(&s, "chat", &me, &ra, &dep), BRIX_HOLD_NONE);
     brix_ctl_snapshot_free(&cs);
 }
 
@@ -202,48 +203,48 @@ static void test_demand(void **state)
     uv_loop_init(&loop);
     brix_gw_demand_t d;
     assert_int_equal(brix_gw_demand_init(&d, &loop), 0);
-    char *out[8];
+    brix_gw_wake_t out[8];
     uint64_t t = 100 * SEC;
     /* a new wait is due at once; more waits for it add nothing */
-    assert_int_equal(brix_gw_demand_hold(&d, "a", 3), 0);
-    assert_int_equal(brix_gw_demand_hold(&d, "a", 3), 0);
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_ADAPTER, "a", 3), 0);
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_ADAPTER, "a", 3), 0);
     assert_int_equal(atomic_load(&d.held_total), 2);
     assert_int_equal(brix_gw_demand_due(&d, t, 5 * SEC, out, 8), 1);
-    assert_string_equal(out[0], "a");
-    brix_free(out[0]);
+    assert_string_equal(out[0].name, "a");
+    brix_free(out[0].name);
     /* in flight: never twice, even after the interval */
     assert_int_equal(brix_gw_demand_due(&d, t + 6 * SEC, 5 * SEC, out, 8), 0);
-    brix_gw_demand_sent(&d, "a");
+    brix_gw_demand_sent(&d, BRIX_HOLD_ADAPTER, "a");
     /* answered: again only once the interval passed, while requests wait */
     assert_int_equal(brix_gw_demand_due(&d, t + 4 * SEC, 5 * SEC, out, 8), 0);
     assert_int_equal(brix_gw_demand_due(&d, t + 5 * SEC, 5 * SEC, out, 8), 1);
-    brix_free(out[0]);
-    brix_gw_demand_sent(&d, "a");
+    brix_free(out[0].name);
+    brix_gw_demand_sent(&d, BRIX_HOLD_ADAPTER, "a");
     /* the cap counts every adapter's waits */
-    assert_int_equal(brix_gw_demand_hold(&d, "b", 3), 0);
-    assert_int_equal(brix_gw_demand_hold(&d, "c", 3), -EBUSY);
-    assert_int_equal(brix_gw_demand_hold(&d, "c", -1), 0);
-    brix_gw_demand_release(&d, "c");
-    brix_gw_demand_release(&d, "a");
-    brix_gw_demand_release(&d, "a");
-    brix_gw_demand_release(&d, "a"); /* one too many: ignored */
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_ADAPTER, "b", 3), 0);
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_ADAPTER, "c", 3), -EBUSY);
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_ADAPTER, "c", -1), 0);
+    brix_gw_demand_release(&d, BRIX_HOLD_ADAPTER, "c");
+    brix_gw_demand_release(&d, BRIX_HOLD_ADAPTER, "a");
+    brix_gw_demand_release(&d, BRIX_HOLD_ADAPTER, "a");
+    brix_gw_demand_release(&d, BRIX_HOLD_ADAPTER, "a"); /* one too many: ignored */
     assert_int_equal(atomic_load(&d.held_total), 1);
     /* b is new; a waits no more and is not repeated */
     assert_int_equal(brix_gw_demand_due(&d, t + 20 * SEC, 5 * SEC, out, 8), 1);
-    assert_string_equal(out[0], "b");
-    brix_free(out[0]);
-    brix_gw_demand_sent(&d, "b");
-    brix_gw_demand_release(&d, "b");
+    assert_string_equal(out[0].name, "b");
+    brix_free(out[0].name);
+    brix_gw_demand_sent(&d, BRIX_HOLD_ADAPTER, "b");
+    brix_gw_demand_release(&d, BRIX_HOLD_ADAPTER, "b");
     /* a poke (no hold): one wake, but not more than once a second */
-    assert_int_equal(brix_gw_demand_poke(&d, "a"), 0);
+    assert_int_equal(brix_gw_demand_poke(&d, BRIX_HOLD_ADAPTER, "a"), 0);
     assert_int_equal(brix_gw_demand_due(&d, t + 20 * SEC, 5 * SEC, out, 8), 1);
-    brix_free(out[0]);
-    brix_gw_demand_sent(&d, "a");
-    assert_int_equal(brix_gw_demand_poke(&d, "a"), 0);
+    brix_free(out[0].name);
+    brix_gw_demand_sent(&d, BRIX_HOLD_ADAPTER, "a");
+    assert_int_equal(brix_gw_demand_poke(&d, BRIX_HOLD_ADAPTER, "a"), 0);
     assert_int_equal(brix_gw_demand_due(&d, t + 20 * SEC + SEC / 2, 5 * SEC, out, 8), 0);
     assert_int_equal(brix_gw_demand_due(&d, t + 21 * SEC, 5 * SEC, out, 8), 1);
-    brix_free(out[0]);
-    brix_gw_demand_sent(&d, "a");
+    brix_free(out[0].name);
+    brix_gw_demand_sent(&d, BRIX_HOLD_ADAPTER, "a");
     /* entries nothing waited for in a minute are forgotten */
     assert_int_equal(brix_gw_demand_due(&d, t + 200 * SEC, 5 * SEC, out, 8), 0);
     assert_int_equal(d.n, 0);
