@@ -272,7 +272,9 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
         brix_px_error(w, h, 503, "adapter_loading", NULL, model, "%s", msg);
         return;
     }
-    if (hs != BRIX_HOLD_WAIT && (!view || !view->fleet->nmodels)) {
+    /* with the controller's registry the model is known or not even with
+     * no pod (every deployment at zero): 404 or 503 below, as it says */
+    if (hs != BRIX_HOLD_WAIT && (!view || (!view->fleet->nmodels && !view->fleet->registry))) {
         brix_px_add_retry_after(h, view ? view->rt->retry_after_s : w->retry_after_s);
         brix_px_error(w, h, 503, "service_unavailable", NULL, model,
                       "no model server is ready yet; retry later");
@@ -383,7 +385,13 @@ void brix_px_handler(brix_http_req_t *h, void *ud)
     } else if (!strcmp(p, "/readyz")) {
         if (!get)
             goto method;
-        bool ready = w->view && w->view->fleet->nhealthy > 0 && !w->draining;
+        /* ready with a healthy pod, or when the controller has deployments:
+         * with every one scaled to zero the gateway must still take the
+         * requests that wake them (an orchestrator would otherwise route
+         * none here, and nothing would ever scale up) */
+        const brix_fleet_snap_t *f = w->view ? w->view->fleet : NULL;
+        bool ready =
+            f && (f->nhealthy > 0 || (f->registry && f->registry->ndeployments)) && !w->draining;
         if (ready)
             brix_http_respond(h, 200, "text/plain", "ready\n", 6);
         else

@@ -348,6 +348,32 @@ def _():
                   "held": 0}, ld
 
 
+@h.check("every deployment at zero and no pod at all: /readyz is 200 (requests must reach the "
+         "gateway to wake them) and a request is held, not refused")
+def _():
+    c3 = FakeController()
+    c3.push([], [], [deployment("llama", BASE)])
+    # one worker: the /readyz that says ready comes from the view the
+    # request then meets (each worker adopts a new view on its own)
+    g3 = h.gateway([], ["--controller", c3.url, "--scale-from-zero-timeout", "1s",
+                        "--workers", "1"], pods=0, name="gateway-3")
+    PROCS.append(g3)
+    try:
+        t0 = time.time()
+        st, hd, j, raw = complete(g3, BASE)
+        assert st == 503 and j["error"]["code"] == "model_scaling_from_zero", (st, raw)
+        assert 0.9 <= time.time() - t0 < 5
+        assert c3.wakes_for("deployments", "llama"), c3.wakes
+        st, hd, j, raw = complete(g3, "no-such-model")
+        assert st == 404, (st, raw)
+        # an older controller (no "deployments"): not ready without a pod
+        c3.push([], [], [])
+        h.wait_until(lambda: h.request("GET", g3.port, "/readyz")[0] == 503, 3, "/readyz 503")
+    finally:
+        g3.stop()
+        c3.stop()
+
+
 @h.check("an adapter and a deployment of the same name are woken apart; requests held for them "
          "end 404 when the controller removes them")
 def _():
@@ -391,6 +417,9 @@ def _():
             for n in ("qwen-0", "qwen-1")]
     C.push(reps + [replica("llama-0", E0, BASE)])
     h.wait_until(lambda: pod not in pods_now(G), 2, f"{pod} out of the fleet")
+    rr = {"routing-strategy": "round-robin"}
+    h.wait_until(lambda: {complete(G, QWEN, headers=rr)[1]["target-pod"] for _ in range(2)}
+                 == {other}, 1.0, f"no new request for {pod}")
     for _ in range(6):
         st, hd, j, raw = complete(G, QWEN, headers={"routing-strategy": "round-robin"})
         assert st == 200 and hd["target-pod"] == other, (st, hd, raw[:200])
