@@ -437,6 +437,12 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
                 goto out;
             }
         }
+        /* AIBrix logs and ignores autoscaling annotations it does not read
+         * (old names such as …/up-fluctuation-tolerance): so does brix */
+        for (size_t j = 0; o->kind == BRIX_KIND_AUTOSCALER && j < o->meta.annotations.n; j++)
+            if (brix_pa_annotation_unknown(o->meta.annotations.k[j]))
+                BRIX_WARN("PodAutoscaler %s: annotation %s is not one brix reads; ignored",
+                          o->meta.name, o->meta.annotations.k[j]);
         o->meta.deleting_ms = 0; /* the controller's fields are not taken from input */
         o->meta.generation = 0;
         objs[nobjs++] = o;

@@ -1015,7 +1015,14 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
     else
         pa_cond(c, p, 2, "ScalingLimited", false, "DesiredWithinRange",
                 "the desired count is within the acceptable range");
-    if (dec.frozen && now - p->warned_ms > 30000) {
+    if (!dec.frozen)
+        p->frozen_since = 0;
+    else if (!p->frozen_since)
+        p->frozen_since = now;
+    /* said once it lasts (the first ticks after a start have no scrape yet),
+     * then every 30 s */
+    if (dec.frozen && now - p->frozen_since >= 5 * (uint64_t)c->cfg.autoscale_interval &&
+        now - p->warned_ms > 30000) {
         p->warned_ms = now;
         BRIX_WARN("autoscaler %s: metrics unavailable, holding %s at %d replica(s)",
                   p->o->meta.name, d->meta.name, p->scale);

@@ -151,7 +151,8 @@ typedef struct brix_pa_rt {
     double ext_value;
     uint64_t ext_at_ms;
     char ext_err[160];
-    uint64_t warned_ms; /* rate limit of repeated warnings */
+    uint64_t warned_ms;     /* rate limit of repeated warnings */
+    uint64_t frozen_since;  /* monotonic ms the scale has been frozen since (0 = not) */
 } brix_pa_rt_t;
 
 typedef struct brix_ctl_metrics {
