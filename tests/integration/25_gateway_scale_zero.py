@@ -349,7 +349,8 @@ def _():
 
 
 @h.check("every deployment at zero and no pod at all: /readyz is 200 (requests must reach the "
-         "gateway to wake them) and a request is held, not refused")
+         "gateway to wake them) and a request is held, not refused; with "
+         "--scale-from-zero-timeout 0 it is answered at once and its deployment still woken")
 def _():
     c3 = FakeController()
     c3.push([], [], [deployment("llama", BASE)])
@@ -366,6 +367,18 @@ def _():
         assert c3.wakes_for("deployments", "llama"), c3.wakes
         st, hd, j, raw = complete(g3, "no-such-model")
         assert st == 404, (st, raw)
+        # --scale-from-zero-timeout 0: not held, answered at once, but still woken
+        g4 = h.gateway([], ["--controller", c3.url, "--scale-from-zero-timeout", "0",
+                            "--retry-after", "4", "--workers", "1"], pods=0, name="gateway-4")
+        PROCS.append(g4)
+        n = len(c3.wakes_for("deployments", "llama"))
+        t0 = time.time()
+        st, hd, j, raw = complete(g4, BASE)
+        assert time.time() - t0 < 1.0
+        assert st == 503 and j["error"]["code"] == "model_scaling_from_zero", (st, raw)
+        assert hd.get("retry-after") == "4", hd
+        h.wait_until(lambda: len(c3.wakes_for("deployments", "llama")) == n + 1, 3, "a wake")
+        g4.stop()
         # an older controller (no "deployments"): not ready without a pod
         c3.push([], [], [])
         h.wait_until(lambda: h.request("GET", g3.port, "/readyz")[0] == 503, 3, "/readyz 503")
