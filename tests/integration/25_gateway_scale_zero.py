@@ -419,7 +419,7 @@ def _():
 @h.check("a Draining replica gets no new requests, while a stream already on it runs to its end")
 def _():
     # a long stream on one of qwen's replicas
-    s = h.Stream(G.port, CMPL, {"model": QWEN, "prompt": "Hello there", "max_tokens": 150,
+    s = h.Stream(G.port, CMPL, {"model": QWEN, "prompt": "Hello there", "max_tokens": 300,
                                 "stream": True, "stream_options": {"include_usage": True}})
     assert s.status == 200, s.status
     pod = s.headers["target-pod"]
@@ -436,12 +436,15 @@ def _():
     for _ in range(6):
         st, hd, j, raw = complete(G, QWEN, headers={"routing-strategy": "round-robin"})
         assert st == 200 and hd["target-pod"] == other, (st, hd, raw[:200])
-    assert not s.ended, "the stream was meant to outlast the drain"
+    # the stream is still being generated there, after the drain took it
+    # out of the fleet and new requests went elsewhere
+    assert h.metric_value(h.metrics(eng[pod].port), "vllm:num_requests_running") == 1, \
+        "the stream was meant to outlast the drain"
     events = s.read_to_end(30)
     assert events[-1] == "[DONE]", events[-3:]
     assert not [e for e in events if isinstance(e, dict) and "error" in e], events[-3:]
     usage = [e["usage"] for e in events if isinstance(e, dict) and e.get("usage")]
-    assert usage and usage[-1]["completion_tokens"] == 150, usage[-1:]
+    assert usage and usage[-1]["completion_tokens"] == 300, usage[-1:]
     s.close()
     assert mv(G, "brix_gateway_streams_broken_total") == 0
     C.push([replica("qwen-0", Q0, QWEN), replica("qwen-1", Q1, QWEN),
