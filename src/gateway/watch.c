@@ -134,10 +134,13 @@ static int cmp_deployment(const void *a, const void *b)
                   ((const brix_reg_deployment_t *)b)->name);
 }
 
-/* A replica count: a non-negative integer within int64 (else -1). */
+/* A replica count: a non-negative integer within int64, 0 when absent;
+ * -1 for anything else. */
 static int64_t opt_count(const cJSON *o, const char *k)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!v)
+        return 0;
     if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble < 9.2e18) ||
         v->valuedouble != (double)(int64_t)v->valuedouble)
         return -1;
@@ -145,8 +148,9 @@ static int64_t opt_count(const cJSON *o, const char *k)
 }
 
 /* "deployments" (absent from older controllers' snapshots: none). An entry
- * without a name or model, with a bad count or a name seen before is left
- * out and counted in s->skipped. */
+ * without a name or model, with a count that is not a non-negative integer
+ * (an absent one is 0) or a name seen before is left out and counted in
+ * s->skipped. */
 static int parse_deployments(const cJSON *arr, brix_ctl_snapshot_t *s, brix_registry_t *reg)
 {
     size_t n = cJSON_IsArray(arr) ? (size_t)cJSON_GetArraySize(arr) : 0;

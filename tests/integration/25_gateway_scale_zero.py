@@ -349,7 +349,8 @@ def _():
 
 
 @h.check("every deployment at zero and no pod at all: /readyz is 200 (requests must reach the "
-         "gateway to wake them) and a request is held, not refused")
+         "gateway to wake them) and a request is held, not refused; with "
+         "--scale-from-zero-timeout 0 it is answered at once and its deployment still woken")
 def _():
     c3 = FakeController()
     c3.push([], [], [deployment("llama", BASE)])
@@ -366,6 +367,18 @@ def _():
         assert c3.wakes_for("deployments", "llama"), c3.wakes
         st, hd, j, raw = complete(g3, "no-such-model")
         assert st == 404, (st, raw)
+        # --scale-from-zero-timeout 0: not held, answered at once, but still woken
+        g4 = h.gateway([], ["--controller", c3.url, "--scale-from-zero-timeout", "0",
+                            "--retry-after", "4", "--workers", "1"], pods=0, name="gateway-4")
+        PROCS.append(g4)
+        n = len(c3.wakes_for("deployments", "llama"))
+        t0 = time.time()
+        st, hd, j, raw = complete(g4, BASE)
+        assert time.time() - t0 < 1.0
+        assert st == 503 and j["error"]["code"] == "model_scaling_from_zero", (st, raw)
+        assert hd.get("retry-after") == "4", hd
+        h.wait_until(lambda: len(c3.wakes_for("deployments", "llama")) == n + 1, 3, "a wake")
+        g4.stop()
         # an older controller (no "deployments"): not ready without a pod
         c3.push([], [], [])
         h.wait_until(lambda: h.request("GET", g3.port, "/readyz")[0] == 503, 3, "/readyz 503")
@@ -406,7 +419,7 @@ def _():
 @h.check("a Draining replica gets no new requests, while a stream already on it runs to its end")
 def _():
     # a long stream on one of qwen's replicas
-    s = h.Stream(G.port, CMPL, {"model": QWEN, "prompt": "Hello there", "max_tokens": 150,
+    s = h.Stream(G.port, CMPL, {"model": QWEN, "prompt": "Hello there", "max_tokens": 300,
                                 "stream": True, "stream_options": {"include_usage": True}})
     assert s.status == 200, s.status
     pod = s.headers["target-pod"]
@@ -423,12 +436,15 @@ def _():
     for _ in range(6):
         st, hd, j, raw = complete(G, QWEN, headers={"routing-strategy": "round-robin"})
         assert st == 200 and hd["target-pod"] == other, (st, hd, raw[:200])
-    assert not s.ended, "the stream was meant to outlast the drain"
+    # the stream is still being generated there, after the drain took it
+    # out of the fleet and new requests went elsewhere
+    assert h.metric_value(h.metrics(eng[pod].port), "vllm:num_requests_running") == 1, \
+        "the stream was meant to outlast the drain"
     events = s.read_to_end(30)
     assert events[-1] == "[DONE]", events[-3:]
     assert not [e for e in events if isinstance(e, dict) and "error" in e], events[-3:]
     usage = [e["usage"] for e in events if isinstance(e, dict) and e.get("usage")]
-    assert usage and usage[-1]["completion_tokens"] == 150, usage[-1:]
+    assert usage and usage[-1]["completion_tokens"] == 300, usage[-1:]
     s.close()
     assert mv(G, "brix_gateway_streams_broken_total") == 0
     C.push([replica("qwen-0", Q0, QWEN), replica("qwen-1", Q1, QWEN),

@@ -65,7 +65,7 @@ static const char SNAP_DEP[] =
     "{\"name\":\"qwen-b\",\"model\":\"qwen\",\"replicas\":0,\"ready\":0,\"scaleToZero\":true},"
     "{\"name\":\"qwen-a\",\"model\":\"qwen\",\"replicas\":0,\"ready\":0},"
     "{\"name\":\"llama\",\"model\":\"llama\",\"replicas\":2,\"ready\":1,\"scaleToZero\":false},"
-    "{\"name\":\"mistral\",\"model\":\"mistral\",\"replicas\":0,\"ready\":0},"
+    "{\"name\":\"mistral\",\"model\":\"mistral\"},"
     "{\"name\":\"llama\",\"model\":\"dup\",\"replicas\":0,\"ready\":0},"
     "{\"name\":\"no-model\",\"replicas\":0,\"ready\":0},"
     "{\"name\":\"neg\",\"model\":\"x\",\"replicas\":-1,\"ready\":0},"
@@ -234,6 +234,9 @@ static void test_deployments(void **state)
     assert_int_equal(r->deployments[0].ready, 1);
     assert_false(r->deployments[0].scale_to_zero);
     assert_string_equal(r->deployments[1].name, "mistral");
+    assert_int_equal(r->deployments[1].replicas, 0); /* absent counts are 0 */
+    assert_int_equal(r->deployments[1].ready, 0);
+    assert_false(r->deployments[1].scale_to_zero);
     assert_string_equal(r->deployments[2].name, "qwen-a");
     assert_string_equal(r->deployments[3].name, "qwen-b");
     assert_true(r->deployments[3].scale_to_zero);
