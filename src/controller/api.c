@@ -686,16 +686,20 @@ static void handle_activity(brix_ctl_t *c, brix_http_req_t *h)
         return;
     }
     uint64_t wall = brix_wall_ms();
+    bool used = false;
     cJSON *it;
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(j, "models"))
     {
         brix_adapter_rt_t *a = brix_ctl_adapter(c, it->string);
-        if (a && cJSON_IsNumber(it) && it->valuedouble > 0)
+        if (a && cJSON_IsNumber(it) && it->valuedouble > 0) {
             a->last_used_wall = wall;
+            used = true;
+        }
     }
     brix_ctl_as_activity(c, j); /* the gateways' per-model load, for autoscalers */
     cJSON_Delete(j);
-    brix_ctl_dirty(c);
+    if (used) /* reports come every second per gateway: the state file only when it matters */
+        brix_ctl_dirty(c);
     brix_http_respond(h, 204, NULL, NULL, 0);
 }
 
