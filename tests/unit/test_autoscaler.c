@@ -736,6 +736,17 @@ static void test_inflight_floor(void **st)
     assert_int_equal(r.d.desired, 3);
     assert_string_equal(r.d.reason, "InFlightFloor");
     run_free(&r);
+
+    /* It only holds replicas: a backlog never adds any the strategy did not
+     * ask for (the metric the user chose decides scale-ups). */
+    run_init(&r, BRIX_AS_HPA, 1, 10, 10);
+    r.p.down_stabilization_ms = 0;
+    r.current = 2;
+    r.inflight_floor = 5;
+    tick(&r, 0, 1); /* asks for 1: kept at 2, not raised to 5 */
+    assert_int_equal(r.d.desired, 2);
+    assert_string_equal(r.d.reason, "InFlightFloor");
+    run_free(&r);
 }
 
 static void test_multi_metric(void **st)

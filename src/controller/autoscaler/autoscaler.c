@@ -384,8 +384,14 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
         want = lo;
         why = "AtMinimum";
     }
-    if (want < in->inflight_floor) {
-        want = in->inflight_floor;
+    /* The floor guards scale-downs only: replicas the work in flight needs
+     * are not taken away, but the work never adds replicas the strategy did
+     * not ask for (a queue is the metric's business, e.g.
+     * num_requests_waiting; otherwise a backlog would override the metric
+     * the user chose). */
+    int32_t floor = in->inflight_floor < cur ? in->inflight_floor : cur;
+    if (want < floor) {
+        want = floor;
         why = "InFlightFloor";
     }
 
