@@ -155,6 +155,9 @@ typedef struct as_pod {
     double acc[MAX_WANT];
     bool acc_seen[MAX_WANT];
     bool mark; /* still wanted this tick */
+    /* resource source: the process's CPU time (/proc/PID/stat), for a rate */
+    double cpu_s, prev_cpu_s;
+    uint64_t cpu_t_ms, prev_cpu_t_ms;
 } as_pod_t;
 
 /* One gateway's reports for one model: the last two, for rates. */
@@ -371,6 +374,54 @@ static void pod_want_def(as_pod_t *p, const mdef_t *d)
             pod_want(p, d->names[n]);
         }
     }
+}
+
+/* ---------------------------------------------------------- resource -- */
+
+/* A `resource` source locally: the replica process's CPU in cores (a rate
+ * of utime + stime between two ticks) or its resident memory in bytes, from
+ * /proc (small kernel-generated files: reading them on the loop is cheap).
+ * There are no Kubernetes resource requests here, so the target is
+ * absolute (e.g. "0.8" cores), not a utilisation percentage. */
+static bool resource_value(as_pod_t *pod, const brix_replica_t *r, const char *what, uint64_t now,
+                           double *out)
+{
+    char path[64], buf[1024];
+    if (!strcmp(what, "memory")) {
+        snprintf(path, sizeof path, "/proc/%d/statm", r->pid);
+        FILE *f = fopen(path, "re");
+        unsigned long long size = 0, resident = 0;
+        int n = f ? fscanf(f, "%llu %llu", &size, &resident) : 0;
+        if (f)
+            fclose(f);
+        if (n != 2)
+            return false;
+        *out = (double)resident * (double)sysconf(_SC_PAGESIZE);
+        return true;
+    }
+    if (pod->cpu_t_ms != now) { /* read once per tick, whatever asks */
+        snprintf(path, sizeof path, "/proc/%d/stat", r->pid);
+        FILE *f = fopen(path, "re");
+        size_t len = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+        if (f)
+            fclose(f);
+        buf[len] = '\0';
+        const char *rp = strrchr(buf, ')'); /* the command name may hold spaces */
+        unsigned long long ut = 0, st = 0;
+        /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt
+         * majflt cmajflt utime stime (proc(5)) */
+        if (!rp ||
+            sscanf(rp + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+            return false;
+        pod->prev_cpu_s = pod->cpu_s;
+        pod->prev_cpu_t_ms = pod->cpu_t_ms;
+        pod->cpu_s = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+        pod->cpu_t_ms = now;
+    }
+    if (!pod->prev_cpu_t_ms || pod->cpu_t_ms <= pod->prev_cpu_t_ms || pod->cpu_s < pod->prev_cpu_s)
+        return false;
+    *out = (pod->cpu_s - pod->prev_cpu_s) * 1000.0 / (double)(pod->cpu_t_ms - pod->prev_cpu_t_ms);
+    return true;
 }
 
 /* ---------------------------------------------------------- external -- */
@@ -846,8 +897,9 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
     int32_t got[BRIX_AS_MAX_METRICS] = { 0 };
     bool pod_metric[BRIX_AS_MAX_METRICS] = { false };
     for (int i = 0; i < s->nmetrics; i++) {
-        pod_metric[i] = s->metrics[i].type == BRIX_PA_SRC_POD;
-        if (pod_metric[i])
+        pod_metric[i] =
+            s->metrics[i].type == BRIX_PA_SRC_POD || s->metrics[i].type == BRIX_PA_SRC_RESOURCE;
+        if (s->metrics[i].type == BRIX_PA_SRC_POD)
             metric_def(s->metrics[i].target_metric, &defs[i], bufs[i]);
         x.ok[i] = true;
     }
@@ -904,7 +956,10 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
             if (!pod_metric[m])
                 continue;
             double v;
-            if (fresh && pod_value(pod, &defs[m], &v)) {
+            bool have = s->metrics[m].type == BRIX_PA_SRC_RESOURCE
+                            ? resource_value(pod, r, s->metrics[m].target_metric, now, &v)
+                            : fresh && pod_value(pod, &defs[m], &v);
+            if (have) {
                 x.value[m] += v;
                 got[m]++;
                 counted = true;
@@ -963,8 +1018,8 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
                                                                                      : NAN;
             if (isnan(x.value[m]))
                 x.ok[m] = false;
-        } else if (pm->type != BRIX_PA_SRC_POD) {
-            x.ok[m] = false; /* resource/custom: not measurable here (refused at apply) */
+        } else if (pm->type == BRIX_PA_SRC_CUSTOM) {
+            x.ok[m] = false; /* the Kubernetes custom metrics API: refused at apply locally */
         }
     }
     brix_as_observe(&p->st, &pp, &x);

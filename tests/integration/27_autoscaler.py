@@ -346,4 +346,34 @@ def _():
     assert not load.failed, load.failed[:3]
 
 
+CPU = """apiVersion: autoscaling.aibrix.ai/v1alpha1
+kind: PodAutoscaler
+metadata: {name: cpu-hpa}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: cpu}
+  minReplicas: 1
+  maxReplicas: 2
+  scalingStrategy: HPA
+  metricsSources:
+  - {metricSourceType: resource, targetMetric: cpu, targetValue: "0.005"}
+"""
+
+
+@h.check("a resource source reads the replica processes' CPU (cores) from /proc")
+def _():
+    K.apply(DEPLOY % {"name": "cpu", "replicas": 1, "delay": "0"} + "---\n" + CPU,
+            name="cpu.yaml")
+    h.wait_until(lambda: len(K.replicas("cpu")) == 1 and
+                 all(x["status"]["ready"] for x in K.replicas("cpu").values()), 30, "cpu-0")
+    load = Load("cpu-8b", 4, max_tokens=60)
+    try:
+        h.wait_until(lambda: K.pa("cpu-hpa")["status"]["desiredScale"] == 2, 30,
+                     "scale-up on CPU")
+        st = K.pa("cpu-hpa")["status"]
+        assert st["metrics"][0]["name"] == "cpu" and st["metrics"][0]["value"] > 0.005, st
+    finally:
+        load.stop()
+    assert not load.failed, load.failed[:3]
+
+
 h.run()
