@@ -1170,20 +1170,9 @@ int brix_ctl_render_pa(brix_ctl_t *c, brix_buf_t *b, const brix_pa_rt_t *p)
         brix_time_iso8601(ts, p->last_scale_wall);
         rc |= brix_buf_append_char(b, ',') | jkv(b, "lastScaleTime", ts);
     }
-    rc |= brix_buf_append_str(b, ",\"conditions\":[");
-    int k = 0;
-    for (int i = 0; i < BRIX_PA_CONDS; i++) {
-        const brix_cond_t *cd = &p->conds[i];
-        if (!cd->type)
-            continue;
-        brix_time_iso8601(ts, cd->since_wall_ms);
-        rc |= brix_buf_append_str(b, k++ ? ",{" : "{") | jkv(b, "type", cd->type);
-        rc |= brix_buf_printf(b, ",\"status\":\"%s\",", cd->status ? "True" : "False");
-        rc |= jkv(b, "reason", cd->reason) | brix_buf_append_char(b, ',');
-        rc |= jkv(b, "message", cd->message) | brix_buf_append_char(b, ',');
-        rc |= jkv(b, "lastTransitionTime", ts) | brix_buf_append_char(b, '}');
-    }
-    rc |= brix_buf_append_str(b, "],\"scalingHistory\":[");
+    rc |= brix_buf_append_str(b, ",\"conditions\":") |
+          brix_ctl_render_conds(b, p->conds, BRIX_PA_CONDS);
+    rc |= brix_buf_append_str(b, ",\"scalingHistory\":[");
     for (size_t i = 0; i < p->hist_n; i++) {
         const brix_pa_decision_rec_t *h = &p->hist[i];
         brix_time_iso8601(ts, h->wall_ms);

@@ -151,8 +151,8 @@ typedef struct brix_pa_rt {
     double ext_value;
     uint64_t ext_at_ms;
     char ext_err[160];
-    uint64_t warned_ms;     /* rate limit of repeated warnings */
-    uint64_t frozen_since;  /* monotonic ms the scale has been frozen since (0 = not) */
+    uint64_t warned_ms;    /* rate limit of repeated warnings */
+    uint64_t frozen_since; /* monotonic ms the scale has been frozen since (0 = not) */
 } brix_pa_rt_t;
 
 typedef struct brix_ctl_metrics {
@@ -275,6 +275,8 @@ int brix_ctl_save(brix_ctl_t *c);
 int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen);
 
 /* api.c */
+/* Appends a JSON array of the conditions set in v[0..n) (Kubernetes' shape). */
+int brix_ctl_render_conds(brix_buf_t *b, const brix_cond_t *v, int n);
 void brix_ctl_http(brix_http_req_t *h, void *ud);
 void brix_ctl_notify_watchers(brix_ctl_t *c);
 void brix_ctl_heartbeat(brix_ctl_t *c);
