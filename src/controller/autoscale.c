@@ -163,7 +163,7 @@ typedef struct as_pod {
 /* One gateway's reports for one model: the last two, for rates. */
 typedef struct as_load {
     char model[128];
-    double req, prompt, compl, inflight, held;
+    double req, prompt, compl, offered, inflight, held;
     double rps, in_tps, out_tps; /* from the last two reports */
     bool rated;
 } as_load_t;
@@ -430,7 +430,10 @@ typedef struct ext_call {
     brix_ctl_t *c;
     char pa[256];
     uint64_t gen;
+    uint64_t seq;
 } ext_call_t;
+
+static uint64_t ext_seq_next; /* fetch ids, unique in this process (loop thread only) */
 
 static void on_ext_sample(const brix_prom_sample_t *s, void *ud)
 {
@@ -449,11 +452,13 @@ static void on_external(const brix_curl_result_t *res, void *ud)
     ext_call_t *k = ud;
     brix_ctl_t *c = k->c;
     brix_pa_rt_t *p = brix_ctl_pa(c, k->pa);
-    uint64_t gen = k->gen;
+    uint64_t gen = k->gen, seq = k->seq;
     brix_free(k);
-    if (!p || (uint64_t)p->o->meta.generation != gen)
+    if (!p || p->ext_seq != seq) /* deleted, or an answer to an earlier fetch */
         return;
-    p->ext_inflight = false;
+    p->ext_inflight = false; /* whatever the answer, the next tick may ask again */
+    if ((uint64_t)p->o->meta.generation != gen)
+        return; /* the spec (maybe the source) changed meanwhile: the value is not its */
     const brix_pa_metric_t *m = NULL;
     for (int i = 0; i < p->o->pa.nmetrics && !m; i++)
         if (p->o->pa.metrics[i].type == BRIX_PA_SRC_EXTERNAL)
@@ -502,6 +507,7 @@ static void fetch_external(brix_ctl_t *c, brix_pa_rt_t *p, const brix_pa_metric_
         return;
     k->c = c;
     k->gen = (uint64_t)p->o->meta.generation;
+    k->seq = p->ext_seq = ++ext_seq_next;
     snprintf(k->pa, sizeof k->pa, "%s", p->o->meta.name);
     char url[1024];
     const char *path = m->path ? m->path : "";
@@ -517,17 +523,19 @@ static void fetch_external(brix_ctl_t *c, brix_pa_rt_t *p, const brix_pa_metric_
 
 /* ------------------------------------------------------- gateway load -- */
 
-static as_gw_t *gw_get(as_world_t *w, const char *id, uint64_t now)
+static as_gw_t *gw_get(as_world_t *w, const char *id, uint64_t now, uint64_t stale_ms)
 {
     for (size_t i = 0; i < w->ngws; i++)
         if (!strcmp(w->gws[i].id, id))
             return &w->gws[i];
     size_t slot = w->ngws;
-    if (slot == MAX_GATEWAYS) { /* reuse the stalest */
+    if (slot == MAX_GATEWAYS) { /* reuse the stalest, never a live gateway's entry */
         slot = 0;
         for (size_t i = 1; i < w->ngws; i++)
             if (w->gws[i].seen_ms < w->gws[slot].seen_ms)
                 slot = i;
+        if (now - w->gws[slot].seen_ms <= stale_ms)
+            return NULL;
         brix_free(w->gws[slot].loads);
     } else {
         w->ngws++;
@@ -572,7 +580,12 @@ void brix_ctl_as_activity(brix_ctl_t *c, const void *json_root)
         !cJSON_IsObject(load))
         return;
     uint64_t now = brix_now_ms();
-    as_gw_t *g = gw_get(c->as, id->valuestring, now);
+    as_gw_t *g = gw_get(c->as, id->valuestring, now, (uint64_t)c->cfg.gateway_stale);
+    if (!g) {
+        BRIX_DEBUG("load report of gateway %.40s ignored: %d live gateways already report",
+                   id->valuestring, MAX_GATEWAYS);
+        return;
+    }
     double dt = g->seen_ms && now > g->seen_ms ? (double)(now - g->seen_ms) / 1000.0 : 0;
     g->prev_ms = g->seen_ms;
     g->seen_ms = now;
@@ -588,7 +601,11 @@ void brix_ctl_as_activity(brix_ctl_t *c, const void *json_root)
         as_load_t *l = load_get(g, it->string);
         if (!l)
             continue;
-        double req = num(it, "requests"), pr = num(it, "promptTokens"),
+        /* prompt tokens as offered (at admission) where the gateway says,
+         * else as served: a burst must show when it arrives, not once served */
+        const cJSON *off = cJSON_GetObjectItemCaseSensitive(it, "offeredPromptTokens");
+        double req = num(it, "requests"),
+               pr = cJSON_IsNumber(off) ? num(it, "offeredPromptTokens") : num(it, "promptTokens"),
                co = num(it, "completionTokens");
         if (l->rated || l->req || l->prompt || l->compl ) {
             if (dt > 0.05 && req >= l->req && pr >= l->prompt && co >= l->compl ) {
@@ -797,6 +814,7 @@ int brix_ctl_as_wake(brix_ctl_t *c, const char *deployment, int64_t *replicas)
     pa_record(p, 0, 1, "ScaleFromZero", msg);
     BRIX_INFO("autoscaler %s: %s 0 -> 1 (ScaleFromZero: %s)", p->o->meta.name, deployment, msg);
     p->scale = 1;
+    p->woke_ms = brix_now_ms();
     *replicas = 1;
     brix_ctl_changed(c);
     brix_ctl_kick(c);
@@ -856,6 +874,7 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
         pa_cond(c, p, 0, "AbleToScale", false, "FailedGetScale",
                 "the target ModelDeployment %s does not exist", s->target_name);
         p->has_decision = false;
+        p->scale = -1; /* a deployment created again later starts from its own spec */
         return;
     }
     if (p->st_gen != p->o->meta.generation) { /* a new spec: the algorithm starts over */
@@ -911,9 +930,8 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
             continue;
         if (r->phase == BRIX_RP_FAILED && r->restarts > 0)
             failing++;
-        if (r->phase == BRIX_RP_RUNNING && r->ready && !r->startup_seen && su && r->started_ms &&
-            now > r->started_ms) {
-            double sec = (double)(now - r->started_ms) / 1000.0;
+        if (r->ready_after_ms && !r->startup_seen && su) { /* a start this controller saw */
+            double sec = (double)r->ready_after_ms / 1000.0;
             su->seconds =
                 su->seconds > 0 ? su->seconds * (1 - STARTUP_EWMA) + sec * STARTUP_EWMA : sec;
             r->startup_seen = true;
@@ -982,7 +1000,8 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
         else if (!got[m] && (ready > 0 || p->scale > 0))
             x.ok[m] = false;
     }
-    x.reporting = reporting;
+    /* totals now stand for every ready replica */
+    x.reporting = reporting > 0 ? ready : 0;
     x.inflight = inflight;
     if (ttft_n > 0)
         x.ttft_s = ttft_w / ttft_n;
@@ -996,6 +1015,11 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
         x.out_tps = out_tps;
         x.held = held;
     }
+    /* A wake from zero is a request held now, even while the load reports
+     * the controller has are older than it: without this the next tick
+     * would read the last idle report and scale the new replica away. */
+    if (p->woke_ms && now - p->woke_ms < (uint64_t)c->cfg.gateway_stale)
+        x.held = x.held > 1 ? x.held : 1;
     for (int m = 0; m < s->nmetrics; m++) {
         const brix_pa_metric_t *pm = &s->metrics[m];
         if (pm->type == BRIX_PA_SRC_EXTERNAL) {

@@ -147,6 +147,8 @@ typedef struct brix_pa_rt {
     brix_cond_t conds[BRIX_PA_CONDS];
     /* external source: the last value fetched */
     bool ext_inflight;
+    uint64_t ext_seq; /* id of the fetch in flight: a late answer to an older one is dropped */
+    uint64_t woke_ms; /* monotonic ms of the last wake from zero (a gateway holds requests) */
     bool ext_ok;
     double ext_value;
     uint64_t ext_at_ms;

@@ -76,6 +76,10 @@ typedef struct brix_model_activity {
     atomic_int refs;
     atomic_llong routed;
     atomic_llong requests, prompt_tokens, completion_tokens;
+    /* the prompt-token estimate of every request at admission (held and
+     * refused ones too): the load offered now, where prompt_tokens is what
+     * engines served, known only when a request ends */
+    atomic_llong offered_prompt_tokens;
     atomic_llong inflight, held;
     char name[]; /* NUL-terminated */
 } brix_model_activity_t;

@@ -29,7 +29,11 @@ brix_hold_state_t brix_hold_classify(const brix_fleet_snap_t *s, const char *mod
         if ((*me && brix_snap_model_ready(s, *me)) || !s->registry)
             return BRIX_HOLD_NONE;
         *dep = brix_registry_deployment_for(s->registry, model);
-        return *dep ? BRIX_HOLD_WAIT : BRIX_HOLD_NONE;
+        /* held only when a replica is coming: the deployment runs some, or an
+         * autoscaler scales it from zero; one at 0 by its spec has none to
+         * wait for (answered at once below) */
+        return *dep && ((*dep)->replicas > 0 || (*dep)->scale_to_zero) ? BRIX_HOLD_WAIT
+                                                                       : BRIX_HOLD_NONE;
     }
     if (brix_snap_model_ready(s, *me))
         return BRIX_HOLD_READY;

@@ -303,6 +303,8 @@ static void count_load(px_t *px)
     brix_model_activity_ref(a);
     px->load = a;
     atomic_fetch_add_explicit(&a->requests, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&a->offered_prompt_tokens, px->est_tokens > 0 ? px->est_tokens : 0,
+                              memory_order_relaxed);
     atomic_fetch_add_explicit(&a->inflight, 1, memory_order_relaxed);
 }
 

@@ -281,6 +281,17 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
         return;
     }
     if (hs != BRIX_HOLD_WAIT && !me) {
+        const brix_reg_deployment_t *zd =
+            brix_registry_deployment_for(view->fleet->registry, model);
+        if (zd && zd->replicas == 0 && !zd->scale_to_zero) {
+            /* scaled to 0 by its spec: nothing is coming, so no hold */
+            brix_http_add_header(h, "x-error-no-model-backends", model);
+            brix_px_error(w, h, 503, "service_unavailable", NULL, model,
+                          "model '%s' is scaled to 0 replicas (ModelDeployment '%s' "
+                          "spec.replicas, no autoscaler scales it from zero)",
+                          model, zd->name);
+            return;
+        }
         if (brix_registry_has_base(view->fleet->registry, model)) {
             /* the controller runs replicas of it, none ready: not a typo */
             brix_px_add_retry_after(h, view->rt->retry_after_s);

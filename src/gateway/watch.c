@@ -730,6 +730,9 @@ static bool add_load(cJSON *load, const brix_model_activity_t *a)
            cJSON_AddNumberToObject(
                o, "completionTokens",
                (double)atomic_load_explicit(&a->completion_tokens, memory_order_relaxed)) &&
+           cJSON_AddNumberToObject(
+               o, "offeredPromptTokens",
+               (double)atomic_load_explicit(&a->offered_prompt_tokens, memory_order_relaxed)) &&
            /* the gauges are read apart from their updates: never negative */
            cJSON_AddNumberToObject(o, "inflight", (double)(inflight > 0 ? inflight : 0)) &&
            cJSON_AddNumberToObject(o, "held", (double)(held > 0 ? held : 0));

@@ -36,6 +36,7 @@
 /* A held-requests report older than this no longer wakes a fleet at zero:
  * gateways report every second, and a held request's deadline is ~30 s. */
 #define AS_WAKE_FRESH_MS 30000u
+#define AS_OUTAGE_SAMPLES 3
 
 static const char *const strategy_names[] = { "HPA", "KPA", "APA", "SLO" };
 
@@ -300,6 +301,21 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
         r.reason = "UnknownStrategy";
         snprintf(r.what, sizeof r.what, "unknown strategy %d", (int)p->strategy);
         break;
+    }
+
+    /* An outage freezes at once: when the newest AS_OUTAGE_SAMPLES samples of
+     * a metric were all unread, the window's older values are the past, not
+     * the load; deciding on them for up to a stable window would scale on
+     * data the fleet no longer shows. */
+    for (int i = 0; p->strategy != BRIX_AS_SLO && !r.frozen && i < p->nmetrics; i++) {
+        size_t seen = 0, unread = 0;
+        for (size_t k = s->n; k-- > 0 && seen < AS_OUTAGE_SAMPLES; seen++)
+            unread += !brix__as_sample_at(s, k)->ok[i];
+        if (seen && unread == seen) {
+            r.frozen = true;
+            r.reason = "MetricsUnavailable";
+            snprintf(r.what, sizeof r.what, "metric %d unread in the last %zu samples", i, seen);
+        }
     }
 
     /* Requests waiting at a gateway for a replica of a model at zero: wake
