@@ -466,7 +466,11 @@ def _():
     for v in ("0", "no"):
         rh, _ = send(G, body, headers={"x-brix-explain": v})
         assert "x-brix-route" not in rh, rh
-    time.sleep(0.3)
+    # the access line is written when the response ends: wait for it (a fixed sleep was
+    # too short on a loaded machine)
+    lines = h.wait_until(lambda: [ln for ln in G.text().splitlines() if " access " in ln and
+                                  f"req=explain-{TAG} " in ln], 10, "the access log line")
+    time.sleep(0.2)  # and no second line follows
     lines = [ln for ln in G.text().splitlines() if " access " in ln and
              f"req=explain-{TAG} " in ln]
     assert len(lines) == 1, lines
@@ -479,7 +483,9 @@ def _():
     rh, _ = send(G, cmpl("short prompt for the log"), "least-request",
                  headers={"x-brix-explain": "1", "x-request-id": rid})
     e = parse_explain(rh["x-brix-route"])
-    time.sleep(0.3)
+    h.wait_until(lambda: [ln for ln in G.text().splitlines() if " access " in ln and
+                          f"req={rid} " in ln], 10, "the access log line")
+    time.sleep(0.2)  # and no second line follows
     lines = [ln for ln in G.text().splitlines() if " access " in ln and f"req={rid} " in ln]
     assert len(lines) == 1, lines
     assert e["reason"] in lines[0] and all(p in lines[0] for p in (f"{PA}(score=",
