@@ -496,9 +496,14 @@ static void print_table(brix_kind_t kind, const cJSON *items, bool wide)
         cJSON_ArrayForEach(it, items)
         {
             age(jstr(it, "metadata.creationTimestamp"), a1);
-            snprintf(n1, sizeof n1, "%ld", jnum(it, "spec", "replicas"));
-            snprintf(n2, sizeof n2, "%ld/%ld", jnum(it, "status", "readyReplicas"),
-                     jnum(it, "spec", "replicas"));
+            /* the scale it runs: an autoscaler's when one manages it (older
+             * controllers report no desiredReplicas: the spec's) */
+            const cJSON *st = cJSON_GetObjectItemCaseSensitive(it, "status");
+            long want = cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(st, "desiredReplicas"))
+                            ? jnum(it, "status", "desiredReplicas")
+                            : jnum(it, "spec", "replicas");
+            snprintf(n1, sizeof n1, "%ld", want);
+            snprintf(n2, sizeof n2, "%ld/%ld", jnum(it, "status", "readyReplicas"), want);
             const char *v[] = { jstr(it, "metadata.name"),
                                 jstr(it, "spec.model"),
                                 jstr(it, "spec.gpu"),

@@ -179,6 +179,8 @@ def _():
         t = K.cli("get", "pa").stdout.splitlines()
         assert t[0].split()[:3] == ["NAME", "TARGET", "STRATEGY"], t
         assert t[1].split()[:3] == ["busy-apa", "busy", "APA"], t
+        t = K.cli("get", "deploy", "busy").stdout.splitlines()
+        assert t[1].split()[3:5] == ["3", "3/3"], t  # the scale the autoscaler set
         dep = K.get("deployments", "busy")
         assert dep["status"]["desiredReplicas"] == 3 and dep["status"]["autoscaler"] == \
             "busy-apa", dep["status"]
