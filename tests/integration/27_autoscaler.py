@@ -24,6 +24,22 @@ def write(name, text):
     return p
 
 
+PROCS = []
+
+
+@atexit.register
+def _cleanup():
+    # registered before anything starts: a failed start still stops the controller (and so
+    # the replicas it started)
+    for p in reversed(PROCS):
+        if p.p.poll() is None:
+            p.p.send_signal(signal.SIGTERM)
+            try:
+                p.p.wait(20)
+            except Exception:
+                p.p.kill()
+
+
 class Cluster:
     def __init__(self):
         self.port = h.free_port()
@@ -31,6 +47,7 @@ class Cluster:
                          "--health-interval", "200ms", "--reconcile-interval", "200ms",
                          "--autoscale-interval", "300ms", "--drain-grace", "500ms",
                          "--drain-timeout", "20s", "--stop-grace", "3s"], name="controller")
+        PROCS.append(self.c)
         self.c.wait_http(self.port, "/readyz")
         with open(os.path.join(STATE, "token")) as f:
             h.TOKENS[self.port] = f.read().strip()
@@ -38,6 +55,7 @@ class Cluster:
                                 "--controller-token-file", os.path.join(STATE, "token"),
                                 "--engine-api-key-file", os.path.join(STATE, "engine-key"),
                                 "--adapter-wake-timeout", "30s"], ready=False)
+        PROCS.append(self.g)
         # the gateway is ready once it has a pod: see the checks
 
     def cli(self, *args, want=0):
@@ -65,17 +83,6 @@ class Cluster:
 
 
 K = Cluster()
-
-
-@atexit.register
-def _cleanup():
-    for p in (K.g, K.c):
-        if p.p.poll() is None:
-            p.p.send_signal(signal.SIGTERM)
-            try:
-                p.p.wait(20)
-            except Exception:
-                p.p.kill()
 
 
 DEPLOY = """apiVersion: model.brix.dev/v1alpha1
