@@ -18,7 +18,10 @@
  *  mooncake       the Mooncake FAST'25 JSONL (timestamp ms, input_length,
  *                 output_length, hash_ids of 512-token shared blocks);
  *  azure          the Azure LLM inference 2023 CSV (TIMESTAMP,
- *                 ContextTokens, GeneratedTokens).
+ *                 ContextTokens, GeneratedTokens), or a slice of it
+ *                 (--trace-start, --trace-length);
+ *  autoscale      the same Azure slice, replayed by autoscale.c against one
+ *                 `brix up` cluster per scaling policy.
  * Arrivals of generated scenarios are Poisson at --rate, or bursty: Poisson
  * at --rate during --burst-on seconds, silent for --burst-off.
  */
@@ -482,7 +485,14 @@ static int build_azure(const bench_cfg_t *c, bench_workload_t *w, uint64_t rng, 
         double t = (double)timegm(&tm) + (frac < 1 ? frac : 0);
         if (t0 < 0)
             t0 = t;
-        t = (t - t0) / c->speed;
+        /* the slice [start, start + length) of the trace's own time line;
+         * arrivals keep their offsets from the slice start (quiet included) */
+        t = t - t0 - c->trace_start;
+        if (t < 0)
+            continue;
+        if (c->trace_length > 0 && t >= c->trace_length)
+            break;
+        t /= c->speed;
         int out = clamp_len(gen, 1, (int)c->max_output);
         int in = clamp_len(ctx, 2, limit - out);
         brix_buf_t pr = BRIX_BUF_INIT, b = BRIX_BUF_INIT;
@@ -497,8 +507,16 @@ static int build_azure(const bench_cfg_t *c, bench_workload_t *w, uint64_t rng, 
         snprintf(err, errlen, "%s: no TIMESTAMP,ContextTokens,GeneratedTokens rows", c->trace);
         rc = -1;
     }
-    snprintf(w->about, sizeof w->about, "Azure LLM trace %s, %zu requests, arrivals sped up %gx",
-             c->trace, w->n, c->speed);
+    if (c->trace_start > 0 || c->trace_length > 0)
+        snprintf(w->about, sizeof w->about,
+                 "Azure LLM trace %s, seconds %g to %g after its first arrival, %zu requests, "
+                 "arrivals sped up %gx",
+                 c->trace, c->trace_start,
+                 c->trace_length > 0 ? c->trace_start + c->trace_length : INFINITY, w->n, c->speed);
+    else
+        snprintf(w->about, sizeof w->about,
+                 "Azure LLM trace %s, %zu requests, arrivals sped up %gx", c->trace, w->n,
+                 c->speed);
     return rc;
 }
 
@@ -507,7 +525,8 @@ int bench_workload_build(const bench_cfg_t *c, bench_workload_t *w, char *err, s
     memset(w, 0, sizeof *w);
     uint64_t rng = (uint64_t)c->seed * 0x9e3779b97f4a7c15ull + 12345;
     const char *s = c->scenario;
-    bool needs_trace = !strcmp(s, "trace") || !strcmp(s, "mooncake") || !strcmp(s, "azure");
+    bool needs_trace = !strcmp(s, "trace") || !strcmp(s, "mooncake") || !strcmp(s, "azure") ||
+                       !strcmp(s, "autoscale");
     if (needs_trace && !c->trace) {
         snprintf(err, errlen, "--scenario %s needs --trace FILE", s);
         return -1;
@@ -523,12 +542,12 @@ int bench_workload_build(const bench_cfg_t *c, bench_workload_t *w, char *err, s
         rc = build_jsonl(c, w, false, err, errlen);
     else if (!strcmp(s, "mooncake"))
         rc = build_jsonl(c, w, true, err, errlen);
-    else if (!strcmp(s, "azure"))
+    else if (!strcmp(s, "azure") || !strcmp(s, "autoscale"))
         rc = build_azure(c, w, rng, err, errlen);
     else {
         snprintf(err, errlen,
                  "unknown scenario '%s' (shared-prefix, sharegpt, lora-mix, trace, mooncake, "
-                 "azure)",
+                 "azure, autoscale)",
                  s);
         return -1;
     }
