@@ -265,10 +265,14 @@ static void *sampler_main(void *arg)
 
 /* Replicas the busiest 10 simulated seconds of the slice need: the prompt
  * tokens arriving in that window per second, over one replica's prefill
- * capacity on the GPU profile, a saturated step being --max-num-batched-
- * tokens of prefill plus AS_DECODES_PER_STEP decodes of a mean context. The
- * code trace is prefill-bound (mean input 2,048 tokens, output 28), so
- * prompt tokens are what a replica runs out of first. */
+ * capacity on the GPU profile (a saturated step being --max-num-batched-
+ * tokens of prefill plus AS_DECODES_PER_STEP decodes of a mean context)
+ * times --static-utilization. The code trace is prefill-bound (mean input
+ * 2,048 tokens, output 28), so prompt tokens are what a replica runs out of
+ * first. The utilization (default 0.8) is headroom for the bursts inside the
+ * 10 s (the trace's 1-s peak is 26x its mean): on the default slice 100%
+ * gives 7 A100s, which met the 2-s TTFT for 96.5% of requests, and 80%
+ * gives 9, which met it for 99.7% (measured with this benchmark). */
 static int static_need(const bench_cfg_t *c, const bench_workload_t *w, char *how, size_t hl)
 {
     brix_gpu_profiles_t ps;
@@ -303,14 +307,16 @@ static int static_need(const bench_cfg_t *c, const bench_workload_t *w, char *ho
         brix_gpu_prefill_seconds(p, (uint64_t)B) +
         brix_gpu_decode_seconds(p, (uint64_t)(ctx * AS_DECODES_PER_STEP), AS_DECODES_PER_STEP);
     double cap = B / step; /* prompt tokens per simulated second per replica */
-    int need = (int)ceil(peak / 10 / cap);
+    double u = c->static_util;
+    int need = (int)ceil(peak / 10 / (cap * u));
     need = need < 1 ? 1 : need;
     snprintf(how, hl,
              "the busiest 10 s of the slice (from t=%.0f s) bring %.0f prompt tokens/s; one %s "
              "replica prefills %.0f tokens/s (steps of %.0f prompt tokens + %d decodes of a "
-             "%.0f-token context = %.3f s), so peak provisioning is ceil(%.0f / %.0f) = %d",
-             peak_t, peak / 10, p->name, cap, B, AS_DECODES_PER_STEP, ctx, step, peak / 10, cap,
-             need);
+             "%.0f-token context = %.3f s); at %.0f%% utilization at that peak "
+             "(--static-utilization) peak provisioning is ceil(%.0f / (%.0f x %.2f)) = %d",
+             peak_t, peak / 10, p->name, cap, B, AS_DECODES_PER_STEP, ctx, step, u * 100, peak / 10,
+             cap, u, need);
     brix_gpu_profiles_free(&ps);
     return need;
 }
@@ -346,6 +352,12 @@ static void cluster_yaml(const bench_cfg_t *c, brix_buf_t *b, int replicas)
     char *extra = c->gateway_args ? brix_strdup(c->gateway_args) : NULL;
     for (char *tok = extra ? strtok(extra, " ") : NULL; tok; tok = strtok(NULL, " "))
         brix_buf_printf(b, ", \"%s\"", tok);
+    brix_free(extra);
+    brix_buf_append_str(b, "]\n  controller:\n    args: [");
+    extra = c->controller_args ? brix_strdup(c->controller_args) : NULL;
+    int na = 0;
+    for (char *tok = extra ? strtok(extra, " ") : NULL; tok; tok = strtok(NULL, " "))
+        brix_buf_printf(b, "%s\"%s\"", na++ ? ", " : "", tok);
     brix_free(extra);
     brix_buf_printf(b,
                     "]\n---\napiVersion: model.brix.dev/v1alpha1\nkind: ModelDeployment\n"
@@ -659,6 +671,19 @@ static void plots(const bench_cfg_t *c, const bench_workload_t *w, as_policy_t *
         }
         fclose(f);
     }
+    /* each request's arrival and TTFT (failed: -1), simulated seconds */
+    for (size_t k = 0; k < n; k++) {
+        snprintf(path, sizeof path, "%.3000s/requests-%.32s.dat", c->out, ps[k].name);
+        if (!ps[k].ok_run || !(f = fopen(path, "w")))
+            continue;
+        fprintf(f, "# arrival(sim s) ttft(sim s, -1 = failed)\n");
+        for (size_t i = 0; i < ps[k].run.n; i++) {
+            bench_res_t *x = &ps[k].run.res[i];
+            fprintf(f, "%.3f %.4f\n", w->v[i].t,
+                    x->ok && x->events ? (x->first - x->sent) / c->time_scale : -1.0);
+        }
+        fclose(f);
+    }
     snprintf(path, sizeof path, "%.3000s/autoscale.gp", c->out);
     if (!(f = fopen(path, "w")))
         return;
@@ -699,6 +724,21 @@ static void plots(const bench_cfg_t *c, const bench_workload_t *w, as_policy_t *
     for (size_t k = 0; k < n; k++)
         fprintf(f, ", '%s/replicas-%s.dat' using 1:5 with steps lw 2 title '%s'", c->out,
                 ps[k].name, ps[k].name);
+    fprintf(f, "\n");
+    /* TTFT over the slice, failed requests drawn at the top */
+    fprintf(f,
+            "reset\nset terminal svg size 900,420 dynamic\nset output '%s/autoscale_ttft.svg'\n"
+            "set grid\nset key top right\nset logscale y\nset ylabel 'TTFT (simulated s)'\n"
+            "set xlabel 'arrival, simulated seconds into the slice'\nset xrange [0:%g]\n"
+            "set title 'TTFT of every request per policy (SLO %g s dashed)'\n"
+            "plot %g with lines dt 2 lc rgb 'black' title 'SLO'",
+            c->out, span, c->slo_ttft, c->slo_ttft);
+    for (size_t k = 0; k < n; k++)
+        if (ps[k].ok_run)
+            fprintf(f,
+                    ", '%s/requests-%s.dat' using 1:($2 < 0 ? 1e3 : ($2 < 1e-3 ? 1e-3 : $2)) "
+                    "with points pt 7 ps 0.2 title '%s'",
+                    c->out, ps[k].name, ps[k].name);
     fprintf(f, "\n");
     fclose(f);
     char cmd[PATH_MAX + 64];
@@ -764,7 +804,8 @@ static void report(const bench_cfg_t *c, const bench_workload_t *w, as_policy_t 
         &md,
         "\nReplica-seconds count every replica from its start to its stop (loading and "
         "draining included) over the slice's %.0f s; a flap is a scale change undone within "
-        "%g s. Plots: autoscale_replicas.svg (one panel per policy), autoscale_overlay.svg.\n",
+        "%g s. Plots: autoscale_replicas.svg (one panel per policy), autoscale_overlay.svg, "
+        "autoscale_ttft.svg.\n",
         c->trace_length > 0 ? c->trace_length / c->speed : span, c->flap_window);
     char path[PATH_MAX];
     snprintf(path, sizeof path, "%.3000s/results.md", c->out);
@@ -819,8 +860,8 @@ static void report(const bench_cfg_t *c, const bench_workload_t *w, as_policy_t 
     }
     plots(c, w, ps, n, st);
     fprintf(stderr,
-            "bench: wrote %s/results.md, results.json, autoscale_replicas.svg and "
-            "autoscale_overlay.svg\n",
+            "bench: wrote %s/results.md, results.json, autoscale_replicas.svg, "
+            "autoscale_overlay.svg and autoscale_ttft.svg\n",
             c->out);
 }
 

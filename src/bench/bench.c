@@ -94,6 +94,8 @@ static const brix_opt_t bench_opts[] = {
       "autoscale: scaling policies compared, each on a fresh `brix up` cluster" },
     { "static-replicas", BRIX_OPT_INT, O(static_replicas), "0", 0, 256, "N",
       "autoscale: the static policy's replicas (0 = what the slice's busiest 10 s need)" },
+    { "static-utilization", BRIX_OPT_DOUBLE, O(static_util), "0.8", 0.05, 1, "U",
+      "autoscale: the static replicas run at this utilization in the busiest 10 s" },
     { "min-replicas", BRIX_OPT_INT, O(min_replicas), "1", 0, 256, "N",
       "autoscale: PodAutoscaler minReplicas" },
     { "max-replicas", BRIX_OPT_INT, O(max_replicas), "0", 0, 256, "N",
@@ -109,6 +111,8 @@ static const brix_opt_t bench_opts[] = {
     { "flap-window", BRIX_OPT_DOUBLE, O(flap_window), "300", 0, 1e6, "SECONDS",
       "autoscale: a scale change undone within this many simulated seconds is a flap "
       "(AIBrix's default scale-down cooldown)" },
+    { "controller-args", BRIX_OPT_STRING, O(controller_args), NULL, 1, 0, "\"FLAGS\"",
+      "autoscale: extra controller flags in each cluster, space separated" },
     { "routing", BRIX_OPT_STRING, O(routing), "least-request", 1, 0, "STRATEGY",
       "autoscale: the clusters' gateway routing strategy" },
     BRIX_OPT_END,

@@ -62,12 +62,14 @@ typedef struct bench_cfg {
     /* autoscale scenario (autoscale.c) */
     char *policies;                     /* static,hpa,kpa,apa,slo */
     int64_t static_replicas;            /* 0 = computed from the slice's peak */
+    double static_util;                 /* utilization at that peak the computation plans for */
     int64_t min_replicas, max_replicas; /* max 0 = 1.5 x static */
     char *startup_delay;                /* engines' --startup-delay (SECONDS | auto) */
     char *as_metric, *as_target;        /* HPA/KPA/APA metricsSources target */
     double sample_interval;             /* wall seconds between controller samples */
     double flap_window;                 /* simulated seconds (AIBrix's down cooldown) */
-    char *routing;                      /* gateway strategy in the autoscale clusters */
+    char *controller_args; /* extra controller flags in the clusters, space separated */
+    char *routing;         /* gateway strategy in the autoscale clusters */
 } bench_cfg_t;
 
 typedef struct bench_req {
