@@ -55,7 +55,7 @@ static int render_replica(brix_ctl_t *c, brix_buf_t *b, const brix_replica_t *r)
     rc |= brix_buf_append_char(b, ',') | jkv(b, "model", r->model);
     rc |= brix_buf_append_str(b, ",\"command\":") | brix_auth_redact_json(b, &r->argv);
     rc |= brix_buf_append_str(b, "},\"status\":{") |
-          jkv(b, "phase", brix_replica_phase_name(r->phase));
+          jkv(b, "phase", r->draining ? "Draining" : brix_replica_phase_name(r->phase));
     rc |= brix_buf_printf(b, ",\"ready\":%s,\"url\":", r->ready ? "true" : "false");
     rc |= brix_buf_append_json_str(b, r->url, strlen(r->url));
     rc |= brix_buf_printf(b, ",\"port\":%d,\"pid\":%d,\"restarts\":%d,\"adopted\":%s", r->port,
@@ -90,13 +90,19 @@ static int render_deploy(brix_ctl_t *c, brix_buf_t *b, const brix_obj_t *d)
         updated += r->generation == d->meta.generation && r->pid > 0;
     }
     int rc = brix_obj_json_open_redacted(b, d);
+    const brix_pa_rt_t *pa = brix_ctl_pa_for(c, d->meta.name);
+    if (pa) /* the scale an autoscaler set, and which one */
+        rc |= brix_buf_append_str(b, ",\"status\":{") | jkv(b, "autoscaler", pa->o->meta.name) |
+              brix_buf_append_char(b, ',');
+    else
+        rc |= brix_buf_append_str(b, ",\"status\":{");
     rc |= brix_buf_printf(b,
-                          ",\"status\":{\"replicas\":%d,\"readyReplicas\":%d,"
+                          "\"desiredReplicas\":%lld,\"replicas\":%d,\"readyReplicas\":%d,"
                           "\"updatedReplicas\":%d,\"phase\":\"%s\"}}",
-                          total, ready, updated,
-                          d->meta.deleting_ms      ? "Terminating"
-                          : ready >= d->d.replicas ? "Running"
-                                                   : "Progressing");
+                          (long long)brix_ctl_deploy_want(c, d), total, ready, updated,
+                          d->meta.deleting_ms                   ? "Terminating"
+                          : ready >= brix_ctl_deploy_want(c, d) ? "Running"
+                                                                : "Progressing");
     return rc;
 }
 
@@ -149,20 +155,23 @@ int brix_ctl_render(brix_ctl_t *c, brix_buf_t *b, brix_kind_t kind, const char *
     int rc = 0, found = 0;
     if (!name)
         rc |= brix_buf_append_str(b, "{\"apiVersion\":\"v1\",\"kind\":\"List\",\"items\":[");
-    size_t n = kind == BRIX_KIND_DEPLOYMENT ? c->ndeploys
-               : kind == BRIX_KIND_ADAPTER  ? c->nadapters
-                                            : c->nreps;
+    size_t n = kind == BRIX_KIND_DEPLOYMENT   ? c->ndeploys
+               : kind == BRIX_KIND_ADAPTER    ? c->nadapters
+               : kind == BRIX_KIND_AUTOSCALER ? c->npas
+                                              : c->nreps;
     for (size_t i = 0; i < n; i++) {
-        const char *nm = kind == BRIX_KIND_DEPLOYMENT ? c->deploys[i]->meta.name
-                         : kind == BRIX_KIND_ADAPTER  ? c->adapters[i]->o->meta.name
-                                                      : c->reps[i]->name;
+        const char *nm = kind == BRIX_KIND_DEPLOYMENT   ? c->deploys[i]->meta.name
+                         : kind == BRIX_KIND_ADAPTER    ? c->adapters[i]->o->meta.name
+                         : kind == BRIX_KIND_AUTOSCALER ? c->pas[i]->o->meta.name
+                                                        : c->reps[i]->name;
         if (name && strcmp(name, nm))
             continue;
         if (found++)
             rc |= brix_buf_append_char(b, ',');
-        rc |= kind == BRIX_KIND_DEPLOYMENT ? render_deploy(c, b, c->deploys[i])
-              : kind == BRIX_KIND_ADAPTER  ? render_adapter(c, b, c->adapters[i])
-                                           : render_replica(c, b, c->reps[i]);
+        rc |= kind == BRIX_KIND_DEPLOYMENT   ? render_deploy(c, b, c->deploys[i])
+              : kind == BRIX_KIND_ADAPTER    ? render_adapter(c, b, c->adapters[i])
+              : kind == BRIX_KIND_AUTOSCALER ? brix_ctl_render_pa(c, b, c->pas[i])
+                                             : render_replica(c, b, c->reps[i]);
     }
     if (!name)
         rc |= brix_buf_append_str(b, "]}");
@@ -183,9 +192,11 @@ static int render_watch(brix_ctl_t *c, brix_buf_t *b)
         rc |= brix_buf_append_char(b, ',') | jkv(b, "deployment", r->deployment);
         rc |= brix_buf_append_char(b, ',') | jkv(b, "model", r->model);
         rc |= brix_buf_append_char(b, ',') | jkv(b, "url", r->url);
-        rc |= brix_buf_append_char(b, ',') | jkv(b, "phase", brix_replica_phase_name(r->phase));
+        rc |= brix_buf_append_char(b, ',') |
+              jkv(b, "phase", r->draining ? "Draining" : brix_replica_phase_name(r->phase));
         rc |= brix_buf_printf(b, ",\"ready\":%s,\"labels\":",
-                              r->phase == BRIX_RP_RUNNING && r->ready ? "true" : "false");
+                              r->phase == BRIX_RP_RUNNING && r->ready && !r->draining ? "true"
+                                                                                      : "false");
         rc |= brix_labels_json(b, &r->labels) | brix_buf_append_str(b, ",\"adapters\":[");
         int k = 0; /* what gateways may route there: loaded, and not being drained */
         for (size_t j = 0; j < r->adapters.n; j++)
@@ -216,6 +227,26 @@ static int render_watch(brix_ctl_t *c, brix_buf_t *b)
                 rc |= (k++ ? brix_buf_append_char(b, ',') : 0) |
                       brix_buf_append_json_str(b, c->reps[j]->name, strlen(c->reps[j]->name));
         rc |= brix_buf_append_str(b, "]}");
+    }
+    /* the deployments and the scale each runs now: a gateway holds requests
+     * for a model scaled to zero instead of answering 404 */
+    rc |= brix_buf_append_str(b, "],\"deployments\":[");
+    listed = 0;
+    for (size_t i = 0; i < c->ndeploys; i++) {
+        const brix_obj_t *d = c->deploys[i];
+        if (d->meta.deleting_ms)
+            continue;
+        int ready = 0;
+        for (size_t j = 0; j < c->nreps; j++)
+            ready += !strcmp(c->reps[j]->deployment, d->meta.name) &&
+                     c->reps[j]->phase == BRIX_RP_RUNNING && c->reps[j]->ready &&
+                     !c->reps[j]->draining;
+        const brix_pa_rt_t *pa = brix_ctl_pa_for(c, d->meta.name);
+        rc |= brix_buf_append_str(b, listed++ ? ",{" : "{") | jkv(b, "name", d->meta.name);
+        rc |= brix_buf_append_char(b, ',') | jkv(b, "model", d->d.model);
+        rc |= brix_buf_printf(b, ",\"replicas\":%lld,\"ready\":%d,\"scaleToZero\":%s}",
+                              (long long)brix_ctl_deploy_want(c, d), ready,
+                              pa && pa->o->pa.params.scale_to_zero ? "true" : "false");
     }
     return rc | brix_buf_append_str(b, "]}\n");
 }
@@ -319,6 +350,17 @@ static void handle_watch(brix_ctl_t *c, brix_http_req_t *h)
 
 /* ------------------------------------------------------------- apply -- */
 
+static brix_meta_t *obj_meta(brix_ctl_t *c, brix_kind_t kind, const char *name)
+{
+    if (kind == BRIX_KIND_DEPLOYMENT && brix_ctl_deploy(c, name))
+        return &brix_ctl_deploy(c, name)->meta;
+    if (kind == BRIX_KIND_ADAPTER && brix_ctl_adapter(c, name))
+        return &brix_ctl_adapter(c, name)->o->meta;
+    if (kind == BRIX_KIND_AUTOSCALER && brix_ctl_pa(c, name))
+        return &brix_ctl_pa(c, name)->o->meta;
+    return NULL;
+}
+
 int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, const char *text,
                    size_t len, brix_buf_t *result, char *err, size_t errlen)
 {
@@ -351,12 +393,7 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
                 goto out;
             }
         }
-        const brix_meta_t *old =
-            o->kind == BRIX_KIND_DEPLOYMENT
-                ? (brix_ctl_deploy(c, o->meta.name) ? &brix_ctl_deploy(c, o->meta.name)->meta
-                                                    : NULL)
-                : (brix_ctl_adapter(c, o->meta.name) ? &brix_ctl_adapter(c, o->meta.name)->o->meta
-                                                     : NULL);
+        const brix_meta_t *old = obj_meta(c, o->kind, o->meta.name);
         if (old && old->deleting_ms) {
             snprintf(err, errlen,
                      "%s:%d:%d: %s '%s' is being deleted; apply it again when it is gone", source,
@@ -378,12 +415,35 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
             rc = -EPERM;
             goto out;
         }
+        /* one autoscaler per deployment: two would fight over its scale */
+        if (o->kind == BRIX_KIND_AUTOSCALER) {
+            const char *clash = NULL;
+            for (size_t j = 0; j < c->npas && !clash; j++)
+                if (!c->pas[j]->o->meta.deleting_ms &&
+                    strcmp(c->pas[j]->o->meta.name, o->meta.name) &&
+                    !strcmp(c->pas[j]->o->pa.target_name, o->pa.target_name))
+                    clash = c->pas[j]->o->meta.name;
+            for (size_t j = 0; j < nobjs && !clash; j++)
+                if (objs[j]->kind == BRIX_KIND_AUTOSCALER &&
+                    !strcmp(objs[j]->pa.target_name, o->pa.target_name))
+                    clash = objs[j]->meta.name;
+            if (clash) {
+                snprintf(err, errlen,
+                         "%s:%d:%d: PodAutoscaler '%s': spec.scaleTargetRef.name: %s is already "
+                         "scaled by PodAutoscaler '%s' (one autoscaler per deployment)",
+                         source, docs->items[i]->line, docs->items[i]->col, o->meta.name,
+                         o->pa.target_name, clash);
+                brix_obj_free(o);
+                goto out;
+            }
+        }
         o->meta.deleting_ms = 0; /* the controller's fields are not taken from input */
         o->meta.generation = 0;
         objs[nobjs++] = o;
     }
     if (!nobjs) {
-        snprintf(err, errlen, "%s: no ModelDeployment or ModelAdapter documents", source);
+        snprintf(err, errlen, "%s: no ModelDeployment, ModelAdapter or PodAutoscaler documents",
+                 source);
         goto out;
     }
     brix_buf_append_str(result, "{\"items\":[");
@@ -393,10 +453,14 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
         const char *what;
         brix_obj_t **slot = NULL;
         brix_adapter_rt_t *a = NULL;
+        brix_pa_rt_t *pa = NULL;
         if (o->kind == BRIX_KIND_DEPLOYMENT) {
             for (size_t j = 0; j < c->ndeploys && !slot; j++)
                 if (!strcmp(c->deploys[j]->meta.name, o->meta.name))
                     slot = &c->deploys[j];
+        } else if (o->kind == BRIX_KIND_AUTOSCALER) {
+            if ((pa = brix_ctl_pa(c, o->meta.name)))
+                slot = &pa->o;
         } else if ((a = brix_ctl_adapter(c, o->meta.name))) {
             slot = &a->o;
         }
@@ -413,6 +477,8 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
             *slot = o;
             if (a && spec_changed) /* a new spec: serve it now, not after an old TTL */
                 a->last_used_wall = wall, a->scaled = false;
+            if (pa && spec_changed && strcmp(pa->o->pa.target_name, o->pa.target_name))
+                pa->scale = -1; /* a new target: take over from what runs there */
             if (o->kind == BRIX_KIND_DEPLOYMENT && !spec_changed) /* labels: in place */
                 for (size_t j = 0; j < c->nreps; j++)
                     if (!strcmp(c->reps[j]->deployment, o->meta.name) && c->reps[j]->port > 0)
@@ -533,10 +599,7 @@ static void handle_object(brix_ctl_t *c, brix_http_req_t *h, brix_kind_t kind, c
         respond_json(h, 200, &b);
         return;
     }
-    if (kind == BRIX_KIND_DEPLOYMENT && brix_ctl_deploy(c, name))
-        m = &brix_ctl_deploy(c, name)->meta;
-    if (kind == BRIX_KIND_ADAPTER && brix_ctl_adapter(c, name))
-        m = &brix_ctl_adapter(c, name)->o->meta;
+    m = obj_meta(c, kind, name);
     if (!m) {
         brix_http_respond_error(h, 404, NULL, "not_found", NULL, "%s '%s' not found",
                                 brix_kind_name(kind), name);
@@ -582,6 +645,29 @@ static void handle_wake(brix_ctl_t *c, brix_http_req_t *h, const char *name)
     respond_json(h, 202, &b);
 }
 
+static void handle_wake_deploy(brix_ctl_t *c, brix_http_req_t *h, const char *name)
+{
+    int64_t replicas = 0;
+    int rc = brix_ctl_as_wake(c, name, &replicas);
+    if (rc == -ENOENT) {
+        brix_http_respond_error(h, 404, NULL, "not_found", NULL, "ModelDeployment '%s' not found",
+                                name);
+        return;
+    }
+    if (rc == -EPERM) {
+        brix_http_respond_error(h, 409, NULL, "scaled_to_zero", NULL,
+                                "ModelDeployment '%s' runs 0 replicas by its spec (no "
+                                "PodAutoscaler may scale it from zero)",
+                                name);
+        return;
+    }
+    brix_buf_t b = BRIX_BUF_INIT;
+    brix_buf_append_str(&b, "{\"name\":");
+    brix_buf_append_json_str(&b, name, strlen(name));
+    brix_buf_printf(&b, ",\"replicas\":%lld}", (long long)replicas);
+    respond_json(h, 202, &b);
+}
+
 static void handle_activity(brix_ctl_t *c, brix_http_req_t *h)
 {
     cJSON *j = NULL;
@@ -601,6 +687,7 @@ static void handle_activity(brix_ctl_t *c, brix_http_req_t *h)
         if (a && cJSON_IsNumber(it) && it->valuedouble > 0)
             a->last_used_wall = wall;
     }
+    brix_ctl_as_activity(c, j); /* the gateways' per-model load, for autoscalers */
     cJSON_Delete(j);
     brix_ctl_dirty(c);
     brix_http_respond(h, 204, NULL, NULL, 0);
@@ -916,8 +1003,11 @@ void brix_ctl_http(brix_http_req_t *h, void *ud)
         char kind[64] = "", name[256] = "", verb[32] = "";
         int n = sscanf(p + 4, "%63[^/]/%255[^/]/%31s", kind, name, verb);
         brix_kind_t k = brix_kind_parse(kind);
-        if (n == 3 && k == BRIX_KIND_ADAPTER && !strcmp(verb, "wake")) {
-            if (post) {
+        if (n == 3 && (k == BRIX_KIND_ADAPTER || k == BRIX_KIND_DEPLOYMENT) &&
+            !strcmp(verb, "wake")) {
+            if (post && k == BRIX_KIND_DEPLOYMENT) {
+                handle_wake_deploy(c, h, name);
+            } else if (post) {
                 handle_wake(c, h, name);
             } else {
                 brix_http_add_header(h, "allow", "POST");
@@ -930,8 +1020,9 @@ void brix_ctl_http(brix_http_req_t *h, void *ud)
             return;
         }
         if (n >= 1 && k == BRIX_KIND_NONE) {
-            brix_http_respond_error(h, 404, NULL, "unknown_kind", NULL,
-                                    "unknown kind '%s' (deployments, adapters, replicas)", kind);
+            brix_http_respond_error(
+                h, 404, NULL, "unknown_kind", NULL,
+                "unknown kind '%s' (deployments, adapters, replicas, podautoscalers)", kind);
             return;
         }
     }

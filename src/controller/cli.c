@@ -204,6 +204,7 @@ static const char *lower_kind(const char *kind)
 {
     return !strcmp(kind, "ModelDeployment") ? "modeldeployment"
            : !strcmp(kind, "ModelAdapter")  ? "modeladapter"
+           : !strcmp(kind, "PodAutoscaler") ? "podautoscaler"
                                             : "replica";
 }
 
@@ -219,7 +220,8 @@ int brix_apply_main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf("usage: brix apply -f FILE [-f FILE ...] " CONN_FLAGS "\n\n"
-                   "Creates or updates the ModelDeployment and ModelAdapter objects in FILE\n"
+                   "Creates or updates the ModelDeployment, ModelAdapter and PodAutoscaler\n"
+                   "objects in FILE\n"
                    "(YAML, several documents separated by ---; '-' reads stdin). Each file is\n"
                    "applied all or nothing: one invalid document and none is applied.\n"
                    "Relative file:// artifact paths are taken relative to the file.\n"
@@ -391,6 +393,97 @@ static void table_row(table_t *t, const char *const *vals, size_t n)
         t->nrows++;
 }
 
+static const cJSON *jget(const cJSON *o, const char *a, const char *b)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(o, a);
+    return b ? cJSON_GetObjectItemCaseSensitive(x, b) : x;
+}
+
+/* A status number, or "-" before the controller has computed it. */
+static void jnum_or_dash(const cJSON *o, const char *a, const char *b, char *out, size_t outlen)
+{
+    const cJSON *x = jget(o, a, b);
+    if (cJSON_IsNumber(x))
+        snprintf(out, outlen, "%g", x->valuedouble);
+    else
+        snprintf(out, outlen, "-");
+}
+
+/* Columns as AIBrix's printer columns (MINPODS, MAXPODS, REPLICAS, STRATEGY,
+ * AGE) plus what the runtime computed: the status fields of
+ * status.desiredScale / actualScale / metrics[0] / panic; -o wide adds the
+ * active schedule and the last entry of status.scalingHistory. */
+static void pa_table(table_t *t, const cJSON *items, bool wide)
+{
+    const char *h[] = { "NAME",   "TARGET", "STRATEGY", "MIN", "MAX",      "DESIRED",
+                        "ACTUAL", "METRIC", "PANIC",    "AGE", "SCHEDULE", "LAST-DECISION" };
+    size_t nc = wide ? 12 : 10;
+    table_row(t, h, nc);
+    const cJSON *it;
+    cJSON_ArrayForEach(it, items)
+    {
+        char a1[32], mn[24], mx[24], des[24], act[24], metric[256], sched[128], last[512];
+        const char *target = jstr(it, "spec.scaleTargetRef.name");
+        const cJSON *st = jget(it, "status", NULL);
+        age(jstr(it, "metadata.creationTimestamp"), a1);
+        jnum_or_dash(it, "spec", "minReplicas", mn, sizeof mn);
+        jnum_or_dash(it, "spec", "maxReplicas", mx, sizeof mx);
+        jnum_or_dash(st, "desiredScale", NULL, des, sizeof des);
+        jnum_or_dash(st, "actualScale", NULL, act, sizeof act);
+        /* "name value/target" of the first metric */
+        const cJSON *m0 = cJSON_GetArrayItem(jget(st, "metrics", NULL), 0);
+        const cJSON *mv = jget(m0, "value", NULL), *mt = jget(m0, "target", NULL);
+        if (jstr(m0, "name")) {
+            char v[32] = "-", tg[32] = "-";
+            if (cJSON_IsNumber(mv))
+                snprintf(v, sizeof v, "%.4g", mv->valuedouble);
+            if (cJSON_IsNumber(mt))
+                snprintf(tg, sizeof tg, "%.4g", mt->valuedouble);
+            else if (cJSON_IsString(mt))
+                snprintf(tg, sizeof tg, "%s", mt->valuestring);
+            snprintf(metric, sizeof metric, "%s %s/%s", jstr(m0, "name"), v, tg);
+        } else {
+            snprintf(metric, sizeof metric, "<none>");
+        }
+        const cJSON *pn = jget(st, "panic", NULL);
+        const char *panic = cJSON_IsBool(pn) ? (cJSON_IsTrue(pn) ? "true" : "false") : "-";
+        /* the schedule in force and its bounds */
+        const cJSON *sb = jget(st, "scheduledBounds", NULL);
+        if (jstr(sb, "activeSchedule"))
+            snprintf(sched, sizeof sched, "%s %ld-%ld", jstr(sb, "activeSchedule"),
+                     jnum(st, "scheduledBounds", "effectiveMinReplicas"),
+                     jnum(st, "scheduledBounds", "effectiveMaxReplicas"));
+        else
+            snprintf(sched, sizeof sched, "<none>");
+        const cJSON *hist = jget(st, "scalingHistory", NULL);
+        const cJSON *ld = cJSON_GetArrayItem(hist, cJSON_GetArraySize(hist) - 1);
+        if (ld) {
+            const cJSON *pv = jget(ld, "previousScale", NULL), *nv = jget(ld, "newScale", NULL);
+            const char *why = jstr(ld, "reason"), *err = jstr(ld, "error");
+            bool failed = cJSON_IsFalse(jget(ld, "success", NULL));
+            snprintf(
+                last, sizeof last, "%g->%g %s%s%s%s%s", cJSON_IsNumber(pv) ? pv->valuedouble : 0,
+                cJSON_IsNumber(nv) ? nv->valuedouble : 0, why ? why : "", failed ? " (failed" : "",
+                failed && err ? ": " : "", failed && err ? err : "", failed ? ")" : "");
+        } else {
+            snprintf(last, sizeof last, "<none>");
+        }
+        const char *v[] = { jstr(it, "metadata.name"),
+                            target,
+                            jstr(it, "spec.scalingStrategy"),
+                            mn,
+                            mx,
+                            des,
+                            act,
+                            metric,
+                            panic,
+                            a1,
+                            sched,
+                            last };
+        table_row(t, v, nc);
+    }
+}
+
 static void print_table(brix_kind_t kind, const cJSON *items, bool wide)
 {
     static table_t t;
@@ -449,6 +542,8 @@ static void print_table(brix_kind_t kind, const cJSON *items, bool wide)
                                 reason };
             table_row(&t, v, wide ? 10 : 8);
         }
+    } else if (kind == BRIX_KIND_AUTOSCALER) {
+        pa_table(&t, items, wide);
     } else {
         const char *h[] = { "NAME", "DEPLOYMENT", "PHASE",    "READY", "URL",
                             "PID",  "RESTARTS",   "ADAPTERS", "AGE",   "LAST-EXIT" };
@@ -584,9 +679,11 @@ int brix_get_main(int argc, char **argv)
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             printf("usage: brix get KIND [NAME] [-o json|yaml|wide|name] " CONN_FLAGS "\n\n"
                    "KIND: deployments (deployment, deploy, md), adapters (adapter, modeladapter,\n"
-                   "ma, lora), replicas (replica, pods, pod). Tables by default; -o json|yaml\n"
-                   "print the objects with metadata, spec and status (secrets in engine\n"
-                   "arguments shown as <redacted>).\n" CONN_HELP);
+                   "ma, lora), replicas (replica, pods, pod), podautoscalers (podautoscaler, pa,\n"
+                   "autoscalers). Tables by default; -o json|yaml print the objects with\n"
+                   "metadata, spec and status (secrets in engine arguments shown as\n"
+                   "<redacted>); -o wide adds columns (a PodAutoscaler's active schedule and\n"
+                   "last scaling decision).\n" CONN_HELP);
             return 0;
         }
         if (!strcmp(argv[i], "-o") || !strcmp(argv[i], "--output")) {
@@ -607,12 +704,15 @@ int brix_get_main(int argc, char **argv)
         }
     }
     if (!kind) {
-        fprintf(stderr, "brix get: which kind? deployments, adapters or replicas\n");
+        fprintf(stderr,
+                "brix get: which kind? deployments, adapters, replicas or podautoscalers\n");
         return 2;
     }
     brix_kind_t k = brix_kind_parse(kind);
     if (k == BRIX_KIND_NONE || k == BRIX_KIND_CLUSTER) {
-        fprintf(stderr, "brix get: unknown kind '%s' (deployments, adapters, replicas)\n", kind);
+        fprintf(stderr,
+                "brix get: unknown kind '%s' (deployments, adapters, replicas, podautoscalers)\n",
+                kind);
         return 2;
     }
     if (strcmp(out, "table") && strcmp(out, "json") && strcmp(out, "yaml") && strcmp(out, "wide") &&
@@ -677,9 +777,9 @@ int brix_delete_main(int argc, char **argv)
         return 2;
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         printf("usage: brix delete KIND NAME " CONN_FLAGS "\n\n"
-               "Deletes a deployment (its replicas stop) or an adapter (it is unloaded from\n"
-               "every replica first). Deleting a replica restarts it, as deleting a pod "
-               "does.\n" CONN_HELP);
+               "Deletes a deployment (its replicas stop), an adapter (it is unloaded from\n"
+               "every replica first) or a podautoscaler (its target keeps its current scale).\n"
+               "Deleting a replica restarts it, as deleting a pod does.\n" CONN_HELP);
         return 0;
     }
     if (argc != 3) {
@@ -688,7 +788,9 @@ int brix_delete_main(int argc, char **argv)
     }
     brix_kind_t k = brix_kind_parse(argv[1]);
     if (k == BRIX_KIND_NONE || k == BRIX_KIND_CLUSTER) {
-        fprintf(stderr, "brix delete: unknown kind '%s' (deployments, adapters, replicas)\n",
+        fprintf(stderr,
+                "brix delete: unknown kind '%s' (deployments, adapters, replicas, "
+                "podautoscalers)\n",
                 argv[1]);
         return 2;
     }

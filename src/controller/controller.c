@@ -102,6 +102,15 @@ static const brix_opt_t ctl_opts[] = {
       "serve the status page / without the token (loopback --host only)" },
     { "insecure-no-auth", BRIX_OPT_BOOL, O(insecure_no_auth), "false", 1, 0, NULL,
       "no API token at all (loopback --host only; every local user and process is trusted)" },
+    { "autoscale-interval", BRIX_OPT_DURATION, O(autoscale_interval), "1s", 50, 600000, NULL,
+      "PodAutoscalers: replicas' /metrics and external sources read, and a decision made, every" },
+    { "drain-timeout", BRIX_OPT_DURATION, O(drain_timeout), "120s", 0, 86400000, NULL,
+      "a replica drained for a scale-down is stopped after this even with requests running" },
+    { "drain-grace", BRIX_OPT_DURATION, O(drain_grace), "2s", 0, 600000, NULL,
+      "a draining replica is kept at least this long (requests routed just before the gateways "
+      "saw the drain arrive)" },
+    { "gateway-load-stale", BRIX_OPT_DURATION, O(gateway_stale), "5s", 500, 600000, NULL,
+      "gateway load reports older than this count as missing (autoscaler metrics)" },
     BRIX_HTTP_LIMIT_OPTIONS(brix_ctl_cfg_t, http, "1000"),
     BRIX_OPT_END,
 };
@@ -296,6 +305,7 @@ static int metrics_init(brix_ctl_t *c)
     ONE(reconcile_seconds, H, "brix_controller_reconcile_seconds", "one reconcile pass", rec_b,
         sizeof rec_b / sizeof *rec_b);
 #undef ONE
+    brix_ctl_as_metrics_init(c);
     return 0;
 }
 
@@ -311,6 +321,11 @@ static void on_health_timer(uv_timer_t *t)
     brix_ctl_t *c = t->data;
     if (!c->stopping)
         brix_ctl_health_tick(c);
+}
+
+static void on_autoscale_timer(uv_timer_t *t)
+{
+    brix_ctl_as_tick(t->data);
 }
 
 static void on_heartbeat(uv_timer_t *t)
@@ -343,8 +358,8 @@ static void finish(brix_ctl_t *c)
     uv_handle_t *hs[] = { (uv_handle_t *)&c->reconcile_timer, (uv_handle_t *)&c->health_timer,
                           (uv_handle_t *)&c->heartbeat_timer, (uv_handle_t *)&c->save_timer,
                           (uv_handle_t *)&c->kick_timer,      (uv_handle_t *)&c->stop_timer,
-                          (uv_handle_t *)&c->notify_timer,    (uv_handle_t *)&c->sigterm,
-                          (uv_handle_t *)&c->sigint };
+                          (uv_handle_t *)&c->notify_timer,    (uv_handle_t *)&c->autoscale_timer,
+                          (uv_handle_t *)&c->sigterm,         (uv_handle_t *)&c->sigint };
     for (size_t i = 0; i < sizeof hs / sizeof *hs; i++)
         if (!uv_is_closing(hs[i]))
             uv_close(hs[i], NULL);
@@ -384,6 +399,7 @@ static void on_signal(uv_signal_t *s, int signum)
     uv_timer_stop(&c->health_timer);
     uv_timer_stop(&c->heartbeat_timer);
     uv_timer_stop(&c->kick_timer);
+    uv_timer_stop(&c->autoscale_timer);
     brix_ctl_close_watchers(c);
     if (!c->cfg.keep_replicas) {
         for (size_t i = 0; i < c->nreps; i++) {
@@ -456,7 +472,7 @@ int brix_controller_main(int argc, char **argv)
         fprintf(stderr, "brix controller: %s\n", err);
         goto out;
     }
-    if (metrics_init(c) || !(c->curl = brix_curl_new(&loop)) ||
+    if (brix_ctl_as_init(c) || metrics_init(c) || !(c->curl = brix_curl_new(&loop)) ||
         !(c->health_curl = brix_curl_new(&loop)) || brix_curl_set_bearer(c->curl, c->engine_key) ||
         !(c->prov = brix_provider_local_new(&loop, c->self_exe, c->log_dir, brix_ctl_on_exit, c))) {
         fprintf(stderr, "brix controller: out of memory\n");
@@ -467,8 +483,9 @@ int brix_controller_main(int argc, char **argv)
         fprintf(stderr, "brix controller: %s\n", err);
         goto out;
     }
-    uv_timer_t *ts[] = { &c->reconcile_timer, &c->health_timer, &c->heartbeat_timer, &c->save_timer,
-                         &c->kick_timer,      &c->stop_timer,   &c->notify_timer };
+    uv_timer_t *ts[] = { &c->reconcile_timer, &c->health_timer,   &c->heartbeat_timer,
+                         &c->save_timer,      &c->kick_timer,     &c->stop_timer,
+                         &c->notify_timer,    &c->autoscale_timer };
     c->rng = brix_now_ns() | 1;
     for (size_t i = 0; i < sizeof ts / sizeof *ts; i++) {
         uv_timer_init(&loop, ts[i]);
@@ -499,6 +516,8 @@ int brix_controller_main(int argc, char **argv)
     uv_timer_start(&c->reconcile_timer, on_reconcile_timer, 0, (uint64_t)c->cfg.reconcile_interval);
     uv_timer_start(&c->health_timer, on_health_timer, 0, (uint64_t)c->cfg.health_interval);
     uv_timer_start(&c->heartbeat_timer, on_heartbeat, 5000, 5000);
+    uv_timer_start(&c->autoscale_timer, on_autoscale_timer, (uint64_t)c->cfg.autoscale_interval,
+                   (uint64_t)c->cfg.autoscale_interval);
     uv_run(&loop, UV_RUN_DEFAULT);
     rc = 0;
     goto out;
@@ -523,6 +542,10 @@ out:
     for (size_t i = 0; i < c->nadapters; i++)
         brix_ctl_adapter_free(c->adapters[i]);
     brix_free(c->adapters);
+    for (size_t i = 0; i < c->npas; i++)
+        brix_ctl_pa_free(c->pas[i]);
+    brix_free(c->pas);
+    brix_ctl_as_free(c);
     if (c->prov)
         c->prov->ops->close(c->prov);
     brix_metrics_free(c->m.reg);

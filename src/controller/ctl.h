@@ -53,6 +53,10 @@ typedef struct brix_ctl_cfg {
     char *engine_key_file;        /* NULL: STATE_DIR/engine-key, made on first start */
     bool no_engine_key;           /* replicas start without a key (their /v1 is open) */
     brix_strlist_t allowed_hosts; /* Host names besides IP literals and localhost */
+    int64_t autoscale_interval;   /* ms: PodAutoscaler metrics collected and decided every */
+    int64_t drain_timeout;        /* ms: a draining replica is stopped after this at the latest */
+    int64_t drain_grace;          /* ms: it drains at least this long (gateways catch up) */
+    int64_t gateway_stale;        /* ms: gateway load reports older than this are unavailable */
     brix_http_limits_t http;
 } brix_ctl_cfg_t;
 
@@ -112,6 +116,44 @@ typedef struct brix_adapter_rt {
     size_t navoid;
 } brix_adapter_rt_t;
 
+/* One PodAutoscaler's runtime: the object, its algorithm state, the scale it
+ * sets on its target and what it last decided (rendered as status). */
+#define BRIX_PA_HISTORY 5
+#define BRIX_PA_CONDS   3 /* AbleToScale, ScalingActive, ScalingLimited (HPA's types) */
+
+typedef struct brix_pa_decision_rec {
+    uint64_t wall_ms;
+    int32_t from, to;
+    char reason[32];
+    char message[200];
+} brix_pa_decision_rec_t;
+
+typedef struct brix_pa_rt {
+    brix_obj_t *o;
+    brix_as_state_t st;
+    int64_t st_gen;    /* generation the algorithm state was made for */
+    int32_t scale;     /* replicas it asks of its target; -1 = not taken over yet */
+    bool has_decision; /* last is valid */
+    brix_as_decision_t last;
+    int32_t actual;
+    int32_t eff_min, eff_max;
+    char active_schedule[64];
+    double metric_value[BRIX_AS_MAX_METRICS]; /* per replica, last tick (NaN = none) */
+    bool metric_ok[BRIX_AS_MAX_METRICS];
+    brix_pa_decision_rec_t hist[BRIX_PA_HISTORY]; /* ring, newest at (hist_n - 1) */
+    size_t hist_n;
+    uint64_t last_scale_wall;
+    uint64_t scale_events_up, scale_events_down;
+    brix_cond_t conds[BRIX_PA_CONDS];
+    /* external source: the last value fetched */
+    bool ext_inflight;
+    bool ext_ok;
+    double ext_value;
+    uint64_t ext_at_ms;
+    char ext_err[160];
+    uint64_t warned_ms; /* rate limit of repeated warnings */
+} brix_pa_rt_t;
+
 typedef struct brix_ctl_metrics {
     brix_metrics_t *reg;
     brix_metric_family_t *replicas, *adapters;
@@ -140,6 +182,9 @@ typedef struct brix_ctl {
     size_t nadapters;
     brix_replica_t **reps;
     size_t nreps;
+    brix_pa_rt_t **pas; /* PodAutoscalers */
+    size_t npas;
+    struct brix_as_world *as; /* autoscale.c's observations (pods, gateways, start-up times) */
 
     uint64_t version; /* bumped on every change a watcher can see */
     uint64_t sent_version;
@@ -152,7 +197,7 @@ typedef struct brix_ctl {
     size_t nwatchers;
 
     uv_timer_t reconcile_timer, health_timer, heartbeat_timer, save_timer, kick_timer;
-    uv_timer_t notify_timer;
+    uv_timer_t notify_timer, autoscale_timer;
     uint64_t fetch_seq;
     bool gc_running, gc_wanted; /* artifact cache cleanup on the pool; another one asked for */
     uint64_t gc_next_at;        /* monotonic ms of the next periodic cleanup */
@@ -185,7 +230,7 @@ brix_replica_t *brix_ctl_replica(brix_ctl_t *c, const char *name);
 brix_obj_t *brix_ctl_deploy(brix_ctl_t *c, const char *name);
 brix_adapter_rt_t *brix_ctl_adapter(brix_ctl_t *c, const char *name);
 void brix_ctl_replica_free(brix_ctl_t *c, brix_replica_t *r);
-/* Takes o (a deployment or an adapter) into the tables; *out is the new
+/* Takes o (a deployment, an adapter or a PodAutoscaler) into the tables; *out is the new
  * adapter record, if o is an adapter. 0 or -ENOMEM (o then still the caller's). */
 int brix_ctl_add(brix_ctl_t *c, brix_obj_t *o, brix_adapter_rt_t **out);
 void brix_ctl_adapter_free(brix_adapter_rt_t *a);
@@ -199,6 +244,28 @@ int brix_ctl_replica_labels(brix_replica_t *r, const brix_obj_t *d);
 /* Restarts a replica (the API's DELETE /v1/replicas/NAME, like deleting a pod). */
 void brix_ctl_replica_restart(brix_ctl_t *c, brix_replica_t *r);
 void brix_ctl_calls_free(brix_ctl_t *c);
+
+/* autoscale.c */
+int brix_ctl_as_init(brix_ctl_t *c); /* 0 or -ENOMEM */
+void brix_ctl_as_free(brix_ctl_t *c);
+void brix_ctl_as_tick(brix_ctl_t *c); /* collect, decide, scale (the autoscale timer) */
+/* Replicas deployment d should run: its PodAutoscaler's scale when one
+ * manages it, else spec.replicas (0 when it is being deleted). */
+int64_t brix_ctl_deploy_want(brix_ctl_t *c, const brix_obj_t *d);
+/* The live PodAutoscaler managing deployment `name`, or NULL. */
+brix_pa_rt_t *brix_ctl_pa_for(brix_ctl_t *c, const char *deployment);
+brix_pa_rt_t *brix_ctl_pa(brix_ctl_t *c, const char *name);
+void brix_ctl_pa_free(brix_pa_rt_t *p);
+/* A draining replica with no work left (seen by a metrics scrape that
+ * started after since_ms). */
+bool brix_ctl_as_replica_idle(brix_ctl_t *c, const brix_replica_t *r, uint64_t since_ms);
+/* POST /v1/deployments/NAME/wake: 0 (scaling from zero or already up),
+ * -ENOENT, or -EPERM (scaled to zero by its spec: no autoscaler). */
+int brix_ctl_as_wake(brix_ctl_t *c, const char *deployment, int64_t *replicas);
+/* The "gateway"/"load" part of POST /v1/activity (a cJSON object). */
+void brix_ctl_as_activity(brix_ctl_t *c, const void *json_root);
+int brix_ctl_render_pa(brix_ctl_t *c, brix_buf_t *b, const brix_pa_rt_t *p);
+void brix_ctl_as_metrics_init(brix_ctl_t *c);
 
 /* state.c */
 /* Writes the state file atomically (0600); 0 or -errno (already logged). */

@@ -1,7 +1,10 @@
 /*
  * objects — the controller's object model: ModelDeployment (brix's own kind:
- * a base model served by N engine replicas) and ModelAdapter (AIBrix's kind,
- * model.aibrix.ai/v1alpha1, applied unchanged), parsed from YAML or JSON with
+ * a base model served by N engine replicas), ModelAdapter and PodAutoscaler
+ * (AIBrix's kinds, model.aibrix.ai and autoscaling.aibrix.ai/v1alpha1, applied
+ * unchanged; a PodAutoscaler's annotations are parsed into its
+ * brix_as_params_t at apply, so bad values are refused there with
+ * file:line:col and the runtime reads params only), parsed from YAML or JSON with
  * strict validation that names file:line:col, and written back as canonical
  * JSON ({"apiVersion","kind","metadata","spec"}; the controller adds status).
  *
@@ -104,7 +107,7 @@ typedef struct brix_pa_metric {
 
 typedef struct brix_pa_spec {
     char *target_api_version, *target_kind, *target_name; /* scaleTargetRef */
-    char *sub_target_role;                                 /* subTargetSelector.roleName */
+    char *sub_target_role;                                /* subTargetSelector.roleName */
     int64_t min_replicas; /* default 1 (0 allowed with scale-to-zero) */
     int64_t max_replicas; /* required, >= min */
     brix_as_strategy_t strategy;
@@ -121,6 +124,14 @@ typedef struct brix_pa_spec {
     /* annotations, parsed and checked at apply (defaults filled in) */
     brix_as_params_t params; /* strategy, bounds, windows, rates, tolerances, zero, slo */
 } brix_pa_spec_t;
+
+/* "pod", "external" ("domain" is read as external), "gateway", "resource", "custom". */
+const char *brix_pa_source_name(brix_pa_source_type_t t);
+/* key is in AIBrix's autoscaling annotation namespaces (autoscaling.aibrix.ai/…,
+ * kpa.autoscaling.aibrix.ai/…) but not one brix reads: the parser keeps it in
+ * metadata.annotations and applies nothing; the controller may warn (AIBrix
+ * logs and ignores such keys). */
+bool brix_pa_annotation_unknown(const char *key);
 
 typedef struct brix_obj {
     brix_kind_t kind;

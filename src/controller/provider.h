@@ -56,6 +56,12 @@ typedef struct brix_replica {
     brix_strlist_t adapters; /* adapters its own /v1/models lists */
     brix_strlist_t roots;    /* and the path each was loaded from ("root"), same order */
     bool models_known;       /* adapters is from a successful /v1/models */
+    /* Scale-down drain: gateways stop routing new requests here (the watch
+     * shows phase Draining, ready false) while running streams finish; the
+     * process is stopped once it is idle or --drain-timeout passed. */
+    bool draining;
+    uint64_t drain_since_ms; /* monotonic */
+    bool startup_seen;       /* its start-up time was counted (autoscaler) */
     void *prov;              /* provider-private state */
 } brix_replica_t;
 

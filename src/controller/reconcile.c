@@ -161,6 +161,21 @@ int brix_ctl_add(brix_ctl_t *c, brix_obj_t *o, brix_adapter_rt_t **out)
         c->deploys[c->ndeploys++] = o;
         return 0;
     }
+    if (o->kind == BRIX_KIND_AUTOSCALER) {
+        brix_pa_rt_t *p = brix_calloc(1, sizeof *p);
+        brix_pa_rt_t **v = brix_realloc(c->pas, (c->npas + 1) * sizeof *v);
+        if (v)
+            c->pas = v;
+        if (!p || !v || brix_as_state_init(&p->st)) {
+            brix_free(p);
+            return -ENOMEM;
+        }
+        p->o = o;
+        p->scale = -1;
+        p->st_gen = o->meta.generation;
+        c->pas[c->npas++] = p;
+        return 0;
+    }
     brix_adapter_rt_t *a = brix_calloc(1, sizeof *a);
     brix_adapter_rt_t **v = brix_realloc(c->adapters, (c->nadapters + 1) * sizeof *v);
     if (v)
@@ -374,6 +389,15 @@ void brix_ctl_on_exit(void *ud, brix_replica_t *r, const char *why)
         brix_ctl_kick(c);
         return;
     }
+    if (!expected && r->draining) { /* it was leaving anyway: not restarted */
+        BRIX_WARN("replica %s: %s while draining; removed (the gateways retry what it had not "
+                  "answered yet)",
+                  r->name, why);
+        remove_replica(c, r);
+        brix_ctl_changed(c);
+        brix_ctl_kick(c);
+        return;
+    }
     if (!expected || !r->last_exit[0])
         snprintf(r->last_exit, sizeof r->last_exit, "%s", why);
     r->ready = false;
@@ -429,6 +453,33 @@ static brix_replica_t *replica_new(brix_ctl_t *c, const brix_obj_t *d, int index
     return r;
 }
 
+/* A replica above its deployment's scale. A ready one is drained first:
+ * gateways see it as Draining and send it nothing new, its running requests
+ * finish, and it is stopped once a metrics scrape begun after the drain's
+ * grace shows it idle (or at --drain-timeout). A deleted deployment's
+ * replicas, and replicas that serve nothing, stop at once. */
+static void drain_or_stop(brix_ctl_t *c, brix_replica_t *r, const brix_obj_t *d, uint64_t now)
+{
+    if (d->meta.deleting_ms || r->phase != BRIX_RP_RUNNING || (!r->ready && !r->draining)) {
+        terminate(c, r, false, d->meta.deleting_ms ? "deployment deleted" : "scaled down");
+        return;
+    }
+    if (!r->draining) {
+        r->draining = true;
+        r->drain_since_ms = now;
+        BRIX_INFO("replica %s: draining (scaled down): no new requests, running ones finish",
+                  r->name);
+        brix_ctl_changed(c);
+        return;
+    }
+    uint64_t grace = (uint64_t)c->cfg.drain_grace;
+    if (now - r->drain_since_ms >= (uint64_t)c->cfg.drain_timeout)
+        terminate(c, r, false, "scaled down; drain timeout reached with requests still running");
+    else if (now - r->drain_since_ms >= grace &&
+             brix_ctl_as_replica_idle(c, r, r->drain_since_ms + grace))
+        terminate(c, r, false, "scaled down, drained");
+}
+
 static void reconcile_deployments(brix_ctl_t *c, uint64_t now)
 {
     /* replicas whose deployment is gone */
@@ -439,7 +490,7 @@ static void reconcile_deployments(brix_ctl_t *c, uint64_t now)
     }
     for (size_t di = c->ndeploys; di-- > 0;) {
         brix_obj_t *d = c->deploys[di];
-        int64_t want = d->meta.deleting_ms ? 0 : d->d.replicas;
+        int64_t want = brix_ctl_deploy_want(c, d);
         int unsettled = 0;
         brix_replica_t *stale = NULL;
         for (int64_t i = 0; i < want; i++) {
@@ -453,8 +504,13 @@ static void reconcile_deployments(brix_ctl_t *c, uint64_t now)
             if (strcmp(r->deployment, d->meta.name))
                 continue;
             if (r->index >= want) {
-                terminate(c, r, false, d->meta.deleting_ms ? "deployment deleted" : "scaled down");
+                drain_or_stop(c, r, d, now);
                 continue;
+            }
+            if (r->draining) { /* wanted again before it stopped: it serves on */
+                r->draining = false;
+                BRIX_INFO("replica %s: drain cancelled (scaled up again)", r->name);
+                brix_ctl_changed(c);
             }
             if (r->phase != BRIX_RP_RUNNING || !r->ready)
                 unsettled++;
@@ -482,7 +538,8 @@ static void reconcile_deployments(brix_ctl_t *c, uint64_t now)
         if (!d)
             continue;
         if ((r->phase == BRIX_RP_PENDING || r->phase == BRIX_RP_FAILED) &&
-            now >= r->restart_at_ms && !d->meta.deleting_ms && r->index < d->d.replicas)
+            now >= r->restart_at_ms && !d->meta.deleting_ms &&
+            r->index < brix_ctl_deploy_want(c, d))
             start_replica(c, r, d, now);
         else if (r->phase == BRIX_RP_STARTING && now - r->started_ms > d->d.startup_timeout_ms) {
             snprintf(r->last_exit, sizeof r->last_exit, "no answer 200 on %s within %.0f s",
@@ -1005,7 +1062,7 @@ static void issue_op(brix_ctl_t *c, brix_adapter_rt_t *a, brix_lora_op_t *op, br
 
 static bool is_candidate(brix_ctl_t *c, const brix_adapter_rt_t *a, const brix_replica_t *r)
 {
-    if (r->phase != BRIX_RP_RUNNING || !r->ready || !r->models_known)
+    if (r->phase != BRIX_RP_RUNNING || !r->ready || !r->models_known || r->draining)
         return false;
     const brix_obj_t *d = brix_ctl_deploy(c, r->deployment);
     if (!d || !d->d.lora)
@@ -1273,6 +1330,19 @@ void brix_ctl_reconcile(brix_ctl_t *c)
         return;
     uint64_t t0 = brix_now_ns();
     uint64_t now = brix_now_ms(), wall = brix_wall_ms();
+    /* a deleted PodAutoscaler lets go at once: its deployment runs
+     * spec.replicas again */
+    for (size_t i = c->npas; i-- > 0;) {
+        brix_pa_rt_t *p = c->pas[i];
+        if (!p->o->meta.deleting_ms)
+            continue;
+        BRIX_INFO("autoscaler %s: deleted; %s runs its spec.replicas again", p->o->meta.name,
+                  p->o->pa.target_name);
+        memmove(c->pas + i, c->pas + i + 1, (c->npas - i - 1) * sizeof *c->pas);
+        c->npas--;
+        brix_ctl_pa_free(p);
+        brix_ctl_changed(c);
+    }
     reconcile_deployments(c, now);
     /* adapters a request waits for (woken in the last minute) go first: a slot
      * that just freed up (an eviction) is theirs, not an idle newcomer's */

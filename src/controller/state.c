@@ -55,6 +55,14 @@ static int render_state(brix_ctl_t *c, brix_buf_t *b)
                   brix_buf_append_json_str(b, a->o->base_dir, strlen(a->o->base_dir));
         rc |= brix_buf_append_str(b, "}}");
     }
+    rc |= brix_buf_append_str(b, "],\n\"autoscalers\":[");
+    for (size_t i = 0; i < c->npas; i++) { /* with the scale each set: a restart keeps it */
+        const brix_pa_rt_t *p = c->pas[i];
+        rc |= brix_buf_append_str(b, i ? ",\n" : "\n");
+        rc |= brix_obj_json_open(b, p->o);
+        rc |= brix_buf_printf(b, ",\"status\":{\"scale\":%d,\"lastScaleMs\":%llu}}", p->scale,
+                              (unsigned long long)p->last_scale_wall);
+    }
     rc |= brix_buf_append_str(b, "],\n\"replicas\":[");
     for (size_t i = 0; i < c->nreps; i++) {
         brix_replica_t *r = c->reps[i];
@@ -164,6 +172,12 @@ static int load_objects(brix_ctl_t *c, const brix_yaml_node_t *list, brix_kind_t
             brix_obj_free(o);
             return -1;
         }
+        brix_pa_rt_t *pa = o->kind == BRIX_KIND_AUTOSCALER ? brix_ctl_pa(c, o->meta.name) : NULL;
+        if (pa && str(st, "scale")) {
+            int64_t sc = num(st, "scale");
+            pa->scale = sc >= 0 && sc <= 100000 ? (int32_t)sc : -1;
+            pa->last_scale_wall = (uint64_t)num(st, "lastScaleMs");
+        }
         if (a) {
             const char *sc = str(st, "scaled");
             a->scaled = sc && !strcmp(sc, "true");
@@ -246,6 +260,7 @@ int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen)
     }
     if (load_objects(c, brix_yaml_get(root, "deployments"), BRIX_KIND_DEPLOYMENT, err, errlen) ||
         load_objects(c, brix_yaml_get(root, "adapters"), BRIX_KIND_ADAPTER, err, errlen) ||
+        load_objects(c, brix_yaml_get(root, "autoscalers"), BRIX_KIND_AUTOSCALER, err, errlen) ||
         load_replicas(c, brix_yaml_get(root, "replicas"))) {
         if (!err[0]) {
             snprintf(err, errlen, "%s: out of memory", c->state_path);
@@ -253,8 +268,9 @@ int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen)
         }
         goto out;
     }
-    BRIX_INFO("state: %zu deployment(s), %zu adapter(s), %zu replica(s) from %s", c->ndeploys,
-              c->nadapters, c->nreps, c->state_path);
+    BRIX_INFO("state: %zu deployment(s), %zu adapter(s), %zu autoscaler(s), %zu replica(s) from "
+              "%s",
+              c->ndeploys, c->nadapters, c->npas, c->nreps, c->state_path);
     rc = 0;
 out:
     brix_yaml_free(root);

@@ -9,7 +9,7 @@
  * and every accepted object survives the round trip the controller makes
  * through its state file: its canonical JSON is valid JSON, parses back
  * (JSON is YAML) to an object of the same kind and name, and compares equal
- * with brix_obj_same.
+ * with brix_obj_same (for a PodAutoscaler also the same brix_as_params_t).
  */
 #include "controller/objects.h"
 #include "core/alloc.h"
@@ -17,6 +17,7 @@
 #include "core/yaml.h"
 
 #include <cjson/cJSON.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,26 @@ static void check_err(const char *err, size_t errlen)
 {
     if (!memchr(err, '\0', errlen) || strncmp(err, SOURCE ":", strlen(SOURCE ":")))
         abort();
+}
+
+/* Field by field: padding bytes of brix_as_params_t are not part of it. */
+static bool params_equal(const brix_as_params_t *a, const brix_as_params_t *b)
+{
+    bool same = a->strategy == b->strategy && a->min_replicas == b->min_replicas &&
+                a->max_replicas == b->max_replicas && a->nmetrics == b->nmetrics &&
+                a->stable_window_ms == b->stable_window_ms &&
+                a->panic_window_ms == b->panic_window_ms &&
+                a->panic_threshold == b->panic_threshold && a->max_up_rate == b->max_up_rate &&
+                a->max_down_rate == b->max_down_rate && a->up_tolerance == b->up_tolerance &&
+                a->down_tolerance == b->down_tolerance &&
+                a->up_stabilization_ms == b->up_stabilization_ms &&
+                a->down_stabilization_ms == b->down_stabilization_ms &&
+                a->scale_to_zero == b->scale_to_zero && a->zero_grace_ms == b->zero_grace_ms &&
+                a->slo_ttft_s == b->slo_ttft_s && a->slo_itl_s == b->slo_itl_s &&
+                a->slo_headroom == b->slo_headroom;
+    for (int i = 0; same && i < a->nmetrics && i < BRIX_AS_MAX_METRICS; i++)
+        same = a->target[i] == b->target[i];
+    return same;
 }
 
 static void round_trip(const brix_obj_t *o)
@@ -51,7 +72,9 @@ static void round_trip(const brix_obj_t *o)
         fprintf(stderr, "canonical JSON does not parse back: %s\n%.*s\n", err, (int)b.len, b.data);
         abort();
     }
-    if (o2->kind != o->kind || strcmp(o2->meta.name, o->meta.name) || !brix_obj_same(o, o2)) {
+    /* a PodAutoscaler's annotations and spec re-read to the same parameters */
+    if (o2->kind != o->kind || strcmp(o2->meta.name, o->meta.name) || !brix_obj_same(o, o2) ||
+        (o->kind == BRIX_KIND_AUTOSCALER && !params_equal(&o->pa.params, &o2->pa.params))) {
         fprintf(stderr, "round trip changed the object:\n%.*s\n", (int)b.len, b.data);
         abort();
     }
@@ -87,7 +110,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
         if (!o)
             abort();
-        if (o->kind == BRIX_KIND_DEPLOYMENT || o->kind == BRIX_KIND_ADAPTER) {
+        if (o->kind == BRIX_KIND_DEPLOYMENT || o->kind == BRIX_KIND_ADAPTER ||
+            o->kind == BRIX_KIND_AUTOSCALER) {
             if (!brix_obj_name_valid(o->meta.name))
                 abort();
             round_trip(o);

@@ -107,6 +107,16 @@ typedef struct brix_as_state {
     double cap_in_tps, cap_out_tps; /* learned per-replica capacity at the SLO (0 = none) */
     double level, trend;            /* Holt's forecast of the load, in replicas */
     uint64_t level_t_ms;
+    /* added with the implementation */
+    bool idle;              /* every known load signal zero since idle_since_ms */
+    bool level_init;        /* SLO: level/trend hold a value */
+    uint64_t learn_t_ms;    /* SLO: samples before this time have been learnt from */
+    double learn_inflight;  /* SLO: inflight+held of that sample (-1 = unknown) */
+    brix_as_rec_t *peaks;   /* SLO: decreasing maxima of the demand over its memory */
+    size_t npeaks, peaks_cap;
+    bool started;           /* decided at least once */
+    int32_t seed_n;         /* the scale found at the first decision … */
+    uint64_t seed_t_ms;     /* … counts as a down-window recommendation from then */
 } brix_as_state_t;
 
 typedef struct brix_as_input {
