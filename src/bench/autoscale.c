@@ -30,6 +30,7 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <limits.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -222,7 +223,10 @@ static void sample_once(sampler_t *sp, brix_buf_t *b)
     }
     if (as_http(sp->port, sp->token, "GET", "/v1/deployments/" AS_MODEL, NULL, NULL, 0, b) == 200) {
         cJSON *j = cJSON_Parse(b->data);
-        x.scale = as_num(cJSON_GetObjectItemCaseSensitive(j, "spec"), "replicas", -1);
+        /* status.desiredReplicas is the scale the controller runs now (an
+         * autoscaler's, else spec.replicas) */
+        x.scale = as_num(cJSON_GetObjectItemCaseSensitive(j, "status"), "desiredReplicas",
+                         as_num(cJSON_GetObjectItemCaseSensitive(j, "spec"), "replicas", -1));
         cJSON_Delete(j);
     }
     if (as_http(sp->port, sp->token, "GET", "/v1/podautoscalers", NULL, NULL, 0, b) == 200) {
@@ -359,6 +363,14 @@ static void cluster_yaml(const bench_cfg_t *c, brix_buf_t *b, int replicas)
     for (char *tok = extra ? strtok(extra, " ") : NULL; tok; tok = strtok(NULL, " "))
         brix_buf_printf(b, "%s\"%s\"", na++ ? ", " : "", tok);
     brix_free(extra);
+    /* the controller's decision tick is wall time: brix's default 1 s times
+     * the time scale, but no faster than 200 ms (scrapes of every replica on
+     * a small shared machine) */
+    if (!c->controller_args || !strstr(c->controller_args, "--autoscale-interval")) {
+        double ms = 1000 * c->time_scale;
+        brix_buf_printf(b, "%s--autoscale-interval, \"%.0fms\"", na ? ", " : "",
+                        ms < 200 ? 200 : ms);
+    }
     brix_buf_printf(b,
                     "]\n---\napiVersion: model.brix.dev/v1alpha1\nkind: ModelDeployment\n"
                     "metadata:\n  name: %s\n  labels: {model.aibrix.ai/name: %s}\nspec:\n"
@@ -486,6 +498,14 @@ static int read_token(const char *path, char *tok, size_t tl)
     return n ? 0 : -1;
 }
 
+static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st;
+    (void)flag;
+    (void)ftw;
+    return remove(path) ? -1 : 0;
+}
+
 static int run_policy(const bench_cfg_t *c, const bench_workload_t *w, as_policy_t *p, int static_n,
                       int maxr)
 {
@@ -498,6 +518,10 @@ static int run_policy(const bench_cfg_t *c, const bench_workload_t *w, as_policy
         memcpy(dir, abs, strlen(abs) + 1);
     snprintf(state, sizeof state, "%s/state", dir);
     snprintf(log, sizeof log, "%s/up.log", dir);
+    /* a fresh cluster: a state dir left by an earlier run would bring its
+     * deployment back at the old scale */
+    if (access(state, F_OK) == 0)
+        nftw(state, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     bool is_static = !strcmp(p->name, "static");
     brix_buf_t y = BRIX_BUF_INIT, pa = BRIX_BUF_INIT, out = BRIX_BUF_INIT;
     cluster_yaml(c, &y, is_static ? static_n : (int)c->min_replicas);

@@ -111,6 +111,15 @@ static const brix_opt_t bench_opts[] = {
     { "flap-window", BRIX_OPT_DOUBLE, O(flap_window), "300", 0, 1e6, "SECONDS",
       "autoscale: a scale change undone within this many simulated seconds is a flap "
       "(AIBrix's default scale-down cooldown)" },
+    { "envelope", BRIX_OPT_STRING, O(envelope), NULL, 1, 0, "FILE",
+      "autoscale: arrivals from a ServeGen aggregate-rate CSV instead of the trace's timestamps "
+      "(lengths still drawn from --trace)" },
+    { "envelope-start", BRIX_OPT_DOUBLE, O(envelope_start), "0", 0, 1e9, "SECONDS",
+      "autoscale --envelope: first envelope second replayed" },
+    { "envelope-speed", BRIX_OPT_DOUBLE, O(envelope_speed), "48", 1, 1e6, "X",
+      "autoscale --envelope: envelope seconds per simulated second (48: a day in 30 min)" },
+    { "envelope-rate", BRIX_OPT_DOUBLE, O(envelope_rate), "5", 0.001, 1e6, "R",
+      "autoscale --envelope: mean requests per simulated second the envelope is scaled to" },
     { "controller-args", BRIX_OPT_STRING, O(controller_args), NULL, 1, 0, "\"FLAGS\"",
       "autoscale: extra controller flags in each cluster, space separated" },
     { "routing", BRIX_OPT_STRING, O(routing), "least-request", 1, 0, "STRATEGY",

@@ -68,6 +68,8 @@ typedef struct bench_cfg {
     char *as_metric, *as_target;        /* HPA/KPA/APA metricsSources target */
     double sample_interval;             /* wall seconds between controller samples */
     double flap_window;                 /* simulated seconds (AIBrix's down cooldown) */
+    char *envelope; /* ServeGen aggregate-rate CSV: arrivals from its rate envelope */
+    double envelope_start, envelope_speed, envelope_rate;
     char *controller_args; /* extra controller flags in the clusters, space separated */
     char *routing;         /* gateway strategy in the autoscale clusters */
 } bench_cfg_t;
