@@ -6,8 +6,12 @@
 # the Azure LLM inference 2023 code trace (Patel et al., "Splitwise: Efficient
 # generative LLM inference using phase splitting", ISCA 2024; CC-BY 4.0), read
 # from ../shared/traces, at --time-scale 1/15 (about 2 minutes of wall time per
-# policy). Results land in bench/results/autoscale; plots are copied to
-# bench/plots/.
+# policy). Then the same five policies on a day of the ServeGen language/m-large
+# rate envelope (Xiang et al., "ServeGen", arXiv 2505.09999; Apache-2.0)
+# compressed into 30 simulated minutes, with the code trace's request lengths:
+# the slow diurnal swing is where scale-down and flapping show. Each comparison
+# runs in about 12 minutes. Results land in bench/results/autoscale and
+# bench/results/autoscale-servegen; plots are copied to bench/plots/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TRACE=../shared/traces/azure-llm-2023/AzureLLMInferenceTrace_code.csv
@@ -21,3 +25,14 @@ build/brix bench --scenario autoscale --trace "$TRACE" --no-progress \
 cp bench/results/autoscale/autoscale_replicas.svg bench/plots/autoscale-replicas.svg || true
 cp bench/results/autoscale/autoscale_overlay.svg bench/plots/autoscale-overlay.svg || true
 cp bench/results/autoscale/autoscale_ttft.svg bench/plots/autoscale-ttft.svg || true
+ENVELOPE=../shared/traces/servegen/language-m-large-aggregate-rate.csv
+if [[ -f $ENVELOPE ]]; then
+  build/brix bench --scenario autoscale --trace "$TRACE" --envelope "$ENVELOPE" --no-progress \
+    --out bench/results/autoscale-servegen "$@"
+  for p in replicas overlay ttft; do
+    cp "bench/results/autoscale-servegen/autoscale_$p.svg" \
+      "bench/plots/autoscale-servegen-$p.svg" || true
+  done
+else
+  echo "autoscale: $ENVELOPE not found; the envelope comparison is skipped" >&2
+fi
