@@ -330,7 +330,7 @@ static int static_need(const bench_cfg_t *c, const bench_workload_t *w, char *ho
 /* Seconds as AIBrix's annotations write them ("20s"), sub-second as ms. */
 static void dur(char *out, size_t ol, double s)
 {
-    if (s >= 1 && fabs(s - round(s)) < 1e-6)
+    if (s == 0 || (s >= 1 && fabs(s - round(s)) < 1e-6))
         snprintf(out, ol, "%.0fs", s);
     else
         snprintf(out, ol, "%.0fms", s * 1000);
@@ -664,7 +664,7 @@ static void summarize(const bench_cfg_t *c, const bench_workload_t *w, as_policy
 }
 
 static void plots(const bench_cfg_t *c, const bench_workload_t *w, as_policy_t *ps, size_t n,
-                  const as_policy_t *st)
+                  const as_policy_t *st, int ymax)
 {
     char path[PATH_MAX];
     /* offered load, requests per simulated second in 10-s bins */
@@ -714,9 +714,9 @@ static void plots(const bench_cfg_t *c, const bench_workload_t *w, as_policy_t *
     fprintf(f,
             "set terminal svg size 900,%zu dynamic\nset output '%s/autoscale_replicas.svg'\n"
             "set multiplot layout %zu,1\nset grid\nset key top right\nset ytics nomirror\n"
-            "set y2tics\nset ylabel 'replicas'\nset y2label 'requests/s'\nset yrange [0:*]\n"
+            "set y2tics\nset ylabel 'replicas'\nset y2label 'requests/s'\nset yrange [0:%d]\n"
             "set y2range [0:*]\nset xrange [0:%g]\n",
-            230 * n + 40, c->out, n, span);
+            230 * n + 40, c->out, n, ymax + 1, span);
     for (size_t k = 0; k < n; k++) {
         as_policy_t *p = &ps[k];
         if (k == n - 1)
@@ -740,11 +740,11 @@ static void plots(const bench_cfg_t *c, const bench_workload_t *w, as_policy_t *
             "reset\nset terminal svg size 900,420 dynamic\nset output "
             "'%s/autoscale_overlay.svg'\nset grid\nset key top right\nset ytics nomirror\n"
             "set y2tics\nset ylabel 'replicas (incl. starting, draining)'\nset y2label "
-            "'requests/s'\nset xlabel 'simulated seconds into the slice'\nset yrange [0:*]\n"
+            "'requests/s'\nset xlabel 'simulated seconds into the slice'\nset yrange [0:%d]\n"
             "set y2range [0:*]\nset xrange [0:%g]\nset title 'replicas per policy and "
             "offered load'\nplot '%s/load.dat' using 1:2 axes x1y2 with filledcurves y1=0 lc "
             "rgb '#dddddd' title 'load (req/s)'",
-            c->out, span, c->out);
+            c->out, ymax + 1, span, c->out);
     for (size_t k = 0; k < n; k++)
         fprintf(f, ", '%s/replicas-%s.dat' using 1:5 with steps lw 2 title '%s'", c->out,
                 ps[k].name, ps[k].name);
@@ -752,7 +752,7 @@ static void plots(const bench_cfg_t *c, const bench_workload_t *w, as_policy_t *
     /* TTFT over the slice, failed requests drawn at the top */
     fprintf(f,
             "reset\nset terminal svg size 900,420 dynamic\nset output '%s/autoscale_ttft.svg'\n"
-            "set grid\nset key top right\nset logscale y\nset ylabel 'TTFT (simulated s)'\n"
+            "set grid\nset key outside right\nset logscale y\nset ylabel 'TTFT (simulated s)'\n"
             "set xlabel 'arrival, simulated seconds into the slice'\nset xrange [0:%g]\n"
             "set title 'TTFT of every request per policy (SLO %g s dashed)'\n"
             "plot %g with lines dt 2 lc rgb 'black' title 'SLO'",
@@ -882,7 +882,7 @@ static void report(const bench_cfg_t *c, const bench_workload_t *w, as_policy_t 
         fclose(f);
         brix_buf_free(&j);
     }
-    plots(c, w, ps, n, st);
+    plots(c, w, ps, n, st, maxr > static_n ? maxr : static_n);
     fprintf(stderr,
             "bench: wrote %s/results.md, results.json, autoscale_replicas.svg, "
             "autoscale_overlay.svg and autoscale_ttft.svg\n",
