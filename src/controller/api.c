@@ -106,6 +106,24 @@ static int render_deploy(brix_ctl_t *c, brix_buf_t *b, const brix_obj_t *d)
     return rc;
 }
 
+int brix_ctl_render_conds(brix_buf_t *b, const brix_cond_t *v, int n)
+{
+    char ts[32];
+    int rc = brix_buf_append_char(b, '['), k = 0;
+    for (int i = 0; i < n; i++) {
+        const brix_cond_t *cd = &v[i];
+        if (!cd->type)
+            continue;
+        brix_time_iso8601(ts, cd->since_wall_ms);
+        rc |= brix_buf_append_str(b, k++ ? ",{" : "{") | jkv(b, "type", cd->type);
+        rc |= brix_buf_printf(b, ",\"status\":\"%s\",", cd->status ? "True" : "False");
+        rc |= jkv(b, "reason", cd->reason) | brix_buf_append_char(b, ',');
+        rc |= jkv(b, "message", cd->message) | brix_buf_append_char(b, ',');
+        rc |= jkv(b, "lastTransitionTime", ts) | brix_buf_append_char(b, '}');
+    }
+    return rc | brix_buf_append_char(b, ']');
+}
+
 static int render_adapter(brix_ctl_t *c, brix_buf_t *b, const brix_adapter_rt_t *a)
 {
     char ts[32];
@@ -122,21 +140,10 @@ static int render_adapter(brix_ctl_t *c, brix_buf_t *b, const brix_adapter_rt_t 
             rc |= (k++ ? brix_buf_append_char(b, ',') : 0) |
                   brix_buf_append_json_str(b, r->name, strlen(r->name));
     }
-    rc |= brix_buf_append_str(b, "],\"conditions\":[");
-    k = 0;
-    for (int i = 0; i < BRIX_ADAPTER_CONDS; i++) {
-        const brix_cond_t *cd = &a->conds[i];
-        if (!cd->type)
-            continue;
-        brix_time_iso8601(ts, cd->since_wall_ms);
-        rc |= brix_buf_append_str(b, k++ ? ",{" : "{") | jkv(b, "type", cd->type);
-        rc |= brix_buf_printf(b, ",\"status\":\"%s\",", cd->status ? "True" : "False");
-        rc |= jkv(b, "reason", cd->reason) | brix_buf_append_char(b, ',');
-        rc |= jkv(b, "message", cd->message) | brix_buf_append_char(b, ',');
-        rc |= jkv(b, "lastTransitionTime", ts) | brix_buf_append_char(b, '}');
-    }
+    rc |= brix_buf_append_str(b, "],\"conditions\":") |
+          brix_ctl_render_conds(b, a->conds, BRIX_ADAPTER_CONDS);
     static const char *const art[] = { "Pending", "Fetching", "Ready", "Failed" };
-    rc |= brix_buf_append_str(b, "],\"artifact\":{") | jkv(b, "phase", art[a->art]);
+    rc |= brix_buf_append_str(b, ",\"artifact\":{") | jkv(b, "phase", art[a->art]);
     if (a->art_path)
         rc |= brix_buf_append_char(b, ',') | jkv(b, "path", a->art_path);
     if (a->art == BRIX_ARTS_FAILED)
@@ -437,6 +444,12 @@ int brix_ctl_apply(brix_ctl_t *c, const char *source, const char *base_dir, cons
                 goto out;
             }
         }
+        /* AIBrix logs and ignores autoscaling annotations it does not read
+         * (old names such as …/up-fluctuation-tolerance): so does brix */
+        for (size_t j = 0; o->kind == BRIX_KIND_AUTOSCALER && j < o->meta.annotations.n; j++)
+            if (brix_pa_annotation_unknown(o->meta.annotations.k[j]))
+                BRIX_WARN("PodAutoscaler %s: annotation %s is not one brix reads; ignored",
+                          o->meta.name, o->meta.annotations.k[j]);
         o->meta.deleting_ms = 0; /* the controller's fields are not taken from input */
         o->meta.generation = 0;
         objs[nobjs++] = o;
@@ -680,16 +693,20 @@ static void handle_activity(brix_ctl_t *c, brix_http_req_t *h)
         return;
     }
     uint64_t wall = brix_wall_ms();
+    bool used = false;
     cJSON *it;
     cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(j, "models"))
     {
         brix_adapter_rt_t *a = brix_ctl_adapter(c, it->string);
-        if (a && cJSON_IsNumber(it) && it->valuedouble > 0)
+        if (a && cJSON_IsNumber(it) && it->valuedouble > 0) {
             a->last_used_wall = wall;
+            used = true;
+        }
     }
     brix_ctl_as_activity(c, j); /* the gateways' per-model load, for autoscalers */
     cJSON_Delete(j);
-    brix_ctl_dirty(c);
+    if (used) /* reports come every second per gateway: the state file only when it matters */
+        brix_ctl_dirty(c);
     brix_http_respond(h, 204, NULL, NULL, 0);
 }
 

@@ -155,12 +155,15 @@ typedef struct as_pod {
     double acc[MAX_WANT];
     bool acc_seen[MAX_WANT];
     bool mark; /* still wanted this tick */
+    /* resource source: the process's CPU time (/proc/PID/stat), for a rate */
+    double cpu_s, prev_cpu_s;
+    uint64_t cpu_t_ms, prev_cpu_t_ms;
 } as_pod_t;
 
 /* One gateway's reports for one model: the last two, for rates. */
 typedef struct as_load {
     char model[128];
-    double req, prompt, compl, inflight, held;
+    double req, prompt, compl, offered, inflight, held;
     double rps, in_tps, out_tps; /* from the last two reports */
     bool rated;
 } as_load_t;
@@ -373,13 +376,64 @@ static void pod_want_def(as_pod_t *p, const mdef_t *d)
     }
 }
 
+/* ---------------------------------------------------------- resource -- */
+
+/* A `resource` source locally: the replica process's CPU in cores (a rate
+ * of utime + stime between two ticks) or its resident memory in bytes, from
+ * /proc (small kernel-generated files: reading them on the loop is cheap).
+ * There are no Kubernetes resource requests here, so the target is
+ * absolute (e.g. "0.8" cores), not a utilisation percentage. */
+static bool resource_value(as_pod_t *pod, const brix_replica_t *r, const char *what, uint64_t now,
+                           double *out)
+{
+    char path[64], buf[1024];
+    if (!strcmp(what, "memory")) {
+        snprintf(path, sizeof path, "/proc/%d/statm", r->pid);
+        FILE *f = fopen(path, "re");
+        unsigned long long size = 0, resident = 0;
+        int n = f ? fscanf(f, "%llu %llu", &size, &resident) : 0;
+        if (f)
+            fclose(f);
+        if (n != 2)
+            return false;
+        *out = (double)resident * (double)sysconf(_SC_PAGESIZE);
+        return true;
+    }
+    if (pod->cpu_t_ms != now) { /* read once per tick, whatever asks */
+        snprintf(path, sizeof path, "/proc/%d/stat", r->pid);
+        FILE *f = fopen(path, "re");
+        size_t len = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+        if (f)
+            fclose(f);
+        buf[len] = '\0';
+        const char *rp = strrchr(buf, ')'); /* the command name may hold spaces */
+        unsigned long long ut = 0, st = 0;
+        /* after ")": state ppid pgrp session tty tpgid flags minflt cminflt
+         * majflt cmajflt utime stime (proc(5)) */
+        if (!rp ||
+            sscanf(rp + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &ut, &st) != 2)
+            return false;
+        pod->prev_cpu_s = pod->cpu_s;
+        pod->prev_cpu_t_ms = pod->cpu_t_ms;
+        pod->cpu_s = (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
+        pod->cpu_t_ms = now;
+    }
+    if (!pod->prev_cpu_t_ms || pod->cpu_t_ms <= pod->prev_cpu_t_ms || pod->cpu_s < pod->prev_cpu_s)
+        return false;
+    *out = (pod->cpu_s - pod->prev_cpu_s) * 1000.0 / (double)(pod->cpu_t_ms - pod->prev_cpu_t_ms);
+    return true;
+}
+
 /* ---------------------------------------------------------- external -- */
 
 typedef struct ext_call {
     brix_ctl_t *c;
     char pa[256];
     uint64_t gen;
+    uint64_t seq;
 } ext_call_t;
+
+static uint64_t ext_seq_next; /* fetch ids, unique in this process (loop thread only) */
 
 static void on_ext_sample(const brix_prom_sample_t *s, void *ud)
 {
@@ -398,11 +452,13 @@ static void on_external(const brix_curl_result_t *res, void *ud)
     ext_call_t *k = ud;
     brix_ctl_t *c = k->c;
     brix_pa_rt_t *p = brix_ctl_pa(c, k->pa);
-    uint64_t gen = k->gen;
+    uint64_t gen = k->gen, seq = k->seq;
     brix_free(k);
-    if (!p || (uint64_t)p->o->meta.generation != gen)
+    if (!p || p->ext_seq != seq) /* deleted, or an answer to an earlier fetch */
         return;
-    p->ext_inflight = false;
+    p->ext_inflight = false; /* whatever the answer, the next tick may ask again */
+    if ((uint64_t)p->o->meta.generation != gen)
+        return; /* the spec (maybe the source) changed meanwhile: the value is not its */
     const brix_pa_metric_t *m = NULL;
     for (int i = 0; i < p->o->pa.nmetrics && !m; i++)
         if (p->o->pa.metrics[i].type == BRIX_PA_SRC_EXTERNAL)
@@ -451,6 +507,7 @@ static void fetch_external(brix_ctl_t *c, brix_pa_rt_t *p, const brix_pa_metric_
         return;
     k->c = c;
     k->gen = (uint64_t)p->o->meta.generation;
+    k->seq = p->ext_seq = ++ext_seq_next;
     snprintf(k->pa, sizeof k->pa, "%s", p->o->meta.name);
     char url[1024];
     const char *path = m->path ? m->path : "";
@@ -466,17 +523,19 @@ static void fetch_external(brix_ctl_t *c, brix_pa_rt_t *p, const brix_pa_metric_
 
 /* ------------------------------------------------------- gateway load -- */
 
-static as_gw_t *gw_get(as_world_t *w, const char *id, uint64_t now)
+static as_gw_t *gw_get(as_world_t *w, const char *id, uint64_t now, uint64_t stale_ms)
 {
     for (size_t i = 0; i < w->ngws; i++)
         if (!strcmp(w->gws[i].id, id))
             return &w->gws[i];
     size_t slot = w->ngws;
-    if (slot == MAX_GATEWAYS) { /* reuse the stalest */
+    if (slot == MAX_GATEWAYS) { /* reuse the stalest, never a live gateway's entry */
         slot = 0;
         for (size_t i = 1; i < w->ngws; i++)
             if (w->gws[i].seen_ms < w->gws[slot].seen_ms)
                 slot = i;
+        if (now - w->gws[slot].seen_ms <= stale_ms)
+            return NULL;
         brix_free(w->gws[slot].loads);
     } else {
         w->ngws++;
@@ -521,7 +580,12 @@ void brix_ctl_as_activity(brix_ctl_t *c, const void *json_root)
         !cJSON_IsObject(load))
         return;
     uint64_t now = brix_now_ms();
-    as_gw_t *g = gw_get(c->as, id->valuestring, now);
+    as_gw_t *g = gw_get(c->as, id->valuestring, now, (uint64_t)c->cfg.gateway_stale);
+    if (!g) {
+        BRIX_DEBUG("load report of gateway %.40s ignored: %d live gateways already report",
+                   id->valuestring, MAX_GATEWAYS);
+        return;
+    }
     double dt = g->seen_ms && now > g->seen_ms ? (double)(now - g->seen_ms) / 1000.0 : 0;
     g->prev_ms = g->seen_ms;
     g->seen_ms = now;
@@ -537,7 +601,11 @@ void brix_ctl_as_activity(brix_ctl_t *c, const void *json_root)
         as_load_t *l = load_get(g, it->string);
         if (!l)
             continue;
-        double req = num(it, "requests"), pr = num(it, "promptTokens"),
+        /* prompt tokens as offered (at admission) where the gateway says,
+         * else as served: a burst must show when it arrives, not once served */
+        const cJSON *off = cJSON_GetObjectItemCaseSensitive(it, "offeredPromptTokens");
+        double req = num(it, "requests"),
+               pr = cJSON_IsNumber(off) ? num(it, "offeredPromptTokens") : num(it, "promptTokens"),
                co = num(it, "completionTokens");
         if (l->rated || l->req || l->prompt || l->compl ) {
             if (dt > 0.05 && req >= l->req && pr >= l->prompt && co >= l->compl ) {
@@ -746,6 +814,7 @@ int brix_ctl_as_wake(brix_ctl_t *c, const char *deployment, int64_t *replicas)
     pa_record(p, 0, 1, "ScaleFromZero", msg);
     BRIX_INFO("autoscaler %s: %s 0 -> 1 (ScaleFromZero: %s)", p->o->meta.name, deployment, msg);
     p->scale = 1;
+    p->woke_ms = brix_now_ms();
     *replicas = 1;
     brix_ctl_changed(c);
     brix_ctl_kick(c);
@@ -805,6 +874,7 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
         pa_cond(c, p, 0, "AbleToScale", false, "FailedGetScale",
                 "the target ModelDeployment %s does not exist", s->target_name);
         p->has_decision = false;
+        p->scale = -1; /* a deployment created again later starts from its own spec */
         return;
     }
     if (p->st_gen != p->o->meta.generation) { /* a new spec: the algorithm starts over */
@@ -846,8 +916,9 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
     int32_t got[BRIX_AS_MAX_METRICS] = { 0 };
     bool pod_metric[BRIX_AS_MAX_METRICS] = { false };
     for (int i = 0; i < s->nmetrics; i++) {
-        pod_metric[i] = s->metrics[i].type == BRIX_PA_SRC_POD;
-        if (pod_metric[i])
+        pod_metric[i] =
+            s->metrics[i].type == BRIX_PA_SRC_POD || s->metrics[i].type == BRIX_PA_SRC_RESOURCE;
+        if (s->metrics[i].type == BRIX_PA_SRC_POD)
             metric_def(s->metrics[i].target_metric, &defs[i], bufs[i]);
         x.ok[i] = true;
     }
@@ -859,9 +930,8 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
             continue;
         if (r->phase == BRIX_RP_FAILED && r->restarts > 0)
             failing++;
-        if (r->phase == BRIX_RP_RUNNING && r->ready && !r->startup_seen && su && r->started_ms &&
-            now > r->started_ms) {
-            double sec = (double)(now - r->started_ms) / 1000.0;
+        if (r->ready_after_ms && !r->startup_seen && su) { /* a start this controller saw */
+            double sec = (double)r->ready_after_ms / 1000.0;
             su->seconds =
                 su->seconds > 0 ? su->seconds * (1 - STARTUP_EWMA) + sec * STARTUP_EWMA : sec;
             r->startup_seen = true;
@@ -904,7 +974,10 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
             if (!pod_metric[m])
                 continue;
             double v;
-            if (fresh && pod_value(pod, &defs[m], &v)) {
+            bool have = s->metrics[m].type == BRIX_PA_SRC_RESOURCE
+                            ? resource_value(pod, r, s->metrics[m].target_metric, now, &v)
+                            : fresh && pod_value(pod, &defs[m], &v);
+            if (have) {
                 x.value[m] += v;
                 got[m]++;
                 counted = true;
@@ -927,7 +1000,8 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
         else if (!got[m] && (ready > 0 || p->scale > 0))
             x.ok[m] = false;
     }
-    x.reporting = reporting;
+    /* totals now stand for every ready replica */
+    x.reporting = reporting > 0 ? ready : 0;
     x.inflight = inflight;
     if (ttft_n > 0)
         x.ttft_s = ttft_w / ttft_n;
@@ -941,6 +1015,11 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
         x.out_tps = out_tps;
         x.held = held;
     }
+    /* A wake from zero is a request held now, even while the load reports
+     * the controller has are older than it: without this the next tick
+     * would read the last idle report and scale the new replica away. */
+    if (p->woke_ms && now - p->woke_ms < (uint64_t)c->cfg.gateway_stale)
+        x.held = x.held > 1 ? x.held : 1;
     for (int m = 0; m < s->nmetrics; m++) {
         const brix_pa_metric_t *pm = &s->metrics[m];
         if (pm->type == BRIX_PA_SRC_EXTERNAL) {
@@ -963,8 +1042,8 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
                                                                                      : NAN;
             if (isnan(x.value[m]))
                 x.ok[m] = false;
-        } else if (pm->type != BRIX_PA_SRC_POD) {
-            x.ok[m] = false; /* resource/custom: not measurable here (refused at apply) */
+        } else if (pm->type == BRIX_PA_SRC_CUSTOM) {
+            x.ok[m] = false; /* the Kubernetes custom metrics API: refused at apply locally */
         }
     }
     brix_as_observe(&p->st, &pp, &x);
@@ -1015,7 +1094,14 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
     else
         pa_cond(c, p, 2, "ScalingLimited", false, "DesiredWithinRange",
                 "the desired count is within the acceptable range");
-    if (dec.frozen && now - p->warned_ms > 30000) {
+    if (!dec.frozen)
+        p->frozen_since = 0;
+    else if (!p->frozen_since)
+        p->frozen_since = now;
+    /* said once it lasts (the first ticks after a start have no scrape yet),
+     * then every 30 s */
+    if (dec.frozen && now - p->frozen_since >= 5 * (uint64_t)c->cfg.autoscale_interval &&
+        now - p->warned_ms > 30000) {
         p->warned_ms = now;
         BRIX_WARN("autoscaler %s: metrics unavailable, holding %s at %d replica(s)",
                   p->o->meta.name, d->meta.name, p->scale);
@@ -1108,20 +1194,9 @@ int brix_ctl_render_pa(brix_ctl_t *c, brix_buf_t *b, const brix_pa_rt_t *p)
         brix_time_iso8601(ts, p->last_scale_wall);
         rc |= brix_buf_append_char(b, ',') | jkv(b, "lastScaleTime", ts);
     }
-    rc |= brix_buf_append_str(b, ",\"conditions\":[");
-    int k = 0;
-    for (int i = 0; i < BRIX_PA_CONDS; i++) {
-        const brix_cond_t *cd = &p->conds[i];
-        if (!cd->type)
-            continue;
-        brix_time_iso8601(ts, cd->since_wall_ms);
-        rc |= brix_buf_append_str(b, k++ ? ",{" : "{") | jkv(b, "type", cd->type);
-        rc |= brix_buf_printf(b, ",\"status\":\"%s\",", cd->status ? "True" : "False");
-        rc |= jkv(b, "reason", cd->reason) | brix_buf_append_char(b, ',');
-        rc |= jkv(b, "message", cd->message) | brix_buf_append_char(b, ',');
-        rc |= jkv(b, "lastTransitionTime", ts) | brix_buf_append_char(b, '}');
-    }
-    rc |= brix_buf_append_str(b, "],\"scalingHistory\":[");
+    rc |= brix_buf_append_str(b, ",\"conditions\":") |
+          brix_ctl_render_conds(b, p->conds, BRIX_PA_CONDS);
+    rc |= brix_buf_append_str(b, ",\"scalingHistory\":[");
     for (size_t i = 0; i < p->hist_n; i++) {
         const brix_pa_decision_rec_t *h = &p->hist[i];
         brix_time_iso8601(ts, h->wall_ms);

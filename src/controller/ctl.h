@@ -147,11 +147,14 @@ typedef struct brix_pa_rt {
     brix_cond_t conds[BRIX_PA_CONDS];
     /* external source: the last value fetched */
     bool ext_inflight;
+    uint64_t ext_seq; /* id of the fetch in flight: a late answer to an older one is dropped */
+    uint64_t woke_ms; /* monotonic ms of the last wake from zero (a gateway holds requests) */
     bool ext_ok;
     double ext_value;
     uint64_t ext_at_ms;
     char ext_err[160];
-    uint64_t warned_ms; /* rate limit of repeated warnings */
+    uint64_t warned_ms;    /* rate limit of repeated warnings */
+    uint64_t frozen_since; /* monotonic ms the scale has been frozen since (0 = not) */
 } brix_pa_rt_t;
 
 typedef struct brix_ctl_metrics {
@@ -274,6 +277,8 @@ int brix_ctl_save(brix_ctl_t *c);
 int brix_ctl_load(brix_ctl_t *c, char *err, size_t errlen);
 
 /* api.c */
+/* Appends a JSON array of the conditions set in v[0..n) (Kubernetes' shape). */
+int brix_ctl_render_conds(brix_buf_t *b, const brix_cond_t *v, int n);
 void brix_ctl_http(brix_http_req_t *h, void *ud);
 void brix_ctl_notify_watchers(brix_ctl_t *c);
 void brix_ctl_heartbeat(brix_ctl_t *c);

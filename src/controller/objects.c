@@ -865,6 +865,37 @@ static int parse_pa_metric(vctx_t *v, const brix_yaml_node_t *n, size_t i, brix_
     return 0;
 }
 
+/* A schedule as day-minute intervals on a week: [start, end) on each of its
+ * days, or over midnight [start, 24:00) on its days plus [00:00, end) on the
+ * next ones. */
+static int sched_spans(const brix_as_schedule_t *s, uint8_t days[2], int lo[2], int hi[2])
+{
+    uint8_t d = s->days ? s->days : 0x7f;
+    days[0] = d;
+    lo[0] = s->start_min;
+    if (s->end_min > s->start_min) {
+        hi[0] = s->end_min;
+        return 1;
+    }
+    hi[0] = 24 * 60;
+    days[1] = (uint8_t)(((d << 1) | (d >> 6)) & 0x7f); /* Saturday's night is Sunday's */
+    lo[1] = 0;
+    hi[1] = s->end_min;
+    return 2;
+}
+
+static bool sched_overlap(const brix_as_schedule_t *a, const brix_as_schedule_t *b)
+{
+    uint8_t da[2], db[2];
+    int la[2], ha[2], lb[2], hb[2];
+    int na = sched_spans(a, da, la, ha), nb = sched_spans(b, db, lb, hb);
+    for (int x = 0; x < na; x++)
+        for (int y = 0; y < nb; y++)
+            if ((da[x] & db[y]) && la[x] < hb[y] && lb[y] < ha[x])
+                return true;
+    return false;
+}
+
 static int parse_pa_schedule(vctx_t *v, const brix_yaml_node_t *n, size_t i, brix_pa_spec_t *p,
                              brix_as_schedule_t *s)
 {
@@ -925,10 +956,10 @@ static int parse_pa_schedule(vctx_t *v, const brix_yaml_node_t *n, size_t i, bri
                     "expected HH:MM (00:00 … 23:59, two digits each), "
                     "got '%s'",
                     en->type == BRIX_YAML_SCALAR ? en->scalar : "?");
-    if (s->end_min <= s->start_min)
+    if (s->end_min == s->start_min) /* an end before the start runs over midnight */
         return fail(v, en, FP("endTime"),
-                    "must be later than startTime %s (windows across midnight are not supported: "
-                    "split them in two)",
+                    "equals startTime %s (an empty window; an endTime before startTime runs "
+                    "over midnight)",
                     st->scalar);
     int64_t x;
     if ((e = brix_yaml_get(n, "minReplicas"))) {
@@ -957,11 +988,9 @@ static int parse_pa_schedule(vctx_t *v, const brix_yaml_node_t *n, size_t i, bri
      * checked; at run time the first active schedule in list order wins. */
     for (size_t j = 0; j < i; j++) {
         const brix_as_schedule_t *o = &p->schedules[j];
-        uint8_t da = s->days ? s->days : 0x7f, db = o->days ? o->days : 0x7f;
-        if (!strcmp(o->timezone, s->timezone) && (da & db) && s->start_min < o->end_min &&
-            o->start_min < s->end_min)
-            return fail(v, n, path, "overlaps schedule '%s' (same days, overlapping times)",
-                        o->name);
+        if (strcmp(o->timezone, s->timezone) || !sched_overlap(s, o))
+            continue;
+        return fail(v, n, path, "overlaps schedule '%s' (same days, overlapping times)", o->name);
     }
 #undef FP
     return 0;
@@ -1020,12 +1049,13 @@ static int parse_pa_annotations(vctx_t *v, const brix_yaml_node_t *ann, brix_pa_
         switch (a) {
         case PA_UP_RATE:
         case PA_DOWN_RATE:
-            /* AIBrix takes any float; below 1 a rate would forbid moving in that
-             * direction at all (Knative requires > 1), so 1 is the floor */
-            if (parse_float(s, &x) || x < 1 || x > 1000)
+            /* AIBrix takes any float; at or below 1 a rate forbids moving in that
+             * direction at all (Knative requires > 1 as well) */
+            if (parse_float(s, &x) || x <= 1 || x > 1000)
                 return fail(v, val, path,
-                            "expected a factor of at least 1 such as \"2.0\" (a decision may "
-                            "multiply or divide the scale by at most this), got '%s'",
+                            "expected a factor above 1 such as \"2.0\" (a decision may "
+                            "multiply or divide the scale by at most this; 1 would forbid "
+                            "scaling that way), got '%s'",
                             s);
             *(a == PA_UP_RATE ? &q->max_up_rate : &q->max_down_rate) = x;
             break;

@@ -61,7 +61,8 @@ typedef struct brix_replica {
      * process is stopped once it is idle or --drain-timeout passed. */
     bool draining;
     uint64_t drain_since_ms; /* monotonic */
-    bool startup_seen;       /* its start-up time was counted (autoscaler) */
+    uint64_t ready_after_ms; /* start → first ready, as this controller saw it (0 = not yet) */
+    bool startup_seen;       /* ready_after_ms was counted (autoscaler) */
     void *prov;              /* provider-private state */
 } brix_replica_t;
 

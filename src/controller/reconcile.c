@@ -344,6 +344,8 @@ static void start_replica(brix_ctl_t *c, brix_replica_t *r, const brix_obj_t *d,
     }
     r->phase = BRIX_RP_STARTING;
     r->started_ms = now;
+    r->ready_after_ms = 0;
+    r->startup_seen = false;
     r->started_wall_ms = brix_wall_ms();
     BRIX_INFO("replica %s: started pid %d on %s (log %s)", r->name, r->pid, r->url, r->log_path);
     brix_ctl_changed(c);
@@ -670,6 +672,10 @@ static void on_health(const brix_curl_result_t *res, void *ud)
         r->health_fails = 0;
         if (r->phase == BRIX_RP_STARTING) {
             r->phase = BRIX_RP_RUNNING;
+            /* how long a start takes (autoscalers plan with it); an adopted
+             * process was started long before and says nothing */
+            if (!r->adopted)
+                r->ready_after_ms = now > r->started_ms ? now - r->started_ms : 1;
             BRIX_INFO("replica %s: ready on %s after %.1f s", r->name, r->url,
                       (double)(now - r->started_ms) / 1000.0);
         }

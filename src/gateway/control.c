@@ -295,25 +295,34 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
     /* registered adapters loaded nowhere (or on no healthy pod) are listed
      * too, so clients see every model they may ask for */
     const brix_registry_t *reg = s->registry;
-    for (size_t i = 0; reg && i < reg->nadapters; i++) {
-        const brix_reg_adapter_t *a = &reg->adapters[i];
+    size_t nextra = reg ? reg->nadapters + reg->ndeployments : 0;
+    for (size_t i = 0; i < nextra; i++) {
+        /* ... and so are the models of deployments with no healthy replica
+         * (scaled to zero: a request for one is held while it starts) */
+        const brix_reg_adapter_t *a = i < reg->nadapters ? &reg->adapters[i] : NULL;
+        const char *name = a ? a->name : reg->deployments[i - reg->nadapters].model;
+        const char *parent = a ? a->base_model : NULL;
         bool shown = false;
         for (size_t k = 0; k < s->nmodels && !shown; k++)
-            shown = listed[k] && !strcmp(s->models[k].name, a->name);
+            shown = listed[k] && !strcmp(s->models[k].name, name);
+        if (!a) /* listed already: an adapter of that name, or another deployment of it */
+            shown = shown || brix_registry_adapter(reg, name);
+        for (size_t k = reg->nadapters; k < i && !shown; k++)
+            shown = !strcmp(reg->deployments[k - reg->nadapters].model, name);
         if (shown)
             continue;
         if (!first)
             brix_buf_append_char(&js, ',');
         first = false;
         brix_buf_append_str(&js, "{\"id\":");
-        brix_buf_append_json_str(&js, a->name, strlen(a->name));
+        brix_buf_append_json_str(&js, name, strlen(name));
         brix_buf_printf(&js,
                         ",\"object\":\"model\",\"created\":%lld,\"owned_by\":\"brix\",\"root\":",
                         (long long)brix_wall_s());
-        brix_buf_append_json_str(&js, a->name, strlen(a->name));
+        brix_buf_append_json_str(&js, name, strlen(name));
         brix_buf_append_str(&js, ",\"parent\":");
-        if (a->base_model)
-            brix_buf_append_json_str(&js, a->base_model, strlen(a->base_model));
+        if (parent)
+            brix_buf_append_json_str(&js, parent, strlen(parent));
         else
             brix_buf_append_str(&js, "null");
         brix_buf_append_str(&js, ",\"max_model_len\":null,\"permission\":[]}");
@@ -324,6 +333,10 @@ static brix_fleet_snap_t *build_snapshot(brix_gw_control_t *ctl)
     if (!s->models_json)
         goto fail;
     qsort(s->models, s->nmodels, sizeof *s->models, cmp_model);
+    for (size_t i = 0; i < s->nmodels; i++) {
+        brix_model_entry_t *me = &s->models[i];
+        me->load = brix_registry_load(reg, me->parent ? me->parent : me->name);
+    }
     return s;
 fail:
     brix_snap_unref(s);

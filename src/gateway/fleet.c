@@ -8,6 +8,7 @@
 
 #include "core/alloc.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -145,10 +146,19 @@ void brix_registry_unref(brix_registry_t *r)
         brix_free(r->adapters[i].base_model);
         brix_free(r->adapters[i].message);
     }
-    for (size_t i = 0; i < r->nbase_models; i++)
+    for (size_t i = 0; i < r->ndeployments; i++) {
+        brix_free(r->deployments[i].name);
+        brix_free(r->deployments[i].model);
+    }
+    for (size_t i = 0; i < r->nbase_models; i++) {
         brix_free(r->base_models[i]);
+        if (r->base_load && r->base_load[i])
+            brix_model_activity_unref(r->base_load[i]);
+    }
     brix_free(r->adapters);
+    brix_free(r->deployments);
     brix_free(r->base_models);
+    brix_free(r->base_load);
     brix_free(r);
 }
 
@@ -168,20 +178,50 @@ const brix_reg_adapter_t *brix_registry_adapter(const brix_registry_t *r, const 
     return NULL;
 }
 
-bool brix_registry_has_base(const brix_registry_t *r, const char *name)
+/* Index of a base model, or -1. */
+static ptrdiff_t base_index(const brix_registry_t *r, const char *name)
 {
-    size_t lo = 0, hi = r ? r->nbase_models : 0;
+    size_t lo = 0, hi = r && name ? r->nbase_models : 0;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
         int c = strcmp(r->base_models[mid], name);
         if (c == 0)
-            return true;
+            return (ptrdiff_t)mid;
         if (c < 0)
             lo = mid + 1;
         else
             hi = mid;
     }
-    return false;
+    return -1;
+}
+
+bool brix_registry_has_base(const brix_registry_t *r, const char *name)
+{
+    return base_index(r, name) >= 0;
+}
+
+brix_model_activity_t *brix_registry_load(const brix_registry_t *r, const char *base)
+{
+    ptrdiff_t i = base_index(r, base);
+    return i >= 0 && r->base_load ? r->base_load[i] : NULL;
+}
+
+const brix_reg_deployment_t *brix_registry_deployment_for(const brix_registry_t *r,
+                                                          const char *model)
+{
+    const brix_reg_deployment_t *first = NULL, *stz = NULL;
+    for (size_t i = 0; r && i < r->ndeployments; i++) {
+        const brix_reg_deployment_t *d = &r->deployments[i];
+        if (strcmp(d->model, model))
+            continue;
+        if (d->replicas > 0)
+            return d; /* already starting: waking it keeps the demand on one */
+        if (!stz && d->scale_to_zero)
+            stz = d;
+        if (!first)
+            first = d;
+    }
+    return stz ? stz : first;
 }
 
 brix_breaker_state_t brix_breaker_state(brix_pod_t *p, uint64_t now_ns)

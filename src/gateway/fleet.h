@@ -61,13 +61,26 @@ typedef struct brix_pod_view {
     char *base_model;          /* the base model's id (first /v1/models entry without parent) */
 } brix_pod_view_t;
 
-/* Requests routed to one model name since the last activity report to the
- * controller (its idle TTL). Long-lived: the control thread keeps one per
- * name and every snapshot's entry for that name points at it, so workers
- * count with one atomic add and no lookup. */
+/* What the gateway tells the controller about one model name, counted by
+ * workers with relaxed atomics and no lookup. Long-lived: the control thread
+ * (watch.c) keeps one per name; every snapshot's entry for that name, and
+ * the registry's entry for a base model, point at it.
+ *  - routed: requests routed to the name since the last activity report
+ *    (the controller's idle TTL for adapters); reset by each report.
+ *  - the load figures of a base model (adapter requests count toward their
+ *    base), reported every second: requests, prompt_tokens and
+ *    completion_tokens are cumulative since the record was made (only ever
+ *    grow); inflight (admitted, not finished) and held (waiting for a ready
+ *    replica or adapter) are gauges. */
 typedef struct brix_model_activity {
     atomic_int refs;
     atomic_llong routed;
+    atomic_llong requests, prompt_tokens, completion_tokens;
+    /* the prompt-token estimate of every request at admission (held and
+     * refused ones too): the load offered now, where prompt_tokens is what
+     * engines served, known only when a request ends */
+    atomic_llong offered_prompt_tokens;
+    atomic_llong inflight, held;
     char name[]; /* NUL-terminated */
 } brix_model_activity_t;
 
@@ -81,6 +94,10 @@ typedef struct brix_model_entry {
     uint32_t *pods; /* indices into snapshot pods[] */
     size_t npods;
     brix_model_activity_t *activity; /* NULL without --controller */
+    /* the load record of its base model (itself, or an adapter's parent)
+     * when the registry knows that model: the registry's reference, valid
+     * while the snapshot is; NULL otherwise */
+    brix_model_activity_t *load;
 } brix_model_entry_t;
 
 /* ModelAdapter phases as the controller reports them. */
@@ -106,16 +123,34 @@ typedef struct brix_reg_adapter {
     char *message;     /* why it failed, when the controller says; NULL */
 } brix_reg_adapter_t;
 
-/* What the controller registered: adapters (loaded or not) and the base
- * models its replicas serve (ready or not). Immutable once published and
- * shared by reference between snapshots; NULL without --controller. */
+/* One model deployment (the controller's ModelDeployment) as its snapshot
+ * reports it: the scale it runs now (an autoscaler may have set it to 0) and
+ * how many of its replicas are ready. */
+typedef struct brix_reg_deployment {
+    char *name;
+    char *model; /* the served model name */
+    int64_t replicas, ready;
+    bool scale_to_zero;
+} brix_reg_deployment_t;
+
+/* What the controller registered: adapters (loaded or not), deployments
+ * (snapshots of older controllers have none) and the base models its
+ * replicas or deployments serve (ready or not, scaled to zero or not).
+ * Immutable once published and shared by reference between snapshots; NULL
+ * without --controller. */
 typedef struct brix_registry {
     atomic_int refs;
     uint64_t version;             /* the controller's snapshot version */
     brix_reg_adapter_t *adapters; /* sorted by name */
     size_t nadapters;
+    brix_reg_deployment_t *deployments; /* sorted by name */
+    size_t ndeployments;
     char **base_models; /* sorted, distinct */
     size_t nbase_models;
+    /* base_models[i]'s load record (one reference each), attached by the
+     * watch before the registry is published; NULL entries (or a NULL
+     * array) count nothing */
+    brix_model_activity_t **base_load;
 } brix_registry_t;
 
 void brix_registry_ref(brix_registry_t *r);
@@ -123,6 +158,14 @@ void brix_registry_unref(brix_registry_t *r);
 /* Binary searches; NULL/false when r is NULL or the name is not there. */
 const brix_reg_adapter_t *brix_registry_adapter(const brix_registry_t *r, const char *name);
 bool brix_registry_has_base(const brix_registry_t *r, const char *name);
+/* The load record of a base model the registry knows; NULL otherwise. */
+brix_model_activity_t *brix_registry_load(const brix_registry_t *r, const char *base);
+/* The deployment a request for served model `model` wakes: among those
+ * serving it (by name), the first already scaled above zero (it is starting
+ * replicas), else the first that may scale to zero, else the first; NULL
+ * when no deployment serves it. */
+const brix_reg_deployment_t *brix_registry_deployment_for(const brix_registry_t *r,
+                                                          const char *model);
 
 typedef struct brix_fleet_snap {
     atomic_int refs;

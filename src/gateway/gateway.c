@@ -60,8 +60,13 @@ static const brix_opt_t gw_opts[] = {
     { "adapter-wake-timeout", BRIX_OPT_DURATION, O(adapter_wake_timeout), "30s", 0, 3600000, NULL,
       "hold a request for a registered adapter loaded nowhere (scaled to zero) while the "
       "controller loads it, up to this long (503 adapter_loading after; 0 = answer 503 at once)" },
+    { "scale-from-zero-timeout", BRIX_OPT_DURATION, O(scale_from_zero_timeout), "60s", 0, 3600000,
+      NULL,
+      "hold a request for a model whose deployment has no ready replica (scaled to zero, or "
+      "starting) while the controller starts one, up to this long (503 model_scaling_from_zero "
+      "with Retry-After after; 0 = answer 503 at once, still waking it)" },
     { "max-held-requests", BRIX_OPT_INT, O(max_held_requests), "1024", 0, 10000000, "N",
-      "requests held for adapters at once (503 beyond)" },
+      "requests held at once for adapters and scaled-to-zero models together (503 beyond)" },
     { "routing-strategy", BRIX_OPT_STRING, O(routing_strategy), "weighted", 1, 0, "NAME[:W,...]",
       "default strategy, or a weighted mix like prefix-cache:2,least-latency:1 (per request: "
       "header routing-strategy); see the README for the list" },
@@ -286,6 +291,13 @@ brix_gw_rt_t *brix_gw_rt_from_cfg(const brix_gw_cfg_t *c, uint64_t version, char
     rt->sse_max_event_bytes = c->sse_max_event_bytes;
     rt->adapter_wake_timeout_ms = c->adapter_wake_timeout;
     rt->max_held_requests = c->max_held_requests;
+    rt->scale_from_zero_ms = c->scale_from_zero_timeout;
+    /* a client told to come back after one more hold's worth of waiting
+     * (the replica was not ready within that long), never sooner than
+     * --retry-after */
+    uint64_t sfz_s = (c->scale_from_zero_timeout + 999) / 1000;
+    rt->scale_from_zero_retry_s =
+        sfz_s > (uint64_t)c->retry_after ? (int)sfz_s : (int)c->retry_after;
     if (c->engine_api_key && !(rt->engine_api_key = brix_strdup(c->engine_api_key))) {
         brix_gw_rt_unref(rt);
         snprintf(err, errlen, "out of memory");

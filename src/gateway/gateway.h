@@ -43,6 +43,7 @@ typedef struct brix_gw_cfg {
     char *controller_token_file; /* read into controller_token at load */
     uint64_t controller_idle_timeout;
     uint64_t adapter_wake_timeout;
+    uint64_t scale_from_zero_timeout;
     int64_t max_held_requests;
     char *routing_strategy;
     brix_strlist_t model_strategy; /* MODEL=STRATEGY */
@@ -114,6 +115,8 @@ typedef struct brix_gw_rt {
     uint64_t sse_max_event_bytes; /* longest SSE event relayed */
     char *engine_api_key; /* sent to engines instead of any client Authorization; NULL: none */
     uint64_t adapter_wake_timeout_ms; /* 0: answer 503 at once instead of holding */
+    uint64_t scale_from_zero_ms;      /* the same for a model with no ready replica */
+    int scale_from_zero_retry_s;      /* Retry-After when that hold gives up */
     int64_t max_held_requests;
 } brix_gw_rt_t;
 
@@ -164,7 +167,7 @@ typedef struct brix_gw_worker {
     uv_mutex_t fair_mu;
     brix_fair_item_t *fair_ready;
     bool fair_closed;
-    brix_gw_holdq_t held; /* requests waiting for an adapter to be loaded */
+    brix_gw_holdq_t held; /* requests waiting for an adapter or a model's first replica */
 } brix_gw_worker_t;
 
 /* Metric children and families, shared by all threads (atomics). */
@@ -203,7 +206,10 @@ typedef struct brix_gw_metrics {
     brix_metric_t *ctl_activity_ok, *ctl_activity_failed;
     brix_metric_family_t *adapter_wakes; /* {model} */
     brix_metric_t *adapter_held;
-    brix_metric_family_t *adapter_wait; /* {result} seconds */
+    brix_metric_family_t *adapter_wait;     /* {result} seconds */
+    brix_metric_family_t *deployment_wakes; /* {deployment} */
+    brix_metric_family_t *model_held;       /* {model} gauge */
+    brix_metric_family_t *model_wait;       /* {result} seconds */
     /* client connections: slow peers and limits (core/http_server guard stats) */
     brix_metric_t *http_conns, *http_buffered, *http_timeouts[4]; /* header body idle write */
     brix_metric_t *http_refused_ip, *http_refused_full, *http_evicted;
@@ -246,8 +252,8 @@ struct brix_gw {
         brix_strlist_t allowed_hosts;
     } fixed;
     uv_timer_t fair_timer;
-    brix_gw_demand_t demand;         /* adapters requests wait for (workers → control thread) */
-    uv_mutex_t label_mu;             /* users with their own metric labels */
+    brix_gw_demand_t demand; /* adapters and models requests wait for (workers → control thread) */
+    uv_mutex_t label_mu;     /* users with their own metric labels */
     brix_http_shared_t *http_shared; /* per-IP counts and byte budget of all workers */
     char **label_users;
     size_t nlabel_users;

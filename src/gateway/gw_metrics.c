@@ -64,7 +64,8 @@ static void on_collect(brix_metrics_t *reg, void *ud)
         brix_metric_set(gw->m.fair_rejected, (double)fs.rejected_full);
         brix_metric_set(gw->m.fair_evicted, (double)fs.evicted);
     }
-    brix_metric_set(gw->m.adapter_held, (double)atomic_load(&gw->demand.held_total));
+    brix_metric_set(gw->m.adapter_held,
+                    (double)atomic_load(&gw->demand.held_kind[BRIX_HOLD_ADAPTER]));
     if (gw->http_shared) {
         brix_http_guard_stats_t hs;
         brix_http_shared_stats(gw->http_shared, &hs);
@@ -324,6 +325,21 @@ int brix_gw_metrics_init(brix_gw_t *gw)
                                           "the wait ended (routed, timeout, failed, gone, "
                                           "client_closed, shutdown).",
                                           L_RESULT, latency_buckets, NB(latency_buckets));
+    m->deployment_wakes =
+        brix_metrics_family(m->reg, C, "brix_gateway_deployment_wakes_total",
+                            "Wake requests sent to the controller for a deployment whose model "
+                            "requests were waiting for (no ready replica: scaled to zero or "
+                            "starting).",
+                            (const char *const[]){ "deployment", NULL }, NULL, 0);
+    m->model_held = brix_metrics_family(m->reg, G, "brix_gateway_model_held_requests",
+                                        "Requests held until their model (a deployment's served "
+                                        "model, scaled to zero or starting) has a ready replica.",
+                                        L_MODEL, NULL, 0);
+    m->model_wait = brix_metrics_family(m->reg, H, "brix_gateway_model_wait_seconds",
+                                        "Time requests were held for their model's first ready "
+                                        "replica, by how the wait ended (routed, timeout, gone, "
+                                        "client_closed, shutdown).",
+                                        L_RESULT, latency_buckets, NB(latency_buckets));
     brix_metrics_on_collect(m->reg, on_collect, gw);
     if (!m->requests || !m->duration || !m->ttft || !m->upstream_errors || !m->retries ||
         !m->ejections || !m->pod_inflight || !m->pod_healthy || !m->pod_running ||
@@ -336,7 +352,8 @@ int brix_gw_metrics_init(brix_gw_t *gw)
         !m->fair_capacity || !m->fair_inflight || !m->fair_queued || !m->fair_expired ||
         !m->fair_wait || !m->fair_rejected || !m->ctl_connected || !m->ctl_reconnects ||
         !m->ctl_version || !m->ctl_events_snapshot || !m->ctl_activity_ok || !m->adapter_wakes ||
-        !m->adapter_held || !m->adapter_wait)
+        !m->adapter_held || !m->adapter_wait || !m->deployment_wakes || !m->model_held ||
+        !m->model_wait)
         return -1;
 #undef SIMPLE
     return 0;

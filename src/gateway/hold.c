@@ -1,6 +1,6 @@
 /*
  * Held requests and wake demand. The demand table is a small array (one
- * entry per adapter that requests waited for recently) under a mutex; the
+ * entry per adapter or model that requests waited for recently) under a mutex; the
  * per-worker queue is a list with one timer armed for the earliest deadline,
  * re-armed after each expiry scan.
  */
@@ -16,12 +16,25 @@
 #define FRESH_MIN_NS   (1000000000ull)         /* a new wait re-wakes at most once a second */
 
 brix_hold_state_t brix_hold_classify(const brix_fleet_snap_t *s, const char *model,
-                                     const brix_model_entry_t **me, const brix_reg_adapter_t **ra)
+                                     const brix_model_entry_t **me, const brix_reg_adapter_t **ra,
+                                     const brix_reg_deployment_t **dep)
 {
     *me = brix_snap_model(s, model);
     *ra = brix_registry_adapter(s->registry, model);
-    if (!*ra)
-        return BRIX_HOLD_NONE;
+    *dep = NULL;
+    if (!*ra) {
+        /* a base model: routed when a ready pod serves it; else held when a
+         * deployment of the controller serves it (the lookup is only paid
+         * by requests that have nowhere to go) */
+        if ((*me && brix_snap_model_ready(s, *me)) || !s->registry)
+            return BRIX_HOLD_NONE;
+        *dep = brix_registry_deployment_for(s->registry, model);
+        /* held only when a replica is coming: the deployment runs some, or an
+         * autoscaler scales it from zero; one at 0 by its spec has none to
+         * wait for (answered at once below) */
+        return *dep && ((*dep)->replicas > 0 || (*dep)->scale_to_zero) ? BRIX_HOLD_WAIT
+                                                                       : BRIX_HOLD_NONE;
+    }
     if (brix_snap_model_ready(s, *me))
         return BRIX_HOLD_READY;
     if ((*ra)->phase == BRIX_REG_FAILED && (*ra)->ninstances == 0)
@@ -67,10 +80,11 @@ void brix_gw_demand_free(brix_gw_demand_t *d)
 }
 
 /* Under mu. */
-static brix_gw_want_t *want_get(brix_gw_demand_t *d, const char *name, bool create)
+static brix_gw_want_t *want_get(brix_gw_demand_t *d, brix_hold_kind_t kind, const char *name,
+                                bool create)
 {
     for (size_t i = 0; i < d->n; i++)
-        if (!strcmp(d->v[i].name, name))
+        if (d->v[i].kind == kind && !strcmp(d->v[i].name, name))
             return &d->v[i];
     if (!create)
         return NULL;
@@ -80,23 +94,26 @@ static brix_gw_want_t *want_get(brix_gw_demand_t *d, const char *name, bool crea
     d->v = v;
     brix_gw_want_t *w = &d->v[d->n];
     memset(w, 0, sizeof *w);
+    w->kind = kind;
     if (!(w->name = brix_strdup(name)))
         return NULL;
     d->n++;
     return w;
 }
 
-static int mark(brix_gw_demand_t *d, const char *name, bool hold, int64_t cap)
+static int mark(brix_gw_demand_t *d, brix_hold_kind_t kind, const char *name, bool hold,
+                int64_t cap)
 {
     if (hold && cap >= 0 && atomic_load(&d->held_total) >= cap)
         return -EBUSY;
     uv_mutex_lock(&d->mu);
-    brix_gw_want_t *w = want_get(d, name, true);
+    brix_gw_want_t *w = want_get(d, kind, name, true);
     bool kick = false;
     if (w) {
         if (hold) {
             kick = w->held++ == 0;
             atomic_fetch_add(&d->held_total, 1);
+            atomic_fetch_add(&d->held_kind[kind], 1);
         } else {
             kick = w->poked = true;
         }
@@ -110,22 +127,23 @@ static int mark(brix_gw_demand_t *d, const char *name, bool hold, int64_t cap)
     return 0;
 }
 
-int brix_gw_demand_hold(brix_gw_demand_t *d, const char *name, int64_t cap)
+int brix_gw_demand_hold(brix_gw_demand_t *d, brix_hold_kind_t kind, const char *name, int64_t cap)
 {
-    return mark(d, name, true, cap);
+    return mark(d, kind, name, true, cap);
 }
 
-int brix_gw_demand_poke(brix_gw_demand_t *d, const char *name)
+int brix_gw_demand_poke(brix_gw_demand_t *d, brix_hold_kind_t kind, const char *name)
 {
-    return mark(d, name, false, -1);
+    return mark(d, kind, name, false, -1);
 }
 
-void brix_gw_demand_release(brix_gw_demand_t *d, const char *name)
+void brix_gw_demand_release(brix_gw_demand_t *d, brix_hold_kind_t kind, const char *name)
 {
     uv_mutex_lock(&d->mu);
-    brix_gw_want_t *w = want_get(d, name, false);
+    brix_gw_want_t *w = want_get(d, kind, name, false);
     if (w && w->held > 0) {
         atomic_fetch_sub(&d->held_total, 1);
+        atomic_fetch_sub(&d->held_kind[kind], 1);
         if (--w->held == 0) {
             w->quiet_ns = brix_now_ns();
             w->fresh = w->poked; /* nobody waits any more: no wake for them */
@@ -134,8 +152,8 @@ void brix_gw_demand_release(brix_gw_demand_t *d, const char *name)
     uv_mutex_unlock(&d->mu);
 }
 
-size_t brix_gw_demand_due(brix_gw_demand_t *d, uint64_t now_ns, uint64_t every_ns, char **out,
-                          size_t max)
+size_t brix_gw_demand_due(brix_gw_demand_t *d, uint64_t now_ns, uint64_t every_ns,
+                          brix_gw_wake_t *out, size_t max)
 {
     size_t k = 0;
     uv_mutex_lock(&d->mu);
@@ -145,8 +163,8 @@ size_t brix_gw_demand_due(brix_gw_demand_t *d, uint64_t now_ns, uint64_t every_n
         bool due = !w->in_flight && k < max &&
                    ((w->fresh && (!w->last_ns || now_ns - w->last_ns >= FRESH_MIN_NS)) ||
                     (w->held > 0 && now_ns - w->last_ns >= every_ns));
-        if (due && (out[k] = brix_strdup(w->name))) {
-            k++;
+        if (due && (out[k].name = brix_strdup(w->name))) {
+            out[k++].kind = w->kind;
             w->in_flight = true;
             w->fresh = w->poked = false;
             w->last_ns = now_ns;
@@ -163,10 +181,10 @@ size_t brix_gw_demand_due(brix_gw_demand_t *d, uint64_t now_ns, uint64_t every_n
     return k;
 }
 
-void brix_gw_demand_sent(brix_gw_demand_t *d, const char *name)
+void brix_gw_demand_sent(brix_gw_demand_t *d, brix_hold_kind_t kind, const char *name)
 {
     uv_mutex_lock(&d->mu);
-    brix_gw_want_t *w = want_get(d, name, false);
+    brix_gw_want_t *w = want_get(d, kind, name, false);
     if (w)
         w->in_flight = false;
     uv_mutex_unlock(&d->mu);
@@ -227,15 +245,16 @@ void brix_gw_holdq_init(brix_gw_holdq_t *q, uv_loop_t *loop, brix_gw_demand_t *d
     q->ud = ud;
 }
 
-int brix_gw_holdq_add(brix_gw_holdq_t *q, brix_gw_held_t *e, const char *model, uint64_t timeout_ms,
-                      int64_t cap)
+int brix_gw_holdq_add(brix_gw_holdq_t *q, brix_gw_held_t *e, brix_hold_kind_t kind,
+                      const char *model, uint64_t timeout_ms, int64_t cap)
 {
     if (q->closed)
         return -ECANCELED;
-    int rc = brix_gw_demand_hold(q->demand, model, cap);
+    int rc = brix_gw_demand_hold(q->demand, kind, model, cap);
     if (rc)
         return rc;
     e->model = model;
+    e->kind = kind;
     e->since_ns = brix_now_ns();
     e->deadline_ns = e->since_ns + timeout_ms * 1000000ull;
     e->next = NULL;
@@ -266,7 +285,7 @@ void brix_gw_holdq_remove(brix_gw_holdq_t *q, brix_gw_held_t *e)
     e->prev = e->next = NULL;
     e->linked = false;
     q->n--;
-    brix_gw_demand_release(q->demand, e->model);
+    brix_gw_demand_release(q->demand, e->kind, e->model);
     if (!q->head && q->armed_ns && !q->closed) {
         uv_timer_stop(&q->timer);
         q->armed_ns = 0;

@@ -176,17 +176,6 @@ void brix_px_error(brix_gw_worker_t *w, brix_http_req_t *h, int status, const ch
     brix_http_respond_error(h, status, brix_px_err_type(status), code, param, "%s", msg);
 }
 
-/* The request stops waiting for its adapter; `result` labels the wait. */
-void brix_px_unhold(px_t *px, const char *result)
-{
-    if (!px->held.linked)
-        return;
-    brix_gw_worker_t *w = px->w;
-    brix_gw_holdq_remove(&w->held, &px->held);
-    brix_metric_observe(brix_gw_metric1(w->gw->m.adapter_wait, result),
-                        (double)(brix_now_ns() - px->held.since_ns) / 1e9);
-}
-
 void brix_px_free(px_t *px)
 {
     brix_gw_worker_t *w = px->w;
@@ -203,6 +192,21 @@ void brix_px_free(px_t *px)
     int64_t used = px->prompt_tokens + px->completion_tokens;
     if (px->attempts && !used)
         used = px->est_tokens; /* nothing seen at all: the estimate */
+    if (px->load) {
+        /* tokens of a request an engine answered (not refused): the usage it
+         * reported, else the same fallbacks as above (a counter only grows) */
+        brix_model_activity_t *a = px->load;
+        if (px->head_sent && px->status < 400) {
+            int64_t pt = px->prompt_tokens ? px->prompt_tokens : px->est_tokens;
+            atomic_fetch_add_explicit(&a->prompt_tokens, pt > 0 ? pt : 0, memory_order_relaxed);
+            atomic_fetch_add_explicit(&a->completion_tokens,
+                                      px->completion_tokens > 0 ? px->completion_tokens : 0,
+                                      memory_order_relaxed);
+        }
+        atomic_fetch_sub_explicit(&a->inflight, 1, memory_order_relaxed);
+        brix_model_activity_unref(a);
+        px->load = NULL;
+    }
     /* once per admitted request (it also ends the user's in-flight count);
      * never sent: the reservation is refunded */
     if (px->user[0])

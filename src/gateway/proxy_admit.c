@@ -3,9 +3,11 @@
  *
  * After the body is valid (proxy_routes.c) a request passes, in order, the
  * tenant check (API key, model permission, RPM/TPM, asynchronous when the
- * store is Redis), the adapter hold (a registered adapter that no ready pod
- * serves yet: held until one does or its deadline; the control thread wakes
- * it at the controller, see hold.h) and the fairness queue (when enabled).
+ * store is Redis), the hold (a registered adapter that no ready pod serves
+ * yet, or a deployment's model with no ready replica: held until one is
+ * ready or its deadline; the control thread wakes it at the controller, see
+ * hold.h) and the fairness queue (when enabled). Its first admission counts
+ * it into its base model's load (reported to the controller).
  * Every refusal is answered here with brix_px_fail, which frees px; a
  * request let through goes on to brix_px_start (proxy_relay.c).
  */
@@ -247,14 +249,81 @@ void brix_px_adapter_failed(brix_gw_worker_t *w, brix_http_req_t *h, const char 
     brix_px_error(w, h, 503, "adapter_failed", NULL, name, "%s", msg);
 }
 
-/* Holds px until a ready pod serves its adapter (or its deadline). */
+/* "... within 30 s" / "... 1500 ms" */
+static void fmt_wait(char *out, size_t n, uint64_t ms)
+{
+    if (ms % 1000 == 0)
+        snprintf(out, n, "%llu s", (unsigned long long)(ms / 1000));
+    else
+        snprintf(out, n, "%llu ms", (unsigned long long)ms);
+}
+
+void brix_px_scaling_msg(char *out, size_t n, const char *model, const brix_reg_deployment_t *dep,
+                         uint64_t waited_ms)
+{
+    char how[300] = "";
+    if (dep)
+        snprintf(how, sizeof how, " (deployment '%s' is starting a replica)", dep->name);
+    char wait[48];
+    fmt_wait(wait, sizeof wait, waited_ms);
+    if (!waited_ms)
+        snprintf(out, n,
+                 "model '%s' has no ready replica: it is scaling up from zero%s; retry later",
+                 model, how);
+    else
+        snprintf(out, n,
+                 "model '%s' is scaling up from zero%s and had no ready replica within %s; retry "
+                 "later",
+                 model, how, wait);
+}
+
+/* The deployment a held model request waits for, on view v (NULL: none any
+ * more). */
+static const brix_reg_deployment_t *held_dep(const px_t *px, const brix_gw_view_t *v)
+{
+    return brix_registry_deployment_for(v->fleet->registry, px->model_name);
+}
+
+/* Counts px into its base model's load once, at its first admission. The
+ * lookup is in the snapshot already (me->load) for a model that is served;
+ * only a held request (no model entry) searches the registry. */
+static void count_load(px_t *px)
+{
+    if (px->load_counted)
+        return;
+    px->load_counted = true;
+    const brix_registry_t *reg = px->view->fleet->registry;
+    brix_model_activity_t *a = px->model ? px->model->load : NULL;
+    if (!a && !px->model && reg) {
+        const brix_reg_adapter_t *ra = brix_registry_adapter(reg, px->model_name);
+        a = brix_registry_load(reg, ra ? ra->base_model : px->model_name);
+    }
+    if (!a)
+        return;
+    brix_model_activity_ref(a);
+    px->load = a;
+    atomic_fetch_add_explicit(&a->requests, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&a->offered_prompt_tokens, px->est_tokens > 0 ? px->est_tokens : 0,
+                              memory_order_relaxed);
+    atomic_fetch_add_explicit(&a->inflight, 1, memory_order_relaxed);
+}
+
+/* Holds px until a ready pod serves its adapter or model (or its deadline). */
 static void hold(px_t *px)
 {
     brix_gw_worker_t *w = px->w;
     const brix_gw_rt_t *rt = px->view->rt;
-    int rc = brix_gw_holdq_add(&w->held, &px->held, px->model_name, rt->adapter_wake_timeout_ms,
+    bool model = px->hold_kind == BRIX_HOLD_MODEL;
+    int rc = brix_gw_holdq_add(&w->held, &px->held, px->hold_kind, px->model_name,
+                               model ? rt->scale_from_zero_ms : rt->adapter_wake_timeout_ms,
                                rt->max_held_requests);
-    if (rc == -EBUSY) {
+    if (rc == -EBUSY && model) {
+        brix_px_add_retry_after(px->h, rt->scale_from_zero_retry_s);
+        brix_px_fail(px, 503, "overloaded_error", "model_scaling_from_zero",
+                     "model '%s' is scaling up from zero and too many requests are already "
+                     "waiting for replicas or adapters (--max-held-requests %lld); retry later",
+                     px->model_name, (long long)rt->max_held_requests);
+    } else if (rc == -EBUSY) {
         brix_px_add_retry_after(px->h, rt->retry_after_s);
         brix_px_fail(px, 503, "overloaded_error", "too_many_held_requests",
                      "too many requests are waiting for adapters to be loaded (--max-held-requests "
@@ -263,11 +332,38 @@ static void hold(px_t *px)
     } else if (rc) {
         brix_px_add_retry_after(px->h, rt->retry_after_s);
         brix_px_fail(px, 503, "overloaded_error", "service_unavailable",
-                     "cannot hold the request for adapter '%s' (%s); retry later", px->model_name,
+                     "cannot hold the request for %s '%s' (%s); retry later",
+                     model ? "model" : "adapter", px->model_name,
                      rc == -ENOMEM ? "out of memory" : "shutting down");
     } else {
-        brix_log(BRIX_LOG_DEBUG, px->h->id, "held until adapter %s is loaded", px->model_name);
+        if (px->load)
+            atomic_fetch_add_explicit(&px->load->held, 1, memory_order_relaxed);
+        if (model)
+            brix_metric_add(brix_gw_metric1(w->gw->m.model_held, px->model_name), 1);
+        brix_log(BRIX_LOG_DEBUG, px->h->id, "held until %s %s", px->model_name,
+                 model ? "has a ready replica" : "is loaded");
     }
+}
+
+/* Ends the hold bookkeeping of px, which the queue already unlinked. */
+static void held_done(px_t *px, const char *result)
+{
+    brix_gw_t *gw = px->w->gw;
+    bool model = px->hold_kind == BRIX_HOLD_MODEL;
+    brix_metric_observe(brix_gw_metric1(model ? gw->m.model_wait : gw->m.adapter_wait, result),
+                        (double)(brix_now_ns() - px->held.since_ns) / 1e9);
+    if (px->load)
+        atomic_fetch_sub_explicit(&px->load->held, 1, memory_order_relaxed);
+    if (model)
+        brix_metric_add(brix_gw_metric1(gw->m.model_held, px->model_name), -1);
+}
+
+void brix_px_unhold(px_t *px, const char *result)
+{
+    if (!px->held.linked)
+        return;
+    brix_gw_holdq_remove(&px->w->held, &px->held);
+    held_done(px, result);
 }
 
 /* Deadline of a held request. */
@@ -276,10 +372,16 @@ void brix_px_on_held_expire(brix_gw_held_t *e, void *ud)
     px_t *px = BRIX_PX_HELD(e);
     brix_gw_worker_t *w = ud;
     const brix_gw_view_t *v = w->view ? w->view : px->view;
-    const brix_reg_adapter_t *ra = brix_registry_adapter(v->fleet->registry, px->model_name);
-    brix_metric_observe(brix_gw_metric1(w->gw->m.adapter_wait, "timeout"),
-                        (double)(brix_now_ns() - e->since_ns) / 1e9);
+    held_done(px, "timeout");
     char msg[512];
+    if (px->hold_kind == BRIX_HOLD_MODEL) {
+        brix_px_scaling_msg(msg, sizeof msg, px->model_name, held_dep(px, v),
+                            (e->deadline_ns - e->since_ns) / 1000000);
+        brix_px_add_retry_after(px->h, v->rt->scale_from_zero_retry_s);
+        brix_px_fail(px, 503, "overloaded_error", "model_scaling_from_zero", "%s", msg);
+        return;
+    }
+    const brix_reg_adapter_t *ra = brix_registry_adapter(v->fleet->registry, px->model_name);
     brix_px_loading_msg(msg, sizeof msg, px->model_name, ra,
                         (e->deadline_ns - e->since_ns) / 1000000);
     brix_px_add_retry_after(px->h, v->rt->retry_after_s);
@@ -297,8 +399,10 @@ void brix_px_recheck_held(brix_gw_worker_t *w, bool shutdown)
         px_t *px = BRIX_PX_HELD(e);
         const brix_model_entry_t *me = NULL;
         const brix_reg_adapter_t *ra = NULL;
-        brix_hold_state_t hs =
-            shutdown ? BRIX_HOLD_WAIT : brix_hold_classify(v->fleet, px->model_name, &me, &ra);
+        const brix_reg_deployment_t *dep = NULL;
+        brix_hold_state_t hs = shutdown
+                                   ? BRIX_HOLD_WAIT
+                                   : brix_hold_classify(v->fleet, px->model_name, &me, &ra, &dep);
         if (shutdown) {
             brix_px_unhold(px, "shutdown");
             brix_px_add_retry_after(px->h, v->rt->retry_after_s);
@@ -321,9 +425,10 @@ void brix_px_recheck_held(brix_gw_worker_t *w, bool shutdown)
             brix_px_unhold(px, "gone");
             brix_http_add_header(px->h, "x-error-no-model-backends", px->model_name);
             brix_px_fail(px, 404, "invalid_request_error", "model_not_found",
-                         "The model `%s` does not exist (its adapter was unregistered while the "
-                         "request waited).",
-                         px->model_name);
+                         "The model `%s` does not exist (its %s was removed from the controller "
+                         "while the request waited).",
+                         px->model_name,
+                         px->hold_kind == BRIX_HOLD_MODEL ? "deployment" : "adapter");
         }
         e = next;
     }
@@ -334,6 +439,7 @@ void brix_px_recheck_held(brix_gw_worker_t *w, bool shutdown)
 void brix_px_admit(px_t *px)
 {
     brix_gw_t *gw = px->w->gw;
+    count_load(px);
     if (!px->model) {
         hold(px);
         return;

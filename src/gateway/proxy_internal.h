@@ -77,8 +77,15 @@ typedef struct px {
     int64_t events;    /* SSE events relayed to a user or under fairness (~1 token each
                        when no usage arrives) */
 
-    /* waiting for its adapter (model is NULL until then) */
+    /* waiting for its adapter, or its model's first ready replica (model
+     * is NULL until then); hold_kind says which */
     brix_gw_held_t held;
+    brix_hold_kind_t hold_kind;
+    /* its base model's load record (a reference), counted from admission
+     * to brix_px_free; NULL when the controller's registry does not know
+     * the model (or there is no controller) */
+    brix_model_activity_t *load;
+    bool load_counted;
 } px_t;
 
 #define HELD_PX(e) ((px_t *)(void *)((char *)(e)-offsetof(px_t, held)))
@@ -102,7 +109,8 @@ void brix_px_error(brix_gw_worker_t *w, brix_http_req_t *h, int status, const ch
 /* The OpenAI error type of a status. */
 const char *brix_px_err_type(int status);
 void brix_px_add_retry_after(brix_http_req_t *h, int seconds);
-/* The request stops waiting for its adapter; `result` labels the wait. */
+/* The request stops waiting for its adapter or model; `result` labels the
+ * wait. */
 void brix_px_unhold(px_t *px, const char *result);
 /* uv_check callback: writes the access-log lines of this loop iteration. */
 void brix_px_alog_flush(uv_check_t *c);
@@ -127,6 +135,9 @@ void brix_px_loading_msg(char *out, size_t n, const char *name, const brix_reg_a
                          uint64_t waited_ms);
 void brix_px_adapter_failed(brix_gw_worker_t *w, brix_http_req_t *h, const char *name,
                             const brix_reg_adapter_t *ra);
+/* "model 'M' is scaling up from zero ..."; waited_ms 0: not held. */
+void brix_px_scaling_msg(char *out, size_t n, const char *model, const brix_reg_deployment_t *dep,
+                         uint64_t waited_ms);
 /* Held requests: the deadline callback, and the re-check on a new view. */
 void brix_px_on_held_expire(brix_gw_held_t *e, void *ud);
 void brix_px_recheck_held(brix_gw_worker_t *w, bool shutdown);

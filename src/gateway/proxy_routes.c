@@ -247,27 +247,51 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     const char *model = f.model;
     const brix_model_entry_t *me = NULL;
     const brix_reg_adapter_t *ra = NULL;
-    brix_hold_state_t hs = view ? brix_hold_classify(view->fleet, model, &me, &ra) : BRIX_HOLD_NONE;
+    const brix_reg_deployment_t *dep = NULL;
+    brix_hold_state_t hs =
+        view ? brix_hold_classify(view->fleet, model, &me, &ra, &dep) : BRIX_HOLD_NONE;
     if (hs == BRIX_HOLD_FAILED) {
         brix_px_adapter_failed(w, h, model, ra);
         return;
     }
-    if (hs == BRIX_HOLD_WAIT && !view->rt->adapter_wake_timeout_ms) {
+    if (hs == BRIX_HOLD_WAIT && dep && !view->rt->scale_from_zero_ms) {
+        /* not held (--scale-from-zero-timeout 0), but woken for the retry */
+        brix_gw_demand_poke(&w->gw->demand, BRIX_HOLD_MODEL, model);
+        char msg[512];
+        brix_px_scaling_msg(msg, sizeof msg, model, dep, 0);
+        brix_px_add_retry_after(h, view->rt->scale_from_zero_retry_s);
+        brix_px_error(w, h, 503, "model_scaling_from_zero", NULL, model, "%s", msg);
+        return;
+    }
+    if (hs == BRIX_HOLD_WAIT && !dep && !view->rt->adapter_wake_timeout_ms) {
         /* not held (--adapter-wake-timeout 0), but woken for the retry */
-        brix_gw_demand_poke(&w->gw->demand, model);
+        brix_gw_demand_poke(&w->gw->demand, BRIX_HOLD_ADAPTER, model);
         char msg[512];
         brix_px_loading_msg(msg, sizeof msg, model, ra, 0);
         brix_px_add_retry_after(h, view->rt->retry_after_s);
         brix_px_error(w, h, 503, "adapter_loading", NULL, model, "%s", msg);
         return;
     }
-    if (hs != BRIX_HOLD_WAIT && (!view || !view->fleet->nmodels)) {
+    /* with the controller's registry the model is known or not even with
+     * no pod (every deployment at zero): 404 or 503 below, as it says */
+    if (hs != BRIX_HOLD_WAIT && (!view || (!view->fleet->nmodels && !view->fleet->registry))) {
         brix_px_add_retry_after(h, view ? view->rt->retry_after_s : w->retry_after_s);
         brix_px_error(w, h, 503, "service_unavailable", NULL, model,
                       "no model server is ready yet; retry later");
         return;
     }
     if (hs != BRIX_HOLD_WAIT && !me) {
+        const brix_reg_deployment_t *zd =
+            brix_registry_deployment_for(view->fleet->registry, model);
+        if (zd && zd->replicas == 0 && !zd->scale_to_zero) {
+            /* scaled to 0 by its spec: nothing is coming, so no hold */
+            brix_http_add_header(h, "x-error-no-model-backends", model);
+            brix_px_error(w, h, 503, "service_unavailable", NULL, model,
+                          "model '%s' is scaled to 0 replicas (ModelDeployment '%s' "
+                          "spec.replicas, no autoscaler scales it from zero)",
+                          model, zd->name);
+            return;
+        }
         if (brix_registry_has_base(view->fleet->registry, model)) {
             /* the controller runs replicas of it, none ready: not a typo */
             brix_px_add_retry_after(h, view->rt->retry_after_s);
@@ -308,6 +332,7 @@ static void handle_proxy(brix_gw_worker_t *w, brix_http_req_t *h)
     px->view = view;
     brix_gw_view_ref(view);
     px->model = hs == BRIX_HOLD_WAIT ? NULL : me; /* NULL: held in brix_px_admit() */
+    px->hold_kind = dep ? BRIX_HOLD_MODEL : BRIX_HOLD_ADAPTER;
     px->strategy = sel;
     const char *ex = brix_http_req_header(h, "x-brix-explain");
     px->explain = ex && (!strcmp(ex, "1") || !strcasecmp(ex, "true"));
@@ -371,7 +396,13 @@ void brix_px_handler(brix_http_req_t *h, void *ud)
     } else if (!strcmp(p, "/readyz")) {
         if (!get)
             goto method;
-        bool ready = w->view && w->view->fleet->nhealthy > 0 && !w->draining;
+        /* ready with a healthy pod, or when the controller has deployments:
+         * with every one scaled to zero the gateway must still take the
+         * requests that wake them (an orchestrator would otherwise route
+         * none here, and nothing would ever scale up) */
+        const brix_fleet_snap_t *f = w->view ? w->view->fleet : NULL;
+        bool ready =
+            f && (f->nhealthy > 0 || (f->registry && f->registry->ndeployments)) && !w->draining;
         if (ready)
             brix_http_respond(h, 200, "text/plain", "ready\n", 6);
         else

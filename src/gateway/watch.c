@@ -18,9 +18,11 @@
 #include "gateway/hold.h"
 
 #include <cjson/cJSON.h>
+#include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #define BACKOFF_MIN_MS     100
 #define BACKOFF_MAX_MS     5000
@@ -95,16 +97,12 @@ static char *adapters_key(const cJSON *arr)
     return brix_buf_detach(&b, NULL);
 }
 
-static int parse_replicas(const cJSON *arr, brix_ctl_snapshot_t *s, brix_registry_t *reg)
+static int parse_replicas(const cJSON *arr, brix_ctl_snapshot_t *s)
 {
     size_t n = (size_t)cJSON_GetArraySize(arr);
     s->replicas = brix_calloc(n ? n : 1, sizeof *s->replicas);
-    char **bases = brix_calloc(n ? n : 1, sizeof *bases);
-    if (!s->replicas || !bases) {
-        brix_free(bases);
+    if (!s->replicas)
         return -1;
-    }
-    size_t nb = 0;
     const cJSON *it;
     cJSON_ArrayForEach(it, arr)
     {
@@ -125,14 +123,89 @@ static int parse_replicas(const cJSON *arr, brix_ctl_snapshot_t *s, brix_registr
             s->skipped++;
             continue;
         }
-        if (r.model) {
-            bool have = false;
-            for (size_t i = 0; i < nb && !have; i++)
-                have = !strcmp(bases[i], r.model);
-            if (!have && (bases[nb] = brix_strdup(r.model)))
-                nb++;
-        }
         s->replicas[s->nreplicas++] = r;
+    }
+    return 0;
+}
+
+static int cmp_deployment(const void *a, const void *b)
+{
+    return strcmp(((const brix_reg_deployment_t *)a)->name,
+                  ((const brix_reg_deployment_t *)b)->name);
+}
+
+/* A replica count: a non-negative integer within int64, 0 when absent;
+ * -1 for anything else. */
+static int64_t opt_count(const cJSON *o, const char *k)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    if (!v)
+        return 0;
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= 0 && v->valuedouble < 9.2e18) ||
+        v->valuedouble != (double)(int64_t)v->valuedouble)
+        return -1;
+    return (int64_t)v->valuedouble;
+}
+
+/* "deployments" (absent from older controllers' snapshots: none). An entry
+ * without a name or model, with a count that is not a non-negative integer
+ * (an absent one is 0) or a name seen before is left out and counted in
+ * s->skipped. */
+static int parse_deployments(const cJSON *arr, brix_ctl_snapshot_t *s, brix_registry_t *reg)
+{
+    size_t n = cJSON_IsArray(arr) ? (size_t)cJSON_GetArraySize(arr) : 0;
+    reg->deployments = brix_calloc(n ? n : 1, sizeof *reg->deployments);
+    if (!reg->deployments)
+        return -1;
+    const cJSON *it;
+    cJSON_ArrayForEach(it, arr)
+    {
+        brix_reg_deployment_t d = { 0 };
+        const cJSON *stz = cJSON_GetObjectItemCaseSensitive(it, "scaleToZero");
+        d.name = opt_str(it, "name");
+        d.model = opt_str(it, "model");
+        d.replicas = opt_count(it, "replicas");
+        d.ready = opt_count(it, "ready");
+        d.scale_to_zero = cJSON_IsTrue(stz);
+        bool dup = false;
+        for (size_t i = 0; d.name && i < reg->ndeployments && !dup; i++)
+            dup = !strcmp(reg->deployments[i].name, d.name);
+        if (!d.name || !d.model || d.replicas < 0 || d.ready < 0 || dup ||
+            (stz && !cJSON_IsBool(stz))) {
+            brix_free(d.name);
+            brix_free(d.model);
+            s->skipped++;
+            continue;
+        }
+        reg->deployments[reg->ndeployments++] = d;
+    }
+    qsort(reg->deployments, reg->ndeployments, sizeof *reg->deployments, cmp_deployment);
+    return 0;
+}
+
+/* The base models: those of the replicas and of the deployments, sorted
+ * and distinct. */
+static int collect_bases(const brix_ctl_snapshot_t *s, brix_registry_t *reg)
+{
+    size_t n = s->nreplicas + reg->ndeployments, nb = 0;
+    char **bases = brix_calloc(n ? n : 1, sizeof *bases);
+    if (!bases)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        const char *m =
+            i < s->nreplicas ? s->replicas[i].model : reg->deployments[i - s->nreplicas].model;
+        bool have = !m;
+        for (size_t k = 0; k < nb && !have; k++)
+            have = !strcmp(bases[k], m);
+        if (have)
+            continue;
+        if (!(bases[nb] = brix_strdup(m))) {
+            for (size_t k = 0; k < nb; k++)
+                brix_free(bases[k]);
+            brix_free(bases);
+            return -1;
+        }
+        nb++;
     }
     qsort(bases, nb, sizeof *bases, cmp_str);
     reg->base_models = bases;
@@ -215,8 +288,10 @@ brix_ctl_line_t brix_ctl_parse_line(const char *line, size_t len, brix_ctl_snaps
     }
     const cJSON *reps = cJSON_GetObjectItemCaseSensitive(j, "replicas");
     const cJSON *ads = cJSON_GetObjectItemCaseSensitive(j, "adapters");
-    if (!cJSON_IsArray(reps) || (ads && !cJSON_IsArray(ads))) {
-        snprintf(err, errlen, "a snapshot needs \"replicas\" (and \"adapters\") arrays");
+    const cJSON *deps = cJSON_GetObjectItemCaseSensitive(j, "deployments");
+    if (!cJSON_IsArray(reps) || (ads && !cJSON_IsArray(ads)) || (deps && !cJSON_IsArray(deps))) {
+        snprintf(err, errlen,
+                 "a snapshot needs \"replicas\" (and \"adapters\", \"deployments\") arrays");
         cJSON_Delete(j);
         return BRIX_CTL_LINE_BAD;
     }
@@ -231,9 +306,13 @@ brix_ctl_line_t brix_ctl_parse_line(const char *line, size_t len, brix_ctl_snaps
     snap->registry = reg;
     snap->version = *version;
     cJSON *empty = ads ? NULL : cJSON_CreateArray();
-    int rc = parse_replicas(reps, snap, reg);
+    int rc = parse_replicas(reps, snap);
     if (!rc)
         rc = parse_adapters(ads ? ads : empty, snap, reg);
+    if (!rc)
+        rc = parse_deployments(deps, snap, reg);
+    if (!rc)
+        rc = collect_bases(snap, reg);
     cJSON_Delete(empty);
     cJSON_Delete(j);
     if (rc) {
@@ -249,7 +328,9 @@ brix_ctl_line_t brix_ctl_parse_line(const char *line, size_t len, brix_ctl_snaps
 typedef struct wake_call {
     brix_gw_watch_t *w;
     struct wake_call *next, *prev;
-    char name[];
+    brix_hold_kind_t kind;
+    char *target; /* the deployment woken for a model (logs) */
+    char name[];  /* the demand entry's name: the adapter, or the model */
 } wake_call_t;
 
 struct brix_gw_watch {
@@ -275,7 +356,9 @@ struct brix_gw_watch {
     brix_model_activity_t **act;
     size_t nact;
     bool activity_busy;
-    wake_call_t *wakes; /* in flight */
+    char id[17];               /* this gateway's id in load reports (random hex) */
+    brix_registry_t *registry; /* the newest snapshot's: the models load is reported for */
+    wake_call_t *wakes;        /* in flight */
 };
 
 static void connect_now(brix_gw_watch_t *w);
@@ -352,6 +435,17 @@ static void got_up(brix_gw_watch_t *w)
     w->auth_logged = false;
 }
 
+/* Gives each base model of a new registry its load record (before anyone
+ * else sees the registry), so workers count with no lookup of their own. A
+ * record that cannot be made (ENOMEM) leaves that model uncounted. */
+static void attach_load(brix_gw_watch_t *w, brix_registry_t *reg)
+{
+    if (!reg->nbase_models || !(reg->base_load = brix_calloc(reg->nbase_models, sizeof(void *))))
+        return;
+    for (size_t i = 0; i < reg->nbase_models; i++)
+        reg->base_load[i] = brix_gw_watch_activity(w, reg->base_models[i]);
+}
+
 static int on_line(const char *line, size_t len, void *ud)
 {
     brix_gw_watch_t *w = ud;
@@ -382,8 +476,13 @@ static int on_line(const char *line, size_t len, void *ud)
     }
     brix_metric_add(m->ctl_events_snapshot, 1);
     if (snap.skipped)
-        BRIX_WARN("controller snapshot %llu: %zu malformed replica/adapter entr%s left out",
-                  (unsigned long long)version, snap.skipped, snap.skipped == 1 ? "y" : "ies");
+        BRIX_WARN(
+            "controller snapshot %llu: %zu malformed replica/adapter/deployment entr%s left out",
+            (unsigned long long)version, snap.skipped, snap.skipped == 1 ? "y" : "ies");
+    attach_load(w, snap.registry);
+    brix_registry_unref(w->registry);
+    brix_registry_ref(snap.registry);
+    w->registry = snap.registry;
     w->version = version;
     brix_metric_set(m->ctl_version, (double)version);
     got_up(w);
@@ -478,6 +577,12 @@ static void path_escape(brix_buf_t *b, const char *s)
     }
 }
 
+static void wake_call_free(wake_call_t *wc)
+{
+    brix_free(wc->target);
+    brix_free(wc);
+}
+
 static void on_wake_done(const brix_curl_result_t *r, void *ud)
 {
     wake_call_t *wc = ud;
@@ -488,55 +593,84 @@ static void on_wake_done(const brix_curl_result_t *r, void *ud)
         w->wakes = wc->next;
     if (wc->next)
         wc->next->prev = wc->prev;
-    brix_gw_demand_sent(&w->gw->demand, wc->name);
+    brix_gw_demand_sent(&w->gw->demand, wc->kind, wc->name);
+    const char *what = wc->kind == BRIX_HOLD_MODEL ? "deployment" : "adapter";
+    const char *name = wc->kind == BRIX_HOLD_MODEL ? wc->target : wc->name;
     if (r->status == 200 || r->status == 202)
-        BRIX_DEBUG("controller: wake of adapter %s accepted: %.200s", wc->name, r->body);
+        BRIX_DEBUG("controller: wake of %s %s accepted: %.200s", what, name, r->body);
     else if (refused(w, r->status, "a wake"))
         ;
     else if (r->status == 404)
-        BRIX_WARN("controller does not know adapter %s (wake answered 404)", wc->name);
+        BRIX_WARN("controller does not know %s %s (wake answered 404)", what, name);
     else if (r->error)
-        BRIX_DEBUG("controller: wake of adapter %s failed: %s", wc->name, r->error);
+        BRIX_DEBUG("controller: wake of %s %s failed: %s", what, name, r->error);
     else
-        BRIX_WARN("controller: wake of adapter %s answered %ld: %.200s", wc->name, r->status,
-                  r->body);
-    brix_free(wc);
+        BRIX_WARN("controller: wake of %s %s answered %ld: %.200s", what, name, r->status, r->body);
+    wake_call_free(wc);
+}
+
+/* POSTs one wake: URL/v1/adapters/NAME/wake for an adapter, or
+ * URL/v1/deployments/NAME/wake for the deployment the newest snapshot names
+ * for a model (none any more: nothing to wake; the held requests find out
+ * with the next view). */
+static void send_wake(brix_gw_watch_t *w, const brix_gw_wake_t *wk)
+{
+    const char *target = wk->name;
+    if (wk->kind == BRIX_HOLD_MODEL) {
+        const brix_reg_deployment_t *d = brix_registry_deployment_for(w->registry, wk->name);
+        if (!d) {
+            brix_gw_demand_sent(&w->gw->demand, wk->kind, wk->name);
+            return;
+        }
+        target = d->name;
+    }
+    size_t nl = strlen(wk->name);
+    wake_call_t *wc = brix_calloc(1, sizeof *wc + nl + 1);
+    brix_buf_t url = BRIX_BUF_INIT;
+    brix_buf_append_str(&url, w->url);
+    brix_buf_append_str(&url, wk->kind == BRIX_HOLD_MODEL ? "/v1/deployments/" : "/v1/adapters/");
+    path_escape(&url, target);
+    brix_buf_append_str(&url, "/wake");
+    if (wc) {
+        wc->w = w;
+        wc->kind = wk->kind;
+        memcpy(wc->name, wk->name, nl + 1);
+        wc->target = brix_strdup(target);
+    }
+    if (!wc || !wc->target || !url.data ||
+        brix_curl_request(w->curl, "POST", url.data, "{}", 2, "application/json", CALL_TIMEOUT_MS,
+                          1 << 16, on_wake_done, wc)) {
+        brix_gw_demand_sent(&w->gw->demand, wk->kind, wk->name);
+        if (wc)
+            wake_call_free(wc);
+    } else {
+        wc->next = w->wakes;
+        if (w->wakes)
+            w->wakes->prev = wc;
+        w->wakes = wc;
+        if (wk->kind == BRIX_HOLD_MODEL) {
+            brix_metric_add(brix_gw_metric1(w->gw->m.deployment_wakes, target), 1);
+            BRIX_INFO("waking deployment %s (requests are waiting for model %s, which has no "
+                      "ready replica)",
+                      target, wk->name);
+        } else {
+            brix_metric_add(brix_gw_metric1(w->gw->m.adapter_wakes, wk->name), 1);
+            BRIX_INFO("waking adapter %s (requests are waiting for it)", wk->name);
+        }
+    }
+    brix_buf_free(&url);
 }
 
 static void send_wakes(brix_gw_watch_t *w)
 {
     if (w->stopping)
         return;
-    char *names[MAX_WAKES_PER_TICK];
+    brix_gw_wake_t due[MAX_WAKES_PER_TICK];
     size_t n =
-        brix_gw_demand_due(&w->gw->demand, brix_now_ns(), WAKE_EVERY_NS, names, MAX_WAKES_PER_TICK);
+        brix_gw_demand_due(&w->gw->demand, brix_now_ns(), WAKE_EVERY_NS, due, MAX_WAKES_PER_TICK);
     for (size_t i = 0; i < n; i++) {
-        size_t nl = strlen(names[i]);
-        wake_call_t *wc = brix_calloc(1, sizeof *wc + nl + 1);
-        brix_buf_t url = BRIX_BUF_INIT;
-        brix_buf_append_str(&url, w->url);
-        brix_buf_append_str(&url, "/v1/adapters/");
-        path_escape(&url, names[i]);
-        brix_buf_append_str(&url, "/wake");
-        if (wc) {
-            wc->w = w;
-            memcpy(wc->name, names[i], nl + 1);
-        }
-        if (!wc || !url.data ||
-            brix_curl_request(w->curl, "POST", url.data, "{}", 2, "application/json",
-                              CALL_TIMEOUT_MS, 1 << 16, on_wake_done, wc)) {
-            brix_gw_demand_sent(&w->gw->demand, names[i]);
-            brix_free(wc);
-        } else {
-            wc->next = w->wakes;
-            if (w->wakes)
-                w->wakes->prev = wc;
-            w->wakes = wc;
-            brix_metric_add(brix_gw_metric1(w->gw->m.adapter_wakes, names[i]), 1);
-            BRIX_INFO("waking adapter %s (requests are waiting for it)", names[i]);
-        }
-        brix_buf_free(&url);
-        brix_free(names[i]);
+        send_wake(w, &due[i]);
+        brix_free(due[i].name);
     }
 }
 
@@ -581,18 +715,47 @@ static void on_activity_done(const brix_curl_result_t *r, void *ud)
                    r->error ? r->error : "unexpected status");
 }
 
+/* One model's load figures: {"requests":R,"promptTokens":P,...}. */
+static bool add_load(cJSON *load, const brix_model_activity_t *a)
+{
+    cJSON *o = cJSON_AddObjectToObject(load, a->name);
+    long long inflight = atomic_load_explicit(&a->inflight, memory_order_relaxed);
+    long long held = atomic_load_explicit(&a->held, memory_order_relaxed);
+    return o &&
+           cJSON_AddNumberToObject(
+               o, "requests", (double)atomic_load_explicit(&a->requests, memory_order_relaxed)) &&
+           cJSON_AddNumberToObject(
+               o, "promptTokens",
+               (double)atomic_load_explicit(&a->prompt_tokens, memory_order_relaxed)) &&
+           cJSON_AddNumberToObject(
+               o, "completionTokens",
+               (double)atomic_load_explicit(&a->completion_tokens, memory_order_relaxed)) &&
+           cJSON_AddNumberToObject(
+               o, "offeredPromptTokens",
+               (double)atomic_load_explicit(&a->offered_prompt_tokens, memory_order_relaxed)) &&
+           /* the gauges are read apart from their updates: never negative */
+           cJSON_AddNumberToObject(o, "inflight", (double)(inflight > 0 ? inflight : 0)) &&
+           cJSON_AddNumberToObject(o, "held", (double)(held > 0 ? held : 0));
+}
+
+/* Every tick, whatever changed (the controller reads silence as "metrics
+ * unavailable"): {"gateway":ID, "models":{NAME:routed since the last
+ * report}, "load":{BASE:{...}}} with a load entry for each base model the
+ * newest snapshot knows — never for a name only a client has used. */
 static void report_activity(brix_gw_watch_t *w)
 {
     if (w->activity_busy)
         return; /* counts keep adding up for the next report */
     cJSON *root = cJSON_CreateObject();
     cJSON *models = root ? cJSON_AddObjectToObject(root, "models") : NULL;
-    size_t any = 0, j = 0;
+    cJSON *load = models ? cJSON_AddObjectToObject(root, "load") : NULL;
+    bool ok = load && cJSON_AddStringToObject(root, "gateway", w->id);
+    size_t j = 0;
     for (size_t i = 0; i < w->nact; i++) {
         brix_model_activity_t *a = w->act[i];
-        long long n = models ? atomic_exchange(&a->routed, 0) : 0;
-        if (n > 0 && cJSON_AddNumberToObject(models, a->name, (double)n))
-            any++;
+        long long n = ok ? atomic_exchange(&a->routed, 0) : 0;
+        if (n > 0 && !cJSON_AddNumberToObject(models, a->name, (double)n))
+            ok = false;
         if (n <= 0 && atomic_load(&a->refs) == 1) {
             brix_model_activity_unref(a); /* no snapshot names it any more */
             continue;
@@ -600,7 +763,11 @@ static void report_activity(brix_gw_watch_t *w)
         w->act[j++] = a;
     }
     w->nact = j;
-    char *body = any ? cJSON_PrintUnformatted(root) : NULL;
+    const brix_registry_t *reg = w->registry;
+    for (size_t i = 0; ok && reg && reg->base_load && i < reg->nbase_models; i++)
+        if (reg->base_load[i] && !add_load(load, reg->base_load[i]))
+            ok = false;
+    char *body = ok ? cJSON_PrintUnformatted(root) : NULL;
     cJSON_Delete(root);
     if (!body)
         return;
@@ -645,6 +812,12 @@ brix_gw_watch_t *brix_gw_watch_start(brix_gw_t *gw, brix_gw_watch_apply_fn apply
     w->apply = apply;
     w->ud = ud;
     w->backoff_ms = BACKOFF_MIN_MS;
+    /* the controller tells gateways apart (and a restarted one from the
+     * old) by this id; it needs to be unlikely to repeat, not secret */
+    uint64_t id = 0;
+    if (RAND_bytes((unsigned char *)&id, sizeof id) != 1)
+        id = brix_now_ns() ^ ((uint64_t)getpid() << 32) ^ (uint64_t)(uintptr_t)w;
+    snprintf(w->id, sizeof w->id, "%016llx", (unsigned long long)id);
     brix_lines_init(&w->lines, MAX_LINE);
     if (!(w->curl = brix_curl_new(gw->loop)) || set_url(w)) {
         if (w->curl)
@@ -696,6 +869,7 @@ static void on_closed(uv_handle_t *h)
     brix_gw_watch_t *w = h->data;
     if (--w->open_handles)
         return;
+    brix_registry_unref(w->registry);
     for (size_t i = 0; i < w->nact; i++)
         brix_model_activity_unref(w->act[i]);
     brix_free(w->act);
@@ -717,8 +891,8 @@ void brix_gw_watch_stop(brix_gw_watch_t *w)
     while (w->wakes) {
         wake_call_t *wc = w->wakes;
         w->wakes = wc->next;
-        brix_gw_demand_sent(&w->gw->demand, wc->name);
-        brix_free(wc);
+        brix_gw_demand_sent(&w->gw->demand, wc->kind, wc->name);
+        wake_call_free(wc);
     }
     uv_close((uv_handle_t *)&w->idle_timer, on_closed);
     uv_close((uv_handle_t *)&w->retry_timer, on_closed);

@@ -3,20 +3,26 @@
  * control thread.
  *
  * It keeps `GET URL/v1/watch` open: NDJSON lines, each a full snapshot
- * ({"type":"snapshot","version":N,"replicas":[...],"adapters":[...]}) or a
+ * ({"type":"snapshot","version":N,"replicas":[...],"adapters":[...],
+ * "deployments":[...]}; "adapters" and "deployments" may be absent) or a
  * heartbeat ({"type":"heartbeat","version":N}, every 5 s). Each snapshot is
- * parsed into replicas and an immutable adapter registry and handed to the
- * control module, which turns the ready replicas into pods. A stream that
+ * parsed into replicas and an immutable registry (adapters, deployments,
+ * base models) and handed to the control module, which turns the ready
+ * replicas into pods (a Draining replica is not ready: it gets no new
+ * requests, while those already on it run to their end). A stream that
  * ends, fails, or stays silent for --controller-idle-timeout is dropped and
  * opened again with exponential backoff (100 ms doubling to 5 s) while the
  * gateway keeps serving the last pods it knew; one WARN per outage, one INFO
  * on recovery.
  *
- * The same link carries the gateway's requests to the controller: adapter
- * wakes (POST URL/v1/adapters/NAME/wake, driven by the demand table in
- * hold.h) and, every second, the requests routed per model since the last
- * report (POST URL/v1/activity), counted through brix_model_activity_t
- * records this module owns.
+ * The same link carries the gateway's requests to the controller: wakes
+ * (POST URL/v1/adapters/NAME/wake for an adapter, URL/v1/deployments/NAME/
+ * wake for a model's deployment; driven by the demand table in hold.h) and,
+ * every second, an activity report (POST URL/v1/activity): this gateway's
+ * random id, the requests routed per model name since the last report, and
+ * each known base model's load (cumulative requests and tokens, in-flight
+ * and held requests now), counted through brix_model_activity_t records
+ * this module owns.
  */
 #ifndef BRIX_GATEWAY_WATCH_H
 #define BRIX_GATEWAY_WATCH_H
@@ -32,7 +38,7 @@ typedef struct brix_ctl_replica {
     char *name; /* the pod name (AIBrix target-pod) */
     char *url;  /* base URL */
     char *model;
-    char *phase;        /* Pending | Starting | Running | Failed | Terminating */
+    char *phase;        /* Pending | Starting | Running | Draining | Failed | Terminating */
     bool ready;         /* its /health answered recently */
     char *adapters_key; /* its confirmed adapters, sorted, '\n'-joined ("" = none) */
 } brix_ctl_replica_t;
@@ -42,7 +48,7 @@ typedef struct brix_ctl_snapshot {
     brix_ctl_replica_t *replicas;
     size_t nreplicas;
     brix_registry_t *registry; /* one reference, owned */
-    size_t skipped;            /* malformed replica or adapter entries left out */
+    size_t skipped;            /* malformed replica, adapter or deployment entries left out */
 } brix_ctl_snapshot_t;
 
 typedef enum brix_ctl_line {

@@ -262,4 +262,118 @@ def _():
                e["newScale"] == 1 for e in hist), hist
 
 
+FROZEN = """apiVersion: autoscaling.aibrix.ai/v1alpha1
+kind: PodAutoscaler
+metadata:
+  name: frozen-apa
+  annotations:
+    autoscaling.aibrix.ai/scale-down-cooldown-window: "1s"
+    apa.autoscaling.aibrix.ai/window: "1s"
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: frozen}
+  minReplicas: 1
+  maxReplicas: 3
+  scalingStrategy: APA
+  metricsSources:
+  - {metricSourceType: pod, protocolType: http, port: "8000", path: metrics,
+     targetMetric: num_requests_running, targetValue: "4"}
+"""
+
+
+@h.check("a metrics outage freezes the scale (never shrinks it); it resumes when metrics return")
+def _():
+    K.apply(DEPLOY % {"name": "frozen", "replicas": 2, "delay": "0"}, name="frozen.yaml")
+    h.wait_until(lambda: len(K.replicas("frozen")) == 2 and
+                 all(x["status"]["ready"] for x in K.replicas("frozen").values()), 30,
+                 "2 frozen replicas")
+    pids = [r["status"]["pid"] for r in K.replicas("frozen").values()]
+    for pid in pids:  # the engines stop answering /metrics (and /health)
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        K.apply(FROZEN, name="frozen-pa.yaml")
+        st = h.wait_until(lambda: (lambda s: s if {c["type"]: c for c in s["conditions"]}.get(
+            "ScalingActive", {}).get("reason") == "FailedGetMetrics" else None)(
+            K.pa("frozen-apa")["status"]), 20, "ScalingActive=False FailedGetMetrics")
+        assert st["desiredScale"] == 2, st
+        time.sleep(3.0)  # three down windows with no load: an outage must not read as idle
+        st = K.pa("frozen-apa")["status"]
+        assert st["desiredScale"] == 2 and not st["scalingHistory"], st
+        assert h.metric_value(h.metrics(K.port), "brix_autoscaler_metrics_unavailable",
+                              {"autoscaler": "frozen-apa"}) == 1
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+    h.wait_until(lambda: K.pa("frozen-apa")["status"]["desiredScale"] == 1, 30,
+                 "scale-down once metrics are back")
+    hist = K.pa("frozen-apa")["status"]["scalingHistory"]
+    assert hist[-1]["previousScale"] == 2 and hist[-1]["newScale"] == 1, hist
+    K.c.expect_error(r"replica frozen-\d: \d health checks failed")
+
+
+SLO = """apiVersion: autoscaling.aibrix.ai/v1alpha1
+kind: PodAutoscaler
+metadata:
+  name: slo-pa
+  annotations:
+    autoscaling.aibrix.ai/scale-down-cooldown-window: "5s"
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: slo}
+  minReplicas: 1
+  maxReplicas: 3
+  scalingStrategy: SLO
+  observeWindowSeconds: 6
+  panicWindowSeconds: 6
+  slo: {ttft: 1s}
+"""
+
+
+@h.check("SLO mode sizes the fleet from the gateways' token load over each replica's capacity")
+def _():
+    dep = DEPLOY % {"name": "slo", "replicas": 1, "delay": "0"}
+    dep = dep.replace('"4096"]', '"4096", --max-num-seqs, "4"]')
+    K.apply(dep + "---\n" + SLO, name="slo.yaml")
+    h.wait_until(lambda: len(K.replicas("slo")) == 1 and
+                 all(x["status"]["ready"] for x in K.replicas("slo").values()), 30, "slo-0")
+    load = Load("slo-8b", 10, max_tokens=60)
+    try:
+        h.wait_until(lambda: K.pa("slo-pa")["status"]["desiredScale"] >= 2, 40,
+                     "SLO scale-up")
+        st = K.pa("slo-pa")["status"]
+        assert st["slo"]["capacityCompletionTokensPerSecond"] > 0, st
+        assert st["scalingHistory"][-1]["newScale"] >= 2, st
+    finally:
+        load.stop()
+    assert not load.failed, load.failed[:3]
+
+
+CPU = """apiVersion: autoscaling.aibrix.ai/v1alpha1
+kind: PodAutoscaler
+metadata: {name: cpu-hpa}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: cpu}
+  minReplicas: 1
+  maxReplicas: 2
+  scalingStrategy: HPA
+  metricsSources:
+  - {metricSourceType: resource, targetMetric: cpu, targetValue: "0.005"}
+"""
+
+
+@h.check("a resource source reads the replica processes' CPU (cores) from /proc")
+def _():
+    K.apply(DEPLOY % {"name": "cpu", "replicas": 1, "delay": "0"} + "---\n" + CPU,
+            name="cpu.yaml")
+    h.wait_until(lambda: len(K.replicas("cpu")) == 1 and
+                 all(x["status"]["ready"] for x in K.replicas("cpu").values()), 30, "cpu-0")
+    load = Load("cpu-8b", 4, max_tokens=60)
+    try:
+        h.wait_until(lambda: K.pa("cpu-hpa")["status"]["desiredScale"] == 2, 30,
+                     "scale-up on CPU")
+        st = K.pa("cpu-hpa")["status"]
+        assert st["metrics"][0]["name"] == "cpu" and st["metrics"][0]["value"] > 0.005, st
+    finally:
+        load.stop()
+    assert not load.failed, load.failed[:3]
+
+
 h.run()

@@ -273,6 +273,25 @@ static void test_hpa_scale_down_stabilisation(void **st)
     run_free(&r);
 }
 
+static void test_fresh_start_holds(void **st)
+{
+    (void)st;
+    /* A new autoscaler (or a restarted controller) finds 6 replicas and a
+     * light load: it keeps them for one down window of evidence first. */
+    run_t r;
+    run_init(&r, BRIX_AS_HPA, 1, 100, 10);
+    r.current = 6;
+    uint64_t down_at = 0;
+    for (uint64_t t = 0; t < 400 && !down_at; t++) {
+        tick(&r, t, 20);
+        if (r.current < 6)
+            down_at = t;
+    }
+    assert_int_equal(down_at, 300);
+    assert_int_equal(r.current, 3); /* ceil(6*20/60) = 2, down rate 3 */
+    run_free(&r);
+}
+
 /* ---------------------------------------------------------------- KPA -- */
 
 static void test_kpa_panic_entry_hold_exit(void **st)
@@ -575,9 +594,11 @@ static void test_metric_gaps_freeze(void **st)
         assert_true(r.d.frozen);
         assert_int_equal(r.d.desired, 5);
         assert_string_equal(r.d.reason, "MetricsUnavailable");
-        /* Load for 100 s that keeps 5, then the source goes silent: the old
-         * samples still count within the stable window, after it: frozen at
-         * 5, not min (a broken implementation reads the gap as zero load). */
+        /* Load for 100 s that keeps 5, then the source goes silent: frozen
+         * at 5, not min (a broken implementation reads the gap as zero
+         * load); the metric strategies freeze after 3 unread samples, not
+         * on the window's older values; SLO mode (gateway load) once its
+         * load window has no report. */
         for (uint64_t t = 1; t < 100; t++) {
             if (strategies[k] == BRIX_AS_SLO)
                 slo_tick(&r, t, 4000 * 0.8 * 0.95, 10, NO_LAT, 1);
@@ -590,8 +611,10 @@ static void test_metric_gaps_freeze(void **st)
             gap.reporting = 5; /* replicas are up, the metric is not */
             step(&r, gap);
             assert_int_equal(r.current, 5);
-            if (t >= 100 + 180)
+            if (t >= 100 + 180 || (strategies[k] != BRIX_AS_SLO && t >= 100 + 2))
                 assert_true(r.d.frozen);
+            if (strategies[k] != BRIX_AS_SLO && t < 100 + 2)
+                assert_false(r.d.frozen); /* one or two lost scrapes are not an outage */
         }
         assert_string_equal(r.d.reason, "MetricsUnavailable");
         run_free(&r);
@@ -642,6 +665,21 @@ static void test_scale_to_zero(void **st)
     step(&r, x);
     assert_int_equal(r.current, 1);
     assert_string_equal(r.d.reason, "ScaleFromZero");
+    run_free(&r);
+
+    /* A held count from a gateway that went silent 30 s ago wakes nothing. */
+    run_init(&r, BRIX_AS_HPA, 0, 10, 10);
+    r.p.scale_to_zero = true;
+    r.current = 0;
+    brix_as_sample_t h = blank(S(10));
+    h.held = 2;
+    assert_int_equal(brix_as_observe(&r.s, &r.p, &h), 0);
+    brix_as_input_t in = { .now_ms = S(40), .current = 0 };
+    brix_as_decide(&r.p, &r.s, &in, &r.d);
+    assert_int_equal(r.d.desired, 0);
+    in.now_ms = S(39);
+    brix_as_decide(&r.p, &r.s, &in, &r.d);
+    assert_int_equal(r.d.desired, 1);
     run_free(&r);
 
     /* Without the annotation, min 0 still keeps one replica. */
@@ -701,6 +739,81 @@ static void test_inflight_floor(void **st)
     tick(&r, 0, 40);
     assert_int_equal(r.d.desired, 3);
     assert_string_equal(r.d.reason, "InFlightFloor");
+    run_free(&r);
+
+    /* It only holds replicas: a backlog never adds any the strategy did not
+     * ask for (the metric the user chose decides scale-ups). */
+    run_init(&r, BRIX_AS_HPA, 1, 10, 10);
+    r.p.down_stabilization_ms = 0;
+    r.current = 2;
+    r.inflight_floor = 5;
+    tick(&r, 0, 1); /* asks for 1: kept at 2, not raised to 5 */
+    assert_int_equal(r.d.desired, 2);
+    assert_string_equal(r.d.reason, "InFlightFloor");
+    run_free(&r);
+}
+
+static void test_multi_metric(void **st)
+{
+    (void)st;
+    run_t r;
+    run_init(&r, BRIX_AS_HPA, 1, 100, 10);
+    r.p.nmetrics = 2;
+    r.p.target[1] = 0.5;
+    r.p.max_up_rate = 100;
+    r.current = 4;
+    /* Metric 0 asks for ceil(4 * 5/10) = 2, metric 1 for ceil(4 * 0.75/0.5) = 6:
+     * the highest wins, and each per-replica value is reported. */
+    brix_as_sample_t x = blank(0);
+    x.reporting = 4;
+    x.ok[0] = x.ok[1] = true;
+    x.value[0] = 20;
+    x.value[1] = 3;
+    step(&r, x);
+    assert_int_equal(r.d.recommended, 6);
+    assert_true(fabs(r.d.metric[0] - 5) < 1e-9 && fabs(r.d.metric[1] - 0.75) < 1e-9);
+    /* One metric missing for the stable window freezes the decision, even
+     * though the other one still reads. */
+    for (uint64_t t = 1; t < 200; t++) {
+        brix_as_sample_t y = blank(S(t));
+        y.reporting = r.current;
+        y.ok[0] = true;
+        y.value[0] = 20;
+        step(&r, y);
+    }
+    assert_true(r.d.frozen);
+    assert_int_equal(r.current, 6);
+    run_free(&r);
+}
+
+static void test_enomem(void **st)
+{
+    (void)st;
+    run_t r;
+    run_init(&r, BRIX_AS_HPA, 1, 100, 10);
+    brix_as_sample_t x = blank(0);
+    x.ok[0] = true;
+    x.value[0] = 10;
+    brix_alloc_fail_after(0);
+    assert_int_equal(brix_as_observe(&r.s, &r.p, &x), -ENOMEM);
+    brix_alloc_fail_after(-1);
+    /* Decisions never fail; one whose recommendation cannot be remembered
+     * must not let the scale go down, since the down window would have
+     * nothing to hold it with (here: the only record ever made failed, and
+     * the start-up seed has expired). */
+    assert_int_equal(brix_as_observe(&r.s, &r.p, &x), 0);
+    brix_as_input_t in = { .now_ms = 0, .current = 8, .ready = 8 };
+    brix_alloc_fail_after(0);
+    brix_as_decide(&r.p, &r.s, &in, &r.d);
+    assert_int_equal(r.d.desired, 8);
+    x.t_ms = in.now_ms = S(400);
+    brix_alloc_fail_after(-1);
+    assert_int_equal(brix_as_observe(&r.s, &r.p, &x), 0);
+    brix_alloc_fail_after(0);
+    brix_as_decide(&r.p, &r.s, &in, &r.d);
+    brix_alloc_fail_after(-1);
+    assert_int_equal(r.d.recommended, 1);
+    assert_int_equal(r.d.desired, 8);
     run_free(&r);
 }
 
@@ -918,6 +1031,15 @@ static void test_slo_sizes_from_tokens(void **st)
     assert_int_equal(r.current, 5);
     assert_int_equal(most, 5);
     assert_true(fabs(r.d.capacity_in_tps - 1000) < 1e-9);
+    run_free(&r);
+    /* No capacity known at all (no profile): hold, and say why. */
+    slo_init(&r, 100);
+    r.prior_in = r.prior_out = 0;
+    r.current = 2;
+    slo_tick(&r, 0, 4000, 200, NO_LAT, 2);
+    assert_true(r.d.frozen);
+    assert_int_equal(r.d.desired, 2);
+    assert_string_equal(r.d.reason, "NoCapacity");
     run_free(&r);
     /* Decode-bound: 700 completion tok/s over 100 = 7 → ceil(7/0.8) = 9. */
     slo_init(&r, 100);
@@ -1269,6 +1391,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_hpa_ratio_and_tolerance, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_hpa_scale_down_stabilisation, leak_setup,
                                         leak_teardown),
+        cmocka_unit_test_setup_teardown(test_fresh_start_holds, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_kpa_panic_entry_hold_exit, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_kpa_tolerance, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_apa_deadband_and_rates, leak_setup, leak_teardown),
@@ -1278,6 +1401,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_metric_gaps_freeze, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_scale_to_zero, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_inflight_floor, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_multi_metric, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_enomem, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_schedule_parsers, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_schedule_windows, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_tzif_matches_libc, leak_setup, leak_teardown),

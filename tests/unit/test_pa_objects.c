@@ -600,7 +600,11 @@ static void test_refusals_annotations(void **state)
            "got '-30s'");
     refuse(ANNOT("autoscaling.aibrix.ai/max-scale-up-rate", "fast"),
            "pa.yaml:6:46: metadata.annotations[\"autoscaling.aibrix.ai/max-scale-up-rate\"]: ",
-           "expected a factor of at least 1 such as \"2.0\"");
+           "expected a factor above 1 such as \"2.0\"");
+    /* 1 would forbid every scale-down: refused (Knative requires > 1 too) */
+    refuse(ANNOT("autoscaling.aibrix.ai/max-scale-down-rate", "\"1\""),
+           "pa.yaml:6:48: metadata.annotations[\"autoscaling.aibrix.ai/max-scale-down-rate\"]: ",
+           "got '1'");
     refuse(ANNOT("autoscaling.aibrix.ai/max-scale-down-rate", "\"0.5\""),
            "pa.yaml:6:48: metadata.annotations[\"autoscaling.aibrix.ai/max-scale-down-rate\"]: ",
            "got '0.5'");
@@ -628,10 +632,19 @@ static void test_refusals_schedules(void **state)
     (void)state;
     refuse(SCHED("  - {name: day, startTime: \"9:00\", endTime: \"17:00\", minReplicas: 2}\n"),
            "pa.yaml:11:28: spec.schedules[0].startTime: ", "expected HH:MM");
-    refuse(SCHED("  - {name: day, startTime: \"17:00\", endTime: \"09:00\", minReplicas: 2}\n"),
-           "pa.yaml:11:46: spec.schedules[0].endTime: ", "must be later than startTime 17:00");
     refuse(SCHED("  - {name: day, startTime: \"09:00\", endTime: \"09:00\", minReplicas: 2}\n"),
-           "pa.yaml:11:46: spec.schedules[0].endTime: ", "must be later than startTime");
+           "pa.yaml:11:46: spec.schedules[0].endTime: ", "equals startTime 09:00");
+    /* over midnight is a window (22:00 → 06:00) */
+    brix_obj_t *night =
+        parse_ok(SCHED("  - {name: night, startTime: \"22:00\", endTime: \"06:00\", "
+                       "minReplicas: 2}\n"));
+    assert_int_equal(night->pa.schedules[0].start_min, 22 * 60);
+    assert_int_equal(night->pa.schedules[0].end_min, 6 * 60);
+    brix_obj_free(night);
+    /* … and it overlaps a morning one */
+    refuse(SCHED("  - {name: night, startTime: \"22:00\", endTime: \"06:00\", minReplicas: 2}\n"
+                 "  - {name: early, startTime: \"05:00\", endTime: \"07:00\", minReplicas: 2}\n"),
+           "pa.yaml:12:5: spec.schedules[1]: ", "overlaps schedule 'night'");
     refuse(SCHED("  - name: day\n"
                  "    daysOfWeek: [Mon, Funday]\n"
                  "    startTime: \"09:00\"\n"

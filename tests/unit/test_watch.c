@@ -1,10 +1,12 @@
 /*
  * gateway/watch + hold: the controller's watch lines as the gateway reads
  * them (snapshots with their malformed entries left out, heartbeats, lines
- * it does not know), the adapter registry they build, how a request for a
- * model is classified against a snapshot (route, hold, fail), and the wake
- * demand table's timing (one wake per new wait, repeats only while requests
- * wait, none while one is in flight, the held-request cap).
+ * it does not know), the registry they build (adapters, deployments, base
+ * models), how a request for a model is classified against a snapshot
+ * (route, hold for an adapter or a deployment, fail), and the wake demand
+ * table's timing (one wake per new wait, repeats only while requests wait,
+ * none while one is in flight, the held-request cap, adapters and models
+ * kept apart).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -52,6 +54,25 @@ static const char SNAP[] =
     "{\"name\":\"broken\",\"phase\":\"Failed\",\"reason\":\"artifact 404\"},"
     "{\"name\":\"odd\",\"phase\":\"Hibernating\"},"
     "{\"baseModel\":\"x\"}]}";
+
+/* "deployments": parsed (bad entries left out), sorted by name; their
+ * models are base models too; the deployment a model's requests wake. */
+static const char SNAP_DEP[] =
+    "{\"type\":\"snapshot\",\"version\":9,\"replicas\":["
+    "{\"name\":\"qwen-0\",\"model\":\"qwen\",\"url\":\"http://127.0.0.1:41001\","
+    "\"phase\":\"Draining\",\"ready\":false}],"
+    "\"deployments\":["
+    "{\"name\":\"qwen-b\",\"model\":\"qwen\",\"replicas\":0,\"ready\":0,\"scaleToZero\":true},"
+    "{\"name\":\"qwen-a\",\"model\":\"qwen\",\"replicas\":0,\"ready\":0},"
+    "{\"name\":\"llama\",\"model\":\"llama\",\"replicas\":2,\"ready\":1,\"scaleToZero\":false},"
+    "{\"name\":\"mistral\",\"model\":\"mistral\"},"
+    "{\"name\":\"llama\",\"model\":\"dup\",\"replicas\":0,\"ready\":0},"
+    "{\"name\":\"no-model\",\"replicas\":0,\"ready\":0},"
+    "{\"name\":\"neg\",\"model\":\"x\",\"replicas\":-1,\"ready\":0},"
+    "{\"name\":\"frac\",\"model\":\"x\",\"replicas\":1.5,\"ready\":0},"
+    "{\"name\":\"stz\",\"model\":\"x\",\"replicas\":1,\"ready\":0,\"scaleToZero\":\"yes\"},"
+    "{\"model\":\"x\",\"replicas\":1,\"ready\":0},"
+    "3]}";
 
 static void test_snapshot(void **state)
 {
@@ -138,12 +159,13 @@ static void test_enomem(void **state)
 {
     (void)state;
     /* every allocation failing in turn: a clean BAD (or success), never a leak */
-    for (long n = 0; n < 400; n++) {
+    for (long n = 0; n < 800; n++) {
         brix_ctl_snapshot_t s;
         uint64_t ver;
         char err[160];
-        brix_alloc_fail_after(n);
-        brix_ctl_line_t k = brix_ctl_parse_line(SNAP, sizeof SNAP - 1, &s, &ver, err, sizeof err);
+        const char *line = n < 400 ? SNAP : SNAP_DEP;
+        brix_alloc_fail_after(n % 400);
+        brix_ctl_line_t k = brix_ctl_parse_line(line, strlen(line), &s, &ver, err, sizeof err);
         brix_alloc_fail_after(-1);
         if (k == BRIX_CTL_LINE_SNAPSHOT)
             brix_ctl_snapshot_free(&s);
@@ -171,29 +193,177 @@ static void test_classify(void **state)
     };
     const brix_model_entry_t *me;
     const brix_reg_adapter_t *ra;
+    const brix_reg_deployment_t *dep;
     pods[0].healthy = true;
-    assert_int_equal(brix_hold_classify(&s, "sql", &me, &ra), BRIX_HOLD_READY);
+    assert_int_equal(brix_hold_classify(&s, "sql", &me, &ra, &dep), BRIX_HOLD_READY);
     assert_ptr_equal(me, &models[1]);
     assert_non_null(ra);
-    assert_int_equal(brix_hold_classify(&s, "qwen-7b", &me, &ra), BRIX_HOLD_NONE);
+    assert_int_equal(brix_hold_classify(&s, "qwen-7b", &me, &ra, &dep), BRIX_HOLD_NONE);
     assert_ptr_equal(me, &models[0]);
-    assert_int_equal(brix_hold_classify(&s, "chat", &me, &ra), BRIX_HOLD_WAIT);
+    assert_int_equal(brix_hold_classify(&s, "chat", &me, &ra, &dep), BRIX_HOLD_WAIT);
     assert_null(me);
-    assert_int_equal(brix_hold_classify(&s, "odd", &me, &ra), BRIX_HOLD_WAIT);
-    assert_int_equal(brix_hold_classify(&s, "broken", &me, &ra), BRIX_HOLD_FAILED);
-    assert_int_equal(brix_hold_classify(&s, "unknown", &me, &ra), BRIX_HOLD_NONE);
+    assert_int_equal(brix_hold_classify(&s, "odd", &me, &ra, &dep), BRIX_HOLD_WAIT);
+    assert_int_equal(brix_hold_classify(&s, "broken", &me, &ra, &dep), BRIX_HOLD_FAILED);
+    assert_int_equal(brix_hold_classify(&s, "unknown", &me, &ra, &dep), BRIX_HOLD_NONE);
     assert_null(me);
     assert_null(ra);
     /* the pod serving it fails its health checks: hold instead of 503 */
     pods[0].healthy = false;
-    assert_int_equal(brix_hold_classify(&s, "sql", &me, &ra), BRIX_HOLD_WAIT);
+    assert_int_equal(brix_hold_classify(&s, "sql", &me, &ra, &dep), BRIX_HOLD_WAIT);
     /* no controller: nothing is ever held */
     s.registry = NULL;
-    assert_int_equal(brix_hold_classify(&s, "chat", &me, &ra), BRIX_HOLD_NONE);
+    assert_int_equal(brix_hold_classify(&s, "chat", &me, &ra, &dep), BRIX_HOLD_NONE);
+    brix_ctl_snapshot_free(&cs);
+}
+
+static void test_deployments(void **state)
+{
+    (void)state;
+    brix_ctl_snapshot_t s;
+    uint64_t ver = 0;
+    assert_int_equal(parse(SNAP_DEP, &s, &ver), BRIX_CTL_LINE_SNAPSHOT);
+    /* dup name, no model, negative, fractional, non-bool scaleToZero,
+     * nameless, not an object */
+    assert_int_equal(s.skipped, 7);
+    assert_string_equal(s.replicas[0].phase, "Draining");
+    assert_false(s.replicas[0].ready);
+    const brix_registry_t *r = s.registry;
+    assert_int_equal(r->ndeployments, 4);
+    assert_string_equal(r->deployments[0].name, "llama");
+    assert_int_equal(r->deployments[0].replicas, 2);
+    assert_int_equal(r->deployments[0].ready, 1);
+    assert_false(r->deployments[0].scale_to_zero);
+    assert_string_equal(r->deployments[1].name, "mistral");
+    assert_int_equal(r->deployments[1].replicas, 0); /* absent counts are 0 */
+    assert_int_equal(r->deployments[1].ready, 0);
+    assert_false(r->deployments[1].scale_to_zero);
+    assert_string_equal(r->deployments[2].name, "qwen-a");
+    assert_string_equal(r->deployments[3].name, "qwen-b");
+    assert_true(r->deployments[3].scale_to_zero);
+    /* base models: the replicas' and the deployments', once each */
+    assert_int_equal(r->nbase_models, 3);
+    assert_true(brix_registry_has_base(r, "mistral"));
+    assert_true(brix_registry_has_base(r, "qwen"));
+    assert_false(brix_registry_has_base(r, "dup"));
+    /* not attached by the watch here: nothing to count into */
+    assert_null(brix_registry_load(r, "qwen"));
+    /* which deployment a model's requests wake: the one that may scale to
+     * zero among those at zero; one already scaled up first */
+    assert_string_equal(brix_registry_deployment_for(r, "qwen")->name, "qwen-b");
+    assert_string_equal(brix_registry_deployment_for(r, "llama")->name, "llama");
+    assert_string_equal(brix_registry_deployment_for(r, "mistral")->name, "mistral");
+    assert_null(brix_registry_deployment_for(r, "qwen-b")); /* a deployment, not a model */
+    assert_null(brix_registry_deployment_for(NULL, "qwen"));
+    brix_registry_t *rw = s.registry;
+    rw->deployments[2].replicas = 1; /* qwen-a starting: it, not the idle qwen-b */
+    assert_string_equal(brix_registry_deployment_for(r, "qwen")->name, "qwen-a");
+    brix_ctl_snapshot_free(&s);
+    /* a snapshot without "deployments" (an older controller) has none; a
+     * non-array one is refused */
+    assert_int_equal(parse("{\"type\":\"snapshot\",\"version\":2,\"replicas\":[]}", &s, &ver),
+                     BRIX_CTL_LINE_SNAPSHOT);
+    assert_int_equal(s.registry->ndeployments, 0);
+    brix_ctl_snapshot_free(&s);
+    assert_int_equal(parse("{\"type\":\"snapshot\",\"replicas\":[],\"deployments\":{}}", &s, &ver),
+                     BRIX_CTL_LINE_BAD);
+}
+
+/* A base model with a deployment and no ready pod is held (and says which
+ * deployment to wake); once a pod is ready it routes; without a deployment
+ * (an older controller) it is not held. */
+static void test_classify_deployments(void **state)
+{
+    (void)state;
+    brix_ctl_snapshot_t cs;
+    uint64_t ver;
+    assert_int_equal(parse(SNAP_DEP, &cs, &ver), BRIX_CTL_LINE_SNAPSHOT);
+    brix_pod_view_t pods[1] = { { 0 } };
+    uint32_t idx0[] = { 0 };
+    brix_model_entry_t models[] = {
+        { .name = "llama", .pods = idx0, .npods = 1 },
+    };
+    brix_fleet_snap_t s = {
+        .pods = pods, .npods = 1, .models = models, .nmodels = 1, .registry = cs.registry
+    };
+    const brix_model_entry_t *me;
+    const brix_reg_adapter_t *ra;
+    const brix_reg_deployment_t *dep;
+    pods[0].healthy = true;
+    assert_int_equal(brix_hold_classify(&s, "llama", &me, &ra, &dep), BRIX_HOLD_NONE);
+    assert_ptr_equal(me, &models[0]);
+    assert_null(dep);
+    /* scaled to zero: no model entry at all */
+    assert_int_equal(brix_hold_classify(&s, "qwen", &me, &ra, &dep), BRIX_HOLD_WAIT);
+    assert_null(me);
+    assert_null(ra);
+    assert_string_equal(dep->name, "qwen-b");
+    /* its only pod fails health checks (replicas starting): held too */
+    pods[0].healthy = false;
+    assert_int_equal(brix_hold_classify(&s, "llama", &me, &ra, &dep), BRIX_HOLD_WAIT);
+    assert_string_equal(dep->name, "llama");
+    assert_int_equal(brix_hold_classify(&s, "nope", &me, &ra, &dep), BRIX_HOLD_NONE);
+    assert_null(dep);
+    s.registry = NULL;
+    assert_int_equal(brix_hold_classify(&s, "qwen", &me, &ra, &dep), BRIX_HOLD_NONE);
     brix_ctl_snapshot_free(&cs);
 }
 
 #define SEC 1000000000ull
+
+/* An adapter and a model of the same name are two demand entries: their
+ * waits, wakes and releases never mix. */
+static void test_demand_kinds(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    brix_gw_demand_t d;
+    assert_int_equal(brix_gw_demand_init(&d, &loop), 0);
+    brix_gw_wake_t out[8];
+    uint64_t t = 100 * SEC;
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_ADAPTER, "x", 10), 0);
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_MODEL, "x", 10), 0);
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_MODEL, "x", 10), 0);
+    assert_int_equal(atomic_load(&d.held_total), 3);
+    assert_int_equal(atomic_load(&d.held_kind[BRIX_HOLD_ADAPTER]), 1);
+    assert_int_equal(atomic_load(&d.held_kind[BRIX_HOLD_MODEL]), 2);
+    assert_int_equal(brix_gw_demand_due(&d, t, 5 * SEC, out, 8), 2);
+    assert_int_equal(out[0].kind + out[1].kind, BRIX_HOLD_ADAPTER + BRIX_HOLD_MODEL);
+    assert_string_equal(out[0].name, "x");
+    assert_string_equal(out[1].name, "x");
+    brix_free(out[0].name);
+    brix_free(out[1].name);
+    /* the model's wake answered; the adapter's still in flight */
+    brix_gw_demand_sent(&d, BRIX_HOLD_MODEL, "x");
+    assert_int_equal(brix_gw_demand_due(&d, t + 5 * SEC, 5 * SEC, out, 8), 1);
+    assert_int_equal(out[0].kind, BRIX_HOLD_MODEL);
+    brix_free(out[0].name);
+    brix_gw_demand_sent(&d, BRIX_HOLD_MODEL, "x");
+    brix_gw_demand_sent(&d, BRIX_HOLD_ADAPTER, "x");
+    /* releasing the model's waits leaves the adapter's */
+    brix_gw_demand_release(&d, BRIX_HOLD_MODEL, "x");
+    brix_gw_demand_release(&d, BRIX_HOLD_MODEL, "x");
+    brix_gw_demand_release(&d, BRIX_HOLD_MODEL, "x"); /* one too many: ignored */
+    assert_int_equal(atomic_load(&d.held_kind[BRIX_HOLD_MODEL]), 0);
+    assert_int_equal(atomic_load(&d.held_kind[BRIX_HOLD_ADAPTER]), 1);
+    assert_int_equal(brix_gw_demand_due(&d, t + 10 * SEC, 5 * SEC, out, 8), 1);
+    assert_int_equal(out[0].kind, BRIX_HOLD_ADAPTER);
+    brix_free(out[0].name);
+    brix_gw_demand_sent(&d, BRIX_HOLD_ADAPTER, "x");
+    /* the cap counts both kinds */
+    for (int i = 0; i < 9; i++)
+        assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_MODEL, "y", 10), 0);
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_MODEL, "y", 10), -EBUSY);
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_ADAPTER, "z", 10), -EBUSY);
+    for (int i = 0; i < 9; i++)
+        brix_gw_demand_release(&d, BRIX_HOLD_MODEL, "y");
+    brix_gw_demand_release(&d, BRIX_HOLD_ADAPTER, "x");
+    assert_int_equal(atomic_load(&d.held_total), 0);
+    brix_gw_demand_close(&d);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    brix_gw_demand_free(&d);
+    uv_loop_close(&loop);
+}
 
 static void test_demand(void **state)
 {
@@ -202,48 +372,48 @@ static void test_demand(void **state)
     uv_loop_init(&loop);
     brix_gw_demand_t d;
     assert_int_equal(brix_gw_demand_init(&d, &loop), 0);
-    char *out[8];
+    brix_gw_wake_t out[8];
     uint64_t t = 100 * SEC;
     /* a new wait is due at once; more waits for it add nothing */
-    assert_int_equal(brix_gw_demand_hold(&d, "a", 3), 0);
-    assert_int_equal(brix_gw_demand_hold(&d, "a", 3), 0);
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_ADAPTER, "a", 3), 0);
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_ADAPTER, "a", 3), 0);
     assert_int_equal(atomic_load(&d.held_total), 2);
     assert_int_equal(brix_gw_demand_due(&d, t, 5 * SEC, out, 8), 1);
-    assert_string_equal(out[0], "a");
-    brix_free(out[0]);
+    assert_string_equal(out[0].name, "a");
+    brix_free(out[0].name);
     /* in flight: never twice, even after the interval */
     assert_int_equal(brix_gw_demand_due(&d, t + 6 * SEC, 5 * SEC, out, 8), 0);
-    brix_gw_demand_sent(&d, "a");
+    brix_gw_demand_sent(&d, BRIX_HOLD_ADAPTER, "a");
     /* answered: again only once the interval passed, while requests wait */
     assert_int_equal(brix_gw_demand_due(&d, t + 4 * SEC, 5 * SEC, out, 8), 0);
     assert_int_equal(brix_gw_demand_due(&d, t + 5 * SEC, 5 * SEC, out, 8), 1);
-    brix_free(out[0]);
-    brix_gw_demand_sent(&d, "a");
+    brix_free(out[0].name);
+    brix_gw_demand_sent(&d, BRIX_HOLD_ADAPTER, "a");
     /* the cap counts every adapter's waits */
-    assert_int_equal(brix_gw_demand_hold(&d, "b", 3), 0);
-    assert_int_equal(brix_gw_demand_hold(&d, "c", 3), -EBUSY);
-    assert_int_equal(brix_gw_demand_hold(&d, "c", -1), 0);
-    brix_gw_demand_release(&d, "c");
-    brix_gw_demand_release(&d, "a");
-    brix_gw_demand_release(&d, "a");
-    brix_gw_demand_release(&d, "a"); /* one too many: ignored */
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_ADAPTER, "b", 3), 0);
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_ADAPTER, "c", 3), -EBUSY);
+    assert_int_equal(brix_gw_demand_hold(&d, BRIX_HOLD_ADAPTER, "c", -1), 0);
+    brix_gw_demand_release(&d, BRIX_HOLD_ADAPTER, "c");
+    brix_gw_demand_release(&d, BRIX_HOLD_ADAPTER, "a");
+    brix_gw_demand_release(&d, BRIX_HOLD_ADAPTER, "a");
+    brix_gw_demand_release(&d, BRIX_HOLD_ADAPTER, "a"); /* one too many: ignored */
     assert_int_equal(atomic_load(&d.held_total), 1);
     /* b is new; a waits no more and is not repeated */
     assert_int_equal(brix_gw_demand_due(&d, t + 20 * SEC, 5 * SEC, out, 8), 1);
-    assert_string_equal(out[0], "b");
-    brix_free(out[0]);
-    brix_gw_demand_sent(&d, "b");
-    brix_gw_demand_release(&d, "b");
+    assert_string_equal(out[0].name, "b");
+    brix_free(out[0].name);
+    brix_gw_demand_sent(&d, BRIX_HOLD_ADAPTER, "b");
+    brix_gw_demand_release(&d, BRIX_HOLD_ADAPTER, "b");
     /* a poke (no hold): one wake, but not more than once a second */
-    assert_int_equal(brix_gw_demand_poke(&d, "a"), 0);
+    assert_int_equal(brix_gw_demand_poke(&d, BRIX_HOLD_ADAPTER, "a"), 0);
     assert_int_equal(brix_gw_demand_due(&d, t + 20 * SEC, 5 * SEC, out, 8), 1);
-    brix_free(out[0]);
-    brix_gw_demand_sent(&d, "a");
-    assert_int_equal(brix_gw_demand_poke(&d, "a"), 0);
+    brix_free(out[0].name);
+    brix_gw_demand_sent(&d, BRIX_HOLD_ADAPTER, "a");
+    assert_int_equal(brix_gw_demand_poke(&d, BRIX_HOLD_ADAPTER, "a"), 0);
     assert_int_equal(brix_gw_demand_due(&d, t + 20 * SEC + SEC / 2, 5 * SEC, out, 8), 0);
     assert_int_equal(brix_gw_demand_due(&d, t + 21 * SEC, 5 * SEC, out, 8), 1);
-    brix_free(out[0]);
-    brix_gw_demand_sent(&d, "a");
+    brix_free(out[0].name);
+    brix_gw_demand_sent(&d, BRIX_HOLD_ADAPTER, "a");
     /* entries nothing waited for in a minute are forgotten */
     assert_int_equal(brix_gw_demand_due(&d, t + 200 * SEC, 5 * SEC, out, 8), 0);
     assert_int_equal(d.n, 0);
@@ -261,6 +431,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_enomem, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_classify, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_demand, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_deployments, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_classify_deployments, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_demand_kinds, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

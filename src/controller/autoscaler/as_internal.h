@@ -15,7 +15,8 @@ typedef struct brix__as_raw {
     int32_t rec;        /* replicas the load asks for */
     bool frozen;        /* no usable metric: hold the scale */
     bool panic;         /* KPA panic: the pipeline never scales down */
-    const char *reason; /* when nothing else limits: WithinTolerance, PanicMode … */
+    const char *reason; /* when nothing else limits: WithinTolerance, PanicMode …;
+                           when frozen, why (NULL = MetricsUnavailable) */
     char
         what[176]; /* the numbers behind rec, e.g. "stable 3.20/replica over 180s vs target 1.00" */
 } brix__as_raw_t;
@@ -47,6 +48,26 @@ void brix__as_slo(const brix_as_params_t *p, brix_as_state_t *s, const brix_as_i
 /* The averaging window of HPA's metric: Kubernetes reads a metric once per
  * 15-s sync period (--horizontal-pod-autoscaler-sync-period); averaging the
  * 1-s samples of one period is the local equivalent of that one read. */
-#define BRIX__AS_HPA_WINDOW_MS 15000u
+/* Time constants under the windows a user sets scale with them, so that a
+ * PodAutoscaler whose windows are compressed (a benchmark replaying a trace
+ * faster, with every annotation scaled alike) behaves the same in its own
+ * time. At the defaults they are the documented values: HPA averages over
+ * Kubernetes' 15-s sync period (stable window / 12), SLO mode measures load
+ * over 10 s and smooths its level with a 10-s constant (panic window / 6)
+ * and its trend with a 60-s one (the panic window). */
+static inline uint64_t brix__as_hpa_window_ms(const brix_as_params_t *p)
+{
+    uint64_t w = p->stable_window_ms / 12;
+    return w ? w : 1;
+}
+static inline double brix__as_slo_load_ms(const brix_as_params_t *p)
+{
+    double w = (double)p->panic_window_ms / 6.0;
+    return w > 1 ? w : 1;
+}
+static inline double brix__as_slo_trend_ms(const brix_as_params_t *p)
+{
+    return p->panic_window_ms > 1 ? (double)p->panic_window_ms : 1;
+}
 
 #endif

@@ -33,7 +33,10 @@
  * beyond any window; the bound only keeps a mis-set window from eating memory. */
 #define AS_RING_MAX 65536u
 /* SLO mode averages the offered load over the last 10 s (see slo.c). */
-#define AS_SLO_LOAD_WINDOW_MS 10000u
+/* A held-requests report older than this no longer wakes a fleet at zero:
+ * gateways report every second, and a held request's deadline is ~30 s. */
+#define AS_WAKE_FRESH_MS 30000u
+#define AS_OUTAGE_SAMPLES 3
 
 static const char *const strategy_names[] = { "HPA", "KPA", "APA", "SLO" };
 
@@ -109,10 +112,7 @@ static uint64_t keep_ms(const brix_as_params_t *p)
     uint64_t k = p->stable_window_ms;
     if (p->panic_window_ms > k)
         k = p->panic_window_ms;
-    if (BRIX__AS_HPA_WINDOW_MS > k)
-        k = BRIX__AS_HPA_WINDOW_MS;
-    if (AS_SLO_LOAD_WINDOW_MS > k)
-        k = AS_SLO_LOAD_WINDOW_MS;
+    /* the derived windows (as_internal.h) are shorter than these */
     return k;
 }
 
@@ -282,7 +282,7 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
     brix__as_raw_t r;
     memset(&r, 0, sizeof r);
     r.rec = cur;
-    r.reason = "WithinTolerance";
+    r.reason = NULL;
     switch (p->strategy) {
     case BRIX_AS_HPA:
         brix__as_hpa(p, s, in, d, &r);
@@ -298,14 +298,32 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
         break;
     default:
         r.frozen = true;
+        r.reason = "UnknownStrategy";
         snprintf(r.what, sizeof r.what, "unknown strategy %d", (int)p->strategy);
         break;
     }
 
+    /* An outage freezes at once: when the newest AS_OUTAGE_SAMPLES samples of
+     * a metric were all unread, the window's older values are the past, not
+     * the load; deciding on them for up to a stable window would scale on
+     * data the fleet no longer shows. */
+    for (int i = 0; p->strategy != BRIX_AS_SLO && !r.frozen && i < p->nmetrics; i++) {
+        size_t seen = 0, unread = 0;
+        for (size_t k = s->n; k-- > 0 && seen < AS_OUTAGE_SAMPLES; seen++)
+            unread += !brix__as_sample_at(s, k)->ok[i];
+        if (seen && unread == seen) {
+            r.frozen = true;
+            r.reason = "MetricsUnavailable";
+            snprintf(r.what, sizeof r.what, "metric %d unread in the last %zu samples", i, seen);
+        }
+    }
+
     /* Requests waiting at a gateway for a replica of a model at zero: wake
-     * now, whatever the windows say (a held request has a deadline). */
+     * now, whatever the windows say (a held request has a deadline). Only a
+     * fresh report counts: a gateway gone silent holds nothing any more. */
     const brix_as_sample_t *last = brix__as_newest(s);
-    bool wake = cur == 0 && last && last->held > 0;
+    bool wake = cur == 0 && last && last->held > 0 && last->t_ms <= now &&
+                now - last->t_ms < AS_WAKE_FRESH_MS;
 
     int32_t rec = r.frozen ? cur : r.rec;
     if (rec < 0)
@@ -382,8 +400,14 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
         want = lo;
         why = "AtMinimum";
     }
-    if (want < in->inflight_floor) {
-        want = in->inflight_floor;
+    /* The floor guards scale-downs only: replicas the work in flight needs
+     * are not taken away, but the work never adds replicas the strategy did
+     * not ask for (a queue is the metric's business, e.g.
+     * num_requests_waiting; otherwise a backlog would override the metric
+     * the user chose). */
+    int32_t floor = in->inflight_floor < cur ? in->inflight_floor : cur;
+    if (want < floor) {
+        want = floor;
         why = "InFlightFloor";
     }
 
@@ -394,7 +418,7 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
     else if (wake)
         d->reason = "ScaleFromZero";
     else if (d->frozen)
-        d->reason = "MetricsUnavailable";
+        d->reason = r.reason ? r.reason : "MetricsUnavailable";
     else if (want > cur)
         d->reason = "ScaleUp";
     else if (want < cur)

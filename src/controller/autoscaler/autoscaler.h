@@ -50,13 +50,13 @@ int brix_as_strategy_parse(const char *s);
 
 typedef struct brix_as_params {
     brix_as_strategy_t strategy;
-    int32_t min_replicas, max_replicas; /* effective bounds (schedules already applied) */
-    int nmetrics;                       /* 0..BRIX_AS_MAX_METRICS (SLO mode may use 0) */
-    double target[BRIX_AS_MAX_METRICS]; /* per-replica target of each metric (> 0) */
-    uint64_t stable_window_ms;          /* observeWindowSeconds / apa window: 180000 */
-    uint64_t panic_window_ms;           /* panicWindowSeconds: 60000 */
-    double panic_threshold;             /* 2.0 */
-    double max_up_rate, max_down_rate;  /* 2.0, 2.0 */
+    int32_t min_replicas, max_replicas;  /* effective bounds (schedules already applied) */
+    int nmetrics;                        /* 0..BRIX_AS_MAX_METRICS (SLO mode may use 0) */
+    double target[BRIX_AS_MAX_METRICS];  /* per-replica target of each metric (> 0) */
+    uint64_t stable_window_ms;           /* observeWindowSeconds / apa window: 180000 */
+    uint64_t panic_window_ms;            /* panicWindowSeconds: 60000 */
+    double panic_threshold;              /* 2.0 */
+    double max_up_rate, max_down_rate;   /* 2.0, 2.0 */
     double up_tolerance, down_tolerance; /* 0.1, 0.1 */
     uint64_t up_stabilization_ms;        /* scale-up-cooldown-window: 0 */
     uint64_t down_stabilization_ms;      /* scale-down-cooldown-window: 300000 */
@@ -108,22 +108,22 @@ typedef struct brix_as_state {
     double level, trend;            /* Holt's forecast of the load, in replicas */
     uint64_t level_t_ms;
     /* added with the implementation */
-    bool idle;              /* every known load signal zero since idle_since_ms */
-    bool level_init;        /* SLO: level/trend hold a value */
-    uint64_t learn_t_ms;    /* SLO: samples before this time have been learnt from */
-    double learn_inflight;  /* SLO: inflight+held of that sample (-1 = unknown) */
-    brix_as_rec_t *peaks;   /* SLO: decreasing maxima of the demand over its memory */
+    bool idle;             /* every known load signal zero since idle_since_ms */
+    bool level_init;       /* SLO: level/trend hold a value */
+    uint64_t learn_t_ms;   /* SLO: samples before this time have been learnt from */
+    double learn_inflight; /* SLO: inflight+held of that sample (-1 = unknown) */
+    brix_as_rec_t *peaks;  /* SLO: decreasing maxima of the demand over its memory */
     size_t npeaks, peaks_cap;
-    bool started;           /* decided at least once */
-    int32_t seed_n;         /* the scale found at the first decision … */
-    uint64_t seed_t_ms;     /* … counts as a down-window recommendation from then */
+    bool started;       /* decided at least once */
+    int32_t seed_n;     /* the scale found at the first decision … */
+    uint64_t seed_t_ms; /* … counts as a down-window recommendation from then */
 } brix_as_state_t;
 
 typedef struct brix_as_input {
     uint64_t now_ms;
-    int32_t current;  /* the target's scale now (replicas it is asked to run) */
-    int32_t ready;    /* of those, ready */
-    int32_t starting; /* of those, started but not ready yet */
+    int32_t current;        /* the target's scale now (replicas it is asked to run) */
+    int32_t ready;          /* of those, ready */
+    int32_t starting;       /* of those, started but not ready yet */
     int32_t inflight_floor; /* replicas the work in flight needs; 0 = none */
     double startup_s;       /* measured replica start-up time (0 = unknown) */
     /* per-replica capacity prior at the SLO, from the GPU profile (SLO mode) */
@@ -136,8 +136,8 @@ typedef struct brix_as_decision {
     bool panic;          /* KPA panic mode */
     bool frozen;         /* no usable metrics: desired == current */
     bool limited;        /* a bound, rate or window changed the recommendation */
-    double metric[BRIX_AS_MAX_METRICS]; /* per-replica value each decision used */
-    double forecast;                    /* SLO: forecast load in replicas (0 otherwise) */
+    double metric[BRIX_AS_MAX_METRICS];       /* per-replica value each decision used */
+    double forecast;                          /* SLO: forecast load in replicas (0 otherwise) */
     double capacity_in_tps, capacity_out_tps; /* SLO: per-replica capacity used */
     const char *reason; /* static CamelCase word: ScaleUp ScaleDown WithinTolerance
                            PanicMode Stabilizing MetricsUnavailable AtMinimum AtMaximum
@@ -159,9 +159,9 @@ void brix_as_decide(const brix_as_params_t *p, brix_as_state_t *s, const brix_as
 
 typedef struct brix_as_schedule {
     char name[64];
-    char timezone[64]; /* IANA name; "" = UTC */
-    uint8_t days;      /* bit 0 = Sunday … bit 6 = Saturday; 0 = every day */
-    int start_min, end_min; /* minutes after local midnight, [start, end) */
+    char timezone[64];                  /* IANA name; "" = UTC */
+    uint8_t days;                       /* bit 0 = Sunday … bit 6 = Saturday; 0 = every day */
+    int start_min, end_min;             /* minutes after local midnight, [start, end) */
     int32_t min_replicas, max_replicas; /* -1 = not overridden */
 } brix_as_schedule_t;
 

@@ -35,7 +35,7 @@ static void ratio_strategy(ratio_kind_t kind, const brix_as_params_t *p, brix_as
 {
     int32_t cur = in->current > 0 ? in->current : 0;
     uint64_t now = in->now_ms;
-    uint64_t win = kind == RATIO_HPA ? BRIX__AS_HPA_WINDOW_MS : p->stable_window_ms;
+    uint64_t win = kind == RATIO_HPA ? brix__as_hpa_window_ms(p) : p->stable_window_ms;
     if (win > p->stable_window_ms && p->stable_window_ms > 0)
         win = p->stable_window_ms;
     const char *wname = kind == RATIO_HPA ? "HPA" : "APA stable";

@@ -3,7 +3,7 @@
  * one replica can serve within the latency target, early enough that the
  * capacity is up when the load arrives.
  *
- * Load in replica units. Over the last 10 s (the scale at which the Azure
+ * Load in replica units. Over the last 10 s (panic window / 6; the scale at which the Azure
  * code trace's bursts live: its 10-s peak is 12.8x the mean):
  *     u_load = max(in_tps / cap_in, out_tps / cap_out)
  * prompt tokens are prefill work (TTFT), completion tokens decode work (ITL);
@@ -31,7 +31,7 @@
  * first new replicas drain.
  *
  * Forecast: Holt's double exponential smoothing of u_load (level time
- * constant 10 s, trend 60 s, both scaled by the real tick so a late tick
+ * constant 10 s, trend 60 s — panic window / 6 and the panic window —, scaled by the tick so a late tick
  * weighs more), projected over the replica start-up time plus one tick: a
  * replica ordered now serves only after start-up, so the scale must be the one
  * the load will need then. Only a rising trend is used (max with u_now).
@@ -62,12 +62,9 @@
 #include "controller/autoscaler/as_internal.h"
 #include "core/alloc.h"
 
-#define SLO_LOAD_WINDOW_MS 10000.0
-#define SLO_LEVEL_TAU_MS   10000.0
-#define SLO_TREND_TAU_MS   60000.0
-#define SLO_LEARN_DOWN     0.5
-#define SLO_LEARN_UP       0.1
-#define SLO_WELL_WITHIN    0.5
+#define SLO_LEARN_DOWN  0.5
+#define SLO_LEARN_UP    0.1
+#define SLO_WELL_WITHIN 0.5
 /* The demand memory, in down windows; the pipeline's own down window comes
  * on top, so a burst is remembered for 4 windows (20 min by default). On the
  * Azure code trace replayed three times over (1-s ticks, 30-s start-up),
@@ -201,7 +198,7 @@ void brix__as_slo(const brix_as_params_t *p, brix_as_state_t *s, const brix_as_i
             newest = x;
             t_last = x->t_ms;
         }
-        if ((double)(t_last - x->t_ms) >= SLO_LOAD_WINDOW_MS)
+        if ((double)(t_last - x->t_ms) >= brix__as_slo_load_ms(p))
             break;
         in_sum += x->in_tps;
         out_sum += x->out_tps;
@@ -248,7 +245,8 @@ void brix__as_slo(const brix_as_params_t *p, brix_as_state_t *s, const brix_as_i
         s->level_init = true;
     } else if (now > s->level_t_ms) {
         double dt = (double)(now - s->level_t_ms);
-        double a = 1 - exp(-dt / SLO_LEVEL_TAU_MS), b = 1 - exp(-dt / SLO_TREND_TAU_MS);
+        double a = 1 - exp(-dt / brix__as_slo_load_ms(p)),
+               b = 1 - exp(-dt / brix__as_slo_trend_ms(p));
         double prev = s->level;
         s->level = a * u_load + (1 - a) * (s->level + s->trend * dt);
         s->trend = b * (s->level - prev) / dt + (1 - b) * s->trend;

@@ -235,7 +235,7 @@ static int load(const char *name, unsigned char **buf, size_t *len)
     int w = snprintf(path, sizeof path, "%s/%s", BRIX_TZ_DIR, name);
     if (w < 0 || (size_t)w >= sizeof path)
         return -ENAMETOOLONG;
-    FILE *f = fopen(path, "rb");
+    FILE *f = fopen(path, "rbe"); /* e: O_CLOEXEC, replicas are forked */
     if (!f)
         return -errno;
     long size = -1;
