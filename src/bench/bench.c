@@ -22,7 +22,7 @@
 static const brix_opt_t bench_opts[] = {
     { "config", BRIX_OPT_STRING, O(config), NULL, 1, 0, "FILE", "YAML file of flag: value pairs" },
     { "scenario", BRIX_OPT_STRING, O(scenario), "shared-prefix", 1, 0, "NAME",
-      "shared-prefix | sharegpt | lora-mix | trace | mooncake | azure" },
+      "shared-prefix | sharegpt | lora-mix | trace | mooncake | azure | autoscale" },
     { "trace", BRIX_OPT_STRING, O(trace), NULL, 1, 0, "FILE",
       "trace/mooncake/azure input (sharegpt: the ShareGPT lengths CSV to sample)" },
     { "strategies", BRIX_OPT_STRING, O(strategies),
@@ -86,6 +86,44 @@ static const brix_opt_t bench_opts[] = {
     { "progress", BRIX_OPT_BOOL, O(progress), "true", 1, 0, NULL, "progress line while running" },
     { "gateway-args", BRIX_OPT_STRING, O(gateway_args), NULL, 1, 0, "\"FLAGS\"",
       "extra gateway flags, space separated" },
+    { "trace-start", BRIX_OPT_DOUBLE, O(trace_start), "0", 0, 1e9, "SECONDS",
+      "azure/autoscale: replay the trace from this many seconds after its first arrival" },
+    { "trace-length", BRIX_OPT_DOUBLE, O(trace_length), "0", 0, 1e9, "SECONDS",
+      "azure/autoscale: seconds of trace replayed (0 = to the end; autoscale: 1800)" },
+    { "policies", BRIX_OPT_STRING, O(policies), "static,hpa,kpa,apa,slo", 1, 0, "LIST",
+      "autoscale: scaling policies compared, each on a fresh `brix up` cluster" },
+    { "static-replicas", BRIX_OPT_INT, O(static_replicas), "0", 0, 256, "N",
+      "autoscale: the static policy's replicas (0 = what the slice's busiest 10 s need)" },
+    { "static-utilization", BRIX_OPT_DOUBLE, O(static_util), "0.8", 0.05, 1, "U",
+      "autoscale: the static replicas run at this utilization in the busiest 10 s" },
+    { "min-replicas", BRIX_OPT_INT, O(min_replicas), "1", 0, 256, "N",
+      "autoscale: PodAutoscaler minReplicas" },
+    { "max-replicas", BRIX_OPT_INT, O(max_replicas), "0", 0, 256, "N",
+      "autoscale: PodAutoscaler maxReplicas (0 = 1.5 x the static replicas)" },
+    { "startup-delay", BRIX_OPT_STRING, O(startup_delay), "auto", 1, 0, "SECONDS|auto",
+      "autoscale: engines' --startup-delay (model loading, simulated seconds)" },
+    { "autoscale-metric", BRIX_OPT_STRING, O(as_metric), "num_requests_waiting", 1, 0, "NAME",
+      "autoscale: HPA/KPA/APA targetMetric (AIBrix's names)" },
+    { "autoscale-target", BRIX_OPT_STRING, O(as_target), "2", 1, 0, "VALUE",
+      "autoscale: HPA/KPA/APA targetValue per replica" },
+    { "sample-interval", BRIX_OPT_DOUBLE, O(sample_interval), "0.25", 0.05, 60, "SECONDS",
+      "autoscale: wall seconds between samples of the controller's replicas" },
+    { "flap-window", BRIX_OPT_DOUBLE, O(flap_window), "300", 0, 1e6, "SECONDS",
+      "autoscale: a scale change undone within this many simulated seconds is a flap "
+      "(AIBrix's default scale-down cooldown)" },
+    { "envelope", BRIX_OPT_STRING, O(envelope), NULL, 1, 0, "FILE",
+      "autoscale: arrivals from a ServeGen aggregate-rate CSV instead of the trace's timestamps "
+      "(lengths still drawn from --trace)" },
+    { "envelope-start", BRIX_OPT_DOUBLE, O(envelope_start), "0", 0, 1e9, "SECONDS",
+      "autoscale --envelope: first envelope second replayed" },
+    { "envelope-speed", BRIX_OPT_DOUBLE, O(envelope_speed), "48", 1, 1e6, "X",
+      "autoscale --envelope: envelope seconds per simulated second (48: a day in 30 min)" },
+    { "envelope-rate", BRIX_OPT_DOUBLE, O(envelope_rate), "5", 0.001, 1e6, "R",
+      "autoscale --envelope: mean requests per simulated second the envelope is scaled to" },
+    { "controller-args", BRIX_OPT_STRING, O(controller_args), NULL, 1, 0, "\"FLAGS\"",
+      "autoscale: extra controller flags in each cluster, space separated" },
+    { "routing", BRIX_OPT_STRING, O(routing), "least-request", 1, 0, "STRATEGY",
+      "autoscale: the clusters' gateway routing strategy" },
     BRIX_OPT_END,
 };
 #undef O
@@ -94,7 +132,42 @@ static const char usage_line[] = "brix bench [--scenario NAME] [--replicas N] [o
 static const char about[] =
     "Workload generator, load driver and report: replays a scenario or trace against a fresh\n"
     "fleet of engine-sims behind the gateway once per routing strategy (plus nginx least_conn),\n"
-    "and writes results.md, results.json and latency CDF plots.";
+    "and writes results.md, results.json and latency CDF plots.\n"
+    "--scenario autoscale instead compares scaling policies: for each of --policies a fresh\n"
+    "`brix up` cluster (static peak provisioning, or a PodAutoscaler of that strategy) serves a\n"
+    "slice of the Azure 2023 code trace; its defaults are --gpu a100, --time-scale 0.0667,\n"
+    "--trace-length 1800 and the trace under ../shared/traces when those are not given.";
+
+/* Whether argv sets --name (scenario defaults yield to the user's flags). */
+static bool given(int argc, char **argv, const char *name)
+{
+    size_t n = strlen(name);
+    for (int i = 1; i < argc; i++)
+        if (!strncmp(argv[i], "--", 2) && !strncmp(argv[i] + 2, name, n) &&
+            (argv[i][2 + n] == '\0' || argv[i][2 + n] == '='))
+            return true;
+    return false;
+}
+
+/* The autoscale scenario's own defaults: ~2 min of wall per policy for a
+ * 30-minute slice (1800 x 0.0667 = 120 s), on A100s, where the code trace's
+ * peak needs several replicas and its mean about one. */
+static int autoscale_defaults(bench_cfg_t *c, int argc, char **argv)
+{
+    char err[256];
+    static const char default_trace[] =
+        "../shared/traces/azure-llm-2023/AzureLLMInferenceTrace_code.csv";
+    if (!given(argc, argv, "time-scale"))
+        c->time_scale = 1.0 / 15;
+    if (!given(argc, argv, "trace-length"))
+        c->trace_length = 1800;
+    if (!given(argc, argv, "gpu") && brix_config_set(bench_opts, c, "gpu", "a100", err, sizeof err))
+        return -1;
+    if (!c->trace && access(default_trace, R_OK) == 0 &&
+        brix_config_set(bench_opts, c, "trace", default_trace, err, sizeof err))
+        return -1;
+    return 0;
+}
 
 static int mkdirs(const char *path)
 {
@@ -147,6 +220,11 @@ int brix_bench_main(int argc, char **argv)
         return 2;
     }
     brix_log_init("bench", BRIX_LOG_WARN);
+    bool autoscale = !strcmp(c.scenario, "autoscale");
+    if (autoscale && autoscale_defaults(&c, argc, argv)) {
+        brix_config_free(bench_opts, &c);
+        return 2;
+    }
     char self[PATH_MAX];
     if (!c.brix_bin) {
         ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -173,6 +251,12 @@ int brix_bench_main(int argc, char **argv)
             "bench: %s\nbench: %zu requests over %.1f simulated s; %lld x %s at "
             "time-scale %g\n",
             w.about, w.n, w.v[w.n - 1].t, (long long)c.replicas, c.gpu, c.time_scale);
+    if (autoscale) {
+        rc = bench_autoscale(&c, &w) ? 1 : 0;
+        bench_workload_free(&w);
+        brix_config_free(bench_opts, &c);
+        return rc;
+    }
     /* the strategies */
     char *list = brix_strdup(c.strategies);
     bench_run_t runs[32];

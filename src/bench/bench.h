@@ -57,6 +57,21 @@ typedef struct bench_cfg {
     char *nginx_bin;
     bool progress;
     char *gateway_args; /* extra gateway flags, space separated */
+    /* trace slices (azure, autoscale): simulated seconds after the first arrival */
+    double trace_start, trace_length; /* length 0 = to the end */
+    /* autoscale scenario (autoscale.c) */
+    char *policies;                     /* static,hpa,kpa,apa,slo */
+    int64_t static_replicas;            /* 0 = computed from the slice's peak */
+    double static_util;                 /* utilization at that peak the computation plans for */
+    int64_t min_replicas, max_replicas; /* max 0 = 1.5 x static */
+    char *startup_delay;                /* engines' --startup-delay (SECONDS | auto) */
+    char *as_metric, *as_target;        /* HPA/KPA/APA metricsSources target */
+    double sample_interval;             /* wall seconds between controller samples */
+    double flap_window;                 /* simulated seconds (AIBrix's down cooldown) */
+    char *envelope; /* ServeGen aggregate-rate CSV: arrivals from its rate envelope */
+    double envelope_start, envelope_speed, envelope_rate;
+    char *controller_args; /* extra controller flags in the clusters, space separated */
+    char *routing;         /* gateway strategy in the autoscale clusters */
 } bench_cfg_t;
 
 typedef struct bench_req {
@@ -118,6 +133,11 @@ bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int
 /* Scrapes every engine's counters (call before and after a run). */
 void bench_fleet_sample(bench_fleet_t *f, bench_run_t *run, bool after);
 void bench_fleet_stop(bench_fleet_t *f);
+
+/* autoscale.c: `--scenario autoscale`, one fresh `brix up` cluster per
+ * policy (static peak provisioning or a PodAutoscaler), sampled from the
+ * controller while the workload replays; writes its own report. */
+int bench_autoscale(const bench_cfg_t *c, const bench_workload_t *w);
 
 /* report.c */
 int bench_report(const bench_cfg_t *c, const bench_workload_t *w, bench_run_t *runs, size_t n);

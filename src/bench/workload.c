@@ -18,7 +18,11 @@
  *  mooncake       the Mooncake FAST'25 JSONL (timestamp ms, input_length,
  *                 output_length, hash_ids of 512-token shared blocks);
  *  azure          the Azure LLM inference 2023 CSV (TIMESTAMP,
- *                 ContextTokens, GeneratedTokens).
+ *                 ContextTokens, GeneratedTokens), or a slice of it
+ *                 (--trace-start, --trace-length);
+ *  autoscale      the same Azure slice, replayed by autoscale.c against one
+ *                 `brix up` cluster per scaling policy; with --envelope, a
+ *                 ServeGen rate envelope with the Azure trace's lengths.
  * Arrivals of generated scenarios are Poisson at --rate, or bursty: Poisson
  * at --rate during --burst-on seconds, silent for --burst-off.
  */
@@ -482,7 +486,14 @@ static int build_azure(const bench_cfg_t *c, bench_workload_t *w, uint64_t rng, 
         double t = (double)timegm(&tm) + (frac < 1 ? frac : 0);
         if (t0 < 0)
             t0 = t;
-        t = (t - t0) / c->speed;
+        /* the slice [start, start + length) of the trace's own time line;
+         * arrivals keep their offsets from the slice start (quiet included) */
+        t = t - t0 - c->trace_start;
+        if (t < 0)
+            continue;
+        if (c->trace_length > 0 && t >= c->trace_length)
+            break;
+        t /= c->speed;
         int out = clamp_len(gen, 1, (int)c->max_output);
         int in = clamp_len(ctx, 2, limit - out);
         brix_buf_t pr = BRIX_BUF_INIT, b = BRIX_BUF_INIT;
@@ -497,8 +508,143 @@ static int build_azure(const bench_cfg_t *c, bench_workload_t *w, uint64_t rng, 
         snprintf(err, errlen, "%s: no TIMESTAMP,ContextTokens,GeneratedTokens rows", c->trace);
         rc = -1;
     }
-    snprintf(w->about, sizeof w->about, "Azure LLM trace %s, %zu requests, arrivals sped up %gx",
-             c->trace, w->n, c->speed);
+    if (c->trace_start > 0 || c->trace_length > 0)
+        snprintf(w->about, sizeof w->about,
+                 "Azure LLM trace %s, seconds %g to %g after its first arrival, %zu requests, "
+                 "arrivals sped up %gx",
+                 c->trace, c->trace_start,
+                 c->trace_length > 0 ? c->trace_start + c->trace_length : INFINITY, w->n, c->speed);
+    else
+        snprintf(w->about, sizeof w->about,
+                 "Azure LLM trace %s, %zu requests, arrivals sped up %gx", c->trace, w->n,
+                 c->speed);
+    return rc;
+}
+
+/* A rate envelope (ServeGen's aggregate-rate CSV: window_start_s,
+ * active_clients,total_rate_rps,...; 600-s windows) turned into arrivals:
+ * the windows from --envelope-start for --trace-length x --envelope-speed
+ * envelope seconds, each compressed --envelope-speed times, the rates scaled
+ * so their mean is --envelope-rate requests per simulated second, Poisson
+ * arrivals within a window (the aggregate of many clients; ServeGen's
+ * per-client laws are burstier). Each request's (input, output) lengths are a
+ * row of the Azure trace (--trace) drawn at random, so the per-request work
+ * is the code trace's. A zero-rate window (a collection gap, says the
+ * traces' README) keeps the previous rate. */
+static int build_envelope(const bench_cfg_t *c, bench_workload_t *w, uint64_t rng, char *err,
+                          size_t errlen)
+{
+    lens_t l = { 0 };
+    FILE *f = fopen(c->trace, "r");
+    if (!f) {
+        snprintf(err, errlen, "%s: %s", c->trace, strerror(errno));
+        return -1;
+    }
+    char line[512];
+    size_t cap = 0;
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strchr(line, ',');
+        int a, b;
+        if (!p || sscanf(p + 1, "%d,%d", &a, &b) != 2)
+            continue; /* the header */
+        if (l.n == cap) {
+            cap = cap ? cap * 2 : 4096;
+            int *ni = brix_realloc(l.in, cap * sizeof *ni);
+            if (ni)
+                l.in = ni;
+            int *no = brix_realloc(l.out, cap * sizeof *no);
+            if (no)
+                l.out = no;
+            if (!ni || !no)
+                break;
+        }
+        l.in[l.n] = a;
+        l.out[l.n] = b;
+        l.n++;
+    }
+    fclose(f);
+    double *ws = NULL, *rate = NULL;
+    size_t nw = 0, wcap = 0;
+    int rc = -1;
+    if (!l.n) {
+        snprintf(err, errlen, "%s: no TIMESTAMP,ContextTokens,GeneratedTokens rows", c->trace);
+        goto out;
+    }
+    if (!(f = fopen(c->envelope, "r"))) {
+        snprintf(err, errlen, "%s: %s", c->envelope, strerror(errno));
+        goto out;
+    }
+    double end = c->envelope_start + c->trace_length * c->envelope_speed, last = 0;
+    while (fgets(line, sizeof line, f)) {
+        double t, r;
+        int clients;
+        if (sscanf(line, "%lf,%d,%lf", &t, &clients, &r) != 3)
+            continue; /* the header */
+        if (r <= 0)
+            r = last;
+        last = r;
+        if (t < c->envelope_start || (c->trace_length > 0 && t >= end))
+            continue;
+        if (nw == wcap) {
+            wcap = wcap ? wcap * 2 : 256;
+            double *a = brix_realloc(ws, wcap * sizeof *a);
+            if (a)
+                ws = a;
+            double *b = brix_realloc(rate, wcap * sizeof *b);
+            if (b)
+                rate = b;
+            if (!a || !b)
+                break;
+        }
+        ws[nw] = t;
+        rate[nw++] = r;
+    }
+    fclose(f);
+    if (nw < 1) {
+        snprintf(err, errlen, "%s: no window_start_s,active_clients,total_rate_rps rows from %g s",
+                 c->envelope, c->envelope_start);
+        goto out;
+    }
+    double mean = 0, peak = 0;
+    for (size_t i = 0; i < nw; i++) {
+        mean += rate[i] / (double)nw;
+        peak = rate[i] > peak ? rate[i] : peak;
+    }
+    double k = c->envelope_rate / mean;
+    double win = (nw > 1 ? ws[1] - ws[0] : 600) / c->envelope_speed; /* simulated s */
+    int limit = (int)(c->max_model_len - 16);
+    size_t rcap = 0;
+    rc = 0;
+    for (size_t i = 0; rc == 0 && i < nw; i++) {
+        double t0 = (ws[i] - c->envelope_start) / c->envelope_speed, t = t0;
+        double r = rate[i] * k;
+        while (rc == 0 && r > 0 && (t += -log(unit(&rng)) / r) < t0 + win) {
+            if (c->max_requests > 0 && (int64_t)w->n >= c->max_requests)
+                break;
+            size_t j = (size_t)(rng_next(&rng) % l.n);
+            int out = clamp_len(l.out[j], 1, (int)c->max_output);
+            int in = clamp_len(l.in[j], 2, limit - out);
+            brix_buf_t pr = BRIX_BUF_INIT, b = BRIX_BUF_INIT;
+            text(&pr, in - 1, rng_next(&rng));
+            completion_body(&b, "llama-3-8b", &pr, out);
+            rc = add_req(w, &rcap, t, "llama-3-8b", &b, in, out);
+            brix_buf_free(&pr);
+            brix_buf_free(&b);
+        }
+    }
+    snprintf(w->about, sizeof w->about,
+             "ServeGen rate envelope %s (Xiang et al., \"ServeGen\", arXiv 2505.09999; "
+             "Apache-2.0), envelope seconds %g to %g compressed %gx (600-s windows of %.1f "
+             "simulated s), rates scaled to a mean of %g req/s (peak/mean %.2f), Poisson within "
+             "windows, lengths drawn from %s; %zu requests",
+             c->envelope, c->envelope_start,
+             c->envelope_start + (double)nw * win * c->envelope_speed, c->envelope_speed, win,
+             c->envelope_rate, peak / mean, c->trace, w->n);
+out:
+    brix_free(l.in);
+    brix_free(l.out);
+    brix_free(ws);
+    brix_free(rate);
     return rc;
 }
 
@@ -507,7 +653,8 @@ int bench_workload_build(const bench_cfg_t *c, bench_workload_t *w, char *err, s
     memset(w, 0, sizeof *w);
     uint64_t rng = (uint64_t)c->seed * 0x9e3779b97f4a7c15ull + 12345;
     const char *s = c->scenario;
-    bool needs_trace = !strcmp(s, "trace") || !strcmp(s, "mooncake") || !strcmp(s, "azure");
+    bool needs_trace = !strcmp(s, "trace") || !strcmp(s, "mooncake") || !strcmp(s, "azure") ||
+                       !strcmp(s, "autoscale");
     if (needs_trace && !c->trace) {
         snprintf(err, errlen, "--scenario %s needs --trace FILE", s);
         return -1;
@@ -523,12 +670,14 @@ int bench_workload_build(const bench_cfg_t *c, bench_workload_t *w, char *err, s
         rc = build_jsonl(c, w, false, err, errlen);
     else if (!strcmp(s, "mooncake"))
         rc = build_jsonl(c, w, true, err, errlen);
-    else if (!strcmp(s, "azure"))
+    else if (!strcmp(s, "autoscale") && c->envelope)
+        rc = build_envelope(c, w, rng, err, errlen);
+    else if (!strcmp(s, "azure") || !strcmp(s, "autoscale"))
         rc = build_azure(c, w, rng, err, errlen);
     else {
         snprintf(err, errlen,
                  "unknown scenario '%s' (shared-prefix, sharegpt, lora-mix, trace, mooncake, "
-                 "azure)",
+                 "azure, autoscale)",
                  s);
         return -1;
     }

@@ -8,6 +8,7 @@
 #include "core/alloc.h"
 #include "core/yaml.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -20,16 +21,21 @@ extern const size_t brix_gpu_profiles_yaml_len;
 typedef struct field {
     const char *name;
     size_t off;
-    int is_int; /* int64_t, else double */
+    int is_int;    /* int64_t, else double */
+    double optdef; /* < 0: required; else the default when absent */
 } field_t;
 
 #define D(f)                                                                                       \
     {                                                                                              \
-#f, offsetof(brix_gpu_profile_t, f), 0                                                     \
+#f, offsetof(brix_gpu_profile_t, f), 0, -1                                                 \
+    }
+#define OPT(f, def)                                                                                \
+    {                                                                                              \
+#f, offsetof(brix_gpu_profile_t, f), 0, def                                                \
     }
 #define I(f)                                                                                       \
     {                                                                                              \
-#f, offsetof(brix_gpu_profile_t, f), 1                                                     \
+#f, offsetof(brix_gpu_profile_t, f), 1, -1                                                 \
     }
 static const field_t fields[] = {
     D(memory_gib),
@@ -45,8 +51,13 @@ static const field_t fields[] = {
     D(lora_swap_seconds),
     I(max_num_seqs),
     I(max_num_batched_tokens),
+    /* optional, so profile files written before the start-up model still load
+     * (a typo is still refused: unknown fields are errors) */
+    OPT(load_gib_per_s, BRIX_GPU_DEFAULT_LOAD_GIB_PER_S),
+    OPT(engine_init_seconds, BRIX_GPU_DEFAULT_ENGINE_INIT_S),
 };
 #undef D
+#undef OPT
 #undef I
 
 void brix_gpu_profiles_free(brix_gpu_profiles_t *ps)
@@ -112,13 +123,21 @@ static int parse_profile(const char *file, const brix_yaml_node_t *k, const brix
             *(double *)dst = d;
         }
     }
-    /* Every numeric field is required: check by re-walking the keys. */
+    /* Every numeric field is required but the optional ones: check by
+     * re-walking the keys. */
     for (size_t f = 0; f < sizeof fields / sizeof *fields; f++) {
-        if (!brix_yaml_get(v, fields[f].name)) {
+        if (!brix_yaml_get(v, fields[f].name) && fields[f].optdef >= 0) {
+            *(double *)((char *)p + fields[f].off) = fields[f].optdef;
+        } else if (!brix_yaml_get(v, fields[f].name)) {
             snprintf(err, errlen, "%s:%d:%d: profile '%s' lacks '%s'", file, v->line, v->col,
                      p->name, fields[f].name);
             return -1;
         }
+    }
+    if (p->load_gib_per_s <= 0) {
+        snprintf(err, errlen, "%s:%d:%d: profile '%s': load_gib_per_s must be positive", file,
+                 v->line, v->col, p->name);
+        return -1;
     }
     if (p->kv_cache_tokens < 1 || p->max_num_seqs < 1 || p->max_num_batched_tokens < 1) {
         snprintf(err, errlen,
@@ -220,4 +239,28 @@ double brix_gpu_step_seconds(const brix_gpu_profile_t *p, uint64_t prefill_token
 {
     return brix_gpu_prefill_seconds(p, prefill_tokens) +
            brix_gpu_decode_seconds(p, decode_ctx_tokens, decode_seqs);
+}
+
+double brix_gpu_startup_seconds(const brix_gpu_profile_t *p, double weights_gib)
+{
+    double bw = p->load_gib_per_s > 0 ? p->load_gib_per_s : BRIX_GPU_DEFAULT_LOAD_GIB_PER_S;
+    return p->engine_init_seconds + (weights_gib > 0 ? weights_gib : 0) / bw;
+}
+
+double brix_gpu_weights_gib_from_name(const char *model)
+{
+    /* the last "<digits>[.<digits>]b" whose number does not continue a word
+     * ("3.1-8b" gives 8, not 1) and whose 'b' ends the token */
+    double params = 0;
+    for (const char *s = model; s && *s; s++) {
+        if (!isdigit((unsigned char)*s) ||
+            (s > model && (isalnum((unsigned char)s[-1]) || s[-1] == '.')))
+            continue;
+        char *end;
+        double v = strtod(s, &end);
+        if (end > s && (*end == 'b' || *end == 'B') && !isalnum((unsigned char)end[1]) && v > 0)
+            params = v;
+    }
+    /* bf16: two bytes per parameter */
+    return params * 1e9 * 2 / (1024.0 * 1024 * 1024);
 }

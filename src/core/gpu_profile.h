@@ -23,7 +23,16 @@ typedef struct brix_gpu_profile {
     int64_t kv_cache_tokens;
     double lora_load_seconds, lora_swap_seconds;
     int64_t max_num_seqs, max_num_batched_tokens;
+    /* Start-up model (engine-sim --startup-delay auto); optional in the file,
+     * defaults BRIX_GPU_DEFAULT_LOAD_GIB_PER_S / _ENGINE_INIT_S. */
+    double load_gib_per_s;      /* effective weight-loading bandwidth, GiB/s */
+    double engine_init_seconds; /* everything but the weights: imports, compile, graphs */
 } brix_gpu_profile_t;
+
+/* Defaults of the optional start-up fields: measured vLLM start-up of
+ * Llama-3.1-8B (15 GiB) with warm caches, see data/gpu_profiles.yaml. */
+#define BRIX_GPU_DEFAULT_LOAD_GIB_PER_S 0.83
+#define BRIX_GPU_DEFAULT_ENGINE_INIT_S  64.0
 
 typedef struct brix_gpu_profiles {
     size_t n;
@@ -48,5 +57,13 @@ double brix_gpu_decode_seconds(const brix_gpu_profile_t *p, uint64_t ctx_tokens,
 /* One engine step: prefill part + decode part (mixed steps sum). */
 double brix_gpu_step_seconds(const brix_gpu_profile_t *p, uint64_t prefill_tokens,
                              uint64_t decode_ctx_tokens, uint64_t decode_seqs);
+
+/* Simulated start-up of an engine serving weights_gib of weights on p:
+ * engine_init_seconds + weights_gib / load_gib_per_s. */
+double brix_gpu_startup_seconds(const brix_gpu_profile_t *p, double weights_gib);
+/* GiB of bf16 weights implied by a model name's size tag ("llama-3-70b",
+ * "Meta-Llama-3.1-8B-Instruct", "qwen2.5-0.5b": the last <number>b/B not
+ * inside a word); 0 when the name has none. */
+double brix_gpu_weights_gib_from_name(const char *model);
 
 #endif

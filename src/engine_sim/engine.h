@@ -51,7 +51,9 @@ typedef struct brix_engine_cfg {
     double time_scale;
     int64_t seed;
     char *output_len_dist;
-    double startup_delay;
+    char *startup_delay_arg;  /* --startup-delay: SECONDS | auto */
+    double model_weights_gib; /* 0 = from the model name, else the profiles' 8B (15 GiB) */
+    double startup_delay;     /* simulated seconds, resolved from the two above */
     double failure_rate;
     int64_t embedding_dim;
     char *show_hidden_metrics_for_version;

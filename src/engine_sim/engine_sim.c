@@ -77,8 +77,15 @@ static const brix_opt_t engine_opts[] = {
     { "output-len-dist", BRIX_OPT_STRING, O(output_len_dist), "lognormal:415:0.38", 1, 0, "DIST",
       "when end-of-sequence is drawn: none | fixed:N | geometric:MEAN | uniform:MIN:MAX | "
       "lognormal:MEDIAN:SIGMA (default fits ShareGPT reply lengths)" },
-    { "startup-delay", BRIX_OPT_DOUBLE, O(startup_delay), "0", 0, 86400, "SECONDS",
-      "simulated model-load time before /health turns 200" },
+    { "startup-delay", BRIX_OPT_STRING, O(startup_delay_arg), "0", 1, 0, "SECONDS|auto",
+      "simulated model-load time before /health turns 200, in simulated seconds (so scaled by "
+      "--time-scale like every other duration); auto = the GPU profile's engine_init_seconds + "
+      "the weights (--model-weights-gib) / its load_gib_per_s: ~82 s for an 8B model, ~3.7 min "
+      "for a 70B" },
+    { "model-weights-gib", BRIX_OPT_DOUBLE, O(model_weights_gib), "0", 0, 1e6, "GIB",
+      "weights loaded at start-up, for --startup-delay auto (0 = from the model name's size "
+      "tag, 2 bytes per parameter, e.g. llama-3-70b = 130 GiB; without a tag 15 GiB, the 8B "
+      "model the GPU profiles describe)" },
     { "failure-rate", BRIX_OPT_DOUBLE, O(failure_rate), "0", 0, 1, "F",
       "fraction of requests answered with 500 (deterministic in --seed)" },
     { "embedding-dim", BRIX_OPT_INT, O(embedding_dim), "4096", 1, 65536, NULL,
@@ -300,6 +307,44 @@ static int check_lora_path(const brix_engine_t *e, const char *path, char *err, 
     return 0;
 }
 
+/* --startup-delay SECONDS | auto. ready_at is on the simulated clock, so the
+ * wall time until /health turns 200 is the delay times --time-scale. */
+static int resolve_startup_delay(brix_engine_t *e, char *err, size_t errlen)
+{
+    brix_engine_cfg_t *c = &e->cfg;
+    const char *arg = c->startup_delay_arg ? c->startup_delay_arg : "0";
+    if (!strcmp(arg, "auto")) {
+        double gib = c->model_weights_gib;
+        const char *from = "--model-weights-gib";
+        if (gib <= 0) {
+            gib = brix_gpu_weights_gib_from_name(c->model);
+            from = "the model name";
+        }
+        if (gib <= 0) {
+            gib = 15.0; /* the ~8B model every built-in profile is calibrated for */
+            from = "the profiles' 8B model";
+        }
+        c->startup_delay = brix_gpu_startup_seconds(e->profile, gib);
+        BRIX_INFO("startup-delay auto: %.1f simulated s (%.1f GiB of weights from %s at %.2f "
+                  "GiB/s + %.0f s engine init, profile %s), %.2f s of wall time",
+                  c->startup_delay, gib, from, e->profile->load_gib_per_s,
+                  e->profile->engine_init_seconds, e->profile->name,
+                  c->startup_delay * c->time_scale);
+    } else {
+        char *end;
+        errno = 0;
+        double d = strtod(arg, &end);
+        if (errno || end == arg || *end || !(d >= 0) || d > 86400) {
+            snprintf(err, errlen,
+                     "--startup-delay: expected seconds (0..86400) or 'auto', got '%s'", arg);
+            return -1;
+        }
+        c->startup_delay = d;
+    }
+    e->ready_at = c->startup_delay;
+    return 0;
+}
+
 static int setup(brix_engine_t *e, char *err, size_t errlen)
 {
     brix_engine_cfg_t *c = &e->cfg;
@@ -317,6 +362,8 @@ static int setup(brix_engine_t *e, char *err, size_t errlen)
         return -1;
     }
     if (brix_outlen_parse(c->output_len_dist, &e->outlen, err, errlen))
+        return -1;
+    if (resolve_startup_delay(e, err, errlen))
         return -1;
     if (!c->max_num_seqs)
         c->max_num_seqs = e->profile->max_num_seqs;
@@ -491,7 +538,6 @@ int brix_engine_sim_main(int argc, char **argv)
     e->epoch_ns = brix_now_ns();
     e->created = brix_wall_s();
     e->rng = (uint64_t)e->cfg.seed ^ 0x5eed5eed5eedull;
-    e->ready_at = e->cfg.startup_delay;
     if (setup(e, err, sizeof err)) {
         fprintf(stderr, "brix engine-sim: %s\n", err);
         if (e->events)

@@ -8,6 +8,7 @@ import re
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 
@@ -228,6 +229,7 @@ def no_chunked_prefill():
 @h.check("--startup-delay: /health 503 and completions 503 while loading, then 200")
 def startup_delay():
     # 40 simulated seconds at --time-scale 0.05 = 2 s of wall time
+    t_spawn = time.time()
     e = h.engine(["--startup-delay", "40"], ready=False)
     try:
         deadline = time.time() + 20
@@ -246,10 +248,84 @@ def startup_delay():
         # /metrics answers while loading
         assert h.request("GET", e.port, "/metrics")[0] == 200
         e.wait_http(e.port, "/health", timeout=20)
+        # the delay is simulated time: ready no earlier than 40 s x 0.05 after
+        # the process started (an unscaled delay would miss the 20 s above)
+        assert time.time() - t_spawn >= 2.0, "ready before 40 simulated s had passed"
         assert time.time() - t_first < 15
         complete(e.port, "now ready", 2)
     finally:
         e.stop()
+
+
+def first_200(e, deadline_s):
+    """Wall time at which /health first answers 200, or None."""
+    end = time.time() + deadline_s
+    while time.time() < end:
+        try:
+            if h.request("GET", e.port, "/health", timeout=2)[0] == 200:
+                return time.time()
+        except OSError:
+            pass
+        assert e.p.poll() is None, e.text()
+        time.sleep(0.02)
+    return None
+
+
+@h.check("--startup-delay auto: the GPU profile's load model, by model size, scaled by "
+         "--time-scale; bad values refused")
+def startup_delay_auto():
+    # 8B (the model name's size tag): 64 s init + 14.9 GiB / 0.83 GiB/s = 82 s;
+    # at --time-scale 0.02 that is 1.64 s of wall time
+    t_spawn = time.time()
+    e = h.engine(["--startup-delay", "auto", "--model", "llama-3-8b", "--time-scale", "0.02"],
+                 ready=False)
+    try:
+        t = first_200(e, 30)
+        assert t is not None, e.text()
+        assert t - t_spawn >= 1.6, f"8B ready after {t - t_spawn:.2f} s of wall, before 82 x 0.02"
+        m = re.search(r"startup-delay auto: ([0-9.]+) simulated s \(([0-9.]+) GiB", e.text())
+        assert m and 80 < float(m.group(1)) < 84 and 14 < float(m.group(2)) < 16, e.text()
+    finally:
+        e.stop()
+    # 70B: 64 + 130.4 / 0.83 = 221 simulated s; the same flags scale it to 1.1 s
+    # at 0.005 (a size-blind "auto" would say 82 s = 0.41 s and fail below)
+    t_spawn = time.time()
+    e = h.engine(["--startup-delay", "auto", "--model", "Meta-Llama-3.1-70B-Instruct",
+                  "--time-scale", "0.005"], ready=False)
+    try:
+        t = first_200(e, 30)
+        assert t is not None, e.text()
+        assert t - t_spawn >= 1.1, f"70B ready after {t - t_spawn:.2f} s of wall"
+        m = re.search(r"startup-delay auto: ([0-9.]+) simulated s", e.text())
+        assert m and 215 < float(m.group(1)) < 228, e.text()
+    finally:
+        e.stop()
+    # an explicit weight size wins over the name; the load model comes from
+    # the profile (--gpu-profiles), whose start-up fields are optional
+    base = ("    memory_gib: 80\n    price_per_hour: 1\n    prefill_per_token: 1e-5\n"
+            "    prefill_base: 0.001\n    prefill_min: 0.001\n    decode_per_ctx_token: 1e-7\n"
+            "    decode_base: 0.001\n    decode_per_seq: 1e-5\n    kv_cache_tokens: 65536\n"
+            "    lora_load_seconds: 0.01\n    lora_swap_seconds: 0.001\n"
+            "    max_num_seqs: 64\n    max_num_batched_tokens: 2048\n")
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write("profiles:\n  fast:\n" + base + "    load_gib_per_s: 2\n"
+                "    engine_init_seconds: 10\n  old:\n" + base)
+        path = f.name
+    try:
+        for gpu, want in (("fast", 10 + 83 / 2), ("old", 64 + 83 / 0.83)):
+            e = h.engine(["--startup-delay", "auto", "--model-weights-gib", "83", "--gpu-profiles",
+                          path, "--gpu", gpu, "--time-scale", "0.001"])
+            try:
+                m = re.search(r"startup-delay auto: ([0-9.]+) simulated s", e.text())
+                assert m and abs(float(m.group(1)) - want) < 0.5, (gpu, want, e.text())
+            finally:
+                e.stop()
+    finally:
+        os.unlink(path)
+    for bad in ("soon", "-1", "1e9"):
+        p = h.Proc(["engine-sim", "--port", "0", "--startup-delay", bad])
+        rc = p.p.wait(timeout=20)
+        assert rc == 2 and "--startup-delay" in p.text(), (bad, rc, p.text())
 
 
 @h.check("SIGTERM during a stream: the stream completes, new connections are refused, exit 0")
