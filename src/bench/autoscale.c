@@ -357,6 +357,12 @@ static void cluster_yaml(const bench_cfg_t *c, brix_buf_t *b, int replicas)
     for (char *tok = extra ? strtok(extra, " ") : NULL; tok; tok = strtok(NULL, " "))
         brix_buf_printf(b, ", \"%s\"", tok);
     brix_free(extra);
+    /* the gateway's load reports (1 s in production) are what SLO mode sees:
+     * compressed like every other clock, no faster than 200 ms */
+    if (!c->gateway_args || !strstr(c->gateway_args, "--controller-report-interval")) {
+        double ms = 1000 * c->time_scale;
+        brix_buf_printf(b, ", --controller-report-interval, \"%.0fms\"", ms < 200 ? 200 : ms);
+    }
     brix_buf_append_str(b, "]\n  controller:\n    args: [");
     extra = c->controller_args ? brix_strdup(c->controller_args) : NULL;
     int na = 0;
@@ -368,7 +374,20 @@ static void cluster_yaml(const bench_cfg_t *c, brix_buf_t *b, int replicas)
      * a small shared machine) */
     if (!c->controller_args || !strstr(c->controller_args, "--autoscale-interval")) {
         double ms = 1000 * c->time_scale;
-        brix_buf_printf(b, "%s--autoscale-interval, \"%.0fms\"", na ? ", " : "",
+        brix_buf_printf(b, "%s--autoscale-interval, \"%.0fms\"", na++ ? ", " : "",
+                        ms < 200 ? 200 : ms);
+    }
+    /* wall-clock controller constants compressed alike: a load report is
+     * stale after 5 s, a drained replica waits 2 s for late requests (its
+     * replica-seconds count) */
+    if (!c->controller_args || !strstr(c->controller_args, "--gateway-load-stale")) {
+        double ms = 5000 * c->time_scale;
+        brix_buf_printf(b, "%s--gateway-load-stale, \"%.0fms\"", na++ ? ", " : "",
+                        ms < 500 ? 500 : ms);
+    }
+    if (!c->controller_args || !strstr(c->controller_args, "--drain-grace")) {
+        double ms = 2000 * c->time_scale;
+        brix_buf_printf(b, "%s--drain-grace, \"%.0fms\"", na++ ? ", " : "",
                         ms < 200 ? 200 : ms);
     }
     brix_buf_printf(b,

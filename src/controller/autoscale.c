@@ -823,6 +823,22 @@ int brix_ctl_as_wake(brix_ctl_t *c, const char *deployment, int64_t *replicas)
 
 /* ------------------------------------------------------------- decide -- */
 
+/* The engines' --time-scale (1 for a real engine): a simulated engine's
+ * clock runs that much faster than the wall. Its latencies (histograms) are
+ * in its own seconds, as are the SLO targets (the user states model time);
+ * rates, windows and start-up times here are wall time. SLO mode works in
+ * wall time throughout, so a time-compressed fleet (a benchmark) is sized as
+ * the real one would be. */
+static double engine_time_scale(const brix_obj_t *d)
+{
+    for (size_t i = 0; i + 1 < d->d.args.n; i++)
+        if (!strcmp(d->d.args.v[i], "--time-scale")) {
+            double ts = atof(d->d.args.v[i + 1]);
+            return ts > 0 && isfinite(ts) ? ts : 1.0;
+        }
+    return 1.0;
+}
+
 /* Per-replica capacity prior at the SLO from the GPU profile, in wall
  * tokens/s: prefill throughput, and decode throughput at the batch whose
  * step time still meets the ITL target (the whole batch if none). */
@@ -836,16 +852,11 @@ static void capacity_prior(brix_ctl_t *c, const brix_obj_t *d, const brix_as_par
     const brix_gpu_profile_t *g = brix_gpu_profiles_find(&w->profiles, d->d.gpu);
     if (!g)
         return;
-    double ts = 1.0;
+    double ts = engine_time_scale(d);
     int64_t seqs = g->max_num_seqs;
-    for (size_t i = 0; i + 1 < d->d.args.n; i++) {
-        if (!strcmp(d->d.args.v[i], "--time-scale"))
-            ts = atof(d->d.args.v[i + 1]);
-        else if (!strcmp(d->d.args.v[i], "--max-num-seqs"))
+    for (size_t i = 0; i + 1 < d->d.args.n; i++)
+        if (!strcmp(d->d.args.v[i], "--max-num-seqs"))
             seqs = atoll(d->d.args.v[i + 1]);
-    }
-    if (!(ts > 0))
-        ts = 1.0;
     if (seqs < 1)
         seqs = 1;
     /* prefill: one batch of max_num_batched_tokens per step */
@@ -1046,6 +1057,15 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
             x.ok[m] = false; /* the Kubernetes custom metrics API: refused at apply locally */
         }
     }
+    if (pp.strategy == BRIX_AS_SLO) { /* model time → wall time (engine_time_scale) */
+        double ts = engine_time_scale(d);
+        pp.slo_ttft_s *= ts;
+        pp.slo_itl_s *= ts;
+        if (x.ttft_s > 0)
+            x.ttft_s *= ts;
+        if (x.itl_s > 0)
+            x.itl_s *= ts;
+    }
     brix_as_observe(&p->st, &pp, &x);
 
     brix_as_input_t in;
@@ -1065,7 +1085,7 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
     in.inflight_floor = (int32_t)ceil(work / (double)slots);
     if (work > 0 && in.inflight_floor < 1)
         in.inflight_floor = 1;
-    capacity_prior(c, d, &pp, &in.prior_cap_in_tps, &in.prior_cap_out_tps);
+    capacity_prior(c, d, &s->params, &in.prior_cap_in_tps, &in.prior_cap_out_tps);
     brix_as_decision_t dec;
     memset(&dec, 0, sizeof dec);
     brix_as_decide(&pp, &p->st, &in, &dec);

@@ -53,6 +53,9 @@ static const brix_opt_t gw_opts[] = {
     { "controller-token-file", BRIX_OPT_STRING, O(controller_token_file), NULL, 1, 0, "FILE",
       "read the controller's bearer token from FILE (e.g. the controller's STATE_DIR/token); "
       "read again on reload" },
+    { "controller-report-interval", BRIX_OPT_DURATION, O(controller_report_interval), "1s", 50,
+      60000, NULL,
+      "activity and load reports (what the controller's autoscalers read) are sent every" },
     { "controller-idle-timeout", BRIX_OPT_DURATION, O(controller_idle_timeout), "15s", 100, 3600000,
       NULL,
       "controller watch silent this long (it heartbeats every 5 s): reconnect, serving the last "

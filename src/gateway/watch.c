@@ -832,7 +832,10 @@ brix_gw_watch_t *brix_gw_watch_start(brix_gw_t *gw, brix_gw_watch_apply_fn apply
         timers[i]->data = w;
         w->open_handles++;
     }
-    uv_timer_start(&w->tick_timer, on_tick, TICK_MS, TICK_MS);
+    uint64_t tick = w->gw->cfg.controller_report_interval > 0
+                        ? (uint64_t)w->gw->cfg.controller_report_interval
+                        : TICK_MS;
+    uv_timer_start(&w->tick_timer, on_tick, tick, tick);
     gw->demand.kick_ud = w;
     gw->demand.on_kick = on_kick;
     set_connected(w, false);
