@@ -62,9 +62,10 @@
 #include "controller/autoscaler/as_internal.h"
 #include "core/alloc.h"
 
-#define SLO_LEARN_DOWN  0.5
-#define SLO_LEARN_UP    0.1
-#define SLO_WELL_WITHIN 0.5
+#define SLO_LEARN_DOWN      0.5
+#define SLO_LEARN_UP        0.1
+#define SLO_WELL_WITHIN     0.5
+#define SLO_FORECAST_GROWTH 0.5 /* the forecast adds at most half the load (see below) */
 /* The demand memory, in down windows; the pipeline's own down window comes
  * on top, so a burst is remembered for 4 windows (20 min by default). On the
  * Azure code trace replayed three times over (1-s ticks, 30-s start-up),
@@ -254,7 +255,14 @@ void brix__as_slo(const brix_as_params_t *p, brix_as_state_t *s, const brix_as_i
         tick_ms = dt;
     }
     double horizon_ms = (in->startup_s > 0 ? in->startup_s * 1000 : 0) + tick_ms;
-    double u_fc = s->level + (s->trend > 0 ? s->trend : 0) * horizon_ms;
+    /* The projection adds at most SLO_FORECAST_GROWTH of the level: a ramp
+     * (a diurnal rise) grows far less than that over a start-up time, while
+     * a burst's first seconds have a slope that, carried over a minute and
+     * more of start-up, would order the whole fleet for a burst that is over
+     * before the replicas are. */
+    double grow = (s->trend > 0 ? s->trend : 0) * horizon_ms;
+    double grow_max = SLO_FORECAST_GROWTH * (s->level > u_load ? s->level : u_load);
+    double u_fc = s->level + (grow < grow_max ? grow : grow_max);
     if (u_fc < 0)
         u_fc = 0;
     d->forecast = u_fc;
