@@ -268,5 +268,27 @@ adapter count, not by traffic. The engines run at --time-scale 0.25 while the co
 gateway work in real time, so in the sweep a cold load's control-plane part counts four times
 over (the cold table is at --time-scale 1). The criterion is P99 TTFT only: decode is slower on
 the shared replicas (ITL and e2e in the table).
+
+## Autoscaling: static peak provisioning, HPA, KPA, APA and SLO mode (issue 13)
+
+Command: `bench/autoscale.sh` (two runs of `build/brix bench --scenario autoscale`, about 11
+minutes each). Each policy gets a fresh `brix up` cluster of simulated A100s whose engines take
+`--startup-delay auto` (82 simulated s for an 8B model) to load; the Azure LLM inference 2023
+code trace (Patel et al., "Splitwise", ISCA 2024, CC-BY 4.0), first 1800 s, is replayed
+open-loop at `--time-scale 1/15`; every time constant of the PodAutoscalers and the controller
+is compressed alike. Static is peak provisioning sized from the slice's busiest 10 s (it knows
+the future peak). SLO attainment = share of requests with TTFT <= 2 s; replica-seconds count
+loading and draining replicas.
+
+{rfrag('autoscale')}
+
+![replicas and load](bench/plots/autoscale-replicas.svg)
+
+The same policies on a day of ServeGen's language/m-large rate envelope (Xiang et al., arXiv
+2505.09999) compressed into 30 simulated minutes, with the code trace's request lengths:
+
+{rfrag('autoscale-servegen')}
+
+![replicas and load](bench/plots/autoscale-servegen-replicas.svg)
 """
 open(os.path.join(ROOT, "BENCHMARKS.md"), "w").write(doc)

@@ -65,7 +65,7 @@
 #define SLO_LEARN_DOWN      0.5
 #define SLO_LEARN_UP        0.1
 #define SLO_WELL_WITHIN     0.5
-#define SLO_FORECAST_GROWTH 0.5 /* the forecast adds at most half the load (see below) */
+#define SLO_FORECAST_GROWTH 0.25 /* the forecast adds at most a quarter of the load (below) */
 /* The demand memory, in down windows; the pipeline's own down window comes
  * on top, so a burst is remembered for 4 windows (20 min by default). On the
  * Azure code trace replayed three times over (1-s ticks, 30-s start-up),
@@ -132,8 +132,14 @@ static void learn_capacity(const brix_as_params_t *p, brix_as_state_t *s, const 
         if (in->ready <= 0)
             continue;
         double ready = in->ready;
+        /* A backlog (more in flight than Little's law expects at the target,
+         * plus one per replica) explains a latency miss by itself: replicas
+         * that were still starting, a burst being worked off. Capacity is
+         * only learnt down when the latency misses without one. */
+        bool backlog =
+            q >= 0 && x->rps > 0 && p->slo_ttft_s > 0 && q > 2 * x->rps * p->slo_ttft_s + ready;
         s->cap_in_tps = learn(s->cap_in_tps, in->prior_cap_in_tps, x->in_tps / ready, x->ttft_s,
-                              p->slo_ttft_s, growing, steady);
+                              p->slo_ttft_s, growing && !backlog, steady);
         s->cap_out_tps = learn(s->cap_out_tps, in->prior_cap_out_tps, x->out_tps / ready, x->itl_s,
                                p->slo_itl_s, growing, steady);
     }
