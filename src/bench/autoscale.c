@@ -387,8 +387,7 @@ static void cluster_yaml(const bench_cfg_t *c, brix_buf_t *b, int replicas)
     }
     if (!c->controller_args || !strstr(c->controller_args, "--drain-grace")) {
         double ms = 2000 * c->time_scale;
-        brix_buf_printf(b, "%s--drain-grace, \"%.0fms\"", na++ ? ", " : "",
-                        ms < 200 ? 200 : ms);
+        brix_buf_printf(b, "%s--drain-grace, \"%.0fms\"", na++ ? ", " : "", ms < 200 ? 200 : ms);
     }
     brix_buf_printf(b,
                     "]\n---\napiVersion: model.brix.dev/v1alpha1\nkind: ModelDeployment\n"

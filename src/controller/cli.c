@@ -583,9 +583,9 @@ static void print_table(brix_kind_t kind, const cJSON *items, bool wide)
 static int emit_scalar(yaml_emitter_t *e, const char *s, bool plain_ok)
 {
     yaml_event_t ev;
-    yaml_scalar_event_initialize(
-        &ev, NULL, NULL, (yaml_char_t *)s, (int)strlen(s), plain_ok, 1,
-        plain_ok ? YAML_ANY_SCALAR_STYLE : YAML_DOUBLE_QUOTED_SCALAR_STYLE);
+    yaml_scalar_event_initialize(&ev, NULL, NULL, (yaml_char_t *)s, (int)strlen(s), plain_ok, 1,
+                                 plain_ok ? YAML_ANY_SCALAR_STYLE
+                                          : YAML_DOUBLE_QUOTED_SCALAR_STYLE);
     return yaml_emitter_emit(e, &ev);
 }
 

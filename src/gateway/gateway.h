@@ -40,7 +40,7 @@ typedef struct brix_gw_cfg {
     brix_strlist_t worker_urls;
     /* discovery from `brix controller` */
     char *controller, *controller_token;
-    char *controller_token_file; /* read into controller_token at load */
+    char *controller_token_file;        /* read into controller_token at load */
     int64_t controller_report_interval; /* ms between activity/load reports */
     uint64_t controller_idle_timeout;
     uint64_t adapter_wake_timeout;

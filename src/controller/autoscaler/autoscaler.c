@@ -35,7 +35,7 @@
 /* SLO mode averages the offered load over the last 10 s (see slo.c). */
 /* A held-requests report older than this no longer wakes a fleet at zero:
  * gateways report every second, and a held request's deadline is ~30 s. */
-#define AS_WAKE_FRESH_MS 30000u
+#define AS_WAKE_FRESH_MS  30000u
 #define AS_OUTAGE_SAMPLES 3
 
 static const char *const strategy_names[] = { "HPA", "KPA", "APA", "SLO" };
