@@ -48,7 +48,6 @@
 #include <time.h>
 #include <unistd.h>
 
-extern char **environ;
 
 #define AS_MODEL      "llama-3-8b"
 #define AS_MAX_POLICY 8
@@ -98,93 +97,6 @@ static void sleep_s(double s)
     nanosleep(&ts, NULL);
 }
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET };
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    socklen_t l = sizeof a;
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &l) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
-/* Decodes a chunked body in place. */
-static void dechunk(brix_buf_t *b)
-{
-    brix_buf_t o = BRIX_BUF_INIT;
-    const char *p = b->data, *end = b->data + b->len;
-    while (p && p < end) {
-        char *e;
-        unsigned long n = strtoul(p, &e, 16);
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        if (!nl || n == 0 || nl + 1 + n > end)
-            break;
-        brix_buf_append(&o, nl + 1, n);
-        p = nl + 1 + n + 2;
-    }
-    brix_buf_free(b);
-    *b = o;
-}
-
-/* One request to the controller on a fresh connection (the sampler's and the
- * apply's; blocking: bench is a client). Returns the status, 0 on failure. */
-static int as_http(int port, const char *token, const char *method, const char *path,
-                   const char *ctype, const char *body, size_t blen, brix_buf_t *out)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return 0;
-    struct timeval tv = { 5, 0 };
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    brix_buf_t req = BRIX_BUF_INIT, b = BRIX_BUF_INIT;
-    brix_buf_printf(&req,
-                    "%s %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n"
-                    "Authorization: Bearer %s\r\n",
-                    method, path, port, token ? token : "");
-    if (body)
-        brix_buf_printf(&req, "Content-Type: %s\r\nContent-Length: %zu\r\n", ctype, blen);
-    brix_buf_append_str(&req, "\r\n");
-    if (body)
-        brix_buf_append(&req, body, blen);
-    int status = 0;
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        write(fd, req.data, req.len) == (ssize_t)req.len) {
-        char buf[65536];
-        ssize_t r;
-        while ((r = read(fd, buf, sizeof buf)) > 0)
-            brix_buf_append(&b, buf, (size_t)r);
-        if (b.len > 12 && !strncmp(b.data, "HTTP/1.1 ", 9))
-            status = atoi(b.data + 9);
-        const char *s = b.data ? memmem(b.data, b.len, "\r\n\r\n", 4) : NULL;
-        if (out) {
-            brix_buf_reset(out);
-            if (s) {
-                brix_buf_append(out, s + 4, b.len - (size_t)(s + 4 - b.data));
-                bool chunked = false;
-                for (const char *h = b.data; h && h < s; h = memchr(h, '\n', (size_t)(s - h))) {
-                    h++;
-                    chunked |= !strncasecmp(h, "transfer-encoding: chunked", 26);
-                }
-                if (chunked)
-                    dechunk(out);
-            }
-            brix_buf_append_char(out, '\0');
-            out->len--;
-        }
-    }
-    close(fd);
-    brix_buf_free(&req);
-    brix_buf_free(&b);
-    return status;
-}
-
 /* ------------------------------------------------------------ sampling -- */
 
 static int as_num(const cJSON *o, const char *k, int def)
@@ -196,7 +108,7 @@ static int as_num(const cJSON *o, const char *k, int def)
 static void sample_once(sampler_t *sp, brix_buf_t *b)
 {
     as_sample_t x = { .t = now_s(), .scale = -1, .desired = -1 };
-    if (as_http(sp->port, sp->token, "GET", "/v1/replicas", NULL, NULL, 0, b) == 200) {
+    if (bench_http(sp->port, sp->token, "GET", "/v1/replicas", NULL, NULL, 0, b) == 200) {
         cJSON *j = cJSON_Parse(b->data);
         const cJSON *it;
         cJSON_ArrayForEach(it, cJSON_GetObjectItemCaseSensitive(j, "items"))
@@ -221,7 +133,8 @@ static void sample_once(sampler_t *sp, brix_buf_t *b)
     } else {
         return; /* no sample rather than a false zero */
     }
-    if (as_http(sp->port, sp->token, "GET", "/v1/deployments/" AS_MODEL, NULL, NULL, 0, b) == 200) {
+    if (bench_http(sp->port, sp->token, "GET", "/v1/deployments/" AS_MODEL, NULL, NULL, 0, b) ==
+        200) {
         cJSON *j = cJSON_Parse(b->data);
         /* status.desiredReplicas is the scale the controller runs now (an
          * autoscaler's, else spec.replicas) */
@@ -229,7 +142,7 @@ static void sample_once(sampler_t *sp, brix_buf_t *b)
                          as_num(cJSON_GetObjectItemCaseSensitive(j, "spec"), "replicas", -1));
         cJSON_Delete(j);
     }
-    if (as_http(sp->port, sp->token, "GET", "/v1/podautoscalers", NULL, NULL, 0, b) == 200) {
+    if (bench_http(sp->port, sp->token, "GET", "/v1/podautoscalers", NULL, NULL, 0, b) == 200) {
         cJSON *j = cJSON_Parse(b->data);
         const cJSON *it = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "items"), 0);
         x.desired = as_num(cJSON_GetObjectItemCaseSensitive(it, "status"), "desiredScale", -1);
@@ -449,15 +362,7 @@ static pid_t spawn_up(const bench_cfg_t *c, const char *yaml, const char *state,
     snprintf(ap, sizeof ap, "%d", aport);
     const char *argv[] = { c->brix_bin,  "up", "-c",          yaml,  "--port", gp,
                            "--api-port", ap,   "--state-dir", state, NULL };
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    pid_t pid = -1;
-    if (posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ) != 0)
-        pid = -1;
-    posix_spawn_file_actions_destroy(&fa);
-    return pid;
+    return bench_spawn(argv, log);
 }
 
 static bool log_has(const char *path, const char *needle)
@@ -485,22 +390,6 @@ static bool wait_up(pid_t pid, const char *log, double timeout_s)
         sleep_s(0.2);
     }
     return false;
-}
-
-static void stop_up(pid_t pid)
-{
-    if (pid <= 0)
-        return;
-    kill(pid, SIGTERM);
-    /* brix up drains the gateway (up to 35 s) and stops the controller,
-     * which stops its replicas */
-    for (int i = 0; i < 1800; i++) {
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return;
-        sleep_s(0.05);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
 }
 
 static int read_token(const char *path, char *tok, size_t tl)
@@ -553,7 +442,7 @@ static int run_policy(const bench_cfg_t *c, const bench_workload_t *w, as_policy
         snprintf(p->note, sizeof p->note, "cannot write %.400s", path);
         goto out;
     }
-    int gport = free_port(), aport = free_port();
+    int gport = bench_free_port(), aport = bench_free_port();
     fprintf(stderr, "bench: %s: starting brix up (%s)\n", p->name, path);
     up = spawn_up(c, path, state, gport, aport, log);
     if (up <= 0 || !wait_up(up, log, 900)) {
@@ -570,8 +459,8 @@ static int run_policy(const bench_cfg_t *c, const bench_workload_t *w, as_policy
         pa_yaml(c, &pa, p->name, maxr);
         snprintf(path, sizeof path, "%s/autoscaler.yaml", dir);
         write_file(path, pa.data);
-        int st =
-            as_http(aport, token, "POST", "/v1/apply", "application/yaml", pa.data, pa.len, &out);
+        int st = bench_http(aport, token, "POST", "/v1/apply", "application/yaml", pa.data, pa.len,
+                            &out);
         p->pa_applied = st == 200;
         if (!p->pa_applied) {
             /* the cluster still runs at min replicas: the row shows what
@@ -611,7 +500,9 @@ out:
         atomic_store(&sp.stop, 1);
         pthread_join(sp.th, NULL);
     }
-    stop_up(up);
+    /* brix up drains the gateway (up to 35 s) and stops the controller,
+     * which stops its replicas */
+    bench_stop(up, 90);
     p->wall_total = now_s() - t_start;
     brix_buf_free(&y);
     brix_buf_free(&pa);

@@ -20,7 +20,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/buf.h"
 #include "core/config.h"
+
+#include <sys/types.h>
 
 typedef struct bench_cfg {
     char *config;
@@ -124,6 +127,19 @@ typedef struct bench_run {
  * strategy_header is set. Fills run->res. Returns 0 or -1. */
 int bench_drive(const bench_cfg_t *c, const bench_workload_t *w, const char *host, int port,
                 const char *strategy_header, bench_run_t *run);
+
+/* proc.c: processes and blocking HTTP for the fleets bench starts. */
+int bench_free_port(void); /* a free loopback port, or -1 */
+/* Starts argv with stdout and stderr in log; the pid or -1. */
+pid_t bench_spawn(const char *const *argv, const char *log);
+/* SIGTERM, up to grace_s seconds for it to exit, then SIGKILL; reaps it. */
+void bench_stop(pid_t pid, double grace_s);
+/* One request to 127.0.0.1:port on a fresh connection (5-s read timeout);
+ * token adds a bearer header, body a Content-Type and length. *out (may be
+ * NULL) gets the body, de-chunked and NUL-terminated. The status, 0 on
+ * failure. */
+int bench_http(int port, const char *token, const char *method, const char *path, const char *ctype,
+               const char *body, size_t blen, brix_buf_t *out);
 
 typedef struct bench_fleet bench_fleet_t;
 /* Starts replicas engine-sims and, for a gateway strategy, the gateway (or

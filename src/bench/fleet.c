@@ -27,7 +27,6 @@
 #include <time.h>
 #include <unistd.h>
 
-extern char **environ;
 
 #define MAX_PODS 64
 
@@ -42,73 +41,11 @@ struct bench_fleet {
     char dir[512];
 };
 
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET };
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    socklen_t l = sizeof a;
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-        getsockname(fd, (struct sockaddr *)&a, &l) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0)
-        close(fd);
-    return port;
-}
-
-/* One GET on a fresh connection; returns the status (0 on failure). */
-static int http_get(int port, const char *path, brix_buf_t *body)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0)
-        return 0;
-    struct timeval tv = { 5, 0 };
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
-    int status = 0;
-    char req[256];
-    int n =
-        snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", path);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && write(fd, req, (size_t)n) == n) {
-        brix_buf_t b = BRIX_BUF_INIT;
-        char buf[65536];
-        ssize_t r;
-        while ((r = read(fd, buf, sizeof buf)) > 0)
-            brix_buf_append(&b, buf, (size_t)r);
-        if (b.len > 12 && !strncmp(b.data, "HTTP/1.1 ", 9))
-            status = atoi(b.data + 9);
-        if (body) {
-            brix_buf_reset(body);
-            const char *s = b.data ? strstr(b.data, "\r\n\r\n") : NULL;
-            if (s)
-                brix_buf_append_str(body, s + 4);
-        }
-        brix_buf_free(&b);
-    }
-    close(fd);
-    return status;
-}
-
-static pid_t spawn(const char *const *argv, const char *log)
-{
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    pid_t pid = -1;
-    if (posix_spawnp(&pid, argv[0], &fa, NULL, (char *const *)argv, environ) != 0)
-        pid = -1;
-    posix_spawn_file_actions_destroy(&fa);
-    return pid;
-}
-
 static bool wait_status(int port, const char *path, int want, double timeout_s)
 {
     uint64_t end = brix_now_ms() + (uint64_t)(timeout_s * 1000);
     while (brix_now_ms() < end) {
-        if (http_get(port, path, NULL) == want)
+        if (bench_http(port, NULL, "GET", path, NULL, NULL, 0, NULL) == want)
             return true;
         struct timespec ts = { 0, 50 * 1000000 };
         nanosleep(&ts, NULL);
@@ -116,28 +53,13 @@ static bool wait_status(int port, const char *path, int want, double timeout_s)
     return false;
 }
 
-static void stop_pid(pid_t pid)
-{
-    if (pid <= 0)
-        return;
-    kill(pid, SIGTERM);
-    for (int i = 0; i < 200; i++) {
-        if (waitpid(pid, NULL, WNOHANG) == pid)
-            return;
-        struct timespec ts = { 0, 50 * 1000000 };
-        nanosleep(&ts, NULL);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-}
-
 void bench_fleet_stop(bench_fleet_t *f)
 {
     if (!f)
         return;
-    stop_pid(f->front);
+    bench_stop(f->front, 10);
     for (int i = 0; i < f->n; i++)
-        stop_pid(f->engines[i]);
+        bench_stop(f->engines[i], 10);
     brix_free(f);
 }
 
@@ -194,7 +116,7 @@ bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int
     snprintf(loras, sizeof loras, "%d", nadapters);
     brix_buf_t kv = BRIX_BUF_INIT, urls = BRIX_BUF_INIT;
     for (int i = 0; i < f->n; i++) {
-        f->ports[i] = free_port();
+        f->ports[i] = bench_free_port();
         char port_s[16], sock[256], rsock[256];
         snprintf(port_s, sizeof port_s, "%d", f->ports[i]);
         snprintf(sock, sizeof sock, "ipc:///tmp/brix-bench-%d-%d.sock", (int)getpid(), i);
@@ -253,7 +175,7 @@ bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int
         }
         argv[a] = NULL;
         snprintf(log, sizeof log, "%s/engine-%d.log", f->dir, i);
-        f->engines[i] = spawn(argv, log);
+        f->engines[i] = bench_spawn(argv, log);
         brix_buf_free(&lm);
         brix_buf_printf(&urls, "%shttp://127.0.0.1:%d", i ? "," : "", f->ports[i]);
         brix_buf_printf(&kv, "http://127.0.0.1:%d=%s;%s%c", f->ports[i], sock, rsock, '\0');
@@ -269,7 +191,7 @@ bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int
             goto fail;
         }
     }
-    f->front_port = free_port();
+    f->front_port = bench_free_port();
     char fp[16];
     snprintf(fp, sizeof fp, "%d", f->front_port);
     if (!strcmp(strategy, "nginx-least-conn")) {
@@ -280,7 +202,7 @@ bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int
         }
         const char *argv[] = { c->nginx_bin, "-p", f->dir, "-c", conf, NULL };
         snprintf(log, sizeof log, "%s/nginx.log", f->dir);
-        f->front = spawn(argv, log);
+        f->front = bench_spawn(argv, log);
         if (f->front < 0 || !wait_status(f->front_port, "/health", 200, 15)) {
             snprintf(err, errlen, "nginx did not start (see %s)", log);
             goto fail;
@@ -316,7 +238,7 @@ bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int
             argv[a++] = tok;
         argv[a] = NULL;
         snprintf(log, sizeof log, "%s/gateway.log", f->dir);
-        f->front = spawn(argv, log);
+        f->front = bench_spawn(argv, log);
         brix_free(extra);
         if (f->front < 0 || !wait_status(f->front_port, "/readyz", 200, 15)) {
             snprintf(err, errlen, "the gateway did not become ready (see %s)", log);
@@ -362,7 +284,7 @@ static scrape_t scrape(int port)
 {
     scrape_t x = { 0 };
     brix_buf_t b = BRIX_BUF_INIT;
-    if (http_get(port, "/metrics", &b) == 200) {
+    if (bench_http(port, NULL, "GET", "/metrics", NULL, NULL, 0, &b) == 200) {
         brix_prom_parser_t p;
         brix_prom_parser_init(&p, 65536, on_sample, &x);
         brix_prom_parser_feed(&p, b.data, b.len);
