@@ -829,14 +829,21 @@ int brix_ctl_as_wake(brix_ctl_t *c, const char *deployment, int64_t *replicas)
  * rates, windows and start-up times here are wall time. SLO mode works in
  * wall time throughout, so a time-compressed fleet (a benchmark) is sized as
  * the real one would be. */
-static double engine_time_scale(const brix_obj_t *d)
+/* The value of an engine flag in the deployment's args ("--flag VALUE"), or
+ * NULL. */
+static const char *engine_arg(const brix_obj_t *d, const char *flag)
 {
     for (size_t i = 0; i + 1 < d->d.args.n; i++)
-        if (!strcmp(d->d.args.v[i], "--time-scale")) {
-            double ts = atof(d->d.args.v[i + 1]);
-            return ts > 0 && isfinite(ts) ? ts : 1.0;
-        }
-    return 1.0;
+        if (!strcmp(d->d.args.v[i], flag))
+            return d->d.args.v[i + 1];
+    return NULL;
+}
+
+static double engine_time_scale(const brix_obj_t *d)
+{
+    const char *v = engine_arg(d, "--time-scale");
+    double ts = v ? atof(v) : 1.0;
+    return ts > 0 && isfinite(ts) ? ts : 1.0;
 }
 
 /* Per-replica capacity prior at the SLO from the GPU profile, in wall
@@ -853,10 +860,8 @@ static void capacity_prior(brix_ctl_t *c, const brix_obj_t *d, const brix_as_par
     if (!g)
         return;
     double ts = engine_time_scale(d);
-    int64_t seqs = g->max_num_seqs;
-    for (size_t i = 0; i + 1 < d->d.args.n; i++)
-        if (!strcmp(d->d.args.v[i], "--max-num-seqs"))
-            seqs = atoll(d->d.args.v[i + 1]);
+    const char *ms = engine_arg(d, "--max-num-seqs");
+    int64_t seqs = ms ? atoll(ms) : g->max_num_seqs;
     if (seqs < 1)
         seqs = 1;
     /* prefill: one batch of max_num_batched_tokens per step */
@@ -1075,10 +1080,8 @@ static void pa_tick(brix_ctl_t *c, brix_pa_rt_t *p, uint64_t now)
     in.ready = ready;
     in.starting = starting;
     in.startup_s = su ? su->seconds : 0;
-    int64_t slots = 256;
-    for (size_t i = 0; i + 1 < d->d.args.n; i++)
-        if (!strcmp(d->d.args.v[i], "--max-num-seqs"))
-            slots = atoll(d->d.args.v[i + 1]);
+    const char *ms = engine_arg(d, "--max-num-seqs");
+    int64_t slots = ms ? atoll(ms) : 256; /* vLLM's default */
     if (slots < 1)
         slots = 1;
     double work = inflight + (gw ? held : 0);
