@@ -10,6 +10,7 @@
 #include "controller/controller_main.h"
 #include "engine_sim/engine_sim.h"
 #include "gateway/gateway_main.h"
+#include "kvcache/kvcache_main.h"
 
 typedef struct component {
     const char *name;
@@ -30,6 +31,8 @@ static const component_t components[] = {
       "controller: model deployments, LoRA adapter placement, local replicas, watch API" },
     { "gateway", brix_gateway_main,
       "OpenAI-compatible gateway: routes requests to engine replicas by model and load" },
+    { "kvcache", brix_kvcache_main,
+      "distributed KV-block store node: engines share prefill work (libbrixkv clients)" },
     { "engine-sim", brix_engine_sim_main,
       "simulated vLLM engine: OpenAI API, continuous batching, paged KV cache, LoRA" },
 };
