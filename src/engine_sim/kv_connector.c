@@ -20,6 +20,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <xxhash.h>
@@ -369,6 +370,7 @@ struct brix_kvc {
     size_t ninflight;
     size_t saves_queued;  /* save jobs handed to the thread and not yet back */
     kvc_job_t *abandoned; /* delivered before the thread returned them (list via lnext) */
+    bool store_down;      /* the last load failed for want of a node (logged once) */
 };
 
 static void push(kvc_job_t **head, kvc_job_t **tail, kvc_job_t *j)
@@ -426,10 +428,15 @@ static void run_load(brix_kvc_t *c, kvc_job_t *j)
     size_t m = brixkv_match_prefix(c->client, j->keys, j->n);
     brixkv_client_stats(c->client, &b);
     j->matched = m;
-    if (m < j->n && (b.timeouts > a.timeouts || b.unavailable > a.unavailable)) {
-        /* the prefix may have ended at a node that failed, not at a miss */
+    /* The prefix may have ended at a node that failed (or refused us), not
+     * at a miss: that is a failure to count, not a plain miss. */
+    if (m < j->n && b.timeouts > a.timeouts) {
         j->failed = true;
-        j->fail = b.timeouts > a.timeouts ? BRIX_KVC_FAIL_TIMEOUT : BRIX_KVC_FAIL_UNAVAILABLE;
+        j->fail = BRIX_KVC_FAIL_TIMEOUT;
+    } else if (m < j->n && (b.unavailable > a.unavailable ||
+                            !brixkv_member_up(c->client, brixkv_owner(c->client, &j->keys[m])))) {
+        j->failed = true;
+        j->fail = BRIX_KVC_FAIL_UNAVAILABLE;
     }
     size_t ok = 0;
     while (ok < m) {
@@ -592,6 +599,11 @@ static void sweep(brix_kvc_t *c)
         } else if (!j->returned && now >= j->deadline_ns) {
             c->st.loads++;
             c->st.load_failures[BRIX_KVC_FAIL_TIMEOUT]++;
+            if (!c->store_down)
+                BRIX_WARN("KV store %s: a load took over %lld ms; requests recompute what they "
+                          "cannot load",
+                          c->cfg.servers, (long long)c->cfg.timeout_ms);
+            c->store_down = true;
             deliver(c, j, 0, now);
             j->lnext = c->abandoned; /* the thread still has it */
             c->abandoned = j;
@@ -664,6 +676,16 @@ static void on_done(uv_async_t *a)
         c->st.checksum_errors += j->checksum_errors;
         if (j->failed)
             c->st.load_failures[j->fail]++;
+        /* one line per outage, not one per request */
+        bool down =
+            j->failed && (j->fail == BRIX_KVC_FAIL_UNAVAILABLE || j->fail == BRIX_KVC_FAIL_TIMEOUT);
+        if (down && !c->store_down)
+            BRIX_WARN("KV store %s: %s; requests recompute what they cannot load", c->cfg.servers,
+                      j->fail == BRIX_KVC_FAIL_TIMEOUT ? "timed out" : "unavailable");
+        else if (!j->failed && c->store_down)
+            BRIX_INFO("KV store %s answers again", c->cfg.servers);
+        if (down || !j->failed)
+            c->store_down = down;
         /* the request waits max(real I/O, bytes / bandwidth) in wall time */
         double xfer_ns = c->cfg.transfer_gbps > 0 ? (double)(j->ok * c->block_bytes) * 8.0 /
                                                         c->cfg.transfer_gbps * c->env.time_scale
@@ -841,7 +863,14 @@ brix_kvc_t *brix_kvc_new(const brix_kvc_cfg_t *cfg, const brix_kvc_env_t *env, c
     uv_timer_init(env->loop, &c->timer);
     c->async.data = c->timer.data = c;
     c->handles_open = 2;
-    if (pthread_create(&c->thread, NULL, thread_main, c)) {
+    /* Signals (SIGTERM's drain, SIGPIPE) are the loop's business: the thread
+     * starts with all of them blocked, so none lands on it mid-call. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int trc = pthread_create(&c->thread, NULL, thread_main, c);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (trc) {
         snprintf(err, errlen, "kv connector: cannot start its thread");
         brix_kvc_close(c);
         return NULL;
