@@ -13,7 +13,8 @@
  *   owners FIRST COUNT       which member owns each key
  *
  * Options: --batch N (keys per call, default 16), --rounds N and
- * --interval-ms MS (repeat the command, one line per round), --no-shm,
+ * --interval-ms MS (repeat the command, one line per round), --stop-file F
+ * (end the rounds early once F exists), --no-shm,
  * --timeout-ms, --connect-timeout-ms, --retry-ms, --seed N, --random-seed
  * (declare a non-deterministic hash seed), --model M, --ns-rank R/S.
  *
@@ -163,6 +164,7 @@ int main(int argc, char **argv)
                        .client = "kvtool" };
     size_t batch = 16;
     int rounds = 1, interval_ms = 0;
+    const char *stop_file = NULL;
     int i = 1;
     for (; i < argc && !strncmp(argv[i], "--", 2); i++) {
         const char *a = argv[i];
@@ -190,6 +192,8 @@ int main(int argc, char **argv)
             batch = (size_t)strtoull(v, NULL, 10);
         else if (!strcmp(a, "--rounds"))
             rounds = atoi(v);
+        else if (!strcmp(a, "--stop-file"))
+            stop_file = v;
         else if (!strcmp(a, "--interval-ms"))
             interval_ms = atoi(v);
         else if (!strcmp(a, "--seed"))
@@ -303,6 +307,8 @@ int main(int argc, char **argv)
             rc = usage();
             break;
         }
+        if (stop_file && access(stop_file, F_OK) == 0)
+            break;
         if (interval_ms > 0 && r + 1 < rounds)
             usleep((useconds_t)interval_ms * 1000);
     }
