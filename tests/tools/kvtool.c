@@ -16,7 +16,8 @@
  * --interval-ms MS (repeat the command, one line per round), --stop-file F
  * (end the rounds early once F exists), --no-shm,
  * --timeout-ms, --connect-timeout-ms, --retry-ms, --seed N, --random-seed
- * (declare a non-deterministic hash seed), --model M, --ns-rank R/S.
+ * (declare a non-deterministic hash seed), --model M, --ns-rank R/S,
+ * --token T (the nodes' --token-file contents).
  *
  * Key i is brixkv_key_u64(xxh64(i)). Value i of SIZE bytes carries its own
  * check: bytes 0..8 the key index, 8..16 the xxh64 of the rest, which is a
@@ -198,6 +199,8 @@ int main(int argc, char **argv)
             interval_ms = atoi(v);
         else if (!strcmp(a, "--seed"))
             ns.hash_seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--token"))
+            ns.token = v;
         else if (!strcmp(a, "--model"))
             ns.model = v;
         else if (!strcmp(a, "--ns-rank")) {

@@ -141,11 +141,11 @@ static void test_rendezvous_minimal_movement(void **state)
 static void test_status_strings(void **state)
 {
     (void)state;
-    brixkv_status_t all[] = { BRIXKV_ST_OK,        BRIXKV_ST_NOT_FOUND,   BRIXKV_ST_EXISTS,
-                              BRIXKV_ST_NO_SPACE,  BRIXKV_ST_TOO_LARGE,   BRIXKV_ST_BAD_REQUEST,
-                              BRIXKV_ST_NAMESPACE, BRIXKV_ST_BUSY,        BRIXKV_ST_INTERNAL,
-                              BRIXKV_ST_TIMEOUT,   BRIXKV_ST_UNAVAILABLE, BRIXKV_ST_SHORT_BUFFER,
-                              BRIXKV_ST_STALE };
+    brixkv_status_t all[] = { BRIXKV_ST_OK,           BRIXKV_ST_NOT_FOUND, BRIXKV_ST_EXISTS,
+                              BRIXKV_ST_NO_SPACE,     BRIXKV_ST_TOO_LARGE, BRIXKV_ST_BAD_REQUEST,
+                              BRIXKV_ST_NAMESPACE,    BRIXKV_ST_BUSY,      BRIXKV_ST_INTERNAL,
+                              BRIXKV_ST_DENIED,       BRIXKV_ST_TIMEOUT,   BRIXKV_ST_UNAVAILABLE,
+                              BRIXKV_ST_SHORT_BUFFER, BRIXKV_ST_STALE };
     size_t n = sizeof(all) / sizeof(all[0]);
     for (size_t i = 0; i < n; i++) {
         assert_string_not_equal(brixkv_status_str(all[i]), "unknown");
@@ -243,6 +243,7 @@ typedef struct fake {
     uint64_t node_id, unix_node_id;
     uint32_t max_batch;
     uint32_t next_slot, next_gen;
+    const char *token; /* set: HELLO must carry it */
     atomic_int mode;
     atomic_int releases, conns, requests, stop;
     int cfd[MAX_CONN];
@@ -352,6 +353,15 @@ static int fake_frame(fake_t *f, int ci)
     case BRIXKV_OP_HELLO: {
         brixkv_hello_t hb;
         memcpy(&hb, body, sizeof(hb));
+        size_t sl = (size_t)hb.model_len + hb.dtype_len + hb.layout_len + hb.client_len;
+        FAKE_CHECK(h.body_len == sizeof(hb) + sl + hb.token_len);
+        if (f->token && (hb.token_len != strlen(f->token) ||
+                         memcmp(body + sizeof(hb) + sl, f->token, hb.token_len))) {
+            const char *msg = "this node needs a token";
+            reply(fd, &h, BRIXKV_ST_DENIED, 0, msg, strlen(msg), 0);
+            rc = -1;
+            break;
+        }
         if (mode == FAKE_REFUSE || !hb.seed_deterministic) {
             const char *msg = "hash seed is not deterministic";
             rc = reply(fd, &h, BRIXKV_ST_NAMESPACE, 0, msg, strlen(msg), 0);
@@ -894,6 +904,40 @@ static void test_two_nodes(void **state)
     fake_stop(f1);
 }
 
+static void test_token(void **state)
+{
+    (void)state;
+    fake_t *f = fake_start(false, 0, 16);
+    f->token = "s3cret-token";
+    char srv[64];
+    snprintf(srv, sizeof(srv), "127.0.0.1:%d", f->port);
+    brixkv_ns_t ns = test_ns();
+    brixkv_opts_t o = { .servers = srv, .retry_ms = 50 };
+    char err[256];
+    brixkv_key_t keys[2] = { fkey(0), fkey(1) };
+    brixkv_status_t st[2];
+    brixkv_t *c = brixkv_open(&o, &ns, err, sizeof(err));
+    assert_int_equal(brixkv_delete(c, keys, 2, st), 0);
+    assert_int_equal(st[0], BRIXKV_ST_DENIED);
+    assert_non_null(strstr(brixkv_last_error(c), "needs a token"));
+    brixkv_close(c);
+    ns.token = "wrong";
+    c = brixkv_open(&o, &ns, err, sizeof(err));
+    assert_int_equal(brixkv_delete(c, keys, 2, st), 0);
+    assert_int_equal(st[1], BRIXKV_ST_DENIED);
+    brixkv_close(c);
+    ns.token = "s3cret-token";
+    c = brixkv_open(&o, &ns, err, sizeof(err));
+    assert_int_equal(brixkv_delete(c, keys, 2, st), 2);
+    brixkv_close(c);
+    char longtok[300];
+    memset(longtok, 'x', sizeof(longtok) - 1);
+    longtok[299] = 0;
+    ns.token = longtok;
+    assert_null(brixkv_open(&o, &ns, err, sizeof(err)));
+    fake_stop(f);
+}
+
 static void test_down_node(void **state)
 {
     (void)state;
@@ -938,6 +982,7 @@ int main(void)
         cmocka_unit_test(test_fake_shm_other_node),
         cmocka_unit_test(test_fake_failures),
         cmocka_unit_test(test_two_nodes),
+        cmocka_unit_test(test_token),
         cmocka_unit_test(test_down_node),
     };
     if (getenv("TEST_FILTER")) /* run some while working on them */
