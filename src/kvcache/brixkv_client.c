@@ -210,6 +210,8 @@ const char *brixkv_status_str(brixkv_status_t st)
         return "busy";
     case BRIXKV_ST_INTERNAL:
         return "internal error";
+    case BRIXKV_ST_DENIED:
+        return "denied";
     case BRIXKV_ST_TIMEOUT:
         return "timeout";
     case BRIXKV_ST_UNAVAILABLE:
@@ -225,7 +227,7 @@ const char *brixkv_status_str(brixkv_status_t st)
 /* A wire status as the API's enum (an unknown one is the node's fault). */
 static brixkv_status_t wire_status(uint16_t s)
 {
-    return s <= BRIXKV_ST_INTERNAL ? (brixkv_status_t)s : BRIXKV_ST_INTERNAL;
+    return s <= BRIXKV_ST_DENIED ? (brixkv_status_t)s : BRIXKV_ST_INTERNAL;
 }
 
 /* vsnprintf: a message cut at BRIXKV__ERR_LEN is fine for a log line. */
@@ -1470,6 +1472,10 @@ brixkv_t *brixkv_open(const brixkv_opts_t *opts, const brixkv_ns_t *ns, char *er
         check_str(ns->layout, true, "layout", err, errlen) ||
         check_str(ns->client, false, "client", err, errlen))
         return NULL;
+    if (ns->token && strnlen(ns->token, 256) > 255) {
+        bad(err, errlen, "namespace: token longer than 255 bytes");
+        return NULL;
+    }
     if (ns->tp_size < 1 || ns->tp_rank >= ns->tp_size) {
         bad(err, errlen, "namespace: want tp_size >= 1 and tp_rank < tp_size");
         return NULL;
@@ -1492,12 +1498,14 @@ brixkv_t *brixkv_open(const brixkv_opts_t *opts, const brixkv_ns_t *ns, char *er
     c->ns.dtype = dupstr(ns->dtype);
     c->ns.layout = dupstr(ns->layout);
     c->ns.client = dupstr(ns->client);
+    c->ns.token = dupstr(ns->token);
     c->sink = malloc(SINK_BYTES);
     size_t lm = strlen(c->ns.model), ld = strlen(c->ns.dtype), ll = strlen(c->ns.layout),
-           lc = strlen(c->ns.client);
-    c->hello_len = sizeof(brixkv_hello_t) + lm + ld + ll + lc;
+           lc = strlen(c->ns.client), lt = c->ns.token ? strlen(c->ns.token) : 0;
+    c->hello_len = sizeof(brixkv_hello_t) + lm + ld + ll + lc + lt;
     c->hello = malloc(c->hello_len);
-    if (!c->ns.model || !c->ns.dtype || !c->ns.layout || !c->ns.client || !c->sink || !c->hello) {
+    if (!c->ns.model || !c->ns.dtype || !c->ns.layout || !c->ns.client || !c->ns.token ||
+        !c->sink || !c->hello) {
         bad(err, errlen, "out of memory");
         brixkv_close(c);
         return NULL;
@@ -1511,7 +1519,8 @@ brixkv_t *brixkv_open(const brixkv_opts_t *opts, const brixkv_ns_t *ns, char *er
                          .model_len = (uint16_t)lm,
                          .dtype_len = (uint16_t)ld,
                          .layout_len = (uint16_t)ll,
-                         .client_len = (uint16_t)lc };
+                         .client_len = (uint16_t)lc,
+                         .token_len = (uint8_t)lt };
     uint8_t *p = c->hello;
     memcpy(p, &h, sizeof(h));
     p += sizeof(h);
@@ -1522,6 +1531,8 @@ brixkv_t *brixkv_open(const brixkv_opts_t *opts, const brixkv_ns_t *ns, char *er
     memcpy(p, c->ns.layout, ll);
     p += ll;
     memcpy(p, c->ns.client, lc);
+    p += lc;
+    memcpy(p, c->ns.token, lt);
     if (members_set(c, opts->servers, err, errlen)) {
         brixkv_close(c);
         return NULL;
@@ -1543,7 +1554,15 @@ void brixkv_close(brixkv_t *c)
     free((char *)c->ns.dtype);
     free((char *)c->ns.layout);
     free((char *)c->ns.client);
+    /* the token is a credential: not left in freed memory */
+    if (c->ns.token) {
+        memset((char *)c->ns.token, 0, strlen(c->ns.token));
+        free((char *)c->ns.token);
+    }
+    if (c->hello) {
+        memset(c->hello, 0, c->hello_len);
+        free(c->hello);
+    }
     free(c->sink);
-    free(c->hello);
     free(c);
 }
