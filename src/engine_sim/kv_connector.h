@@ -57,6 +57,7 @@ typedef struct brix_kvc_cfg {
     double transfer_gbps; /* simulated bandwidth in Gbit/s; 0 = real I/O time only */
     int64_t max_inflight; /* loads in flight, and save batches queued */
     bool no_shm;          /* never use the store's same-host path */
+    char *token_file;     /* the nodes' token (their --token-file), NULL = none */
 } brix_kvc_cfg_t;
 
 /* Parses --kv-transfer-config (vLLM's KVTransferConfig JSON). Unknown keys,
@@ -72,6 +73,7 @@ typedef enum brix_kvc_fail {
     BRIX_KVC_FAIL_NOT_FOUND,   /* matched, then gone (evicted) before the get */
     BRIX_KVC_FAIL_STALE,       /* same-host copy raced a slot reuse */
     BRIX_KVC_FAIL_CHECKSUM,    /* the bytes (or the length) were not the block's */
+    BRIX_KVC_FAIL_REFUSED,     /* a node refused our HELLO: namespace, seed or token */
     BRIX_KVC_FAIL_OTHER,
     BRIX_KVC_FAIL_N,
 } brix_kvc_fail_t;
