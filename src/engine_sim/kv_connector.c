@@ -333,6 +333,7 @@ typedef struct kvc_job {
     bool outage;   /* a node was down, slow or refused us (for the log) */
     char why[160]; /* the client's words for it */
     uint64_t checksum_errors;
+    uint32_t members, members_up, members_shm; /* after the job */
     /* loop state */
     brix_seq_t *seq; /* NULL once cancelled or abandoned */
     size_t from;
@@ -557,6 +558,13 @@ static void *thread_main(void *arg)
                 c->saves_tail = j;
             continue;
         }
+        /* members' state for /metrics (the client is this thread's) */
+        size_t nm = brixkv_nmembers(c->client);
+        j->members = (uint32_t)nm;
+        for (size_t i = 0; i < nm; i++) {
+            j->members_up += brixkv_member_up(c->client, i);
+            j->members_shm += brixkv_member_shm(c->client, i);
+        }
         push(&c->done_head, &c->done_tail, j);
         uv_async_send(&c->async);
     }
@@ -701,6 +709,9 @@ static void on_done(uv_async_t *a)
     uint64_t now = brix_now_ns();
     for (kvc_job_t *j = list, *next; j; j = next) {
         next = j->next;
+        c->st.members = j->members;
+        c->st.members_up = j->members_up;
+        c->st.members_shm = j->members_shm;
         if (j->kind == JOB_SAVE) {
             c->saves_queued--;
             c->st.blocks_saved += j->ok;

@@ -22,8 +22,10 @@ MAX_TOKENS = 4
 
 def kvcache_node(extra=()):
     port, http = h.free_port(), h.free_port()
+    # with a UNIX socket: same-host clients may map the node's memory
+    sock = os.path.join(tempfile.mkdtemp(prefix="brix-kv30-"), "kv.sock")
     p = h.Proc(["kvcache", "--listen", f"127.0.0.1:{port}", "--http-port", str(http),
-                "--capacity", "256MiB"] + list(extra), name="kvcache")
+                "--capacity", "256MiB", "--unix", sock] + list(extra), name="kvcache")
     p.port, p.http = port, http
     p.wait_http(http, "/healthz")
     return p
@@ -76,7 +78,7 @@ STATE = {}
 def t_cross_engine():
     node = kvcache_node()
     srv = f"127.0.0.1:{node.port}"
-    # A over TCP, B over the same-host path when the node offers one
+    # A over TCP, B over the same-host path (the node has a UNIX socket)
     a = kv_engine(srv, "engine-a", no_shm=True)
     b = kv_engine(srv, "engine-b")
     STATE.update(node=node, a=a, b=b)
@@ -106,6 +108,12 @@ def t_cross_engine():
     assert m(b, "brix_engine_kv_checksum_errors_total") == 0
     assert failures(b) == 0
     assert m(b, "brix_engine_kv_remote_wait_seconds_total") > 0
+    # B read through the node's mapped memory, A over TCP: the same bytes
+    assert m(b, "brix_engine_kv_store_members") == 1
+    assert m(b, "brix_engine_kv_store_members_up") == 1
+    assert m(b, "brix_engine_kv_store_members_shm") == 1
+    assert m(a, "brix_engine_kv_store_members_up") == 1
+    assert m(a, "brix_engine_kv_store_members_shm") == 0
     # B computed only the tail: its simulated prefill (scheduled -> first
     # token, the engine's own clock, no wall-clock threshold) is shorter
     pa = m(a, "vllm:request_prefill_time_seconds_sum")
@@ -147,6 +155,7 @@ def t_store_down():
         j = complete(e, prompt(2 if e is a else 3))
         assert m(e, "vllm:external_prefix_cache_hits_total") == h0
         assert failures(e) > f0, (e.name, failures(e), f0)
+        assert m(e, "brix_engine_kv_store_members_up") == 0
         # the saves of the new prompt fail (counted), they do not hang anything
         full = j["usage"]["prompt_tokens"] // BS
         h.wait_until(lambda: m(e, "brix_engine_kv_save_failures_total") >= full, timeout=20,
