@@ -129,6 +129,7 @@ def t_cross_engine():
     # B saved only what it computed: the blocks after the loaded ones
     h.wait_until(lambda: m(b, "brix_engine_kv_saved_blocks_total") == full - want // BS,
                  timeout=20, what="B's saves of its computed blocks")
+    STATE.update(full=full, loaded=want // BS)
 
 
 @h.check("the store's /metrics shows the puts and the hits")
@@ -140,8 +141,11 @@ def t_store_metrics():
     puts = h.metric_value(text, "brix_kvcache_puts_total")
     hits = h.metric_value(text, "brix_kvcache_hits_total")
     assert puts is not None and hits is not None, text[:3000]
-    assert puts >= 40, puts
-    assert hits >= 40, hits
+    # A's blocks, stored once (B computed no full block A had not saved)
+    assert puts == STATE["full"], (puts, STATE["full"])
+    # B's load read each block once
+    assert hits == STATE["loaded"], (hits, STATE["loaded"])
+    assert h.metric_value(text, "brix_kvcache_misses_total") == 0
 
 
 @h.check("store killed: requests still complete, loads fail over to recompute, counted")
