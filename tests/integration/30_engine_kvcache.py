@@ -171,6 +171,32 @@ def t_store_down():
         e.stop()
 
 
+@h.check("two nodes, one killed: the prefix before its first block still loads")
+def t_two_nodes():
+    n1, n2 = kvcache_node(), kvcache_node()
+    srv = f"127.0.0.1:{n1.port},127.0.0.1:{n2.port}"
+    a = kv_engine(srv, "two-a")
+    b = kv_engine(srv, "two-b")
+    text = prompt(9)
+    n = complete(a, text)["usage"]["prompt_tokens"]
+    h.wait_until(lambda: m(a, "brix_engine_kv_saved_blocks_total") == n // BS, timeout=20,
+                 what="saves over two nodes")
+    puts = [h.metric_value(h.request("GET", x.http, "/metrics")[2].decode(),
+                           "brix_kvcache_puts_total") for x in (n1, n2)]
+    assert sum(puts) == n // BS and min(puts) > 0, puts  # placement spreads the blocks
+    n2.p.send_signal(signal.SIGKILL)
+    n2.p.wait()
+    complete(b, text)
+    hits = m(b, "vllm:external_prefix_cache_hits_total")
+    assert hits % BS == 0 and hits < loadable_tokens(n), hits
+    assert m(b, "brix_engine_kv_loaded_blocks_total") == hits // BS
+    assert m(b, "brix_engine_kv_checksum_errors_total") == 0
+    assert failures(b) == 1
+    assert m(b, "brix_engine_kv_store_members") == 2
+    for e in (a, b, n1):
+        e.stop()
+
+
 @h.check("kv_producer only saves, kv_consumer only loads")
 def t_roles():
     node = kvcache_node()
