@@ -471,9 +471,8 @@ static void try_unix(brixkv_t *c, node_t *nd, const char *path, uint64_t deadlin
     int ufd = sock_connect((struct sockaddr *)&su, (socklen_t)sizeof(su), deadline);
     if (ufd < 0)
         return;
-    bool shm = !c->no_shm;
     hello_res_t hr;
-    if (hello(c, nd, ufd, shm, deadline, &hr) || hr.st != BRIXKV_ST_OK ||
+    if (hello(c, nd, ufd, true, deadline, &hr) || hr.st != BRIXKV_ST_OK ||
         hr.r.node_id != nd->node_id) {
         /* Another node answers on that path (e.g. a stale socket file of a
          * node sharing the name): its arena is not this member's. */
@@ -539,7 +538,7 @@ static bool node_ready(brixkv_t *c, node_t *nd, uint64_t deadline)
     nd->max_batch = hr.r.max_batch ? hr.r.max_batch : BRIXKV__DEFAULT_BATCH;
     nd->max_value = hr.r.max_value ? hr.r.max_value : UINT32_MAX;
     nd->state = NODE_UP;
-    if (hr.unix_path[0])
+    if (hr.unix_path[0] && !c->no_shm) /* no_shm: TCP only, as another host would */
         try_unix(c, nd, hr.unix_path, dl);
     return true;
 }

@@ -17,7 +17,8 @@
  * (end the rounds early once F exists), --no-shm,
  * --timeout-ms, --connect-timeout-ms, --retry-ms, --seed N, --random-seed
  * (declare a non-deterministic hash seed), --model M, --ns-rank R/S,
- * --token T (the nodes' --token-file contents).
+ * --token T (the nodes' --token-file contents), --no-check (get does not
+ * verify: a rough speed probe by hand, not for tests).
  *
  * Key i is brixkv_key_u64(xxh64(i)). Value i of SIZE bytes carries its own
  * check: bytes 0..8 the key index, 8..16 the xxh64 of the rest, which is a
@@ -166,12 +167,17 @@ int main(int argc, char **argv)
     size_t batch = 16;
     int rounds = 1, interval_ms = 0;
     const char *stop_file = NULL;
+    bool no_check = false;
     int i = 1;
     for (; i < argc && !strncmp(argv[i], "--", 2); i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--no-shm")) {
             o.no_shm = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-check")) { /* a rough speed probe; never in tests */
+            no_check = true;
             continue;
         }
         if (!strcmp(a, "--random-seed")) {
@@ -292,7 +298,7 @@ int main(int argc, char **argv)
                 else
                     brixkv_mput(c, keys, m, (const void *const *)vals, lens, st);
                 for (size_t b = 0; b < m; b++) {
-                    if (!strcmp(cmd, "get") && st[b] == BRIXKV_ST_OK) {
+                    if (!strcmp(cmd, "get") && st[b] == BRIXKV_ST_OK && !no_check) {
                         if (!check(vals[b], lens[b], first + k0 + b, size, scratch)) {
                             t.wrong++;
                             fprintf(stderr, "kvtool: key %" PRIu64 ": WRONG BYTES\n",
