@@ -4,7 +4,7 @@ same-host (mapped arena) client and a TCP-only client read the same bytes;
 match_prefix ends at the first missing key over all nodes; a node killed
 mid-run (SIGKILL) costs its keys UNAVAILABLE while the other node's keys are
 still served, never wrong bytes, and once restarted its keys are misses, not
-errors; a client declaring a non-deterministic hash seed is refused loudly;
+errors; a node with a token refuses clients without it; a client declaring a non-deterministic hash seed is refused loudly;
 bad member lists are refused at open; a churn run (puts far past the
 capacity, with eviction) keeps the node's RSS flat."""
 import json
@@ -162,6 +162,26 @@ def random_seed():
     assert not any(m["up"] for m in r["members"]), r
 
 
+@h.check("a node with --token-file serves only clients that carry its token")
+def token():
+    tf = os.path.join(TMP, "token")
+    with open(tf, "w") as f:
+        f.write("kv-s3cret-29\n")
+    os.chmod(tf, 0o600)
+    t = Node("kv-token", capacity="8MiB", extra=["--token-file", tf])
+    t.proc.expect_error("token")  # refusals are logged (as warnings today)
+    r = one(t.addr, "put", 0, 4, 1024)
+    assert r["status"] == {"denied": 4}, r
+    assert "token" in r["last_error"], r
+    r = one(t.addr, "put", 0, 4, 1024, opts=["--token", "wrong"])
+    assert r["status"] == {"denied": 4}, r
+    r = one(t.addr, "put", 0, 4, 1024, opts=["--token", "kv-s3cret-29"])
+    assert r["status"] == {"ok": 4}, r
+    g = one(t.addr, "get", 0, 4, 1024, opts=["--token", "kv-s3cret-29"])
+    assert g["status"] == {"ok": 4} and g["members"][0]["shm"], g
+    t.proc.stop()
+
+
 @h.check("a node killed mid-run: its keys unavailable, never wrong bytes; restarted: misses")
 def kill_restart():
     s = servers()
@@ -212,6 +232,7 @@ def kill_restart():
     back = wait_for(lambda ln: ln["by_member"][1] == {"not found": nb}, "node b's keys missing")
     assert back["by_member"][0] == {"ok": na}, back
     assert back["members"][1]["up"] and back["members"][1]["shm"], back["members"]
+    assert back["client"]["reconnects"] >= 1 and back["client"]["unavailable"] >= nb, back
     open(stop, "w").close()
     p.wait(timeout=30)
     th.join(timeout=10)
