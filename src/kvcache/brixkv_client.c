@@ -571,8 +571,8 @@ static void node_fail(brixkv_t *c, call_t *k, node_t *nd, brixkv_status_t st, bo
     nd->fail_st = st;
     nd->active = false;
     nd->rreq = nd->nreq;
-    if (down)
-        node_down(c, nd, st == BRIXKV_ST_TIMEOUT ? BRIXKV_ST_UNAVAILABLE : st);
+    if (down) /* later calls in the back-off see it as unavailable */
+        node_down(c, nd, BRIXKV_ST_UNAVAILABLE);
     else
         node_close(c, nd);
 }
@@ -1113,7 +1113,9 @@ static void run(brixkv_t *c, call_t *k)
             if (s) {
                 if (s == BRIXKV_ST_UNAVAILABLE)
                     seterr(c, "%s: connection lost", nd->m.addr);
-                node_fail(c, k, nd, (brixkv_status_t)s, s == BRIXKV_ST_UNAVAILABLE);
+                /* a lost connection or a node speaking out of turn: back off
+                 * (no reconnect per call to a broken node) */
+                node_fail(c, k, nd, (brixkv_status_t)s, true);
             }
         }
     }

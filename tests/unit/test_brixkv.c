@@ -840,6 +840,11 @@ static void test_fake_failures(void **state)
     for (int i = 0; i < 4; i++)
         assert_int_equal(st[i], BRIXKV_ST_INTERNAL);
     assert_int_equal(b[0][0], 0);
+    /* ... and the node is left alone for retry_ms: no reconnect per call */
+    atomic_store(&f->mode, FAKE_OK);
+    assert_int_equal(brixkv_mget(c, keys, 4, bufs, caps, lens, st), 0);
+    assert_int_equal(st[0], BRIXKV_ST_UNAVAILABLE);
+    assert_int_equal(atomic_load(&f->conns), 3);
     /* a refused HELLO: NAMESPACE for the keys and the node's words */
     atomic_store(&f->mode, FAKE_REFUSE);
     usleep(150 * 1000); /* past retry_ms */
