@@ -226,7 +226,7 @@ static void test_open_validation(void **state)
 
 /* ---- a scripted fake node ------------------------------------------------ */
 
-enum fake_mode { FAKE_OK, FAKE_SILENT, FAKE_BADID, FAKE_STALE, FAKE_REFUSE };
+enum fake_mode { FAKE_OK, FAKE_SILENT, FAKE_BADID, FAKE_STALE, FAKE_REFUSE, FAKE_ERRFRAME };
 
 #define SLOT     (4u << 20)
 #define NSLOTS   15
@@ -349,6 +349,13 @@ static int fake_frame(fake_t *f, int ci)
         goto out; /* read, never answered */
     if (mode == FAKE_BADID)
         h.id++;
+    if (mode == FAKE_ERRFRAME && h.op != BRIXKV_OP_HELLO) {
+        /* what a node does with a frame it cannot take: status, message, close */
+        const char *msg = "count 3 above --max-batch";
+        reply(fd, &h, BRIXKV_ST_BAD_REQUEST, 0, msg, strlen(msg), 0);
+        rc = -1;
+        goto out;
+    }
     switch (h.op) {
     case BRIXKV_OP_HELLO: {
         brixkv_hello_t hb;
@@ -845,6 +852,12 @@ static void test_fake_failures(void **state)
     assert_int_equal(brixkv_mget(c, keys, 4, bufs, caps, lens, st), 0);
     assert_int_equal(st[0], BRIXKV_ST_UNAVAILABLE);
     assert_int_equal(atomic_load(&f->conns), 3);
+    /* an error frame: its status for the keys, its words in last_error */
+    atomic_store(&f->mode, FAKE_ERRFRAME);
+    usleep(150 * 1000); /* past retry_ms */
+    assert_int_equal(brixkv_mget(c, keys, 4, bufs, caps, lens, st), 0);
+    assert_int_equal(st[0], BRIXKV_ST_BAD_REQUEST);
+    assert_non_null(strstr(brixkv_last_error(c), "bad request: count 3 above --max-batch"));
     /* a refused HELLO: NAMESPACE for the keys and the node's words */
     atomic_store(&f->mode, FAKE_REFUSE);
     usleep(150 * 1000); /* past retry_ms */
