@@ -26,7 +26,8 @@
  * every byte, so a value from another key, a torn value or a short one is
  * "wrong", never "ok".
  *
- * Each round prints one JSON line (flushed): the per-status counts overall
+ * Each round prints one JSON line (flushed): its wall time (ms), the
+ * per-status counts overall
  * and per member, "wrong" (values that failed the check), a digest of the OK
  * values' bytes (equal digests = the same bytes), the members (up, shm), the
  * client's counters and last_error. Exit 0; 2 on a usage or open error (the
@@ -115,9 +116,17 @@ static void print_json_str(const char *s)
     putchar('"');
 }
 
-static void report(brixkv_t *c, const char *cmd, tally_t *t, int64_t match, int round)
+static double now_s(void)
 {
-    printf("{\"cmd\":\"%s\",\"round\":%d,\"status\":", cmd, round);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void report(brixkv_t *c, const char *cmd, tally_t *t, int64_t match, int round, double t0)
+{
+    printf("{\"cmd\":\"%s\",\"round\":%d,\"ms\":%.3f,\"status\":", cmd, round,
+           (now_s() - t0) * 1e3);
     print_counts(t->st);
     printf(",\"wrong\":%" PRIu64 ",\"digest\":\"%016" PRIx64 "\"", t->wrong,
            XXH64_digest(t->digest));
@@ -254,6 +263,7 @@ int main(int argc, char **argv)
         t.wrong = 0;
         XXH64_reset(t.digest, 0);
         int64_t match = -1;
+        double t0 = now_s();
         if (!strcmp(cmd, "stats")) {
             brixkv_stats_t s;
             int e = brixkv_stats(c, (size_t)first, &s);
@@ -280,7 +290,7 @@ int main(int argc, char **argv)
                 all[k] = key_of(first + k);
             match = (int64_t)brixkv_match_prefix(c, all, n);
             free(all);
-            report(c, cmd, &t, match, r);
+            report(c, cmd, &t, match, r, t0);
         } else if (sized || !strcmp(cmd, "delete")) {
             for (uint64_t k0 = 0; k0 < n; k0 += batch) {
                 size_t m = n - k0 < batch ? (size_t)(n - k0) : batch;
@@ -309,7 +319,7 @@ int main(int argc, char **argv)
                     count(&t, c, &keys[b], st[b]);
                 }
             }
-            report(c, cmd, &t, -1, r);
+            report(c, cmd, &t, -1, r, t0);
             if (t.wrong)
                 rc = 3;
         } else {
