@@ -956,6 +956,39 @@ static void test_token(void **state)
     fake_stop(f);
 }
 
+static void test_set_servers_keeps_connections(void **state)
+{
+    (void)state;
+    fake_t *f1 = fake_start(false, 0, 8), *f2 = fake_start(false, 0, 8);
+    char s1[64], both[128];
+    snprintf(s1, sizeof(s1), "127.0.0.1:%d", f1->port);
+    snprintf(both, sizeof(both), "127.0.0.1:%d , 127.0.0.1:%d", f2->port, f1->port);
+    brixkv_t *c = open_on(s1, false, 2000);
+    brixkv_key_t keys[40];
+    for (size_t i = 0; i < 40; i++) {
+        keys[i] = fkey(i);
+        keys[i].b[9] = 0;
+    }
+    assert_int_equal(brixkv_match_prefix(c, keys, 40), 40);
+    char err[256];
+    assert_int_equal(brixkv_set_servers(c, both, err, sizeof(err)), 0);
+    assert_int_equal(brixkv_nmembers(c), 2);
+    assert_true(brixkv_member_up(c, 1)); /* f1 kept its connection... */
+    assert_false(brixkv_member_up(c, 0));
+    assert_int_equal(brixkv_match_prefix(c, keys, 40), 40);
+    assert_int_equal(atomic_load(&f1->conns), 1); /* ...and used it */
+    assert_int_equal(atomic_load(&f2->conns), 1);
+    /* f1 leaves the list: its connection closes, everything goes to f2 */
+    snprintf(both, sizeof(both), "127.0.0.1:%d", f2->port);
+    int before = atomic_load(&f1->requests);
+    assert_int_equal(brixkv_set_servers(c, both, err, sizeof(err)), 0);
+    assert_int_equal(brixkv_match_prefix(c, keys, 40), 40);
+    assert_int_equal(atomic_load(&f1->requests), before);
+    brixkv_close(c);
+    fake_stop(f1);
+    fake_stop(f2);
+}
+
 static void test_down_node(void **state)
 {
     (void)state;
@@ -1001,6 +1034,7 @@ int main(void)
         cmocka_unit_test(test_fake_failures),
         cmocka_unit_test(test_two_nodes),
         cmocka_unit_test(test_token),
+        cmocka_unit_test(test_set_servers_keeps_connections),
         cmocka_unit_test(test_down_node),
     };
     if (getenv("TEST_FILTER")) /* run some while working on them */
