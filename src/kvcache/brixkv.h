@@ -112,7 +112,7 @@ typedef struct brixkv_opts {
     int timeout_ms;         /* per call, default 1000 */
     int connect_timeout_ms; /* default 200 */
     int retry_ms;           /* a failed node is skipped this long, default 1000 */
-    bool no_shm;            /* never use the same-host path */
+    bool no_shm; /* never use the same-host path: TCP only (no UNIX socket, no mapping) */
 } brixkv_opts_t;
 
 typedef struct brixkv brixkv_t;

@@ -226,7 +226,7 @@ static void test_open_validation(void **state)
 
 /* ---- a scripted fake node ------------------------------------------------ */
 
-enum fake_mode { FAKE_OK, FAKE_SILENT, FAKE_BADID, FAKE_STALE, FAKE_REFUSE };
+enum fake_mode { FAKE_OK, FAKE_SILENT, FAKE_BADID, FAKE_STALE, FAKE_REFUSE, FAKE_ERRFRAME };
 
 #define SLOT     (4u << 20)
 #define NSLOTS   15
@@ -349,6 +349,13 @@ static int fake_frame(fake_t *f, int ci)
         goto out; /* read, never answered */
     if (mode == FAKE_BADID)
         h.id++;
+    if (mode == FAKE_ERRFRAME && h.op != BRIXKV_OP_HELLO) {
+        /* what a node does with a frame it cannot take: status, message, close */
+        const char *msg = "count 3 above --max-batch";
+        reply(fd, &h, BRIXKV_ST_BAD_REQUEST, 0, msg, strlen(msg), 0);
+        rc = -1;
+        goto out;
+    }
     switch (h.op) {
     case BRIXKV_OP_HELLO: {
         brixkv_hello_t hb;
@@ -840,6 +847,17 @@ static void test_fake_failures(void **state)
     for (int i = 0; i < 4; i++)
         assert_int_equal(st[i], BRIXKV_ST_INTERNAL);
     assert_int_equal(b[0][0], 0);
+    /* ... and the node is left alone for retry_ms: no reconnect per call */
+    atomic_store(&f->mode, FAKE_OK);
+    assert_int_equal(brixkv_mget(c, keys, 4, bufs, caps, lens, st), 0);
+    assert_int_equal(st[0], BRIXKV_ST_UNAVAILABLE);
+    assert_int_equal(atomic_load(&f->conns), 3);
+    /* an error frame: its status for the keys, its words in last_error */
+    atomic_store(&f->mode, FAKE_ERRFRAME);
+    usleep(150 * 1000); /* past retry_ms */
+    assert_int_equal(brixkv_mget(c, keys, 4, bufs, caps, lens, st), 0);
+    assert_int_equal(st[0], BRIXKV_ST_BAD_REQUEST);
+    assert_non_null(strstr(brixkv_last_error(c), "bad request: count 3 above --max-batch"));
     /* a refused HELLO: NAMESPACE for the keys and the node's words */
     atomic_store(&f->mode, FAKE_REFUSE);
     usleep(150 * 1000); /* past retry_ms */
@@ -938,6 +956,39 @@ static void test_token(void **state)
     fake_stop(f);
 }
 
+static void test_set_servers_keeps_connections(void **state)
+{
+    (void)state;
+    fake_t *f1 = fake_start(false, 0, 8), *f2 = fake_start(false, 0, 8);
+    char s1[64], both[128];
+    snprintf(s1, sizeof(s1), "127.0.0.1:%d", f1->port);
+    snprintf(both, sizeof(both), "127.0.0.1:%d , 127.0.0.1:%d", f2->port, f1->port);
+    brixkv_t *c = open_on(s1, false, 2000);
+    brixkv_key_t keys[40];
+    for (size_t i = 0; i < 40; i++) {
+        keys[i] = fkey(i);
+        keys[i].b[9] = 0;
+    }
+    assert_int_equal(brixkv_match_prefix(c, keys, 40), 40);
+    char err[256];
+    assert_int_equal(brixkv_set_servers(c, both, err, sizeof(err)), 0);
+    assert_int_equal(brixkv_nmembers(c), 2);
+    assert_true(brixkv_member_up(c, 1)); /* f1 kept its connection... */
+    assert_false(brixkv_member_up(c, 0));
+    assert_int_equal(brixkv_match_prefix(c, keys, 40), 40);
+    assert_int_equal(atomic_load(&f1->conns), 1); /* ...and used it */
+    assert_int_equal(atomic_load(&f2->conns), 1);
+    /* f1 leaves the list: its connection closes, everything goes to f2 */
+    snprintf(both, sizeof(both), "127.0.0.1:%d", f2->port);
+    int before = atomic_load(&f1->requests);
+    assert_int_equal(brixkv_set_servers(c, both, err, sizeof(err)), 0);
+    assert_int_equal(brixkv_match_prefix(c, keys, 40), 40);
+    assert_int_equal(atomic_load(&f1->requests), before);
+    brixkv_close(c);
+    fake_stop(f1);
+    fake_stop(f2);
+}
+
 static void test_down_node(void **state)
 {
     (void)state;
@@ -983,6 +1034,7 @@ int main(void)
         cmocka_unit_test(test_fake_failures),
         cmocka_unit_test(test_two_nodes),
         cmocka_unit_test(test_token),
+        cmocka_unit_test(test_set_servers_keeps_connections),
         cmocka_unit_test(test_down_node),
     };
     if (getenv("TEST_FILTER")) /* run some while working on them */
