@@ -690,8 +690,14 @@ static void unlink_abandoned(brix_kvc_t *c, kvc_job_t *j)
 static void note_outage(brix_kvc_t *c, bool outage, bool clean, const char *why)
 {
     if (outage && !c->store_down) {
-        BRIX_WARN("KV store %s: %s; requests recompute what they cannot load, saves are lost",
-                  c->cfg.servers, why && *why ? why : "unavailable");
+        /* the client's words name the node; without them, name the list */
+        if (why && *why)
+            BRIX_WARN("KV store: %s; requests recompute what they cannot load, saves are lost",
+                      why);
+        else
+            BRIX_WARN("KV store %s: unavailable; requests recompute what they cannot load, saves "
+                      "are lost",
+                      c->cfg.servers);
         c->store_down = true;
     } else if (clean && !outage && c->store_down) {
         BRIX_INFO("KV store %s answers again", c->cfg.servers);
