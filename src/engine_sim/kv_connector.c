@@ -4,8 +4,9 @@
  * Loop side: a load is a job in `inflight` (at most max_inflight) from the
  * lookup until it is delivered to the scheduler, which happens when the
  * thread returned it and its simulated transfer time has passed, or when
- * timeout_ms passed without an answer (abandoned: the sequence recomputes;
- * the job is freed when the thread hands it back). One timer serves both
+ * 2 x timeout_ms passed without an answer (abandoned: the sequence
+ * recomputes; the job is freed when the thread hands it back; the thread
+ * starts no I/O for a load after timeout_ms). One timer serves both
  * deadlines, re-armed for the earliest. Saves are fire-and-forget jobs, at
  * most max_inflight queued; the thread yields between chunks of a save when
  * a load is waiting, since loads hold requests back and saves hold nothing.
