@@ -499,8 +499,8 @@ static void run_load(brix_kvc_t *c, kvc_job_t *j)
     }
 }
 
-/* Returns false when the save yielded to a waiting load (j->done tells how
- * far it got) and must be queued again. */
+/* Returns false when the save yielded to a waiting load or to close (j->done
+ * tells how far it got) and must be queued again. */
 static bool run_save(brix_kvc_t *c, kvc_job_t *j)
 {
     while (j->done < j->n) {
@@ -522,10 +522,12 @@ static bool run_save(brix_kvc_t *c, kvc_job_t *j)
         }
         j->done += k;
         if (j->done < j->n) {
+            /* a waiting load goes first; a closing engine does not wait
+             * for the rest of a long save (it is dropped, counted) */
             pthread_mutex_lock(&c->mu);
-            bool load_waiting = c->loads_head != NULL;
+            bool yield = c->loads_head != NULL || c->stop;
             pthread_mutex_unlock(&c->mu);
-            if (load_waiting)
+            if (yield)
                 return false;
         }
     }
