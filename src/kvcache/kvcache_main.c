@@ -198,6 +198,11 @@ int brix_kvcache_main(int argc, char **argv)
         brix_config_free(kv_opts, &cfg);
         return 1;
     }
+    if (!cfg.token_file && cfg.http_host && strncmp(cfg.http_host, "127.", 4) &&
+        strcmp(cfg.http_host, "::1") && strcmp(cfg.http_host, "localhost"))
+        BRIX_WARN("--listen %s is not loopback and no --token-file is set: any host that reaches "
+                  "it may read and write blocks",
+                  cfg.listen);
     uv_signal_init(&m.loop, &m.sigterm);
     uv_signal_init(&m.loop, &m.sigint);
     m.sigterm.data = m.sigint.data = &m;
