@@ -198,8 +198,8 @@ int brix_kvcache_main(int argc, char **argv)
         brix_config_free(kv_opts, &cfg);
         return 1;
     }
-    if (!cfg.token_file && cfg.http_host && strncmp(cfg.http_host, "127.", 4) &&
-        strcmp(cfg.http_host, "::1") && strcmp(cfg.http_host, "localhost"))
+    if (!cfg.token_file && cfg.listen && strncmp(cfg.listen, "127.", 4) &&
+        strncmp(cfg.listen, "[::1]:", 6) && strncmp(cfg.listen, "localhost:", 10))
         BRIX_WARN("--listen %s is not loopback and no --token-file is set: any host that reaches "
                   "it may read and write blocks",
                   cfg.listen);
