@@ -406,6 +406,7 @@ static srv_env_t *srv_start(const char *hash_seed, const char *token, uint64_t c
         .max_frame = 64 << 20,
         .max_connections = 16,
         .max_pending = 64 << 20,
+        .frame_timeout_ms = 500,
         .max_namespaces = 4,
         .hash_seed = (char *)hash_seed,
         .no_hugepages = true,
@@ -651,6 +652,26 @@ static void test_server_data(void **state)
     memcpy(&st, body, sizeof st);
     assert_int_equal(st.objects, 3);
     assert_int_equal(st.used_bytes, (2 << 20) + 4096 + 80 * 1024);
+    free(body);
+
+    /* a request stalled midway is closed after --frame-timeout; an idle
+     * connection between requests is not */
+    int fd3 = tcp_connect(e);
+    brix_buf_reset(&b);
+    hello(&b, 1, 42, 1, 0, NULL);
+    put_frame(&b, 2, big, blens, 2);
+    b.len -= 1000;
+    send_all(fd3, &b);
+    h = reply(fd3, &body);
+    free(body);
+    assert_true(closed(fd3)); /* within the 10 s receive timeout */
+    close(fd3);
+    usleep(700000); /* fd sat idle meanwhile */
+    brix_buf_reset(&b);
+    put_hdr(&b, BRIXKV_OP_PING, 0, 77, 0, 0);
+    send_all(fd, &b);
+    h = reply(fd, &body);
+    assert_int_equal(h.id, 77);
     free(body);
 
     /* a malformed frame: an error reply, then the connection closes */
