@@ -148,6 +148,40 @@ def t_store_metrics():
     assert h.metric_value(text, "brix_kvcache_misses_total") == 0
 
 
+@h.check("store stalled (SIGSTOP): requests complete, loads count timeouts; resumed: loads work")
+def t_store_stalled():
+    node, a, b = STATE["node"], STATE["a"], STATE["b"]
+    node.p.send_signal(signal.SIGSTOP)
+    try:
+        t0 = m(b, "brix_engine_kv_load_failures_total", reason="timeout")
+        w0 = m(b, "brix_engine_kv_remote_wait_seconds_total")
+        j = complete(b, prompt(20, words=300))  # a miss the stalled node cannot answer
+        assert m(b, "brix_engine_kv_load_failures_total", reason="timeout") == t0 + 1
+        assert m(b, "vllm:external_prefix_cache_hits_total") == STATE["loaded"] * BS
+        assert m(b, "brix_engine_kv_remote_wait_seconds_total") > w0
+        assert "KV store" in b.text()
+    finally:
+        node.p.send_signal(signal.SIGCONT)
+    # the node answers again: A's new prompt is saved and B loads it (after
+    # its client's back-off from the stalled node, 1 s)
+    text = prompt(21, words=300)
+    n = complete(a, text)["usage"]["prompt_tokens"]
+    h.wait_until(lambda: m(a, "brix_engine_kv_saved_blocks_total") >= STATE["full"] + n // BS,
+                 timeout=20, what="A's saves after the stall")
+    probes = iter(range(100, 1000))
+
+    def b_up():
+        # a new short prompt each time: a lookup, hence a store call that
+        # reconnects once the back-off is over
+        complete(b, prompt(next(probes), words=40))
+        return m(b, "brix_engine_kv_store_members_up") == 1
+    h.wait_until(b_up, timeout=20, interval=0.2, what="B reconnected")
+    h0 = m(b, "vllm:external_prefix_cache_hits_total")
+    complete(b, text)
+    assert m(b, "vllm:external_prefix_cache_hits_total") == h0 + loadable_tokens(n)
+    assert "answers again" in b.text()
+
+
 @h.check("store killed: requests still complete, loads fail over to recompute, counted")
 def t_store_down():
     node, a, b = STATE["node"], STATE["a"], STATE["b"]
