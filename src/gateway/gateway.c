@@ -111,6 +111,11 @@ static const brix_opt_t gw_opts[] = {
       "weighted: adapter load cost in prompt tokens (doubled without a free slot)" },
     { "session-load-factor", BRIX_OPT_DOUBLE, O(route.session_load_factor), "1.25", 1, 100, "F",
       "session-affinity: skip pods holding more than F x the mean (+1) of the requests in flight" },
+    { "kv-store", BRIX_OPT_BOOL, O(route.kv_store_all), "false", 1, 0, NULL,
+      "every engine loads and saves prefix blocks in a shared brix kvcache (with --controller, "
+      "deployments say so themselves)" },
+    { "kv-store-cost", BRIX_OPT_DOUBLE, O(route.kv_store_cost), "0.25", 0, 1, "F",
+      "prefix routing: a block in the shared KV store costs F of recomputing it (local hit 0)" },
     { "log-level", BRIX_OPT_STRING, O(log_level), "info", 1, 0, "LEVEL",
       "debug | info | warn | error" },
     { "access-log", BRIX_OPT_BOOL, O(access_log), "true", 1, 0, NULL,
