@@ -100,6 +100,7 @@ struct brix_provider {
     /* The brix kvcache members ("HOST:PORT,..."), given to the replicas of
      * deployments with kvCache; NULL or "": no store. Owned by the controller. */
     const char *kvcache_servers;
+    const char *kvcache_token_file; /* NULL: the store takes no token */
 };
 
 /* The local provider: replicas are child processes of this controller,

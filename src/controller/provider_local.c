@@ -257,8 +257,14 @@ static int build_argv(lp_t *lp, const brix_replica_t *r, const brix_obj_t *d, br
             brix_buf_t j = BRIX_BUF_INIT;
             rc |= brix_buf_printf(&j,
                                   "{\"kv_connector\":\"BrixConnector\",\"kv_role\":\"kv_both\","
-                                  "\"kv_connector_extra_config\":{\"servers\":\"%s\"}}",
+                                  "\"kv_connector_extra_config\":{\"servers\":\"%s\"",
                                   kv);
+            if (lp->base.kvcache_token_file) {
+                rc |= brix_buf_append_str(&j, ",\"token_file\":");
+                rc |= brix_buf_append_json_str(&j, lp->base.kvcache_token_file,
+                                               strlen(lp->base.kvcache_token_file));
+            }
+            rc |= brix_buf_append_str(&j, "}}");
             rc |= brix_strlist_push(out, "--kv-transfer-config");
             rc |= j.data ? brix_strlist_push(out, j.data) : -ENOMEM;
             brix_buf_free(&j);

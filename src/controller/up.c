@@ -661,6 +661,10 @@ int brix_up_main(int argc, char **argv)
             fprintf(stderr, "brix up: the kvcache token: %s\n", err);
             goto out_sig;
         }
+        /* replicas read it by path, from whatever directory they run in */
+        char abs[PATH_MAX];
+        if (realpath(kvtok, abs))
+            snprintf(kvtok, sizeof kvtok, "%s", abs);
         if (http_ok(kvurl, "/healthz", NULL)) {
             fprintf(stderr, "brix up: something already answers on %s (another `brix up`?)\n",
                     kvurl);
@@ -683,6 +687,8 @@ int brix_up_main(int argc, char **argv)
     if (u.kv_enabled) {
         cargs[nca++] = "--kvcache-servers";
         cargs[nca++] = kvlisten;
+        cargs[nca++] = "--kvcache-token-file";
+        cargs[nca++] = kvtok;
     }
     if (u.allow_engine_commands)
         cargs[nca++] = "--allow-engine-commands";
