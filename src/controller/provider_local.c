@@ -180,6 +180,11 @@ static char *expand(const char *tpl, const brix_replica_t *r, const brix_obj_t *
             rc = brix_buf_append_str(&b, p);
             break;
         }
+        /* the innermost braces: a placeholder inside a JSON argument
+         * ('{"servers":"{kvcache}"}') is still one */
+        for (const char *q = o + 1; q < c; q++)
+            if (*q == '{')
+                o = q;
         rc = brix_buf_append(&b, p, (size_t)(o - p));
         size_t n = (size_t)(c - o - 1);
         const char *val = NULL;
