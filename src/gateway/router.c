@@ -371,6 +371,8 @@ static void explain(brix_route_ctx_t *ctx, const brix_strategy_sel_t *sel, size_
             brix_buf_printf(b, " match=%u/%zu", m[i], ctx->prompt.nhashes);
         brix_buf_append_char(b, ')');
     }
+    if (ctx->store_done && brix_route_has_store(ctx))
+        brix_buf_printf(b, "; kv-store=%u/%zu", ctx->store_match, ctx->prompt.nhashes);
 }
 
 brix_route_rc_t brix_route(brix_route_ctx_t *ctx, const brix_strategy_sel_t *sel,
