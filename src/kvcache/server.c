@@ -1190,7 +1190,8 @@ int brix_kvsrv_start(uv_loop_t *loop, const brix_kvsrv_cfg_t *cfg, const char *t
         classes, (unsigned long long)brix_kvs_max_value(s->store),
         brix_kvs_hugepages_str(brix_kvs_hugepages(s->store)), cfg->eviction, cfg->eviction_order,
         cfg->listen ? cfg->listen : "-", s->port, s->unix_on ? cfg->unix_path : "-",
-        cfg->http_host ? cfg->http_host : "-", s->http_port, s->token ? "required" : "none");
+        s->http ? (cfg->http_host ? cfg->http_host : "127.0.0.1") : "-", s->http_port,
+        s->token ? "required" : "none");
     *out = s;
     return 0;
 fail:
