@@ -437,6 +437,25 @@ static int op_hello(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
         conn_fail(c, h, BRIXKV_ST_BAD_REQUEST, msg);
         return 0;
     }
+    /* names go into logs and namespace ids: no control bytes (a NUL would
+     * also make two namespaces compare equal) */
+    const struct {
+        const char *p;
+        size_t n;
+    } strs[] = { { hl.model, hl.model_len },
+                 { hl.dtype, hl.dtype_len },
+                 { hl.layout, hl.layout_len },
+                 { hl.client, hl.client_len } };
+    for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
+        for (size_t j = 0; j < strs[i].n; j++) {
+            unsigned char ch = (unsigned char)strs[i].p[j];
+            if (ch < 0x20 || ch == 0x7f) {
+                conn_fail(c, h, BRIXKV_ST_BAD_REQUEST,
+                          "HELLO: model, dtype, layout and client must not hold control bytes");
+                return 0;
+            }
+        }
+    }
     char who[200];
     snprintf(who, sizeof who, "'%.*s' (model %.*s)", (int)(hl.client_len > 80 ? 80 : hl.client_len),
              hl.client, (int)(hl.model_len > 80 ? 80 : hl.model_len), hl.model);
