@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -1095,7 +1096,20 @@ static int listen_unix(brix_kvsrv_t *s, char *err, size_t errlen)
     uv_pipe_init(s->loop, &s->unix_l, 0);
     s->unix_l.data = s;
     s->unix_on = true;
-    unlink(s->cfg.unix_path); /* a stale socket of an earlier run */
+    /* a stale socket of an earlier run is replaced; a live one is not */
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", s->cfg.unix_path);
+    bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (probe >= 0)
+        close(probe);
+    if (live) {
+        snprintf(err, errlen, "--unix %s: another process is serving on it", s->cfg.unix_path);
+        s->unix_on = false;
+        uv_close((uv_handle_t *)&s->unix_l, NULL);
+        return -EADDRINUSE;
+    }
+    unlink(s->cfg.unix_path);
     int rc = uv_pipe_bind(&s->unix_l, s->cfg.unix_path);
     if (!rc)
         rc = uv_listen((uv_stream_t *)&s->unix_l, 1024, on_connection);
