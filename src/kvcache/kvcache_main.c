@@ -60,7 +60,8 @@ static const brix_opt_t kv_opts[] = {
       "unsent reply bytes per connection before its reading pauses" },
     { "frame-timeout", BRIX_OPT_DURATION, O(frame_timeout_ms), "30s", 100, 3600000, NULL,
       "a connection that stops sending in the middle of a request (a PUT holding reserved "
-      "slots) for this long is closed" },
+      "slots), or stops reading replies (a GET's objects stay referenced), for this long is "
+      "closed" },
     { "max-namespaces", BRIX_OPT_INT, O(max_namespaces), "1024", 1, 1000000, "N",
       "distinct (model, dtype, layout, tp, seed) namespaces" },
     { "hash-seed", BRIX_OPT_STRING, O(hash_seed), NULL, 1, 0, "N",

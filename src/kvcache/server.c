@@ -86,6 +86,7 @@ struct kv_conn {
     uint64_t pending;
     uint32_t writes;
     uint64_t last_read_ms;
+    uint64_t last_write_ms; /* a write completed, or the first one was queued */
     uint8_t *rbuf;
 };
 
@@ -233,6 +234,7 @@ static void on_write(uv_write_t *req, int status)
         brix_kvs_unref(s->store, w->refs[i]);
     c->pending -= w->bytes;
     c->writes--;
+    c->last_write_ms = brix_now_ms();
     if (status == 0)
         s->bytes_out += w->bytes;
     brix_free(w->meta);
@@ -282,6 +284,8 @@ static int batch_flush(kv_conn_t *c)
     c->nrefs = c->refcap = 0;
     c->niov = 0;
     c->batch_bytes = 0;
+    if (!c->writes)
+        c->last_write_ms = brix_now_ms();
     c->pending += w->bytes;
     c->writes++;
     int rc = uv_write(&w->req, &c->h.stream, w->bufs, (unsigned)nbufs, on_write);
@@ -967,8 +971,9 @@ static int metrics_init(brix_kvsrv_t *s)
                              "HELLOs refused (token, hash seed, namespace).");
     s->m.frame_errors = fam(s, C, "brix_kvcache_frame_errors_total",
                             "Connections closed on a malformed or refused request.");
-    s->m.frame_timeouts = fam(s, C, "brix_kvcache_frame_timeouts_total",
-                              "Connections closed stalled mid-request (--frame-timeout).");
+    s->m.frame_timeouts =
+        fam(s, C, "brix_kvcache_frame_timeouts_total",
+            "Connections closed stalled mid-request or not reading replies (--frame-timeout).");
     s->m.bytes_in = fam(s, C, "brix_kvcache_received_bytes_total", "Bytes read from clients.");
     s->m.bytes_out = fam(s, C, "brix_kvcache_sent_bytes_total", "Bytes written to clients.");
     brix_metric_family_t *hf =
@@ -1017,13 +1022,19 @@ static void on_tick(uv_timer_t *t)
 {
     brix_kvsrv_t *s = t->data;
     uint64_t now = brix_now_ms();
-    /* a stalled PUT holds its reserved slots: it gets --frame-timeout */
+    /* a stalled PUT holds its reserved slots, a reply nobody reads holds
+     * references to its objects (they cannot be evicted): both get
+     * --frame-timeout */
     for (kv_conn_t *c = s->conns, *nx; c; c = nx) {
         nx = c->next;
-        if (c->reading && mid_frame(c) && now - c->last_read_ms > s->cfg.frame_timeout_ms) {
+        bool in_stall =
+            c->reading && mid_frame(c) && now - c->last_read_ms > s->cfg.frame_timeout_ms;
+        bool out_stall = c->writes && now - c->last_write_ms > s->cfg.frame_timeout_ms;
+        if (in_stall || out_stall) {
             s->frame_timeouts++;
-            BRIX_DEBUG("brixkv connection stalled mid-request for %llu ms: closed",
-                       (unsigned long long)(now - c->last_read_ms));
+            BRIX_DEBUG("brixkv connection stalled %s for over %llu ms: closed",
+                       in_stall ? "mid-request" : "not reading its replies",
+                       (unsigned long long)s->cfg.frame_timeout_ms);
             conn_close(c);
         }
     }
