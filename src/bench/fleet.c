@@ -27,7 +27,6 @@
 #include <time.h>
 #include <unistd.h>
 
-
 #define MAX_PODS 64
 
 struct bench_fleet {
