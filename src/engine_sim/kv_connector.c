@@ -16,10 +16,10 @@
 #include "core/alloc.h"
 #include "core/json.h"
 #include "core/log.h"
+#include "core/secret.h"
 #include "core/time.h"
 #include "engine_sim/kv_cache.h"
 
-#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -868,34 +868,27 @@ static void free_buffers(brix_kvc_t *c)
     brix_kvc_cfg_free(&c->cfg);
 }
 
-/* The nodes' token from a file (as `brix kvcache --token-file` reads its
- * own): surrounding whitespace trimmed, 1..255 bytes. A file, not a flag, so
- * it never shows in the process list. */
+/* The nodes' token from a file, read by brix's one reader of credential
+ * files (as `brix kvcache --token-file` and the controller read theirs): a
+ * file, not a flag, so it never shows in the process list. */
 static int read_token(const char *path, char *out, size_t cap, char *err, size_t errlen)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "kv-transfer-config: token_file %s: %s", path, strerror(errno));
+    char *tok = NULL, e[256];
+    if (brix_secret_read_file(path, &tok, e, sizeof e)) {
+        snprintf(err, errlen, "kv-transfer-config: token_file: %s", e);
         return -1;
     }
-    char buf[1024];
-    size_t n = fread(buf, 1, sizeof buf, f);
-    fclose(f);
-    size_t a = 0;
-    while (a < n && isspace((unsigned char)buf[a]))
-        a++;
-    while (n > a && isspace((unsigned char)buf[n - 1]))
-        n--;
+    size_t n = strlen(tok);
     int rc = 0;
-    if (n == a || n - a >= cap) {
-        snprintf(err, errlen, "kv-transfer-config: token_file %s: want 1..%zu bytes of token", path,
+    if (n >= cap) {
+        snprintf(err, errlen, "kv-transfer-config: token_file %s: longer than %zu bytes", path,
                  cap - 1);
         rc = -1;
     } else {
-        memcpy(out, buf + a, n - a);
-        out[n - a] = 0;
+        memcpy(out, tok, n + 1);
     }
-    explicit_bzero(buf, sizeof buf);
+    explicit_bzero(tok, n);
+    brix_free(tok);
     return rc;
 }
 
