@@ -115,6 +115,9 @@ static const brix_opt_t ctl_opts[] = {
     { "kvcache-servers", BRIX_OPT_STRING, O(kvcache_servers), NULL, 1, 0, "HOST:PORT[,...]",
       "brix kvcache members: replicas of deployments with kvCache load and save prefix blocks "
       "there (engine-sim gets --kv-transfer-config; a command template uses {kvcache})" },
+    { "kvcache-block-bytes", BRIX_OPT_SIZE, O(kvcache_block_bytes), "0", 0, 268435456, "SIZE",
+      "engine-sim replicas store a stand-in of this size per KV block (transfer times stay the "
+      "modelled block's); 0 = the full modelled block (2 MiB for 16 tokens of Llama-3-8B)" },
     { "kvcache-token-file", BRIX_OPT_STRING, O(kvcache_token_file), NULL, 1, 0, "FILE",
       "the kvcache members' token: engine-sim replicas get its path (token_file), never the "
       "token" },
@@ -501,6 +504,7 @@ int brix_controller_main(int argc, char **argv)
     c->prov->engine_key = c->engine_key[0] ? c->engine_key : NULL;
     c->prov->kvcache_servers = c->cfg.kvcache_servers;
     c->prov->kvcache_token_file = c->cfg.kvcache_token_file;
+    c->prov->kvcache_block_bytes = c->cfg.kvcache_block_bytes;
     if (brix_ctl_load(c, err, sizeof err)) {
         fprintf(stderr, "brix controller: %s\n", err);
         goto out;

@@ -59,6 +59,7 @@ typedef struct brix_ctl_cfg {
     int64_t gateway_stale;        /* ms: gateway load reports older than this are unavailable */
     char *kvcache_servers;        /* the brix kvcache members published to replicas and gateways */
     char *kvcache_token_file;     /* their token, given to replicas as a file path */
+    uint64_t kvcache_block_bytes; /* bytes engine-sim stores per block (0 = the modelled size) */
     brix_http_limits_t http;
 } brix_ctl_cfg_t;
 

@@ -101,6 +101,7 @@ struct brix_provider {
      * deployments with kvCache; NULL or "": no store. Owned by the controller. */
     const char *kvcache_servers;
     const char *kvcache_token_file; /* NULL: the store takes no token */
+    uint64_t kvcache_block_bytes;   /* engine-sim's stored block_bytes; 0 = its default */
 };
 
 /* The local provider: replicas are child processes of this controller,

@@ -264,6 +264,9 @@ static int build_argv(lp_t *lp, const brix_replica_t *r, const brix_obj_t *d, br
                                   "{\"kv_connector\":\"BrixConnector\",\"kv_role\":\"kv_both\","
                                   "\"kv_connector_extra_config\":{\"servers\":\"%s\"",
                                   kv);
+            if (lp->base.kvcache_block_bytes)
+                rc |= brix_buf_printf(&j, ",\"block_bytes\":%llu",
+                                      (unsigned long long)lp->base.kvcache_block_bytes);
             if (lp->base.kvcache_token_file) {
                 rc |= brix_buf_append_str(&j, ",\"token_file\":");
                 rc |= brix_buf_append_json_str(&j, lp->base.kvcache_token_file,

@@ -50,6 +50,7 @@ typedef struct up_cfg {
     bool kv_enabled;
     int kv_port, kv_http_port;
     char kv_capacity[32];
+    char kv_block[32]; /* spec.kvcache.blockBytes: engine-sim's stored block */
     brix_strlist_t kv_args;
 } up_cfg_t;
 
@@ -90,7 +91,7 @@ static int ylist(const char *file, const brix_yaml_node_t *n, brix_strlist_t *ou
     return 0;
 }
 
-/* spec.kvcache: {enabled, port, httpPort, capacity, args} */
+/* spec.kvcache: {enabled, port, httpPort, capacity, blockBytes, args} */
 static int parse_kvcache(const char *file, const brix_yaml_node_t *v, up_cfg_t *u)
 {
     if (v->type != BRIX_YAML_MAP)
@@ -118,12 +119,20 @@ static int parse_kvcache(const char *file, const brix_yaml_node_t *v, up_cfg_t *
                              "kvcache.capacity: expected a size of at least 1MiB "
                              "(e.g. 1GiB, 512MiB)");
             snprintf(u->kv_capacity, sizeof u->kv_capacity, "%s", vv->scalar);
+        } else if (!strcmp(k, "blockBytes")) {
+            uint64_t bytes;
+            if (vv->type != BRIX_YAML_SCALAR || brix_parse_size(vv->scalar, &bytes) || bytes < 16 ||
+                bytes > (256u << 20) || strlen(vv->scalar) >= sizeof u->kv_block)
+                return errat(file, vv,
+                             "kvcache.blockBytes: expected a size from 16 bytes to 256MiB");
+            snprintf(u->kv_block, sizeof u->kv_block, "%s", vv->scalar);
         } else if (!strcmp(k, "args")) {
             if (ylist(file, vv, &u->kv_args))
                 return -1;
         } else {
             return errat(file, kk,
-                         "kvcache: unknown field (known: enabled, port, httpPort, capacity, args)");
+                         "kvcache: unknown field (known: enabled, port, httpPort, capacity, "
+                         "blockBytes, args)");
         }
     }
     return 0;
@@ -689,6 +698,10 @@ int brix_up_main(int argc, char **argv)
         cargs[nca++] = kvlisten;
         cargs[nca++] = "--kvcache-token-file";
         cargs[nca++] = kvtok;
+        if (u.kv_block[0]) {
+            cargs[nca++] = "--kvcache-block-bytes";
+            cargs[nca++] = u.kv_block;
+        }
     }
     if (u.allow_engine_commands)
         cargs[nca++] = "--allow-engine-commands";

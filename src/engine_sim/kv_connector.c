@@ -59,6 +59,7 @@ static const cfg_key_t extra_keys[] = {
     { "servers", K_STR, OFF(servers), 1, 0 },
     { "timeout_ms", K_INT, OFF(timeout_ms), 1, 600000 },
     { "block_bytes", K_INT, OFF(block_bytes), 1, (double)MAX_BLOCK_BYTES },
+    { "sim_block_bytes", K_INT, OFF(sim_block_bytes), 1, (double)MAX_BLOCK_BYTES },
     { "transfer_gbps", K_NUM, OFF(transfer_gbps), 0, 1e6 },
     { "max_inflight", K_INT, OFF(max_inflight), 1, 4096 },
     { "no_shm", K_BOOL, OFF(no_shm), 0, 0 },
@@ -360,6 +361,7 @@ struct brix_kvc {
     brix_kvc_env_t env;
     brix_sched_kv_t hooks;
     uint64_t block_bytes;
+    uint64_t sim_block_bytes; /* the modelled block, for the transfer time */
     uint64_t ns_hash;
     brix_kvc_stats_t st;
     char *model;
@@ -549,6 +551,14 @@ static bool run_save(brix_kvc_t *c, kvc_job_t *j)
 static void *thread_main(void *arg)
 {
     brix_kvc_t *c = arg;
+    /* connect (HELLO, and map a same-host node's arena) before the first
+     * request needs it, as vLLM's connectors do at start: a lazy first
+     * lookup would charge that request the set-up. A node that is down now
+     * is tried again by the first call that needs it. */
+    for (size_t i = 0; i < brixkv_nmembers(c->client); i++) {
+        brixkv_stats_t st;
+        (void)brixkv_stats(c->client, i, &st);
+    }
     pthread_mutex_lock(&c->mu);
     for (;;) {
         while (!c->stop && !c->loads_head && !c->saves_head)
@@ -756,7 +766,7 @@ static void on_done(uv_async_t *a)
             c->st.load_failures[j->fail]++;
         note_outage(c, j->outage, !j->failed, j->why);
         /* the request waits max(real I/O, bytes / bandwidth) in wall time */
-        double xfer_ns = c->cfg.transfer_gbps > 0 ? (double)(j->ok * c->block_bytes) * 8.0 /
+        double xfer_ns = c->cfg.transfer_gbps > 0 ? (double)(j->ok * c->sim_block_bytes) * 8.0 /
                                                         c->cfg.transfer_gbps * c->env.time_scale
                                                   : 0;
         uint64_t floor_ns = j->submit_ns + (uint64_t)xfer_ns;
@@ -905,8 +915,10 @@ brix_kvc_t *brix_kvc_new(const brix_kvc_cfg_t *cfg, const brix_kvc_env_t *env, c
     c->cfg.token_file = NULL; /* read once below, not kept */
     c->env = *env;
     c->model = brix_strdup(env->model);
-    c->block_bytes = cfg->block_bytes ? (uint64_t)cfg->block_bytes
-                                      : (uint64_t)BRIX_KVC_BYTES_PER_TOKEN * env->block_size;
+    c->sim_block_bytes = cfg->sim_block_bytes
+                             ? (uint64_t)cfg->sim_block_bytes
+                             : (uint64_t)BRIX_KVC_BYTES_PER_TOKEN * env->block_size;
+    c->block_bytes = cfg->block_bytes ? (uint64_t)cfg->block_bytes : c->sim_block_bytes;
     c->scratch_blocks = SCRATCH_BYTES / c->block_bytes;
     if (c->scratch_blocks < 1)
         c->scratch_blocks = 1;

@@ -52,9 +52,14 @@ typedef enum brix_kvc_role {
 
 typedef struct brix_kvc_cfg {
     brix_kvc_role_t role;
-    char *servers;        /* "HOST:PORT[,HOST:PORT...]" */
-    int64_t timeout_ms;   /* per store call; a load's I/O, and 2x its whole wait */
-    int64_t block_bytes;  /* 0 = BRIX_KVC_BYTES_PER_TOKEN x block size */
+    char *servers;       /* "HOST:PORT[,HOST:PORT...]" */
+    int64_t timeout_ms;  /* per store call; a load's I/O, and 2x its whole wait */
+    int64_t block_bytes; /* stored per block; 0 = sim_block_bytes */
+    /* the bytes one block of the modelled engine holds, which set the
+     * simulated transfer time; 0 = BRIX_KVC_BYTES_PER_TOKEN x block size.
+     * A smaller block_bytes stores a stand-in: the time is still the real
+     * block's (a local cluster need not move 2 MiB per block to show it) */
+    int64_t sim_block_bytes;
     double transfer_gbps; /* simulated bandwidth in Gbit/s; 0 = real I/O time only */
     int64_t max_inflight; /* loads in flight, and save batches queued */
     bool no_shm;          /* never use the store's same-host path */

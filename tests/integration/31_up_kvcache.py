@@ -26,7 +26,7 @@ spec:
     port: 2
     stateDir: {STATE}
     args: [--health-interval, 200ms, --reconcile-interval, 200ms, --stop-grace, 3s]
-  kvcache: {{port: {KV}, httpPort: {KVH}, capacity: 256MiB}}
+  kvcache: {{port: {KV}, httpPort: {KVH}, capacity: 256MiB, blockBytes: 64KiB}}
 ---
 apiVersion: model.brix.dev/v1alpha1
 kind: ModelDeployment
@@ -91,6 +91,7 @@ def _():
         assert cfg["kv_connector"] == "BrixConnector" and cfg["kv_role"] == "kv_both", cfg
         extra = cfg["kv_connector_extra_config"]
         assert extra["servers"] == f"127.0.0.1:{KV}", extra
+        assert extra["block_bytes"] == 65536, extra  # spec.kvcache.blockBytes
         assert os.path.isabs(extra["token_file"]) and \
             open(extra["token_file"]).read().strip() == kvtoken, extra
     # no argv of anything brix up started carries the store's token
@@ -130,6 +131,13 @@ def _():
     assert hits % 16 == 0 and full * 16 // 2 <= hits <= full * 16, (hits, full)
     assert mv(pb, "brix_engine_kv_loaded_blocks_total") >= hits // 16
     assert mv(pb, "brix_engine_kv_checksum_errors_total") == 0
+    assert mv(pb, "brix_engine_kv_loaded_bytes_total") == mv(pb, "brix_engine_kv_loaded_blocks_total") * 65536
+    for name, port in ((na, pa), (nb, pb)):  # for the log, not asserted (wall clock)
+        t = engine_metrics(port)
+        print(f"  {name}: TTFT {h.metric_value(t, 'vllm:time_to_first_token_seconds_sum'):.3f} s,"
+              f" queue {h.metric_value(t, 'vllm:request_queue_time_seconds_sum'):.3f} s,"
+              f" prefill {h.metric_value(t, 'vllm:request_prefill_time_seconds_sum'):.3f} s,"
+              f" remote wait {h.metric_value(t, 'brix_engine_kv_remote_wait_seconds_total'):.3f} s")
     assert rb["usage"]["prompt_tokens"] == ntok, rb["usage"]
     kvm = h.request("GET", KVH, "/metrics")[2].decode()
     assert h.metric_value(kvm, "brix_kvcache_hits_total") >= hits // 16, kvm[:3000]
