@@ -151,6 +151,11 @@ typedef struct brixkv_client_stats {
 } brixkv_client_stats_t;
 void brixkv_client_stats(const brixkv_t *c, brixkv_client_stats_t *out);
 
+/* The last failure the client saw, in words (a node's refusal of the
+ * namespace, a connect error, a timeout...), "" if none. Valid until the next
+ * call on c. For logs: per-key statuses are the API. */
+const char *brixkv_last_error(const brixkv_t *c);
+
 #ifdef __cplusplus
 }
 #endif
