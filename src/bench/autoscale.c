@@ -48,7 +48,6 @@
 #include <time.h>
 #include <unistd.h>
 
-
 #define AS_MODEL      "llama-3-8b"
 #define AS_MAX_POLICY 8
 /* decodes assumed to ride along each saturated prefill step when sizing the

@@ -156,6 +156,12 @@ static const brix_opt_t bench_opts[] = {
       "an S+kvcache entry in --strategies does one)" },
     { "kvcache-capacity", BRIX_OPT_SIZE, O(kvcache_capacity), "2GiB", 1, 1e15, "SIZE",
       "fleets: the kvcache node's --capacity" },
+    { "kvcache-block-bytes", BRIX_OPT_SIZE, O(kvcache_block), "0", 0, 64.0 * (1 << 20), "SIZE",
+      "fleets: bytes the engines store per block (0 = the real 128 KiB per token); smaller "
+      "blocks keep a long trace within the node, and the transfer rate is scaled so the "
+      "simulated load time stays that of real-size blocks at --kvcache-gbps" },
+    { "kvcache-gbps", BRIX_OPT_DOUBLE, O(kvcache_gbps), "100", 0, 1e6, "GBIT",
+      "fleets: simulated store-to-GPU bandwidth for real-size blocks (0 = real I/O time only)" },
     BRIX_OPT_END,
 };
 #undef O
@@ -310,6 +316,20 @@ int brix_bench_main(int argc, char **argv)
     }
     /* the strategies */
     char *list = brix_strdup(c.strategies);
+    if (c.kvcache) {
+        /* every strategy without, then with the store */
+        brix_buf_t l = BRIX_BUF_INIT;
+        for (char *s = strtok(list, ","); s; s = strtok(NULL, ",")) {
+            while (*s == ' ')
+                s++;
+            bool has = strstr(s, "+kvcache") != NULL;
+            brix_buf_printf(&l, "%s%s", l.len ? "," : "", s);
+            if (!has)
+                brix_buf_printf(&l, ",%s+kvcache", s);
+        }
+        brix_free(list);
+        list = l.data ? l.data : brix_strdup("");
+    }
     bench_run_t runs[32];
     size_t nruns = 0;
     memset(runs, 0, sizeof runs);
@@ -323,7 +343,7 @@ int brix_bench_main(int argc, char **argv)
         char host[64] = "127.0.0.1";
         int port = 0;
         if (c.target) {
-            if (!strcmp(s, "nginx-least-conn") ||
+            if (!strcmp(s, "nginx-least-conn") || strstr(s, "+kvcache") ||
                 parse_target(c.target, host, sizeof host, &port)) {
                 fprintf(stderr, "bench: skipping %s with --target %s\n", s, c.target);
                 continue;

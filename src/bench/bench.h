@@ -91,6 +91,8 @@ typedef struct bench_cfg {
     /* fleets: one kvcache node shared by the engines of "+kvcache" strategies */
     bool kvcache;              /* run every strategy without and with the store */
     uint64_t kvcache_capacity; /* the node's --capacity */
+    uint64_t kvcache_block;    /* engines' block_bytes in the store (0 = 2 MiB per 16 tokens) */
+    double kvcache_gbps;       /* simulated transfer rate of real-size blocks, Gbit/s */
 } bench_cfg_t;
 
 typedef struct bench_req {
@@ -137,6 +139,9 @@ typedef struct bench_run {
     char pods[64][48];
     double pod_requests[64];
     double gw_decision_us; /* mean routing decision, gateway /metrics */
+    /* the KV store, from the engines (vllm:external_prefix_cache_*, tokens) */
+    double ext_queries, ext_hits;
+    bool kvcache; /* the run had a kvcache node */
 } bench_run_t;
 
 /* Replays w against host:port (numeric), header routing-strategy when
