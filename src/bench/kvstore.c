@@ -830,7 +830,7 @@ static int find_size(const kv_all_t *A, size_t s)
 
 static void target_row(brix_buf_t *md, const char *what, const char *want, const char *got, int ok)
 {
-    brix_buf_printf(md, "| %s | %s | %s | %s |\n", what, want, got,
+    brix_buf_printf(md, "| %s | %s | %s | %s |\n", what, want, ok < 0 ? "n/a" : got,
                     ok < 0 ? "not measured"
                     : ok   ? "met"
                            : "**missed**");
