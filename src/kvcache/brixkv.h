@@ -65,6 +65,7 @@ typedef enum brixkv_status {
     BRIXKV_ST_NAMESPACE = 6,   /* HELLO refused or missing */
     BRIXKV_ST_BUSY = 7,        /* DELETE of a leased or pinned object */
     BRIXKV_ST_INTERNAL = 8,
+    BRIXKV_ST_DENIED = 9,         /* HELLO without the node's token (--token-file) */
     BRIXKV_ST_TIMEOUT = 100,      /* the node did not answer in time */
     BRIXKV_ST_UNAVAILABLE = 101,  /* the node is down (or backing off) */
     BRIXKV_ST_SHORT_BUFFER = 102, /* GET: value larger than the caller's buffer */
@@ -83,6 +84,7 @@ typedef struct brixkv_ns {
     bool seed_deterministic; /* false: refused by every node, loudly */
     uint32_t block_bytes;    /* value size this client puts, 0 = any */
     const char *client;      /* free text for the node's logs, may be NULL */
+    const char *token;       /* the nodes' token (their --token-file), NULL = none; <= 255 bytes */
 } brixkv_ns_t;
 
 typedef struct brixkv_opts {

@@ -11,11 +11,16 @@
  * request's op, count 0, status != OK and a UTF-8 message as body, and the
  * connection is closed.
  *
- *   HELLO    body brixkv_hello_t + model, dtype, layout, client strings.
- *            Must be the first request; binds the connection to a namespace
+ *   HELLO    body brixkv_hello_t + model, dtype, layout, client strings,
+ *            then token_len bytes of token (a node started with --token-file
+ *            refuses a HELLO without its token: BRIXKV_ST_DENIED; a node
+ *            without one ignores it). body_len must be exactly 32 + the five
+ *            lengths. Must be the first request, and comes once;
+ *            binds the connection to a namespace
  *            (model, dtype, layout, tp size/rank, hash seed). A client whose
  *            hash seed is not deterministic is refused (BRIXKV_ST_NAMESPACE):
- *            its keys could never match another instance's. Reply body
+ *            its keys could never match another instance's; so is one whose
+ *            seed differs from the node's --hash-seed. Reply body
  *            brixkv_hello_reply_t + the node's UNIX socket path (may be
  *            empty). On a UNIX socket with BRIXKV_HELLO_SHM the reply carries
  *            the arena's memfd as SCM_RIGHTS ancillary data on its first byte.
@@ -88,7 +93,8 @@ typedef struct brixkv_hello {
     uint16_t tp_rank; /* < tp_size */
     uint64_t hash_seed;
     uint8_t seed_deterministic; /* 0: the client's seed is random -> refused */
-    uint8_t pad[3];
+    uint8_t token_len;          /* bytes of the node's token, after the client string */
+    uint8_t pad[2];
     uint32_t block_bytes; /* the value size this client puts (0 = any) */
     uint16_t model_len, dtype_len, layout_len, client_len; /* strings follow */
 } brixkv_hello_t;
