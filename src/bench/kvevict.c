@@ -458,6 +458,7 @@ typedef struct evict_trace {
     trace_t t;
     double bound;
     double sim_req[MAX_FRACS], sim_rev[MAX_FRACS];
+    double held_req[MAX_FRACS], held_rev[MAX_FRACS]; /* at the blocks the node held */
     node_res_t node[MAX_POLICIES][MAX_FRACS];
 } evict_trace_t;
 
@@ -529,6 +530,10 @@ int bench_kvevict(const bench_cfg_t *c)
                     rc = 1;
                     continue;
                 }
+                if (p == 0 && nr->objects) {
+                    e->held_req[f] = sim_lru(&e->t, (size_t)nr->objects, false);
+                    e->held_rev[f] = sim_lru(&e->t, (size_t)nr->objects, true);
+                }
                 fprintf(stderr,
                         "bench: %s %-8s at %4.0f%%: node hit %.3f (objects at the end %" PRIu64
                         ", evictions %" PRIu64 ", errors %" PRIu64 ", wrong %" PRIu64 ", %.1f s)\n",
@@ -576,6 +581,11 @@ int bench_kvevict(const bench_cfg_t *c)
         brix_buf_append_str(&md, "\n| simulated exact LRU, reversed (root most recent) |");
         for (int f = 0; f < nf; f++)
             brix_buf_printf(&md, " %.3f |", e->sim_rev[f]);
+        brix_buf_append_str(&md,
+                            "\n| simulated exact LRU at the blocks the node held, request order "
+                            "/ reversed |");
+        for (int f = 0; f < nf; f++)
+            brix_buf_printf(&md, " %.3f / %.3f |", e->held_req[f], e->held_rev[f]);
         brix_buf_append_str(&md, "\n| node: objects held at the end / capacity in blocks |");
         for (int f = 0; f < nf; f++) {
             node_res_t *nr = &e->node[0][f];
@@ -625,8 +635,10 @@ int bench_kvevict(const bench_cfg_t *c)
                     i ? "," : "", e->t.name, e->t.nreq, e->t.nids, e->t.nuniq, e->bound);
             for (int f = 0; f < nf; f++) {
                 fprintf(o,
-                        "%s{\"fraction\":%g,\"sim_lru\":%.5f,\"sim_lru_reversed\":%.5f,\"node\":{",
-                        f ? "," : "", fr[f], e->sim_req[f], e->sim_rev[f]);
+                        "%s{\"fraction\":%g,\"sim_lru\":%.5f,\"sim_lru_reversed\":%.5f,"
+                        "\"sim_lru_at_held\":%.5f,\"sim_lru_reversed_at_held\":%.5f,\"node\":{",
+                        f ? "," : "", fr[f], e->sim_req[f], e->sim_rev[f], e->held_req[f],
+                        e->held_rev[f]);
                 for (int p = 0; p < np; p++) {
                     node_res_t *nr = &e->node[p][f];
                     fprintf(o,
