@@ -141,7 +141,8 @@ typedef struct bench_run {
     double gw_decision_us; /* mean routing decision, gateway /metrics */
     /* the KV store, from the engines (vllm:external_prefix_cache_*, tokens) */
     double ext_queries, ext_hits;
-    bool kvcache; /* the run had a kvcache node */
+    double kv_saved, kv_loaded; /* blocks (brix_engine_kv_saved|loaded_blocks_total) */
+    bool kvcache;               /* the run had a kvcache node */
 } bench_run_t;
 
 /* Replays w against host:port (numeric), header routing-strategy when

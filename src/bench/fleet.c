@@ -38,7 +38,7 @@ struct bench_fleet {
     int front_port;
     bool gateway;
     double before_q[MAX_PODS], before_h[MAX_PODS], before_p[MAX_PODS], before_r[MAX_PODS];
-    double before_xq[MAX_PODS], before_xh[MAX_PODS];
+    double before_xq[MAX_PODS], before_xh[MAX_PODS], before_xs[MAX_PODS], before_xl[MAX_PODS];
     char dir[512];
     bench_kvnode_t kv; /* a "+kvcache" strategy's store node (pid 0: none) */
 };
@@ -291,7 +291,7 @@ fail:
 }
 
 typedef struct scrape {
-    double q, h, p, r, dsum, dcount, xq, xh;
+    double q, h, p, r, dsum, dcount, xq, xh, xs, xl;
 } scrape_t;
 
 static void on_sample(const brix_prom_sample_t *s, void *ud)
@@ -305,6 +305,10 @@ static void on_sample(const brix_prom_sample_t *s, void *ud)
         x->xq += s->value;
     else if (!strcmp(s->name, "vllm:external_prefix_cache_hits_total"))
         x->xh += s->value;
+    else if (!strcmp(s->name, "brix_engine_kv_saved_blocks_total"))
+        x->xs += s->value;
+    else if (!strcmp(s->name, "brix_engine_kv_loaded_blocks_total"))
+        x->xl += s->value;
     else if (!strcmp(s->name, "vllm:num_preemptions_total"))
         x->p += s->value;
     else if (!strcmp(s->name, "vllm:request_success_total"))
@@ -334,7 +338,7 @@ void bench_fleet_sample(bench_fleet_t *f, bench_run_t *run, bool after)
 {
     run->npods = f->n;
     run->prefix_queries = run->prefix_hits = run->preemptions = 0;
-    run->ext_queries = run->ext_hits = 0;
+    run->ext_queries = run->ext_hits = run->kv_saved = run->kv_loaded = 0;
     run->kvcache = f->kv.pid > 0;
     for (int i = 0; i < f->n; i++) {
         scrape_t x = scrape(f->ports[i]);
@@ -345,6 +349,8 @@ void bench_fleet_sample(bench_fleet_t *f, bench_run_t *run, bool after)
             f->before_r[i] = x.r;
             f->before_xq[i] = x.xq;
             f->before_xh[i] = x.xh;
+            f->before_xs[i] = x.xs;
+            f->before_xl[i] = x.xl;
             continue;
         }
         snprintf(run->pods[i], sizeof run->pods[i], "127.0.0.1:%d", f->ports[i]);
@@ -354,6 +360,8 @@ void bench_fleet_sample(bench_fleet_t *f, bench_run_t *run, bool after)
         run->pod_requests[i] = x.r - f->before_r[i];
         run->ext_queries += x.xq - f->before_xq[i];
         run->ext_hits += x.xh - f->before_xh[i];
+        run->kv_saved += x.xs - f->before_xs[i];
+        run->kv_loaded += x.xl - f->before_xl[i];
     }
     if (after && f->gateway) {
         scrape_t g = scrape(f->front_port);

@@ -217,6 +217,10 @@ int bench_report(const bench_cfg_t *c, const bench_workload_t *w, bench_run_t *r
         brix_buf_printf(&md, "| with / without | %.2fx | %.2fx | %.2fx | %.2fx | %.2fx | | |\n",
                         k->ttft_mean / b->ttft_mean, k->ttft[0] / b->ttft[0],
                         k->ttft[2] / b->ttft[2], k->tok_s / b->tok_s, k->req_s / b->req_s);
+        brix_buf_printf(&md,
+                        "\nWith the store: %.0f blocks saved and %.0f loaded by the engines; "
+                        "%.0f of %.0f looked-up prompt tokens came from the store.\n",
+                        runs[i].kv_saved, runs[i].kv_loaded, runs[i].ext_hits, runs[i].ext_queries);
     }
     char path[1024];
     snprintf(path, sizeof path, "%s/results.md", c->out);
@@ -245,12 +249,13 @@ int bench_report(const bench_cfg_t *c, const bench_workload_t *w, bench_run_t *r
                 "\"goodput_rps\":%.4f,\"prefix_hit_rate\":%.5f,\"load_max_over_mean\":%.4f,"
                 "\"preemptions\":%.0f,\"decision_us\":%.3f,\"ttft_mean\":%.6f,\"req_per_s\":%.4f,"
                 "\"kvcache\":%s,\"store_queries_tokens\":%.0f,\"store_hits_tokens\":%.0f,"
-                "\"store_hit_rate\":%.5f,\"pod_requests\":[",
+                "\"store_hit_rate\":%.5f,\"store_saved_blocks\":%.0f,\"store_loaded_blocks\":%.0f,"
+                "\"pod_requests\":[",
                 i ? "," : "", runs[i].strategy, x->ok, x->failed, x->ttft[0], x->ttft[1],
                 x->ttft[2], x->itl[0], x->itl[1], x->e2e[0], x->e2e[1], x->e2e[2], x->tok_s,
                 x->goodput, x->hit, x->spread, x->preempt, x->decision_us, x->ttft_mean, x->req_s,
                 runs[i].kvcache ? "true" : "false", runs[i].ext_queries, runs[i].ext_hits,
-                x->ext_hit);
+                x->ext_hit, runs[i].kv_saved, runs[i].kv_loaded);
             for (int k = 0; k < runs[i].npods; k++)
                 fprintf(f, "%s%.0f", k ? "," : "", runs[i].pod_requests[k]);
             fprintf(f, "]}");
