@@ -7,8 +7,10 @@
 #  - kvevict: prefix hit rate of the node's eviction policies on the Mooncake
 #    FAST'25 traces (Qin et al., "Mooncake: Trading More Storage for Less
 #    Computation", FAST 2025), read from ../shared/traces, at 5-40 % capacity,
-#  - end to end: the Mooncake conversation trace on 8 engine-sims behind the
-#    gateway, without and with one kvcache node.
+#  - end to end: the first 400 requests of the Mooncake conversation trace
+#    (at 2x its pace) on 8 engine-sims behind the gateway, routed by
+#    least-request and by brix's default (weighted), each without and with
+#    one kvcache node.
 # Results land in bench/results/{kvstore,kvevict,kvcache-e2e}; bench/report.py
 # puts them into BENCHMARKS.md. Extra flags for each run: KVSTORE_ARGS,
 # KVEVICT_ARGS, KVE2E_ARGS.
@@ -28,8 +30,8 @@ if [[ -f $TRACES/conversation_trace.jsonl && -f $TRACES/synthetic_trace.jsonl ]]
   # transfer rate is scaled alike (100 Gbit/s for real-size blocks).
   # shellcheck disable=SC2086
   "$B" bench --no-progress --out bench/results/kvcache-e2e --scenario mooncake \
-    --trace "$TRACES/conversation_trace.jsonl" --max-requests 600 --speed 1.5 \
-    --max-model-len 32768 --max-output 512 --strategies weighted --kvcache \
+    --trace "$TRACES/conversation_trace.jsonl" --max-requests 400 --speed 2 \
+    --max-model-len 32768 --max-output 512 --strategies least-request,weighted --kvcache \
     --kvcache-block-bytes 4KiB --kvcache-capacity 2GiB ${KVE2E_ARGS:-}
   cp bench/results/kvcache-e2e/ttft_cdf.svg bench/plots/kvcache-e2e-ttft.svg || true
 else
