@@ -142,6 +142,7 @@ typedef struct bench_run {
     /* the KV store, from the engines (vllm:external_prefix_cache_*, tokens) */
     double ext_queries, ext_hits;
     double kv_saved, kv_loaded; /* blocks (brix_engine_kv_saved|loaded_blocks_total) */
+    double kv_wait;             /* simulated s waiting for loads (..._remote_wait_seconds_total) */
     bool kvcache;               /* the run had a kvcache node */
 } bench_run_t;
 

@@ -39,6 +39,7 @@ struct bench_fleet {
     bool gateway;
     double before_q[MAX_PODS], before_h[MAX_PODS], before_p[MAX_PODS], before_r[MAX_PODS];
     double before_xq[MAX_PODS], before_xh[MAX_PODS], before_xs[MAX_PODS], before_xl[MAX_PODS];
+    double before_xw[MAX_PODS];
     char dir[512];
     bench_kvnode_t kv; /* a "+kvcache" strategy's store node (pid 0: none) */
 };
@@ -291,7 +292,7 @@ fail:
 }
 
 typedef struct scrape {
-    double q, h, p, r, dsum, dcount, xq, xh, xs, xl;
+    double q, h, p, r, dsum, dcount, xq, xh, xs, xl, xw;
 } scrape_t;
 
 static void on_sample(const brix_prom_sample_t *s, void *ud)
@@ -309,6 +310,8 @@ static void on_sample(const brix_prom_sample_t *s, void *ud)
         x->xs += s->value;
     else if (!strcmp(s->name, "brix_engine_kv_loaded_blocks_total"))
         x->xl += s->value;
+    else if (!strcmp(s->name, "brix_engine_kv_remote_wait_seconds_total"))
+        x->xw += s->value;
     else if (!strcmp(s->name, "vllm:num_preemptions_total"))
         x->p += s->value;
     else if (!strcmp(s->name, "vllm:request_success_total"))
@@ -338,7 +341,7 @@ void bench_fleet_sample(bench_fleet_t *f, bench_run_t *run, bool after)
 {
     run->npods = f->n;
     run->prefix_queries = run->prefix_hits = run->preemptions = 0;
-    run->ext_queries = run->ext_hits = run->kv_saved = run->kv_loaded = 0;
+    run->ext_queries = run->ext_hits = run->kv_saved = run->kv_loaded = run->kv_wait = 0;
     run->kvcache = f->kv.pid > 0;
     for (int i = 0; i < f->n; i++) {
         scrape_t x = scrape(f->ports[i]);
@@ -351,6 +354,7 @@ void bench_fleet_sample(bench_fleet_t *f, bench_run_t *run, bool after)
             f->before_xh[i] = x.xh;
             f->before_xs[i] = x.xs;
             f->before_xl[i] = x.xl;
+            f->before_xw[i] = x.xw;
             continue;
         }
         snprintf(run->pods[i], sizeof run->pods[i], "127.0.0.1:%d", f->ports[i]);
@@ -362,6 +366,7 @@ void bench_fleet_sample(bench_fleet_t *f, bench_run_t *run, bool after)
         run->ext_hits += x.xh - f->before_xh[i];
         run->kv_saved += x.xs - f->before_xs[i];
         run->kv_loaded += x.xl - f->before_xl[i];
+        run->kv_wait += x.xw - f->before_xw[i];
     }
     if (after && f->gateway) {
         scrape_t g = scrape(f->front_port);

@@ -219,8 +219,12 @@ int bench_report(const bench_cfg_t *c, const bench_workload_t *w, bench_run_t *r
                         k->ttft[2] / b->ttft[2], k->tok_s / b->tok_s, k->req_s / b->req_s);
         brix_buf_printf(&md,
                         "\nWith the store: %.0f blocks saved and %.0f loaded by the engines; "
-                        "%.0f of %.0f looked-up prompt tokens came from the store.\n",
-                        runs[i].kv_saved, runs[i].kv_loaded, runs[i].ext_hits, runs[i].ext_queries);
+                        "%.0f of %.0f looked-up prompt tokens came from the store; requests "
+                        "waited %.1f simulated s in all for their loads (%.1f ms per 1,000 "
+                        "loaded tokens).\n",
+                        runs[i].kv_saved, runs[i].kv_loaded, runs[i].ext_hits, runs[i].ext_queries,
+                        runs[i].kv_wait,
+                        runs[i].ext_hits > 0 ? runs[i].kv_wait / runs[i].ext_hits * 1e6 : 0.0);
     }
     char path[1024];
     snprintf(path, sizeof path, "%s/results.md", c->out);
