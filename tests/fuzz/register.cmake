@@ -56,6 +56,7 @@ ExternalProject_Add(brix_fuzz
 # bounds a slow machine.
 set(BRIX_FUZZ_RUNS_DEFAULT 30000)
 set(BRIX_FUZZ_RUNS_fuzz_kv_events 4000)
+set(BRIX_FUZZ_RUNS_fuzz_kvproto 6000)
 
 file(GLOB fuzz_srcs CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_*.c)
 foreach(src ${fuzz_srcs})

@@ -1,0 +1,793 @@
+/*
+ * kvcache/kvproto and the server over real sockets.
+ *
+ * Parser: a stream of every op gives the same callbacks (and the same PUT
+ * bytes in their destinations) fed all at once, byte at a time, in every
+ * two-piece split, and through the direct-read path; each kind of malformed
+ * frame gets exactly one on_error and nothing after it.
+ *
+ * Server (a loop thread, clients with blocking sockets on 127.0.0.1 and a
+ * UNIX socket): HELLO refusals (random seed, wrong --hash-seed, missing
+ * token, requests before HELLO), PUT/GET/MATCH round trips with pipelining,
+ * the arena passed over the UNIX socket (SHM GET offsets read from the
+ * mapping), a PUT cut short giving its slots back, a closed connection
+ * dropping its leases, and a malformed frame answered then closed.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "core/buf.h"
+#include "kvcache/kvproto.h"
+#include "kvcache/server.h"
+#include "leak_check.h"
+
+/* ------------------------------------------------------ frame builder -- */
+
+static void put_hdr(brix_buf_t *b, uint8_t op, uint8_t flags, uint32_t id, uint32_t count,
+                    uint64_t body_len)
+{
+    brixkv_hdr_t h = { BRIXKV_MAGIC, op, flags, 0, id, count, body_len };
+    assert_int_equal(brix_buf_append(b, &h, sizeof h), 0);
+}
+
+static void key_of(uint8_t k[16], uint64_t id)
+{
+    memset(k, 0, 16);
+    memcpy(k, &id, sizeof id);
+}
+
+static void hello(brix_buf_t *b, uint32_t id, uint64_t seed, int det, uint16_t flags,
+                  const char *token)
+{
+    const char *model = "llama", *dtype = "bf16", *layout = "paged-16", *client = "test";
+    brixkv_hello_t h = { 0 };
+    h.version = BRIXKV_VERSION;
+    h.flags = flags;
+    h.tp_size = 1;
+    h.hash_seed = seed;
+    h.seed_deterministic = (uint8_t)det;
+    h.token_len = (uint8_t)(token ? strlen(token) : 0);
+    h.model_len = (uint16_t)strlen(model);
+    h.dtype_len = (uint16_t)strlen(dtype);
+    h.layout_len = (uint16_t)strlen(layout);
+    h.client_len = (uint16_t)strlen(client);
+    uint64_t len = sizeof h + h.model_len + h.dtype_len + h.layout_len + h.client_len + h.token_len;
+    put_hdr(b, BRIXKV_OP_HELLO, 0, id, 0, len);
+    brix_buf_append(b, &h, sizeof h);
+    brix_buf_append_str(b, model);
+    brix_buf_append_str(b, dtype);
+    brix_buf_append_str(b, layout);
+    brix_buf_append_str(b, client);
+    if (token)
+        brix_buf_append_str(b, token);
+}
+
+static void keys_frame(brix_buf_t *b, uint8_t op, uint8_t flags, uint32_t id, const uint64_t *ids,
+                       uint32_t n)
+{
+    put_hdr(b, op, flags, id, n, (uint64_t)n * 16);
+    for (uint32_t i = 0; i < n; i++) {
+        uint8_t k[16];
+        key_of(k, ids[i]);
+        brix_buf_append(b, k, 16);
+    }
+}
+
+static uint8_t val_byte(uint64_t id, size_t i)
+{
+    return (uint8_t)(id * 31 + i * 7);
+}
+
+static void put_frame(brix_buf_t *b, uint32_t id, const uint64_t *ids, const uint32_t *lens,
+                      uint32_t n)
+{
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < n; i++)
+        sum += lens[i];
+    put_hdr(b, BRIXKV_OP_PUT, 0, id, n, n * sizeof(brixkv_put_desc_t) + sum);
+    for (uint32_t i = 0; i < n; i++) {
+        brixkv_put_desc_t d = { .len = lens[i] };
+        key_of(d.key, ids[i]);
+        brix_buf_append(b, &d, sizeof d);
+    }
+    for (uint32_t i = 0; i < n; i++)
+        for (uint32_t j = 0; j < lens[i]; j++)
+            brix_buf_append_char(b, (char)val_byte(ids[i], j));
+}
+
+/* ---------------------------------------------------------- recorder -- */
+
+typedef struct rec {
+    brix_buf_t log;
+    uint8_t dest[4][8192]; /* PUT destinations (value 1 of each PUT is dropped) */
+    int stop_at;           /* frame number whose callback returns -1 (0: never) */
+    int frames;
+    int errors;
+} rec_t;
+
+static int rec_frame(void *ud, const brixkv_hdr_t *h, const uint8_t *body)
+{
+    rec_t *r = ud;
+    uint64_t sum = 0;
+    for (uint64_t i = 0; i < h->body_len; i++)
+        sum = sum * 131 + body[i];
+    brix_buf_printf(&r->log, "F op=%u id=%u n=%u len=%llu sum=%llx\n", h->op, h->id, h->count,
+                    (unsigned long long)h->body_len, (unsigned long long)sum);
+    return ++r->frames == r->stop_at ? -1 : 0;
+}
+
+static int rec_put(void *ud, const brixkv_hdr_t *h, const brixkv_put_desc_t *d, uint8_t **dest)
+{
+    rec_t *r = ud;
+    brix_buf_printf(&r->log, "P id=%u n=%u", h->id, h->count);
+    for (uint32_t i = 0; i < h->count; i++) {
+        brix_buf_printf(&r->log, " %u", d[i].len);
+        memset(r->dest[i], 0, sizeof r->dest[i]);
+        dest[i] = i == 1 || i >= 4 ? NULL : r->dest[i];
+    }
+    brix_buf_append_str(&r->log, "\n");
+    return 0;
+}
+
+static int rec_put_done(void *ud, const brixkv_hdr_t *h)
+{
+    rec_t *r = ud;
+    uint64_t sum = 0;
+    for (int i = 0; i < 4; i++)
+        for (size_t j = 0; j < sizeof r->dest[i]; j++)
+            sum = sum * 131 + r->dest[i][j];
+    brix_buf_printf(&r->log, "D id=%u sum=%llx\n", h->id, (unsigned long long)sum);
+    return ++r->frames == r->stop_at ? -1 : 0;
+}
+
+static void rec_error(void *ud, const brixkv_hdr_t *h, uint16_t st, const char *msg)
+{
+    rec_t *r = ud;
+    r->errors++;
+    brix_buf_printf(&r->log, "E op=%u st=%u %s\n", h->op, st, msg);
+}
+
+static const brix_kvp_limits_t test_lim = { .max_batch = 8,
+                                            .max_frame = 100000,
+                                            .max_string = 1024 };
+
+static void parser_new(brix_kvp_t *p, rec_t *r)
+{
+    brix_kvp_cb_t cb = { rec_frame, rec_put, rec_put_done, rec_error };
+    brix_kvp_init(p, &test_lim, &cb, r);
+}
+
+static void sample_stream(brix_buf_t *b)
+{
+    hello(b, 1, 7, 1, 0, "tok");
+    uint64_t k3[] = { 1, 2, 3 };
+    keys_frame(b, BRIXKV_OP_MATCH, 0, 2, k3, 3);
+    uint64_t ids[] = { 10, 11, 12 };
+    uint32_t lens[] = { 5000, 300, 1 };
+    put_frame(b, 3, ids, lens, 3);
+    keys_frame(b, BRIXKV_OP_GET, BRIXKV_F_SHM, 4, k3, 2);
+    put_hdr(b, BRIXKV_OP_PIN, 0, 5, 1, 8 + 16);
+    brixkv_pin_t pin = { 30, 0 };
+    brix_buf_append(b, &pin, sizeof pin);
+    brix_buf_append(b, "0123456789abcdef", 16);
+    put_hdr(b, BRIXKV_OP_RELEASE, BRIXKV_F_NOREPLY, 6, 2, 16);
+    brix_buf_append(b, "leaseid1leaseid2", 16);
+    put_hdr(b, BRIXKV_OP_STATS, 0, 7, 0, 0);
+    uint32_t zero[] = { 0 };
+    put_frame(b, 8, ids, zero, 1); /* an empty value */
+    put_frame(b, 9, ids, lens, 0); /* an empty PUT */
+    keys_frame(b, BRIXKV_OP_DELETE, 0, 10, ids, 0);
+    put_hdr(b, BRIXKV_OP_PING, 0, 11, 0, 0);
+}
+
+static void run_split(const brix_buf_t *in, size_t cut, size_t step, brix_buf_t *out)
+{
+    rec_t *r = calloc(1, sizeof *r);
+    brix_kvp_t p;
+    parser_new(&p, r);
+    size_t off = 0;
+    if (cut) {
+        assert_int_equal(brix_kvp_feed(&p, (const uint8_t *)in->data, cut), 0);
+        off = cut;
+    }
+    while (off < in->len) {
+        size_t n = step && step < in->len - off ? step : in->len - off;
+        assert_int_equal(brix_kvp_feed(&p, (const uint8_t *)in->data + off, n), 0);
+        off += n;
+    }
+    assert_int_equal(p.state, BRIX_KVP_HDR);
+    brix_buf_append(out, r->log.data, r->log.len);
+    brix_buf_free(&r->log);
+    brix_kvp_free(&p);
+    free(r);
+}
+
+static void test_any_split(void **state)
+{
+    (void)state;
+    brix_buf_t in = BRIX_BUF_INIT, whole = BRIX_BUF_INIT;
+    sample_stream(&in);
+    run_split(&in, 0, 0, &whole);
+    /* every frame was seen, the PUT's kept values arrived intact */
+    assert_non_null(strstr(whole.data, "F op=1 id=1"));
+    assert_non_null(strstr(whole.data, "P id=3 n=3 5000 300 1"));
+    assert_non_null(strstr(whole.data, "F op=9 id=11"));
+    assert_null(strstr(whole.data, "E "));
+    brix_buf_t got = BRIX_BUF_INIT;
+    run_split(&in, 0, 1, &got); /* byte at a time */
+    assert_string_equal(got.data, whole.data);
+    for (size_t cut = 1; cut < in.len; cut += 3) {
+        brix_buf_reset(&got);
+        run_split(&in, cut, 0, &got);
+        assert_string_equal(got.data, whole.data);
+    }
+    brix_buf_reset(&got);
+    run_split(&in, 0, 4093, &got);
+    assert_string_equal(got.data, whole.data);
+    brix_buf_free(&got);
+    brix_buf_free(&whole);
+    brix_buf_free(&in);
+}
+
+/* Reading a value's bytes straight into its destination, as the server
+ * does, gives what feeding them gives. */
+static void test_direct(void **state)
+{
+    (void)state;
+    brix_buf_t in = BRIX_BUF_INIT, whole = BRIX_BUF_INIT;
+    sample_stream(&in);
+    run_split(&in, 0, 0, &whole);
+    rec_t *r = calloc(1, sizeof *r);
+    brix_kvp_t p;
+    parser_new(&p, r);
+    size_t off = 0, direct = 0;
+    while (off < in.len) {
+        uint8_t *dst;
+        size_t len;
+        if (brix_kvp_direct(&p, &dst, &len)) {
+            size_t n = len > 1000 ? 1000 : len; /* a short read */
+            if (n > in.len - off)
+                n = in.len - off;
+            memcpy(dst, in.data + off, n);
+            assert_int_equal(brix_kvp_direct_done(&p, n), 0);
+            off += n;
+            direct += n;
+        } else {
+            size_t n = in.len - off < 50 ? in.len - off : 50;
+            assert_int_equal(brix_kvp_feed(&p, (const uint8_t *)in.data + off, n), 0);
+            off += n;
+        }
+    }
+    assert_true(direct > 4000);
+    assert_string_equal(r->log.data, whole.data);
+    brix_buf_free(&r->log);
+    brix_kvp_free(&p);
+    free(r);
+    brix_buf_free(&whole);
+    brix_buf_free(&in);
+}
+
+static void expect_error(brix_buf_t *in, const char *what)
+{
+    for (int step = 0; step < 2; step++) {
+        rec_t *r = calloc(1, sizeof *r);
+        brix_kvp_t p;
+        parser_new(&p, r);
+        int rc = 0;
+        for (size_t off = 0; off < in->len && rc == 0;) {
+            size_t n = step ? 1 : in->len;
+            rc = brix_kvp_feed(&p, (const uint8_t *)in->data + off, n);
+            off += n;
+        }
+        assert_int_equal(rc, -1);
+        assert_int_equal(r->errors, 1);
+        if (!strstr(r->log.data, what))
+            fail_msg("want '%s' in: %s", what, r->log.data);
+        /* nothing more is parsed */
+        brix_buf_t more = BRIX_BUF_INIT;
+        put_hdr(&more, BRIXKV_OP_PING, 0, 99, 0, 0);
+        assert_int_equal(brix_kvp_feed(&p, (const uint8_t *)more.data, more.len), -1);
+        assert_null(strstr(r->log.data, "id=99"));
+        brix_buf_free(&more);
+        brix_buf_free(&r->log);
+        brix_kvp_free(&p);
+        free(r);
+    }
+    brix_buf_reset(in);
+}
+
+static void test_malformed(void **state)
+{
+    (void)state;
+    brix_buf_t b = BRIX_BUF_INIT;
+    put_hdr(&b, BRIXKV_OP_PING, 0, 1, 0, 0);
+    ((brixkv_hdr_t *)b.data)->magic = 0x12345678;
+    expect_error(&b, "bad magic");
+    put_hdr(&b, 77, 0, 1, 0, 0);
+    expect_error(&b, "unknown op 77");
+    uint64_t ids[9] = { 0 };
+    keys_frame(&b, BRIXKV_OP_GET, 0, 1, ids, 9);
+    expect_error(&b, "over the limit (--max-batch 8)");
+    put_hdr(&b, BRIXKV_OP_GET, 0, 1, 2, 31);
+    expect_error(&b, "does not match");
+    put_hdr(&b, BRIXKV_OP_PUT, 0, 1, 1, 200000);
+    expect_error(&b, "--max-frame");
+    put_hdr(&b, BRIXKV_OP_PUT, 0, 1, 2, 24);
+    expect_error(&b, "shorter than its descriptors");
+    uint32_t lens[] = { 10 };
+    put_frame(&b, 1, ids, lens, 1);
+    ((brixkv_hdr_t *)b.data)->body_len -= 1;
+    b.len -= 1;
+    expect_error(&b, "does not match its descriptors");
+    hello(&b, 1, 1, 1, 0, NULL);
+    ((brixkv_hello_t *)(b.data + sizeof(brixkv_hdr_t)))->model_len += 1;
+    expect_error(&b, "string lengths");
+    put_hdr(&b, BRIXKV_OP_HELLO, 0, 1, 0, 10);
+    expect_error(&b, "HELLO");
+    put_hdr(&b, BRIXKV_OP_STATS, 0, 1, 1, 16);
+    expect_error(&b, "take no keys");
+    brix_buf_free(&b);
+
+    /* a callback that refuses stops the parser too */
+    rec_t *r = calloc(1, sizeof *r);
+    r->stop_at = 2;
+    brix_kvp_t p;
+    parser_new(&p, r);
+    sample_stream(&b);
+    assert_int_equal(brix_kvp_feed(&p, (const uint8_t *)b.data, b.len), -1);
+    assert_int_equal(r->frames, 2);
+    assert_int_equal(p.state, BRIX_KVP_ERROR);
+    brix_buf_free(&r->log);
+    brix_kvp_free(&p);
+    free(r);
+    brix_buf_free(&b);
+}
+
+/* ------------------------------------------------------------ server -- */
+
+typedef struct srv_env {
+    uv_loop_t loop;
+    uv_async_t stop;
+    brix_kvsrv_t *srv;
+    pthread_t th;
+    char unix_path[108];
+    char token[64];
+} srv_env_t;
+
+static void on_stop(uv_async_t *a)
+{
+    srv_env_t *e = a->data;
+    uv_close((uv_handle_t *)a, NULL);
+    brix_kvsrv_stop(e->srv);
+}
+
+static void *loop_main(void *arg)
+{
+    srv_env_t *e = arg;
+    uv_run(&e->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+static srv_env_t *srv_start(const char *hash_seed, const char *token, uint64_t capacity)
+{
+    srv_env_t *e = calloc(1, sizeof *e);
+    uv_loop_init(&e->loop);
+    snprintf(e->unix_path, sizeof e->unix_path, "/tmp/brix-kvtest-%d.sock", (int)getpid());
+    brix_kvsrv_cfg_t c = {
+        .listen = "127.0.0.1:0",
+        .unix_path = e->unix_path,
+        .http_port = -1,
+        .capacity = capacity,
+        .high_watermark = 0.95,
+        .low_watermark = 0.9,
+        .eviction = "lru",
+        .eviction_order = "prefix",
+        .lease_ms = 60000,
+        .max_leases = 1000,
+        .max_pin_ms = 60000,
+        .max_pinned_fraction = 0.5,
+        .max_batch = 64,
+        .max_frame = 64 << 20,
+        .max_connections = 16,
+        .max_pending = 64 << 20,
+        .max_namespaces = 4,
+        .hash_seed = (char *)hash_seed,
+        .no_hugepages = true,
+    };
+    char err[256];
+    int rc = brix_kvsrv_start(&e->loop, &c, token, &e->srv, err, sizeof err);
+    if (rc)
+        fail_msg("start: %s", err);
+    uv_async_init(&e->loop, &e->stop, on_stop);
+    e->stop.data = e;
+    pthread_create(&e->th, NULL, loop_main, e);
+    return e;
+}
+
+static void srv_stop(srv_env_t *e)
+{
+    uv_async_send(&e->stop);
+    pthread_join(e->th, NULL);
+    brix_kvsrv_free(e->srv);
+    uv_loop_close(&e->loop);
+    free(e);
+}
+
+static int tcp_connect(srv_env_t *e)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(brix_kvsrv_port(e->srv)) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct timeval tv = { 10, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static int unix_connect(srv_env_t *e)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = { .sun_family = AF_UNIX };
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", e->unix_path);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    struct timeval tv = { 10, 0 };
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static void send_all(int fd, const brix_buf_t *b)
+{
+    for (size_t off = 0; off < b->len;) {
+        ssize_t n = send(fd, b->data + off, b->len - off, MSG_NOSIGNAL);
+        assert_true(n > 0);
+        off += (size_t)n;
+    }
+}
+
+static bool recv_all(int fd, void *p, size_t n)
+{
+    for (size_t off = 0; off < n;) {
+        ssize_t r = recv(fd, (char *)p + off, n - off, 0);
+        if (r <= 0)
+            return false;
+        off += (size_t)r;
+    }
+    return true;
+}
+
+/* Reads one reply: header, then body into *body (malloc'd, caller frees). */
+static brixkv_hdr_t reply(int fd, uint8_t **body)
+{
+    brixkv_hdr_t h;
+    assert_true(recv_all(fd, &h, sizeof h));
+    assert_int_equal(h.magic, BRIXKV_MAGIC);
+    *body = malloc(h.body_len + 1);
+    assert_true(recv_all(fd, *body, h.body_len));
+    (*body)[h.body_len] = 0;
+    return h;
+}
+
+static bool closed(int fd)
+{
+    char c;
+    return recv(fd, &c, 1, 0) == 0;
+}
+
+static brixkv_entry_t entry(const uint8_t *body, uint32_t i)
+{
+    brixkv_entry_t e;
+    memcpy(&e, body + i * sizeof e, sizeof e);
+    return e;
+}
+
+static void test_server_hello(void **state)
+{
+    (void)state;
+    srv_env_t *e = srv_start("7", "s3cret-token", 32 << 20);
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    struct {
+        uint64_t seed;
+        int det;
+        const char *token;
+        uint16_t st;
+        const char *msg;
+    } cases[] = {
+        { 7, 0, "s3cret-token", BRIXKV_ST_NAMESPACE, "not deterministic" },
+        { 8, 1, "s3cret-token", BRIXKV_ST_NAMESPACE, "--hash-seed 7" },
+        { 7, 1, NULL, BRIXKV_ST_DENIED, "needs a token" },
+        { 7, 1, "s3cret-tokeN", BRIXKV_ST_DENIED, "wrong token" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        int fd = tcp_connect(e);
+        brix_buf_reset(&b);
+        hello(&b, 5, cases[i].seed, cases[i].det, 0, cases[i].token);
+        send_all(fd, &b);
+        brixkv_hdr_t h = reply(fd, &body);
+        assert_int_equal(h.status, cases[i].st);
+        assert_int_equal(h.id, 5);
+        if (!strstr((char *)body, cases[i].msg))
+            fail_msg("case %zu: %s", i, body);
+        free(body);
+        assert_true(closed(fd));
+        close(fd);
+    }
+    /* a request before HELLO */
+    int fd = tcp_connect(e);
+    brix_buf_reset(&b);
+    put_hdr(&b, BRIXKV_OP_PING, 0, 3, 0, 0);
+    send_all(fd, &b);
+    brixkv_hdr_t h = reply(fd, &body);
+    assert_int_equal(h.status, BRIXKV_ST_NAMESPACE);
+    free(body);
+    assert_true(closed(fd));
+    close(fd);
+    /* the right one, then a ping; SHM asked over TCP is simply not given */
+    fd = tcp_connect(e);
+    brix_buf_reset(&b);
+    hello(&b, 1, 7, 1, BRIXKV_HELLO_SHM, "s3cret-token");
+    put_hdr(&b, BRIXKV_OP_PING, 0, 2, 0, 0);
+    send_all(fd, &b);
+    h = reply(fd, &body);
+    assert_int_equal(h.status, BRIXKV_ST_OK);
+    brixkv_hello_reply_t hr;
+    memcpy(&hr, body, sizeof hr);
+    assert_int_equal(hr.flags, 0);
+    assert_int_equal(hr.ns_id, 1);
+    assert_int_equal(hr.max_batch, 64);
+    assert_int_equal(hr.unix_len, strlen(e->unix_path));
+    assert_memory_equal(body + sizeof hr, e->unix_path, hr.unix_len);
+    free(body);
+    h = reply(fd, &body);
+    assert_int_equal(h.id, 2);
+    free(body);
+    close(fd);
+    brix_buf_free(&b);
+    srv_stop(e);
+}
+
+static void test_server_data(void **state)
+{
+    (void)state;
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20);
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    int fd = tcp_connect(e);
+    /* HELLO + PUT + MATCH + GET + STATS pipelined in one send */
+    hello(&b, 1, 42, 1, 0, NULL);
+    uint64_t ids[] = { 100, 101, 102 };
+    uint32_t lens[] = { 2 << 20, 4096, 70000 };
+    put_frame(&b, 2, ids, lens, 3);
+    uint64_t m[] = { 100, 101, 555, 102 };
+    keys_frame(&b, BRIXKV_OP_MATCH, 0, 3, m, 4);
+    keys_frame(&b, BRIXKV_OP_GET, 0, 4, m, 4);
+    put_frame(&b, 5, ids, lens, 1); /* again: EXISTS */
+    put_hdr(&b, BRIXKV_OP_STATS, 0, 6, 0, 0);
+    send_all(fd, &b);
+    brixkv_hdr_t h = reply(fd, &body);
+    assert_int_equal(h.status, 0);
+    free(body);
+    h = reply(fd, &body);
+    assert_int_equal(h.id, 2);
+    assert_int_equal(h.count, 3);
+    for (uint32_t i = 0; i < 3; i++)
+        assert_int_equal(entry(body, i).status, BRIXKV_ST_OK);
+    free(body);
+    h = reply(fd, &body);
+    assert_int_equal(h.op, BRIXKV_OP_MATCH);
+    assert_int_equal(h.count, 2);
+    free(body);
+    h = reply(fd, &body);
+    assert_int_equal(h.op, BRIXKV_OP_GET);
+    assert_int_equal(h.count, 4);
+    const uint8_t *pay = body + 4 * sizeof(brixkv_entry_t);
+    uint32_t want_len[] = { 2 << 20, 4096, 0, 70000 };
+    for (uint32_t i = 0; i < 4; i++) {
+        brixkv_entry_t en = entry(body, i);
+        if (i == 2) {
+            assert_int_equal(en.status, BRIXKV_ST_NOT_FOUND);
+            continue;
+        }
+        assert_int_equal(en.status, BRIXKV_ST_OK);
+        assert_int_equal(en.len, want_len[i]);
+        for (uint32_t j = 0; j < en.len; j += 997)
+            assert_int_equal(pay[j], val_byte(m[i], j));
+        pay += en.len;
+    }
+    assert_int_equal(pay - body, h.body_len);
+    free(body);
+    h = reply(fd, &body);
+    assert_int_equal(entry(body, 0).status, BRIXKV_ST_EXISTS);
+    free(body);
+    h = reply(fd, &body);
+    brixkv_stats_wire_t st;
+    memcpy(&st, body, sizeof st);
+    assert_int_equal(st.objects, 3);
+    assert_int_equal(st.puts, 3);
+    assert_int_equal(st.put_exists, 1);
+    assert_int_equal(st.hits, 3);
+    assert_int_equal(st.misses, 1);
+    free(body);
+
+    /* a PUT cut short: its slots come back (reserved bytes return to 0) */
+    int fd2 = tcp_connect(e);
+    brix_buf_reset(&b);
+    hello(&b, 1, 42, 1, 0, NULL);
+    uint64_t big[] = { 900, 901 };
+    uint32_t blens[] = { 1 << 20, 1 << 20 };
+    put_frame(&b, 2, big, blens, 2);
+    b.len -= (1 << 20) + 1000; /* the second value never arrives */
+    send_all(fd2, &b);
+    h = reply(fd2, &body);
+    free(body);
+    usleep(100000);
+    close(fd2);
+    usleep(100000);
+    brix_buf_reset(&b);
+    uint64_t q[] = { 900 };
+    keys_frame(&b, BRIXKV_OP_MATCH, 0, 7, q, 1);
+    put_hdr(&b, BRIXKV_OP_STATS, 0, 8, 0, 0);
+    send_all(fd, &b);
+    h = reply(fd, &body);
+    assert_int_equal(h.count, 0); /* never stored */
+    free(body);
+    h = reply(fd, &body);
+    memcpy(&st, body, sizeof st);
+    assert_int_equal(st.objects, 3);
+    assert_int_equal(st.used_bytes, (2 << 20) + 4096 + 80 * 1024);
+    free(body);
+
+    /* a malformed frame: an error reply, then the connection closes */
+    brix_buf_reset(&b);
+    put_hdr(&b, BRIXKV_OP_GET, 0, 9, 1, 15);
+    send_all(fd, &b);
+    h = reply(fd, &body);
+    assert_int_equal(h.status, BRIXKV_ST_BAD_REQUEST);
+    assert_int_equal(h.count, 0);
+    assert_non_null(strstr((char *)body, "does not match"));
+    free(body);
+    assert_true(closed(fd));
+    close(fd);
+    brix_buf_free(&b);
+    srv_stop(e);
+}
+
+static void test_server_shm(void **state)
+{
+    (void)state;
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20);
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    int fd = unix_connect(e);
+    hello(&b, 1, 42, 1, BRIXKV_HELLO_SHM, NULL);
+    uint64_t ids[] = { 7, 8 };
+    uint32_t lens[] = { 300000, 5 };
+    put_frame(&b, 2, ids, lens, 2);
+    send_all(fd, &b);
+    /* the reply's first byte carries the memfd */
+    uint8_t rbuf[sizeof(brixkv_hdr_t) + sizeof(brixkv_hello_reply_t) + 108];
+    struct iovec iov = { rbuf, sizeof(brixkv_hdr_t) };
+    union {
+        struct cmsghdr h;
+        char c[CMSG_SPACE(sizeof(int))];
+    } cm;
+    struct msghdr mh = {
+        .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.c, .msg_controllen = sizeof cm.c
+    };
+    assert_int_equal(recvmsg(fd, &mh, 0), sizeof(brixkv_hdr_t));
+    struct cmsghdr *ch = CMSG_FIRSTHDR(&mh);
+    assert_non_null(ch);
+    assert_int_equal(ch->cmsg_type, SCM_RIGHTS);
+    int mfd;
+    memcpy(&mfd, CMSG_DATA(ch), sizeof mfd);
+    brixkv_hdr_t h;
+    memcpy(&h, rbuf, sizeof h);
+    brixkv_hello_reply_t hr;
+    assert_true(recv_all(fd, &hr, sizeof hr));
+    assert_int_equal(hr.flags, BRIXKV_HELLO_SHM);
+    char path[108] = "";
+    assert_true(recv_all(fd, path, hr.unix_len));
+    uint8_t *map = mmap(NULL, hr.arena_bytes, PROT_READ, MAP_SHARED, mfd, 0);
+    assert_true(map != MAP_FAILED);
+    h = reply(fd, &body); /* PUT */
+    assert_int_equal(entry(body, 0).status, BRIXKV_ST_OK);
+    free(body);
+    brix_buf_reset(&b);
+    uint64_t g[] = { 7, 9, 8 };
+    keys_frame(&b, BRIXKV_OP_GET, BRIXKV_F_SHM, 3, g, 3);
+    put_hdr(&b, BRIXKV_OP_STATS, 0, 4, 0, 0);
+    send_all(fd, &b);
+    h = reply(fd, &body);
+    assert_int_equal(h.body_len, 3 * sizeof(brixkv_entry_t)); /* no payload */
+    brixkv_entry_t e0 = entry(body, 0), e1 = entry(body, 1), e2 = entry(body, 2);
+    free(body);
+    assert_int_equal(e0.status, BRIXKV_ST_OK);
+    assert_int_equal(e1.status, BRIXKV_ST_NOT_FOUND);
+    assert_int_equal(e2.status, BRIXKV_ST_OK);
+    assert_int_equal(e0.len, 300000);
+    for (uint32_t j = 0; j < e0.len; j += 101)
+        assert_int_equal(map[e0.offset + j], val_byte(7, j));
+    uint32_t gen;
+    memcpy(&gen, map + e0.gen_off, sizeof gen);
+    assert_int_equal(gen, e0.gen);
+    assert_true(e0.lease && e2.lease && e0.lease != e2.lease);
+    h = reply(fd, &body);
+    brixkv_stats_wire_t st;
+    memcpy(&st, body, sizeof st);
+    assert_int_equal(st.leases_active, 2);
+    free(body);
+    /* a leased object is BUSY for DELETE; release one lease (NOREPLY), then
+     * close: the other lease ends with the connection */
+    brix_buf_reset(&b);
+    put_hdr(&b, BRIXKV_OP_RELEASE, BRIXKV_F_NOREPLY, 5, 1, 8);
+    brix_buf_append(&b, &e2.lease, 8);
+    keys_frame(&b, BRIXKV_OP_DELETE, 0, 6, g, 1);
+    put_hdr(&b, BRIXKV_OP_STATS, 0, 7, 0, 0);
+    send_all(fd, &b);
+    h = reply(fd, &body);
+    assert_int_equal(h.id, 6); /* no reply to the RELEASE */
+    assert_int_equal(entry(body, 0).status, BRIXKV_ST_BUSY);
+    free(body);
+    h = reply(fd, &body);
+    memcpy(&st, body, sizeof st);
+    assert_int_equal(st.leases_active, 1);
+    free(body);
+    close(fd);
+    munmap(map, hr.arena_bytes);
+    close(mfd);
+    usleep(100000);
+    fd = tcp_connect(e);
+    brix_buf_reset(&b);
+    hello(&b, 1, 42, 1, 0, NULL);
+    keys_frame(&b, BRIXKV_OP_DELETE, 0, 2, g, 1);
+    put_hdr(&b, BRIXKV_OP_STATS, 0, 3, 0, 0);
+    send_all(fd, &b);
+    h = reply(fd, &body);
+    free(body);
+    h = reply(fd, &body);
+    assert_int_equal(entry(body, 0).status, BRIXKV_ST_OK);
+    free(body);
+    h = reply(fd, &body);
+    memcpy(&st, body, sizeof st);
+    assert_int_equal(st.leases_active, 0);
+    /* GET with F_SHM on a TCP connection is refused */
+    free(body);
+    brix_buf_reset(&b);
+    keys_frame(&b, BRIXKV_OP_GET, BRIXKV_F_SHM, 4, g, 1);
+    send_all(fd, &b);
+    h = reply(fd, &body);
+    assert_int_equal(h.status, BRIXKV_ST_BAD_REQUEST);
+    free(body);
+    close(fd);
+    brix_buf_free(&b);
+    srv_stop(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_any_split, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_direct, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_malformed, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_hello, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_data, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_shm, leak_setup, leak_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
