@@ -26,6 +26,25 @@
  * thread-safe; use one per thread. The library allocates with malloc: it is
  * meant to be linked by engines outside brix (libbrixkv.a / .so), so it does
  * not depend on brix's core.
+ *
+ * Linking: include "kvcache/brixkv.h" (with brix's src/ on the include path)
+ * and link libbrixkv.a and libxxhash (-lbrixkv -lxxhash); nothing else.
+ *
+ * Connections: one per member, made by the first call that needs the member
+ * (connect + HELLO within connect_timeout_ms), then kept. A member whose
+ * connect or HELLO fails is "down" for retry_ms: calls meanwhile give its
+ * keys UNAVAILABLE (or NAMESPACE when it refused the HELLO) without trying,
+ * so a dead node costs no connect storm. A member that does not answer a call
+ * in time gets TIMEOUT for its keys and loses its connection (its replies
+ * would be out of order); the next call reconnects. A member that restarted
+ * (new node_id) just misses on the keys it had. Writes never raise SIGPIPE.
+ *
+ * Limits: at most 256 members, at most 2^20 keys per call (more: every key
+ * BAD_REQUEST). A node's share of a batch is sent as pipelined requests of at
+ * most its max_batch keys (from its HELLO reply), PUT requests of at most
+ * 64 MiB of values (at least one key). Client memory grows with the keys of
+ * the largest call, never with value bytes: values are written from and read
+ * into the caller's buffers (writev/readv).
  */
 #ifndef BRIXKV_H
 #define BRIXKV_H
@@ -87,24 +106,34 @@ typedef struct brixkv_ns {
     const char *token;       /* the nodes' token (their --token-file), NULL = none; <= 255 bytes */
 } brixkv_ns_t;
 
+/* Timeouts: 0 = the default, negative = refused by brixkv_open. */
 typedef struct brixkv_opts {
     const char *servers;    /* "HOST:PORT[,HOST:PORT...]" (required) */
     int timeout_ms;         /* per call, default 1000 */
     int connect_timeout_ms; /* default 200 */
     int retry_ms;           /* a failed node is skipped this long, default 1000 */
-    bool no_shm;            /* never use the same-host path */
+    bool no_shm; /* never use the same-host path: TCP only (no UNIX socket, no mapping) */
 } brixkv_opts_t;
 
 typedef struct brixkv brixkv_t;
 
 /* Parses servers and opens the client; connections are made lazily (a node
  * that is down now is not an error). Returns NULL with err on a bad
- * argument (unparsable servers, tp_rank >= tp_size, missing model...). */
+ * argument (unparsable servers, tp_rank >= tp_size, missing model...).
+ *
+ * servers: members separated by commas, each HOST:PORT, [IPV6]:PORT or
+ * NAME:PORT (spaces around a member ignored; empty members, duplicates and
+ * ports outside 1..65535 refused). Names are resolved here, BLOCKING (the
+ * system resolver), first address used; a name that does not resolve is an
+ * error. Placement hashes each member's string as written: every client of a
+ * store must list its members spelled the same way (the controller publishes
+ * one list), in any order. */
 brixkv_t *brixkv_open(const brixkv_opts_t *opts, const brixkv_ns_t *ns, char *err, size_t errlen);
 void brixkv_close(brixkv_t *c);
 
 /* Replaces the member list (the controller published a new one). Nodes in
- * both lists keep their connections. Returns 0 or -EINVAL with err. */
+ * both lists keep their connections. Resolves names (blocking), like open.
+ * Returns 0, or -EINVAL with err (the old list stays), or -ENOMEM. */
 int brixkv_set_servers(brixkv_t *c, const char *servers, char *err, size_t errlen);
 
 size_t brixkv_nmembers(const brixkv_t *c);
@@ -119,12 +148,16 @@ size_t brixkv_owner(const brixkv_t *c, const brixkv_key_t *key);
 size_t brixkv_match_prefix(brixkv_t *c, const brixkv_key_t *keys, size_t n);
 
 /* Multi-get into caller buffers: bufs[i] of caps[i] bytes receives key i's
- * value, lens[i] its length, st[i] its status. Returns the number of OK keys. */
+ * value, lens[i] its length, st[i] its status. Returns the number of OK keys.
+ * SHORT_BUFFER: lens[i] is the value's length (retry with that much), bufs[i]
+ * is not written. Any other status: lens[i] is 0, and bufs[i] may have been
+ * written (a STALE copy, a node failing mid-reply) but holds no value. */
 size_t brixkv_mget(brixkv_t *c, const brixkv_key_t *keys, size_t n, void *const *bufs,
                    const size_t *caps, size_t *lens, brixkv_status_t *st);
 
 /* Multi-put (put-if-absent). Returns the number of keys now stored (OK or
- * EXISTS). */
+ * EXISTS). A value above the node's max_value is TOO_LARGE without being
+ * sent; vals[i] may be NULL only when lens[i] is 0. */
 size_t brixkv_mput(brixkv_t *c, const brixkv_key_t *keys, size_t n, const void *const *vals,
                    const size_t *lens, brixkv_status_t *st);
 

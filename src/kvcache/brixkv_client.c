@@ -210,6 +210,8 @@ const char *brixkv_status_str(brixkv_status_t st)
         return "busy";
     case BRIXKV_ST_INTERNAL:
         return "internal error";
+    case BRIXKV_ST_DENIED:
+        return "denied";
     case BRIXKV_ST_TIMEOUT:
         return "timeout";
     case BRIXKV_ST_UNAVAILABLE:
@@ -225,7 +227,7 @@ const char *brixkv_status_str(brixkv_status_t st)
 /* A wire status as the API's enum (an unknown one is the node's fault). */
 static brixkv_status_t wire_status(uint16_t s)
 {
-    return s <= BRIXKV_ST_INTERNAL ? (brixkv_status_t)s : BRIXKV_ST_INTERNAL;
+    return s <= BRIXKV_ST_DENIED ? (brixkv_status_t)s : BRIXKV_ST_INTERNAL;
 }
 
 /* vsnprintf: a message cut at BRIXKV__ERR_LEN is fine for a log line. */
@@ -469,9 +471,8 @@ static void try_unix(brixkv_t *c, node_t *nd, const char *path, uint64_t deadlin
     int ufd = sock_connect((struct sockaddr *)&su, (socklen_t)sizeof(su), deadline);
     if (ufd < 0)
         return;
-    bool shm = !c->no_shm;
     hello_res_t hr;
-    if (hello(c, nd, ufd, shm, deadline, &hr) || hr.st != BRIXKV_ST_OK ||
+    if (hello(c, nd, ufd, true, deadline, &hr) || hr.st != BRIXKV_ST_OK ||
         hr.r.node_id != nd->node_id) {
         /* Another node answers on that path (e.g. a stale socket file of a
          * node sharing the name): its arena is not this member's. */
@@ -537,7 +538,7 @@ static bool node_ready(brixkv_t *c, node_t *nd, uint64_t deadline)
     nd->max_batch = hr.r.max_batch ? hr.r.max_batch : BRIXKV__DEFAULT_BATCH;
     nd->max_value = hr.r.max_value ? hr.r.max_value : UINT32_MAX;
     nd->state = NODE_UP;
-    if (hr.unix_path[0])
+    if (hr.unix_path[0] && !c->no_shm) /* no_shm: TCP only, as another host would */
         try_unix(c, nd, hr.unix_path, dl);
     return true;
 }
@@ -570,8 +571,8 @@ static void node_fail(brixkv_t *c, call_t *k, node_t *nd, brixkv_status_t st, bo
     nd->fail_st = st;
     nd->active = false;
     nd->rreq = nd->nreq;
-    if (down)
-        node_down(c, nd, st == BRIXKV_ST_TIMEOUT ? BRIXKV_ST_UNAVAILABLE : st);
+    if (down) /* later calls in the back-off see it as unavailable */
+        node_down(c, nd, BRIXKV_ST_UNAVAILABLE);
     else
         node_close(c, nd);
 }
@@ -807,6 +808,28 @@ static int on_fixed(brixkv_t *c, call_t *k, node_t *nd)
     return 0;
 }
 
+/* Where the fixed part of the current reply goes. */
+static uint8_t *fixed_dst(brixkv_t *c, const call_t *k, node_t *nd)
+{
+    if (k->op == BRIXKV_OP_STATS)
+        return (uint8_t *)&c->stats_wire;
+    return (uint8_t *)&nd->ents[nd->reqs[nd->rreq].lo];
+}
+
+/* Appends n bytes of an error frame's message ("status: message"). */
+static void errmsg_add(node_t *nd, const uint8_t *p, size_t n)
+{
+    size_t have = strlen(nd->errmsg);
+    if (!strchr(nd->errmsg, ':') && have + 2 < sizeof(nd->errmsg)) {
+        memcpy(nd->errmsg + have, ": ", 3);
+        have += 2;
+    }
+    size_t room = sizeof(nd->errmsg) - 1 - have;
+    size_t cp = n < room ? n : room;
+    memcpy(nd->errmsg + have, p, cp);
+    nd->errmsg[have + cp] = 0;
+}
+
 static void next_reply(node_t *nd)
 {
     nd->rreq++;
@@ -824,16 +847,19 @@ static int do_recv(brixkv_t *c, call_t *k, node_t *nd)
         struct iovec iv[RX_IOV];
         int niv = 0;
         switch (nd->rphase) {
-        case RX_HDR:
+        case RX_HDR: {
+            /* the header and, in the same read, the fixed part a well-formed
+             * reply has (one syscall less per reply) */
             iv[niv++] =
                 (struct iovec){ (uint8_t *)&nd->rhdr + nd->roff, sizeof(nd->rhdr) - nd->roff };
-            break;
-        case RX_FIXED: {
-            uint8_t *dst = k->op == BRIXKV_OP_STATS ? (uint8_t *)&c->stats_wire
-                                                    : (uint8_t *)&nd->ents[nd->reqs[nd->rreq].lo];
-            iv[niv++] = (struct iovec){ dst + nd->roff, nd->rfixed - nd->roff };
+            size_t fx = fixed_len(k, nd->reqs[nd->rreq].hi - nd->reqs[nd->rreq].lo);
+            if (fx)
+                iv[niv++] = (struct iovec){ fixed_dst(c, k, nd), fx };
             break;
         }
+        case RX_FIXED:
+            iv[niv++] = (struct iovec){ fixed_dst(c, k, nd) + nd->roff, nd->rfixed - nd->roff };
+            break;
         case RX_PAYLOAD: {
             size_t j = nd->rent, off = nd->rpay;
             uint64_t budget = nd->rleft;
@@ -887,7 +913,9 @@ static int do_recv(brixkv_t *c, call_t *k, node_t *nd)
         size_t got = (size_t)r;
         switch (nd->rphase) {
         case RX_HDR: {
-            nd->roff += got;
+            size_t need = sizeof(nd->rhdr) - nd->roff;
+            size_t extra = got > need ? got - need : 0; /* bytes in the fixed area */
+            nd->roff += got - extra;
             if (nd->roff < sizeof(nd->rhdr))
                 continue;
             const brixkv_hdr_t *h = &nd->rhdr;
@@ -902,7 +930,12 @@ static int do_recv(brixkv_t *c, call_t *k, node_t *nd)
                          brixkv_status_str(wire_status(h->status)));
                 nd->rleft =
                     h->body_len < sizeof(nd->errmsg) - 1 ? h->body_len : sizeof(nd->errmsg) - 1;
-                nd->roff = 0;
+                size_t have = extra < nd->rleft ? extra : (size_t)nd->rleft;
+                errmsg_add(nd, fixed_dst(c, k, nd), have);
+                nd->rleft -= have;
+                if (nd->rleft == 0)
+                    goto errmsg_done;
+                nd->roff = 1; /* the ": " is in */
                 nd->rphase = RX_ERRMSG;
                 continue;
             }
@@ -916,9 +949,9 @@ static int do_recv(brixkv_t *c, call_t *k, node_t *nd)
                 seterr(c, "%s: short reply body", nd->m.addr);
                 return BRIXKV_ST_INTERNAL;
             }
-            nd->roff = 0;
+            nd->roff = extra;
             nd->rphase = RX_FIXED;
-            if (nd->rfixed == 0) {
+            if (nd->roff >= nd->rfixed) {
                 int s = on_fixed(c, k, nd);
                 if (s)
                     return s;
@@ -961,15 +994,7 @@ static int do_recv(brixkv_t *c, call_t *k, node_t *nd)
                 next_reply(nd);
             continue;
         case RX_ERRMSG: {
-            size_t have = strlen(nd->errmsg);
-            if (nd->roff == 0 && have + 2 < sizeof(nd->errmsg)) {
-                memcpy(nd->errmsg + have, ": ", 2);
-                have += 2;
-                nd->errmsg[have] = 0;
-            }
-            size_t cp = got < sizeof(nd->errmsg) - 1 - have ? got : sizeof(nd->errmsg) - 1 - have;
-            memcpy(nd->errmsg + have, c->sink, cp);
-            nd->errmsg[have + cp] = 0;
+            errmsg_add(nd, c->sink, got);
             nd->roff += got;
             nd->rleft = nd->rleft > got ? nd->rleft - got : 0;
             if (nd->rleft)
@@ -1112,7 +1137,9 @@ static void run(brixkv_t *c, call_t *k)
             if (s) {
                 if (s == BRIXKV_ST_UNAVAILABLE)
                     seterr(c, "%s: connection lost", nd->m.addr);
-                node_fail(c, k, nd, (brixkv_status_t)s, s == BRIXKV_ST_UNAVAILABLE);
+                /* a lost connection or a node speaking out of turn: back off
+                 * (no reconnect per call to a broken node) */
+                node_fail(c, k, nd, (brixkv_status_t)s, true);
             }
         }
     }
@@ -1470,6 +1497,10 @@ brixkv_t *brixkv_open(const brixkv_opts_t *opts, const brixkv_ns_t *ns, char *er
         check_str(ns->layout, true, "layout", err, errlen) ||
         check_str(ns->client, false, "client", err, errlen))
         return NULL;
+    if (ns->token && strnlen(ns->token, 256) > 255) {
+        bad(err, errlen, "namespace: token longer than 255 bytes");
+        return NULL;
+    }
     if (ns->tp_size < 1 || ns->tp_rank >= ns->tp_size) {
         bad(err, errlen, "namespace: want tp_size >= 1 and tp_rank < tp_size");
         return NULL;
@@ -1492,12 +1523,14 @@ brixkv_t *brixkv_open(const brixkv_opts_t *opts, const brixkv_ns_t *ns, char *er
     c->ns.dtype = dupstr(ns->dtype);
     c->ns.layout = dupstr(ns->layout);
     c->ns.client = dupstr(ns->client);
+    c->ns.token = dupstr(ns->token);
     c->sink = malloc(SINK_BYTES);
     size_t lm = strlen(c->ns.model), ld = strlen(c->ns.dtype), ll = strlen(c->ns.layout),
-           lc = strlen(c->ns.client);
-    c->hello_len = sizeof(brixkv_hello_t) + lm + ld + ll + lc;
+           lc = strlen(c->ns.client), lt = c->ns.token ? strlen(c->ns.token) : 0;
+    c->hello_len = sizeof(brixkv_hello_t) + lm + ld + ll + lc + lt;
     c->hello = malloc(c->hello_len);
-    if (!c->ns.model || !c->ns.dtype || !c->ns.layout || !c->ns.client || !c->sink || !c->hello) {
+    if (!c->ns.model || !c->ns.dtype || !c->ns.layout || !c->ns.client || !c->ns.token ||
+        !c->sink || !c->hello) {
         bad(err, errlen, "out of memory");
         brixkv_close(c);
         return NULL;
@@ -1511,7 +1544,8 @@ brixkv_t *brixkv_open(const brixkv_opts_t *opts, const brixkv_ns_t *ns, char *er
                          .model_len = (uint16_t)lm,
                          .dtype_len = (uint16_t)ld,
                          .layout_len = (uint16_t)ll,
-                         .client_len = (uint16_t)lc };
+                         .client_len = (uint16_t)lc,
+                         .token_len = (uint8_t)lt };
     uint8_t *p = c->hello;
     memcpy(p, &h, sizeof(h));
     p += sizeof(h);
@@ -1522,6 +1556,8 @@ brixkv_t *brixkv_open(const brixkv_opts_t *opts, const brixkv_ns_t *ns, char *er
     memcpy(p, c->ns.layout, ll);
     p += ll;
     memcpy(p, c->ns.client, lc);
+    p += lc;
+    memcpy(p, c->ns.token, lt);
     if (members_set(c, opts->servers, err, errlen)) {
         brixkv_close(c);
         return NULL;
@@ -1543,7 +1579,15 @@ void brixkv_close(brixkv_t *c)
     free((char *)c->ns.dtype);
     free((char *)c->ns.layout);
     free((char *)c->ns.client);
+    /* the token is a credential: not left in freed memory */
+    if (c->ns.token) {
+        memset((char *)c->ns.token, 0, strlen(c->ns.token));
+        free((char *)c->ns.token);
+    }
+    if (c->hello) {
+        memset(c->hello, 0, c->hello_len);
+        free(c->hello);
+    }
     free(c->sink);
-    free(c->hello);
     free(c);
 }

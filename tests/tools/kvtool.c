@@ -13,9 +13,12 @@
  *   owners FIRST COUNT       which member owns each key
  *
  * Options: --batch N (keys per call, default 16), --rounds N and
- * --interval-ms MS (repeat the command, one line per round), --no-shm,
+ * --interval-ms MS (repeat the command, one line per round), --stop-file F
+ * (end the rounds early once F exists), --no-shm,
  * --timeout-ms, --connect-timeout-ms, --retry-ms, --seed N, --random-seed
- * (declare a non-deterministic hash seed), --model M, --ns-rank R/S.
+ * (declare a non-deterministic hash seed), --model M, --ns-rank R/S,
+ * --token T (the nodes' --token-file contents), --no-check (get does not
+ * verify: a rough speed probe by hand, not for tests).
  *
  * Key i is brixkv_key_u64(xxh64(i)). Value i of SIZE bytes carries its own
  * check: bytes 0..8 the key index, 8..16 the xxh64 of the rest, which is a
@@ -23,7 +26,8 @@
  * every byte, so a value from another key, a torn value or a short one is
  * "wrong", never "ok".
  *
- * Each round prints one JSON line (flushed): the per-status counts overall
+ * Each round prints one JSON line (flushed): its wall time (ms), the
+ * per-status counts overall
  * and per member, "wrong" (values that failed the check), a digest of the OK
  * values' bytes (equal digests = the same bytes), the members (up, shm), the
  * client's counters and last_error. Exit 0; 2 on a usage or open error (the
@@ -112,9 +116,17 @@ static void print_json_str(const char *s)
     putchar('"');
 }
 
-static void report(brixkv_t *c, const char *cmd, tally_t *t, int64_t match, int round)
+static double now_s(void)
 {
-    printf("{\"cmd\":\"%s\",\"round\":%d,\"status\":", cmd, round);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void report(brixkv_t *c, const char *cmd, tally_t *t, int64_t match, int round, double t0)
+{
+    printf("{\"cmd\":\"%s\",\"round\":%d,\"ms\":%.3f,\"status\":", cmd, round,
+           (now_s() - t0) * 1e3);
     print_counts(t->st);
     printf(",\"wrong\":%" PRIu64 ",\"digest\":\"%016" PRIx64 "\"", t->wrong,
            XXH64_digest(t->digest));
@@ -163,12 +175,18 @@ int main(int argc, char **argv)
                        .client = "kvtool" };
     size_t batch = 16;
     int rounds = 1, interval_ms = 0;
+    const char *stop_file = NULL;
+    bool no_check = false;
     int i = 1;
     for (; i < argc && !strncmp(argv[i], "--", 2); i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--no-shm")) {
             o.no_shm = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-check")) { /* a rough speed probe; never in tests */
+            no_check = true;
             continue;
         }
         if (!strcmp(a, "--random-seed")) {
@@ -190,10 +208,14 @@ int main(int argc, char **argv)
             batch = (size_t)strtoull(v, NULL, 10);
         else if (!strcmp(a, "--rounds"))
             rounds = atoi(v);
+        else if (!strcmp(a, "--stop-file"))
+            stop_file = v;
         else if (!strcmp(a, "--interval-ms"))
             interval_ms = atoi(v);
         else if (!strcmp(a, "--seed"))
             ns.hash_seed = strtoull(v, NULL, 10);
+        else if (!strcmp(a, "--token"))
+            ns.token = v;
         else if (!strcmp(a, "--model"))
             ns.model = v;
         else if (!strcmp(a, "--ns-rank")) {
@@ -241,6 +263,7 @@ int main(int argc, char **argv)
         t.wrong = 0;
         XXH64_reset(t.digest, 0);
         int64_t match = -1;
+        double t0 = now_s();
         if (!strcmp(cmd, "stats")) {
             brixkv_stats_t s;
             int e = brixkv_stats(c, (size_t)first, &s);
@@ -267,7 +290,7 @@ int main(int argc, char **argv)
                 all[k] = key_of(first + k);
             match = (int64_t)brixkv_match_prefix(c, all, n);
             free(all);
-            report(c, cmd, &t, match, r);
+            report(c, cmd, &t, match, r, t0);
         } else if (sized || !strcmp(cmd, "delete")) {
             for (uint64_t k0 = 0; k0 < n; k0 += batch) {
                 size_t m = n - k0 < batch ? (size_t)(n - k0) : batch;
@@ -285,7 +308,7 @@ int main(int argc, char **argv)
                 else
                     brixkv_mput(c, keys, m, (const void *const *)vals, lens, st);
                 for (size_t b = 0; b < m; b++) {
-                    if (!strcmp(cmd, "get") && st[b] == BRIXKV_ST_OK) {
+                    if (!strcmp(cmd, "get") && st[b] == BRIXKV_ST_OK && !no_check) {
                         if (!check(vals[b], lens[b], first + k0 + b, size, scratch)) {
                             t.wrong++;
                             fprintf(stderr, "kvtool: key %" PRIu64 ": WRONG BYTES\n",
@@ -296,13 +319,15 @@ int main(int argc, char **argv)
                     count(&t, c, &keys[b], st[b]);
                 }
             }
-            report(c, cmd, &t, -1, r);
+            report(c, cmd, &t, -1, r, t0);
             if (t.wrong)
                 rc = 3;
         } else {
             rc = usage();
             break;
         }
+        if (stop_file && access(stop_file, F_OK) == 0)
+            break;
         if (interval_ms > 0 && r + 1 < rounds)
             usleep((useconds_t)interval_ms * 1000);
     }

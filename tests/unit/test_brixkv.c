@@ -141,11 +141,11 @@ static void test_rendezvous_minimal_movement(void **state)
 static void test_status_strings(void **state)
 {
     (void)state;
-    brixkv_status_t all[] = { BRIXKV_ST_OK,        BRIXKV_ST_NOT_FOUND,   BRIXKV_ST_EXISTS,
-                              BRIXKV_ST_NO_SPACE,  BRIXKV_ST_TOO_LARGE,   BRIXKV_ST_BAD_REQUEST,
-                              BRIXKV_ST_NAMESPACE, BRIXKV_ST_BUSY,        BRIXKV_ST_INTERNAL,
-                              BRIXKV_ST_TIMEOUT,   BRIXKV_ST_UNAVAILABLE, BRIXKV_ST_SHORT_BUFFER,
-                              BRIXKV_ST_STALE };
+    brixkv_status_t all[] = { BRIXKV_ST_OK,           BRIXKV_ST_NOT_FOUND, BRIXKV_ST_EXISTS,
+                              BRIXKV_ST_NO_SPACE,     BRIXKV_ST_TOO_LARGE, BRIXKV_ST_BAD_REQUEST,
+                              BRIXKV_ST_NAMESPACE,    BRIXKV_ST_BUSY,      BRIXKV_ST_INTERNAL,
+                              BRIXKV_ST_DENIED,       BRIXKV_ST_TIMEOUT,   BRIXKV_ST_UNAVAILABLE,
+                              BRIXKV_ST_SHORT_BUFFER, BRIXKV_ST_STALE };
     size_t n = sizeof(all) / sizeof(all[0]);
     for (size_t i = 0; i < n; i++) {
         assert_string_not_equal(brixkv_status_str(all[i]), "unknown");
@@ -226,7 +226,7 @@ static void test_open_validation(void **state)
 
 /* ---- a scripted fake node ------------------------------------------------ */
 
-enum fake_mode { FAKE_OK, FAKE_SILENT, FAKE_BADID, FAKE_STALE, FAKE_REFUSE };
+enum fake_mode { FAKE_OK, FAKE_SILENT, FAKE_BADID, FAKE_STALE, FAKE_REFUSE, FAKE_ERRFRAME };
 
 #define SLOT     (4u << 20)
 #define NSLOTS   15
@@ -242,6 +242,8 @@ typedef struct fake {
     uint8_t *arena;
     uint64_t node_id, unix_node_id;
     uint32_t max_batch;
+    uint32_t next_slot, next_gen;
+    const char *token; /* set: HELLO must carry it */
     atomic_int mode;
     atomic_int releases, conns, requests, stop;
     int cfd[MAX_CONN];
@@ -288,9 +290,21 @@ static int rd(int fd, void *p, size_t n)
     return 0;
 }
 
+/* Set: every write of the fake goes out a byte at a time for its first 300
+ * bytes (headers, entries, payload starts), so the client's reads end at
+ * every possible place in a reply and it has to resume there. */
+static atomic_int g_dribble;
+
 static int wr(int fd, const void *p, size_t n)
 {
     const uint8_t *b = p;
+    for (int i = 0; n && i < 300 && atomic_load(&g_dribble); i++) {
+        if (send(fd, b, 1, MSG_NOSIGNAL) != 1)
+            return -1;
+        b++;
+        n--;
+        usleep(50);
+    }
     while (n) {
         ssize_t w = send(fd, b, n, MSG_NOSIGNAL);
         if (w <= 0)
@@ -335,10 +349,26 @@ static int fake_frame(fake_t *f, int ci)
         goto out; /* read, never answered */
     if (mode == FAKE_BADID)
         h.id++;
+    if (mode == FAKE_ERRFRAME && h.op != BRIXKV_OP_HELLO) {
+        /* what a node does with a frame it cannot take: status, message, close */
+        const char *msg = "count 3 above --max-batch";
+        reply(fd, &h, BRIXKV_ST_BAD_REQUEST, 0, msg, strlen(msg), 0);
+        rc = -1;
+        goto out;
+    }
     switch (h.op) {
     case BRIXKV_OP_HELLO: {
         brixkv_hello_t hb;
         memcpy(&hb, body, sizeof(hb));
+        size_t sl = (size_t)hb.model_len + hb.dtype_len + hb.layout_len + hb.client_len;
+        FAKE_CHECK(h.body_len == sizeof(hb) + sl + hb.token_len);
+        if (f->token && (hb.token_len != strlen(f->token) ||
+                         memcmp(body + sizeof(hb) + sl, f->token, hb.token_len))) {
+            const char *msg = "this node needs a token";
+            reply(fd, &h, BRIXKV_ST_DENIED, 0, msg, strlen(msg), 0);
+            rc = -1;
+            break;
+        }
         if (mode == FAKE_REFUSE || !hb.seed_deterministic) {
             const char *msg = "hash seed is not deterministic";
             rc = reply(fd, &h, BRIXKV_ST_NAMESPACE, 0, msg, strlen(msg), 0);
@@ -409,14 +439,16 @@ static int fake_frame(fake_t *f, int ci)
             e[i].len = (uint32_t)val_len(k);
             pay += e[i].len;
             if (h.flags & BRIXKV_F_SHM) {
-                uint32_t s = i % NSLOTS;
+                /* slots rotate over calls: a pipelined next request must
+                 * not overwrite a value the client has not copied yet */
+                uint32_t s = f->next_slot++ % NSLOTS;
                 uint8_t *v = f->arena + (size_t)SLOT * (s + 1);
                 for (size_t j = 0; j < e[i].len; j++)
                     v[j] = val_byte(k, j);
                 e[i].offset = (uint64_t)SLOT * (s + 1);
                 e[i].lease = 1000 + i;
                 e[i].gen_off = 4 * s;
-                uint32_t g = (uint32_t)i * 3 + 1;
+                uint32_t g = ++f->next_gen;
                 memcpy(f->arena + 4 * s, &g, 4);
                 e[i].gen = (mode == FAKE_STALE && i % 2) ? g + 1 : g;
             }
@@ -631,7 +663,8 @@ static size_t check_get(brixkv_t *c, size_t n, size_t cap, int stale_mode)
             const uint8_t *b = bufs[i];
             for (size_t j = 0; j < lens[i]; j++)
                 if (b[j] != val_byte(k, j))
-                    fail_msg("key %zu byte %zu wrong", i, j);
+                    fail_msg("key %zu byte %zu wrong (%u want %u, len %zu cap %zu)", i, j, b[j],
+                             val_byte(k, j), lens[i], caps[i]);
             cnt++;
         }
         free(bufs[i]);
@@ -701,6 +734,32 @@ static void test_fake_tcp(void **state)
     brixkv_client_stats(c, &cs);
     assert_true(cs.bytes_in > (3u << 20));
     assert_int_equal(cs.shm_bytes_in, 0);
+    brixkv_close(c);
+    fake_stop(f);
+}
+
+static void test_fake_dribble(void **state)
+{
+    (void)state;
+    fake_t *f = fake_start(true, 0xabcdef, 4);
+    char srv[64];
+    snprintf(srv, sizeof(srv), "127.0.0.1:%d", f->port);
+    atomic_store(&g_dribble, 1);
+    brixkv_t *c = open_on(srv, true, 20000);
+    assert_true(check_get(c, 12, 0, 0) > 0);
+    check_get(c, 12, 1500, 0);
+    brixkv_key_t keys[12];
+    for (size_t i = 0; i < 12; i++)
+        keys[i] = fkey(i);
+    assert_int_equal(brixkv_match_prefix(c, keys, 12), 3);
+    brixkv_stats_t s;
+    assert_int_equal(brixkv_stats(c, 0, &s), 0);
+    assert_int_equal(s.capacity_bytes, 123456);
+    brixkv_t *m = open_on(srv, false, 20000); /* HELLO with the memfd, dribbled too */
+    assert_true(check_get(m, 12, 0, 0) > 0);
+    assert_true(brixkv_member_shm(m, 0));
+    atomic_store(&g_dribble, 0);
+    brixkv_close(m);
     brixkv_close(c);
     fake_stop(f);
 }
@@ -788,6 +847,17 @@ static void test_fake_failures(void **state)
     for (int i = 0; i < 4; i++)
         assert_int_equal(st[i], BRIXKV_ST_INTERNAL);
     assert_int_equal(b[0][0], 0);
+    /* ... and the node is left alone for retry_ms: no reconnect per call */
+    atomic_store(&f->mode, FAKE_OK);
+    assert_int_equal(brixkv_mget(c, keys, 4, bufs, caps, lens, st), 0);
+    assert_int_equal(st[0], BRIXKV_ST_UNAVAILABLE);
+    assert_int_equal(atomic_load(&f->conns), 3);
+    /* an error frame: its status for the keys, its words in last_error */
+    atomic_store(&f->mode, FAKE_ERRFRAME);
+    usleep(150 * 1000); /* past retry_ms */
+    assert_int_equal(brixkv_mget(c, keys, 4, bufs, caps, lens, st), 0);
+    assert_int_equal(st[0], BRIXKV_ST_BAD_REQUEST);
+    assert_non_null(strstr(brixkv_last_error(c), "bad request: count 3 above --max-batch"));
     /* a refused HELLO: NAMESPACE for the keys and the node's words */
     atomic_store(&f->mode, FAKE_REFUSE);
     usleep(150 * 1000); /* past retry_ms */
@@ -852,6 +922,40 @@ static void test_two_nodes(void **state)
     fake_stop(f1);
 }
 
+static void test_token(void **state)
+{
+    (void)state;
+    fake_t *f = fake_start(false, 0, 16);
+    f->token = "s3cret-token";
+    char srv[64];
+    snprintf(srv, sizeof(srv), "127.0.0.1:%d", f->port);
+    brixkv_ns_t ns = test_ns();
+    brixkv_opts_t o = { .servers = srv, .retry_ms = 50 };
+    char err[256];
+    brixkv_key_t keys[2] = { fkey(0), fkey(1) };
+    brixkv_status_t st[2];
+    brixkv_t *c = brixkv_open(&o, &ns, err, sizeof(err));
+    assert_int_equal(brixkv_delete(c, keys, 2, st), 0);
+    assert_int_equal(st[0], BRIXKV_ST_DENIED);
+    assert_non_null(strstr(brixkv_last_error(c), "needs a token"));
+    brixkv_close(c);
+    ns.token = "wrong";
+    c = brixkv_open(&o, &ns, err, sizeof(err));
+    assert_int_equal(brixkv_delete(c, keys, 2, st), 0);
+    assert_int_equal(st[1], BRIXKV_ST_DENIED);
+    brixkv_close(c);
+    ns.token = "s3cret-token";
+    c = brixkv_open(&o, &ns, err, sizeof(err));
+    assert_int_equal(brixkv_delete(c, keys, 2, st), 2);
+    brixkv_close(c);
+    char longtok[300];
+    memset(longtok, 'x', sizeof(longtok) - 1);
+    longtok[299] = 0;
+    ns.token = longtok;
+    assert_null(brixkv_open(&o, &ns, err, sizeof(err)));
+    fake_stop(f);
+}
+
 static void test_down_node(void **state)
 {
     (void)state;
@@ -891,11 +995,15 @@ int main(void)
         cmocka_unit_test(test_status_strings),
         cmocka_unit_test(test_open_validation),
         cmocka_unit_test(test_fake_tcp),
+        cmocka_unit_test(test_fake_dribble),
         cmocka_unit_test(test_fake_shm),
         cmocka_unit_test(test_fake_shm_other_node),
         cmocka_unit_test(test_fake_failures),
         cmocka_unit_test(test_two_nodes),
+        cmocka_unit_test(test_token),
         cmocka_unit_test(test_down_node),
     };
+    if (getenv("TEST_FILTER")) /* run some while working on them */
+        cmocka_set_test_filter(getenv("TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
