@@ -69,7 +69,7 @@ static const brix_opt_t engine_opts[] = {
       "vLLM KV connector config for brix's KV store: '{\"kv_connector\":\"BrixConnector\","
       "\"kv_role\":\"kv_both\",\"kv_connector_extra_config\":{\"servers\":\"HOST:PORT\"}}' "
       "(kv_producer only saves, kv_consumer only loads; optional extra keys timeout_ms, "
-      "block_bytes, transfer_gbps, max_inflight, no_shm)" },
+      "block_bytes, transfer_gbps, max_inflight, no_shm, token_file)" },
     { "gpu", BRIX_OPT_STRING, O(gpu), "a100", 1, 0, "PROFILE",
       "hardware profile: step latency, KV capacity, price (h100, a100, l40s, cpu, ...)" },
     { "gpu-profiles", BRIX_OPT_STRING, O(gpu_profiles), NULL, 1, 0, "FILE",

@@ -18,8 +18,10 @@
 #include "core/time.h"
 #include "engine_sim/kv_cache.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <xxhash.h>
@@ -59,6 +61,7 @@ static const cfg_key_t extra_keys[] = {
     { "transfer_gbps", K_NUM, OFF(transfer_gbps), 0, 1e6 },
     { "max_inflight", K_INT, OFF(max_inflight), 1, 4096 },
     { "no_shm", K_BOOL, OFF(no_shm), 0, 0 },
+    { "token_file", K_STR, OFF(token_file), 1, 0 },
 };
 #undef OFF
 
@@ -250,63 +253,64 @@ fail:
 void brix_kvc_cfg_free(brix_kvc_cfg_t *cfg)
 {
     brix_free(cfg->servers);
-    cfg->servers = NULL;
+    brix_free(cfg->token_file);
+    cfg->servers = cfg->token_file = NULL;
 }
 
 const char *brix_kvc_fail_name(brix_kvc_fail_t f)
 {
     static const char *const names[BRIX_KVC_FAIL_N] = {
-        "timeout", "unavailable", "not_found", "stale", "checksum", "other",
+        "timeout", "unavailable", "not_found", "stale", "checksum", "refused", "other",
     };
     return f < BRIX_KVC_FAIL_N ? names[f] : "other";
 }
 
 /* ---------------------------------------------------- block contents -- */
 
-/* splitmix64: a block is its seed's stream of 64-bit words (little-endian);
- * ~1 ns per word, so filling or checking a 2 MiB block costs well under a
- * millisecond of the connector thread. */
-static uint64_t mix64(uint64_t *x)
-{
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+/* A block is the arithmetic sequence of 64-bit words seed, seed + STEP,
+ * seed + 2 STEP... (host byte order; a little-endian store, see proto.h),
+ * seed = XXH64(key, namespace). Not random, and it need not be: the reader
+ * recomputes every word and compares, so any wrong byte is caught, another
+ * key's block differs from its first word, and a shifted copy differs
+ * everywhere. An add per word keeps fill and check at memory speed (a mixing
+ * generator ran at ~1 GB/s: 250 ms for a 2000-token prompt of 2 MiB blocks,
+ * longer than the prefill the load replaces). */
+#define FILL_STEP 0x9e3779b97f4a7c15ull
 
-static void stream(uint8_t *out, size_t len, uint64_t *x)
+static uint64_t block_seed(const brixkv_key_t *key, uint64_t ns_hash)
 {
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t w = mix64(x);
-        for (int b = 0; b < 8; b++)
-            out[i + (size_t)b] = (uint8_t)(w >> (8 * b));
-    }
-    if (i < len) {
-        uint64_t w = mix64(x);
-        for (; i < len; i++, w >>= 8)
-            out[i] = (uint8_t)w;
-    }
+    return XXH64(key->b, sizeof key->b, ns_hash);
 }
 
 void brix_kvc_fill(void *buf, size_t len, const brixkv_key_t *key, uint64_t ns_hash)
 {
-    uint64_t x = XXH64(key->b, sizeof key->b, ns_hash);
-    stream(buf, len, &x);
+    uint8_t *p = buf;
+    uint64_t w = block_seed(key, ns_hash);
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8, w += FILL_STEP)
+        memcpy(p + i, &w, 8);
+    if (i < len)
+        memcpy(p + i, &w, len - i);
 }
 
 bool brix_kvc_verify(const void *buf, size_t len, const brixkv_key_t *key, uint64_t ns_hash)
 {
-    uint64_t x = XXH64(key->b, sizeof key->b, ns_hash);
-    uint8_t want[4096]; /* 4096 is a multiple of 8: chunks continue the stream */
     const uint8_t *p = buf;
-    for (size_t off = 0; off < len; off += sizeof want) {
-        size_t n = len - off < sizeof want ? len - off : sizeof want;
-        stream(want, n, &x);
-        if (memcmp(p + off, want, n) != 0)
-            return false;
+    uint64_t w = block_seed(key, ns_hash), diff = 0;
+    size_t i = 0;
+    /* no early exit: a wrong block is the rare case, a branch per word the
+     * common cost */
+    for (; i + 8 <= len; i += 8, w += FILL_STEP) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        diff |= v ^ w;
     }
-    return true;
+    if (i < len) {
+        uint8_t tail[8];
+        memcpy(tail, &w, 8);
+        diff |= (uint64_t)memcmp(p + i, tail, len - i);
+    }
+    return diff == 0;
 }
 
 /* --------------------------------------------------------------- jobs -- */
@@ -319,12 +323,15 @@ typedef struct kvc_job {
     job_kind_t kind;
     size_t n;
     uint64_t deadline_ns; /* the thread starts no I/O for a load after this */
+    uint64_t abandon_ns;  /* the loop stops waiting for it (one call later) */
     /* results, written by the thread */
     size_t matched; /* LOAD: the store's longest stored prefix */
     size_t ok;      /* LOAD: leading blocks loaded and verified; SAVE: stored */
     size_t done;    /* SAVE: keys handled so far (a save yields to loads) */
     bool failed;    /* LOAD: stopped short of matched, or the match was cut */
     brix_kvc_fail_t fail;
+    bool outage;   /* a node was down, slow or refused us (for the log) */
+    char why[160]; /* the client's words for it */
     uint64_t checksum_errors;
     /* loop state */
     brix_seq_t *seq; /* NULL once cancelled or abandoned */
@@ -369,6 +376,7 @@ struct brix_kvc {
     size_t ninflight;
     size_t saves_queued;  /* save jobs handed to the thread and not yet back */
     kvc_job_t *abandoned; /* delivered before the thread returned them (list via lnext) */
+    bool store_down;      /* the last load failed for want of a node (logged once) */
 };
 
 static void push(kvc_job_t **head, kvc_job_t **tail, kvc_job_t *j)
@@ -399,8 +407,10 @@ static brix_kvc_fail_t fail_of(brixkv_status_t st)
     case BRIXKV_ST_TIMEOUT:
         return BRIX_KVC_FAIL_TIMEOUT;
     case BRIXKV_ST_UNAVAILABLE:
-    case BRIXKV_ST_NAMESPACE:
         return BRIX_KVC_FAIL_UNAVAILABLE;
+    case BRIXKV_ST_NAMESPACE:
+    case BRIXKV_ST_DENIED:
+        return BRIX_KVC_FAIL_REFUSED;
     case BRIXKV_ST_NOT_FOUND:
         return BRIX_KVC_FAIL_NOT_FOUND;
     case BRIXKV_ST_STALE:
@@ -426,15 +436,27 @@ static void run_load(brix_kvc_t *c, kvc_job_t *j)
     size_t m = brixkv_match_prefix(c->client, j->keys, j->n);
     brixkv_client_stats(c->client, &b);
     j->matched = m;
-    if (m < j->n && (b.timeouts > a.timeouts || b.unavailable > a.unavailable)) {
-        /* the prefix may have ended at a node that failed, not at a miss */
+    /* The prefix may have ended at a node that failed (or refused us), not
+     * at a miss: that is a failure to count, not a plain miss. */
+    if (m < j->n && b.timeouts > a.timeouts) {
         j->failed = true;
-        j->fail = b.timeouts > a.timeouts ? BRIX_KVC_FAIL_TIMEOUT : BRIX_KVC_FAIL_UNAVAILABLE;
+        j->fail = BRIX_KVC_FAIL_TIMEOUT;
+    } else if (m < j->n && (b.unavailable > a.unavailable ||
+                            !brixkv_member_up(c->client, brixkv_owner(c->client, &j->keys[m])))) {
+        /* which failure: a node backing off answers a get at once with its
+         * status (UNAVAILABLE, or NAMESPACE / DENIED when it refused us) */
+        j->failed = true;
+        c->bufs[0] = c->scratch;
+        c->caps[0] = c->block_bytes;
+        brixkv_mget(c->client, &j->keys[m], 1, c->bufs, c->caps, c->lens, c->sts);
+        j->fail = c->sts[0] == BRIXKV_ST_OK ? BRIX_KVC_FAIL_UNAVAILABLE : fail_of(c->sts[0]);
     }
     size_t ok = 0;
+    bool out_of_time = false; /* our own bound, not the store's failure */
     while (ok < m) {
         if (brix_now_ns() >= j->deadline_ns) {
-            j->failed = true;
+            /* what is loaded is used; the rest of the prompt is computed */
+            j->failed = out_of_time = true;
             j->fail = BRIX_KVC_FAIL_TIMEOUT;
             break;
         }
@@ -450,6 +472,8 @@ static void run_load(brix_kvc_t *c, kvc_job_t *j)
             if (c->sts[i] != BRIXKV_ST_OK) {
                 j->failed = true;
                 j->fail = fail_of(c->sts[i]);
+                if (c->sts[i] == BRIXKV_ST_SHORT_BUFFER)
+                    j->checksum_errors++; /* longer than our blocks: not ours */
                 break;
             }
             if (c->lens[i] != c->block_bytes ||
@@ -465,6 +489,12 @@ static void run_load(brix_kvc_t *c, kvc_job_t *j)
             break; /* this block and every later one are recomputed */
     }
     j->ok = ok;
+    if (j->failed && !out_of_time &&
+        (j->fail == BRIX_KVC_FAIL_TIMEOUT || j->fail == BRIX_KVC_FAIL_UNAVAILABLE ||
+         j->fail == BRIX_KVC_FAIL_REFUSED)) {
+        j->outage = true;
+        snprintf(j->why, sizeof j->why, "%s", brixkv_last_error(c->client));
+    }
 }
 
 /* Returns false when the save yielded to a waiting load (j->done tells how
@@ -480,6 +510,14 @@ static bool run_save(brix_kvc_t *c, kvc_job_t *j)
             c->lens[i] = c->block_bytes;
         }
         j->ok += brixkv_mput(c->client, j->keys + j->done, k, c->vals, c->lens, c->sts);
+        for (size_t i = 0; i < k && !j->outage; i++) {
+            brixkv_status_t st = c->sts[i];
+            if (st == BRIXKV_ST_UNAVAILABLE || st == BRIXKV_ST_TIMEOUT ||
+                st == BRIXKV_ST_NAMESPACE || st == BRIXKV_ST_DENIED) {
+                j->outage = true;
+                snprintf(j->why, sizeof j->why, "%s", brixkv_last_error(c->client));
+            }
+        }
         j->done += k;
         if (j->done < j->n) {
             pthread_mutex_lock(&c->mu);
@@ -576,6 +614,7 @@ static void deliver(brix_kvc_t *c, kvc_job_t *j, size_t n, uint64_t now)
 }
 
 static void arm(brix_kvc_t *c);
+static void note_outage(brix_kvc_t *c, bool outage, bool clean, const char *why);
 
 /* Delivers every load whose time has come: returned and past its simulated
  * transfer time, or unanswered past timeout_ms (abandoned). */
@@ -589,9 +628,13 @@ static void sweep(brix_kvc_t *c)
             deliver(c, j, j->ok, now);
             brix_free(j);
             any = true;
-        } else if (!j->returned && now >= j->deadline_ns) {
+        } else if (!j->returned && now >= j->abandon_ns) {
             c->st.loads++;
             c->st.load_failures[BRIX_KVC_FAIL_TIMEOUT]++;
+            char why[64];
+            snprintf(why, sizeof why, "a load took over %lld ms",
+                     (long long)(2 * c->cfg.timeout_ms));
+            note_outage(c, true, false, why);
             deliver(c, j, 0, now);
             j->lnext = c->abandoned; /* the thread still has it */
             c->abandoned = j;
@@ -612,7 +655,7 @@ static void arm(brix_kvc_t *c)
 {
     uint64_t next = UINT64_MAX;
     for (kvc_job_t *j = c->inflight; j; j = j->lnext) {
-        uint64_t at = j->returned ? j->ready_ns : j->deadline_ns;
+        uint64_t at = j->returned ? j->ready_ns : j->abandon_ns;
         if (at < next)
             next = at;
     }
@@ -634,6 +677,20 @@ static void unlink_abandoned(brix_kvc_t *c, kvc_job_t *j)
         }
 }
 
+/* One log line per outage, not one per request: the first job that met a
+ * node down, slow or refusing us, and the first clean one after. */
+static void note_outage(brix_kvc_t *c, bool outage, bool clean, const char *why)
+{
+    if (outage && !c->store_down) {
+        BRIX_WARN("KV store %s: %s; requests recompute what they cannot load, saves are lost",
+                  c->cfg.servers, why && *why ? why : "unavailable");
+        c->store_down = true;
+    } else if (clean && !outage && c->store_down) {
+        BRIX_INFO("KV store %s answers again", c->cfg.servers);
+        c->store_down = false;
+    }
+}
+
 static void on_done(uv_async_t *a)
 {
     brix_kvc_t *c = a->data;
@@ -649,6 +706,7 @@ static void on_done(uv_async_t *a)
             c->st.blocks_saved += j->ok;
             c->st.bytes_saved += j->ok * c->block_bytes;
             c->st.save_failures += j->n - j->ok;
+            note_outage(c, j->outage, j->ok == j->n, j->why);
             brix_free(j);
             continue;
         }
@@ -664,6 +722,7 @@ static void on_done(uv_async_t *a)
         c->st.checksum_errors += j->checksum_errors;
         if (j->failed)
             c->st.load_failures[j->fail]++;
+        note_outage(c, j->outage, !j->failed, j->why);
         /* the request waits max(real I/O, bytes / bandwidth) in wall time */
         double xfer_ns = c->cfg.transfer_gbps > 0 ? (double)(j->ok * c->block_bytes) * 8.0 /
                                                         c->cfg.transfer_gbps * c->env.time_scale
@@ -719,7 +778,11 @@ static int hook_lookup(brix_seq_t *q, size_t from, size_t to, void *ud)
     c->st.queries_tokens += q->ntokens;
     j->seq = q;
     j->submit_ns = brix_now_ns();
+    /* The thread loads what it can in timeout_ms (a prefix: the rest is
+     * computed); a call it started just before may take timeout_ms more
+     * (the client's bound), after which the loop gives up on the job. */
     j->deadline_ns = j->submit_ns + (uint64_t)c->cfg.timeout_ms * 1000000u;
+    j->abandon_ns = j->deadline_ns + (uint64_t)c->cfg.timeout_ms * 1000000u;
     q->kv_job = j;
     list_add(c, j);
     submit(c, j);
@@ -773,6 +836,37 @@ static void free_buffers(brix_kvc_t *c)
     brix_kvc_cfg_free(&c->cfg);
 }
 
+/* The nodes' token from a file (as `brix kvcache --token-file` reads its
+ * own): surrounding whitespace trimmed, 1..255 bytes. A file, not a flag, so
+ * it never shows in the process list. */
+static int read_token(const char *path, char *out, size_t cap, char *err, size_t errlen)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errlen, "kv-transfer-config: token_file %s: %s", path, strerror(errno));
+        return -1;
+    }
+    char buf[1024];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    fclose(f);
+    size_t a = 0;
+    while (a < n && isspace((unsigned char)buf[a]))
+        a++;
+    while (n > a && isspace((unsigned char)buf[n - 1]))
+        n--;
+    int rc = 0;
+    if (n == a || n - a >= cap) {
+        snprintf(err, errlen, "kv-transfer-config: token_file %s: want 1..%zu bytes of token", path,
+                 cap - 1);
+        rc = -1;
+    } else {
+        memcpy(out, buf + a, n - a);
+        out[n - a] = 0;
+    }
+    explicit_bzero(buf, sizeof buf);
+    return rc;
+}
+
 brix_kvc_t *brix_kvc_new(const brix_kvc_cfg_t *cfg, const brix_kvc_env_t *env, char *err,
                          size_t errlen)
 {
@@ -783,6 +877,7 @@ brix_kvc_t *brix_kvc_new(const brix_kvc_cfg_t *cfg, const brix_kvc_env_t *env, c
     }
     c->cfg = *cfg;
     c->cfg.servers = brix_strdup(cfg->servers);
+    c->cfg.token_file = NULL; /* read once below, not kept */
     c->env = *env;
     c->model = brix_strdup(env->model);
     c->block_bytes = cfg->block_bytes ? (uint64_t)cfg->block_bytes
@@ -828,8 +923,15 @@ brix_kvc_t *brix_kvc_new(const brix_kvc_cfg_t *cfg, const brix_kvc_env_t *env, c
         .block_bytes = (uint32_t)c->block_bytes,
         .client = "brix engine-sim",
     };
+    char token[256] = "";
+    if (cfg->token_file && read_token(cfg->token_file, token, sizeof token, err, errlen))
+        goto fail;
+    if (token[0])
+        ns.token = token;
     char cerr[256] = "";
-    if (!(c->client = brixkv_open(&o, &ns, cerr, sizeof cerr))) {
+    c->client = brixkv_open(&o, &ns, cerr, sizeof cerr);
+    explicit_bzero(token, sizeof token);
+    if (!c->client) {
         snprintf(err, errlen, "kv-transfer-config: servers: %s", cerr[0] ? cerr : "refused");
         goto fail;
     }
@@ -841,7 +943,14 @@ brix_kvc_t *brix_kvc_new(const brix_kvc_cfg_t *cfg, const brix_kvc_env_t *env, c
     uv_timer_init(env->loop, &c->timer);
     c->async.data = c->timer.data = c;
     c->handles_open = 2;
-    if (pthread_create(&c->thread, NULL, thread_main, c)) {
+    /* Signals (SIGTERM's drain, SIGPIPE) are the loop's business: the thread
+     * starts with all of them blocked, so none lands on it mid-call. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int trc = pthread_create(&c->thread, NULL, thread_main, c);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (trc) {
         snprintf(err, errlen, "kv connector: cannot start its thread");
         brix_kvc_close(c);
         return NULL;

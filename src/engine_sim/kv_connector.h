@@ -11,9 +11,10 @@
  * simulated transfer time (bytes / transfer_gbps, scaled by --time-scale);
  * it is then admitted with the loaded blocks counted as computed. A block
  * whose load failed (timeout, unavailable, stale, wrong bytes) and every
- * block after it is recomputed (vLLM's get_block_ids_with_load_errors). A
- * load still unanswered timeout_ms after it was queued is abandoned by the
- * loop: the store can cost misses, never a failed or stuck request.
+ * block after it is recomputed (vLLM's get_block_ids_with_load_errors). The
+ * thread loads what it can within timeout_ms of the lookup (a prefix); a
+ * load still unanswered at twice that is abandoned by the loop: the store
+ * can cost misses, never a failed or stuck request.
  * Save: full prompt blocks a prefill computed are queued for a multi-put
  * (best effort: a full queue drops them, counted).
  *
@@ -23,9 +24,9 @@
  * the loop; the thread only fills in their results. All counters are loop
  * state (read by /metrics without locks).
  *
- * Block contents are synthetic but verifiable: a block's bytes are a
- * pseudo-random stream seeded by XXH64 of its key and the namespace, so a
- * reader recomputes and compares every byte it loaded.
+ * Block contents are synthetic but verifiable: a block's bytes are a word
+ * sequence seeded by XXH64 of its key and the namespace, so a reader
+ * recomputes and compares every byte it loaded.
  */
 #ifndef BRIX_ENGINE_SIM_KV_CONNECTOR_H
 #define BRIX_ENGINE_SIM_KV_CONNECTOR_H
@@ -52,11 +53,12 @@ typedef enum brix_kvc_role {
 typedef struct brix_kvc_cfg {
     brix_kvc_role_t role;
     char *servers;        /* "HOST:PORT[,HOST:PORT...]" */
-    int64_t timeout_ms;   /* per store call, and the bound on a load's wait */
+    int64_t timeout_ms;   /* per store call; a load's I/O, and 2x its whole wait */
     int64_t block_bytes;  /* 0 = BRIX_KVC_BYTES_PER_TOKEN x block size */
     double transfer_gbps; /* simulated bandwidth in Gbit/s; 0 = real I/O time only */
     int64_t max_inflight; /* loads in flight, and save batches queued */
     bool no_shm;          /* never use the store's same-host path */
+    char *token_file;     /* the nodes' token (their --token-file), NULL = none */
 } brix_kvc_cfg_t;
 
 /* Parses --kv-transfer-config (vLLM's KVTransferConfig JSON). Unknown keys,
@@ -72,6 +74,7 @@ typedef enum brix_kvc_fail {
     BRIX_KVC_FAIL_NOT_FOUND,   /* matched, then gone (evicted) before the get */
     BRIX_KVC_FAIL_STALE,       /* same-host copy raced a slot reuse */
     BRIX_KVC_FAIL_CHECKSUM,    /* the bytes (or the length) were not the block's */
+    BRIX_KVC_FAIL_REFUSED,     /* a node refused our HELLO: namespace, seed or token */
     BRIX_KVC_FAIL_OTHER,
     BRIX_KVC_FAIL_N,
 } brix_kvc_fail_t;

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 
 sys.path.insert(0, os.path.dirname(__file__))
 import harness as h  # noqa: E402
@@ -19,10 +20,10 @@ BLOCK_BYTES = 65536  # small blocks keep the test light; the default is 2 MiB
 MAX_TOKENS = 4
 
 
-def kvcache_node():
+def kvcache_node(extra=()):
     port, http = h.free_port(), h.free_port()
     p = h.Proc(["kvcache", "--listen", f"127.0.0.1:{port}", "--http-port", str(http),
-                "--capacity", "256MiB"], name="kvcache")
+                "--capacity", "256MiB"] + list(extra), name="kvcache")
     p.port, p.http = port, http
     p.wait_http(http, "/healthz")
     return p
@@ -175,6 +176,76 @@ def t_roles():
     assert m(c, "brix_engine_kv_saved_blocks_total") == 0
     for e in (p, c, node):
         e.stop()
+
+
+@h.check("blocks of the wrong size are detected, counted and recomputed, never used")
+def t_wrong_bytes():
+    node = kvcache_node()
+    srv = f"127.0.0.1:{node.port}"
+    # the same namespace (model, dtype, layout) but an engine that disagrees
+    # on the block size: its values cannot be this engine's blocks
+    small = kv_engine(srv, "small", block_bytes=BLOCK_BYTES // 2)
+    big = kv_engine(srv, "big", block_bytes=BLOCK_BYTES * 2)
+    reader = kv_engine(srv, "reader")
+    text = prompt(6, words=300)
+    n = complete(small, text)["usage"]["prompt_tokens"]
+    h.wait_until(lambda: m(small, "brix_engine_kv_saved_blocks_total") == n // BS, timeout=20,
+                 what="small's saves")
+    j = complete(reader, text)  # shorter values than its blocks
+    assert j["usage"]["prompt_tokens"] == n
+    assert m(reader, "vllm:external_prefix_cache_hits_total") == 0
+    assert m(reader, "brix_engine_kv_checksum_errors_total") == 1  # the first block ends it
+    assert m(reader, "brix_engine_kv_load_failures_total", reason="checksum") == 1
+    assert m(reader, "brix_engine_kv_loaded_blocks_total") == 0
+    text2 = prompt(7, words=300)
+    complete(big, text2)
+    h.wait_until(lambda: m(big, "brix_engine_kv_saved_blocks_total") == n // BS, timeout=20,
+                 what="big's saves")
+    complete(reader, text2)  # longer values than its blocks
+    assert m(reader, "vllm:external_prefix_cache_hits_total") == 0
+    assert m(reader, "brix_engine_kv_checksum_errors_total") == 2
+    for e in (small, big, reader, node):
+        e.stop()
+
+
+@h.check("a node with --token-file: engines with its token use it, others are refused "
+         "(counted, logged) and still serve")
+def t_token():
+    d = tempfile.mkdtemp(prefix="brix-kvtok-")
+    tok = os.path.join(d, "token")
+    with open(tok, "w") as f:
+        f.write("s3cret-kv-token\n")
+    bad = os.path.join(d, "bad")
+    with open(bad, "w") as f:
+        f.write("wrong")
+    node = kvcache_node(["--token-file", tok])
+    node.expect_error("refused")
+    srv = f"127.0.0.1:{node.port}"
+    good = kv_engine(srv, "good", token_file=tok)
+    text = prompt(8, words=300)
+    n = complete(good, text)["usage"]["prompt_tokens"]
+    h.wait_until(lambda: m(good, "brix_engine_kv_saved_blocks_total") == n // BS, timeout=20,
+                 what="saves with the token")
+    for name, extra in (("no-token", {}), ("bad-token", {"token_file": bad})):
+        e = kv_engine(srv, name, **extra)
+        j = complete(e, text)
+        assert j["usage"]["prompt_tokens"] == n
+        assert m(e, "vllm:external_prefix_cache_hits_total") == 0
+        assert m(e, "brix_engine_kv_load_failures_total", reason="refused") == 1, \
+            h.metrics(e.port)
+        h.wait_until(lambda: m(e, "brix_engine_kv_save_failures_total") >= 1, timeout=20,
+                     what="refused saves counted")
+        assert "KV store" in e.text() and "WARN" in e.text(), e.text()
+        e.stop()
+    assert h.metric_value(h.request("GET", node.http, "/metrics")[2].decode(),
+                          "brix_kvcache_hello_refused_total") >= 2
+    # the token is read from a file, never taken on the command line
+    r = subprocess.run([h.BRIX, "engine-sim", "--port", "0", "--kv-transfer-config",
+                        ktc(srv, token_file=os.path.join(d, "missing"))],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "token_file" in r.stderr, r.stderr
+    good.stop()
+    node.stop()
 
 
 def refused(cfg, want):

@@ -18,10 +18,16 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <cmocka.h>
 
 #include "core/alloc.h"
 #include "core/gpu_profile.h"
+#include "core/time.h"
 #include "engine_sim/kv_cache.h"
 #include "engine_sim/kv_connector.h"
 #include "engine_sim/lora.h"
@@ -463,6 +469,173 @@ static void test_sched_loaded_run_detached(void **state)
     fx_free(&f);
 }
 
+/* ------------------------------------------- the connector, store down -- */
+
+typedef struct live {
+    fx_t f;
+    uv_loop_t loop;
+    uv_timer_t guard;
+    brix_kvc_t *c;
+    int kicks;
+} live_t;
+
+static void on_kick(void *ud)
+{
+    live_t *l = ud;
+    l->kicks++;
+    uv_stop(&l->loop);
+}
+
+static void on_guard(uv_timer_t *t)
+{
+    uv_stop(t->loop);
+}
+
+static void live_init(live_t *l, const char *servers, int64_t timeout_ms, int64_t max_inflight)
+{
+    memset(l, 0, sizeof *l);
+    fx_init(&l->f);
+    assert_int_equal(uv_loop_init(&l->loop), 0);
+    uv_timer_init(&l->loop, &l->guard);
+    brix_kvc_cfg_t cfg = {
+        .role = BRIX_KVC_BOTH,
+        .servers = (char *)servers,
+        .timeout_ms = timeout_ms,
+        .block_bytes = 4096,
+        .transfer_gbps = 100,
+        .max_inflight = max_inflight,
+        .no_shm = true,
+    };
+    brix_kvc_env_t env = { &l->loop, "m", BS, 1.0, &l->f.s, on_kick, l };
+    char err[256] = "";
+    l->c = brix_kvc_new(&cfg, &env, err, sizeof err);
+    if (!l->c)
+        fail_msg("brix_kvc_new: %s", err);
+    l->f.s.kv = brix_kvc_sched_hooks(l->c);
+}
+
+/* Runs the loop until a kick, or 10 s (a stuck load fails the test). */
+static void live_wait_kick(live_t *l)
+{
+    int k = l->kicks;
+    uv_timer_start(&l->guard, on_guard, 10000, 0);
+    uv_run(&l->loop, UV_RUN_DEFAULT);
+    uv_timer_stop(&l->guard);
+    assert_int_equal(l->kicks, k + 1);
+}
+
+static void live_free(live_t *l)
+{
+    l->f.s.kv = NULL;
+    brix_kvc_close(l->c);
+    uv_close((uv_handle_t *)&l->guard, NULL);
+    uv_run(&l->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&l->loop), 0);
+    fx_free(&l->f);
+}
+
+/* A store that refuses connections: the load ends at once as a counted
+ * failure, the sequence computes everything; its saves fail, counted. */
+static void test_connector_store_down(void **state)
+{
+    (void)state;
+    live_t l;
+    live_init(&l, "127.0.0.1:1", 1000, 4);
+    brix_seq_t q;
+    seq_new(&q, 8 * BS + 2, 7, 1);
+    assert_int_equal(brix_sched_add(&l.f.s, &q, 0), 0);
+    assert_false(fx_step(&l.f)); /* waiting for the lookup */
+    assert_int_equal(q.kv_state, BRIX_SEQ_KV_WAITING);
+    live_wait_kick(&l);
+    assert_int_equal(q.kv_state, BRIX_SEQ_KV_READY);
+    assert_int_equal(q.kv_blocks, 0);
+    const brix_kvc_stats_t *st = brix_kvc_stats(l.c);
+    assert_int_equal(st->loads, 1);
+    assert_int_equal(st->load_failures[BRIX_KVC_FAIL_UNAVAILABLE], 1);
+    assert_int_equal(st->queries_tokens, 8 * BS + 2);
+    double secs;
+    assert_true(brix_sched_plan(&l.f.s, &secs));
+    assert_int_equal(l.f.s.plan_prefill_tokens, 8 * BS + 2);
+    l.f.clock += secs;
+    brix_sched_commit(&l.f.s, l.f.clock);
+    assert_int_equal(st->hits_tokens, 0);
+    /* the 8 computed blocks went to the thread; their put fails */
+    uv_timer_start(&l.guard, on_guard, 10000, 0);
+    while (st->save_failures < 8 && uv_run(&l.loop, UV_RUN_ONCE))
+        ;
+    uv_timer_stop(&l.guard);
+    assert_int_equal(st->save_failures, 8);
+    assert_int_equal(st->blocks_saved, 0);
+    brix_seq_free(&q);
+    live_free(&l);
+}
+
+/* A store that accepts connections and never answers: the load is given up
+ * after timeout_ms (by the client or by the loop), counted as a timeout. */
+static void test_connector_store_silent(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(fd, 16), 0); /* the kernel completes handshakes; nobody reads */
+    socklen_t al = sizeof a;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+    char servers[64];
+    snprintf(servers, sizeof servers, "127.0.0.1:%u", ntohs(a.sin_port));
+
+    live_t l;
+    live_init(&l, servers, 150, 4);
+    brix_seq_t q;
+    seq_new(&q, 4 * BS + 2, 8, 1);
+    assert_int_equal(brix_sched_add(&l.f.s, &q, 0), 0);
+    assert_false(fx_step(&l.f));
+    uint64_t t0 = brix_now_ns();
+    live_wait_kick(&l);
+    /* bounded: not before the timeout, and not long after it (10 s guard) */
+    assert_true(brix_now_ns() - t0 >= 100u * 1000000u);
+    assert_int_equal(q.kv_state, BRIX_SEQ_KV_READY);
+    assert_int_equal(q.kv_blocks, 0);
+    const brix_kvc_stats_t *st = brix_kvc_stats(l.c);
+    assert_int_equal(
+        st->load_failures[BRIX_KVC_FAIL_TIMEOUT] + st->load_failures[BRIX_KVC_FAIL_UNAVAILABLE], 1);
+    assert_true(st->wait_seconds >= 0.1);
+    while (brix_sched_busy(&l.f.s))
+        assert_true(fx_step(&l.f));
+    brix_seq_free(&q);
+    live_free(&l);
+    close(fd);
+}
+
+/* Saves beyond max_inflight queued batches are dropped and counted (the
+ * queue only shrinks on the loop, which does not run in between here). */
+static void test_connector_save_drop(void **state)
+{
+    (void)state;
+    live_t l;
+    live_init(&l, "127.0.0.1:1", 1000, 1);
+    brix_seq_t q;
+    seq_new(&q, 3 * BS + 1, 20, 1);
+    assert_int_equal(brix_sched_add(&l.f.s, &q, 0), 0); /* hashes its blocks */
+    const brix_sched_kv_t *k = l.f.s.kv;
+    for (int i = 0; i < 5; i++)
+        k->save(&q, 0, 3, k->ud);
+    const brix_kvc_stats_t *st = brix_kvc_stats(l.c);
+    assert_int_equal(st->save_dropped, 4 * 3);
+    /* the one queued batch ends (the store is down: failed, counted) */
+    uv_timer_start(&l.guard, on_guard, 10000, 0);
+    while (st->save_failures < 3 && uv_run(&l.loop, UV_RUN_ONCE))
+        ;
+    uv_timer_stop(&l.guard);
+    assert_int_equal(st->save_failures, 3);
+    k->save(&q, 0, 3, k->ud); /* room again */
+    assert_int_equal(st->save_dropped, 4 * 3);
+    brix_sched_abort(&l.f.s, &q);
+    brix_seq_free(&q);
+    live_free(&l);
+}
+
 int main(void)
 {
     brix_alloc_init();
@@ -473,6 +646,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sched_load_and_save, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_sched_miss_abort_retry, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_sched_loaded_run_detached, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_connector_store_down, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_connector_store_silent, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_connector_save_drop, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
