@@ -3,7 +3,7 @@
 #  - kvstore: brixkv against redis-server in the same run, one load generator
 #    speaking both protocols (redis over TCP and its UNIX socket, brixkv over
 #    TCP and its same-host shared-memory path), 2 MiB and 4 KiB values,
-#    GET and PUT, 1 and 4 client threads, 3 repeats; memory per payload byte,
+#    GET and PUT, 1 and 4 client threads, 5 repeats; memory per payload byte,
 #  - kvevict: prefix hit rate of the node's eviction policies on the Mooncake
 #    FAST'25 traces (Qin et al., "Mooncake: Trading More Storage for Less
 #    Computation", FAST 2025), read from ../shared/traces, at 5-40 % capacity,
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 B=build/brix
 mkdir -p bench/results bench/plots
 # shellcheck disable=SC2086
-"$B" bench --no-progress --scenario kvstore --out bench/results/kvstore ${KVSTORE_ARGS:-}
+"$B" bench --no-progress --scenario kvstore --out bench/results/kvstore --repeat 5 ${KVSTORE_ARGS:-}
 TRACES=../shared/traces/mooncake-fast25
 if [[ -f $TRACES/conversation_trace.jsonl && -f $TRACES/synthetic_trace.jsonl ]]; then
   # shellcheck disable=SC2086

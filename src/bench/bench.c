@@ -36,7 +36,7 @@ static const brix_opt_t bench_opts[] = {
     { "gpu", BRIX_OPT_STRING, O(gpu), "h100", 1, 0, "PROFILE", "engine GPU profile" },
     { "time-scale", BRIX_OPT_DOUBLE, O(time_scale), "0.5", 0.001, 100, "F",
       "engines' --time-scale; arrivals are scaled alike" },
-    { "duration", BRIX_OPT_DOUBLE, O(duration), "40", 1, 86400, "SECONDS",
+    { "duration", BRIX_OPT_DOUBLE, O(duration), "40", 0.1, 86400, "SECONDS",
       "simulated seconds of arrivals (generated scenarios)" },
     { "speed", BRIX_OPT_DOUBLE, O(speed), "1", 0.001, 1e6, "X",
       "trace scenarios: replay X times faster (sets the offered load)" },
