@@ -119,6 +119,7 @@ typedef struct node {
     size_t rpay;             /* RX_PAYLOAD: bytes of that entry already read */
     size_t match_first;      /* MATCH: global index of the first missing key */
     bool shm_get;            /* this call's GETs to the node use BRIXKV_F_SHM */
+    int cstage;              /* connect_needed: where this node's handshake is */
     brixkv_status_t fail_st; /* OK, or why the node failed this call */
     char errmsg[BRIXKV__ERR_LEN];
 } node_t;
@@ -353,8 +354,11 @@ static int recv_all(int fd, void *buf, size_t len, uint64_t deadline, int *passe
     return 0;
 }
 
-static int sock_connect(const struct sockaddr *sa, socklen_t salen, uint64_t deadline)
+/* Starts a non-blocking connect: the fd (*pending when the connect is still
+ * in progress) or -errno. */
+static int sock_start(const struct sockaddr *sa, socklen_t salen, bool *pending)
 {
+    *pending = false;
     int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -errno;
@@ -369,6 +373,26 @@ static int sock_connect(const struct sockaddr *sa, socklen_t salen, uint64_t dea
         close(fd);
         return -e;
     }
+    *pending = true;
+    return fd;
+}
+
+/* The outcome of a connect that was in progress: 0 or -errno. */
+static int sock_error(int fd)
+{
+    int soerr = 0;
+    socklen_t sl = sizeof(soerr);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
+        soerr = errno;
+    return -soerr;
+}
+
+static int sock_connect(const struct sockaddr *sa, socklen_t salen, uint64_t deadline)
+{
+    bool pending;
+    int fd = sock_start(sa, salen, &pending);
+    if (fd < 0 || !pending)
+        return fd;
     struct pollfd pf = { .fd = fd, .events = POLLOUT };
     for (;;) {
         int t = ms_left(deadline);
@@ -381,13 +405,10 @@ static int sock_connect(const struct sockaddr *sa, socklen_t salen, uint64_t dea
         }
         break;
     }
-    int soerr = 0;
-    socklen_t sl = sizeof(soerr);
-    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) < 0)
-        soerr = errno;
-    if (soerr) {
+    int e = sock_error(fd);
+    if (e) {
         close(fd);
-        return -soerr;
+        return e;
     }
     return fd;
 }
@@ -399,12 +420,9 @@ typedef struct hello_res {
     brixkv_status_t st; /* OK, or why not */
 } hello_res_t;
 
-/* One HELLO exchange on a fresh connection. Returns 0 (res->st says whether
- * the node accepted) or -errno for an I/O failure. */
-static int hello(brixkv_t *c, node_t *nd, int fd, bool shm, uint64_t deadline, hello_res_t *res)
+/* HELLO, in two halves so several nodes' handshakes overlap. */
+static int hello_send(brixkv_t *c, node_t *nd, int fd, bool shm, uint64_t deadline)
 {
-    memset(res, 0, sizeof(*res));
-    res->memfd = -1;
     brixkv_hdr_t h = { .magic = BRIXKV_MAGIC, .op = BRIXKV_OP_HELLO, .id = ++nd->next_id };
     h.body_len = c->hello_len;
     brixkv_hello_t *hb = (brixkv_hello_t *)c->hello;
@@ -414,8 +432,17 @@ static int hello(brixkv_t *c, node_t *nd, int fd, bool shm, uint64_t deadline, h
     int rc = send_all(fd, out, sizeof(out), deadline);
     if (!rc)
         rc = send_all(fd, c->hello, c->hello_len, deadline);
-    if (rc)
-        return rc;
+    return rc;
+}
+
+/* Reads the reply to the HELLO just sent (id nd->next_id). */
+static int hello_recv(brixkv_t *c, node_t *nd, int fd, bool shm, uint64_t deadline,
+                      hello_res_t *res)
+{
+    memset(res, 0, sizeof(*res));
+    res->memfd = -1;
+    brixkv_hdr_t h = { .id = nd->next_id };
+    int rc;
     brixkv_hdr_t rh;
     rc = recv_all(fd, &rh, sizeof(rh), deadline, shm ? &res->memfd : NULL);
     if (rc)
@@ -456,6 +483,19 @@ fail:
         close(res->memfd);
     res->memfd = -1;
     return rc;
+}
+
+/* One HELLO exchange on a fresh connection. Returns 0 (res->st says whether
+ * the node accepted) or -errno for an I/O failure. */
+static int hello(brixkv_t *c, node_t *nd, int fd, bool shm, uint64_t deadline, hello_res_t *res)
+{
+    int rc = hello_send(c, nd, fd, shm, deadline);
+    if (rc) {
+        memset(res, 0, sizeof(*res));
+        res->memfd = -1;
+        return rc;
+    }
+    return hello_recv(c, nd, fd, shm, deadline, res);
 }
 
 /* Tries the node's UNIX socket (same host): on success nd->fd is the UNIX
@@ -501,46 +541,115 @@ static void try_unix(brixkv_t *c, node_t *nd, const char *path, uint64_t deadlin
     nd->map_len = map_len;
 }
 
-/* Makes nd usable (UP) if it is not, within the connect timeout and the call's
- * deadline. Returns true when UP. */
-static bool node_ready(brixkv_t *c, node_t *nd, uint64_t deadline)
+/* The node accepted our HELLO: record what it said, take the same-host path
+ * if there is one. */
+static void node_up(brixkv_t *c, node_t *nd, const hello_res_t *hr, uint64_t deadline)
 {
-    if (nd->state == NODE_UP)
-        return true;
-    uint64_t t = now_ms();
-    if (nd->state == NODE_DOWN && t < nd->down_until)
-        return false;
-    uint64_t dl = t + (uint64_t)c->connect_ms;
-    if (dl > deadline)
-        dl = deadline;
-    int fd = sock_connect((struct sockaddr *)&nd->sa, nd->salen, dl);
-    if (fd < 0) {
-        seterr(c, "%s: connect: %s", nd->m.addr, strerror(-fd));
-        node_down(c, nd, BRIXKV_ST_UNAVAILABLE);
-        return false;
-    }
-    nd->fd = fd;
-    hello_res_t hr;
-    int rc = hello(c, nd, fd, false, dl, &hr);
-    if (rc || hr.st != BRIXKV_ST_OK) {
-        if (rc)
-            seterr(c, "%s: HELLO: %s", nd->m.addr,
-                   rc == -EPROTO ? "protocol error" : strerror(-rc));
-        node_down(c, nd, rc ? BRIXKV_ST_UNAVAILABLE : hr.st);
-        return false;
-    }
     if (nd->ever_up)
         c->cs.reconnects++;
     /* A new node_id is a restarted node: its store is empty, our keys just
      * miss; nothing else to do. */
-    nd->node_id = hr.r.node_id;
+    nd->node_id = hr->r.node_id;
     nd->ever_up = true;
-    nd->max_batch = hr.r.max_batch ? hr.r.max_batch : BRIXKV__DEFAULT_BATCH;
-    nd->max_value = hr.r.max_value ? hr.r.max_value : UINT32_MAX;
+    nd->max_batch = hr->r.max_batch ? hr->r.max_batch : BRIXKV__DEFAULT_BATCH;
+    nd->max_value = hr->r.max_value ? hr->r.max_value : UINT32_MAX;
     nd->state = NODE_UP;
-    if (hr.unix_path[0] && !c->no_shm) /* no_shm: TCP only, as another host would */
-        try_unix(c, nd, hr.unix_path, dl);
-    return true;
+    if (hr->unix_path[0] && !c->no_shm) /* no_shm: TCP only, as another host would */
+        try_unix(c, nd, hr->unix_path, deadline);
+}
+
+/* Connect stages of connect_needed. */
+enum { CS_CONNECTING = 1, CS_HELLO = 2 };
+
+/* Connects every node this call needs that is not up (and not backing off),
+ * all at once: one connect timeout (capped by the call's deadline) covers
+ * them all, so several dead nodes cost no more than one. A node that fails
+ * is DOWN for retry_ms. */
+static void connect_needed(brixkv_t *c, uint64_t deadline)
+{
+    uint64_t t = now_ms(), dl = t + (uint64_t)c->connect_ms;
+    if (dl > deadline)
+        dl = deadline;
+    size_t nw = 0;
+    for (size_t m = 0; m < c->n; m++) {
+        node_t *nd = &c->nodes[m];
+        if (!(nd->nidx || nd->active) || nd->state == NODE_UP)
+            continue;
+        if (nd->state == NODE_DOWN && t < nd->down_until)
+            continue;
+        bool pending;
+        int fd = sock_start((struct sockaddr *)&nd->sa, nd->salen, &pending);
+        if (fd < 0) {
+            seterr(c, "%s: connect: %s", nd->m.addr, strerror(-fd));
+            node_down(c, nd, BRIXKV_ST_UNAVAILABLE);
+            continue;
+        }
+        nd->fd = fd;
+        nd->cstage = pending ? CS_CONNECTING : 0;
+        c->pnode[nw++] = nd;
+    }
+    while (nw) {
+        size_t np = 0;
+        for (size_t w = 0; w < nw; w++) {
+            node_t *nd = c->pnode[w];
+            if (nd->cstage == 0) { /* connected: the HELLO fits any socket buffer */
+                int rc = hello_send(c, nd, nd->fd, false, dl);
+                if (rc) {
+                    seterr(c, "%s: HELLO: %s", nd->m.addr, strerror(-rc));
+                    node_down(c, nd, BRIXKV_ST_UNAVAILABLE);
+                    c->pnode[w--] = c->pnode[--nw];
+                    continue;
+                }
+                nd->cstage = CS_HELLO;
+            }
+            c->pfd[np++] =
+                (struct pollfd){ .fd = nd->fd,
+                                 .events = nd->cstage == CS_CONNECTING ? POLLOUT : POLLIN };
+        }
+        if (!np)
+            break;
+        int tl = ms_left(dl);
+        int pr = tl ? poll(c->pfd, (nfds_t)np, tl) : 0;
+        if (pr < 0 && errno == EINTR)
+            continue;
+        if (pr <= 0) {
+            for (size_t w = 0; w < nw; w++) {
+                seterr(c, "%s: %s timed out", c->pnode[w]->m.addr,
+                       c->pnode[w]->cstage == CS_CONNECTING ? "connect" : "HELLO");
+                node_down(c, c->pnode[w], BRIXKV_ST_UNAVAILABLE);
+            }
+            break;
+        }
+        /* pfd[i] belongs to pnode[i]: walk backwards so removals keep that */
+        for (size_t w = np; w-- > 0;) {
+            node_t *nd = c->pnode[w];
+            if (!c->pfd[w].revents)
+                continue;
+            if (nd->cstage == CS_CONNECTING) {
+                int e = sock_error(nd->fd);
+                if (!e) {
+                    nd->cstage = 0;
+                    continue;
+                }
+                seterr(c, "%s: connect: %s", nd->m.addr, strerror(-e));
+                node_down(c, nd, BRIXKV_ST_UNAVAILABLE);
+            } else {
+                /* The reply is one small write: it is all there, or comes
+                 * right after (recv_all waits for it within dl). */
+                hello_res_t hr;
+                int rc = hello_recv(c, nd, nd->fd, false, dl, &hr);
+                if (!rc && hr.st == BRIXKV_ST_OK) {
+                    node_up(c, nd, &hr, dl);
+                } else {
+                    if (rc)
+                        seterr(c, "%s: HELLO: %s", nd->m.addr,
+                               rc == -EPROTO ? "protocol error" : strerror(-rc));
+                    node_down(c, nd, rc ? BRIXKV_ST_UNAVAILABLE : hr.st);
+                }
+            }
+            c->pnode[w] = c->pnode[--nw];
+        }
+    }
 }
 
 /* ---- one fanned-out call ----------------------------------------------- */
@@ -1076,6 +1185,7 @@ static void drop_dead_idle(brixkv_t *c)
 static void run(brixkv_t *c, call_t *k)
 {
     drop_dead_idle(c);
+    connect_needed(c, k->deadline);
     for (size_t m = 0; m < c->n; m++) {
         node_t *nd = &c->nodes[m];
         nd->match_first = SIZE_MAX;
@@ -1085,7 +1195,7 @@ static void run(brixkv_t *c, call_t *k)
         nd->active = false;
         if (!want)
             continue;
-        if (!node_ready(c, nd, k->deadline)) {
+        if (nd->state != NODE_UP) {
             nd->reqs[0] = (req_t){ 0, nd->nidx, 0 };
             nd->nreq = 1;
             node_fail(c, k, nd, nd->state == NODE_DOWN ? nd->down_st : BRIXKV_ST_UNAVAILABLE,

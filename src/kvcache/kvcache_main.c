@@ -58,6 +58,10 @@ static const brix_opt_t kv_opts[] = {
       "open brixkv connections (TCP and UNIX); more are closed at accept" },
     { "max-pending", BRIX_OPT_SIZE, O(max_pending), "256MiB", 65536, 68719476736.0, "SIZE",
       "unsent reply bytes per connection before its reading pauses" },
+    { "frame-timeout", BRIX_OPT_DURATION, O(frame_timeout_ms), "30s", 100, 3600000, NULL,
+      "a connection that stops sending in the middle of a request (a PUT holding reserved "
+      "slots), or stops reading replies (a GET's objects stay referenced), for this long is "
+      "closed" },
     { "max-namespaces", BRIX_OPT_INT, O(max_namespaces), "1024", 1, 1000000, "N",
       "distinct (model, dtype, layout, tp, seed) namespaces" },
     { "hash-seed", BRIX_OPT_STRING, O(hash_seed), NULL, 1, 0, "N",
@@ -198,6 +202,11 @@ int brix_kvcache_main(int argc, char **argv)
         brix_config_free(kv_opts, &cfg);
         return 1;
     }
+    if (!cfg.token_file && cfg.listen && strncmp(cfg.listen, "127.", 4) &&
+        strncmp(cfg.listen, "[::1]:", 6) && strncmp(cfg.listen, "localhost:", 10))
+        BRIX_WARN("--listen %s is not loopback and no --token-file is set: any host that reaches "
+                  "it may read and write blocks",
+                  cfg.listen);
     uv_signal_init(&m.loop, &m.sigterm);
     uv_signal_init(&m.loop, &m.sigint);
     m.sigterm.data = m.sigint.data = &m;

@@ -85,6 +85,8 @@ struct kv_conn {
     /* written, not yet completed */
     uint64_t pending;
     uint32_t writes;
+    uint64_t last_read_ms;
+    uint64_t last_write_ms; /* a write completed, or the first one was queued */
     uint8_t *rbuf;
 };
 
@@ -114,10 +116,10 @@ struct brix_kvsrv {
         brix_metric_t *capacity, *used, *payload, *reserved, *objects, *gets, *hits, *misses, *puts,
             *put_exists, *put_no_space, *put_too_large, *evictions, *evicted_bytes, *leases,
             *leases_expired, *pins, *pinned_bytes, *conns, *conns_total, *refused, *namespaces,
-            *hello_refused, *frame_errors, *bytes_out, *bytes_in, *hugepages, *arena_bytes,
-            *slabs_free;
+            *hello_refused, *frame_errors, *frame_timeouts, *bytes_out, *bytes_in, *hugepages,
+            *arena_bytes, *slabs_free;
     } m;
-    uint64_t conns_total, refused, hello_refused, frame_errors, bytes_out, bytes_in;
+    uint64_t conns_total, refused, hello_refused, frame_errors, frame_timeouts, bytes_out, bytes_in;
 };
 
 /* ---------------------------------------------------------- helpers -- */
@@ -232,6 +234,7 @@ static void on_write(uv_write_t *req, int status)
         brix_kvs_unref(s->store, w->refs[i]);
     c->pending -= w->bytes;
     c->writes--;
+    c->last_write_ms = brix_now_ms();
     if (status == 0)
         s->bytes_out += w->bytes;
     brix_free(w->meta);
@@ -281,6 +284,8 @@ static int batch_flush(kv_conn_t *c)
     c->nrefs = c->refcap = 0;
     c->niov = 0;
     c->batch_bytes = 0;
+    if (!c->writes)
+        c->last_write_ms = brix_now_ms();
     c->pending += w->bytes;
     c->writes++;
     int rc = uv_write(&w->req, &c->h.stream, w->bufs, (unsigned)nbufs, on_write);
@@ -793,6 +798,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || c->closing)
         return;
     c->srv->bytes_in += (uint64_t)nread;
+    c->last_read_ms = brix_now_ms();
     int rc;
     if ((uint8_t *)buf->base == c->rbuf)
         rc = brix_kvp_feed(&c->parser, c->rbuf, (size_t)nread);
@@ -870,6 +876,7 @@ static void on_connection(uv_stream_t *l, int status)
         return;
     }
     s->conns_total++;
+    c->last_read_ms = brix_now_ms();
     if (!is_unix)
         uv_tcp_nodelay(&c->h.tcp, 1);
     if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
@@ -912,6 +919,7 @@ static void collect(brix_metrics_t *r, void *ud)
     brix_metric_set(s->m.namespaces, (double)s->nns);
     brix_metric_set(s->m.hello_refused, (double)s->hello_refused);
     brix_metric_set(s->m.frame_errors, (double)s->frame_errors);
+    brix_metric_set(s->m.frame_timeouts, (double)s->frame_timeouts);
     brix_metric_set(s->m.bytes_in, (double)s->bytes_in);
     brix_metric_set(s->m.bytes_out, (double)s->bytes_out);
 }
@@ -963,6 +971,9 @@ static int metrics_init(brix_kvsrv_t *s)
                              "HELLOs refused (token, hash seed, namespace).");
     s->m.frame_errors = fam(s, C, "brix_kvcache_frame_errors_total",
                             "Connections closed on a malformed or refused request.");
+    s->m.frame_timeouts =
+        fam(s, C, "brix_kvcache_frame_timeouts_total",
+            "Connections closed stalled mid-request or not reading replies (--frame-timeout).");
     s->m.bytes_in = fam(s, C, "brix_kvcache_received_bytes_total", "Bytes read from clients.");
     s->m.bytes_out = fam(s, C, "brix_kvcache_sent_bytes_total", "Bytes written to clients.");
     brix_metric_family_t *hf =
@@ -1001,10 +1012,33 @@ static void on_http(brix_http_req_t *req, void *ud)
 
 /* -------------------------------------------------------- lifecycle -- */
 
+/* Inside a frame (a header begun, a body or PUT payload not complete). */
+static bool mid_frame(const kv_conn_t *c)
+{
+    return c->parser.state != BRIX_KVP_HDR || c->parser.hgot > 0;
+}
+
 static void on_tick(uv_timer_t *t)
 {
     brix_kvsrv_t *s = t->data;
-    brix_kvs_tick(s->store, brix_now_ms());
+    uint64_t now = brix_now_ms();
+    /* a stalled PUT holds its reserved slots, a reply nobody reads holds
+     * references to its objects (they cannot be evicted): both get
+     * --frame-timeout */
+    for (kv_conn_t *c = s->conns, *nx; c; c = nx) {
+        nx = c->next;
+        bool in_stall =
+            c->reading && mid_frame(c) && now - c->last_read_ms > s->cfg.frame_timeout_ms;
+        bool out_stall = c->writes && now - c->last_write_ms > s->cfg.frame_timeout_ms;
+        if (in_stall || out_stall) {
+            s->frame_timeouts++;
+            BRIX_DEBUG("brixkv connection stalled %s for over %llu ms: closed",
+                       in_stall ? "mid-request" : "not reading its replies",
+                       (unsigned long long)s->cfg.frame_timeout_ms);
+            conn_close(c);
+        }
+    }
+    brix_kvs_tick(s->store, now);
 }
 
 static int listen_tcp(brix_kvsrv_t *s, char *err, size_t errlen)

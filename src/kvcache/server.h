@@ -37,6 +37,7 @@ typedef struct brix_kvsrv_cfg {
     uint64_t max_frame;
     int64_t max_connections;
     uint64_t max_pending;
+    uint64_t frame_timeout_ms; /* a frame begun and stalled this long closes the connection */
     int64_t max_namespaces;
     char *hash_seed;
     char *token_file;

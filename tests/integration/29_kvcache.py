@@ -4,7 +4,8 @@ same-host (mapped arena) client and a TCP-only client read the same bytes;
 match_prefix ends at the first missing key over all nodes; a node killed
 mid-run (SIGKILL) costs its keys UNAVAILABLE while the other node's keys are
 still served, never wrong bytes, and once restarted its keys are misses, not
-errors; a node with a token refuses clients without it; a client declaring a non-deterministic hash seed is refused loudly;
+errors; a stalled node (SIGSTOP) costs its keys TIMEOUT within the call's
+budget, then UNAVAILABLE while it backs off; a node with a token refuses clients without it; a client declaring a non-deterministic hash seed is refused loudly;
 bad member lists are refused at open; a churn run (puts far past the
 capacity, with eviction) keeps the node's RSS flat."""
 import json
@@ -79,6 +80,50 @@ def servers():
 
 SIZE = 64 << 10
 N = 200
+
+
+class Rounds:
+    """A kvtool repeating one command (a line per round) in the background."""
+
+    def __init__(self, servers, name, opts, *args):
+        self.stop = os.path.join(TMP, f"stop-{name}")
+        cmd = [KVTOOL, "--servers", servers] + opts + [
+            "--rounds", "3000", "--interval-ms", "10", "--stop-file", self.stop] + list(args)
+        self.p = subprocess.Popen([str(x) for x in cmd], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        self.lines = []
+        self.cond = threading.Condition()
+        self.th = threading.Thread(target=self._read, daemon=True)
+        self.th.start()
+
+    def _read(self):
+        for ln in self.p.stdout:
+            with self.cond:
+                self.lines.append(json.loads(ln))
+                self.cond.notify_all()
+
+    def wait_for(self, pred, what, timeout=30):
+        """The first round from now on for which pred holds."""
+        deadline = time.time() + timeout
+        with self.cond:
+            start = len(self.lines)
+            while True:
+                for ln in self.lines[start:]:
+                    if pred(ln):
+                        return ln
+                start = len(self.lines)
+                left = deadline - time.time()
+                if left <= 0 or self.p.poll() is not None and start == len(self.lines):
+                    raise AssertionError(f"no round with {what}; last: {self.lines[-1:]}")
+                self.cond.wait(min(left, 0.5))
+
+    def finish(self):
+        open(self.stop, "w").close()
+        self.p.wait(timeout=30)
+        self.th.join(timeout=10)
+        err = self.p.stderr.read()
+        assert self.p.returncode == 0, (self.p.returncode, err[-3000:])
+        assert "Sanitizer" not in err and "runtime error" not in err, err
 
 
 @h.check("bad member lists are refused at open")
@@ -186,38 +231,8 @@ def token():
 def kill_restart():
     s = servers()
     a, b = NODES["a"], NODES["b"]
-    stop = os.path.join(TMP, "stop-kill")
-    cmd = [KVTOOL, "--servers", s, "--retry-ms", "100", "--timeout-ms", "2000",
-           "--rounds", "3000", "--interval-ms", "10", "--stop-file", stop,
-           "get", 0, N, SIZE]
-    p = subprocess.Popen([str(x) for x in cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
-    lines = []
-    cond = threading.Condition()
-
-    def reader():
-        for ln in p.stdout:
-            with cond:
-                lines.append(json.loads(ln))
-                cond.notify_all()
-
-    th = threading.Thread(target=reader, daemon=True)
-    th.start()
-
-    def wait_for(pred, what, timeout=30):
-        deadline = time.time() + timeout
-        with cond:
-            start = len(lines)
-            while True:
-                for ln in lines[start:]:
-                    if pred(ln):
-                        return ln
-                start = len(lines)
-                left = deadline - time.time()
-                if left <= 0 or p.poll() is not None and start == len(lines):
-                    raise AssertionError(f"no round with {what}; last: {lines[-1:]}")
-                cond.wait(min(left, 0.5))
-
+    run = Rounds(s, "kill", ["--retry-ms", "100", "--timeout-ms", "2000"], "get", 0, N, SIZE)
+    wait_for, lines = run.wait_for, run.lines
     owners = one(s, "owners", 0, N)["owners"]
     nb = sum(owners)
     na = N - nb
@@ -233,12 +248,7 @@ def kill_restart():
     assert back["by_member"][0] == {"ok": na}, back
     assert back["members"][1]["up"] and back["members"][1]["shm"], back["members"]
     assert back["client"]["reconnects"] >= 1 and back["client"]["unavailable"] >= nb, back
-    open(stop, "w").close()
-    p.wait(timeout=30)
-    th.join(timeout=10)
-    err = p.stderr.read()
-    assert p.returncode == 0, (p.returncode, err[-3000:])
-    assert "Sanitizer" not in err and "runtime error" not in err, err
+    run.finish()
     # every round: every key ok, missing, unavailable or timed out; no wrong bytes
     allowed = {"ok", "not found", "unavailable", "timeout"}
     for ln in lines:
@@ -248,6 +258,37 @@ def kill_restart():
     # a TCP-only client agrees after the restart
     r = one(s, "get", 0, N, SIZE, opts=["--no-shm"])
     assert r["by_member"][0] == {"ok": na} and r["by_member"][1] == {"not found": nb}, r
+
+
+@h.check("a stalled node (SIGSTOP) costs its keys a bounded wait, never the other node's")
+def stalled():
+    s = servers()
+    b = NODES["b"]
+    owners = one(s, "owners", 0, N)["owners"]
+    nb = sum(owners)
+    na = N - nb
+    # one call per round, a 500 ms budget
+    run = Rounds(s, "stall", ["--retry-ms", "100", "--timeout-ms", "500", "--batch", str(N)],
+                 "get", 0, N, SIZE)
+    run.wait_for(lambda ln: ln["by_member"][1] == {"not found": nb} or
+                 ln["by_member"][1] == {"ok": nb}, "node b answering")
+    base = len(run.lines)
+    b.proc.p.send_signal(signal.SIGSTOP)
+    try:
+        t = run.wait_for(lambda ln: ln["by_member"][1].get("timeout", 0) == nb,
+                         "node b's keys timed out")
+        assert t["by_member"][0] == {"ok": na}, t
+        run.wait_for(lambda ln: ln["by_member"][1].get("unavailable", 0) == nb,
+                     "node b backing off")
+    finally:
+        b.proc.p.send_signal(signal.SIGCONT)
+    run.wait_for(lambda ln: "timeout" not in ln["by_member"][1] and
+                 "unavailable" not in ln["by_member"][1], "node b back")
+    run.finish()
+    for ln in run.lines[base:]:
+        assert ln["wrong"] == 0 and ln["by_member"][0] == {"ok": na}, ln
+        # the 500 ms budget (+ a 200 ms reconnect), generously: never stuck on the node
+        assert ln["ms"] < 5000, ln
 
 
 @h.check("churn with eviction: the node's RSS stays flat")

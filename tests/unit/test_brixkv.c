@@ -226,7 +226,18 @@ static void test_open_validation(void **state)
 
 /* ---- a scripted fake node ------------------------------------------------ */
 
-enum fake_mode { FAKE_OK, FAKE_SILENT, FAKE_BADID, FAKE_STALE, FAKE_REFUSE, FAKE_ERRFRAME };
+enum fake_mode {
+    FAKE_OK,
+    FAKE_SILENT,
+    FAKE_BADID,
+    FAKE_STALE,
+    FAKE_REFUSE,
+    FAKE_ERRFRAME,
+    FAKE_MUTE_HELLO, /* reads the HELLO, never answers */
+};
+
+/* Orders events across fakes (HELLO read, connection closed by the client). */
+static atomic_int g_seq;
 
 #define SLOT     (4u << 20)
 #define NSLOTS   15
@@ -244,6 +255,7 @@ typedef struct fake {
     uint32_t max_batch;
     uint32_t next_slot, next_gen;
     const char *token; /* set: HELLO must carry it */
+    atomic_int hello_seq, close_seq;
     atomic_int mode;
     atomic_int releases, conns, requests, stop;
     int cfd[MAX_CONN];
@@ -349,6 +361,10 @@ static int fake_frame(fake_t *f, int ci)
         goto out; /* read, never answered */
     if (mode == FAKE_BADID)
         h.id++;
+    if (mode == FAKE_MUTE_HELLO && h.op == BRIXKV_OP_HELLO) {
+        atomic_store(&f->hello_seq, atomic_fetch_add(&g_seq, 1) + 1);
+        goto out;
+    }
     if (mode == FAKE_ERRFRAME && h.op != BRIXKV_OP_HELLO) {
         /* what a node does with a frame it cannot take: status, message, close */
         const char *msg = "count 3 above --max-batch";
@@ -554,6 +570,8 @@ static void *fake_run(void *arg)
             }
         for (int i = 0; i < MAX_CONN; i++)
             if (pf[2 + i].revents && f->cfd[i] >= 0 && fake_frame(f, i)) {
+                if (!atomic_load(&f->close_seq))
+                    atomic_store(&f->close_seq, atomic_fetch_add(&g_seq, 1) + 1);
                 close(f->cfd[i]);
                 f->cfd[i] = -1;
             }
@@ -956,6 +974,75 @@ static void test_token(void **state)
     fake_stop(f);
 }
 
+static void test_set_servers_keeps_connections(void **state)
+{
+    (void)state;
+    fake_t *f1 = fake_start(false, 0, 8), *f2 = fake_start(false, 0, 8);
+    char s1[64], both[128];
+    snprintf(s1, sizeof(s1), "127.0.0.1:%d", f1->port);
+    snprintf(both, sizeof(both), "127.0.0.1:%d , 127.0.0.1:%d", f2->port, f1->port);
+    brixkv_t *c = open_on(s1, false, 2000);
+    brixkv_key_t keys[40];
+    for (size_t i = 0; i < 40; i++) {
+        keys[i] = fkey(i);
+        keys[i].b[9] = 0;
+    }
+    assert_int_equal(brixkv_match_prefix(c, keys, 40), 40);
+    char err[256];
+    assert_int_equal(brixkv_set_servers(c, both, err, sizeof(err)), 0);
+    assert_int_equal(brixkv_nmembers(c), 2);
+    assert_true(brixkv_member_up(c, 1)); /* f1 kept its connection... */
+    assert_false(brixkv_member_up(c, 0));
+    assert_int_equal(brixkv_match_prefix(c, keys, 40), 40);
+    assert_int_equal(atomic_load(&f1->conns), 1); /* ...and used it */
+    assert_int_equal(atomic_load(&f2->conns), 1);
+    /* f1 leaves the list: its connection closes, everything goes to f2 */
+    snprintf(both, sizeof(both), "127.0.0.1:%d", f2->port);
+    int before = atomic_load(&f1->requests);
+    assert_int_equal(brixkv_set_servers(c, both, err, sizeof(err)), 0);
+    assert_int_equal(brixkv_match_prefix(c, keys, 40), 40);
+    assert_int_equal(atomic_load(&f1->requests), before);
+    brixkv_close(c);
+    fake_stop(f1);
+    fake_stop(f2);
+}
+
+static void test_parallel_connect(void **state)
+{
+    (void)state;
+    /* two nodes that take the connection and never answer the HELLO */
+    fake_t *f1 = fake_start(false, 0, 8), *f2 = fake_start(false, 0, 8);
+    atomic_store(&f1->mode, FAKE_MUTE_HELLO);
+    atomic_store(&f2->mode, FAKE_MUTE_HELLO);
+    char srv[128];
+    snprintf(srv, sizeof(srv), "127.0.0.1:%d,127.0.0.1:%d", f1->port, f2->port);
+    brixkv_ns_t ns = test_ns();
+    brixkv_opts_t o = { .servers = srv, .connect_timeout_ms = 300, .timeout_ms = 5000 };
+    char err[256];
+    brixkv_t *c = brixkv_open(&o, &ns, err, sizeof(err));
+    brixkv_key_t keys[32];
+    for (size_t i = 0; i < 32; i++)
+        keys[i] = fkey(i);
+    assert_int_equal(brixkv_match_prefix(c, keys, 32), 0);
+    assert_false(brixkv_member_up(c, 0));
+    assert_false(brixkv_member_up(c, 1));
+    brixkv_status_t st[32];
+    assert_int_equal(brixkv_delete(c, keys, 32, st), 0); /* backing off: no new attempt */
+    assert_int_equal(st[0], BRIXKV_ST_UNAVAILABLE);
+    for (int i = 0; i < 200 && !(atomic_load(&f1->close_seq) && atomic_load(&f2->close_seq)); i++)
+        usleep(10 * 1000);
+    /* both HELLOs were out before the client gave up on either: the waits
+     * overlapped (one after the other, the first close would come first) */
+    int h1 = atomic_load(&f1->hello_seq), h2 = atomic_load(&f2->hello_seq);
+    int c1 = atomic_load(&f1->close_seq), c2 = atomic_load(&f2->close_seq);
+    assert_true(h1 && h2 && c1 && c2);
+    assert_true((h1 > h2 ? h1 : h2) < (c1 < c2 ? c1 : c2));
+    assert_int_equal(atomic_load(&f1->conns), 1);
+    brixkv_close(c);
+    fake_stop(f1);
+    fake_stop(f2);
+}
+
 static void test_down_node(void **state)
 {
     (void)state;
@@ -1001,6 +1088,8 @@ int main(void)
         cmocka_unit_test(test_fake_failures),
         cmocka_unit_test(test_two_nodes),
         cmocka_unit_test(test_token),
+        cmocka_unit_test(test_set_servers_keeps_connections),
+        cmocka_unit_test(test_parallel_connect),
         cmocka_unit_test(test_down_node),
     };
     if (getenv("TEST_FILTER")) /* run some while working on them */

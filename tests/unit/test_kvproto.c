@@ -406,6 +406,7 @@ static srv_env_t *srv_start(const char *hash_seed, const char *token, uint64_t c
         .max_frame = 64 << 20,
         .max_connections = 16,
         .max_pending = 64 << 20,
+        .frame_timeout_ms = 500,
         .max_namespaces = 4,
         .hash_seed = (char *)hash_seed,
         .no_hugepages = true,
@@ -652,6 +653,58 @@ static void test_server_data(void **state)
     assert_int_equal(st.objects, 3);
     assert_int_equal(st.used_bytes, (2 << 20) + 4096 + 80 * 1024);
     free(body);
+
+    /* a request stalled midway is closed after --frame-timeout; an idle
+     * connection between requests is not */
+    int fd3 = tcp_connect(e);
+    brix_buf_reset(&b);
+    hello(&b, 1, 42, 1, 0, NULL);
+    put_frame(&b, 2, big, blens, 2);
+    b.len -= 1000;
+    send_all(fd3, &b);
+    h = reply(fd3, &body);
+    free(body);
+    assert_true(closed(fd3)); /* within the 10 s receive timeout */
+    close(fd3);
+    usleep(700000); /* fd sat idle meanwhile */
+    brix_buf_reset(&b);
+    put_hdr(&b, BRIXKV_OP_PING, 0, 77, 0, 0);
+    send_all(fd, &b);
+    h = reply(fd, &body);
+    assert_int_equal(h.id, 77);
+    free(body);
+
+    /* a client that stops reading its GET replies: closed after
+     * --frame-timeout, and its references go with it (DELETE was BUSY) */
+    int fd4 = tcp_connect(e);
+    int small = 4096;
+    setsockopt(fd4, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    brix_buf_reset(&b);
+    hello(&b, 1, 42, 1, 0, NULL);
+    uint64_t k100[] = { 100 };
+    for (int i = 0; i < 40; i++)
+        keys_frame(&b, BRIXKV_OP_GET, 0, (uint32_t)(10 + i), k100, 1);
+    send_all(fd4, &b);
+    /* the HELLO reply's head: the GETs (in the same segment) were handled
+     * and most of their 80 MiB of replies wait on the socket */
+    brixkv_hdr_t h4;
+    assert_true(recv_all(fd4, &h4, sizeof h4));
+    brix_buf_reset(&b);
+    keys_frame(&b, BRIXKV_OP_DELETE, 0, 78, k100, 1);
+    send_all(fd, &b);
+    h = reply(fd, &body);
+    assert_int_equal(entry(body, 0).status, BRIXKV_ST_BUSY);
+    free(body);
+    int ok = 0;
+    for (int i = 0; i < 50 && !ok; i++) {
+        usleep(100000);
+        send_all(fd, &b);
+        h = reply(fd, &body);
+        ok = entry(body, 0).status == BRIXKV_ST_OK;
+        free(body);
+    }
+    assert_true(ok);
+    close(fd4);
 
     /* a malformed frame: an error reply, then the connection closes */
     brix_buf_reset(&b);
