@@ -31,7 +31,8 @@
  * and link libbrixkv.a and libxxhash (-lbrixkv -lxxhash); nothing else.
  *
  * Connections: one per member, made by the first call that needs the member
- * (connect + HELLO within connect_timeout_ms), then kept. A member whose
+ * (connect + HELLO within connect_timeout_ms; the members one call needs
+ * connect in parallel, under that one timeout), then kept. A member whose
  * connect or HELLO fails is "down" for retry_ms: calls meanwhile give its
  * keys UNAVAILABLE (or NAMESPACE when it refused the HELLO) without trying,
  * so a dead node costs no connect storm. A member that does not answer a call

@@ -57,8 +57,11 @@ class Node:
 
 
 def kvtool(servers, *args, opts=(), want_rc=0, timeout=120):
-    """Runs kvtool; returns the parsed JSON lines of stdout."""
-    cmd = [KVTOOL, "--servers", servers] + list(opts) + [str(a) for a in args]
+    """Runs kvtool; returns the parsed JSON lines of stdout. A generous call
+    timeout (later --timeout-ms options win): this machine may be loaded, and
+    these checks are about outcomes, not speed."""
+    cmd = [KVTOOL, "--servers", servers, "--timeout-ms", "10000"] + list(opts) + \
+        [str(a) for a in args]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert r.returncode == want_rc, f"{cmd}: rc {r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}"
     assert "Sanitizer" not in r.stderr and "runtime error" not in r.stderr, r.stderr
@@ -231,7 +234,7 @@ def token():
 def kill_restart():
     s = servers()
     a, b = NODES["a"], NODES["b"]
-    run = Rounds(s, "kill", ["--retry-ms", "100", "--timeout-ms", "2000"], "get", 0, N, SIZE)
+    run = Rounds(s, "kill", ["--retry-ms", "100", "--timeout-ms", "8000"], "get", 0, N, SIZE)
     wait_for, lines = run.wait_for, run.lines
     owners = one(s, "owners", 0, N)["owners"]
     nb = sum(owners)
@@ -267,8 +270,8 @@ def stalled():
     owners = one(s, "owners", 0, N)["owners"]
     nb = sum(owners)
     na = N - nb
-    # one call per round, a 500 ms budget
-    run = Rounds(s, "stall", ["--retry-ms", "100", "--timeout-ms", "500", "--batch", str(N)],
+    # one call per round, a 1.5 s budget (node a answers well within it, even loaded)
+    run = Rounds(s, "stall", ["--retry-ms", "100", "--timeout-ms", "1500", "--batch", str(N)],
                  "get", 0, N, SIZE)
     run.wait_for(lambda ln: ln["by_member"][1] == {"not found": nb} or
                  ln["by_member"][1] == {"ok": nb}, "node b answering")
@@ -287,8 +290,8 @@ def stalled():
     run.finish()
     for ln in run.lines[base:]:
         assert ln["wrong"] == 0 and ln["by_member"][0] == {"ok": na}, ln
-        # the 500 ms budget (+ a 200 ms reconnect), generously: never stuck on the node
-        assert ln["ms"] < 5000, ln
+        # the 1.5 s budget (+ a 200 ms reconnect), generously: never stuck on the node
+        assert ln["ms"] < 10000, ln
 
 
 @h.check("churn with eviction: the node's RSS stays flat")
