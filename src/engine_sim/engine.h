@@ -92,7 +92,7 @@ typedef struct brix_engine_metrics {
     /* KV connector (NULL without one) */
     brix_metric_t *ext_queries, *ext_hits, *kvc_loads, *kvc_blocks_loaded, *kvc_bytes_loaded;
     brix_metric_t *kvc_blocks_saved, *kvc_bytes_saved, *kvc_save_failures, *kvc_save_dropped;
-    brix_metric_t *kvc_checksum_errors, *kvc_wait;
+    brix_metric_t *kvc_checksum_errors, *kvc_wait, *kvc_members, *kvc_members_up, *kvc_members_shm;
     brix_metric_t *kvc_load_failures[BRIX_KVC_FAIL_N];
     uint64_t seen_preemptions, seen_queries, seen_hits, seen_prompt, seen_gen;
 } brix_engine_metrics_t;

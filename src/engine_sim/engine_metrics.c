@@ -76,6 +76,9 @@ static void on_collect(brix_metrics_t *reg, void *ud)
         brix_metric_set(m->kvc_save_dropped, (double)k->save_dropped);
         brix_metric_set(m->kvc_checksum_errors, (double)k->checksum_errors);
         brix_metric_set(m->kvc_wait, k->wait_seconds);
+        brix_metric_set(m->kvc_members, k->members);
+        brix_metric_set(m->kvc_members_up, k->members_up);
+        brix_metric_set(m->kvc_members_shm, k->members_shm);
         for (int i = 0; i < BRIX_KVC_FAIL_N; i++)
             brix_metric_set(m->kvc_load_failures[i], (double)k->load_failures[i]);
     }
@@ -162,6 +165,18 @@ static int kvc_metrics_init(brix_engine_t *e)
     m->kvc_wait =
         fam(e, C, "brix_engine_kv_remote_wait_seconds_total",
             "Simulated seconds requests waited for remote KV (lookup, load, transfer).", NULL, 0);
+    const brix_metric_type_t G = BRIX_METRIC_GAUGE;
+    m->kvc_members = fam(e, G, "brix_engine_kv_store_members",
+                         "KV store nodes the connector places keys on.", NULL, 0);
+    m->kvc_members_up = fam(e, G, "brix_engine_kv_store_members_up",
+                            "KV store nodes connected with the namespace accepted, as of the "
+                            "last store call.",
+                            NULL, 0);
+    m->kvc_members_shm =
+        fam(e, G, "brix_engine_kv_store_members_shm",
+            "KV store nodes read through their mapped memory (same host), as of the last store "
+            "call.",
+            NULL, 0);
     static const char *const L_REASON[] = { "engine", "model_name", "reason", NULL };
     brix_metric_family_t *f = brix_metrics_family(
         m->reg, C, "brix_engine_kv_load_failures_total",
@@ -174,7 +189,7 @@ static int kvc_metrics_init(brix_engine_t *e)
         if (!(m->kvc_load_failures[i] = brix_metric_child(f, vals)))
             return -1;
     }
-    return m->ext_queries && m->ext_hits && m->kvc_wait ? 0 : -1;
+    return m->ext_queries && m->ext_hits && m->kvc_wait && m->kvc_members_shm ? 0 : -1;
 }
 
 int brix_engine_metrics_init(brix_engine_t *e)

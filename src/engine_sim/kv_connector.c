@@ -4,8 +4,9 @@
  * Loop side: a load is a job in `inflight` (at most max_inflight) from the
  * lookup until it is delivered to the scheduler, which happens when the
  * thread returned it and its simulated transfer time has passed, or when
- * timeout_ms passed without an answer (abandoned: the sequence recomputes;
- * the job is freed when the thread hands it back). One timer serves both
+ * 2 x timeout_ms passed without an answer (abandoned: the sequence
+ * recomputes; the job is freed when the thread hands it back; the thread
+ * starts no I/O for a load after timeout_ms). One timer serves both
  * deadlines, re-armed for the earliest. Saves are fire-and-forget jobs, at
  * most max_inflight queued; the thread yields between chunks of a save when
  * a load is waiting, since loads hold requests back and saves hold nothing.
@@ -287,6 +288,10 @@ void brix_kvc_fill(void *buf, size_t len, const brixkv_key_t *key, uint64_t ns_h
     uint8_t *p = buf;
     uint64_t w = block_seed(key, ns_hash);
     size_t i = 0;
+    for (; i + 32 <= len; i += 32, w += 4 * FILL_STEP) {
+        uint64_t v[4] = { w, w + FILL_STEP, w + 2 * FILL_STEP, w + 3 * FILL_STEP };
+        memcpy(p + i, v, 32);
+    }
     for (; i + 8 <= len; i += 8, w += FILL_STEP)
         memcpy(p + i, &w, 8);
     if (i < len)
@@ -300,6 +305,14 @@ bool brix_kvc_verify(const void *buf, size_t len, const brixkv_key_t *key, uint6
     size_t i = 0;
     /* no early exit: a wrong block is the rare case, a branch per word the
      * common cost */
+    /* four independent lanes: the adds and compares of a 32-byte stride
+     * overlap (one chain ran at half the speed) */
+    for (; i + 32 <= len; i += 32, w += 4 * FILL_STEP) {
+        uint64_t v[4];
+        memcpy(v, p + i, 32);
+        diff |= (v[0] ^ w) | (v[1] ^ (w + FILL_STEP)) | (v[2] ^ (w + 2 * FILL_STEP)) |
+                (v[3] ^ (w + 3 * FILL_STEP));
+    }
     for (; i + 8 <= len; i += 8, w += FILL_STEP) {
         uint64_t v;
         memcpy(&v, p + i, 8);
@@ -333,6 +346,7 @@ typedef struct kvc_job {
     bool outage;   /* a node was down, slow or refused us (for the log) */
     char why[160]; /* the client's words for it */
     uint64_t checksum_errors;
+    uint32_t members, members_up, members_shm; /* after the job */
     /* loop state */
     brix_seq_t *seq; /* NULL once cancelled or abandoned */
     size_t from;
@@ -497,8 +511,8 @@ static void run_load(brix_kvc_t *c, kvc_job_t *j)
     }
 }
 
-/* Returns false when the save yielded to a waiting load (j->done tells how
- * far it got) and must be queued again. */
+/* Returns false when the save yielded to a waiting load or to close (j->done
+ * tells how far it got) and must be queued again. */
 static bool run_save(brix_kvc_t *c, kvc_job_t *j)
 {
     while (j->done < j->n) {
@@ -520,10 +534,12 @@ static bool run_save(brix_kvc_t *c, kvc_job_t *j)
         }
         j->done += k;
         if (j->done < j->n) {
+            /* a waiting load goes first; a closing engine does not wait
+             * for the rest of a long save (it is dropped, counted) */
             pthread_mutex_lock(&c->mu);
-            bool load_waiting = c->loads_head != NULL;
+            bool yield = c->loads_head != NULL || c->stop;
             pthread_mutex_unlock(&c->mu);
-            if (load_waiting)
+            if (yield)
                 return false;
         }
     }
@@ -556,6 +572,13 @@ static void *thread_main(void *arg)
             if (!c->saves_tail)
                 c->saves_tail = j;
             continue;
+        }
+        /* members' state for /metrics (the client is this thread's) */
+        size_t nm = brixkv_nmembers(c->client);
+        j->members = (uint32_t)nm;
+        for (size_t i = 0; i < nm; i++) {
+            j->members_up += brixkv_member_up(c->client, i);
+            j->members_shm += brixkv_member_shm(c->client, i);
         }
         push(&c->done_head, &c->done_tail, j);
         uv_async_send(&c->async);
@@ -682,8 +705,14 @@ static void unlink_abandoned(brix_kvc_t *c, kvc_job_t *j)
 static void note_outage(brix_kvc_t *c, bool outage, bool clean, const char *why)
 {
     if (outage && !c->store_down) {
-        BRIX_WARN("KV store %s: %s; requests recompute what they cannot load, saves are lost",
-                  c->cfg.servers, why && *why ? why : "unavailable");
+        /* the client's words name the node; without them, name the list */
+        if (why && *why)
+            BRIX_WARN("KV store: %s; requests recompute what they cannot load, saves are lost",
+                      why);
+        else
+            BRIX_WARN("KV store %s: unavailable; requests recompute what they cannot load, saves "
+                      "are lost",
+                      c->cfg.servers);
         c->store_down = true;
     } else if (clean && !outage && c->store_down) {
         BRIX_INFO("KV store %s answers again", c->cfg.servers);
@@ -701,6 +730,9 @@ static void on_done(uv_async_t *a)
     uint64_t now = brix_now_ns();
     for (kvc_job_t *j = list, *next; j; j = next) {
         next = j->next;
+        c->st.members = j->members;
+        c->st.members_up = j->members_up;
+        c->st.members_shm = j->members_shm;
         if (j->kind == JOB_SAVE) {
             c->saves_queued--;
             c->st.blocks_saved += j->ok;

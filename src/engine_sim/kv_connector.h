@@ -86,12 +86,13 @@ typedef struct brix_kvc_stats {
     uint64_t hits_tokens;    /* vllm:external_prefix_cache_hits_total */
     uint64_t loads;          /* lookups that ended (hit or not) */
     uint64_t blocks_loaded, bytes_loaded;
-    uint64_t load_failures[BRIX_KVC_FAIL_N]; /* loads cut short, by reason */
-    uint64_t checksum_errors;                /* blocks whose bytes were wrong */
-    uint64_t blocks_saved, bytes_saved;      /* stored (or already there) */
-    uint64_t save_failures;                  /* blocks a put did not store */
-    uint64_t save_dropped;                   /* blocks dropped: save queue full */
-    double wait_seconds;                     /* simulated seconds waiting for remote KV */
+    uint64_t load_failures[BRIX_KVC_FAIL_N];   /* loads cut short, by reason */
+    uint64_t checksum_errors;                  /* blocks whose bytes were wrong */
+    uint64_t blocks_saved, bytes_saved;        /* stored (or already there) */
+    uint64_t save_failures;                    /* blocks a put did not store */
+    uint64_t save_dropped;                     /* blocks dropped: save queue full */
+    double wait_seconds;                       /* simulated seconds waiting for remote KV */
+    uint32_t members, members_up, members_shm; /* as of the last store call */
 } brix_kvc_stats_t;
 
 typedef struct brix_kvc brix_kvc_t;

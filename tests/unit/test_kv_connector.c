@@ -636,6 +636,41 @@ static void test_connector_save_drop(void **state)
     live_free(&l);
 }
 
+/* Out of memory at each allocation of brix_kvc_new: refused with an error, or
+ * working; closing frees everything either way. */
+static void test_connector_new_enomem(void **state)
+{
+    (void)state;
+    int made = 0;
+    for (long i = 0; i < 32; i++) {
+        uv_loop_t loop;
+        assert_int_equal(uv_loop_init(&loop), 0);
+        brix_sched_t s;
+        memset(&s, 0, sizeof s);
+        brix_kvc_cfg_t cfg = {
+            .servers = (char *)"127.0.0.1:1",
+            .timeout_ms = 100,
+            .max_inflight = 1,
+            .transfer_gbps = 1,
+        };
+        brix_kvc_env_t env = { &loop, "m", BS, 1.0, &s, NULL, NULL };
+        char err[256] = "";
+        brix_alloc_fail_after(i);
+        brix_kvc_t *c = brix_kvc_new(&cfg, &env, err, sizeof err);
+        brix_alloc_fail_after(-1);
+        if (c) {
+            made++;
+            assert_int_equal(brix_kvc_block_bytes(c), (uint64_t)BRIX_KVC_BYTES_PER_TOKEN * BS);
+            brix_kvc_close(c);
+        } else {
+            assert_true(err[0] != 0);
+        }
+        uv_run(&loop, UV_RUN_DEFAULT);
+        assert_int_equal(uv_loop_close(&loop), 0);
+    }
+    assert_true(made > 0);
+}
+
 int main(void)
 {
     brix_alloc_init();
@@ -649,6 +684,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_connector_store_down, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_connector_store_silent, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_connector_save_drop, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_connector_new_enomem, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
