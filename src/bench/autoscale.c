@@ -22,6 +22,7 @@
 #include "bench/bench.h"
 
 #include "core/alloc.h"
+#include "core/secret.h"
 #include "core/buf.h"
 #include "core/gpu_profile.h"
 #include "core/time.h"
@@ -391,19 +392,6 @@ static bool wait_up(pid_t pid, const char *log, double timeout_s)
     return false;
 }
 
-static int read_token(const char *path, char *tok, size_t tl)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return -1;
-    size_t n = fread(tok, 1, tl - 1, f);
-    fclose(f);
-    while (n && (tok[n - 1] == '\n' || tok[n - 1] == '\r' || tok[n - 1] == ' '))
-        n--;
-    tok[n] = '\0';
-    return n ? 0 : -1;
-}
-
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;
@@ -437,6 +425,7 @@ static int run_policy(const bench_cfg_t *c, const bench_workload_t *w, as_policy
     sampler_t sp;
     memset(&sp, 0, sizeof sp);
     bool sampling = false;
+    char *token = NULL;
     if (write_file(path, y.data)) {
         snprintf(p->note, sizeof p->note, "cannot write %.400s", path);
         goto out;
@@ -448,10 +437,10 @@ static int run_policy(const bench_cfg_t *c, const bench_workload_t *w, as_policy
         snprintf(p->note, sizeof p->note, "brix up did not come up (see %.400s)", log);
         goto out;
     }
-    char token[256], tpath[1100];
+    char tpath[1100], terr[256];
     snprintf(tpath, sizeof tpath, "%s/token", state);
-    if (read_token(tpath, token, sizeof token)) {
-        snprintf(p->note, sizeof p->note, "no controller token in %.400s", tpath);
+    if (brix_secret_read_file(tpath, &token, terr, sizeof terr)) {
+        snprintf(p->note, sizeof p->note, "no controller token: %.400s", terr);
         goto out;
     }
     if (!is_static) {
@@ -503,6 +492,7 @@ out:
      * which stops its replicas */
     bench_stop(up, 90);
     p->wall_total = now_s() - t_start;
+    brix_free(token);
     brix_buf_free(&y);
     brix_buf_free(&pa);
     brix_buf_free(&out);

@@ -251,9 +251,13 @@ static int render_watch(brix_ctl_t *c, brix_buf_t *b)
         const brix_pa_rt_t *pa = brix_ctl_pa_for(c, d->meta.name);
         rc |= brix_buf_append_str(b, listed++ ? ",{" : "{") | jkv(b, "name", d->meta.name);
         rc |= brix_buf_append_char(b, ',') | jkv(b, "model", d->d.model);
-        rc |= brix_buf_printf(b, ",\"replicas\":%lld,\"ready\":%d,\"scaleToZero\":%s}",
+        rc |= brix_buf_printf(b, ",\"replicas\":%lld,\"ready\":%d,\"scaleToZero\":%s",
                               (long long)brix_ctl_deploy_want(c, d), ready,
                               pa && pa->o->pa.params.scale_to_zero ? "true" : "false");
+        /* its replicas share the brix kvcache: gateways count store-resident
+         * prefix blocks when routing */
+        rc |= brix_buf_printf(b, ",\"kvStore\":%s}",
+                              d->d.kv_cache && c->cfg.kvcache_servers ? "true" : "false");
     }
     return rc | brix_buf_append_str(b, "]}\n");
 }

@@ -33,48 +33,21 @@
 
 static int read_token(const char *path, char *out, size_t outlen, char *err, size_t errlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        int e = errno;
-        snprintf(err, errlen, "%s: %s", path, strerror(e));
-        return -e;
-    }
-    char buf[BRIX_AUTH_TOKEN_MAX + 64];
-    size_t n = 0;
-    for (;;) {
-        ssize_t r = read(fd, buf + n, sizeof buf - 1 - n);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0) {
-            int e = errno;
-            close(fd);
-            snprintf(err, errlen, "%s: %s", path, strerror(e));
-            return -e;
-        }
-        if (r == 0 || (n += (size_t)r) == sizeof buf - 1)
-            break;
-    }
-    close(fd);
-    buf[n] = '\0';
-    char *s = buf, *e = buf + n;
-    while (s < e && isspace((unsigned char)*s))
-        s++;
-    while (e > s && isspace((unsigned char)e[-1]))
-        *--e = '\0';
-    size_t len = (size_t)(e - s);
-    for (const char *p = s; p < e; p++) {
-        if (*p < 0x21 || *p > 0x7e) {
-            snprintf(err, errlen, "%s: the token must be one word of printable ASCII", path);
-            return -EINVAL;
-        }
-    }
+    char *tok;
+    int rc = brix_secret_read_file(path, &tok, err, errlen);
+    if (rc)
+        return rc;
+    size_t len = strlen(tok);
     if (len < TOKEN_MIN || len + 1 > outlen || len + 1 > BRIX_AUTH_TOKEN_MAX) {
         snprintf(err, errlen, "%s: the token must be %d to %d characters (it has %zu)", path,
                  TOKEN_MIN, BRIX_AUTH_TOKEN_MAX - 1, len);
-        return -EINVAL;
+        rc = -EINVAL;
+    } else {
+        memcpy(out, tok, len + 1);
     }
-    memcpy(out, s, len + 1);
-    return 0;
+    OPENSSL_cleanse(tok, len);
+    brix_free(tok);
+    return rc;
 }
 
 /* A fresh token written to a private temp file, then linked to path: link

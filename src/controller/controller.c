@@ -8,6 +8,7 @@
  * --keep-replicas, for upgrading the controller under a running fleet), saves
  * the state and exits 0.
  */
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -111,6 +112,12 @@ static const brix_opt_t ctl_opts[] = {
       "saw the drain arrive)" },
     { "gateway-load-stale", BRIX_OPT_DURATION, O(gateway_stale), "5s", 500, 600000, NULL,
       "gateway load reports older than this count as missing (autoscaler metrics)" },
+    { "kvcache-servers", BRIX_OPT_STRING, O(kvcache_servers), NULL, 1, 0, "HOST:PORT[,...]",
+      "brix kvcache members: replicas of deployments with kvCache load and save prefix blocks "
+      "there (engine-sim gets --kv-transfer-config; a command template uses {kvcache})" },
+    { "kvcache-token-file", BRIX_OPT_STRING, O(kvcache_token_file), NULL, 1, 0, "FILE",
+      "the kvcache members' token: engine-sim replicas get its path (token_file), never the "
+      "token" },
     BRIX_HTTP_LIMIT_OPTIONS(brix_ctl_cfg_t, http, "1000"),
     BRIX_OPT_END,
 };
@@ -148,6 +155,19 @@ static int load_cfg(brix_ctl_cfg_t *c, int argc, char **argv, char *err, size_t 
                                  "is for a loopback --host only",
                  c->host);
         return -1;
+    }
+    if (c->kvcache_servers) {
+        /* HOST:PORT items only: the list goes into replicas' JSON flags */
+        for (const char *p = c->kvcache_servers; *p; p++)
+            if (!(isalnum((unsigned char)*p) || strchr(".:-,[]_", *p))) {
+                snprintf(err, errlen,
+                         "kvcache-servers: '%c' is not allowed (HOST:PORT[,HOST:PORT...])", *p);
+                return -1;
+            }
+        if (!strchr(c->kvcache_servers, ':')) {
+            snprintf(err, errlen, "kvcache-servers: expected HOST:PORT[,HOST:PORT...]");
+            return -1;
+        }
     }
     if (c->no_engine_key && c->engine_key_file) {
         snprintf(err, errlen, "--no-engine-key and --engine-key-file exclude each other");
@@ -479,6 +499,8 @@ int brix_controller_main(int argc, char **argv)
         goto out;
     }
     c->prov->engine_key = c->engine_key[0] ? c->engine_key : NULL;
+    c->prov->kvcache_servers = c->cfg.kvcache_servers;
+    c->prov->kvcache_token_file = c->cfg.kvcache_token_file;
     if (brix_ctl_load(c, err, sizeof err)) {
         fprintf(stderr, "brix controller: %s\n", err);
         goto out;

@@ -57,6 +57,8 @@ typedef struct brix_ctl_cfg {
     int64_t drain_timeout;        /* ms: a draining replica is stopped after this at the latest */
     int64_t drain_grace;          /* ms: it drains at least this long (gateways catch up) */
     int64_t gateway_stale;        /* ms: gateway load reports older than this are unavailable */
+    char *kvcache_servers;        /* the brix kvcache members published to replicas and gateways */
+    char *kvcache_token_file;     /* their token, given to replicas as a file path */
     brix_http_limits_t http;
 } brix_ctl_cfg_t;
 

@@ -379,8 +379,8 @@ static int parse_meta(vctx_t *v, const brix_yaml_node_t *n, brix_meta_t *m)
 
 static int parse_deploy(vctx_t *v, const brix_yaml_node_t *spec, brix_obj_t *o)
 {
-    static const char *const keys[] = { "model",      "replicas",       "gpu", "engine", "lora",
-                                        "healthPath", "startupTimeout", NULL };
+    static const char *const keys[] = { "model",      "replicas",       "gpu",     "engine", "lora",
+                                        "healthPath", "startupTimeout", "kvCache", NULL };
     static const char *const ekeys[] = { "command", "args", NULL };
     static const char *const lkeys[] = { "enabled", "maxLoras", "maxCpuLoras", "adapterCapacity",
                                          NULL };
@@ -449,6 +449,9 @@ static int parse_deploy(vctx_t *v, const brix_yaml_node_t *spec, brix_obj_t *o)
             get_int(v, e, "spec.lora.adapterCapacity", 1, 65536, &d->adapter_capacity))
             return -1;
     }
+    d->kv_cache = d->command.n == 0;
+    if ((n = brix_yaml_get(spec, "kvCache")) && get_bool(v, n, "spec.kvCache", &d->kv_cache))
+        return -1;
     if (!d->max_cpu_loras)
         d->max_cpu_loras = d->max_loras;
     if (!d->adapter_capacity)
@@ -1537,6 +1540,7 @@ static int spec_json(brix_buf_t *b, const brix_obj_t *o, bool redact)
                               d->lora ? "true" : "false", (long long)d->max_loras,
                               (long long)d->max_cpu_loras, (long long)d->adapter_capacity);
         rc |= jstr(b, "healthPath", d->health_path) | brix_buf_append_char(b, ',');
+        rc |= brix_buf_printf(b, "\"kvCache\":%s,", d->kv_cache ? "true" : "false");
         rc |= jdur(b, "startupTimeout", (int64_t)d->startup_timeout_ms);
         return rc | brix_buf_append_char(b, '}');
     }

@@ -60,12 +60,16 @@ typedef struct brix_meta {
 } brix_meta_t;
 
 typedef struct brix_deploy_spec {
-    char *model;              /* --served-model-name; default metadata.name */
-    int64_t replicas;         /* 0..256 */
-    char *gpu;                /* GPU profile (engine-sim --gpu); default "a100" */
-    brix_strlist_t command;   /* engine command template; empty = brix engine-sim */
-    brix_strlist_t args;      /* extra arguments appended to the command */
-    bool lora;                /* LoRA enabled (default true) */
+    char *model;            /* --served-model-name; default metadata.name */
+    int64_t replicas;       /* 0..256 */
+    char *gpu;              /* GPU profile (engine-sim --gpu); default "a100" */
+    brix_strlist_t command; /* engine command template; empty = brix engine-sim */
+    brix_strlist_t args;    /* extra arguments appended to the command */
+    bool lora;              /* LoRA enabled (default true) */
+    /* brix extension kvCache: replicas load and save prefix blocks in the
+     * controller's brix kvcache members (engine-sim: --kv-transfer-config is
+     * added; a custom command places {kvcache} itself). Default: engine-sim */
+    bool kv_cache;
     int64_t max_loras;        /* adapters in one batch (engine --max-loras) */
     int64_t max_cpu_loras;    /* adapters resident (engine --max-cpu-loras) */
     int64_t adapter_capacity; /* placement capacity per replica (default max_cpu_loras) */

@@ -97,6 +97,10 @@ struct brix_provider {
      * as VLLM_API_KEY in its environment (never in argv, which `ps` and the
      * API show); NULL: replicas start without one. Owned by the controller. */
     const char *engine_key;
+    /* The brix kvcache members ("HOST:PORT,..."), given to the replicas of
+     * deployments with kvCache; NULL or "": no store. Owned by the controller. */
+    const char *kvcache_servers;
+    const char *kvcache_token_file; /* NULL: the store takes no token */
 };
 
 /* The local provider: replicas are child processes of this controller,

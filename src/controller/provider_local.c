@@ -166,8 +166,10 @@ static void on_kill_timer(uv_timer_t *t)
     }
 }
 
-/* Expands {port} {model} {name} {gpu} {host} {brix} in one template word. */
-static char *expand(const char *tpl, const brix_replica_t *r, const brix_obj_t *d, const char *self)
+/* Expands {port} {model} {name} {gpu} {host} {brix} {kvcache} in one
+ * template word ({kvcache}: the store members, "" without any). */
+static char *expand(const char *tpl, const brix_replica_t *r, const brix_obj_t *d, const char *self,
+                    const char *kvcache)
 {
     brix_buf_t b = BRIX_BUF_INIT;
     int rc = 0;
@@ -178,6 +180,11 @@ static char *expand(const char *tpl, const brix_replica_t *r, const brix_obj_t *
             rc = brix_buf_append_str(&b, p);
             break;
         }
+        /* the innermost braces: a placeholder inside a JSON argument
+         * ('{"servers":"{kvcache}"}') is still one */
+        for (const char *q = o + 1; q < c; q++)
+            if (*q == '{')
+                o = q;
         rc = brix_buf_append(&b, p, (size_t)(o - p));
         size_t n = (size_t)(c - o - 1);
         const char *val = NULL;
@@ -195,6 +202,8 @@ static char *expand(const char *tpl, const brix_replica_t *r, const brix_obj_t *
             val = "127.0.0.1";
         else if (n == 4 && !memcmp(o + 1, "brix", 4))
             val = self;
+        else if (n == 7 && !memcmp(o + 1, "kvcache", 7))
+            val = kvcache ? kvcache : "";
         if (val) {
             rc |= brix_buf_append_str(&b, val);
         } else {
@@ -210,9 +219,9 @@ static char *expand(const char *tpl, const brix_replica_t *r, const brix_obj_t *
 }
 
 static int push_expanded(brix_strlist_t *l, const char *tpl, const brix_replica_t *r,
-                         const brix_obj_t *d, const char *self)
+                         const brix_obj_t *d, const char *self, const char *kvcache)
 {
-    char *s = expand(tpl, r, d, self);
+    char *s = expand(tpl, r, d, self, kvcache);
     int rc = s ? brix_strlist_push(l, s) : -ENOMEM;
     brix_free(s);
     return rc;
@@ -222,9 +231,12 @@ static int build_argv(lp_t *lp, const brix_replica_t *r, const brix_obj_t *d, br
 {
     const brix_deploy_spec_t *ds = &d->d;
     int rc = 0;
+    const char *kv = ds->kv_cache && lp->base.kvcache_servers && lp->base.kvcache_servers[0]
+                         ? lp->base.kvcache_servers
+                         : NULL;
     if (ds->command.n) {
         for (size_t i = 0; i < ds->command.n; i++)
-            rc |= push_expanded(out, ds->command.v[i], r, d, lp->self_exe);
+            rc |= push_expanded(out, ds->command.v[i], r, d, lp->self_exe, kv);
     } else {
         char port[16], ml[24], mcl[24];
         snprintf(port, sizeof port, "%d", r->port);
@@ -242,9 +254,29 @@ static int build_argv(lp_t *lp, const brix_replica_t *r, const brix_obj_t *d, br
             for (size_t i = 0; i < sizeof lora / sizeof *lora; i++)
                 rc |= brix_strlist_push(out, lora[i]);
         }
+        /* the shared KV store, unless the args configure a connector */
+        bool own = false;
+        for (size_t i = 0; i < ds->args.n; i++)
+            own |= !strncmp(ds->args.v[i], "--kv-transfer-config", 20);
+        if (kv && !own) {
+            brix_buf_t j = BRIX_BUF_INIT;
+            rc |= brix_buf_printf(&j,
+                                  "{\"kv_connector\":\"BrixConnector\",\"kv_role\":\"kv_both\","
+                                  "\"kv_connector_extra_config\":{\"servers\":\"%s\"",
+                                  kv);
+            if (lp->base.kvcache_token_file) {
+                rc |= brix_buf_append_str(&j, ",\"token_file\":");
+                rc |= brix_buf_append_json_str(&j, lp->base.kvcache_token_file,
+                                               strlen(lp->base.kvcache_token_file));
+            }
+            rc |= brix_buf_append_str(&j, "}}");
+            rc |= brix_strlist_push(out, "--kv-transfer-config");
+            rc |= j.data ? brix_strlist_push(out, j.data) : -ENOMEM;
+            brix_buf_free(&j);
+        }
     }
     for (size_t i = 0; i < ds->args.n; i++)
-        rc |= push_expanded(out, ds->args.v[i], r, d, lp->self_exe);
+        rc |= push_expanded(out, ds->args.v[i], r, d, lp->self_exe, kv);
     return rc ? -ENOMEM : 0;
 }
 

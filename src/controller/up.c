@@ -46,6 +46,11 @@ typedef struct up_cfg {
     bool allow_engine_commands;
     brix_strlist_t gw_args, ctl_args;
     int ready_timeout_s;
+    /* spec.kvcache: one brix kvcache node the deployments share */
+    bool kv_enabled;
+    int kv_port, kv_http_port;
+    char kv_capacity[32];
+    brix_strlist_t kv_args;
 } up_cfg_t;
 
 typedef struct child {
@@ -85,7 +90,46 @@ static int ylist(const char *file, const brix_yaml_node_t *n, brix_strlist_t *ou
     return 0;
 }
 
-/* spec: {gateway: {port, args}, controller: {port, stateDir, args}, readyTimeout} */
+/* spec.kvcache: {enabled, port, httpPort, capacity, args} */
+static int parse_kvcache(const char *file, const brix_yaml_node_t *v, up_cfg_t *u)
+{
+    if (v->type != BRIX_YAML_MAP)
+        return errat(file, v, "kvcache: expected a mapping");
+    u->kv_enabled = true;
+    for (size_t j = 0; j < v->n; j++) {
+        const brix_yaml_node_t *kk = v->items[2 * j], *vv = v->items[2 * j + 1];
+        const char *k = kk->type == BRIX_YAML_SCALAR ? kk->scalar : "";
+        if (!strcmp(k, "enabled")) {
+            if (vv->type != BRIX_YAML_SCALAR ||
+                (strcmp(vv->scalar, "true") && strcmp(vv->scalar, "false")))
+                return errat(file, vv, "kvcache.enabled: expected true or false");
+            u->kv_enabled = !strcmp(vv->scalar, "true");
+        } else if (!strcmp(k, "port")) {
+            if (yint(file, vv, 1, 65535, &u->kv_port))
+                return -1;
+        } else if (!strcmp(k, "httpPort")) {
+            if (yint(file, vv, 1, 65535, &u->kv_http_port))
+                return -1;
+        } else if (!strcmp(k, "capacity")) {
+            uint64_t bytes;
+            if (vv->type != BRIX_YAML_SCALAR || brix_parse_size(vv->scalar, &bytes) ||
+                bytes < (1u << 20) || strlen(vv->scalar) >= sizeof u->kv_capacity)
+                return errat(file, vv,
+                             "kvcache.capacity: expected a size of at least 1MiB "
+                             "(e.g. 1GiB, 512MiB)");
+            snprintf(u->kv_capacity, sizeof u->kv_capacity, "%s", vv->scalar);
+        } else if (!strcmp(k, "args")) {
+            if (ylist(file, vv, &u->kv_args))
+                return -1;
+        } else {
+            return errat(file, kk,
+                         "kvcache: unknown field (known: enabled, port, httpPort, capacity, args)");
+        }
+    }
+    return 0;
+}
+
+/* spec: {gateway: {port, args}, controller: {port, stateDir, args}, kvcache, readyTimeout} */
 static int parse_cluster(const char *file, const brix_yaml_node_t *doc, up_cfg_t *u, bool port_set,
                          bool api_set, bool dir_set)
 {
@@ -99,13 +143,19 @@ static int parse_cluster(const char *file, const brix_yaml_node_t *doc, up_cfg_t
         if (k->type != BRIX_YAML_SCALAR)
             return errat(file, k, "spec: keys must be strings");
         bool gw = !strcmp(k->scalar, "gateway"), ctl = !strcmp(k->scalar, "controller");
+        if (!strcmp(k->scalar, "kvcache")) {
+            if (parse_kvcache(file, v, u))
+                return -1;
+            continue;
+        }
         if (!strcmp(k->scalar, "readyTimeout")) {
             if (yint(file, v, 1, 3600, &u->ready_timeout_s))
                 return -1;
             continue;
         }
         if (!gw && !ctl)
-            return errat(file, k, "spec: unknown field (known: gateway, controller, readyTimeout)");
+            return errat(file, k,
+                         "spec: unknown field (known: gateway, controller, kvcache, readyTimeout)");
         if (v->type != BRIX_YAML_MAP)
             return errat(file, v, "expected a mapping");
         for (size_t j = 0; j < v->n; j++) {
@@ -436,6 +486,9 @@ int brix_up_main(int argc, char **argv)
     memset(&u, 0, sizeof u);
     u.gw_port = 8080;
     u.api_port = 8081;
+    u.kv_port = 8090;
+    u.kv_http_port = 8091;
+    snprintf(u.kv_capacity, sizeof u.kv_capacity, "1GiB");
     u.ready_timeout_s = 120;
     snprintf(u.state_dir, sizeof u.state_dir, ".brix");
     bool port_set = false, api_set = false, dir_set = false;
@@ -579,9 +632,11 @@ int brix_up_main(int argc, char **argv)
     sigaddset(&set, SIGCHLD);
     sigprocmask(SIG_BLOCK, &set, NULL);
 
-    child_t ch[2] = { { "controller", 0, "" }, { "gateway", 0, "" } };
+    child_t ch[3] = { { "controller", 0, "" }, { "gateway", 0, "" }, { "kvcache", 0, "" } };
     snprintf(ch[0].log, sizeof ch[0].log, "%s/controller.log", logs);
     snprintf(ch[1].log, sizeof ch[1].log, "%s/gateway.log", logs);
+    snprintf(ch[2].log, sizeof ch[2].log, "%s/kvcache.log", logs);
+    size_t nch = u.kv_enabled ? 3 : 2;
     char api[64], gwurl[64], aport[16], gport[16];
     snprintf(api, sizeof api, "http://127.0.0.1:%d", u.api_port);
     snprintf(gwurl, sizeof gwurl, "http://127.0.0.1:%d", u.gw_port);
@@ -591,16 +646,53 @@ int brix_up_main(int argc, char **argv)
         fprintf(stderr, "brix up: something already answers on %s (another `brix up`?)\n", api);
         goto out_sig;
     }
+    /* the KV store first: the controller gives its address to every replica */
+    char kvlisten[64], kvhttp[16], kvurl[64], kvsock[PATH_MAX + 32], kvtok[PATH_MAX + 32];
+    snprintf(kvlisten, sizeof kvlisten, "127.0.0.1:%d", u.kv_port);
+    snprintf(kvhttp, sizeof kvhttp, "%d", u.kv_http_port);
+    snprintf(kvurl, sizeof kvurl, "http://127.0.0.1:%d", u.kv_http_port);
+    snprintf(kvsock, sizeof kvsock, "%s/kvcache.sock", u.state_dir);
+    snprintf(kvtok, sizeof kvtok, "%s/kvcache-token", u.state_dir);
+    if (u.kv_enabled) {
+        char kvt[BRIX_AUTH_TOKEN_MAX];
+        int kvrc = brix_auth_token_load(kvtok, true, kvt, sizeof kvt, NULL, err, sizeof err);
+        OPENSSL_cleanse(kvt, sizeof kvt);
+        if (kvrc) {
+            fprintf(stderr, "brix up: the kvcache token: %s\n", err);
+            goto out_sig;
+        }
+        /* replicas read it by path, from whatever directory they run in */
+        char abs[PATH_MAX];
+        if (realpath(kvtok, abs))
+            snprintf(kvtok, sizeof kvtok, "%s", abs);
+        if (http_ok(kvurl, "/healthz", NULL)) {
+            fprintf(stderr, "brix up: something already answers on %s (another `brix up`?)\n",
+                    kvurl);
+            goto out_sig;
+        }
+        printf("brix up: starting the KV store (%s, %s)\n", kvlisten, u.kv_capacity);
+        fflush(stdout);
+        const char *kargs[] = { "kvcache", "--listen",     kvlisten,      "--http-port",
+                                kvhttp,    "--capacity",   u.kv_capacity, "--unix",
+                                kvsock,    "--token-file", kvtok,         NULL };
+        if ((ch[2].pid = spawn(self, kargs, &u.kv_args, ch[2].log)) <= 0 ||
+            !wait_http(&ch[2], kvurl, "/healthz", 15000, &set))
+            goto stop;
+    }
     printf("brix up: starting the controller (state in %s/)\n", u.state_dir);
     fflush(stdout);
-    const char *cargs[] = {
-        "controller", "--host",
-        "127.0.0.1",  "--port",
-        aport,        "--state-dir",
-        u.state_dir,  "--token-file",
-        tokpath,      u.allow_engine_commands ? "--allow-engine-commands" : NULL,
-        NULL
-    };
+    const char *cargs[16] = { "controller",  "--host",    "127.0.0.1",    "--port", aport,
+                              "--state-dir", u.state_dir, "--token-file", tokpath };
+    size_t nca = 9;
+    if (u.kv_enabled) {
+        cargs[nca++] = "--kvcache-servers";
+        cargs[nca++] = kvlisten;
+        cargs[nca++] = "--kvcache-token-file";
+        cargs[nca++] = kvtok;
+    }
+    if (u.allow_engine_commands)
+        cargs[nca++] = "--allow-engine-commands";
+    cargs[nca] = NULL;
     if ((ch[0].pid = spawn(self, cargs, &u.ctl_args, ch[0].log)) <= 0 ||
         !wait_http(&ch[0], api, "/readyz", 15000, &set))
         goto stop;
@@ -641,7 +733,7 @@ int brix_up_main(int argc, char **argv)
         goto stop;
     printf("brix up: waiting for the fleet\n");
     fflush(stdout);
-    if (!wait_fleet(api, gwurl, ch, 2, u.ready_timeout_s, &set))
+    if (!wait_fleet(api, gwurl, ch, nch, u.ready_timeout_s, &set))
         goto stop;
     char login[256] = "";
     brix_buf_t lb = BRIX_BUF_INIT;
@@ -669,7 +761,7 @@ int brix_up_main(int argc, char **argv)
             stop_sig = s;
             break;
         }
-        if (s == SIGCHLD && (!alive(&ch[0]) || !alive(&ch[1])))
+        if (s == SIGCHLD && (!alive(&ch[0]) || !alive(&ch[1]) || (u.kv_enabled && !alive(&ch[2]))))
             break;
     }
 stop:
@@ -677,6 +769,7 @@ stop:
     fflush(stdout);
     stop_child(&ch[1], 35000); /* the gateway drains in-flight requests first */
     stop_child(&ch[0], 30000); /* the controller stops its replicas */
+    stop_child(&ch[2], 10000); /* the store outlives the replicas that use it */
     stop_orphans();
     rc = stop_sig ? 0 : 1;
     printf("brix up: stopped\n");
@@ -686,6 +779,7 @@ out_docs:
     brix_yaml_free(docs);
     brix_strlist_free(&u.gw_args);
     brix_strlist_free(&u.ctl_args);
+    brix_strlist_free(&u.kv_args);
     OPENSSL_cleanse(up_token, sizeof up_token);
     return rc;
 }

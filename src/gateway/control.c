@@ -513,6 +513,8 @@ static cpod_t *add_pod(brix_gw_control_t *ctl, const char *url, const char *pod_
     snprintf(hp, sizeof hp, strchr(host, ':') ? "[%s]:%d" : "%s:%d", host, port);
     snprintf(base, sizeof base, "http://%s", hp);
     snprintf(name, sizeof name, "%s", pod_name ? pod_name : hp);
+    if (!ctl->nfree_ids && ctl->next_id == BRIX_PREFIX_STORE_POD)
+        ctl->next_id++; /* the shared store's id in the prefix index */
     uint32_t id = ctl->nfree_ids ? ctl->free_ids[--ctl->nfree_ids] : ctl->next_id++;
     cpod_t *cp = brix_calloc(1, sizeof *cp);
     cpod_t **v = brix_realloc(ctl->pods, (ctl->npods + 1) * sizeof *v);

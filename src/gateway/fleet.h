@@ -131,6 +131,7 @@ typedef struct brix_reg_deployment {
     char *model; /* the served model name */
     int64_t replicas, ready;
     bool scale_to_zero;
+    bool kv_store; /* its engines load and save prefix blocks in brix kvcache */
 } brix_reg_deployment_t;
 
 /* What the controller registered: adapters (loaded or not), deployments

@@ -10,6 +10,7 @@
  */
 #include "gateway/gateway_main.h"
 
+#include "core/secret.h"
 #include "core/alloc.h"
 #include "core/http_host.h"
 #include "core/log.h"
@@ -111,6 +112,11 @@ static const brix_opt_t gw_opts[] = {
       "weighted: adapter load cost in prompt tokens (doubled without a free slot)" },
     { "session-load-factor", BRIX_OPT_DOUBLE, O(route.session_load_factor), "1.25", 1, 100, "F",
       "session-affinity: skip pods holding more than F x the mean (+1) of the requests in flight" },
+    { "kv-store", BRIX_OPT_BOOL, O(route.kv_store_all), "false", 1, 0, NULL,
+      "every engine loads and saves prefix blocks in a shared brix kvcache (with --controller, "
+      "deployments say so themselves)" },
+    { "kv-store-cost", BRIX_OPT_DOUBLE, O(route.kv_store_cost), "0.25", 0, 1, "F",
+      "prefix routing: a block in the shared KV store costs F of recomputing it (local hit 0)" },
     { "log-level", BRIX_OPT_STRING, O(log_level), "info", 1, 0, "LEVEL",
       "debug | info | warn | error" },
     { "access-log", BRIX_OPT_BOOL, O(access_log), "true", 1, 0, NULL,
@@ -353,29 +359,6 @@ static int split_urls(brix_strlist_t *l, char *err, size_t errlen)
 }
 
 /* defaults, then the file, then argv again: flags win over the file */
-/* A credential file: one word, surrounding newline and spaces trimmed (what
- * `brix controller` writes). *out is the caller's to free. 0 or -1 with err. */
-static int read_secret_file(const char *path, char **out, char *err, size_t errlen)
-{
-    char *text = NULL;
-    size_t len = 0;
-    if (brix_file_read(path, &text, &len, err, errlen))
-        return -1;
-    char *s = text, *e = text + len;
-    while (s < e && (*s == ' ' || *s == '\t' || *s == '\r' || *s == '\n'))
-        s++;
-    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
-        e--;
-    *out = e > s ? brix_strndup(s, (size_t)(e - s)) : NULL;
-    OPENSSL_cleanse(text, len);
-    brix_free(text);
-    if (!*out) {
-        snprintf(err, errlen, "%s: no key or token in the file", path);
-        return -1;
-    }
-    return 0;
-}
-
 static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t errlen)
 {
     if (brix_config_defaults(gw_opts, c, err, errlen))
@@ -413,7 +396,7 @@ static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t e
                      "--controller-token and --controller-token-file exclude each other");
             return -1;
         }
-        if (read_secret_file(c->controller_token_file, &c->controller_token, err, errlen))
+        if (brix_secret_read_file(c->controller_token_file, &c->controller_token, err, errlen))
             return -1;
     }
     if (c->engine_api_key_file) {
@@ -424,7 +407,7 @@ static int load_cfg(brix_gw_cfg_t *c, int argc, char **argv, char *err, size_t e
         }
         brix_free(c->engine_api_key);
         c->engine_api_key = NULL;
-        if (read_secret_file(c->engine_api_key_file, &c->engine_api_key, err, errlen))
+        if (brix_secret_read_file(c->engine_api_key_file, &c->engine_api_key, err, errlen))
             return -1;
     }
     const char *ct = getenv("BRIX_CONTROLLER_TOKEN");

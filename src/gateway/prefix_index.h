@@ -25,6 +25,10 @@
 
 #define BRIX_PREFIX_MAX_PODS 256
 #define BRIX_PREFIX_WORDS    (BRIX_PREFIX_MAX_PODS / 64)
+/* The id that stands for a fleet's shared KV store (brix kvcache) in the
+ * routed sets: blocks of prompts routed to a pod whose engines save to the
+ * store. Pod ids skip it. */
+#define BRIX_PREFIX_STORE_POD (BRIX_PREFIX_MAX_PODS - 1)
 
 typedef struct brix_podset {
     uint64_t w[BRIX_PREFIX_WORDS];

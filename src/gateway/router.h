@@ -39,6 +39,11 @@ typedef struct brix_route_params {
     double w_lora; /* adapter not active on the pod, times lora_tokens */
     double lora_tokens;
     double session_load_factor; /* session-affinity: bounded load (>= 1) */
+    /* shared KV store (brix kvcache): a block the store holds and the pod
+     * does not costs this fraction of recomputing it (0 = as good as a local
+     * hit, 1 = no better than a miss) */
+    double kv_store_cost;
+    bool kv_store_all; /* --kv-store: every pod's engine uses the store */
 } brix_route_params_t;
 
 void brix_route_params_default(brix_route_params_t *p);
@@ -69,6 +74,8 @@ typedef struct brix_route_ctx {
     bool match_done;
     uint32_t *match_approx; /* the same from the gateway's routing history only */
     bool match_approx_done;
+    uint32_t store_match; /* leading prompt blocks the shared KV store holds */
+    bool store_done;
     const char *session_out; /* session-affinity: x-session-id to return */
     const char *reason;      /* one-line reason of the choice, for explanations */
 } brix_route_ctx_t;
@@ -80,6 +87,18 @@ const brix_prompt_t *brix_route_prompt(brix_route_ctx_t *ctx);
 const uint32_t *brix_route_match(brix_route_ctx_t *ctx);
 /* The same from the routed (approximate) sets only, whatever ctx->precise. */
 const uint32_t *brix_route_match_approx(brix_route_ctx_t *ctx);
+/* Whether the request's model is served by engines sharing a KV store
+ * (--kv-store, or the controller's deployment says "kvStore"). */
+bool brix_route_has_store(const brix_route_ctx_t *ctx);
+/* Leading prompt blocks the shared store is believed to hold: those of
+ * prompts routed before to a pod of a store-sharing fleet (the engine saved
+ * them after prefill); 0 without a store. An estimate: the store may have
+ * evicted them, and the engine asks the store itself before it loads. */
+uint32_t brix_route_store_match(brix_route_ctx_t *ctx);
+/* Candidate i's prompt blocks that need no prefill, in local-hit units: its
+ * own leading blocks m[i] count fully, the store's beyond them count
+ * (1 - kv_store_cost) each — cheaper than recompute, dearer than a hit. */
+double brix_route_hit_blocks(brix_route_ctx_t *ctx, const uint32_t *m, size_t i);
 /* Load of candidate i: the gateway's in-flight requests on it, plus the
  * engine's running + waiting when its metrics are fresh. */
 double brix_route_load(const brix_route_ctx_t *ctx, size_t i);

@@ -162,16 +162,18 @@ static int parse_deployments(const cJSON *arr, brix_ctl_snapshot_t *s, brix_regi
     {
         brix_reg_deployment_t d = { 0 };
         const cJSON *stz = cJSON_GetObjectItemCaseSensitive(it, "scaleToZero");
+        const cJSON *kvs = cJSON_GetObjectItemCaseSensitive(it, "kvStore");
         d.name = opt_str(it, "name");
         d.model = opt_str(it, "model");
         d.replicas = opt_count(it, "replicas");
         d.ready = opt_count(it, "ready");
         d.scale_to_zero = cJSON_IsTrue(stz);
+        d.kv_store = cJSON_IsTrue(kvs);
         bool dup = false;
         for (size_t i = 0; d.name && i < reg->ndeployments && !dup; i++)
             dup = !strcmp(reg->deployments[i].name, d.name);
         if (!d.name || !d.model || d.replicas < 0 || d.ready < 0 || dup ||
-            (stz && !cJSON_IsBool(stz))) {
+            (stz && !cJSON_IsBool(stz)) || (kvs && !cJSON_IsBool(kvs))) {
             brix_free(d.name);
             brix_free(d.model);
             s->skipped++;

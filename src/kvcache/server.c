@@ -18,6 +18,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "core/alloc.h"
@@ -436,6 +437,25 @@ static int op_hello(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
     if (brix_kvp_hello_parse(body, h->body_len, &hl, &msg)) {
         conn_fail(c, h, BRIXKV_ST_BAD_REQUEST, msg);
         return 0;
+    }
+    /* names go into logs and namespace ids: no control bytes (a NUL would
+     * also make two namespaces compare equal) */
+    const struct {
+        const char *p;
+        size_t n;
+    } strs[] = { { hl.model, hl.model_len },
+                 { hl.dtype, hl.dtype_len },
+                 { hl.layout, hl.layout_len },
+                 { hl.client, hl.client_len } };
+    for (size_t i = 0; i < sizeof strs / sizeof *strs; i++) {
+        for (size_t j = 0; j < strs[i].n; j++) {
+            unsigned char ch = (unsigned char)strs[i].p[j];
+            if (ch < 0x20 || ch == 0x7f) {
+                conn_fail(c, h, BRIXKV_ST_BAD_REQUEST,
+                          "HELLO: model, dtype, layout and client must not hold control bytes");
+                return 0;
+            }
+        }
     }
     char who[200];
     snprintf(who, sizeof who, "'%.*s' (model %.*s)", (int)(hl.client_len > 80 ? 80 : hl.client_len),
@@ -1076,7 +1096,20 @@ static int listen_unix(brix_kvsrv_t *s, char *err, size_t errlen)
     uv_pipe_init(s->loop, &s->unix_l, 0);
     s->unix_l.data = s;
     s->unix_on = true;
-    unlink(s->cfg.unix_path); /* a stale socket of an earlier run */
+    /* a stale socket of an earlier run is replaced; a live one is not */
+    int probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", s->cfg.unix_path);
+    bool live = probe >= 0 && connect(probe, (struct sockaddr *)&sa, sizeof sa) == 0;
+    if (probe >= 0)
+        close(probe);
+    if (live) {
+        snprintf(err, errlen, "--unix %s: another process is serving on it", s->cfg.unix_path);
+        s->unix_on = false;
+        uv_close((uv_handle_t *)&s->unix_l, NULL);
+        return -EADDRINUSE;
+    }
+    unlink(s->cfg.unix_path);
     int rc = uv_pipe_bind(&s->unix_l, s->cfg.unix_path);
     if (!rc)
         rc = uv_listen((uv_stream_t *)&s->unix_l, 1024, on_connection);
@@ -1190,7 +1223,8 @@ int brix_kvsrv_start(uv_loop_t *loop, const brix_kvsrv_cfg_t *cfg, const char *t
         classes, (unsigned long long)brix_kvs_max_value(s->store),
         brix_kvs_hugepages_str(brix_kvs_hugepages(s->store)), cfg->eviction, cfg->eviction_order,
         cfg->listen ? cfg->listen : "-", s->port, s->unix_on ? cfg->unix_path : "-",
-        cfg->http_host ? cfg->http_host : "-", s->http_port, s->token ? "required" : "none");
+        s->http ? (cfg->http_host ? cfg->http_host : "127.0.0.1") : "-", s->http_port,
+        s->token ? "required" : "none");
     *out = s;
     return 0;
 fail:

@@ -46,6 +46,7 @@ typedef struct kvs_slab {
     int cls;                  /* -1: in the free pool */
     uint32_t nused;           /* slots holding an object or a reservation */
     uint32_t nfree;           /* entries on freestk */
+    uint64_t last_used;       /* store clock of the latest insert or touch in it */
     uint32_t *freestk;        /* free slot indexes */
     brix_kvs_obj_t **objs;    /* object per slot (NULL: free or reserved) */
     struct kvs_slab *lnext;   /* class partial list or free pool */
@@ -485,6 +486,7 @@ static int slab_assign(brix_kvs_t *s, int cls)
     s->nfree_slabs--;
     s->st.slabs_free--;
     sl->cls = cls;
+    sl->last_used = s->clock;
     sl->nused = 0;
     sl->nfree = c->per_slab;
     for (uint32_t i = 0; i < c->per_slab; i++)
@@ -682,6 +684,7 @@ static bool ghost_has(const brix_kvs_t *s, uint64_t h)
 static void touch(brix_kvs_t *s, brix_kvs_obj_t *o)
 {
     o->atime = ++s->clock;
+    s->slabs[o->slab].last_used = o->atime;
     if (o->queue == Q_PINNED || o->queue == Q_NONE)
         return;
     if (s->cfg.policy == BRIX_KVS_S3FIFO) {
@@ -810,49 +813,62 @@ static bool evict_one(brix_kvs_t *s)
     return true;
 }
 
-/* Frees a whole slab of another class for cls: the one whose most recent
- * object is the oldest, among slabs with nothing referenced, pinned or
- * reserved. memcached's slab reassignment does the same (evicting a slab). */
-static bool slab_reclaim(brix_kvs_t *s)
+/* A slab every object of which may go now (nothing referenced, pinned or
+ * reserved). */
+static bool slab_evictable(const brix_kvs_t *s, const kvs_slab_t *sl)
 {
-    kvs_slab_t *best = NULL;
-    uint64_t best_score = UINT64_MAX;
-    for (uint32_t i = 0; i < s->nslabs; i++) {
-        kvs_slab_t *sl = &s->slabs[i];
-        if (sl->cls < 0)
-            continue;
-        uint32_t per = s->classes[sl->cls].per_slab, nobj = 0;
-        uint64_t score = 0;
-        bool ok = true;
-        for (uint32_t j = 0; j < per && ok; j++) {
-            brix_kvs_obj_t *o = sl->objs[j];
-            if (!o)
-                continue;
-            nobj++;
-            if (o->refs || o->queue == Q_PINNED)
-                ok = false;
-            else if (o->atime > score)
-                score = o->atime;
-        }
-        if (ok && nobj == sl->nused && score < best_score) {
-            best = sl;
-            best_score = score;
-        }
-    }
-    if (!best)
-        return false;
-    uint32_t per = s->classes[best->cls].per_slab;
-    brix_kvs_obj_t **objs = best->objs;
+    uint32_t per = s->classes[sl->cls].per_slab, nobj = 0;
     for (uint32_t j = 0; j < per; j++) {
-        brix_kvs_obj_t *o = objs[j];
-        if (o) {
-            bool last = best->nused == 1;
-            evict(s, o); /* the last one frees the slab and its arrays */
-            if (last)
-                break;
-        }
+        const brix_kvs_obj_t *o = sl->objs[j];
+        if (!o)
+            continue;
+        if (o->refs || o->queue == Q_PINNED)
+            return false;
+        nobj++;
     }
-    return true;
+    return nobj == sl->nused;
+}
+
+/* Frees a whole slab of a class other than cls, for cls: the one used least
+ * recently, if that was before `before` (the atime of cls's own next
+ * victim: a slab colder than it is the better loss). memcached's slab
+ * reassignment does the same (it evicts a slab). Tries the 8 coldest. */
+static bool slab_reclaim(brix_kvs_t *s, int cls, uint64_t before)
+{
+    uint32_t tried[8];
+    size_t ntried = 0;
+    while (ntried < 8) {
+        kvs_slab_t *best = NULL;
+        for (uint32_t i = 0; i < s->nslabs; i++) {
+            kvs_slab_t *sl = &s->slabs[i];
+            if (sl->cls < 0 || sl->cls == cls || sl->last_used >= before ||
+                (best && sl->last_used >= best->last_used))
+                continue;
+            bool seen = false;
+            for (size_t t = 0; t < ntried && !seen; t++)
+                seen = tried[t] == i;
+            if (!seen)
+                best = sl;
+        }
+        if (!best)
+            return false;
+        tried[ntried++] = (uint32_t)(best - s->slabs);
+        if (!slab_evictable(s, best))
+            continue;
+        uint32_t per = s->classes[best->cls].per_slab;
+        brix_kvs_obj_t **objs = best->objs;
+        for (uint32_t j = 0; j < per; j++) {
+            brix_kvs_obj_t *o = objs[j];
+            if (o) {
+                bool last = best->nused == 1;
+                evict(s, o); /* the last one frees the slab and its arrays */
+                if (last)
+                    break;
+            }
+        }
+        return true;
+    }
+    return false;
 }
 
 static void evict_to_watermark(brix_kvs_t *s, uint64_t extra)
@@ -943,15 +959,17 @@ uint16_t brix_kvs_reserve(brix_kvs_t *s, uint32_t ns, const uint8_t key[16], uin
             break;
         if (rc == -ENOMEM)
             return BRIXKV_ST_INTERNAL;
-        /* the class is full and no slab is free: evict within the class,
-         * else take a whole slab from another class */
+        /* the class is full and no slab is free: take a whole slab of
+         * another class if it is colder than this class's next victim,
+         * else evict that victim */
         brix_kvs_obj_t *v = (c->main.n || c->small.n) ? class_victim(s, c) : NULL;
-        if (v)
-            evict(s, v);
-        else if (!slab_reclaim(s)) {
+        if (slab_reclaim(s, cls, v ? v->atime : UINT64_MAX))
+            continue;
+        if (!v) {
             s->st.put_no_space++;
             return BRIXKV_ST_NO_SPACE;
         }
+        evict(s, v);
     }
     r->slab = slab;
     r->idx = idx;
@@ -1017,6 +1035,7 @@ void brix_kvs_commit(brix_kvs_t *s, uint32_t ns, brix_kvs_resv_t *r, uint16_t *s
         o->cls = (uint8_t)sl->cls;
         memcpy(o->key, r[i].key, 16);
         o->atime = ++s->clock;
+        sl->last_used = o->atime;
         sl->objs[o->idx] = o;
         index_insert(s, o);
         /* S3-FIFO: new objects start in the small queue unless recently

@@ -529,6 +529,18 @@ static void test_server_hello(void **state)
         assert_true(closed(fd));
         close(fd);
     }
+    /* a control byte in a name (log injection, NUL-truncated namespaces) */
+    int fdc = tcp_connect(e);
+    brix_buf_reset(&b);
+    hello(&b, 5, 7, 1, 0, "s3cret-token");
+    b.data[sizeof(brixkv_hdr_t) + sizeof(brixkv_hello_t) + 2] = '\n';
+    send_all(fdc, &b);
+    brixkv_hdr_t hc = reply(fdc, &body);
+    assert_int_equal(hc.status, BRIXKV_ST_BAD_REQUEST);
+    assert_non_null(strstr((char *)body, "control bytes"));
+    free(body);
+    assert_true(closed(fdc));
+    close(fdc);
     /* a request before HELLO */
     int fd = tcp_connect(e);
     brix_buf_reset(&b);

@@ -251,6 +251,26 @@ static void test_slab_reassign(void **state)
     brix_kvs_close(s);
 }
 
+/* A class that outgrows its slabs takes a colder class's whole slab rather
+ * than evicting its own newer objects. */
+static void test_slab_balance(void **state)
+{
+    (void)state;
+    brix_kvs_cfg_t c = cfg_default(32 * MiB, 4 * MiB); /* 8 slabs of 4 MiB */
+    brix_kvs_t *s = open_store(&c);
+    for (uint64_t i = 0; i < 16; i++) /* 2 MiB values fill every slab */
+        assert_int_equal(put1(s, 1, i, 2 * MiB), BRIXKV_ST_OK);
+    for (uint64_t i = 1000; i < 1000 + 2048; i++) /* two slabs' worth of 4 KiB */
+        assert_int_equal(put1(s, 1, i, 4096), BRIXKV_ST_OK);
+    for (uint64_t i = 1000; i < 1000 + 2048; i++)
+        assert_true(has(s, 1, i));
+    for (uint64_t i = 0; i < 4; i++) /* the two coldest big slabs went */
+        assert_false(has(s, 1, i));
+    for (uint64_t i = 4; i < 16; i++)
+        assert_true(has(s, 1, i));
+    brix_kvs_close(s);
+}
+
 /* The generation word of a slot changes when its object goes. */
 static void test_generation(void **state)
 {
@@ -517,6 +537,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_put_exists_counted_once, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_accounting, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_slab_reassign, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_slab_balance, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_generation, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_eviction_order, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_s3fifo, leak_setup, leak_teardown),

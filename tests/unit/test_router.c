@@ -823,6 +823,80 @@ static void test_weighted_uncached_tokens(void **state)
     fleet_free(f);
 }
 
+/* With a shared KV store, blocks of a prompt routed anywhere count on every
+ * pod as (1 - kv_store_cost) of a local hit: between a miss and a hit. */
+static void test_weighted_store_between_hit_and_miss(void **state)
+{
+    (void)state;
+    fleet_t *f = fleet_new(3);
+    weighted_params(f);
+    f->params.kv_store_cost = 0.25;
+    set_prompt_ids(f, 40, 200); /* 12 full blocks + 8 tokens */
+    /* without a store nothing changes: the routing history is per pod */
+    brix_strategy_sel_t sel;
+    char err[128];
+    assert_int_equal(brix_strategy_parse("weighted", &sel, err, sizeof err), 0);
+    int first = route_sel(f, M_BASE, &sel, true);
+    assert_true(first >= 0);
+    size_t other = first == 0 ? 1 : 0;
+    assert_int_equal(route(f, "weighted"), first);
+    assert_int_equal(brix_route_store_match(&f->ctx), 0);
+    assert_true(fabs(score_of(f, other) - 200.0) < 1e-9);
+    /* the fleet shares a store: the next commit also marks the store */
+    f->params.kv_store_all = true;
+    assert_int_equal(route_sel(f, M_BASE, &sel, true), first);
+    assert_int_equal(route(f, "weighted"), first);
+    assert_int_equal(brix_route_store_match(&f->ctx), 12);
+    assert_true(fabs(score_of(f, (size_t)first) - 8.0) < 1e-9);
+    /* 192 store tokens at 0.25 of a miss each, + 8 uncached */
+    assert_true(fabs(score_of(f, other) - (8.0 + 0.25 * 192.0)) < 1e-9);
+    /* so a queue on the hot pod worth more than the load sends it elsewhere,
+     * where without the store it would stay (192 tokens of recompute) */
+    atomic_store(&pod(f, (size_t)first)->pending_prefill, 100);
+    int p = route(f, "weighted");
+    assert_true(p != first);
+    f->params.kv_store_all = false;
+    assert_int_equal(route(f, "weighted"), first);
+    /* a cost of 1 makes the store worthless, 0 as good as a local hit */
+    f->params.kv_store_all = true;
+    f->params.kv_store_cost = 1.0;
+    assert_int_equal(route(f, "weighted"), first);
+    f->params.kv_store_cost = 0.0;
+    route(f, "weighted");
+    assert_true(fabs(score_of(f, other) - 8.0) < 1e-9);
+    fleet_free(f);
+}
+
+/* prefix-cache: the store's blocks lift every pod, local hits still win. */
+static void test_prefix_cache_store_blocks(void **state)
+{
+    (void)state;
+    fleet_t *f = fleet_new(3);
+    f->params.kv_store_all = true;
+    set_prompt_ids(f, 900, 64); /* 4 blocks */
+    hold(f, 1, BRIX_PREFIX_ROUTED, 2, "m");
+    uint64_t hs[8];
+    size_t n = prompt_hashes(f, "m", hs, 8);
+    assert_int_equal(n, 4);
+    brix_prefix_index_add(f->ix, BRIX_PREFIX_ROUTED, hs, 4, BRIX_PREFIX_STORE_POD);
+    for (int k = 0; k < 10; k++)
+        assert_int_equal(route(f, "prefix-cache"), 1);
+    const uint32_t *m = brix_route_match_approx(&f->ctx);
+    for (size_t k = 0; k < f->ctx.ncand; k++) {
+        double h = brix_route_hit_blocks(&f->ctx, m, k);
+        /* pod 1: 2 local + 2 x 0.75 from the store; the others 4 x 0.75 */
+        assert_true(fabs(h - (f->ctx.cand[k] == 1 ? 3.5 : 3.0)) < 1e-9);
+    }
+    /* pod 1 busier than the bound: the store makes the others nearly as good */
+    atomic_store(&pod(f, 1)->inflight, 6);
+    f->params.prefix_std_k = 0.5;
+    int p = route(f, "prefix-cache");
+    assert_true(p == 0 || p == 2);
+    assert_string_equal(f->ctx.reason,
+                        "prefix in the shared KV store: least loaded within the bound");
+    fleet_free(f);
+}
+
 static void test_weighted_queue_beats_hot_prefix(void **state)
 {
     (void)state;
@@ -1516,6 +1590,8 @@ int main(void)
         T(test_lora_affinity_tiers),
         T(test_lora_affinity_stale_between),
         T(test_weighted_uncached_tokens),
+        T(test_weighted_store_between_hit_and_miss),
+        T(test_prefix_cache_store_blocks),
         T(test_weighted_queue_beats_hot_prefix),
         T(test_weighted_decode_term),
         T(test_weighted_kv_penalty),

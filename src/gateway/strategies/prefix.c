@@ -11,6 +11,8 @@
  * (approximate); prefix-cache-precise against what each pod's KV events
  * report as stored and not evicted, falling back to the approximate index
  * for pods without a live event stream.
+ * With a shared KV store (brix kvcache), blocks the store holds beyond a
+ * pod's own count as (1 - kv_store_cost) of a local hit each.
  * As a score (in mixes), 1 − matched fraction.
  */
 #include "gateway/router.h"
@@ -27,7 +29,8 @@ static void score_prefix(brix_route_ctx_t *ctx, bool precise)
     const uint32_t *m = matches(ctx, precise);
     const brix_prompt_t *p = brix_route_prompt(ctx);
     for (size_t i = 0; i < ctx->ncand; i++)
-        ctx->score[i] = p->nhashes && m ? 1.0 - (double)m[i] / (double)p->nhashes : 1.0;
+        ctx->score[i] =
+            p->nhashes ? 1.0 - brix_route_hit_blocks(ctx, m, i) / (double)p->nhashes : 1.0;
     ctx->reason = "longest prompt-prefix match";
 }
 
@@ -48,21 +51,24 @@ static size_t pick_prefix(brix_route_ctx_t *ctx, bool precise)
         return brix_route_least_loaded(ctx);
     }
     const uint32_t *m = matches(ctx, precise);
+    double *h = m ? brix_arena_alloc(ctx->arena, n * sizeof *h + 1) : NULL;
+    for (size_t i = 0; h && i < n; i++)
+        h[i] = brix_route_hit_blocks(ctx, m, i);
     double mean = sum / (double)n;
     double var = sq / (double)n - mean * mean;
     double bound = mean + ctx->params->prefix_std_k * sqrt(var > 0 ? var : 0);
     size_t best = SIZE_MAX, ties = 0;
     double best_load = 0;
-    for (size_t i = 0; m && i < n; i++) {
+    for (size_t i = 0; h && i < n; i++) {
         double l = (double)atomic_load_explicit(&brix_route_view(ctx, i)->pod->inflight,
                                                 memory_order_relaxed);
         if (l > bound)
             continue;
-        if (best == SIZE_MAX || m[i] > m[best] || (m[i] == m[best] && l < best_load)) {
+        if (best == SIZE_MAX || h[i] > h[best] || (h[i] == h[best] && l < best_load)) {
             best = i;
             best_load = l;
             ties = 1;
-        } else if (m[i] == m[best] && l == best_load && brix_rng_next(ctx->rng) % ++ties == 0) {
+        } else if (h[i] == h[best] && l == best_load && brix_rng_next(ctx->rng) % ++ties == 0) {
             best = i; /* uniform among equal candidates (AIBrix shuffles pods) */
         }
     }
@@ -70,8 +76,9 @@ static size_t pick_prefix(brix_route_ctx_t *ctx, bool precise)
         ctx->reason = "no candidate under the load bound: least-request";
         return brix_route_least_loaded(ctx);
     }
-    ctx->reason = m[best] ? "longest prefix match within the load bound"
-                          : "no prefix match: least loaded within the bound";
+    ctx->reason = m[best]   ? "longest prefix match within the load bound"
+                  : h[best] ? "prefix in the shared KV store: least loaded within the bound"
+                            : "no prefix match: least loaded within the bound";
     return best;
 }
 

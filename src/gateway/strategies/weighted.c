@@ -7,7 +7,8 @@
  *
  *   prefix  uncached prompt tokens on this pod (prompt − leading blocks the
  *           pod holds: its KV events when live, else the gateway's routing
- *           history)
+ *           history); blocks the shared KV store holds beyond them
+ *           count as kv_store_cost of a miss each (loaded, not computed)
  *   queue   prompt tokens the gateway sent there that have not produced a
  *           first byte yet (prefill work queued ahead of us)
  *   decode  running sequences × decode_tokens (the decode batch every step
@@ -36,7 +37,7 @@ static void score_weighted(brix_route_ctx_t *ctx)
     for (size_t i = 0; i < ctx->ncand; i++) {
         const brix_pod_view_t *v = brix_route_view(ctx, i);
         const brix_engine_stats_t *s = &v->stats;
-        double cached = m ? (double)m[i] * (double)P->block_size : 0;
+        double cached = brix_route_hit_blocks(ctx, m, i) * (double)P->block_size;
         double uncached = prompt > cached ? prompt - cached : 0;
         double queue = (double)atomic_load_explicit(&v->pod->pending_prefill, memory_order_relaxed);
         double running = v->metrics_fresh ? s->running
