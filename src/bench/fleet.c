@@ -258,6 +258,8 @@ bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int
         argv[a++] = "warn";
         argv[a++] = "--health-interval";
         argv[a++] = "200ms";
+        if (kvcfg[0])
+            argv[a++] = "--kv-store"; /* store-resident blocks count as cheaper than a miss */
         argv[a++] = "--kv-events";
         const char *p = kv.data;
         for (int i = 0; i < f->n; i++) {
