@@ -290,5 +290,35 @@ The same policies on a day of ServeGen's language/m-large rate envelope (Xiang e
 {rfrag('autoscale-servegen')}
 
 ![replicas and load](bench/plots/autoscale-servegen-replicas.svg)
+
+## KV store vs redis (issue 14)
+
+Command: `bench/kvstore.sh` (three runs of `build/brix bench`: `--scenario kvstore`,
+`--scenario kvevict`, and `--scenario mooncake --kvcache`). One load generator speaks both
+protocols: redis-server (no persistence, `allkeys-lru`) through brix's own RESP client, which
+reads bulk replies straight into the caller's buffer, and `brix kvcache` through libbrixkv, over
+TCP (`no_shm`) and over the same-host path (the node's arena mapped once, GETs copied from it).
+Both stores hold the same cold set (512 MiB of values per size, far larger than the CPU caches);
+each cell runs closed-loop, GETs of random cold keys and PUTs of new keys, and every GET checks
+the value's tags.
+
+### Against redis-server
+
+{rfrag('kvstore')}
+
+### Eviction: prefix hit rate on the Mooncake traces
+
+The Mooncake FAST'25 conversation and synthetic traces (Qin et al., "Mooncake: Trading More
+Storage for Less Computation", FAST 2025; kvcache-ai/Mooncake `FAST25-release/traces`,
+Apache-2.0), read from `../shared/traces`. Each request's `hash_ids` are matched, the stored
+prefix read back and the rest stored, through a real node per policy and capacity.
+
+{rfrag('kvevict')}
+
+### End to end: the Mooncake conversation trace on 8 engine-sims, without and with the store
+
+{rfrag('kvcache-e2e')}
+
+![TTFT CDF](bench/plots/kvcache-e2e-ttft.svg)
 """
 open(os.path.join(ROOT, "BENCHMARKS.md"), "w").write(doc)

@@ -22,7 +22,8 @@
 static const brix_opt_t bench_opts[] = {
     { "config", BRIX_OPT_STRING, O(config), NULL, 1, 0, "FILE", "YAML file of flag: value pairs" },
     { "scenario", BRIX_OPT_STRING, O(scenario), "shared-prefix", 1, 0, "NAME",
-      "shared-prefix | sharegpt | lora-mix | trace | mooncake | azure | autoscale" },
+      "shared-prefix | sharegpt | lora-mix | trace | mooncake | azure | autoscale | kvstore | "
+      "kvevict" },
     { "trace", BRIX_OPT_STRING, O(trace), NULL, 1, 0, "FILE",
       "trace/mooncake/azure input (sharegpt: the ShareGPT lengths CSV to sample)" },
     { "strategies", BRIX_OPT_STRING, O(strategies),
@@ -35,7 +36,7 @@ static const brix_opt_t bench_opts[] = {
     { "gpu", BRIX_OPT_STRING, O(gpu), "h100", 1, 0, "PROFILE", "engine GPU profile" },
     { "time-scale", BRIX_OPT_DOUBLE, O(time_scale), "0.5", 0.001, 100, "F",
       "engines' --time-scale; arrivals are scaled alike" },
-    { "duration", BRIX_OPT_DOUBLE, O(duration), "40", 1, 86400, "SECONDS",
+    { "duration", BRIX_OPT_DOUBLE, O(duration), "40", 0.1, 86400, "SECONDS",
       "simulated seconds of arrivals (generated scenarios)" },
     { "speed", BRIX_OPT_DOUBLE, O(speed), "1", 0.001, 1e6, "X",
       "trace scenarios: replay X times faster (sets the offered load)" },
@@ -91,7 +92,8 @@ static const brix_opt_t bench_opts[] = {
     { "trace-length", BRIX_OPT_DOUBLE, O(trace_length), "0", 0, 1e9, "SECONDS",
       "azure/autoscale: seconds of trace replayed (0 = to the end; autoscale: 1800)" },
     { "policies", BRIX_OPT_STRING, O(policies), "static,hpa,kpa,apa,slo", 1, 0, "LIST",
-      "autoscale: scaling policies compared, each on a fresh `brix up` cluster" },
+      "autoscale: scaling policies compared, each on a fresh `brix up` cluster; kvevict: "
+      "eviction policies of the kvcache node (prefix, request, s3fifo; default all three)" },
     { "static-replicas", BRIX_OPT_INT, O(static_replicas), "0", 0, 256, "N",
       "autoscale: the static policy's replicas (0 = what the slice's busiest 10 s need)" },
     { "static-utilization", BRIX_OPT_DOUBLE, O(static_util), "0.8", 0.05, 1, "U",
@@ -124,6 +126,42 @@ static const brix_opt_t bench_opts[] = {
       "autoscale: extra controller flags in each cluster, space separated" },
     { "routing", BRIX_OPT_STRING, O(routing), "least-request", 1, 0, "STRATEGY",
       "autoscale: the clusters' gateway routing strategy" },
+    { "sizes", BRIX_OPT_STRING, O(kv_sizes), "2MiB,4KiB", 1, 0, "LIST",
+      "kvstore: value sizes (each gets fresh servers)" },
+    { "threads", BRIX_OPT_STRING, O(kv_threads), "1,4", 1, 0, "LIST",
+      "kvstore: client thread counts (one connection each)" },
+    { "paths", BRIX_OPT_STRING, O(kv_paths), "redis-tcp,redis-unix,brixkv-tcp,brixkv-shm", 1, 0,
+      "LIST", "kvstore: the store paths compared" },
+    { "ops", BRIX_OPT_STRING, O(kv_ops), "get,put", 1, 0, "LIST", "kvstore: get and/or put" },
+    { "repeat", BRIX_OPT_INT, O(repeat), "3", 1, 16, "N",
+      "kvstore: runs of every cell (median and spread reported)" },
+    { "batch", BRIX_OPT_INT, O(kv_batch), "1", 1, 256, "N",
+      "kvstore: keys per request (redis MGET / pipelined SETs, brixkv mget / mput)" },
+    { "cold-set", BRIX_OPT_SIZE, O(kv_cold_set), "512MiB", 1, 64.0 * (1ull << 30), "SIZE",
+      "kvstore: bytes of values preloaded per size (larger than the CPU caches)" },
+    { "redis-server", BRIX_OPT_STRING, O(redis_server), "redis-server", 1, 0, "PATH",
+      "kvstore: the redis-server binary compared against" },
+    { "traces", BRIX_OPT_STRING, O(kv_traces),
+      "../shared/traces/mooncake-fast25/conversation_trace.jsonl,"
+      "../shared/traces/mooncake-fast25/synthetic_trace.jsonl",
+      1, 0, "LIST", "kvevict: Mooncake-format JSONL traces (hash_ids) replayed" },
+    { "capacities", BRIX_OPT_STRING, O(kv_capacities), "0.05,0.1,0.2,0.4", 1, 0, "LIST",
+      "kvevict: node capacities as fractions of each trace's unique blocks" },
+    { "value-size", BRIX_OPT_SIZE, O(kv_value), "4KiB", 16, 64.0 * (1 << 20), "SIZE",
+      "kvevict: bytes stored per block" },
+    { "kvcache-args", BRIX_OPT_STRING, O(kvcache_args), NULL, 1, 0, "\"FLAGS\"",
+      "extra `brix kvcache` flags for the nodes bench starts, space separated" },
+    { "kvcache", BRIX_OPT_BOOL, O(kvcache), "false", 1, 0, NULL,
+      "fleets: run every strategy twice, without and with a kvcache node (label S+kvcache; "
+      "an S+kvcache entry in --strategies does one)" },
+    { "kvcache-capacity", BRIX_OPT_SIZE, O(kvcache_capacity), "2GiB", 1, 1e15, "SIZE",
+      "fleets: the kvcache node's --capacity" },
+    { "kvcache-block-bytes", BRIX_OPT_SIZE, O(kvcache_block), "0", 0, 64.0 * (1 << 20), "SIZE",
+      "fleets: bytes the engines store per block (0 = the real 128 KiB per token); smaller "
+      "blocks keep a long trace within the node, and the transfer rate is scaled so the "
+      "simulated load time stays that of real-size blocks at --kvcache-gbps" },
+    { "kvcache-gbps", BRIX_OPT_DOUBLE, O(kvcache_gbps), "100", 0, 1e6, "GBIT",
+      "fleets: simulated store-to-GPU bandwidth for real-size blocks (0 = real I/O time only)" },
     BRIX_OPT_END,
 };
 #undef O
@@ -220,6 +258,17 @@ int brix_bench_main(int argc, char **argv)
         return 2;
     }
     brix_log_init("bench", BRIX_LOG_WARN);
+    bool kvstore = !strcmp(c.scenario, "kvstore"), kvevict = !strcmp(c.scenario, "kvevict");
+    if (kvstore || kvevict) {
+        /* seconds per cell, not of simulated arrivals */
+        if (kvstore && !given(argc, argv, "duration"))
+            c.duration = 2;
+        if (kvevict && !given(argc, argv, "policies") &&
+            brix_config_set(bench_opts, &c, "policies", "prefix,request,s3fifo", err, sizeof err)) {
+            brix_config_free(bench_opts, &c);
+            return 2;
+        }
+    }
     bool autoscale = !strcmp(c.scenario, "autoscale");
     if (autoscale && autoscale_defaults(&c, argc, argv)) {
         brix_config_free(bench_opts, &c);
@@ -233,13 +282,21 @@ int brix_bench_main(int argc, char **argv)
     }
     if (!c.out) {
         char d[256];
-        snprintf(d, sizeof d, "bench/results/bench-%s", c.scenario);
+        if (kvstore || kvevict)
+            snprintf(d, sizeof d, "bench/results/%s", c.scenario);
+        else
+            snprintf(d, sizeof d, "bench/results/bench-%s", c.scenario);
         c.out = brix_strdup(d);
     }
     if (mkdirs(c.out)) {
         fprintf(stderr, "brix bench: cannot create %s: %s\n", c.out, strerror(errno));
         brix_config_free(bench_opts, &c);
         return 2;
+    }
+    if (kvstore || kvevict) {
+        rc = kvstore ? bench_kvstore(&c) : bench_kvevict(&c);
+        brix_config_free(bench_opts, &c);
+        return rc;
     }
     bench_workload_t w;
     if (bench_workload_build(&c, &w, err, sizeof err)) {
@@ -259,6 +316,20 @@ int brix_bench_main(int argc, char **argv)
     }
     /* the strategies */
     char *list = brix_strdup(c.strategies);
+    if (c.kvcache) {
+        /* every strategy without, then with the store */
+        brix_buf_t l = BRIX_BUF_INIT;
+        for (char *s = strtok(list, ","); s; s = strtok(NULL, ",")) {
+            while (*s == ' ')
+                s++;
+            bool has = strstr(s, "+kvcache") != NULL;
+            brix_buf_printf(&l, "%s%s", l.len ? "," : "", s);
+            if (!has)
+                brix_buf_printf(&l, ",%s+kvcache", s);
+        }
+        brix_free(list);
+        list = l.data ? l.data : brix_strdup("");
+    }
     bench_run_t runs[32];
     size_t nruns = 0;
     memset(runs, 0, sizeof runs);
@@ -272,7 +343,7 @@ int brix_bench_main(int argc, char **argv)
         char host[64] = "127.0.0.1";
         int port = 0;
         if (c.target) {
-            if (!strcmp(s, "nginx-least-conn") ||
+            if (!strcmp(s, "nginx-least-conn") || strstr(s, "+kvcache") ||
                 parse_target(c.target, host, sizeof host, &port)) {
                 fprintf(stderr, "bench: skipping %s with --target %s\n", s, c.target);
                 continue;

@@ -75,6 +75,24 @@ typedef struct bench_cfg {
     double envelope_start, envelope_speed, envelope_rate;
     char *controller_args; /* extra controller flags in the clusters, space separated */
     char *routing;         /* gateway strategy in the autoscale clusters */
+    /* kvstore / kvevict scenarios (kvstore.c, kvevict.c) */
+    char *kv_sizes;       /* value sizes, e.g. "2MiB,4KiB" */
+    char *kv_threads;     /* client thread counts, e.g. "1,4" */
+    char *kv_paths;       /* redis-tcp,redis-unix,brixkv-tcp,brixkv-shm */
+    char *kv_ops;         /* get,put */
+    int64_t repeat;       /* repetitions of every cell */
+    int64_t kv_batch;     /* keys per request */
+    uint64_t kv_cold_set; /* bytes preloaded per size */
+    char *redis_server;   /* redis-server binary */
+    char *kv_traces;      /* kvevict: JSONL traces with hash_ids */
+    char *kv_capacities;  /* kvevict: capacities as fractions of the unique blocks */
+    uint64_t kv_value;    /* kvevict: bytes per block */
+    char *kvcache_args;   /* extra `brix kvcache` flags, space separated */
+    /* fleets: one kvcache node shared by the engines of "+kvcache" strategies */
+    bool kvcache;              /* run every strategy without and with the store */
+    uint64_t kvcache_capacity; /* the node's --capacity */
+    uint64_t kvcache_block;    /* engines' block_bytes in the store (0 = 2 MiB per 16 tokens) */
+    double kvcache_gbps;       /* simulated transfer rate of real-size blocks, Gbit/s */
 } bench_cfg_t;
 
 typedef struct bench_req {
@@ -121,6 +139,11 @@ typedef struct bench_run {
     char pods[64][48];
     double pod_requests[64];
     double gw_decision_us; /* mean routing decision, gateway /metrics */
+    /* the KV store, from the engines (vllm:external_prefix_cache_*, tokens) */
+    double ext_queries, ext_hits;
+    double kv_saved, kv_loaded; /* blocks (brix_engine_kv_saved|loaded_blocks_total) */
+    double kv_wait;             /* simulated s waiting for loads (..._remote_wait_seconds_total) */
+    bool kvcache;               /* the run had a kvcache node */
 } bench_run_t;
 
 /* Replays w against host:port (numeric), header routing-strategy when
@@ -154,6 +177,26 @@ void bench_fleet_stop(bench_fleet_t *f);
  * policy (static peak provisioning or a PodAutoscaler), sampled from the
  * controller while the workload replays; writes its own report. */
 int bench_autoscale(const bench_cfg_t *c, const bench_workload_t *w);
+
+/* kvstore.c: `--scenario kvstore`, brixkv against redis-server (throughput,
+ * latency, memory per payload byte); writes its own report. */
+int bench_kvstore(const bench_cfg_t *c);
+/* kvevict.c: `--scenario kvevict`, prefix hit rate of the kvcache node's
+ * eviction policies on traces with hash_ids; writes its own report. */
+int bench_kvevict(const bench_cfg_t *c);
+
+/* kvstore.c: a `brix kvcache` node on free loopback ports (extra flags in
+ * c->kvcache_args and extra[]), logs in log; NULL with err when it does not
+ * become healthy. */
+typedef struct bench_kvnode {
+    pid_t pid;
+    int port, http_port;
+    char unix_path[108];
+    char addr[64]; /* "127.0.0.1:PORT" */
+} bench_kvnode_t;
+int bench_kvnode_start(const bench_cfg_t *c, uint64_t capacity, const char *const *extra,
+                       const char *log, bench_kvnode_t *n, char *err, size_t errlen);
+void bench_kvnode_stop(bench_kvnode_t *n);
 
 /* report.c */
 int bench_report(const bench_cfg_t *c, const bench_workload_t *w, bench_run_t *runs, size_t n);

@@ -14,6 +14,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -37,7 +38,10 @@ struct bench_fleet {
     int front_port;
     bool gateway;
     double before_q[MAX_PODS], before_h[MAX_PODS], before_p[MAX_PODS], before_r[MAX_PODS];
+    double before_xq[MAX_PODS], before_xh[MAX_PODS], before_xs[MAX_PODS], before_xl[MAX_PODS];
+    double before_xw[MAX_PODS];
     char dir[512];
+    bench_kvnode_t kv; /* a "+kvcache" strategy's store node (pid 0: none) */
 };
 
 static bool wait_status(int port, const char *path, int want, double timeout_s)
@@ -59,6 +63,7 @@ void bench_fleet_stop(bench_fleet_t *f)
     bench_stop(f->front, 10);
     for (int i = 0; i < f->n; i++)
         bench_stop(f->engines[i], 10);
+    bench_kvnode_stop(&f->kv);
     brix_free(f);
 }
 
@@ -102,6 +107,30 @@ bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int
         return NULL;
     snprintf(f->dir, sizeof f->dir, "%s/logs-%s", c->out, strategy);
     mkdir(f->dir, 0755);
+    /* "S+kvcache": strategy S with every engine a client of one kvcache node */
+    char base[64], kvcfg[512] = "";
+    snprintf(base, sizeof base, "%s", strategy);
+    char *plus = strstr(base, "+kvcache");
+    if (plus) {
+        *plus = '\0';
+        char log[640];
+        snprintf(log, sizeof log, "%s/kvcache.log", f->dir);
+        if (bench_kvnode_start(c, c->kvcache_capacity, NULL, log, &f->kv, err, errlen)) {
+            brix_free(f);
+            return NULL;
+        }
+        /* Small stored blocks move proportionally fewer bytes; the simulated
+         * rate is scaled alike so a load takes as long as real blocks would. */
+        uint64_t real = 128u * 1024u * (uint64_t)c->block_size;
+        uint64_t bb = c->kvcache_block ? c->kvcache_block : real;
+        double gbps = c->kvcache_gbps * (double)bb / (double)real;
+        snprintf(kvcfg, sizeof kvcfg,
+                 "{\"kv_connector\":\"BrixConnector\",\"kv_role\":\"kv_both\","
+                 "\"kv_connector_extra_config\":{\"servers\":\"%s\",\"block_bytes\":%" PRIu64
+                 ",\"transfer_gbps\":%.6g}}",
+                 f->kv.addr, bb, gbps);
+    }
+    strategy = base;
     /* absolute: nginx resolves relative paths against its -p prefix */
     char abs[PATH_MAX];
     if (realpath(f->dir, abs) && strlen(abs) < sizeof f->dir)
@@ -150,6 +179,10 @@ bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int
         if (c->kv_blocks) {
             argv[a++] = "--num-gpu-blocks-override";
             argv[a++] = blocks;
+        }
+        if (kvcfg[0]) {
+            argv[a++] = "--kv-transfer-config";
+            argv[a++] = kvcfg;
         }
         brix_buf_t lm = BRIX_BUF_INIT;
         if (nadapters) {
@@ -225,6 +258,8 @@ bench_fleet_t *bench_fleet_start(const bench_cfg_t *c, const char *strategy, int
         argv[a++] = "warn";
         argv[a++] = "--health-interval";
         argv[a++] = "200ms";
+        if (kvcfg[0])
+            argv[a++] = "--kv-store"; /* store-resident blocks count as cheaper than a miss */
         argv[a++] = "--kv-events";
         const char *p = kv.data;
         for (int i = 0; i < f->n; i++) {
@@ -259,7 +294,7 @@ fail:
 }
 
 typedef struct scrape {
-    double q, h, p, r, dsum, dcount;
+    double q, h, p, r, dsum, dcount, xq, xh, xs, xl, xw;
 } scrape_t;
 
 static void on_sample(const brix_prom_sample_t *s, void *ud)
@@ -269,6 +304,16 @@ static void on_sample(const brix_prom_sample_t *s, void *ud)
         x->q += s->value;
     else if (!strcmp(s->name, "vllm:prefix_cache_hits_total"))
         x->h += s->value;
+    else if (!strcmp(s->name, "vllm:external_prefix_cache_queries_total"))
+        x->xq += s->value;
+    else if (!strcmp(s->name, "vllm:external_prefix_cache_hits_total"))
+        x->xh += s->value;
+    else if (!strcmp(s->name, "brix_engine_kv_saved_blocks_total"))
+        x->xs += s->value;
+    else if (!strcmp(s->name, "brix_engine_kv_loaded_blocks_total"))
+        x->xl += s->value;
+    else if (!strcmp(s->name, "brix_engine_kv_remote_wait_seconds_total"))
+        x->xw += s->value;
     else if (!strcmp(s->name, "vllm:num_preemptions_total"))
         x->p += s->value;
     else if (!strcmp(s->name, "vllm:request_success_total"))
@@ -298,6 +343,8 @@ void bench_fleet_sample(bench_fleet_t *f, bench_run_t *run, bool after)
 {
     run->npods = f->n;
     run->prefix_queries = run->prefix_hits = run->preemptions = 0;
+    run->ext_queries = run->ext_hits = run->kv_saved = run->kv_loaded = run->kv_wait = 0;
+    run->kvcache = f->kv.pid > 0;
     for (int i = 0; i < f->n; i++) {
         scrape_t x = scrape(f->ports[i]);
         if (!after) {
@@ -305,6 +352,11 @@ void bench_fleet_sample(bench_fleet_t *f, bench_run_t *run, bool after)
             f->before_h[i] = x.h;
             f->before_p[i] = x.p;
             f->before_r[i] = x.r;
+            f->before_xq[i] = x.xq;
+            f->before_xh[i] = x.xh;
+            f->before_xs[i] = x.xs;
+            f->before_xl[i] = x.xl;
+            f->before_xw[i] = x.xw;
             continue;
         }
         snprintf(run->pods[i], sizeof run->pods[i], "127.0.0.1:%d", f->ports[i]);
@@ -312,6 +364,11 @@ void bench_fleet_sample(bench_fleet_t *f, bench_run_t *run, bool after)
         run->prefix_hits += x.h - f->before_h[i];
         run->preemptions += x.p - f->before_p[i];
         run->pod_requests[i] = x.r - f->before_r[i];
+        run->ext_queries += x.xq - f->before_xq[i];
+        run->ext_hits += x.xh - f->before_xh[i];
+        run->kv_saved += x.xs - f->before_xs[i];
+        run->kv_loaded += x.xl - f->before_xl[i];
+        run->kv_wait += x.xw - f->before_xw[i];
     }
     if (after && f->gateway) {
         scrape_t g = scrape(f->front_port);

@@ -34,6 +34,7 @@ typedef struct summary {
     size_t ok, failed;
     double ttft[3], itl[2], e2e[3]; /* p50 p90 p99 / p50 p99 / p50 p90 p99 */
     double tok_s, goodput, hit, spread, decision_us, preempt;
+    double ttft_mean, req_s, ext_hit; /* ext_hit: the KV store's share of looked-up tokens */
     double *ttft_v, *e2e_v;
     size_t nv;
 } summary_t;
@@ -49,7 +50,7 @@ static void summarize(const bench_cfg_t *c, bench_run_t *r, summary_t *s)
         brix_free(itl);
         return;
     }
-    double tokens = 0, good = 0, first = INFINITY, last = 0;
+    double tokens = 0, good = 0, first = INFINITY, last = 0, ttft_sum = 0;
     for (size_t i = 0; i < r->n; i++) {
         bench_res_t *x = &r->res[i];
         first = x->sent < first ? x->sent : first;
@@ -61,6 +62,7 @@ static void summarize(const bench_cfg_t *c, bench_run_t *r, summary_t *s)
         last = x->done > last ? x->done : last;
         double ttft = (x->first - x->sent) / ts, e2e = (x->done - x->sent) / ts;
         s->ttft_v[s->nv] = ttft;
+        ttft_sum += ttft;
         s->e2e_v[s->nv] = e2e;
         s->nv++;
         tokens += x->out_tokens ? x->out_tokens : x->events;
@@ -73,6 +75,9 @@ static void summarize(const bench_cfg_t *c, bench_run_t *r, summary_t *s)
     double span = last > first ? (last - first) / ts : 1;
     s->tok_s = tokens / span;
     s->goodput = good / span;
+    s->req_s = (double)s->ok / span;
+    s->ttft_mean = s->nv ? ttft_sum / (double)s->nv : NAN;
+    s->ext_hit = r->ext_queries > 0 ? r->ext_hits / r->ext_queries : 0;
     double *tmp = brix_calloc(s->nv + 1, sizeof *tmp);
     if (tmp) {
         memcpy(tmp, s->ttft_v, s->nv * sizeof *tmp);
@@ -188,6 +193,39 @@ int bench_report(const bench_cfg_t *c, const bench_workload_t *w, bench_run_t *r
             brix_buf_printf(&md, "- %s vs least-request: P99 TTFT %.2fx, output tokens/s %.2fx\n",
                             runs[i].strategy, s[i].ttft[2] / lr->ttft[2], s[i].tok_s / lr->tok_s);
     }
+    /* the KV store: each "S+kvcache" run beside its "S" run */
+    for (size_t i = 0; i < n; i++) {
+        const char *plus = strstr(runs[i].strategy, "+kvcache");
+        if (!plus)
+            continue;
+        char base[64];
+        snprintf(base, sizeof base, "%.*s", (int)(plus - runs[i].strategy), runs[i].strategy);
+        const summary_t *b = find(s, runs, n, base), *k = &s[i];
+        if (!b)
+            continue;
+        brix_buf_printf(
+            &md,
+            "\n| %s | TTFT mean | p50 | p99 | output tok/s | req/s | local prefix hit | "
+            "store hit (tokens) |\n|---|---|---|---|---|---|---|---|\n",
+            base);
+        const summary_t *row[2] = { b, k };
+        for (int r = 0; r < 2; r++)
+            brix_buf_printf(&md, "| %s | %.3f | %.3f | %.3f | %.0f | %.3f | %.1f%% | %.1f%% |\n",
+                            r ? "with the store" : "without", row[r]->ttft_mean, row[r]->ttft[0],
+                            row[r]->ttft[2], row[r]->tok_s, row[r]->req_s, row[r]->hit * 100,
+                            row[r]->ext_hit * 100);
+        brix_buf_printf(&md, "| with / without | %.2fx | %.2fx | %.2fx | %.2fx | %.2fx | | |\n",
+                        k->ttft_mean / b->ttft_mean, k->ttft[0] / b->ttft[0],
+                        k->ttft[2] / b->ttft[2], k->tok_s / b->tok_s, k->req_s / b->req_s);
+        brix_buf_printf(&md,
+                        "\nWith the store: %.0f blocks saved and %.0f loaded by the engines; "
+                        "%.0f of %.0f looked-up prompt tokens came from the store; requests "
+                        "waited %.1f simulated s in all for their loads (%.1f ms per 1,000 "
+                        "loaded tokens).\n",
+                        runs[i].kv_saved, runs[i].kv_loaded, runs[i].ext_hits, runs[i].ext_queries,
+                        runs[i].kv_wait,
+                        runs[i].ext_hits > 0 ? runs[i].kv_wait / runs[i].ext_hits * 1e6 : 0.0);
+    }
     char path[1024];
     snprintf(path, sizeof path, "%s/results.md", c->out);
     FILE *f = fopen(path, "w");
@@ -213,10 +251,15 @@ int bench_report(const bench_cfg_t *c, const bench_workload_t *w, bench_run_t *r
                 "\"ttft_p90\":%.6f,\"ttft_p99\":%.6f,\"itl_p50\":%.6f,\"itl_p99\":%.6f,"
                 "\"e2e_p50\":%.6f,\"e2e_p90\":%.6f,\"e2e_p99\":%.6f,\"output_tokens_per_s\":%.3f,"
                 "\"goodput_rps\":%.4f,\"prefix_hit_rate\":%.5f,\"load_max_over_mean\":%.4f,"
-                "\"preemptions\":%.0f,\"decision_us\":%.3f,\"pod_requests\":[",
+                "\"preemptions\":%.0f,\"decision_us\":%.3f,\"ttft_mean\":%.6f,\"req_per_s\":%.4f,"
+                "\"kvcache\":%s,\"store_queries_tokens\":%.0f,\"store_hits_tokens\":%.0f,"
+                "\"store_hit_rate\":%.5f,\"store_saved_blocks\":%.0f,\"store_loaded_blocks\":%.0f,"
+                "\"pod_requests\":[",
                 i ? "," : "", runs[i].strategy, x->ok, x->failed, x->ttft[0], x->ttft[1],
                 x->ttft[2], x->itl[0], x->itl[1], x->e2e[0], x->e2e[1], x->e2e[2], x->tok_s,
-                x->goodput, x->hit, x->spread, x->preempt, x->decision_us);
+                x->goodput, x->hit, x->spread, x->preempt, x->decision_us, x->ttft_mean, x->req_s,
+                runs[i].kvcache ? "true" : "false", runs[i].ext_queries, runs[i].ext_hits,
+                x->ext_hit, runs[i].kv_saved, runs[i].kv_loaded);
             for (int k = 0; k < runs[i].npods; k++)
                 fprintf(f, "%s%.0f", k ? "," : "", runs[i].pod_requests[k]);
             fprintf(f, "]}");
