@@ -109,7 +109,9 @@ typedef struct brixkv_hello_reply {
     uint32_t max_batch;   /* most keys per request */
     uint32_t lease_ms;    /* how long a GET lease blocks eviction */
     uint16_t unix_len;    /* the node's UNIX socket path follows */
-    uint16_t pad[3];
+    uint16_t pad;
+    uint32_t max_frame_kib; /* most body bytes of one request, in KiB (rounded down); 0 = not
+                               said (a node before this field: assume 64 MiB) */
 } brixkv_hello_reply_t;
 _Static_assert(sizeof(brixkv_hello_reply_t) == 48, "brixkv hello reply is 48 bytes");
 

@@ -88,6 +88,11 @@ struct kv_conn {
     uint32_t writes;
     uint64_t last_read_ms;
     uint64_t last_write_ms; /* a write completed, or the first one was queued */
+    uint64_t accepted_ms;   /* HELLO must come by --hello-timeout after this */
+    uint64_t last_req_ms;   /* the last frame completed (--idle-timeout) */
+    uint64_t frame_no;      /* parser.frames when the current frame began */
+    uint64_t frame_start_ms;
+    bool in_frame;
     uint8_t *rbuf;
 };
 
@@ -118,9 +123,10 @@ struct brix_kvsrv {
             *put_exists, *put_no_space, *put_too_large, *evictions, *evicted_bytes, *leases,
             *leases_expired, *pins, *pinned_bytes, *conns, *conns_total, *refused, *namespaces,
             *hello_refused, *frame_errors, *frame_timeouts, *bytes_out, *bytes_in, *hugepages,
-            *arena_bytes, *slabs_free;
+            *arena_bytes, *slabs_free, *hello_timeouts, *idle_closed;
     } m;
     uint64_t conns_total, refused, hello_refused, frame_errors, frame_timeouts, bytes_out, bytes_in;
+    uint64_t hello_timeouts, idle_closed;
 };
 
 /* ---------------------------------------------------------- helpers -- */
@@ -504,7 +510,8 @@ static int op_hello(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
     }
     c->hello = true;
     c->ns = id;
-    bool shm = (hl.h.flags & BRIXKV_HELLO_SHM) && c->is_unix;
+    /* no sealed fd (an old kernel): clients copy over the socket instead */
+    bool shm = (hl.h.flags & BRIXKV_HELLO_SHM) && c->is_unix && brix_kvs_fd(s->store) >= 0;
     const char *up = s->unix_on ? s->cfg.unix_path : "";
     size_t ul = strlen(up);
     struct {
@@ -525,6 +532,9 @@ static int op_hello(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
     rep.r.max_batch = (uint32_t)s->cfg.max_batch;
     rep.r.lease_ms = (uint32_t)s->cfg.lease_ms;
     rep.r.unix_len = (uint16_t)ul;
+    /* KiB, rounded down: what a client may pack in one request's body */
+    rep.r.max_frame_kib =
+        s->cfg.max_frame / 1024 > UINT32_MAX ? UINT32_MAX : (uint32_t)(s->cfg.max_frame / 1024);
     BRIX_DEBUG("HELLO from %s: namespace %u%s", who, id, shm ? ", shared memory" : "");
     if (!shm) {
         if (batch_meta(c, &rep, sizeof rep) || batch_meta(c, up, ul))
@@ -600,8 +610,12 @@ static int op_get(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
             if (rc)                      /* over --max-leases: the client misses */
                 e = (brixkv_entry_t){ .status = BRIXKV_ST_BUSY };
         } else if (o) {
-            if (batch_ref(c, o) || batch_iov(c, brix_kvs_obj_data(s->store, o), 0, e.len)) {
-                if (c->nrefs && c->refs[c->nrefs - 1] == o)
+            bool reffed = batch_ref(c, o) == 0;
+            if (!reffed || batch_iov(c, brix_kvs_obj_data(s->store, o), 0, e.len)) {
+                /* the batch holds o's reference only if batch_ref took it:
+                 * drop that one entry, not whichever equals o (a key asked
+                 * twice holds two) */
+                if (reffed)
                     c->nrefs--;
                 for (uint32_t j = i; j < n; j++)
                     if (objs[j])
@@ -758,11 +772,23 @@ static int on_put(void *ud, const brixkv_hdr_t *h, const brixkv_put_desc_t *d, u
         }
         c->rcap = h->count;
     }
-    uint64_t now = brix_now_ms();
-    for (uint32_t i = 0; i < h->count; i++) {
-        c->pst[i] = brix_kvs_reserve(s->store, c->ns, d[i].key, d[i].len, now, &c->resv[i]);
-        dest[i] = c->resv[i].ptr;
-    }
+    (void)d;
+    (void)dest;
+    /* slots are reserved value by value as the bytes come (on_put_value) */
+    memset(c->resv, 0, h->count * sizeof *c->resv);
+    for (uint32_t i = 0; i < h->count; i++)
+        c->pst[i] = BRIXKV_ST_INTERNAL;
+    (void)s;
+    return 0;
+}
+
+static int on_put_value(void *ud, const brixkv_hdr_t *h, uint32_t i, const brixkv_put_desc_t *d,
+                        uint8_t **dest)
+{
+    kv_conn_t *c = ud;
+    (void)h;
+    c->pst[i] = brix_kvs_reserve(c->srv->store, c->ns, d->key, d->len, brix_now_ms(), &c->resv[i]);
+    *dest = c->resv[i].ptr;
     return 0;
 }
 
@@ -792,6 +818,8 @@ static void on_parse_error(void *ud, const brixkv_hdr_t *h, uint16_t st, const c
 }
 
 /* -------------------------------------------------------- read path -- */
+
+static bool mid_frame(const kv_conn_t *c);
 
 static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
 {
@@ -826,6 +854,16 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         rc = brix_kvp_direct_done(&c->parser, (size_t)nread);
     if (c->closing)
         return;
+    if (mid_frame(c)) { /* a frame begun in this read: its own deadline (on_tick) */
+        if (!c->in_frame || c->frame_no != c->parser.frames) {
+            c->in_frame = true;
+            c->frame_no = c->parser.frames;
+            c->frame_start_ms = c->last_read_ms;
+        }
+    } else {
+        c->in_frame = false;
+        c->last_req_ms = c->last_read_ms;
+    }
     if (batch_flush(c)) {
         conn_close(c);
         return;
@@ -876,7 +914,7 @@ static void on_connection(uv_stream_t *l, int status)
     brix_kvp_limits_t lim = { .max_batch = (uint32_t)s->cfg.max_batch,
                               .max_frame = s->cfg.max_frame,
                               .max_string = KV_MAX_STRING };
-    brix_kvp_cb_t cb = { on_frame, on_put, on_put_done, on_parse_error };
+    brix_kvp_cb_t cb = { on_frame, on_put, on_put_done, on_parse_error, on_put_value };
     brix_kvp_init(&c->parser, &lim, &cb, c);
     brix_kvs_owner_init(&c->owner);
     c->next = s->conns;
@@ -896,7 +934,7 @@ static void on_connection(uv_stream_t *l, int status)
         return;
     }
     s->conns_total++;
-    c->last_read_ms = brix_now_ms();
+    c->last_read_ms = c->accepted_ms = c->last_req_ms = brix_now_ms();
     if (!is_unix)
         uv_tcp_nodelay(&c->h.tcp, 1);
     if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
@@ -940,6 +978,8 @@ static void collect(brix_metrics_t *r, void *ud)
     brix_metric_set(s->m.hello_refused, (double)s->hello_refused);
     brix_metric_set(s->m.frame_errors, (double)s->frame_errors);
     brix_metric_set(s->m.frame_timeouts, (double)s->frame_timeouts);
+    brix_metric_set(s->m.hello_timeouts, (double)s->hello_timeouts);
+    brix_metric_set(s->m.idle_closed, (double)s->idle_closed);
     brix_metric_set(s->m.bytes_in, (double)s->bytes_in);
     brix_metric_set(s->m.bytes_out, (double)s->bytes_out);
 }
@@ -994,6 +1034,10 @@ static int metrics_init(brix_kvsrv_t *s)
     s->m.frame_timeouts =
         fam(s, C, "brix_kvcache_frame_timeouts_total",
             "Connections closed stalled mid-request or not reading replies (--frame-timeout).");
+    s->m.hello_timeouts = fam(s, C, "brix_kvcache_hello_timeouts_total",
+                              "Connections closed for sending no HELLO in --hello-timeout.");
+    s->m.idle_closed = fam(s, C, "brix_kvcache_idle_closed_total",
+                           "Connections closed after --idle-timeout without a request.");
     s->m.bytes_in = fam(s, C, "brix_kvcache_received_bytes_total", "Bytes read from clients.");
     s->m.bytes_out = fam(s, C, "brix_kvcache_sent_bytes_total", "Bytes written to clients.");
     brix_metric_family_t *hf =
@@ -1050,11 +1094,37 @@ static void on_tick(uv_timer_t *t)
         bool in_stall =
             c->reading && mid_frame(c) && now - c->last_read_ms > s->cfg.frame_timeout_ms;
         bool out_stall = c->writes && now - c->last_write_ms > s->cfg.frame_timeout_ms;
-        if (in_stall || out_stall) {
+        /* trickling a byte per --frame-timeout is not a stall: a frame must
+         * also end by an absolute deadline, --frame-timeout plus its body
+         * at --min-rate */
+        uint64_t body = c->parser.state == BRIX_KVP_HDR ? 0 : c->parser.hdr.body_len;
+        bool too_slow =
+            s->cfg.min_rate && c->reading && c->in_frame && mid_frame(c) &&
+            now - c->frame_start_ms > s->cfg.frame_timeout_ms + body * 1000 / s->cfg.min_rate;
+        if (in_stall || out_stall || too_slow) {
             s->frame_timeouts++;
-            BRIX_DEBUG("brixkv connection stalled %s for over %llu ms: closed",
-                       in_stall ? "mid-request" : "not reading its replies",
-                       (unsigned long long)s->cfg.frame_timeout_ms);
+            BRIX_DEBUG("brixkv connection %s: closed",
+                       in_stall   ? "stalled mid-request (--frame-timeout)"
+                       : too_slow ? "sending a request below --min-rate"
+                                  : "not reading its replies (--frame-timeout)");
+            conn_close(c);
+            continue;
+        }
+        /* a connection holds a --max-connections place: one that never
+         * says HELLO (no token) must not keep it */
+        if (s->cfg.hello_timeout_ms && !c->hello && !c->closing &&
+            now - c->accepted_ms > s->cfg.hello_timeout_ms) {
+            s->hello_timeouts++;
+            BRIX_DEBUG("brixkv connection sent no HELLO in %llu ms: closed",
+                       (unsigned long long)s->cfg.hello_timeout_ms);
+            conn_close(c);
+            continue;
+        }
+        if (s->cfg.idle_timeout_ms && c->hello && !c->closing && !c->writes && !mid_frame(c) &&
+            now - c->last_req_ms > s->cfg.idle_timeout_ms) {
+            s->idle_closed++;
+            BRIX_DEBUG("brixkv connection idle for %llu ms: closed",
+                       (unsigned long long)s->cfg.idle_timeout_ms);
             conn_close(c);
         }
     }
@@ -1109,8 +1179,22 @@ static int listen_unix(brix_kvsrv_t *s, char *err, size_t errlen)
         uv_close((uv_handle_t *)&s->unix_l, NULL);
         return -EADDRINUSE;
     }
-    unlink(s->cfg.unix_path);
+    /* only a socket is replaced: a --unix naming a regular file (a typo, a
+     * hostile symlink) must not delete it */
+    struct stat lst;
+    if (lstat(s->cfg.unix_path, &lst) == 0) {
+        if (!S_ISSOCK(lst.st_mode)) {
+            snprintf(err, errlen, "--unix %s: exists and is not a socket", s->cfg.unix_path);
+            s->unix_on = false;
+            uv_close((uv_handle_t *)&s->unix_l, NULL);
+            return -EEXIST;
+        }
+        unlink(s->cfg.unix_path);
+    }
+    /* created 0600 at once (no window where others may connect), then 0660 */
+    mode_t old_mask = umask(0177);
     int rc = uv_pipe_bind(&s->unix_l, s->cfg.unix_path);
+    umask(old_mask);
     if (!rc)
         rc = uv_listen((uv_stream_t *)&s->unix_l, 1024, on_connection);
     if (rc) {
@@ -1168,9 +1252,24 @@ int brix_kvsrv_start(uv_loop_t *loop, const brix_kvsrv_cfg_t *cfg, const char *t
         .max_pin_ms = cfg->max_pin_ms,
         .max_pinned_fraction = cfg->max_pinned_fraction,
         .no_hugepages = cfg->no_hugepages,
+        /* default: a quarter of the arena for PUTs in flight */
+        .max_reserved = cfg->max_put_reserved ? cfg->max_put_reserved : cfg->capacity / 4,
     };
     int rc = brix_kvs_open(&sc, &s->store, err, errlen);
     if (rc) {
+        brix_free(s->token);
+        brix_free(s);
+        return rc;
+    }
+    uint64_t one_put = brix_kvs_max_value(s->store) + sizeof(brixkv_put_desc_t);
+    if (cfg->max_frame < one_put) {
+        snprintf(err, errlen,
+                 "--max-frame %llu is below one PUT of the largest value (%llu bytes: max value "
+                 "%llu + a descriptor); raise --max-frame or lower --max-value",
+                 (unsigned long long)cfg->max_frame, (unsigned long long)one_put,
+                 (unsigned long long)brix_kvs_max_value(s->store));
+        rc = -EINVAL;
+        brix_kvs_close(s->store);
         brix_free(s->token);
         brix_free(s);
         return rc;
@@ -1225,6 +1324,9 @@ int brix_kvsrv_start(uv_loop_t *loop, const brix_kvsrv_cfg_t *cfg, const char *t
         cfg->listen ? cfg->listen : "-", s->port, s->unix_on ? cfg->unix_path : "-",
         s->http ? (cfg->http_host ? cfg->http_host : "127.0.0.1") : "-", s->http_port,
         s->token ? "required" : "none");
+    if (s->unix_on && brix_kvs_fd(s->store) < 0)
+        BRIX_WARN("the kernel could not seal the arena's memfd (F_SEAL_FUTURE_WRITE needs Linux "
+                  "5.1+): same-host clients get values over the socket, not mapped");
     *out = s;
     return 0;
 fail:
@@ -1257,7 +1359,9 @@ void brix_kvsrv_stop(brix_kvsrv_t *s)
         uv_close((uv_handle_t *)&s->tcp, NULL);
     if (s->unix_on) {
         uv_close((uv_handle_t *)&s->unix_l, NULL);
-        unlink(s->cfg.unix_path);
+        struct stat lst; /* ours unless someone replaced it: then leave it */
+        if (lstat(s->cfg.unix_path, &lst) == 0 && S_ISSOCK(lst.st_mode))
+            unlink(s->cfg.unix_path);
     }
     if (s->tick_on)
         uv_close((uv_handle_t *)&s->tick, NULL);

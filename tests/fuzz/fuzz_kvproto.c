@@ -104,7 +104,7 @@ static void run(const uint8_t *s, size_t len, size_t step, int mode, brix_buf_t 
     rec_t r;
     memset(&r, 0, sizeof r);
     brix_kvp_t p;
-    brix_kvp_cb_t cb = { on_frame, on_put, on_put_done, on_error };
+    brix_kvp_cb_t cb = { on_frame, on_put, on_put_done, on_error, NULL };
     brix_kvp_init(&p, &lim, &cb, &r);
     int rc = 0;
     for (size_t off = 0; off < len && rc == 0;) {

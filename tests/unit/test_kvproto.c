@@ -169,7 +169,7 @@ static const brix_kvp_limits_t test_lim = { .max_batch = 8,
 
 static void parser_new(brix_kvp_t *p, rec_t *r)
 {
-    brix_kvp_cb_t cb = { rec_frame, rec_put, rec_put_done, rec_error };
+    brix_kvp_cb_t cb = { rec_frame, rec_put, rec_put_done, rec_error, NULL };
     brix_kvp_init(p, &test_lim, &cb, r);
 }
 
