@@ -484,6 +484,8 @@ static void node_up(brixkv_t *c, node_t *nd, const hello_res_t *hr, uint64_t dea
     nd->ever_up = true;
     nd->max_batch = hr->r.max_batch ? hr->r.max_batch : BRIXKV__DEFAULT_BATCH;
     nd->max_value = hr->r.max_value ? hr->r.max_value : UINT32_MAX;
+    /* a node before max_frame_kib says 0: only the PUT_REQ_BYTES chunks */
+    nd->max_frame = hr->r.max_frame_kib ? (uint64_t)hr->r.max_frame_kib * 1024 : UINT64_MAX;
     nd->state = BRIXKV__NODE_UP;
     if (hr->unix_path[0] && !c->no_shm) /* no_shm: TCP only, as another host would */
         try_unix(c, nd, hr->unix_path, deadline);
