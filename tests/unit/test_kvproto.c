@@ -22,12 +22,14 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
@@ -384,6 +386,12 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
+/* Set by a test before srv_start: changes the node's configuration. */
+static void (*g_cfg_hook)(brix_kvsrv_cfg_t *c);
+static char g_start_err[256];
+static int g_start_rc;
+static bool g_start_may_fail;
+
 static srv_env_t *srv_start(const char *hash_seed, const char *token, uint64_t capacity)
 {
     srv_env_t *e = calloc(1, sizeof *e);
@@ -411,8 +419,17 @@ static srv_env_t *srv_start(const char *hash_seed, const char *token, uint64_t c
         .hash_seed = (char *)hash_seed,
         .no_hugepages = true,
     };
+    if (g_cfg_hook)
+        g_cfg_hook(&c);
     char err[256];
     int rc = brix_kvsrv_start(&e->loop, &c, token, &e->srv, err, sizeof err);
+    if (rc && g_start_may_fail) {
+        g_start_rc = rc;
+        snprintf(g_start_err, sizeof g_start_err, "%s", err);
+        uv_loop_close(&e->loop);
+        free(e);
+        return NULL;
+    }
     if (rc)
         fail_msg("start: %s", err);
     uv_async_init(&e->loop, &e->stop, on_stop);
@@ -770,6 +787,13 @@ static void test_server_shm(void **state)
     assert_true(recv_all(fd, path, hr.unix_len));
     uint8_t *map = mmap(NULL, hr.arena_bytes, PROT_READ, MAP_SHARED, mfd, 0);
     assert_true(map != MAP_FAILED);
+    /* read-only for us: no shrinking it under the node (SIGBUS), no
+     * writable mapping, no write (rewriting other namespaces' values) */
+    assert_int_equal(ftruncate(mfd, 0), -1);
+    assert_int_equal(errno, EPERM);
+    assert_true(mmap(NULL, hr.arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0) ==
+                MAP_FAILED);
+    assert_int_equal(pwrite(mfd, "EVIL", 4, 0), -1);
     h = reply(fd, &body); /* PUT */
     assert_int_equal(entry(body, 0).status, BRIXKV_ST_OK);
     free(body);
@@ -844,6 +868,195 @@ static void test_server_shm(void **state)
     srv_stop(e);
 }
 
+/* ---------------------------------------------------- abuse limits -- */
+
+static void cfg_trickle(brix_kvsrv_cfg_t *c)
+{
+    c->frame_timeout_ms = 500;
+    c->min_rate = 1u << 30; /* a 28 MiB frame: about 530 ms */
+}
+
+static void put_hello(int fd)
+{
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    hello(&b, 1, 42, 1, 0, NULL);
+    send_all(fd, &b);
+    brixkv_hdr_t h = reply(fd, &body);
+    assert_int_equal(h.status, BRIXKV_ST_OK);
+    free(body);
+    brix_buf_free(&b);
+}
+
+/* A PUT takes a slot per value only as that value's bytes arrive: a client
+ * that announces 28 MiB of values and sends one byte evicts nothing (before,
+ * every slot was reserved, and the cache evicted, at the descriptors). And
+ * trickling a byte at a time, each within --frame-timeout, does not keep the
+ * frame open past its deadline at --min-rate. */
+static void test_server_put_trickle(void **state)
+{
+    (void)state;
+    g_cfg_hook = cfg_trickle;
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20); /* 8 slabs of 4 MiB */
+    g_cfg_hook = NULL;
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    int a = tcp_connect(e);
+    put_hello(a);
+    uint64_t ids[6] = { 1, 2, 3, 4, 5, 6 };
+    uint32_t lens[6];
+    for (int i = 0; i < 6; i++)
+        lens[i] = 1u << 20;
+    put_frame(&b, 2, ids, lens, 6);
+    send_all(a, &b);
+    brixkv_hdr_t h = reply(a, &body);
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(entry(body, (uint32_t)i).status, BRIXKV_ST_OK);
+    free(body);
+
+    int t = tcp_connect(e);
+    put_hello(t);
+    enum { NV = 7 };
+    brix_buf_reset(&b);
+    put_hdr(&b, BRIXKV_OP_PUT, 0, 2, NV, NV * (sizeof(brixkv_put_desc_t) + (4u << 20)));
+    for (uint32_t i = 0; i < NV; i++) {
+        brixkv_put_desc_t d = { .len = 4u << 20 };
+        key_of(d.key, 100 + i);
+        brix_buf_append(&b, &d, sizeof d);
+    }
+    brix_buf_append_char(&b, 'x');
+    send_all(t, &b);
+    usleep(200 * 1000); /* the node has read it */
+    brix_buf_reset(&b);
+    keys_frame(&b, BRIXKV_OP_MATCH, 0, 3, ids, 6);
+    send_all(a, &b);
+    h = reply(a, &body);
+    assert_int_equal(h.count, 6); /* all six still stored */
+    free(body);
+    /* a byte every 100 ms: never a 500 ms stall, yet closed by the deadline */
+    bool shut = false;
+    for (int i = 0; i < 100 && !shut; i++) {
+        usleep(100 * 1000);
+        if (send(t, "x", 1, MSG_NOSIGNAL) != 1) {
+            shut = true;
+            break;
+        }
+        struct pollfd pf = { .fd = t, .events = POLLIN };
+        if (poll(&pf, 1, 0) == 1) {
+            uint8_t junk[256];
+            shut = recv(t, junk, sizeof junk, MSG_DONTWAIT) <= 0;
+        }
+    }
+    assert_true(shut);
+    close(t);
+    close(a);
+    brix_buf_free(&b);
+    srv_stop(e);
+}
+
+static void cfg_hello_timeout(brix_kvsrv_cfg_t *c)
+{
+    c->hello_timeout_ms = 300;
+}
+
+static void cfg_idle_timeout(brix_kvsrv_cfg_t *c)
+{
+    c->hello_timeout_ms = 300;
+    c->idle_timeout_ms = 400;
+}
+
+/* A connection that never says HELLO (it has no token) gives its place
+ * back after --hello-timeout, over TCP and UNIX; one that did is kept, until
+ * --idle-timeout when that is set. */
+static void test_server_hello_timeout(void **state)
+{
+    (void)state;
+    g_cfg_hook = cfg_hello_timeout;
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20);
+    g_cfg_hook = NULL;
+    int silent = tcp_connect(e), usilent = unix_connect(e), ok = tcp_connect(e);
+    put_hello(ok);
+    assert_true(closed(silent)); /* EOF: before the 10 s receive timeout */
+    assert_true(closed(usilent));
+    usleep(400 * 1000);
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    put_hdr(&b, BRIXKV_OP_PING, 0, 9, 0, 0);
+    send_all(ok, &b);
+    brixkv_hdr_t h = reply(ok, &body);
+    assert_int_equal(h.id, 9);
+    free(body);
+    close(silent);
+    close(usilent);
+    close(ok);
+    srv_stop(e);
+
+    g_cfg_hook = cfg_idle_timeout;
+    e = srv_start(NULL, NULL, 32 << 20);
+    g_cfg_hook = NULL;
+    int idle = tcp_connect(e);
+    put_hello(idle);
+    assert_true(closed(idle));
+    close(idle);
+    brix_buf_free(&b);
+    srv_stop(e);
+}
+
+static void cfg_small_frame(brix_kvsrv_cfg_t *c)
+{
+    c->max_frame = 1u << 20; /* below one 4 MiB value */
+}
+
+static void cfg_unix_file(brix_kvsrv_cfg_t *c)
+{
+    static char path[108];
+    snprintf(path, sizeof path, "/tmp/brix-kvtest-%d.file", (int)getpid());
+    FILE *f = fopen(path, "w");
+    fputs("keep me\n", f);
+    fclose(f);
+    c->unix_path = path;
+}
+
+/* Start refuses a --max-frame a valid PUT of the largest value would
+ * overflow, and a --unix naming something that is not a socket (it was
+ * unlinked); the HELLO reply tells clients the node's max frame. */
+static void test_server_limits(void **state)
+{
+    (void)state;
+    g_start_may_fail = true;
+    g_cfg_hook = cfg_small_frame;
+    assert_null(srv_start(NULL, NULL, 32 << 20));
+    assert_int_equal(g_start_rc, -EINVAL);
+    assert_non_null(strstr(g_start_err, "--max-frame"));
+    g_cfg_hook = cfg_unix_file;
+    assert_null(srv_start(NULL, NULL, 32 << 20));
+    assert_non_null(strstr(g_start_err, "not a socket"));
+    char path[108];
+    snprintf(path, sizeof path, "/tmp/brix-kvtest-%d.file", (int)getpid());
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    unlink(path);
+    g_cfg_hook = NULL;
+    g_start_may_fail = false;
+
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20);
+    int fd = tcp_connect(e);
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    hello(&b, 1, 42, 1, 0, NULL);
+    send_all(fd, &b);
+    brixkv_hdr_t h = reply(fd, &body);
+    assert_int_equal(h.status, BRIXKV_ST_OK);
+    brixkv_hello_reply_t hr;
+    memcpy(&hr, body, sizeof hr);
+    assert_int_equal(hr.max_frame_kib, (64u << 20) / 1024);
+    free(body);
+    close(fd);
+    brix_buf_free(&b);
+    srv_stop(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -853,6 +1066,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_server_hello, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_server_data, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_server_shm, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_put_trickle, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_hello_timeout, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_limits, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
