@@ -57,8 +57,8 @@ static const brix_opt_t kv_opts[] = {
       "clients in the HELLO reply: they split PUTs to fit)" },
     { "max-put-reserved", BRIX_OPT_SIZE, O(max_put_reserved), "0", 0, 1099511627776.0 * 16, "SIZE",
       "slot bytes all PUTs in flight may hold (a value's slot is taken when its first byte "
-      "arrives); past it a value answers NO_SPACE and nothing is evicted for it. 0 = a quarter "
-      "of --capacity" },
+      "arrives); past it a value answers NO_SPACE and nothing is evicted for it. 0 = half of "
+      "--capacity, at least --max-frame" },
     { "min-rate", BRIX_OPT_SIZE, O(min_rate), "1MiB", 1, 68719476736.0, "SIZE",
       "bytes per second: a request must end within --frame-timeout plus its body at this rate "
       "(a client trickling bytes cannot hold a PUT's slots open)" },

@@ -1207,6 +1207,16 @@ static int listen_unix(brix_kvsrv_t *s, char *err, size_t errlen)
     return 0;
 }
 
+/* Default: half the arena for PUTs in flight, and never less than one
+ * whole --max-frame (a single PUT as big as allowed must not be refused). */
+static uint64_t put_reserved_cap(const brix_kvsrv_cfg_t *cfg)
+{
+    if (cfg->max_put_reserved)
+        return cfg->max_put_reserved;
+    uint64_t cap = cfg->capacity / 2;
+    return cap < cfg->max_frame ? cfg->max_frame : cap;
+}
+
 int brix_kvsrv_start(uv_loop_t *loop, const brix_kvsrv_cfg_t *cfg, const char *token,
                      brix_kvsrv_t **out, char *err, size_t errlen)
 {
@@ -1252,8 +1262,7 @@ int brix_kvsrv_start(uv_loop_t *loop, const brix_kvsrv_cfg_t *cfg, const char *t
         .max_pin_ms = cfg->max_pin_ms,
         .max_pinned_fraction = cfg->max_pinned_fraction,
         .no_hugepages = cfg->no_hugepages,
-        /* default: a quarter of the arena for PUTs in flight */
-        .max_reserved = cfg->max_put_reserved ? cfg->max_put_reserved : cfg->capacity / 4,
+        .max_reserved = put_reserved_cap(cfg),
     };
     int rc = brix_kvs_open(&sc, &s->store, err, errlen);
     if (rc) {
