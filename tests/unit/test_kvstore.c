@@ -583,6 +583,34 @@ static void test_arena_sealed(void **state)
     brix_kvs_close(s);
 }
 
+/* PUTs in flight hold at most max_reserved bytes of slots: past it a
+ * reservation is NO_SPACE at once, and nothing stored is evicted for it
+ * (a client announcing values it never sends cannot push the cache out). */
+static void test_reserve_cap(void **state)
+{
+    (void)state;
+    brix_kvs_cfg_t c = cfg_default(8 * MiB, 1 * MiB); /* 8 slabs of 1 MiB */
+    c.max_reserved = 2 * MiB;
+    brix_kvs_t *s = open_store(&c);
+    for (uint64_t id = 1; id <= 6; id++)
+        assert_int_equal(put1(s, 1, id, MiB), BRIXKV_ST_OK);
+    brix_kvs_resv_t r[3];
+    uint8_t k[16];
+    for (int i = 0; i < 3; i++) {
+        mkkey(k, 100 + (uint64_t)i);
+        uint16_t st = brix_kvs_reserve(s, 1, k, MiB, 10, &r[i]);
+        assert_int_equal(st, i < 2 ? BRIXKV_ST_OK : BRIXKV_ST_NO_SPACE);
+    }
+    for (uint64_t id = 1; id <= 6; id++)
+        assert_true(has(s, 1, id)); /* the two free slabs went, nothing else */
+    brix_kvs_stats_t st;
+    brix_kvs_get_stats(s, &st);
+    assert_int_equal(st.evictions, 0);
+    brix_kvs_unreserve(s, &r[0]);
+    brix_kvs_unreserve(s, &r[1]);
+    brix_kvs_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -599,6 +627,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_leases, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_pins, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_arena_sealed, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_reserve_cap, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
