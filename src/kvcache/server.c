@@ -35,9 +35,10 @@
 #define KV_MAX_STRING 4096 /* all HELLO strings together */
 
 typedef struct kv_ns {
-    char *model, *dtype, *layout;
+    char *model, *dtype, *layout; /* NULL: a free entry */
     uint16_t tp_size, tp_rank;
     uint64_t seed;
+    uint32_t conns; /* connections bound to it */
 } kv_ns_t;
 
 /* One piece of an output batch: bytes of the batch's meta buffer (ptr NULL,
@@ -320,7 +321,9 @@ static void conn_close(kv_conn_t *c)
     c->reading = false;
     batch_drop(c);
     brix_kvs_owner_drop(s->store, &c->owner); /* a closed connection's leases end */
-    if (brix_kvp_in_put(&c->parser)) {        /* a PUT cut short frees its slots */
+    if (c->hello && c->ns >= 1 && c->ns <= s->nns)
+        s->ns[c->ns - 1].conns--;
+    if (brix_kvp_in_put(&c->parser)) { /* a PUT cut short frees its slots */
         for (size_t i = 0; i < c->parser.hdr.count; i++)
             brix_kvs_unreserve(s->store, &c->resv[i]);
     }
@@ -358,21 +361,37 @@ static int ns_find_or_add(brix_kvsrv_t *s, const brix_kvp_hello_t *hl, uint32_t 
 {
     for (size_t i = 0; i < s->nns; i++) {
         kv_ns_t *n = &s->ns[i];
-        if (n->tp_size == hl->h.tp_size && n->tp_rank == hl->h.tp_rank &&
+        if (n->model && n->tp_size == hl->h.tp_size && n->tp_rank == hl->h.tp_rank &&
             n->seed == hl->h.hash_seed && str_eq(n->model, hl->model, hl->model_len) &&
             str_eq(n->dtype, hl->dtype, hl->dtype_len) &&
             str_eq(n->layout, hl->layout, hl->layout_len)) {
             *id = (uint32_t)i + 1;
+            n->conns++;
             return 0;
         }
     }
-    if ((int64_t)s->nns >= s->cfg.max_namespaces)
-        return -ENOSPC;
-    kv_ns_t *arr = brix_realloc(s->ns, (s->nns + 1) * sizeof *arr);
-    if (!arr)
-        return -ENOMEM;
-    s->ns = arr;
-    kv_ns_t *n = &s->ns[s->nns];
+    /* a new one: the table would fill up for good with names clients tried
+     * once, so an entry no connection uses and nothing is stored under is
+     * given to it (its id cannot alias a stored key) */
+    size_t slot = s->nns;
+    for (size_t i = 0; i < s->nns && slot == s->nns; i++) {
+        kv_ns_t *n = &s->ns[i];
+        if (!n->model || (!n->conns && brix_kvs_ns_objects(s->store, (uint32_t)i + 1) == 0))
+            slot = i;
+    }
+    if (slot == s->nns) {
+        if ((int64_t)s->nns >= s->cfg.max_namespaces)
+            return -ENOSPC;
+        kv_ns_t *arr = brix_realloc(s->ns, (s->nns + 1) * sizeof *arr);
+        if (!arr)
+            return -ENOMEM;
+        s->ns = arr;
+        memset(&s->ns[s->nns], 0, sizeof *arr);
+    }
+    kv_ns_t *n = &s->ns[slot];
+    brix_free(n->model);
+    brix_free(n->dtype);
+    brix_free(n->layout);
     n->model = brix_strndup(hl->model, hl->model_len);
     n->dtype = brix_strndup(hl->dtype, hl->dtype_len);
     n->layout = brix_strndup(hl->layout, hl->layout_len);
@@ -380,13 +399,18 @@ static int ns_find_or_add(brix_kvsrv_t *s, const brix_kvp_hello_t *hl, uint32_t 
         brix_free(n->model);
         brix_free(n->dtype);
         brix_free(n->layout);
+        n->model = n->dtype = n->layout = NULL;
+        if (slot == s->nns)
+            s->nns++; /* an allocated free entry */
         return -ENOMEM;
     }
     n->tp_size = hl->h.tp_size;
     n->tp_rank = hl->h.tp_rank;
     n->seed = hl->h.hash_seed;
-    s->nns++;
-    *id = (uint32_t)s->nns;
+    n->conns = 1;
+    if (slot == s->nns)
+        s->nns++;
+    *id = (uint32_t)slot + 1;
     BRIX_INFO("namespace %u: model=%s dtype=%s layout=%s tp=%u/%u seed=%llu", *id, n->model,
               n->dtype, n->layout, n->tp_rank, n->tp_size, (unsigned long long)n->seed);
     return 0;
@@ -1263,6 +1287,7 @@ int brix_kvsrv_start(uv_loop_t *loop, const brix_kvsrv_cfg_t *cfg, const char *t
         .max_pinned_fraction = cfg->max_pinned_fraction,
         .no_hugepages = cfg->no_hugepages,
         .max_reserved = put_reserved_cap(cfg),
+        .max_namespaces = (uint32_t)cfg->max_namespaces,
     };
     int rc = brix_kvs_open(&sc, &s->store, err, errlen);
     if (rc) {

@@ -73,7 +73,8 @@ typedef struct brix_kvs_lease {
 struct brix_kvs {
     brix_kvs_cfg_t cfg;
     int fd;
-    bool sealed; /* fd sealed read-only for others: it may be passed (brix_kvs_fd) */
+    bool sealed;       /* fd sealed read-only for others: it may be passed (brix_kvs_fd) */
+    uint64_t *ns_objs; /* objects per namespace id (cfg.max_namespaces + 1), or NULL */
     uint8_t *base;
     uint64_t arena_bytes, gen_bytes, slab_bytes, capacity;
     uint32_t nslabs, gen_per_slab;
@@ -330,6 +331,13 @@ int brix_kvs_open(const brix_kvs_cfg_t *cfg, brix_kvs_t **out, char *err, size_t
     if (s->nghost > (1u << 20))
         s->nghost = 1u << 20;
     s->ghost = cfg->policy == BRIX_KVS_S3FIFO ? brix_calloc(s->nghost, sizeof *s->ghost) : NULL;
+    if (cfg->max_namespaces) {
+        s->ns_objs = brix_calloc((size_t)cfg->max_namespaces + 1, sizeof *s->ns_objs);
+        if (!s->ns_objs) {
+            brix_kvs_close(s);
+            return -ENOMEM;
+        }
+    }
     if (!s->classes || !s->slabs || !s->buckets || !s->lbuckets ||
         (cfg->policy == BRIX_KVS_S3FIFO && !s->ghost)) {
         brix_kvs_close(s);
@@ -396,6 +404,7 @@ void brix_kvs_close(brix_kvs_t *s)
     brix_free(s->buckets);
     brix_free(s->lbuckets);
     brix_free(s->ghost);
+    brix_free(s->ns_objs);
     brix_free(s);
 }
 
@@ -609,6 +618,8 @@ static void index_insert(brix_kvs_t *s, brix_kvs_obj_t *o)
     o->hnext = *b;
     *b = o;
     s->st.objects++;
+    if (s->ns_objs && o->ns <= s->cfg.max_namespaces)
+        s->ns_objs[o->ns]++;
 }
 
 static void index_remove(brix_kvs_t *s, brix_kvs_obj_t *o)
@@ -620,6 +631,15 @@ static void index_remove(brix_kvs_t *s, brix_kvs_obj_t *o)
         *pp = o->hnext;
     o->hnext = NULL;
     s->st.objects--;
+    if (s->ns_objs && o->ns <= s->cfg.max_namespaces)
+        s->ns_objs[o->ns]--;
+}
+
+uint64_t brix_kvs_ns_objects(const brix_kvs_t *s, uint32_t ns)
+{
+    if (!s->ns_objs || ns > s->cfg.max_namespaces)
+        return UINT64_MAX;
+    return s->ns_objs[ns];
 }
 
 brix_kvs_obj_t *brix_kvs_find(brix_kvs_t *s, uint32_t ns, const uint8_t key[16])

@@ -54,10 +54,13 @@ static void key_of(uint8_t k[16], uint64_t id)
     memcpy(k, &id, sizeof id);
 }
 
+static const char *g_hello_model; /* NULL: "llama" */
+
 static void hello(brix_buf_t *b, uint32_t id, uint64_t seed, int det, uint16_t flags,
                   const char *token)
 {
-    const char *model = "llama", *dtype = "bf16", *layout = "paged-16", *client = "test";
+    const char *model = g_hello_model ? g_hello_model : "llama", *dtype = "bf16",
+               *layout = "paged-16", *client = "test";
     brixkv_hello_t h = { 0 };
     h.version = BRIXKV_VERSION;
     h.flags = flags;
@@ -1063,6 +1066,79 @@ static void test_server_limits(void **state)
     srv_stop(e);
 }
 
+/* HELLO of model `model` on a fresh TCP connection: the reply status. A
+ * refusal is retried for up to 2 s (the node sees an earlier close late). */
+static uint16_t hello_model(srv_env_t *e, const char *model, int *fdp)
+{
+    for (int tries = 0;; tries++) {
+        int fd = tcp_connect(e);
+        brix_buf_t b = BRIX_BUF_INIT;
+        uint8_t *body;
+        g_hello_model = model;
+        hello(&b, 1, 42, 1, 0, NULL);
+        g_hello_model = NULL;
+        send_all(fd, &b);
+        brix_buf_free(&b);
+        brixkv_hdr_t h = reply(fd, &body);
+        free(body);
+        if (h.status == BRIXKV_ST_OK || tries == 20) {
+            *fdp = fd;
+            return h.status;
+        }
+        close(fd);
+        usleep(100 * 1000);
+    }
+}
+
+/* The namespace table (--max-namespaces 4 here) does not fill up for good
+ * with names HELLO'd once: an entry no connection holds and nothing is
+ * stored under is reused; one with stored objects keeps its id (its keys
+ * are still found). */
+static void test_server_namespace_reuse(void **state)
+{
+    (void)state;
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20);
+    int keep;
+    assert_int_equal(hello_model(e, "keeper", &keep), BRIXKV_ST_OK);
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    uint64_t ids[] = { 77 };
+    uint32_t lens[] = { 5000 };
+    put_frame(&b, 2, ids, lens, 1);
+    send_all(keep, &b);
+    brixkv_hdr_t h = reply(keep, &body);
+    assert_int_equal(entry(body, 0).status, BRIXKV_ST_OK);
+    free(body);
+    close(keep);
+    char model[32];
+    for (int i = 0; i < 12; i++) { /* three times the table */
+        snprintf(model, sizeof model, "passer-by-%d", i);
+        int fd;
+        assert_int_equal(hello_model(e, model, &fd), BRIXKV_ST_OK);
+        close(fd);
+    }
+    /* four held at once still fill it */
+    int held[4];
+    assert_int_equal(hello_model(e, "keeper", &held[0]), BRIXKV_ST_OK);
+    for (int i = 1; i < 4; i++) {
+        snprintf(model, sizeof model, "holder-%d", i);
+        assert_int_equal(hello_model(e, model, &held[i]), BRIXKV_ST_OK);
+    }
+    int fd;
+    assert_int_equal(hello_model(e, "one-too-many", &fd), BRIXKV_ST_NAMESPACE);
+    close(fd);
+    brix_buf_reset(&b);
+    keys_frame(&b, BRIXKV_OP_MATCH, 0, 3, ids, 1);
+    send_all(held[0], &b);
+    h = reply(held[0], &body);
+    assert_int_equal(h.count, 1); /* keeper's object, under its old id */
+    free(body);
+    for (int i = 0; i < 4; i++)
+        close(held[i]);
+    brix_buf_free(&b);
+    srv_stop(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1075,6 +1151,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_server_put_trickle, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_server_hello_timeout, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_server_limits, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_namespace_reuse, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
