@@ -19,6 +19,7 @@
 #include "core/http_server.h"
 #include "core/metrics.h"
 #include "engine_sim/kv_cache.h"
+#include "engine_sim/kv_connector.h"
 #include "engine_sim/kv_events.h"
 #include "engine_sim/lora.h"
 #include "engine_sim/scheduler.h"
@@ -46,6 +47,7 @@ typedef struct brix_engine_cfg {
     brix_strlist_t lora_modules;
     bool lora_path_check;
     char *kv_events_config;
+    char *kv_transfer_config; /* vLLM --kv-transfer-config: the KV store connector */
     char *gpu;
     char *gpu_profiles;
     double time_scale;
@@ -87,6 +89,11 @@ typedef struct brix_engine_metrics {
     brix_metric_t *h_ttft, *h_tpot, *h_itl, *h_req_tpot;
     brix_metric_t *h_e2e, *h_queue, *h_inference, *h_prefill, *h_decode;
     brix_metric_family_t *lora_info;
+    /* KV connector (NULL without one) */
+    brix_metric_t *ext_queries, *ext_hits, *kvc_loads, *kvc_blocks_loaded, *kvc_bytes_loaded;
+    brix_metric_t *kvc_blocks_saved, *kvc_bytes_saved, *kvc_save_failures, *kvc_save_dropped;
+    brix_metric_t *kvc_checksum_errors, *kvc_wait, *kvc_members, *kvc_members_up, *kvc_members_shm;
+    brix_metric_t *kvc_load_failures[BRIX_KVC_FAIL_N];
     uint64_t seen_preemptions, seen_queries, seen_hits, seen_prompt, seen_gen;
 } brix_engine_metrics_t;
 
@@ -101,6 +108,7 @@ typedef struct brix_engine {
     brix_lora_reg_t loras;
     brix_sched_t sched;
     brix_kv_events_t *events;
+    brix_kvc_t *kvc; /* --kv-transfer-config, NULL = none */
     brix_engine_metrics_t m;
     brix_http_server_t *http;
     int port;

@@ -63,6 +63,25 @@ static void on_collect(brix_metrics_t *reg, void *ud)
     SYNC(m->prompt_tokens, prompt_tokens, seen_prompt);
     SYNC(m->generation_tokens, generation_tokens, seen_gen);
 #undef SYNC
+    if (e->kvc) {
+        const brix_kvc_stats_t *k = brix_kvc_stats(e->kvc);
+        brix_metric_set(m->ext_queries, (double)k->queries_tokens);
+        brix_metric_set(m->ext_hits, (double)k->hits_tokens);
+        brix_metric_set(m->kvc_loads, (double)k->loads);
+        brix_metric_set(m->kvc_blocks_loaded, (double)k->blocks_loaded);
+        brix_metric_set(m->kvc_bytes_loaded, (double)k->bytes_loaded);
+        brix_metric_set(m->kvc_blocks_saved, (double)k->blocks_saved);
+        brix_metric_set(m->kvc_bytes_saved, (double)k->bytes_saved);
+        brix_metric_set(m->kvc_save_failures, (double)k->save_failures);
+        brix_metric_set(m->kvc_save_dropped, (double)k->save_dropped);
+        brix_metric_set(m->kvc_checksum_errors, (double)k->checksum_errors);
+        brix_metric_set(m->kvc_wait, k->wait_seconds);
+        brix_metric_set(m->kvc_members, k->members);
+        brix_metric_set(m->kvc_members_up, k->members_up);
+        brix_metric_set(m->kvc_members_shm, k->members_shm);
+        for (int i = 0; i < BRIX_KVC_FAIL_N; i++)
+            brix_metric_set(m->kvc_load_failures[i], (double)k->load_failures[i]);
+    }
     if (m->lora_info) {
         /* One current series (vLLM keeps every past label combination; a
          * consumer reading the newest timestamp sees the same answer). */
@@ -107,6 +126,70 @@ static size_t buckets_125(double *out, size_t cap, double max)
         }
     }
     return n;
+}
+
+/* The KV connector's counters: vLLM's two external_prefix_cache counters
+ * (vllm/v1/metrics/loggers.py, in tokens) and brix's own, under brix_engine_kv_. */
+static int kvc_metrics_init(brix_engine_t *e)
+{
+    brix_engine_metrics_t *m = &e->m;
+    const brix_metric_type_t C = BRIX_METRIC_COUNTER;
+    m->ext_queries = fam(e, C, "vllm:external_prefix_cache_queries_total",
+                         "External prefix cache queries from KV connector cross-instance cache "
+                         "sharing, in terms of number of queried tokens.",
+                         NULL, 0);
+    m->ext_hits = fam(e, C, "vllm:external_prefix_cache_hits_total",
+                      "External prefix cache hits from KV connector cross-instance cache "
+                      "sharing, in terms of number of cached tokens.",
+                      NULL, 0);
+    m->kvc_loads = fam(e, C, "brix_engine_kv_loads_total",
+                       "Lookups in the KV store that ended (hit, miss or failure).", NULL, 0);
+    m->kvc_blocks_loaded = fam(e, C, "brix_engine_kv_loaded_blocks_total",
+                               "KV blocks loaded from the store and verified.", NULL, 0);
+    m->kvc_bytes_loaded = fam(e, C, "brix_engine_kv_loaded_bytes_total",
+                              "Bytes of KV blocks loaded from the store and verified.", NULL, 0);
+    m->kvc_blocks_saved =
+        fam(e, C, "brix_engine_kv_saved_blocks_total",
+            "KV blocks the store holds after a save (stored or already there).", NULL, 0);
+    m->kvc_bytes_saved = fam(e, C, "brix_engine_kv_saved_bytes_total",
+                             "Bytes of KV blocks saved to the store.", NULL, 0);
+    m->kvc_save_failures =
+        fam(e, C, "brix_engine_kv_save_failures_total",
+            "KV blocks a save did not store (store down, full, refused).", NULL, 0);
+    m->kvc_save_dropped =
+        fam(e, C, "brix_engine_kv_save_dropped_total",
+            "KV blocks not saved because the connector's save queue was full.", NULL, 0);
+    m->kvc_checksum_errors =
+        fam(e, C, "brix_engine_kv_checksum_errors_total",
+            "KV blocks loaded with wrong bytes (treated as a miss and recomputed).", NULL, 0);
+    m->kvc_wait =
+        fam(e, C, "brix_engine_kv_remote_wait_seconds_total",
+            "Simulated seconds requests waited for remote KV (lookup, load, transfer).", NULL, 0);
+    const brix_metric_type_t G = BRIX_METRIC_GAUGE;
+    m->kvc_members = fam(e, G, "brix_engine_kv_store_members",
+                         "KV store nodes the connector places keys on.", NULL, 0);
+    m->kvc_members_up = fam(e, G, "brix_engine_kv_store_members_up",
+                            "KV store nodes connected with the namespace accepted, as of the "
+                            "last store call.",
+                            NULL, 0);
+    m->kvc_members_shm =
+        fam(e, G, "brix_engine_kv_store_members_shm",
+            "KV store nodes read through their mapped memory (same host), as of the last store "
+            "call.",
+            NULL, 0);
+    static const char *const L_REASON[] = { "engine", "model_name", "reason", NULL };
+    brix_metric_family_t *f = brix_metrics_family(
+        m->reg, C, "brix_engine_kv_load_failures_total",
+        "Loads cut short (the failed block and every later one recomputed), by reason.", L_REASON,
+        NULL, 0);
+    if (!f)
+        return -1;
+    for (int i = 0; i < BRIX_KVC_FAIL_N; i++) {
+        const char *vals[] = { "0", e->served, brix_kvc_fail_name((brix_kvc_fail_t)i) };
+        if (!(m->kvc_load_failures[i] = brix_metric_child(f, vals)))
+            return -1;
+    }
+    return m->ext_queries && m->ext_hits && m->kvc_wait && m->kvc_members_shm ? 0 : -1;
 }
 
 int brix_engine_metrics_init(brix_engine_t *e)
@@ -257,6 +340,8 @@ int brix_engine_metrics_init(brix_engine_t *e)
         m->lora_info = brix_metrics_family(m->reg, G, "vllm:lora_requests_info",
                                            "Running stats on lora requests.", ll, NULL, 0);
     }
+    if (e->kvc && kvc_metrics_init(e))
+        return -1;
     brix_metrics_on_collect(m->reg, on_collect, e);
     if (!m->running || !m->h_decode || !m->success_abort)
         return -1;

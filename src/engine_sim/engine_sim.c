@@ -65,6 +65,11 @@ static const brix_opt_t engine_opts[] = {
     { "kv-events-config", BRIX_OPT_STRING, O(kv_events_config), NULL, 1, 0, "JSON",
       "vLLM KV-event publisher config, e.g. '{\"enable_kv_cache_events\":true,"
       "\"publisher\":\"zmq\",\"endpoint\":\"tcp://*:5557\"}'" },
+    { "kv-transfer-config", BRIX_OPT_STRING, O(kv_transfer_config), NULL, 1, 0, "JSON",
+      "vLLM KV connector config for brix's KV store: '{\"kv_connector\":\"BrixConnector\","
+      "\"kv_role\":\"kv_both\",\"kv_connector_extra_config\":{\"servers\":\"HOST:PORT\"}}' "
+      "(kv_producer only saves, kv_consumer only loads; optional extra keys timeout_ms, "
+      "block_bytes, transfer_gbps, max_inflight, no_shm, token_file)" },
     { "gpu", BRIX_OPT_STRING, O(gpu), "a100", 1, 0, "PROFILE",
       "hardware profile: step latency, KV capacity, price (h100, a100, l40s, cpu, ...)" },
     { "gpu-profiles", BRIX_OPT_STRING, O(gpu_profiles), NULL, 1, 0, "FILE",
@@ -229,6 +234,15 @@ void brix_engine_kick(brix_engine_t *e)
 
 /* ------------------------------------------------------------ shutdown -- */
 
+static void close_connector(brix_engine_t *e)
+{
+    if (e->kvc) {
+        e->sched.kv = NULL;
+        brix_kvc_close(e->kvc);
+        e->kvc = NULL;
+    }
+}
+
 static void on_server_closed(void *arg)
 {
     brix_engine_t *e = arg;
@@ -241,6 +255,7 @@ static void on_server_closed(void *arg)
         brix_kv_events_close(e->events);
         e->events = NULL;
     }
+    close_connector(e);
 }
 
 static void on_shutdown_check(uv_timer_t *t)
@@ -295,6 +310,11 @@ static void sink_removed(void *ud, uint64_t hash)
 {
     brix_engine_t *e = ud;
     brix_kv_events_block_removed(e->events, &hash, 1);
+}
+
+static void kvc_kick(void *ud)
+{
+    brix_engine_kick(ud);
 }
 
 static int check_lora_path(const brix_engine_t *e, const char *path, char *err, size_t errlen)
@@ -462,6 +482,32 @@ static int setup(brix_engine_t *e, char *err, size_t errlen)
         }
         brix_kv_events_cfg_free(&kc);
     }
+    if (c->kv_transfer_config) {
+        brix_kvc_cfg_t kc;
+        if (brix_kvc_cfg_parse(c->kv_transfer_config, &kc, err, errlen))
+            return -1;
+        brix_kvc_env_t env = {
+            .loop = e->loop,
+            .model = e->served,
+            .block_size = (uint32_t)c->block_size,
+            .time_scale = c->time_scale,
+            .sched = &e->sched,
+            .kick = kvc_kick,
+            .ud = e,
+        };
+        e->kvc = brix_kvc_new(&kc, &env, err, errlen);
+        if (e->kvc) {
+            static const char *const roles[] = { "kv_both", "kv_producer", "kv_consumer" };
+            BRIX_INFO("KV connector: BrixConnector %s, servers %s, blocks of %llu bytes, "
+                      "timeout %lld ms, %g Gbit/s simulated",
+                      roles[kc.role], kc.servers, (unsigned long long)brix_kvc_block_bytes(e->kvc),
+                      (long long)kc.timeout_ms, kc.transfer_gbps);
+            e->sched.kv = brix_kvc_sched_hooks(e->kvc);
+        }
+        brix_kvc_cfg_free(&kc);
+        if (!e->kvc)
+            return -1;
+    }
     if (brix_engine_metrics_init(e)) {
         snprintf(err, errlen, "out of memory");
         return -1;
@@ -542,6 +588,7 @@ int brix_engine_sim_main(int argc, char **argv)
         fprintf(stderr, "brix engine-sim: %s\n", err);
         if (e->events)
             brix_kv_events_close(e->events);
+        close_connector(e);
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
         teardown(e);
@@ -566,6 +613,7 @@ int brix_engine_sim_main(int argc, char **argv)
         uv_close((uv_handle_t *)&e->shutdown_timer, NULL);
         if (e->events)
             brix_kv_events_close(e->events);
+        close_connector(e);
         uv_run(&loop, UV_RUN_DEFAULT);
         uv_loop_close(&loop);
         teardown(e);

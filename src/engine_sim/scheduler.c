@@ -247,6 +247,8 @@ static void leave_running(brix_sched_t *s, brix_seq_t *q)
 
 void brix_sched_abort(brix_sched_t *s, brix_seq_t *q)
 {
+    if (q->kv_state == BRIX_SEQ_KV_WAITING && s->kv && s->kv->cancel)
+        s->kv->cancel(q, s->kv->ud);
     if (q->state == BRIX_SEQ_WAITING) {
         list_unlink(&s->wait_head, &s->wait_tail, q);
         s->nwaiting--;
@@ -287,6 +289,45 @@ static void plan_add(brix_sched_t *s, brix_seq_t *q, size_t n, bool decode)
     }
 }
 
+/* Blocks of q that a cache may supply: all full ones but the last token's
+ * (the last token is always computed, to produce logits). */
+static size_t max_hit_blocks(const brix_sched_t *s, const brix_seq_t *q)
+{
+    size_t max_hit = (q->ntokens - 1) / s->pool->block_size;
+    return max_hit < q->nhashes ? max_hit : q->nhashes;
+}
+
+/* With a connector: whether the waiting sequence q must be skipped this step
+ * because its external lookup/load is in flight (or cannot start yet). The
+ * lookup covers the prompt blocks after the local prefix-cache hit. */
+static bool kv_defer(brix_sched_t *s, brix_seq_t *q)
+{
+    if (q->kv_state == BRIX_SEQ_KV_WAITING)
+        return true;
+    if (q->kv_state != BRIX_SEQ_KV_NONE)
+        return false;
+    if (!s->kv->lookup) {
+        q->kv_state = BRIX_SEQ_KV_DONE;
+        return false;
+    }
+    size_t to = max_hit_blocks(s, q);
+    size_t from = brix_kv_pool_count_cached(s->pool, q->hashes, to);
+    int rc = s->kv->lookup(q, from, to, s->kv->ud);
+    if (rc == -EAGAIN)
+        return true;
+    q->kv_state = rc == 1 ? BRIX_SEQ_KV_WAITING : BRIX_SEQ_KV_DONE;
+    return rc == 1;
+}
+
+void brix_sched_kv_ready(brix_sched_t *s, brix_seq_t *q, size_t from, size_t n)
+{
+    (void)s;
+    q->kv_state = BRIX_SEQ_KV_READY;
+    q->kv_from = from;
+    q->kv_blocks = n;
+    q->kv_job = NULL;
+}
+
 /* Tries to admit the waiting sequence q; returns false if it cannot run now
  * because the step is out of budget or blocks (stop admitting). */
 static bool admit(brix_sched_t *s, brix_seq_t *q, size_t *budget)
@@ -294,17 +335,24 @@ static bool admit(brix_sched_t *s, brix_seq_t *q, size_t *budget)
     brix_kv_pool_t *p = s->pool;
     uint32_t bs = p->block_size;
     size_t hit_blocks = 0;
-    if (p->prefix_caching) {
-        size_t max_hit = (q->ntokens - 1) / bs; /* the last token is always computed */
-        if (max_hit > q->nhashes)
-            max_hit = q->nhashes;
-        hit_blocks = brix_kv_pool_count_cached(p, q->hashes, max_hit);
+    if (p->prefix_caching)
+        hit_blocks = brix_kv_pool_count_cached(p, q->hashes, max_hit_blocks(s, q));
+    /* Loaded blocks continue the local hit; if the local hit shrank since the
+     * lookup (evictions), the loaded run no longer joins it and is dropped. */
+    size_t ext_blocks = 0;
+    if (q->kv_state == BRIX_SEQ_KV_READY) {
+        size_t end = q->kv_from + q->kv_blocks, max_hit = max_hit_blocks(s, q);
+        if (end > max_hit)
+            end = max_hit;
+        if (hit_blocks >= q->kv_from && end > hit_blocks)
+            ext_blocks = end - hit_blocks;
     }
-    size_t hit_tokens = hit_blocks * bs;
+    size_t hit_tokens = (hit_blocks + ext_blocks) * bs;
     size_t need = q->ntokens - hit_tokens;
     size_t n = need < *budget ? need : *budget;
     if (!s->cfg.chunked_prefill && n < need)
         return false;
+    /* loaded blocks need fresh local blocks like computed ones */
     size_t new_blocks = blocks_for(s, hit_tokens + n) - hit_blocks;
     if (seq_reserve_blocks(q, hit_blocks + new_blocks))
         return false;
@@ -317,7 +365,14 @@ static bool admit(brix_sched_t *s, brix_seq_t *q, size_t *budget)
     }
     q->nblocks = got + new_blocks;
     q->num_computed = hit_tokens;
-    q->nregistered = got;
+    q->nregistered = got; /* loaded blocks get registered at commit, as computed ones */
+    if (s->kv) {
+        if (q->kv_state == BRIX_SEQ_KV_READY && s->kv->admitted)
+            s->kv->admitted(q, ext_blocks, s->kv->ud);
+        q->kv_state = BRIX_SEQ_KV_DONE;
+        if (q->kv_saved < hit_blocks + ext_blocks)
+            q->kv_saved = hit_blocks + ext_blocks; /* not computed here: not saved from here */
+    }
 
     list_unlink(&s->wait_head, &s->wait_tail, q);
     s->nwaiting--;
@@ -336,7 +391,7 @@ static bool admit(brix_sched_t *s, brix_seq_t *q, size_t *budget)
         q->t_first_sched = s->now;
         if (p->prefix_caching) {
             s->st.prefix_queries += q->ntokens;
-            s->st.prefix_hits += hit_tokens;
+            s->st.prefix_hits += hit_blocks * bs;
         }
     }
     plan_add(s, q, n, false);
@@ -382,6 +437,10 @@ bool brix_sched_plan(brix_sched_t *s, double *seconds)
                 q = next; /* skip: its adapter has no slot this step */
                 continue;
             }
+            if (s->kv && kv_defer(s, q)) {
+                q = next; /* skip: waiting for remote KV */
+                continue;
+            }
             if (!admit(s, q, &budget))
                 break;
             q = next;
@@ -393,6 +452,20 @@ bool brix_sched_plan(brix_sched_t *s, double *seconds)
                                 s->plan_extra_s
                           : 0;
     return s->planned;
+}
+
+/* Hands the connector the prompt blocks this step completed (only computed
+ * ones: hits and loads moved kv_saved past theirs at admission). */
+static void kv_save_computed(brix_sched_t *s, brix_seq_t *q)
+{
+    size_t done = q->num_computed < q->prompt_len ? q->num_computed : q->prompt_len;
+    size_t full = done / s->pool->block_size;
+    if (full > q->nhashes)
+        full = q->nhashes;
+    if (full > q->kv_saved) {
+        s->kv->save(q, q->kv_saved, full, s->kv->ud);
+        q->kv_saved = full;
+    }
 }
 
 static void finish(brix_sched_t *s, brix_seq_t *q, brix_finish_t why)
@@ -418,6 +491,8 @@ void brix_sched_commit(brix_sched_t *s, double end)
         q->num_computed += q->step_tokens;
         q->step_tokens = 0;
         seq_register_blocks(s, q);
+        if (s->kv && s->kv->save)
+            kv_save_computed(s, q);
         if (q->num_computed < q->ntokens)
             continue; /* a prefill chunk; more to come */
         if (q->prefill_only) {

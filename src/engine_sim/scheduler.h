@@ -51,6 +51,14 @@ typedef enum brix_finish {
 
 typedef struct brix_seq brix_seq_t;
 
+/* Where a sequence stands with an external KV cache (a KV connector). */
+typedef enum brix_seq_kv {
+    BRIX_SEQ_KV_NONE,    /* not looked up yet */
+    BRIX_SEQ_KV_WAITING, /* lookup/load in flight (vLLM's WAITING_FOR_REMOTE_KVS): not admitted */
+    BRIX_SEQ_KV_READY,   /* loaded: blocks [kv_from, kv_from + kv_blocks) verified */
+    BRIX_SEQ_KV_DONE,    /* nothing (more) to load */
+} brix_seq_kv_t;
+
 struct brix_seq {
     brix_seq_t *prev, *next; /* waiting or running list */
     brix_seq_state_t state;
@@ -77,7 +85,12 @@ struct brix_seq {
     double t_arrival, t_first_sched, t_first_token, t_last_token, t_finish;
     brix_finish_t finish;
     size_t step_tokens; /* scratch: tokens scheduled in the current step */
-    void *ud;           /* owner's */
+    /* external KV (only with a connector) */
+    brix_seq_kv_t kv_state;
+    size_t kv_from, kv_blocks; /* READY: the loaded run of prompt blocks */
+    size_t kv_saved;           /* prompt blocks before this are saved or not ours to save */
+    void *kv_job;              /* the connector's in-flight job */
+    void *ud;                  /* owner's */
 };
 
 typedef struct brix_sched_cfg {
@@ -109,8 +122,28 @@ typedef struct brix_sched_cb {
     void *ud;
 } brix_sched_cb_t;
 
+/* A KV connector's scheduler side (vLLM's get_num_new_matched_tokens and
+ * the save path); NULL members are not called. */
+typedef struct brix_sched_kv {
+    /* Called once when the waiting sequence q is first considered: its local
+     * prefix-cache hit ends at prompt block `from`, and blocks up to `to` could
+     * be loaded. Returns 1 when a load started (q waits until the connector
+     * calls brix_sched_kv_ready), 0 when there is nothing to load, -EAGAIN to
+     * be asked again at the next step (the connector is saturated). */
+    int (*lookup)(brix_seq_t *q, size_t from, size_t to, void *ud);
+    /* q leaves the scheduler (abort) while its load is in flight. */
+    void (*cancel)(brix_seq_t *q, void *ud);
+    /* q was admitted using ext_blocks loaded blocks (0 when its load gave
+     * nothing usable). */
+    void (*admitted)(brix_seq_t *q, size_t ext_blocks, void *ud);
+    /* Prompt blocks [from, to) of q were just computed (full, hashed). */
+    void (*save)(brix_seq_t *q, size_t from, size_t to, void *ud);
+    void *ud;
+} brix_sched_kv_t;
+
 typedef struct brix_sched {
     brix_sched_cfg_t cfg;
+    const brix_sched_kv_t *kv; /* NULL = no connector */
     brix_kv_pool_t *pool;
     brix_lora_reg_t *loras;
     brix_sched_cb_t cb;
@@ -150,6 +183,10 @@ bool brix_sched_plan(brix_sched_t *s, double *seconds);
 void brix_sched_commit(brix_sched_t *s, double end);
 /* Whether any sequence is waiting or running. */
 bool brix_sched_busy(const brix_sched_t *s);
+
+/* The connector finished q's load: blocks [from, from + n) of its prompt are
+ * loaded (n may be 0). q becomes admissible; the caller kicks the engine. */
+void brix_sched_kv_ready(brix_sched_t *s, brix_seq_t *q, size_t from, size_t n);
 
 /* Deterministic output token generator shared with the API layer. */
 uint64_t brix_sched_rng_next(uint64_t *state);
