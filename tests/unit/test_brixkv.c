@@ -276,6 +276,7 @@ enum {
 };
 static int g_fake_arena = FAKE_ARENA_SEALED;
 static bool g_fake_untrusted; /* the UNIX socket listens as uid 65534 */
+static bool g_fake_relative;  /* the UNIX path it names is relative (to our cwd) */
 static uint32_t g_fake_max_frame_kib;
 
 /* The fake's contents: a key is stored unless b[9] is set; its value is
@@ -619,7 +620,8 @@ static fake_t *fake_start(bool with_unix, uint64_t unix_node_id, uint32_t max_ba
     getsockname(f->lfd, (struct sockaddr *)&sa, &sl);
     f->port = ntohs(sa.sin_port);
     if (with_unix) {
-        snprintf(f->upath, sizeof(f->upath), "/tmp/test_brixkv.%d.%d.sock", (int)getpid(), f->port);
+        snprintf(f->upath, sizeof(f->upath), "%s/test_brixkv.%d.%d.sock",
+                 g_fake_relative ? "." : "/tmp", (int)getpid(), f->port);
         unlink(f->upath);
         f->ulfd = socket(AF_UNIX, SOCK_STREAM, 0);
         struct sockaddr_un su = { .sun_family = AF_UNIX };
@@ -885,21 +887,30 @@ static void test_fake_shm_refused(void **state)
         brixkv_close(c);
         fake_stop(f);
     }
-    if (geteuid() != 0) {
-        fprintf(stderr, "test_fake_shm_refused: not root, the other-uid socket is not tried\n");
-        return;
+    for (int rel = 0; rel < 2; rel++) {
+        /* rel: a relative path is our cwd's, not the node's (the socket
+         * there is ours); else the socket is another uid's */
+        if (!rel && geteuid() != 0) {
+            fprintf(stderr, "test_fake_shm_refused: not root, no other-uid socket tried\n");
+            continue;
+        }
+        char cwd[4096];
+        assert_non_null(getcwd(cwd, sizeof(cwd)));
+        assert_int_equal(chdir("/tmp"), 0);
+        g_fake_untrusted = !rel;
+        g_fake_relative = rel;
+        fake_t *f = fake_start(true, 0xabcdef, 16);
+        g_fake_untrusted = g_fake_relative = false;
+        char srv[64];
+        snprintf(srv, sizeof(srv), "127.0.0.1:%d", f->port);
+        brixkv_t *c = open_on(srv, false, 5000);
+        check_get(c, 15, 0, 0);
+        assert_false(brixkv_member_shm(c, 0));
+        assert_int_equal(atomic_load(&f->unix_hellos), 0); /* the token never went there */
+        brixkv_close(c);
+        fake_stop(f);
+        assert_int_equal(chdir(cwd), 0);
     }
-    g_fake_untrusted = true;
-    fake_t *f = fake_start(true, 0xabcdef, 16);
-    g_fake_untrusted = false;
-    char srv[64];
-    snprintf(srv, sizeof(srv), "127.0.0.1:%d", f->port);
-    brixkv_t *c = open_on(srv, false, 5000);
-    check_get(c, 15, 0, 0);
-    assert_false(brixkv_member_shm(c, 0));
-    assert_int_equal(atomic_load(&f->unix_hellos), 0);
-    brixkv_close(c);
-    fake_stop(f);
 }
 
 /* A node with a small --max-frame says so in its HELLO reply: the client
