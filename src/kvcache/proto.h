@@ -23,7 +23,14 @@
  *            seed differs from the node's --hash-seed. Reply body
  *            brixkv_hello_reply_t + the node's UNIX socket path (may be
  *            empty). On a UNIX socket with BRIXKV_HELLO_SHM the reply carries
- *            the arena's memfd as SCM_RIGHTS ancillary data on its first byte.
+ *            the arena's memfd as SCM_RIGHTS ancillary data on its first byte:
+ *            sealed (F_SEAL_SHRINK|GROW|FUTURE_WRITE|SEAL), so it can only be
+ *            mapped read-only and never shrinks; it holds every namespace's
+ *            values. A node that cannot seal it does not pass it. The reply's
+ *            max_frame_kib (formerly padding, so 0 from older nodes) is the
+ *            largest request body the node takes: a client splits PUTs to fit.
+ *            A connection must send its HELLO within the node's
+ *            --hello-timeout.
  *   MATCH    body count keys. Reply count = length of the leading run of keys
  *            stored (the longest stored prefix), no entries. Takes no lease.
  *   GET      body count keys. flags BRIXKV_F_SHM (only on a connection that
