@@ -595,6 +595,10 @@ static int op_get(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
     }
     uint32_t n = h->count;
     brix_kvs_obj_t **objs = s->scratch;
+    /* out of memory midway: this reply is taken out of the batch again, so
+     * the error frame is not sent inside a half-made GET reply */
+    size_t meta0 = c->meta.len, niov0 = c->niov, nrefs0 = c->nrefs;
+    uint64_t bytes0 = c->batch_bytes;
     brix_kvs_get(s->store, c->ns, (const uint8_t(*)[16])body, n, objs);
     uint64_t now = brix_now_ms();
     uint64_t payload = 0;
@@ -636,12 +640,11 @@ static int op_get(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
         } else if (o) {
             bool reffed = batch_ref(c, o) == 0;
             if (!reffed || batch_iov(c, brix_kvs_obj_data(s->store, o), 0, e.len)) {
-                /* the batch holds o's reference only if batch_ref took it:
-                 * drop that one entry, not whichever equals o (a key asked
-                 * twice holds two) */
-                if (reffed)
-                    c->nrefs--;
-                for (uint32_t j = i; j < n; j++)
+                /* o's reference is in the batch only if batch_ref took it
+                 * (then it goes with the batch's below); the keys after it
+                 * are still ours. Not "the last ref equals o": a key asked
+                 * twice holds two. */
+                for (uint32_t j = reffed ? i + 1 : i; j < n; j++)
                     if (objs[j])
                         brix_kvs_unref(s->store, objs[j]);
                 goto oom;
@@ -655,6 +658,13 @@ static int op_get(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
     memcpy(c->meta.data + hoff + offsetof(brixkv_hdr_t, body_len), &bl, sizeof bl);
     return 0;
 oom:
+    for (size_t j = nrefs0; j < c->nrefs; j++)
+        brix_kvs_unref(s->store, c->refs[j]);
+    c->nrefs = nrefs0;
+    c->niov = niov0;
+    c->batch_bytes = bytes0;
+    if (c->meta.len > meta0)
+        c->meta.len = meta0;
     conn_fail(c, h, BRIXKV_ST_INTERNAL, "out of memory");
     return -1;
 }

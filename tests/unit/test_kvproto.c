@@ -34,6 +34,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "core/alloc.h"
 #include "core/buf.h"
 #include "kvcache/kvproto.h"
 #include "kvcache/server.h"
@@ -1139,6 +1140,69 @@ static void test_server_namespace_reuse(void **state)
     srv_stop(e);
 }
 
+/* A GET that runs out of memory while batching a key asked many times
+ * drops exactly the references it took: afterwards the object is not
+ * referenced, so DELETE succeeds (a leaked reference would make it BUSY
+ * and unevictable forever). */
+static void test_server_get_oom_refs(void **state)
+{
+    (void)state;
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20);
+    brix_buf_t b = BRIX_BUF_INIT, get = BRIX_BUF_INIT;
+    uint8_t *body;
+    int fd = tcp_connect(e);
+    put_hello(fd);
+    uint64_t ids[] = { 5 };
+    uint32_t lens[] = { 1000 };
+    put_frame(&b, 2, ids, lens, 1);
+    send_all(fd, &b);
+    brixkv_hdr_t h = reply(fd, &body);
+    assert_int_equal(entry(body, 0).status, BRIXKV_ST_OK);
+    free(body);
+    uint64_t same[40];
+    for (int i = 0; i < 40; i++)
+        same[i] = 5;
+    keys_frame(&get, BRIXKV_OP_GET, 0, 3, same, 40); /* past the 16 refs first allocated */
+    int failed = 0;
+    for (int n = 0; n < 40; n++) {
+        brix_alloc_fail_after(n);
+        send_all(fd, &get);
+        /* a reply, an error reply, or (a write it could not queue) just EOF */
+        bool ok = recv_all(fd, &h, sizeof h);
+        brix_alloc_fail_after(-1);
+        if (ok) {
+            assert_int_equal(h.magic, BRIXKV_MAGIC);
+            body = malloc(h.body_len + 1);
+            ok = recv_all(fd, body, h.body_len) && h.status == BRIXKV_ST_OK;
+            free(body);
+        }
+        if (!ok) { /* out of memory: the node closed it */
+            failed++;
+            close(fd);
+            fd = tcp_connect(e);
+            put_hello(fd);
+        }
+    }
+    assert_true(failed > 0);
+    uint16_t st = 0;
+    for (int tries = 0; tries < 20; tries++) { /* in-flight writes finish first */
+        brix_buf_reset(&b);
+        keys_frame(&b, BRIXKV_OP_DELETE, 0, 4, ids, 1);
+        send_all(fd, &b);
+        h = reply(fd, &body);
+        st = entry(body, 0).status;
+        free(body);
+        if (st != BRIXKV_ST_BUSY)
+            break;
+        usleep(100 * 1000);
+    }
+    assert_int_equal(st, BRIXKV_ST_OK);
+    close(fd);
+    brix_buf_free(&b);
+    brix_buf_free(&get);
+    srv_stop(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1152,6 +1216,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_server_hello_timeout, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_server_limits, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_server_namespace_reuse, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_get_oom_refs, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
