@@ -216,6 +216,30 @@ static int reply_hdr(kv_conn_t *c, const brixkv_hdr_t *req, uint16_t st, uint32_
     return batch_meta(c, &h, sizeof h);
 }
 
+/* Where the batch stood before a reply was begun: a reply cut short by
+ * running out of memory is taken out again, so the error frame that follows
+ * is not sent inside it. */
+typedef struct kv_mark {
+    size_t meta, niov, nrefs;
+    uint64_t bytes;
+} kv_mark_t;
+
+static kv_mark_t batch_mark(const kv_conn_t *c)
+{
+    return (kv_mark_t){ c->meta.len, c->niov, c->nrefs, c->batch_bytes };
+}
+
+static void batch_rollback(kv_conn_t *c, const kv_mark_t *m)
+{
+    for (size_t j = m->nrefs; j < c->nrefs; j++)
+        brix_kvs_unref(c->srv->store, c->refs[j]);
+    c->nrefs = m->nrefs;
+    c->niov = m->niov;
+    c->batch_bytes = m->bytes;
+    if (c->meta.len > m->meta)
+        c->meta.len = m->meta;
+}
+
 static void conn_close(kv_conn_t *c);
 
 static void on_conn_closed(uv_handle_t *h)
@@ -597,8 +621,7 @@ static int op_get(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
     brix_kvs_obj_t **objs = s->scratch;
     /* out of memory midway: this reply is taken out of the batch again, so
      * the error frame is not sent inside a half-made GET reply */
-    size_t meta0 = c->meta.len, niov0 = c->niov, nrefs0 = c->nrefs;
-    uint64_t bytes0 = c->batch_bytes;
+    kv_mark_t mark = batch_mark(c);
     brix_kvs_get(s->store, c->ns, (const uint8_t(*)[16])body, n, objs);
     uint64_t now = brix_now_ms();
     uint64_t payload = 0;
@@ -658,13 +681,7 @@ static int op_get(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
     memcpy(c->meta.data + hoff + offsetof(brixkv_hdr_t, body_len), &bl, sizeof bl);
     return 0;
 oom:
-    for (size_t j = nrefs0; j < c->nrefs; j++)
-        brix_kvs_unref(s->store, c->refs[j]);
-    c->nrefs = nrefs0;
-    c->niov = niov0;
-    c->batch_bytes = bytes0;
-    if (c->meta.len > meta0)
-        c->meta.len = meta0;
+    batch_rollback(c, &mark);
     conn_fail(c, h, BRIXKV_ST_INTERNAL, "out of memory");
     return -1;
 }
@@ -745,6 +762,7 @@ static int on_frame(void *ud, const brixkv_hdr_t *h, const uint8_t *body)
         return -1;
     }
     int rc = 0;
+    kv_mark_t mark = batch_mark(c);
     switch (h->op) {
     case BRIXKV_OP_MATCH:
         rc = op_match(c, h, body);
@@ -775,8 +793,10 @@ static int on_frame(void *ud, const brixkv_hdr_t *h, const uint8_t *body)
         return -1;
     }
     if (rc) {
-        if (!c->close_after_flush)
+        if (!c->close_after_flush) {
+            batch_rollback(c, &mark);
             conn_fail(c, h, BRIXKV_ST_INTERNAL, "out of memory");
+        }
         return -1;
     }
     /* a long pipeline of GETs: write what is ready rather than grow the batch */
@@ -830,6 +850,7 @@ static int on_put_done(void *ud, const brixkv_hdr_t *h)
 {
     kv_conn_t *c = ud;
     brix_kvsrv_t *s = c->srv;
+    kv_mark_t mark = batch_mark(c);
     brix_kvs_commit(s->store, c->ns, c->resv, c->pst, h->count, brix_now_ms());
     if (reply_hdr(c, h, BRIXKV_ST_OK, h->count, (uint64_t)h->count * sizeof(brixkv_entry_t)))
         goto oom;
@@ -840,6 +861,7 @@ static int on_put_done(void *ud, const brixkv_hdr_t *h)
     }
     return 0;
 oom:
+    batch_rollback(c, &mark);
     conn_fail(c, h, BRIXKV_ST_INTERNAL, "out of memory");
     return -1;
 }
