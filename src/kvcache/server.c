@@ -93,6 +93,7 @@ struct kv_conn {
     uint64_t last_req_ms;   /* the last frame completed (--idle-timeout) */
     uint64_t frame_no;      /* parser.frames when the current frame began */
     uint64_t frame_start_ms;
+    uint64_t paused_ms; /* reading paused (--max-pending) at */
     bool in_frame;
     uint8_t *rbuf;
 };
@@ -934,6 +935,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (c->pending > c->srv->cfg.max_pending) {
         uv_read_stop(&c->h.stream); /* the client is not reading its replies */
         c->reading = false;
+        c->paused_ms = brix_now_ms();
     }
 }
 
@@ -941,8 +943,11 @@ static void maybe_resume(kv_conn_t *c)
 {
     if (!c->reading && !c->close_after_flush && !c->closing &&
         c->pending <= c->srv->cfg.max_pending / 2) {
-        if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
+        if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0) {
             c->reading = true;
+            if (c->in_frame) /* our pause does not count against its --min-rate */
+                c->frame_start_ms += brix_now_ms() - c->paused_ms;
+        }
     }
 }
 
