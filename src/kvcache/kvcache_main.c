@@ -65,6 +65,9 @@ static const brix_opt_t kv_opts[] = {
     { "hello-timeout", BRIX_OPT_DURATION, O(hello_timeout_ms), "5s", 100, 600000, NULL,
       "a connection that has not sent its HELLO (with the token) this long after accept is "
       "closed" },
+    { "max-unauth-per-ip", BRIX_OPT_INT, O(max_unauth_per_ip), "64", 0, 1000000, "N",
+      "TCP connections one address may hold before their HELLO (0 = no cap); more are closed at "
+      "accept, so clients without the token cannot take every --max-connections place" },
     { "idle-timeout", BRIX_OPT_DURATION, O(idle_timeout_ms), "0", 0, 2592000000.0, NULL,
       "a connection without a request this long is closed (0 = never; clients reconnect)" },
     { "max-connections", BRIX_OPT_INT, O(max_connections), "4096", 1, 1000000, "N",

@@ -94,6 +94,7 @@ struct kv_conn {
     uint64_t frame_no;      /* parser.frames when the current frame began */
     uint64_t frame_start_ms;
     uint64_t paused_ms; /* reading paused (--max-pending) at */
+    uint8_t ip[16];     /* TCP peer address (IPv4 mapped), for --max-unauth-per-ip */
     bool in_frame;
     uint8_t *rbuf;
 };
@@ -951,6 +952,26 @@ static void maybe_resume(kv_conn_t *c)
     }
 }
 
+/* The TCP peer's address into c->ip (IPv4 as ::ffff:a.b.c.d). 0 or -1. */
+static int peer_ip(kv_conn_t *c)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len))
+        return -1;
+    memset(c->ip, 0, sizeof c->ip);
+    if (ss.ss_family == AF_INET) {
+        c->ip[10] = c->ip[11] = 0xff;
+        memcpy(c->ip + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        return 0;
+    }
+    if (ss.ss_family == AF_INET6) {
+        memcpy(c->ip, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        return 0;
+    }
+    return -1;
+}
+
 static void on_connection(uv_stream_t *l, int status)
 {
     brix_kvsrv_t *s = l->data;
@@ -993,6 +1014,22 @@ static void on_connection(uv_stream_t *l, int status)
                   (long long)s->cfg.max_connections);
         conn_close(c);
         return;
+    }
+    if (!is_unix && s->cfg.max_unauth_per_ip > 0 && peer_ip(c) == 0) {
+        /* one address may hold only so many connections that have not
+         * said HELLO: without the token it cannot take every place */
+        int64_t same = 0;
+        for (kv_conn_t *o = s->conns; o; o = o->next)
+            if (o != c && !o->is_unix && !o->hello && !o->closing && !memcmp(o->ip, c->ip, 16))
+                same++;
+        if (same >= s->cfg.max_unauth_per_ip) {
+            s->refused++;
+            BRIX_DEBUG("connection refused: %lld from one address without HELLO "
+                       "(--max-unauth-per-ip)",
+                       (long long)same);
+            conn_close(c);
+            return;
+        }
     }
     s->conns_total++;
     c->last_read_ms = c->accepted_ms = c->last_req_ms = brix_now_ms();

@@ -42,6 +42,7 @@ typedef struct brix_kvsrv_cfg {
     uint64_t max_put_reserved; /* slot bytes PUTs in flight may hold; 0 = capacity / 4 */
     uint64_t hello_timeout_ms; /* a connection without HELLO this long is closed (0: never) */
     uint64_t idle_timeout_ms;  /* 0 = never; else a connection without requests is closed */
+    int64_t max_unauth_per_ip; /* TCP connections one address holds before HELLO (0: no cap) */
     int64_t max_namespaces;
     char *hash_seed;
     char *token_file;

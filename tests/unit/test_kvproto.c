@@ -1203,6 +1203,45 @@ static void test_server_get_oom_refs(void **state)
     srv_stop(e);
 }
 
+static void cfg_unauth_cap(brix_kvsrv_cfg_t *c)
+{
+    c->max_unauth_per_ip = 2;
+}
+
+/* One address holds at most --max-unauth-per-ip connections that have not
+ * said HELLO; one that did is not counted, and a place frees up when a
+ * silent one goes. */
+static void test_server_unauth_per_ip(void **state)
+{
+    (void)state;
+    g_cfg_hook = cfg_unauth_cap;
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20);
+    g_cfg_hook = NULL;
+    int ok = tcp_connect(e);
+    put_hello(ok);
+    int s1 = tcp_connect(e), s2 = tcp_connect(e);
+    usleep(200 * 1000); /* accepted */
+    int s3 = tcp_connect(e);
+    assert_true(closed(s3)); /* the third silent one */
+    close(s3);
+    close(s1);
+    usleep(300 * 1000); /* the node saw it go */
+    int s4 = tcp_connect(e);
+    put_hello(s4); /* a place again: and it says HELLO */
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    put_hdr(&b, BRIXKV_OP_PING, 0, 9, 0, 0);
+    send_all(ok, &b);
+    brixkv_hdr_t h = reply(ok, &body);
+    assert_int_equal(h.id, 9);
+    free(body);
+    brix_buf_free(&b);
+    close(s2);
+    close(s4);
+    close(ok);
+    srv_stop(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1217,6 +1256,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_server_limits, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_server_namespace_reuse, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_server_get_oom_refs, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_unauth_per_ip, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
