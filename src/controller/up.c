@@ -660,7 +660,11 @@ int brix_up_main(int argc, char **argv)
     snprintf(kvlisten, sizeof kvlisten, "127.0.0.1:%d", u.kv_port);
     snprintf(kvhttp, sizeof kvhttp, "%d", u.kv_http_port);
     snprintf(kvurl, sizeof kvurl, "http://127.0.0.1:%d", u.kv_http_port);
-    snprintf(kvsock, sizeof kvsock, "%s/kvcache.sock", u.state_dir);
+    /* absolute: the node advertises it, and clients refuse a relative path */
+    char sdabs[PATH_MAX];
+    if (!realpath(u.state_dir, sdabs))
+        snprintf(sdabs, sizeof sdabs, "%s", u.state_dir);
+    snprintf(kvsock, sizeof kvsock, "%s/kvcache.sock", sdabs);
     snprintf(kvtok, sizeof kvtok, "%s/kvcache-token", u.state_dir);
     if (u.kv_enabled) {
         char kvt[BRIX_AUTH_TOKEN_MAX];

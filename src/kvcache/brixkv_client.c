@@ -101,7 +101,8 @@ static int build(brixkv_t *c, call_t *k, node_t *nd)
         size_t w = 0;
         for (size_t j = 0; j < n; j++) {
             size_t i = nd->idx[j];
-            if (k->vlens[i] > nd->max_value || k->vlens[i] > UINT32_MAX)
+            if (k->vlens[i] > nd->max_value || k->vlens[i] > UINT32_MAX ||
+                k->vlens[i] + sizeof(brixkv_put_desc_t) > nd->max_frame)
                 set_st(k, i, BRIXKV_ST_TOO_LARGE);
             else
                 nd->idx[w++] = i;
@@ -137,13 +138,17 @@ static int build(brixkv_t *c, call_t *k, node_t *nd)
     size_t j = 0;
     do { /* STATS and PING: one request without keys */
         size_t lo = j;
-        uint64_t bytes = 0;
+        uint64_t bytes = 0, body = 0;
         while (j < n && j - lo < nd->max_batch) {
             if (put) {
+                /* at most PUT_REQ_BYTES of values, and the node's
+                 * --max-frame of body (descriptors and values) */
                 size_t l = k->vlens[nd->idx[j]];
-                if (j > lo && bytes + l > BRIXKV__PUT_REQ_BYTES)
+                if (j > lo && (bytes + l > BRIXKV__PUT_REQ_BYTES ||
+                               body + l + sizeof(brixkv_put_desc_t) > nd->max_frame))
                     break;
                 bytes += l;
+                body += l + sizeof(brixkv_put_desc_t);
             }
             j++;
         }
@@ -345,6 +350,13 @@ static void next_reply(node_t *nd)
 static int do_recv(brixkv_t *c, call_t *k, node_t *nd)
 {
     while (nd->active) {
+        /* a node that keeps bytes coming never makes readv say EAGAIN: the
+         * call's deadline is checked here too, not only around poll */
+        if (brixkv__ms_left(k->deadline) == 0) {
+            brixkv__seterr(c, "%s: timed out (reply still streaming)", nd->m.addr);
+            c->cs.timeouts++;
+            return BRIXKV_ST_TIMEOUT;
+        }
         struct iovec iv[RX_IOV];
         int niv = 0;
         switch (nd->rphase) {
@@ -591,6 +603,7 @@ static void run(brixkv_t *c, call_t *k)
                 continue;
             int rc = do_send(c, nd);
             if (rc) {
+                brixkv__seterr(c, "%s: send: %s", nd->m.addr, strerror(-rc));
                 node_fail(c, k, nd, BRIXKV_ST_UNAVAILABLE, true);
                 continue;
             }
@@ -623,7 +636,7 @@ static void run(brixkv_t *c, call_t *k)
                     brixkv__seterr(c, "%s: connection lost", nd->m.addr);
                 /* a lost connection or a node speaking out of turn: back off
                  * (no reconnect per call to a broken node) */
-                node_fail(c, k, nd, (brixkv_status_t)s, true);
+                node_fail(c, k, nd, (brixkv_status_t)s, s != BRIXKV_ST_TIMEOUT);
             }
         }
     }

@@ -12,6 +12,7 @@
 #include "kvcache/brixkv_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -21,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -373,16 +376,65 @@ static int hello(brixkv_t *c, node_t *nd, int fd, bool shm, uint64_t deadline, h
 /* Tries the node's UNIX socket (same host): on success nd->fd is the UNIX
  * connection, with the arena mapped when the node passed it. Any failure
  * leaves the TCP connection in use: the same-host path is an optimisation. */
+/* The TCP connection's peer is this host: a loopback address, or one of our
+ * own (the kernel then picks that same address as the source). A node on
+ * another host may name a UNIX path that something else serves here. */
+static bool peer_is_local(int fd)
+{
+    struct sockaddr_storage me, peer;
+    socklen_t ml = sizeof(me), pl = sizeof(peer);
+    if (getsockname(fd, (struct sockaddr *)&me, &ml) ||
+        getpeername(fd, (struct sockaddr *)&peer, &pl))
+        return false;
+    if (peer.ss_family == AF_INET) {
+        const struct sockaddr_in *p4 = (const struct sockaddr_in *)&peer;
+        const struct sockaddr_in *m4 = (const struct sockaddr_in *)&me;
+        if ((ntohl(p4->sin_addr.s_addr) >> 24) == 127)
+            return true;
+        return me.ss_family == AF_INET && p4->sin_addr.s_addr == m4->sin_addr.s_addr;
+    }
+    if (peer.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *p6 = (const struct sockaddr_in6 *)&peer;
+        const struct sockaddr_in6 *m6 = (const struct sockaddr_in6 *)&me;
+        if (IN6_IS_ADDR_LOOPBACK(&p6->sin6_addr))
+            return true;
+        if (IN6_IS_ADDR_V4MAPPED(&p6->sin6_addr) && p6->sin6_addr.s6_addr[12] == 127)
+            return true;
+        return me.ss_family == AF_INET6 &&
+               !memcmp(&p6->sin6_addr, &m6->sin6_addr, sizeof(p6->sin6_addr));
+    }
+    return false;
+}
+
+/* The process listening on the UNIX socket runs as us or as root: anyone
+ * else could have put a socket at the advertised path to collect our token
+ * and serve us a fake arena. */
+static bool peer_is_trusted(int ufd)
+{
+    struct ucred cr;
+    socklen_t cl = sizeof(cr);
+    if (getsockopt(ufd, SOL_SOCKET, SO_PEERCRED, &cr, &cl) || cl != sizeof(cr))
+        return false;
+    return cr.uid == getuid() || cr.uid == geteuid() || cr.uid == 0;
+}
+
 static void try_unix(brixkv_t *c, node_t *nd, const char *path, uint64_t deadline)
 {
     struct sockaddr_un su = { .sun_family = AF_UNIX };
     size_t pl = strlen(path);
-    if (pl == 0 || pl >= sizeof(su.sun_path))
+    /* a relative path would resolve against our cwd, not the node's */
+    if (pl == 0 || pl >= sizeof(su.sun_path) || path[0] != '/')
+        return;
+    if (!peer_is_local(nd->fd))
         return;
     memcpy(su.sun_path, path, pl);
     int ufd = sock_connect((struct sockaddr *)&su, (socklen_t)sizeof(su), deadline);
     if (ufd < 0)
         return;
+    if (!peer_is_trusted(ufd)) { /* before the HELLO: it carries the token */
+        close(ufd);
+        return;
+    }
     hello_res_t hr;
     if (hello(c, nd, ufd, true, deadline, &hr) || hr.st != BRIXKV_ST_OK ||
         hr.r.node_id != nd->node_id) {
@@ -396,7 +448,14 @@ static void try_unix(brixkv_t *c, node_t *nd, const char *path, uint64_t deadlin
     const uint8_t *map = NULL;
     size_t map_len = 0;
     if (hr.memfd >= 0) {
-        if ((hr.r.flags & BRIXKV_HELLO_SHM) && hr.r.arena_bytes >= 4096 &&
+        /* mapping past the file's end, or a file that may still shrink, is
+         * SIGBUS on a later read: require the size and the node's seals */
+        struct stat fs;
+        int seals = fcntl(hr.memfd, F_GET_SEALS);
+        bool sane = fstat(hr.memfd, &fs) == 0 && fs.st_size >= 0 &&
+                    (uint64_t)fs.st_size >= hr.r.arena_bytes && seals >= 0 &&
+                    (seals & F_SEAL_SHRINK);
+        if (sane && (hr.r.flags & BRIXKV_HELLO_SHM) && hr.r.arena_bytes >= 4096 &&
             hr.r.arena_bytes <= (uint64_t)SIZE_MAX) {
             void *p = mmap(NULL, (size_t)hr.r.arena_bytes, PROT_READ, MAP_SHARED, hr.memfd, 0);
             if (p != MAP_FAILED) {
@@ -425,6 +484,8 @@ static void node_up(brixkv_t *c, node_t *nd, const hello_res_t *hr, uint64_t dea
     nd->ever_up = true;
     nd->max_batch = hr->r.max_batch ? hr->r.max_batch : BRIXKV__DEFAULT_BATCH;
     nd->max_value = hr->r.max_value ? hr->r.max_value : UINT32_MAX;
+    /* a node before max_frame_kib says 0: only the PUT_REQ_BYTES chunks */
+    nd->max_frame = hr->r.max_frame_kib ? (uint64_t)hr->r.max_frame_kib * 1024 : UINT64_MAX;
     nd->state = BRIXKV__NODE_UP;
     if (hr->unix_path[0] && !c->no_shm) /* no_shm: TCP only, as another host would */
         try_unix(c, nd, hr->unix_path, deadline);

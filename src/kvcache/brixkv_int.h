@@ -97,6 +97,7 @@ typedef struct brixkv__node {
     bool ever_up;
     uint32_t max_batch;
     uint64_t max_value;
+    uint64_t max_frame; /* body bytes of one request (the node's --max-frame; unknown: max) */
     const uint8_t *map; /* the node's arena, read-only, when SHM is on */
     size_t map_len;
     uint32_t next_id;

@@ -52,8 +52,24 @@ static const brix_opt_t kv_opts[] = {
     { "max-pinned", BRIX_OPT_DOUBLE, O(max_pinned_fraction), "0.5", 0, 1, "F",
       "fraction of the capacity pinned objects may hold (more: PIN answers NO_SPACE)" },
     { "max-batch", BRIX_OPT_INT, O(max_batch), "4096", 1, 1048576, "N", "keys per request" },
-    { "max-frame", BRIX_OPT_SIZE, O(max_frame), "1GiB", 4096, 68719476736.0, "SIZE",
-      "bytes of one request's body, PUT values included" },
+    { "max-frame", BRIX_OPT_SIZE, O(max_frame), "128MiB", 4096, 68719476736.0, "SIZE",
+      "bytes of one request's body, PUT values included; at least --max-value + 24 (told to "
+      "clients in the HELLO reply: they split PUTs to fit)" },
+    { "max-put-reserved", BRIX_OPT_SIZE, O(max_put_reserved), "0", 0, 1099511627776.0 * 16, "SIZE",
+      "slot bytes all PUTs in flight may hold (a value's slot is taken when its first byte "
+      "arrives); past it a value answers NO_SPACE and nothing is evicted for it. 0 = half of "
+      "--capacity, at least --max-frame" },
+    { "min-rate", BRIX_OPT_SIZE, O(min_rate), "1MiB", 1, 68719476736.0, "SIZE",
+      "bytes per second: a request must end within --frame-timeout plus its body at this rate "
+      "(a client trickling bytes cannot hold a PUT's slots open)" },
+    { "hello-timeout", BRIX_OPT_DURATION, O(hello_timeout_ms), "5s", 100, 600000, NULL,
+      "a connection that has not sent its HELLO (with the token) this long after accept is "
+      "closed" },
+    { "max-unauth-per-ip", BRIX_OPT_INT, O(max_unauth_per_ip), "64", 0, 1000000, "N",
+      "TCP connections one address may hold before their HELLO (0 = no cap); more are closed at "
+      "accept, so clients without the token cannot take every --max-connections place" },
+    { "idle-timeout", BRIX_OPT_DURATION, O(idle_timeout_ms), "0", 0, 2592000000.0, NULL,
+      "a connection without a request this long is closed (0 = never; clients reconnect)" },
     { "max-connections", BRIX_OPT_INT, O(max_connections), "4096", 1, 1000000, "N",
       "open brixkv connections (TCP and UNIX); more are closed at accept" },
     { "max-pending", BRIX_OPT_SIZE, O(max_pending), "256MiB", 65536, 68719476736.0, "SIZE",
@@ -140,6 +156,11 @@ static int check_cfg(brix_kvsrv_cfg_t *c, char *err, size_t errlen)
     }
     if (c->low_watermark > c->high_watermark) {
         snprintf(err, errlen, "--low-watermark must not be above --high-watermark");
+        return -1;
+    }
+    if (c->unix_path && *c->unix_path && c->unix_path[0] != '/') {
+        /* the path is advertised to clients, whose cwd is not ours */
+        snprintf(err, errlen, "--unix %s: give an absolute path", c->unix_path);
         return -1;
     }
     if (c->unix_path && strlen(c->unix_path) >= 108) {

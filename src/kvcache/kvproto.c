@@ -180,6 +180,7 @@ static int put_begin(brix_kvp_t *p)
         memset(p->dest, 0, n * sizeof *p->dest);
     p->vi = 0;
     p->vgot = 0;
+    p->vasked = 0;
     p->state = BRIX_KVP_PUT_DATA;
     if (p->cb.on_put(p->ud, &p->hdr, d, p->dest) < 0) {
         p->state = BRIX_KVP_ERROR;
@@ -192,7 +193,16 @@ static int put_begin(brix_kvp_t *p)
 static int put_advance(brix_kvp_t *p)
 {
     const brixkv_put_desc_t *d = (const brixkv_put_desc_t *)p->buf;
-    while (p->vi < p->hdr.count && p->vgot == d[p->vi].len) {
+    for (;;) {
+        if (p->vi < p->hdr.count && p->cb.on_put_value && p->vasked <= p->vi) {
+            p->vasked = p->vi + 1;
+            if (p->cb.on_put_value(p->ud, &p->hdr, p->vi, &d[p->vi], &p->dest[p->vi]) < 0) {
+                p->state = BRIX_KVP_ERROR;
+                return -1;
+            }
+        }
+        if (!(p->vi < p->hdr.count && p->vgot == d[p->vi].len))
+            break;
         p->vi++;
         p->vgot = 0;
     }
@@ -224,6 +234,7 @@ int brix_kvp_feed(brix_kvp_t *p, const uint8_t *data, size_t len)
             if (p->hgot < sizeof p->hb)
                 return 0;
             memcpy(&p->hdr, p->hb, sizeof p->hdr);
+            p->frames++;
             if (check_hdr(p))
                 return -1;
             p->got = 0;

@@ -42,6 +42,12 @@ typedef struct brix_kvp_cb {
      * header as received (op may be unknown); h->magic is 0 if the header
      * itself could not be read. */
     void (*on_error)(void *ud, const brixkv_hdr_t *h, uint16_t status, const char *msg);
+    /* optional: value i is next (its first byte, if any, is about to be
+     * read); *dest may be set now, so a slot is reserved only for bytes
+     * that actually arrive (a client trickling a PUT holds one value's slot,
+     * not the whole frame's). NULL: on_put sets every dest at once. */
+    int (*on_put_value)(void *ud, const brixkv_hdr_t *h, uint32_t i, const brixkv_put_desc_t *d,
+                        uint8_t **dest);
 } brix_kvp_cb_t;
 
 typedef enum brix_kvp_state {
@@ -65,8 +71,10 @@ typedef struct brix_kvp {
     uint64_t need, got;
     uint8_t **dest; /* PUT: destination per value */
     size_t dcap;
-    uint32_t vi;   /* PUT: value being received */
-    uint64_t vgot; /* its bytes so far */
+    uint32_t vi;     /* PUT: value being received */
+    uint64_t vgot;   /* its bytes so far */
+    uint32_t vasked; /* on_put_value was called for values < vasked */
+    uint64_t frames; /* headers read so far (a new frame began) */
 } brix_kvp_t;
 
 void brix_kvp_init(brix_kvp_t *p, const brix_kvp_limits_t *lim, const brix_kvp_cb_t *cb, void *ud);

@@ -23,7 +23,14 @@
  *            seed differs from the node's --hash-seed. Reply body
  *            brixkv_hello_reply_t + the node's UNIX socket path (may be
  *            empty). On a UNIX socket with BRIXKV_HELLO_SHM the reply carries
- *            the arena's memfd as SCM_RIGHTS ancillary data on its first byte.
+ *            the arena's memfd as SCM_RIGHTS ancillary data on its first byte:
+ *            sealed (F_SEAL_SHRINK|GROW|FUTURE_WRITE|SEAL), so it can only be
+ *            mapped read-only and never shrinks; it holds every namespace's
+ *            values. A node that cannot seal it does not pass it. The reply's
+ *            max_frame_kib (formerly padding, so 0 from older nodes) is the
+ *            largest request body the node takes: a client splits PUTs to fit.
+ *            A connection must send its HELLO within the node's
+ *            --hello-timeout.
  *   MATCH    body count keys. Reply count = length of the leading run of keys
  *            stored (the longest stored prefix), no entries. Takes no lease.
  *   GET      body count keys. flags BRIXKV_F_SHM (only on a connection that
@@ -109,7 +116,9 @@ typedef struct brixkv_hello_reply {
     uint32_t max_batch;   /* most keys per request */
     uint32_t lease_ms;    /* how long a GET lease blocks eviction */
     uint16_t unix_len;    /* the node's UNIX socket path follows */
-    uint16_t pad[3];
+    uint16_t pad;
+    uint32_t max_frame_kib; /* most body bytes of one request, in KiB (rounded down); 0 = not
+                               said (a node before this field: assume 64 MiB) */
 } brixkv_hello_reply_t;
 _Static_assert(sizeof(brixkv_hello_reply_t) == 48, "brixkv hello reply is 48 bytes");
 

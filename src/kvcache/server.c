@@ -35,9 +35,10 @@
 #define KV_MAX_STRING 4096 /* all HELLO strings together */
 
 typedef struct kv_ns {
-    char *model, *dtype, *layout;
+    char *model, *dtype, *layout; /* NULL: a free entry */
     uint16_t tp_size, tp_rank;
     uint64_t seed;
+    uint32_t conns; /* connections bound to it */
 } kv_ns_t;
 
 /* One piece of an output batch: bytes of the batch's meta buffer (ptr NULL,
@@ -88,6 +89,13 @@ struct kv_conn {
     uint32_t writes;
     uint64_t last_read_ms;
     uint64_t last_write_ms; /* a write completed, or the first one was queued */
+    uint64_t accepted_ms;   /* HELLO must come by --hello-timeout after this */
+    uint64_t last_req_ms;   /* the last frame completed (--idle-timeout) */
+    uint64_t frame_no;      /* parser.frames when the current frame began */
+    uint64_t frame_start_ms;
+    uint64_t paused_ms; /* reading paused (--max-pending) at */
+    uint8_t ip[16];     /* TCP peer address (IPv4 mapped), for --max-unauth-per-ip */
+    bool in_frame;
     uint8_t *rbuf;
 };
 
@@ -118,9 +126,10 @@ struct brix_kvsrv {
             *put_exists, *put_no_space, *put_too_large, *evictions, *evicted_bytes, *leases,
             *leases_expired, *pins, *pinned_bytes, *conns, *conns_total, *refused, *namespaces,
             *hello_refused, *frame_errors, *frame_timeouts, *bytes_out, *bytes_in, *hugepages,
-            *arena_bytes, *slabs_free;
+            *arena_bytes, *slabs_free, *hello_timeouts, *idle_closed;
     } m;
     uint64_t conns_total, refused, hello_refused, frame_errors, frame_timeouts, bytes_out, bytes_in;
+    uint64_t hello_timeouts, idle_closed;
 };
 
 /* ---------------------------------------------------------- helpers -- */
@@ -207,6 +216,30 @@ static int reply_hdr(kv_conn_t *c, const brixkv_hdr_t *req, uint16_t st, uint32_
                        .count = count,
                        .body_len = body_len };
     return batch_meta(c, &h, sizeof h);
+}
+
+/* Where the batch stood before a reply was begun: a reply cut short by
+ * running out of memory is taken out again, so the error frame that follows
+ * is not sent inside it. */
+typedef struct kv_mark {
+    size_t meta, niov, nrefs;
+    uint64_t bytes;
+} kv_mark_t;
+
+static kv_mark_t batch_mark(const kv_conn_t *c)
+{
+    return (kv_mark_t){ c->meta.len, c->niov, c->nrefs, c->batch_bytes };
+}
+
+static void batch_rollback(kv_conn_t *c, const kv_mark_t *m)
+{
+    for (size_t j = m->nrefs; j < c->nrefs; j++)
+        brix_kvs_unref(c->srv->store, c->refs[j]);
+    c->nrefs = m->nrefs;
+    c->niov = m->niov;
+    c->batch_bytes = m->bytes;
+    if (c->meta.len > m->meta)
+        c->meta.len = m->meta;
 }
 
 static void conn_close(kv_conn_t *c);
@@ -314,7 +347,9 @@ static void conn_close(kv_conn_t *c)
     c->reading = false;
     batch_drop(c);
     brix_kvs_owner_drop(s->store, &c->owner); /* a closed connection's leases end */
-    if (brix_kvp_in_put(&c->parser)) {        /* a PUT cut short frees its slots */
+    if (c->hello && c->ns >= 1 && c->ns <= s->nns)
+        s->ns[c->ns - 1].conns--;
+    if (brix_kvp_in_put(&c->parser)) { /* a PUT cut short frees its slots */
         for (size_t i = 0; i < c->parser.hdr.count; i++)
             brix_kvs_unreserve(s->store, &c->resv[i]);
     }
@@ -352,21 +387,37 @@ static int ns_find_or_add(brix_kvsrv_t *s, const brix_kvp_hello_t *hl, uint32_t 
 {
     for (size_t i = 0; i < s->nns; i++) {
         kv_ns_t *n = &s->ns[i];
-        if (n->tp_size == hl->h.tp_size && n->tp_rank == hl->h.tp_rank &&
+        if (n->model && n->tp_size == hl->h.tp_size && n->tp_rank == hl->h.tp_rank &&
             n->seed == hl->h.hash_seed && str_eq(n->model, hl->model, hl->model_len) &&
             str_eq(n->dtype, hl->dtype, hl->dtype_len) &&
             str_eq(n->layout, hl->layout, hl->layout_len)) {
             *id = (uint32_t)i + 1;
+            n->conns++;
             return 0;
         }
     }
-    if ((int64_t)s->nns >= s->cfg.max_namespaces)
-        return -ENOSPC;
-    kv_ns_t *arr = brix_realloc(s->ns, (s->nns + 1) * sizeof *arr);
-    if (!arr)
-        return -ENOMEM;
-    s->ns = arr;
-    kv_ns_t *n = &s->ns[s->nns];
+    /* a new one: the table would fill up for good with names clients tried
+     * once, so an entry no connection uses and nothing is stored under is
+     * given to it (its id cannot alias a stored key) */
+    size_t slot = s->nns;
+    for (size_t i = 0; i < s->nns && slot == s->nns; i++) {
+        kv_ns_t *n = &s->ns[i];
+        if (!n->model || (!n->conns && brix_kvs_ns_objects(s->store, (uint32_t)i + 1) == 0))
+            slot = i;
+    }
+    if (slot == s->nns) {
+        if ((int64_t)s->nns >= s->cfg.max_namespaces)
+            return -ENOSPC;
+        kv_ns_t *arr = brix_realloc(s->ns, (s->nns + 1) * sizeof *arr);
+        if (!arr)
+            return -ENOMEM;
+        s->ns = arr;
+        memset(&s->ns[s->nns], 0, sizeof *arr);
+    }
+    kv_ns_t *n = &s->ns[slot];
+    brix_free(n->model);
+    brix_free(n->dtype);
+    brix_free(n->layout);
     n->model = brix_strndup(hl->model, hl->model_len);
     n->dtype = brix_strndup(hl->dtype, hl->dtype_len);
     n->layout = brix_strndup(hl->layout, hl->layout_len);
@@ -374,13 +425,18 @@ static int ns_find_or_add(brix_kvsrv_t *s, const brix_kvp_hello_t *hl, uint32_t 
         brix_free(n->model);
         brix_free(n->dtype);
         brix_free(n->layout);
+        n->model = n->dtype = n->layout = NULL;
+        if (slot == s->nns)
+            s->nns++; /* an allocated free entry */
         return -ENOMEM;
     }
     n->tp_size = hl->h.tp_size;
     n->tp_rank = hl->h.tp_rank;
     n->seed = hl->h.hash_seed;
-    s->nns++;
-    *id = (uint32_t)s->nns;
+    n->conns = 1;
+    if (slot == s->nns)
+        s->nns++;
+    *id = (uint32_t)slot + 1;
     BRIX_INFO("namespace %u: model=%s dtype=%s layout=%s tp=%u/%u seed=%llu", *id, n->model,
               n->dtype, n->layout, n->tp_rank, n->tp_size, (unsigned long long)n->seed);
     return 0;
@@ -504,7 +560,8 @@ static int op_hello(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
     }
     c->hello = true;
     c->ns = id;
-    bool shm = (hl.h.flags & BRIXKV_HELLO_SHM) && c->is_unix;
+    /* no sealed fd (an old kernel): clients copy over the socket instead */
+    bool shm = (hl.h.flags & BRIXKV_HELLO_SHM) && c->is_unix && brix_kvs_fd(s->store) >= 0;
     const char *up = s->unix_on ? s->cfg.unix_path : "";
     size_t ul = strlen(up);
     struct {
@@ -525,6 +582,9 @@ static int op_hello(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
     rep.r.max_batch = (uint32_t)s->cfg.max_batch;
     rep.r.lease_ms = (uint32_t)s->cfg.lease_ms;
     rep.r.unix_len = (uint16_t)ul;
+    /* KiB, rounded down: what a client may pack in one request's body */
+    rep.r.max_frame_kib =
+        s->cfg.max_frame / 1024 > UINT32_MAX ? UINT32_MAX : (uint32_t)(s->cfg.max_frame / 1024);
     BRIX_DEBUG("HELLO from %s: namespace %u%s", who, id, shm ? ", shared memory" : "");
     if (!shm) {
         if (batch_meta(c, &rep, sizeof rep) || batch_meta(c, up, ul))
@@ -561,6 +621,9 @@ static int op_get(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
     }
     uint32_t n = h->count;
     brix_kvs_obj_t **objs = s->scratch;
+    /* out of memory midway: this reply is taken out of the batch again, so
+     * the error frame is not sent inside a half-made GET reply */
+    kv_mark_t mark = batch_mark(c);
     brix_kvs_get(s->store, c->ns, (const uint8_t(*)[16])body, n, objs);
     uint64_t now = brix_now_ms();
     uint64_t payload = 0;
@@ -600,10 +663,13 @@ static int op_get(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
             if (rc)                      /* over --max-leases: the client misses */
                 e = (brixkv_entry_t){ .status = BRIXKV_ST_BUSY };
         } else if (o) {
-            if (batch_ref(c, o) || batch_iov(c, brix_kvs_obj_data(s->store, o), 0, e.len)) {
-                if (c->nrefs && c->refs[c->nrefs - 1] == o)
-                    c->nrefs--;
-                for (uint32_t j = i; j < n; j++)
+            bool reffed = batch_ref(c, o) == 0;
+            if (!reffed || batch_iov(c, brix_kvs_obj_data(s->store, o), 0, e.len)) {
+                /* o's reference is in the batch only if batch_ref took it
+                 * (then it goes with the batch's below); the keys after it
+                 * are still ours. Not "the last ref equals o": a key asked
+                 * twice holds two. */
+                for (uint32_t j = reffed ? i + 1 : i; j < n; j++)
                     if (objs[j])
                         brix_kvs_unref(s->store, objs[j]);
                 goto oom;
@@ -617,6 +683,7 @@ static int op_get(kv_conn_t *c, const brixkv_hdr_t *h, const uint8_t *body)
     memcpy(c->meta.data + hoff + offsetof(brixkv_hdr_t, body_len), &bl, sizeof bl);
     return 0;
 oom:
+    batch_rollback(c, &mark);
     conn_fail(c, h, BRIXKV_ST_INTERNAL, "out of memory");
     return -1;
 }
@@ -697,6 +764,7 @@ static int on_frame(void *ud, const brixkv_hdr_t *h, const uint8_t *body)
         return -1;
     }
     int rc = 0;
+    kv_mark_t mark = batch_mark(c);
     switch (h->op) {
     case BRIXKV_OP_MATCH:
         rc = op_match(c, h, body);
@@ -727,8 +795,10 @@ static int on_frame(void *ud, const brixkv_hdr_t *h, const uint8_t *body)
         return -1;
     }
     if (rc) {
-        if (!c->close_after_flush)
+        if (!c->close_after_flush) {
+            batch_rollback(c, &mark);
             conn_fail(c, h, BRIXKV_ST_INTERNAL, "out of memory");
+        }
         return -1;
     }
     /* a long pipeline of GETs: write what is ready rather than grow the batch */
@@ -758,11 +828,23 @@ static int on_put(void *ud, const brixkv_hdr_t *h, const brixkv_put_desc_t *d, u
         }
         c->rcap = h->count;
     }
-    uint64_t now = brix_now_ms();
-    for (uint32_t i = 0; i < h->count; i++) {
-        c->pst[i] = brix_kvs_reserve(s->store, c->ns, d[i].key, d[i].len, now, &c->resv[i]);
-        dest[i] = c->resv[i].ptr;
-    }
+    (void)d;
+    (void)dest;
+    /* slots are reserved value by value as the bytes come (on_put_value) */
+    memset(c->resv, 0, h->count * sizeof *c->resv);
+    for (uint32_t i = 0; i < h->count; i++)
+        c->pst[i] = BRIXKV_ST_INTERNAL;
+    (void)s;
+    return 0;
+}
+
+static int on_put_value(void *ud, const brixkv_hdr_t *h, uint32_t i, const brixkv_put_desc_t *d,
+                        uint8_t **dest)
+{
+    kv_conn_t *c = ud;
+    (void)h;
+    c->pst[i] = brix_kvs_reserve(c->srv->store, c->ns, d->key, d->len, brix_now_ms(), &c->resv[i]);
+    *dest = c->resv[i].ptr;
     return 0;
 }
 
@@ -770,6 +852,7 @@ static int on_put_done(void *ud, const brixkv_hdr_t *h)
 {
     kv_conn_t *c = ud;
     brix_kvsrv_t *s = c->srv;
+    kv_mark_t mark = batch_mark(c);
     brix_kvs_commit(s->store, c->ns, c->resv, c->pst, h->count, brix_now_ms());
     if (reply_hdr(c, h, BRIXKV_ST_OK, h->count, (uint64_t)h->count * sizeof(brixkv_entry_t)))
         goto oom;
@@ -780,6 +863,7 @@ static int on_put_done(void *ud, const brixkv_hdr_t *h)
     }
     return 0;
 oom:
+    batch_rollback(c, &mark);
     conn_fail(c, h, BRIXKV_ST_INTERNAL, "out of memory");
     return -1;
 }
@@ -792,6 +876,8 @@ static void on_parse_error(void *ud, const brixkv_hdr_t *h, uint16_t st, const c
 }
 
 /* -------------------------------------------------------- read path -- */
+
+static bool mid_frame(const kv_conn_t *c);
 
 static void on_alloc(uv_handle_t *hd, size_t suggested, uv_buf_t *buf)
 {
@@ -826,6 +912,16 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         rc = brix_kvp_direct_done(&c->parser, (size_t)nread);
     if (c->closing)
         return;
+    if (mid_frame(c)) { /* a frame begun in this read: its own deadline (on_tick) */
+        if (!c->in_frame || c->frame_no != c->parser.frames) {
+            c->in_frame = true;
+            c->frame_no = c->parser.frames;
+            c->frame_start_ms = c->last_read_ms;
+        }
+    } else {
+        c->in_frame = false;
+        c->last_req_ms = c->last_read_ms;
+    }
     if (batch_flush(c)) {
         conn_close(c);
         return;
@@ -840,6 +936,7 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     if (c->pending > c->srv->cfg.max_pending) {
         uv_read_stop(&c->h.stream); /* the client is not reading its replies */
         c->reading = false;
+        c->paused_ms = brix_now_ms();
     }
 }
 
@@ -847,9 +944,32 @@ static void maybe_resume(kv_conn_t *c)
 {
     if (!c->reading && !c->close_after_flush && !c->closing &&
         c->pending <= c->srv->cfg.max_pending / 2) {
-        if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
+        if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0) {
             c->reading = true;
+            if (c->in_frame) /* our pause does not count against its --min-rate */
+                c->frame_start_ms += brix_now_ms() - c->paused_ms;
+        }
     }
+}
+
+/* The TCP peer's address into c->ip (IPv4 as ::ffff:a.b.c.d). 0 or -1. */
+static int peer_ip(kv_conn_t *c)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getpeername(&c->h.tcp, (struct sockaddr *)&ss, &len))
+        return -1;
+    memset(c->ip, 0, sizeof c->ip);
+    if (ss.ss_family == AF_INET) {
+        c->ip[10] = c->ip[11] = 0xff;
+        memcpy(c->ip + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+        return 0;
+    }
+    if (ss.ss_family == AF_INET6) {
+        memcpy(c->ip, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        return 0;
+    }
+    return -1;
 }
 
 static void on_connection(uv_stream_t *l, int status)
@@ -876,7 +996,7 @@ static void on_connection(uv_stream_t *l, int status)
     brix_kvp_limits_t lim = { .max_batch = (uint32_t)s->cfg.max_batch,
                               .max_frame = s->cfg.max_frame,
                               .max_string = KV_MAX_STRING };
-    brix_kvp_cb_t cb = { on_frame, on_put, on_put_done, on_parse_error };
+    brix_kvp_cb_t cb = { on_frame, on_put, on_put_done, on_parse_error, on_put_value };
     brix_kvp_init(&c->parser, &lim, &cb, c);
     brix_kvs_owner_init(&c->owner);
     c->next = s->conns;
@@ -895,8 +1015,24 @@ static void on_connection(uv_stream_t *l, int status)
         conn_close(c);
         return;
     }
+    if (!is_unix && s->cfg.max_unauth_per_ip > 0 && peer_ip(c) == 0) {
+        /* one address may hold only so many connections that have not
+         * said HELLO: without the token it cannot take every place */
+        int64_t same = 0;
+        for (kv_conn_t *o = s->conns; o; o = o->next)
+            if (o != c && !o->is_unix && !o->hello && !o->closing && !memcmp(o->ip, c->ip, 16))
+                same++;
+        if (same >= s->cfg.max_unauth_per_ip) {
+            s->refused++;
+            BRIX_DEBUG("connection refused: %lld from one address without HELLO "
+                       "(--max-unauth-per-ip)",
+                       (long long)same);
+            conn_close(c);
+            return;
+        }
+    }
     s->conns_total++;
-    c->last_read_ms = brix_now_ms();
+    c->last_read_ms = c->accepted_ms = c->last_req_ms = brix_now_ms();
     if (!is_unix)
         uv_tcp_nodelay(&c->h.tcp, 1);
     if (uv_read_start(&c->h.stream, on_alloc, on_read) == 0)
@@ -940,6 +1076,8 @@ static void collect(brix_metrics_t *r, void *ud)
     brix_metric_set(s->m.hello_refused, (double)s->hello_refused);
     brix_metric_set(s->m.frame_errors, (double)s->frame_errors);
     brix_metric_set(s->m.frame_timeouts, (double)s->frame_timeouts);
+    brix_metric_set(s->m.hello_timeouts, (double)s->hello_timeouts);
+    brix_metric_set(s->m.idle_closed, (double)s->idle_closed);
     brix_metric_set(s->m.bytes_in, (double)s->bytes_in);
     brix_metric_set(s->m.bytes_out, (double)s->bytes_out);
 }
@@ -994,6 +1132,10 @@ static int metrics_init(brix_kvsrv_t *s)
     s->m.frame_timeouts =
         fam(s, C, "brix_kvcache_frame_timeouts_total",
             "Connections closed stalled mid-request or not reading replies (--frame-timeout).");
+    s->m.hello_timeouts = fam(s, C, "brix_kvcache_hello_timeouts_total",
+                              "Connections closed for sending no HELLO in --hello-timeout.");
+    s->m.idle_closed = fam(s, C, "brix_kvcache_idle_closed_total",
+                           "Connections closed after --idle-timeout without a request.");
     s->m.bytes_in = fam(s, C, "brix_kvcache_received_bytes_total", "Bytes read from clients.");
     s->m.bytes_out = fam(s, C, "brix_kvcache_sent_bytes_total", "Bytes written to clients.");
     brix_metric_family_t *hf =
@@ -1050,11 +1192,37 @@ static void on_tick(uv_timer_t *t)
         bool in_stall =
             c->reading && mid_frame(c) && now - c->last_read_ms > s->cfg.frame_timeout_ms;
         bool out_stall = c->writes && now - c->last_write_ms > s->cfg.frame_timeout_ms;
-        if (in_stall || out_stall) {
+        /* trickling a byte per --frame-timeout is not a stall: a frame must
+         * also end by an absolute deadline, --frame-timeout plus its body
+         * at --min-rate */
+        uint64_t body = c->parser.state == BRIX_KVP_HDR ? 0 : c->parser.hdr.body_len;
+        bool too_slow =
+            s->cfg.min_rate && c->reading && c->in_frame && mid_frame(c) &&
+            now - c->frame_start_ms > s->cfg.frame_timeout_ms + body * 1000 / s->cfg.min_rate;
+        if (in_stall || out_stall || too_slow) {
             s->frame_timeouts++;
-            BRIX_DEBUG("brixkv connection stalled %s for over %llu ms: closed",
-                       in_stall ? "mid-request" : "not reading its replies",
-                       (unsigned long long)s->cfg.frame_timeout_ms);
+            BRIX_DEBUG("brixkv connection %s: closed",
+                       in_stall   ? "stalled mid-request (--frame-timeout)"
+                       : too_slow ? "sending a request below --min-rate"
+                                  : "not reading its replies (--frame-timeout)");
+            conn_close(c);
+            continue;
+        }
+        /* a connection holds a --max-connections place: one that never
+         * says HELLO (no token) must not keep it */
+        if (s->cfg.hello_timeout_ms && !c->hello && !c->closing &&
+            now - c->accepted_ms > s->cfg.hello_timeout_ms) {
+            s->hello_timeouts++;
+            BRIX_DEBUG("brixkv connection sent no HELLO in %llu ms: closed",
+                       (unsigned long long)s->cfg.hello_timeout_ms);
+            conn_close(c);
+            continue;
+        }
+        if (s->cfg.idle_timeout_ms && c->hello && !c->closing && !c->writes && !mid_frame(c) &&
+            now - c->last_req_ms > s->cfg.idle_timeout_ms) {
+            s->idle_closed++;
+            BRIX_DEBUG("brixkv connection idle for %llu ms: closed",
+                       (unsigned long long)s->cfg.idle_timeout_ms);
             conn_close(c);
         }
     }
@@ -1109,8 +1277,22 @@ static int listen_unix(brix_kvsrv_t *s, char *err, size_t errlen)
         uv_close((uv_handle_t *)&s->unix_l, NULL);
         return -EADDRINUSE;
     }
-    unlink(s->cfg.unix_path);
+    /* only a socket is replaced: a --unix naming a regular file (a typo, a
+     * hostile symlink) must not delete it */
+    struct stat lst;
+    if (lstat(s->cfg.unix_path, &lst) == 0) {
+        if (!S_ISSOCK(lst.st_mode)) {
+            snprintf(err, errlen, "--unix %s: exists and is not a socket", s->cfg.unix_path);
+            s->unix_on = false;
+            uv_close((uv_handle_t *)&s->unix_l, NULL);
+            return -EEXIST;
+        }
+        unlink(s->cfg.unix_path);
+    }
+    /* created 0600 at once (no window where others may connect), then 0660 */
+    mode_t old_mask = umask(0177);
     int rc = uv_pipe_bind(&s->unix_l, s->cfg.unix_path);
+    umask(old_mask);
     if (!rc)
         rc = uv_listen((uv_stream_t *)&s->unix_l, 1024, on_connection);
     if (rc) {
@@ -1121,6 +1303,16 @@ static int listen_unix(brix_kvsrv_t *s, char *err, size_t errlen)
      * the socket file's permission (owner and group) */
     chmod(s->cfg.unix_path, 0660);
     return 0;
+}
+
+/* Default: half the arena for PUTs in flight, and never less than one
+ * whole --max-frame (a single PUT as big as allowed must not be refused). */
+static uint64_t put_reserved_cap(const brix_kvsrv_cfg_t *cfg)
+{
+    if (cfg->max_put_reserved)
+        return cfg->max_put_reserved;
+    uint64_t cap = cfg->capacity / 2;
+    return cap < cfg->max_frame ? cfg->max_frame : cap;
 }
 
 int brix_kvsrv_start(uv_loop_t *loop, const brix_kvsrv_cfg_t *cfg, const char *token,
@@ -1168,9 +1360,24 @@ int brix_kvsrv_start(uv_loop_t *loop, const brix_kvsrv_cfg_t *cfg, const char *t
         .max_pin_ms = cfg->max_pin_ms,
         .max_pinned_fraction = cfg->max_pinned_fraction,
         .no_hugepages = cfg->no_hugepages,
+        .max_reserved = put_reserved_cap(cfg),
+        .max_namespaces = (uint32_t)cfg->max_namespaces,
     };
     int rc = brix_kvs_open(&sc, &s->store, err, errlen);
     if (rc) {
+        brix_free(s->token);
+        brix_free(s);
+        return rc;
+    }
+    uint64_t one_put = brix_kvs_max_value(s->store) + sizeof(brixkv_put_desc_t);
+    if (cfg->max_frame < one_put) {
+        snprintf(err, errlen,
+                 "--max-frame %llu is below one PUT of the largest value (%llu bytes: max value "
+                 "%llu + a descriptor); raise --max-frame or lower --max-value",
+                 (unsigned long long)cfg->max_frame, (unsigned long long)one_put,
+                 (unsigned long long)brix_kvs_max_value(s->store));
+        rc = -EINVAL;
+        brix_kvs_close(s->store);
         brix_free(s->token);
         brix_free(s);
         return rc;
@@ -1225,6 +1432,9 @@ int brix_kvsrv_start(uv_loop_t *loop, const brix_kvsrv_cfg_t *cfg, const char *t
         cfg->listen ? cfg->listen : "-", s->port, s->unix_on ? cfg->unix_path : "-",
         s->http ? (cfg->http_host ? cfg->http_host : "127.0.0.1") : "-", s->http_port,
         s->token ? "required" : "none");
+    if (s->unix_on && brix_kvs_fd(s->store) < 0)
+        BRIX_WARN("the kernel could not seal the arena's memfd (F_SEAL_FUTURE_WRITE needs Linux "
+                  "5.1+): same-host clients get values over the socket, not mapped");
     *out = s;
     return 0;
 fail:
@@ -1257,7 +1467,9 @@ void brix_kvsrv_stop(brix_kvsrv_t *s)
         uv_close((uv_handle_t *)&s->tcp, NULL);
     if (s->unix_on) {
         uv_close((uv_handle_t *)&s->unix_l, NULL);
-        unlink(s->cfg.unix_path);
+        struct stat lst; /* ours unless someone replaced it: then leave it */
+        if (lstat(s->cfg.unix_path, &lst) == 0 && S_ISSOCK(lst.st_mode))
+            unlink(s->cfg.unix_path);
     }
     if (s->tick_on)
         uv_close((uv_handle_t *)&s->tick, NULL);

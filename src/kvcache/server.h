@@ -38,6 +38,11 @@ typedef struct brix_kvsrv_cfg {
     int64_t max_connections;
     uint64_t max_pending;
     uint64_t frame_timeout_ms; /* a frame begun and stalled this long closes the connection */
+    uint64_t min_rate; /* bytes/s: a frame must end by frame_timeout + body / min_rate (0: no) */
+    uint64_t max_put_reserved; /* slot bytes PUTs in flight may hold; 0 = capacity / 4 */
+    uint64_t hello_timeout_ms; /* a connection without HELLO this long is closed (0: never) */
+    uint64_t idle_timeout_ms;  /* 0 = never; else a connection without requests is closed */
+    int64_t max_unauth_per_ip; /* TCP connections one address holds before HELLO (0: no cap) */
     int64_t max_namespaces;
     char *hash_seed;
     char *token_file;

@@ -73,6 +73,8 @@ typedef struct brix_kvs_lease {
 struct brix_kvs {
     brix_kvs_cfg_t cfg;
     int fd;
+    bool sealed;       /* fd sealed read-only for others: it may be passed (brix_kvs_fd) */
+    uint64_t *ns_objs; /* objects per namespace id (cfg.max_namespaces + 1), or NULL */
     uint8_t *base;
     uint64_t arena_bytes, gen_bytes, slab_bytes, capacity;
     uint32_t nslabs, gen_per_slab;
@@ -172,6 +174,28 @@ static int arena_populate(int fd, uint8_t *p, uint64_t n)
 }
 
 /*
+ * The fd is passed to same-host clients, who must only read it: a client
+ * holding an unsealed O_RDWR memfd could ftruncate it (the server's next
+ * touch of a slot is SIGBUS) or map it writable and rewrite any namespace's
+ * values. Seals stop both for every holder of the file, even one that
+ * reopens it through /proc/PID/fd: no size change (SHRINK, GROW), no new
+ * writable mapping or write(2)/fallocate (FUTURE_WRITE; our own writable
+ * mapping, made before, keeps working), and no removing the seals (SEAL).
+ * False when the kernel cannot (F_SEAL_FUTURE_WRITE is Linux 5.1+): the
+ * server then does not pass the fd at all.
+ */
+static bool arena_seal(int fd)
+{
+#ifdef F_SEAL_FUTURE_WRITE
+    return fcntl(fd, F_ADD_SEALS,
+                 F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL) == 0;
+#else
+    (void)fd;
+    return false;
+#endif
+}
+
+/*
  * MFD_HUGETLB first: reserved huge pages, and mmap fails at once (ENOMEM)
  * when the pool is short, so the fallback is safe. Otherwise a plain memfd:
  * mapped, advised MADV_HUGEPAGE and only then populated with
@@ -182,7 +206,7 @@ static int arena_map(brix_kvs_t *s, char *err, size_t errlen)
 {
     uint64_t n = s->arena_bytes;
     if (!s->cfg.no_hugepages) {
-        int fd = memfd_create("brix-kvcache", MFD_CLOEXEC | MFD_HUGETLB);
+        int fd = memfd_create("brix-kvcache", MFD_CLOEXEC | MFD_HUGETLB | MFD_ALLOW_SEALING);
         if (fd >= 0) {
             void *p = MAP_FAILED;
             if (ftruncate(fd, (off_t)n) == 0)
@@ -191,12 +215,15 @@ static int arena_map(brix_kvs_t *s, char *err, size_t errlen)
                 s->fd = fd;
                 s->base = p;
                 s->hp = BRIX_KVS_HP_HUGETLB;
+                s->sealed = arena_seal(fd);
                 return 0;
             }
             close(fd);
         }
     }
-    int fd = memfd_create("brix-kvcache", MFD_CLOEXEC);
+    int fd = memfd_create("brix-kvcache", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    if (fd < 0 && errno == EINVAL) /* a kernel without sealing: no SHM, see arena_seal */
+        fd = memfd_create("brix-kvcache", MFD_CLOEXEC);
     if (fd < 0) {
         int e = errno;
         snprintf(err, errlen, "memfd_create: %s", strerror(e));
@@ -228,6 +255,7 @@ static int arena_map(brix_kvs_t *s, char *err, size_t errlen)
     s->fd = fd;
     s->base = p;
     s->hp = smaps_has_thp() ? BRIX_KVS_HP_THP : BRIX_KVS_HP_NONE;
+    s->sealed = arena_seal(fd); /* after the fill: it writes through our mapping only */
     return 0;
 }
 
@@ -303,6 +331,13 @@ int brix_kvs_open(const brix_kvs_cfg_t *cfg, brix_kvs_t **out, char *err, size_t
     if (s->nghost > (1u << 20))
         s->nghost = 1u << 20;
     s->ghost = cfg->policy == BRIX_KVS_S3FIFO ? brix_calloc(s->nghost, sizeof *s->ghost) : NULL;
+    if (cfg->max_namespaces) {
+        s->ns_objs = brix_calloc((size_t)cfg->max_namespaces + 1, sizeof *s->ns_objs);
+        if (!s->ns_objs) {
+            brix_kvs_close(s);
+            return -ENOMEM;
+        }
+    }
     if (!s->classes || !s->slabs || !s->buckets || !s->lbuckets ||
         (cfg->policy == BRIX_KVS_S3FIFO && !s->ghost)) {
         brix_kvs_close(s);
@@ -369,12 +404,13 @@ void brix_kvs_close(brix_kvs_t *s)
     brix_free(s->buckets);
     brix_free(s->lbuckets);
     brix_free(s->ghost);
+    brix_free(s->ns_objs);
     brix_free(s);
 }
 
 int brix_kvs_fd(const brix_kvs_t *s)
 {
-    return s->fd;
+    return s->sealed ? s->fd : -1;
 }
 uint8_t *brix_kvs_base(const brix_kvs_t *s)
 {
@@ -582,6 +618,8 @@ static void index_insert(brix_kvs_t *s, brix_kvs_obj_t *o)
     o->hnext = *b;
     *b = o;
     s->st.objects++;
+    if (s->ns_objs && o->ns <= s->cfg.max_namespaces)
+        s->ns_objs[o->ns]++;
 }
 
 static void index_remove(brix_kvs_t *s, brix_kvs_obj_t *o)
@@ -593,6 +631,15 @@ static void index_remove(brix_kvs_t *s, brix_kvs_obj_t *o)
         *pp = o->hnext;
     o->hnext = NULL;
     s->st.objects--;
+    if (s->ns_objs && o->ns <= s->cfg.max_namespaces)
+        s->ns_objs[o->ns]--;
+}
+
+uint64_t brix_kvs_ns_objects(const brix_kvs_t *s, uint32_t ns)
+{
+    if (!s->ns_objs || ns > s->cfg.max_namespaces)
+        return UINT64_MAX;
+    return s->ns_objs[ns];
 }
 
 brix_kvs_obj_t *brix_kvs_find(brix_kvs_t *s, uint32_t ns, const uint8_t key[16])
@@ -951,6 +998,10 @@ uint16_t brix_kvs_reserve(brix_kvs_t *s, uint32_t ns, const uint8_t key[16], uin
     if (brix_kvs_find(s, ns, key))
         return BRIXKV_ST_EXISTS; /* counted and touched at commit */
     kvs_class_t *c = &s->classes[cls];
+    if (s->cfg.max_reserved && s->st.reserved_bytes + c->size > s->cfg.max_reserved) {
+        s->st.put_no_space++;
+        return BRIXKV_ST_NO_SPACE; /* checked before any eviction */
+    }
     evict_to_watermark(s, c->size);
     uint32_t slab = 0, idx = 0;
     for (;;) {

@@ -64,6 +64,13 @@ typedef struct brix_kvs_cfg {
     uint64_t max_pin_ms;        /* longest pin */
     double max_pinned_fraction; /* of capacity */
     bool no_hugepages;          /* tests: skip the MFD_HUGETLB attempt */
+    /* slot bytes all PUTs in flight may hold reserved (0 = no cap): past it
+     * reserve answers NO_SPACE without evicting, so clients that send slowly
+     * (or never finish) cannot push the cache out */
+    uint64_t max_reserved;
+    /* namespace ids are 1..max_namespaces: objects are counted per id so
+     * the server may reuse an id nothing is stored under (0: not counted) */
+    uint32_t max_namespaces;
 } brix_kvs_cfg_t;
 
 typedef struct brix_kvs brix_kvs_t;
@@ -97,6 +104,8 @@ typedef struct brix_kvs_stats {
 int brix_kvs_open(const brix_kvs_cfg_t *cfg, brix_kvs_t **out, char *err, size_t errlen);
 void brix_kvs_close(brix_kvs_t *s);
 
+/* The arena's memfd for same-host clients, sealed (no resize, no writable
+ * mapping, no write); -1 when the kernel could not seal it: do not share. */
 int brix_kvs_fd(const brix_kvs_t *s);
 uint8_t *brix_kvs_base(const brix_kvs_t *s);
 uint64_t brix_kvs_arena_bytes(const brix_kvs_t *s);
@@ -109,6 +118,8 @@ uint64_t brix_kvs_class_size(const brix_kvs_t *s, size_t i);
 /* The class a value of len bytes goes to, or -1 if over max_value. */
 int brix_kvs_class_of(const brix_kvs_t *s, uint64_t len);
 void brix_kvs_get_stats(const brix_kvs_t *s, brix_kvs_stats_t *out);
+/* Objects stored under namespace ns; UINT64_MAX when not counted. */
+uint64_t brix_kvs_ns_objects(const brix_kvs_t *s, uint32_t ns);
 
 /* ---- objects ---- */
 uint32_t brix_kvs_obj_len(const brix_kvs_obj_t *o);

@@ -7,10 +7,12 @@
  * straight into their destinations, as the server does) gives the same
  * callbacks, the same PUT bytes and the same error as in one piece; an
  * error is reported once and ends the parse; a PUT's values add up to its
- * body.
+ * body; destinations given value by value (on_put_value, the server's lazy
+ * reservation) give the same, each value asked for once, in order.
  */
 #include "kvcache/kvproto.h"
 
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +29,9 @@ typedef struct rec {
     uint32_t lens[8];
     uint32_t n;
     int errors;
+    bool lazy;      /* destinations through on_put_value, as the server does */
+    uint32_t asked; /* on_put_value calls in this PUT */
+    uint32_t count; /* values in this PUT */
 } rec_t;
 
 static void hash_into(brix_buf_t *b, const uint8_t *p, uint64_t n)
@@ -68,14 +73,33 @@ static int on_put(void *ud, const brixkv_hdr_t *h, const brixkv_put_desc_t *d, u
         r->lens[i] = d[i].len;
         /* every other value is dropped (NULL), like a key that is EXISTS */
         r->vals[i] = i % 2 == 0 ? calloc(1, d[i].len ? d[i].len : 1) : NULL;
-        dest[i] = r->vals[i];
+        if (!r->lazy)
+            dest[i] = r->vals[i];
     }
+    r->asked = 0;
+    r->count = h->count;
+    return 0;
+}
+
+/* Values are asked for once each, in order, before any of their bytes. */
+static int on_put_value(void *ud, const brixkv_hdr_t *h, uint32_t i, const brixkv_put_desc_t *d,
+                        uint8_t **dest)
+{
+    rec_t *r = ud;
+    (void)h;
+    (void)d;
+    if (r->errors || i != r->asked++ || *dest)
+        abort();
+    if (i < r->n)
+        *dest = r->vals[i];
     return 0;
 }
 
 static int on_put_done(void *ud, const brixkv_hdr_t *h)
 {
     rec_t *r = ud;
+    if (r->lazy && r->asked != r->count)
+        abort(); /* every value was asked for */
     brix_buf_printf(&r->log, "D %u", h->id);
     for (uint32_t i = 0; i < r->n; i++) {
         if (r->vals[i])
@@ -98,13 +122,15 @@ static void on_error(void *ud, const brixkv_hdr_t *h, uint16_t st, const char *m
 
 static const brix_kvp_limits_t lim = { .max_batch = 16, .max_frame = 1 << 16, .max_string = 512 };
 
-/* mode 0: chunks of step through feed; 1: direct reads of at most step */
-static void run(const uint8_t *s, size_t len, size_t step, int mode, brix_buf_t *out)
+/* mode 0: chunks of step through feed; 1: direct reads of at most step;
+ * lazy: destinations given value by value (on_put_value) */
+static void run(const uint8_t *s, size_t len, size_t step, int mode, bool lazy, brix_buf_t *out)
 {
     rec_t r;
     memset(&r, 0, sizeof r);
+    r.lazy = lazy;
     brix_kvp_t p;
-    brix_kvp_cb_t cb = { on_frame, on_put, on_put_done, on_error };
+    brix_kvp_cb_t cb = { on_frame, on_put, on_put_done, on_error, lazy ? on_put_value : NULL };
     brix_kvp_init(&p, &lim, &cb, &r);
     int rc = 0;
     for (size_t off = 0; off < len && rc == 0;) {
@@ -141,12 +167,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     data++;
     size--;
     brix_buf_t whole = BRIX_BUF_INIT, other = BRIX_BUF_INIT;
-    run(data, size, size ? size : 1, 0, &whole);
+    run(data, size, size ? size : 1, 0, false, &whole);
     const size_t steps[] = { step, 1 };
     for (int i = 0; i < 2; i++) {
-        for (int mode = 0; mode < 2; mode++) {
+        for (int mode = 0; mode < 4; mode++) {
             brix_buf_reset(&other);
-            run(data, size, steps[i], mode, &other);
+            run(data, size, steps[i], mode % 2, mode >= 2, &other);
             if (other.len != whole.len || memcmp(other.data, whole.data, whole.len))
                 abort();
         }

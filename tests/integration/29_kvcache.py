@@ -321,6 +321,56 @@ def churn():
     c.proc.stop()
 
 
+def _hello_shm(path):
+    """HELLO with BRIXKV_HELLO_SHM on the node's UNIX socket: (socket, memfd)."""
+    import array
+    import socket
+    import struct
+    model, dtype, layout, client = b"m", b"bf16", b"p16", b"attacker"
+    body = struct.pack("<HHHHQBB2sIHHHH", 1, 1, 1, 0, 42, 1, 0, b"\0\0", 0, len(model),
+                       len(dtype), len(layout), len(client)) + model + dtype + layout + client
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(path)
+    s.sendall(struct.pack("<IBBHIIQ", 0x31564b42, 1, 0, 0, 1, 0, len(body)) + body)
+    _, anc, _, _ = s.recvmsg(24, socket.CMSG_LEN(4))
+    fds = array.array("i")
+    for lvl, typ, data in anc:
+        if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+            fds.frombytes(data[:4])
+    assert fds, "no memfd passed"
+    return s, fds[0]
+
+
+@h.check("the arena a same-host client receives is sealed: no truncate, no writable map, "
+         "no write; a relative --unix is refused")
+def sealed_arena():
+    import mmap
+    n = NODES["a"]
+    one(n.addr, "put", 5000, 4, 4096)
+    s, fd = _hello_shm(n.unix)
+    size = os.fstat(fd).st_size
+    for attack in (lambda: os.ftruncate(fd, 0),
+                   lambda: mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE),
+                   lambda: os.pwrite(fd, b"EVILEVIL", 4096)):
+        try:
+            attack()
+        except PermissionError:
+            continue
+        raise AssertionError("a client could change the arena")
+    # the node is alive and its values intact (a truncate used to SIGBUS it)
+    g = one(n.addr, "get", 5000, 4, 4096, opts=["--no-shm"])
+    assert g["status"] == {"ok": 4}, g
+    os.close(fd)
+    s.close()
+    r = subprocess.run([h.BRIX, "kvcache", "--listen", "127.0.0.1:0", "--http-port", "-1",
+                        "--capacity", "8MiB", "--unix", "rel.sock"], capture_output=True,
+                       text=True, timeout=30, cwd=TMP)
+    assert r.returncode == 2 and "absolute" in r.stderr, (r.returncode, r.stderr)
+    assert not os.path.exists(os.path.join(TMP, "rel.sock"))
+
+
+
 @h.check("nodes stop cleanly with nothing unexpected in their logs")
 def stop_nodes():
     for n in NODES.values():

@@ -19,6 +19,7 @@
 #include "kvcache/brixkv_int.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
@@ -261,7 +262,22 @@ typedef struct fake {
     int cfd[MAX_CONN];
     bool cunix[MAX_CONN];
     pthread_t th;
+    int arena_kind;                /* FAKE_ARENA_* */
+    atomic_int unix_hellos;        /* HELLOs read on the UNIX socket */
+    uint32_t max_frame_kib;        /* said in the HELLO reply (0: not said) */
+    atomic_uint_fast64_t max_body; /* largest request body seen */
 } fake_t;
+
+/* How the fake's memfd looks to a client (set before fake_start). */
+enum {
+    FAKE_ARENA_SEALED,   /* what a node does: sealed, the size it says */
+    FAKE_ARENA_UNSEALED, /* a node on an old kernel, or not ours */
+    FAKE_ARENA_SHORT,    /* says more bytes than the file has */
+};
+static int g_fake_arena = FAKE_ARENA_SEALED;
+static bool g_fake_untrusted; /* the UNIX socket listens as uid 65534 */
+static bool g_fake_relative;  /* the UNIX path it names is relative (to our cwd) */
+static uint32_t g_fake_max_frame_kib;
 
 /* The fake's contents: a key is stored unless b[9] is set; its value is
  * val_len(k) bytes of val_byte(k, j). */
@@ -355,6 +371,10 @@ static int fake_frame(fake_t *f, int ci)
     }
     int mode = atomic_load(&f->mode);
     int rc = 0;
+    if (h.body_len > atomic_load(&f->max_body))
+        atomic_store(&f->max_body, h.body_len);
+    if (h.op == BRIXKV_OP_HELLO && f->cunix[ci])
+        atomic_fetch_add(&f->unix_hellos, 1);
     if (h.op != BRIXKV_OP_HELLO && h.op != BRIXKV_OP_RELEASE)
         atomic_fetch_add(&f->requests, 1);
     if (h.op != BRIXKV_OP_HELLO && h.op != BRIXKV_OP_RELEASE && mode == FAKE_SILENT)
@@ -396,13 +416,14 @@ static int fake_frame(fake_t *f, int ci)
                                    .node_id = f->node_id,
                                    .max_value = 8u << 20,
                                    .max_batch = f->max_batch,
-                                   .lease_ms = 5000 };
+                                   .lease_ms = 5000,
+                                   .max_frame_kib = f->max_frame_kib };
         size_t ul = 0;
         if (f->cunix[ci]) {
             r.node_id = f->unix_node_id;
             if (hb.flags & BRIXKV_HELLO_SHM) {
                 r.flags = BRIXKV_HELLO_SHM;
-                r.arena_bytes = ARENA;
+                r.arena_bytes = f->arena_kind == FAKE_ARENA_SHORT ? 2 * ARENA : ARENA;
             }
         } else if (f->ulfd >= 0) {
             ul = strlen(f->upath);
@@ -585,6 +606,8 @@ static fake_t *fake_start(bool with_unix, uint64_t unix_node_id, uint32_t max_ba
     f->node_id = 0xabcdef;
     f->unix_node_id = unix_node_id;
     f->max_batch = max_batch;
+    f->arena_kind = g_fake_arena;
+    f->max_frame_kib = g_fake_max_frame_kib;
     f->ulfd = -1;
     f->memfd = -1;
     for (int i = 0; i < MAX_CONN; i++)
@@ -597,17 +620,27 @@ static fake_t *fake_start(bool with_unix, uint64_t unix_node_id, uint32_t max_ba
     getsockname(f->lfd, (struct sockaddr *)&sa, &sl);
     f->port = ntohs(sa.sin_port);
     if (with_unix) {
-        snprintf(f->upath, sizeof(f->upath), "/tmp/test_brixkv.%d.%d.sock", (int)getpid(), f->port);
+        snprintf(f->upath, sizeof(f->upath), "%s/test_brixkv.%d.%d.sock",
+                 g_fake_relative ? "." : "/tmp", (int)getpid(), f->port);
         unlink(f->upath);
         f->ulfd = socket(AF_UNIX, SOCK_STREAM, 0);
         struct sockaddr_un su = { .sun_family = AF_UNIX };
         strcpy(su.sun_path, f->upath);
         assert_int_equal(bind(f->ulfd, (struct sockaddr *)&su, sizeof(su)), 0);
+        /* a socket's peer credentials are its listen(2) caller's */
+        if (g_fake_untrusted)
+            assert_int_equal(seteuid(65534), 0);
         assert_int_equal(listen(f->ulfd, 16), 0);
-        f->memfd = memfd_create("test_brixkv", MFD_CLOEXEC);
+        if (g_fake_untrusted)
+            assert_int_equal(seteuid(0), 0);
+        f->memfd = memfd_create("test_brixkv", MFD_CLOEXEC | MFD_ALLOW_SEALING);
         assert_int_equal(ftruncate(f->memfd, (off_t)ARENA), 0);
         f->arena = mmap(NULL, ARENA, PROT_READ | PROT_WRITE, MAP_SHARED, f->memfd, 0);
         assert_true(f->arena != MAP_FAILED);
+        if (f->arena_kind != FAKE_ARENA_UNSEALED)
+            assert_int_equal(fcntl(f->memfd, F_ADD_SEALS,
+                                   F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_FUTURE_WRITE | F_SEAL_SEAL),
+                             0);
     }
     pthread_create(&f->th, NULL, fake_run, f);
     return f;
@@ -830,6 +863,98 @@ static void test_fake_shm_other_node(void **state)
     brixkv_client_stats_t cs;
     brixkv_client_stats(c, &cs);
     assert_int_equal(cs.shm_bytes_in, 0);
+    brixkv_close(c);
+    fake_stop(f);
+}
+
+/* The same-host path trusts only what is safe to map and to tell the token:
+ * a memfd that is not sealed (a client, or the node itself, could shrink it
+ * under our mapping: SIGBUS) or smaller than the arena the node names is
+ * not mapped; a UNIX socket served by another uid never gets our HELLO. */
+static void test_fake_shm_refused(void **state)
+{
+    (void)state;
+    for (int kind = FAKE_ARENA_UNSEALED; kind <= FAKE_ARENA_SHORT; kind++) {
+        g_fake_arena = kind;
+        fake_t *f = fake_start(true, 0xabcdef, 16);
+        g_fake_arena = FAKE_ARENA_SEALED;
+        char srv[64];
+        snprintf(srv, sizeof(srv), "127.0.0.1:%d", f->port);
+        brixkv_t *c = open_on(srv, false, 5000);
+        check_get(c, 15, 0, 0); /* still served, over a socket */
+        assert_true(brixkv_member_up(c, 0));
+        assert_false(brixkv_member_shm(c, 0));
+        brixkv_close(c);
+        fake_stop(f);
+    }
+    for (int rel = 0; rel < 2; rel++) {
+        /* rel: a relative path is our cwd's, not the node's (the socket
+         * there is ours); else the socket is another uid's */
+        if (!rel && geteuid() != 0) {
+            fprintf(stderr, "test_fake_shm_refused: not root, no other-uid socket tried\n");
+            continue;
+        }
+        char cwd[4096];
+        assert_non_null(getcwd(cwd, sizeof(cwd)));
+        assert_int_equal(chdir("/tmp"), 0);
+        g_fake_untrusted = !rel;
+        g_fake_relative = rel;
+        fake_t *f = fake_start(true, 0xabcdef, 16);
+        g_fake_untrusted = g_fake_relative = false;
+        char srv[64];
+        snprintf(srv, sizeof(srv), "127.0.0.1:%d", f->port);
+        brixkv_t *c = open_on(srv, false, 5000);
+        check_get(c, 15, 0, 0);
+        assert_false(brixkv_member_shm(c, 0));
+        assert_int_equal(atomic_load(&f->unix_hellos), 0); /* the token never went there */
+        brixkv_close(c);
+        fake_stop(f);
+        assert_int_equal(chdir(cwd), 0);
+    }
+}
+
+/* A node with a small --max-frame says so in its HELLO reply: the client
+ * splits a PUT to fit (descriptors included), never a frame the node
+ * would refuse by closing the connection. */
+static void test_fake_put_max_frame(void **state)
+{
+    (void)state;
+    g_fake_max_frame_kib = 5 * 1024; /* 5 MiB: one 3 MiB value + descriptors per request */
+    fake_t *f = fake_start(false, 0, 64);
+    g_fake_max_frame_kib = 0;
+    char srv[64];
+    snprintf(srv, sizeof(srv), "127.0.0.1:%d", f->port);
+    brixkv_t *c = open_on(srv, false, 5000);
+    enum { N = 4 };
+    brixkv_key_t k[N];
+    const void *v[N];
+    size_t l[N];
+    brixkv_status_t st[N];
+    for (size_t i = 0; i < N; i++) {
+        k[i] = fkey(6 + 7 * i); /* big: 3 MiB */
+        l[i] = val_len(&k[i]);
+        uint8_t *b = malloc(l[i]);
+        for (size_t j = 0; j < l[i]; j++)
+            b[j] = val_byte(&k[i], j);
+        v[i] = b;
+    }
+    size_t ok = brixkv_mput(c, k, N, v, l, st);
+    assert_int_equal(ok, N);
+    assert_true(brixkv_member_up(c, 0));
+    assert_true(atomic_load(&f->max_body) <= 5u << 20);
+    /* a value that cannot fit any frame of that node is refused here */
+    size_t big = (5u << 20);
+    void *bb = calloc(1, big);
+    brixkv_key_t kb = key_of(999);
+    size_t bl = big;
+    brixkv_status_t bs;
+    const void *bv = bb;
+    assert_int_equal(brixkv_mput(c, &kb, 1, &bv, &bl, &bs), 0);
+    assert_int_equal(bs, BRIXKV_ST_TOO_LARGE);
+    assert_true(brixkv_member_up(c, 0));
+    free(bb);
+    for (size_t i = 0; i < N; i++)
+        free((void *)v[i]);
     brixkv_close(c);
     fake_stop(f);
 }
@@ -1085,6 +1210,8 @@ int main(void)
         cmocka_unit_test(test_fake_dribble),
         cmocka_unit_test(test_fake_shm),
         cmocka_unit_test(test_fake_shm_other_node),
+        cmocka_unit_test(test_fake_shm_refused),
+        cmocka_unit_test(test_fake_put_max_frame),
         cmocka_unit_test(test_fake_failures),
         cmocka_unit_test(test_two_nodes),
         cmocka_unit_test(test_token),

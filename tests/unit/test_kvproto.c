@@ -22,16 +22,19 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 #include <uv.h>
 
+#include "core/alloc.h"
 #include "core/buf.h"
 #include "kvcache/kvproto.h"
 #include "kvcache/server.h"
@@ -52,10 +55,13 @@ static void key_of(uint8_t k[16], uint64_t id)
     memcpy(k, &id, sizeof id);
 }
 
+static const char *g_hello_model; /* NULL: "llama" */
+
 static void hello(brix_buf_t *b, uint32_t id, uint64_t seed, int det, uint16_t flags,
                   const char *token)
 {
-    const char *model = "llama", *dtype = "bf16", *layout = "paged-16", *client = "test";
+    const char *model = g_hello_model ? g_hello_model : "llama", *dtype = "bf16",
+               *layout = "paged-16", *client = "test";
     brixkv_hello_t h = { 0 };
     h.version = BRIXKV_VERSION;
     h.flags = flags;
@@ -169,7 +175,7 @@ static const brix_kvp_limits_t test_lim = { .max_batch = 8,
 
 static void parser_new(brix_kvp_t *p, rec_t *r)
 {
-    brix_kvp_cb_t cb = { rec_frame, rec_put, rec_put_done, rec_error };
+    brix_kvp_cb_t cb = { rec_frame, rec_put, rec_put_done, rec_error, NULL };
     brix_kvp_init(p, &test_lim, &cb, r);
 }
 
@@ -384,6 +390,12 @@ static void *loop_main(void *arg)
     return NULL;
 }
 
+/* Set by a test before srv_start: changes the node's configuration. */
+static void (*g_cfg_hook)(brix_kvsrv_cfg_t *c);
+static char g_start_err[256];
+static int g_start_rc;
+static bool g_start_may_fail;
+
 static srv_env_t *srv_start(const char *hash_seed, const char *token, uint64_t capacity)
 {
     srv_env_t *e = calloc(1, sizeof *e);
@@ -411,8 +423,17 @@ static srv_env_t *srv_start(const char *hash_seed, const char *token, uint64_t c
         .hash_seed = (char *)hash_seed,
         .no_hugepages = true,
     };
+    if (g_cfg_hook)
+        g_cfg_hook(&c);
     char err[256];
     int rc = brix_kvsrv_start(&e->loop, &c, token, &e->srv, err, sizeof err);
+    if (rc && g_start_may_fail) {
+        g_start_rc = rc;
+        snprintf(g_start_err, sizeof g_start_err, "%s", err);
+        uv_loop_close(&e->loop);
+        free(e);
+        return NULL;
+    }
     if (rc)
         fail_msg("start: %s", err);
     uv_async_init(&e->loop, &e->stop, on_stop);
@@ -770,6 +791,13 @@ static void test_server_shm(void **state)
     assert_true(recv_all(fd, path, hr.unix_len));
     uint8_t *map = mmap(NULL, hr.arena_bytes, PROT_READ, MAP_SHARED, mfd, 0);
     assert_true(map != MAP_FAILED);
+    /* read-only for us: no shrinking it under the node (SIGBUS), no
+     * writable mapping, no write (rewriting other namespaces' values) */
+    assert_int_equal(ftruncate(mfd, 0), -1);
+    assert_int_equal(errno, EPERM);
+    assert_true(mmap(NULL, hr.arena_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0) ==
+                MAP_FAILED);
+    assert_int_equal(pwrite(mfd, "EVIL", 4, 0), -1);
     h = reply(fd, &body); /* PUT */
     assert_int_equal(entry(body, 0).status, BRIXKV_ST_OK);
     free(body);
@@ -844,6 +872,376 @@ static void test_server_shm(void **state)
     srv_stop(e);
 }
 
+/* ---------------------------------------------------- abuse limits -- */
+
+static void cfg_trickle(brix_kvsrv_cfg_t *c)
+{
+    c->frame_timeout_ms = 500;
+    c->min_rate = 1u << 30; /* a 28 MiB frame: about 530 ms */
+}
+
+static void put_hello(int fd)
+{
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    hello(&b, 1, 42, 1, 0, NULL);
+    send_all(fd, &b);
+    brixkv_hdr_t h = reply(fd, &body);
+    assert_int_equal(h.status, BRIXKV_ST_OK);
+    free(body);
+    brix_buf_free(&b);
+}
+
+/* A PUT takes a slot per value only as that value's bytes arrive: a client
+ * that announces 28 MiB of values and sends one byte evicts nothing (before,
+ * every slot was reserved, and the cache evicted, at the descriptors). And
+ * trickling a byte at a time, each within --frame-timeout, does not keep the
+ * frame open past its deadline at --min-rate. */
+static void test_server_put_trickle(void **state)
+{
+    (void)state;
+    g_cfg_hook = cfg_trickle;
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20); /* 8 slabs of 4 MiB */
+    g_cfg_hook = NULL;
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    int a = tcp_connect(e);
+    put_hello(a);
+    /* four values of the attacker's own class (4 MiB): its reservations
+     * would take the 4 free slabs, then evict these */
+    uint64_t ids[4] = { 1, 2, 3, 4 };
+    uint32_t lens[4];
+    for (int i = 0; i < 4; i++)
+        lens[i] = 4u << 20;
+    put_frame(&b, 2, ids, lens, 4);
+    send_all(a, &b);
+    brixkv_hdr_t h = reply(a, &body);
+    if (h.status || h.count != 4)
+        fail_msg("PUT: status %u count %u: %s", h.status, h.count, (char *)body);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(entry(body, (uint32_t)i).status, BRIXKV_ST_OK);
+    free(body);
+
+    int t = tcp_connect(e);
+    put_hello(t);
+    enum { NV = 7 };
+    brix_buf_reset(&b);
+    put_hdr(&b, BRIXKV_OP_PUT, 0, 2, NV, NV * (sizeof(brixkv_put_desc_t) + (4u << 20)));
+    for (uint32_t i = 0; i < NV; i++) {
+        brixkv_put_desc_t d = { .len = 4u << 20 };
+        key_of(d.key, 100 + i);
+        brix_buf_append(&b, &d, sizeof d);
+    }
+    brix_buf_append_char(&b, 'x');
+    send_all(t, &b);
+    usleep(200 * 1000); /* the node has read it */
+    brix_buf_reset(&b);
+    keys_frame(&b, BRIXKV_OP_MATCH, 0, 3, ids, 4);
+    send_all(a, &b);
+    h = reply(a, &body);
+    assert_int_equal(h.count, 4); /* all four still stored */
+    free(body);
+    /* a byte every 100 ms: never a 500 ms stall, yet closed by the deadline */
+    bool shut = false;
+    int i = 0;
+    for (; i < 100 && !shut; i++) {
+        usleep(100 * 1000);
+        if (send(t, "x", 1, MSG_NOSIGNAL) != 1) {
+            shut = true;
+            break;
+        }
+        struct pollfd pf = { .fd = t, .events = POLLIN };
+        if (poll(&pf, 1, 0) == 1) {
+            uint8_t junk[256];
+            shut = recv(t, junk, sizeof junk, MSG_DONTWAIT) <= 0;
+        }
+    }
+    if (!shut)
+        fail_msg("a PUT trickled for %d00 ms is still open", i);
+    close(t);
+    close(a);
+    brix_buf_free(&b);
+    srv_stop(e);
+}
+
+static void cfg_hello_timeout(brix_kvsrv_cfg_t *c)
+{
+    c->hello_timeout_ms = 300;
+}
+
+static void cfg_idle_timeout(brix_kvsrv_cfg_t *c)
+{
+    c->hello_timeout_ms = 300;
+    c->idle_timeout_ms = 400;
+}
+
+/* A connection that never says HELLO (it has no token) gives its place
+ * back after --hello-timeout, over TCP and UNIX; one that did is kept, until
+ * --idle-timeout when that is set. */
+static void test_server_hello_timeout(void **state)
+{
+    (void)state;
+    g_cfg_hook = cfg_hello_timeout;
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20);
+    g_cfg_hook = NULL;
+    int silent = tcp_connect(e), usilent = unix_connect(e), ok = tcp_connect(e);
+    put_hello(ok);
+    assert_true(closed(silent)); /* EOF: before the 10 s receive timeout */
+    assert_true(closed(usilent));
+    usleep(400 * 1000);
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    put_hdr(&b, BRIXKV_OP_PING, 0, 9, 0, 0);
+    send_all(ok, &b);
+    brixkv_hdr_t h = reply(ok, &body);
+    assert_int_equal(h.id, 9);
+    free(body);
+    close(silent);
+    close(usilent);
+    close(ok);
+    srv_stop(e);
+
+    g_cfg_hook = cfg_idle_timeout;
+    e = srv_start(NULL, NULL, 32 << 20);
+    g_cfg_hook = NULL;
+    int idle = tcp_connect(e);
+    put_hello(idle);
+    assert_true(closed(idle));
+    close(idle);
+    brix_buf_free(&b);
+    srv_stop(e);
+}
+
+static void cfg_small_frame(brix_kvsrv_cfg_t *c)
+{
+    c->max_frame = 1u << 20; /* below one 4 MiB value */
+}
+
+static void cfg_unix_file(brix_kvsrv_cfg_t *c)
+{
+    static char path[108];
+    snprintf(path, sizeof path, "/tmp/brix-kvtest-%d.file", (int)getpid());
+    FILE *f = fopen(path, "w");
+    fputs("keep me\n", f);
+    fclose(f);
+    c->unix_path = path;
+}
+
+/* Start refuses a --max-frame a valid PUT of the largest value would
+ * overflow, and a --unix naming something that is not a socket (it was
+ * unlinked); the HELLO reply tells clients the node's max frame. */
+static void test_server_limits(void **state)
+{
+    (void)state;
+    g_start_may_fail = true;
+    g_cfg_hook = cfg_small_frame;
+    assert_null(srv_start(NULL, NULL, 32 << 20));
+    assert_int_equal(g_start_rc, -EINVAL);
+    assert_non_null(strstr(g_start_err, "--max-frame"));
+    g_cfg_hook = cfg_unix_file;
+    assert_null(srv_start(NULL, NULL, 32 << 20));
+    assert_non_null(strstr(g_start_err, "not a socket"));
+    char path[108];
+    snprintf(path, sizeof path, "/tmp/brix-kvtest-%d.file", (int)getpid());
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    unlink(path);
+    g_cfg_hook = NULL;
+    g_start_may_fail = false;
+
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20);
+    int fd = tcp_connect(e);
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    hello(&b, 1, 42, 1, 0, NULL);
+    send_all(fd, &b);
+    brixkv_hdr_t h = reply(fd, &body);
+    assert_int_equal(h.status, BRIXKV_ST_OK);
+    brixkv_hello_reply_t hr;
+    memcpy(&hr, body, sizeof hr);
+    assert_int_equal(hr.max_frame_kib, (64u << 20) / 1024);
+    free(body);
+    close(fd);
+    brix_buf_free(&b);
+    srv_stop(e);
+}
+
+/* HELLO of model `model` on a fresh TCP connection: the reply status. A
+ * refusal is retried for up to 2 s (the node sees an earlier close late). */
+static uint16_t hello_model(srv_env_t *e, const char *model, int *fdp)
+{
+    for (int tries = 0;; tries++) {
+        int fd = tcp_connect(e);
+        brix_buf_t b = BRIX_BUF_INIT;
+        uint8_t *body;
+        g_hello_model = model;
+        hello(&b, 1, 42, 1, 0, NULL);
+        g_hello_model = NULL;
+        send_all(fd, &b);
+        brix_buf_free(&b);
+        brixkv_hdr_t h = reply(fd, &body);
+        free(body);
+        if (h.status == BRIXKV_ST_OK || tries == 20) {
+            *fdp = fd;
+            return h.status;
+        }
+        close(fd);
+        usleep(100 * 1000);
+    }
+}
+
+/* The namespace table (--max-namespaces 4 here) does not fill up for good
+ * with names HELLO'd once: an entry no connection holds and nothing is
+ * stored under is reused; one with stored objects keeps its id (its keys
+ * are still found). */
+static void test_server_namespace_reuse(void **state)
+{
+    (void)state;
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20);
+    int keep;
+    assert_int_equal(hello_model(e, "keeper", &keep), BRIXKV_ST_OK);
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    uint64_t ids[] = { 77 };
+    uint32_t lens[] = { 5000 };
+    put_frame(&b, 2, ids, lens, 1);
+    send_all(keep, &b);
+    brixkv_hdr_t h = reply(keep, &body);
+    assert_int_equal(entry(body, 0).status, BRIXKV_ST_OK);
+    free(body);
+    close(keep);
+    char model[32];
+    for (int i = 0; i < 12; i++) { /* three times the table */
+        snprintf(model, sizeof model, "passer-by-%d", i);
+        int fd;
+        assert_int_equal(hello_model(e, model, &fd), BRIXKV_ST_OK);
+        close(fd);
+    }
+    /* four held at once still fill it */
+    int held[4];
+    assert_int_equal(hello_model(e, "keeper", &held[0]), BRIXKV_ST_OK);
+    for (int i = 1; i < 4; i++) {
+        snprintf(model, sizeof model, "holder-%d", i);
+        assert_int_equal(hello_model(e, model, &held[i]), BRIXKV_ST_OK);
+    }
+    int fd;
+    assert_int_equal(hello_model(e, "one-too-many", &fd), BRIXKV_ST_NAMESPACE);
+    close(fd);
+    brix_buf_reset(&b);
+    keys_frame(&b, BRIXKV_OP_MATCH, 0, 3, ids, 1);
+    send_all(held[0], &b);
+    h = reply(held[0], &body);
+    assert_int_equal(h.count, 1); /* keeper's object, under its old id */
+    free(body);
+    for (int i = 0; i < 4; i++)
+        close(held[i]);
+    brix_buf_free(&b);
+    srv_stop(e);
+}
+
+/* A GET that runs out of memory while batching a key asked many times
+ * drops exactly the references it took: afterwards the object is not
+ * referenced, so DELETE succeeds (a leaked reference would make it BUSY
+ * and unevictable forever). */
+static void test_server_get_oom_refs(void **state)
+{
+    (void)state;
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20);
+    brix_buf_t b = BRIX_BUF_INIT, get = BRIX_BUF_INIT;
+    uint8_t *body;
+    int fd = tcp_connect(e);
+    put_hello(fd);
+    uint64_t ids[] = { 5 };
+    uint32_t lens[] = { 1000 };
+    put_frame(&b, 2, ids, lens, 1);
+    send_all(fd, &b);
+    brixkv_hdr_t h = reply(fd, &body);
+    assert_int_equal(entry(body, 0).status, BRIXKV_ST_OK);
+    free(body);
+    uint64_t same[40];
+    for (int i = 0; i < 40; i++)
+        same[i] = 5;
+    keys_frame(&get, BRIXKV_OP_GET, 0, 3, same, 40); /* past the 16 refs first allocated */
+    int failed = 0;
+    for (int n = 0; n < 40; n++) {
+        brix_alloc_fail_after(n);
+        send_all(fd, &get);
+        /* a reply, an error reply, or (a write it could not queue) just EOF */
+        bool ok = recv_all(fd, &h, sizeof h);
+        brix_alloc_fail_after(-1);
+        if (ok) {
+            assert_int_equal(h.magic, BRIXKV_MAGIC);
+            body = malloc(h.body_len + 1);
+            ok = recv_all(fd, body, h.body_len) && h.status == BRIXKV_ST_OK;
+            free(body);
+        }
+        if (!ok) { /* out of memory: the node closed it */
+            failed++;
+            close(fd);
+            fd = tcp_connect(e);
+            put_hello(fd);
+        }
+    }
+    assert_true(failed > 0);
+    uint16_t st = 0;
+    for (int tries = 0; tries < 20; tries++) { /* in-flight writes finish first */
+        brix_buf_reset(&b);
+        keys_frame(&b, BRIXKV_OP_DELETE, 0, 4, ids, 1);
+        send_all(fd, &b);
+        h = reply(fd, &body);
+        st = entry(body, 0).status;
+        free(body);
+        if (st != BRIXKV_ST_BUSY)
+            break;
+        usleep(100 * 1000);
+    }
+    assert_int_equal(st, BRIXKV_ST_OK);
+    close(fd);
+    brix_buf_free(&b);
+    brix_buf_free(&get);
+    srv_stop(e);
+}
+
+static void cfg_unauth_cap(brix_kvsrv_cfg_t *c)
+{
+    c->max_unauth_per_ip = 2;
+}
+
+/* One address holds at most --max-unauth-per-ip connections that have not
+ * said HELLO; one that did is not counted, and a place frees up when a
+ * silent one goes. */
+static void test_server_unauth_per_ip(void **state)
+{
+    (void)state;
+    g_cfg_hook = cfg_unauth_cap;
+    srv_env_t *e = srv_start(NULL, NULL, 32 << 20);
+    g_cfg_hook = NULL;
+    int ok = tcp_connect(e);
+    put_hello(ok);
+    int s1 = tcp_connect(e), s2 = tcp_connect(e);
+    usleep(200 * 1000); /* accepted */
+    int s3 = tcp_connect(e);
+    assert_true(closed(s3)); /* the third silent one */
+    close(s3);
+    close(s1);
+    usleep(300 * 1000); /* the node saw it go */
+    int s4 = tcp_connect(e);
+    put_hello(s4); /* a place again: and it says HELLO */
+    brix_buf_t b = BRIX_BUF_INIT;
+    uint8_t *body;
+    put_hdr(&b, BRIXKV_OP_PING, 0, 9, 0, 0);
+    send_all(ok, &b);
+    brixkv_hdr_t h = reply(ok, &body);
+    assert_int_equal(h.id, 9);
+    free(body);
+    brix_buf_free(&b);
+    close(s2);
+    close(s4);
+    close(ok);
+    srv_stop(e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -853,6 +1251,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_server_hello, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_server_data, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_server_shm, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_put_trickle, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_hello_timeout, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_limits, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_namespace_reuse, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_get_oom_refs, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_server_unauth_per_ip, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -12,7 +12,11 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "kvcache/store.h"
 #include "leak_check.h"
@@ -529,6 +533,84 @@ static void test_pins(void **state)
     brix_kvs_close(s);
 }
 
+/* The memfd handed to same-host clients is sealed: whoever holds it (even
+ * reopened read-write through /proc) cannot resize it (the server would take
+ * SIGBUS), map it writable, write it or punch holes (rewriting another
+ * namespace's values); the server's own mapping still writes. */
+static void test_arena_sealed(void **state)
+{
+    (void)state;
+    brix_kvs_cfg_t c = cfg_default(8 * MiB, 64 * 1024);
+    brix_kvs_t *s = open_store(&c);
+    int fd = brix_kvs_fd(s);
+    assert_true(fd >= 0);
+    int seals = fcntl(fd, F_GET_SEALS);
+    assert_true(seals & F_SEAL_SHRINK);
+    assert_true(seals & F_SEAL_GROW);
+    assert_true(seals & F_SEAL_FUTURE_WRITE);
+    assert_true(seals & F_SEAL_SEAL);
+    uint64_t n = brix_kvs_arena_bytes(s);
+    char path[64];
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    int fds[2] = { fd, open(path, O_RDWR | O_CLOEXEC) };
+    assert_true(fds[1] >= 0);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(ftruncate(fds[i], 0), -1);
+        assert_int_equal(errno, EPERM);
+        assert_int_equal(ftruncate(fds[i], (off_t)n * 2), -1);
+        void *w = mmap(NULL, (size_t)n, PROT_READ | PROT_WRITE, MAP_SHARED, fds[i], 0);
+        assert_true(w == MAP_FAILED);
+        assert_int_equal(errno, EPERM);
+        assert_int_equal(pwrite(fds[i], "EVIL", 4, (off_t)n / 2), -1);
+        assert_int_equal(fallocate(fds[i], FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, (off_t)n),
+                         -1);
+        assert_int_equal(fcntl(fds[i], F_ADD_SEALS, 0), -1); /* F_SEAL_SEAL */
+    }
+    close(fds[1]);
+    /* a read-only mapping is what clients get; the server still stores */
+    void *r = mmap(NULL, (size_t)n, PROT_READ, MAP_SHARED, fd, 0);
+    assert_true(r != MAP_FAILED);
+    uint64_t id = 7;
+    uint16_t st[1];
+    put_batch(s, 1, &id, 1, 4096, 1, st);
+    assert_int_equal(st[0], BRIXKV_ST_OK);
+    uint8_t k[16];
+    mkkey(k, 7);
+    brix_kvs_obj_t *o = brix_kvs_find(s, 1, k);
+    assert_non_null(o);
+    assert_memory_equal((uint8_t *)r + brix_kvs_obj_offset(s, o), brix_kvs_obj_data(s, o), 4096);
+    munmap(r, (size_t)n);
+    brix_kvs_close(s);
+}
+
+/* PUTs in flight hold at most max_reserved bytes of slots: past it a
+ * reservation is NO_SPACE at once, and nothing stored is evicted for it
+ * (a client announcing values it never sends cannot push the cache out). */
+static void test_reserve_cap(void **state)
+{
+    (void)state;
+    brix_kvs_cfg_t c = cfg_default(8 * MiB, 1 * MiB); /* 8 slabs of 1 MiB */
+    c.max_reserved = 2 * MiB;
+    brix_kvs_t *s = open_store(&c);
+    for (uint64_t id = 1; id <= 6; id++)
+        assert_int_equal(put1(s, 1, id, MiB), BRIXKV_ST_OK);
+    brix_kvs_resv_t r[3];
+    uint8_t k[16];
+    for (int i = 0; i < 3; i++) {
+        mkkey(k, 100 + (uint64_t)i);
+        uint16_t st = brix_kvs_reserve(s, 1, k, MiB, 10, &r[i]);
+        assert_int_equal(st, i < 2 ? BRIXKV_ST_OK : BRIXKV_ST_NO_SPACE);
+    }
+    for (uint64_t id = 1; id <= 6; id++)
+        assert_true(has(s, 1, id)); /* the two free slabs went, nothing else */
+    brix_kvs_stats_t st;
+    brix_kvs_get_stats(s, &st);
+    assert_int_equal(st.evictions, 0);
+    brix_kvs_unreserve(s, &r[0]);
+    brix_kvs_unreserve(s, &r[1]);
+    brix_kvs_close(s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -544,6 +626,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_watermarks, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_leases, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_pins, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_arena_sealed, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_reserve_cap, leak_setup, leak_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
