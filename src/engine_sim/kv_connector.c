@@ -262,7 +262,7 @@ void brix_kvc_cfg_free(brix_kvc_cfg_t *cfg)
 const char *brix_kvc_fail_name(brix_kvc_fail_t f)
 {
     static const char *const names[BRIX_KVC_FAIL_N] = {
-        "timeout", "unavailable", "not_found", "stale", "checksum", "refused", "other",
+        "timeout", "unavailable", "not_found", "stale", "checksum", "refused", "busy", "other",
     };
     return f < BRIX_KVC_FAIL_N ? names[f] : "other";
 }
@@ -812,8 +812,16 @@ static int hook_lookup(brix_seq_t *q, size_t from, size_t to, void *ud)
         c->st.queries_tokens += q->ntokens;
         return 0; /* the local cache has all a cache could give */
     }
-    if (c->ninflight >= (size_t)c->cfg.max_inflight)
-        return -EAGAIN; /* asked again next step; a load ending kicks the engine */
+    if (c->ninflight >= (size_t)c->cfg.max_inflight) {
+        /* Saturated: the request is computed now rather than held until a
+         * load slot frees. Deferring it (the scheduler's -EAGAIN) let an
+         * overloaded engine skip the same requests step after step: in the
+         * Mooncake run at 3x pace some waited past the gateway's idle
+         * timeout and failed. A store that is slow costs recompute. */
+        c->st.queries_tokens += q->ntokens;
+        c->st.load_failures[BRIX_KVC_FAIL_BUSY]++;
+        return 0;
+    }
     kvc_job_t *j = job_new(JOB_LOAD, q, from, to);
     if (!j)
         return 0; /* ENOMEM: recompute */

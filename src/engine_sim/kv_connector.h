@@ -80,6 +80,7 @@ typedef enum brix_kvc_fail {
     BRIX_KVC_FAIL_STALE,       /* same-host copy raced a slot reuse */
     BRIX_KVC_FAIL_CHECKSUM,    /* the bytes (or the length) were not the block's */
     BRIX_KVC_FAIL_REFUSED,     /* a node refused our HELLO: namespace, seed or token */
+    BRIX_KVC_FAIL_BUSY,        /* max_inflight loads already: not looked up, computed */
     BRIX_KVC_FAIL_OTHER,
     BRIX_KVC_FAIL_N,
 } brix_kvc_fail_t;

@@ -608,6 +608,47 @@ static void test_connector_store_silent(void **state)
     close(fd);
 }
 
+/* A saturated connector (max_inflight loads running) does not hold the next
+ * request: it is computed at once and counted as "busy" (an overloaded
+ * engine once skipped such requests step after step until the gateway gave
+ * up on them). */
+static void test_connector_saturated(void **state)
+{
+    (void)state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(fd, 16), 0); /* never answers: the first load stays in flight */
+    socklen_t al = sizeof a;
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+    char servers[64];
+    snprintf(servers, sizeof servers, "127.0.0.1:%u", ntohs(a.sin_port));
+
+    live_t l;
+    live_init(&l, servers, 150, 1);
+    brix_seq_t q, r;
+    seq_new(&q, 4 * BS + 2, 8, 1);
+    seq_new(&r, 4 * BS + 2, 9, 1);
+    assert_int_equal(brix_sched_add(&l.f.s, &q, 0), 0);
+    assert_false(fx_step(&l.f));
+    assert_int_equal(q.kv_state, BRIX_SEQ_KV_WAITING);
+    assert_int_equal(brix_sched_add(&l.f.s, &r, l.f.clock), 0);
+    assert_true(fx_step(&l.f)); /* r runs its prefill now */
+    assert_int_equal(r.kv_state, BRIX_SEQ_KV_DONE);
+    assert_int_equal(r.generated, 1);
+    const brix_kvc_stats_t *st = brix_kvc_stats(l.c);
+    assert_int_equal(st->load_failures[BRIX_KVC_FAIL_BUSY], 1);
+    assert_int_equal(st->queries_tokens, 2 * (4 * BS + 2));
+    live_wait_kick(&l); /* q's load gives up after its timeout */
+    while (brix_sched_busy(&l.f.s))
+        assert_true(fx_step(&l.f));
+    brix_seq_free(&q);
+    brix_seq_free(&r);
+    live_free(&l);
+    close(fd);
+}
+
 /* Saves beyond max_inflight queued batches are dropped and counted (the
  * queue only shrinks on the loop, which does not run in between here). */
 static void test_connector_save_drop(void **state)
@@ -683,6 +724,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sched_loaded_run_detached, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_connector_store_down, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_connector_store_silent, leak_setup, leak_teardown),
+        cmocka_unit_test_setup_teardown(test_connector_saturated, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_connector_save_drop, leak_setup, leak_teardown),
         cmocka_unit_test_setup_teardown(test_connector_new_enomem, leak_setup, leak_teardown),
     };
