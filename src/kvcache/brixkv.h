@@ -114,11 +114,6 @@ typedef struct brixkv_opts {
     int connect_timeout_ms; /* default 200 */
     int retry_ms;           /* a failed node is skipped this long, default 1000 */
     bool no_shm; /* never use the same-host path: TCP only (no UNIX socket, no mapping) */
-    /* a GET reads through the mapping only when a buffer of the batch is at
-     * least this large, else the value comes inline over the UNIX socket
-     * (for small values the lease and generation check cost more than the
-     * copy they save); 0 = 64 KiB, 1 = always */
-    size_t shm_min_bytes;
 } brixkv_opts_t;
 
 typedef struct brixkv brixkv_t;

@@ -95,9 +95,7 @@ static int build(brixkv_t *c, call_t *k, node_t *nd)
     size_t n = nd->nidx;
     bool put = k->op == BRIXKV_OP_PUT;
     /* GETs to a node whose arena is mapped come back as offsets + leases */
-    nd->shm_get = false;
-    for (size_t j = 0; k->op == BRIXKV_OP_GET && nd->map && j < n && !nd->shm_get; j++)
-        nd->shm_get = k->caps[nd->idx[j]] >= c->shm_min;
+    nd->shm_get = k->op == BRIXKV_OP_GET && nd->map;
     uint8_t flags = (uint8_t)(k->flags | (nd->shm_get ? BRIXKV_F_SHM : 0));
     if (put) { /* values the node would refuse never leave */
         size_t w = 0;

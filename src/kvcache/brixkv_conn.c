@@ -802,7 +802,6 @@ brixkv_t *brixkv_open(const brixkv_opts_t *opts, const brixkv_ns_t *ns, char *er
     c->connect_ms = opts->connect_timeout_ms ? opts->connect_timeout_ms : DEF_CONNECT;
     c->retry_ms = opts->retry_ms ? opts->retry_ms : DEF_RETRY;
     c->no_shm = opts->no_shm;
-    c->shm_min = opts->shm_min_bytes ? opts->shm_min_bytes : BRIXKV__SHM_MIN_BYTES;
     c->ns = *ns;
     c->ns.model = dupstr(ns->model);
     c->ns.dtype = dupstr(ns->dtype);

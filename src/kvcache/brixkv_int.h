@@ -26,11 +26,6 @@
 /* A PUT request carries at most this many payload bytes (at least one key),
  * so one request never asks a node for an unbounded frame. */
 #define BRIXKV__PUT_REQ_BYTES (64u << 20)
-/* GETs whose buffers are all smaller than this take the inline reply even on
- * a mapped node: for small values the offset, lease, generation check and
- * release cost more than the copy through the socket they save (4 KiB GETs
- * ran 0.45x over the mapping vs 0.87x inline, BENCHMARKS.md issue 14) */
-#define BRIXKV__SHM_MIN_BYTES (64u << 10)
 /* The longest HELLO reply body accepted (fixed part + a UNIX path). */
 #define BRIXKV__MAX_HELLO_REPLY 8192
 /* Error-frame messages kept for brixkv_last_error. */
@@ -147,7 +142,6 @@ typedef struct brixkv__node {
 struct brixkv {
     int timeout_ms, connect_ms, retry_ms;
     bool no_shm;
-    size_t shm_min; /* opts.shm_min_bytes, defaulted */
     brixkv_ns_t ns; /* strings owned (copies) */
     uint8_t *hello; /* HELLO body, built once */
     size_t hello_len;

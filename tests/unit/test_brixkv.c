@@ -666,12 +666,9 @@ static void fake_stop(fake_t *f)
 static brixkv_t *open_on(const char *servers, bool no_shm, int timeout_ms)
 {
     brixkv_ns_t ns = test_ns();
-    /* shm_min_bytes 1: the fake's small values go through the mapping too */
-    brixkv_opts_t o = { .servers = servers,
-                        .no_shm = no_shm,
-                        .timeout_ms = timeout_ms,
-                        .retry_ms = 100,
-                        .shm_min_bytes = 1 };
+    brixkv_opts_t o = {
+        .servers = servers, .no_shm = no_shm, .timeout_ms = timeout_ms, .retry_ms = 100
+    };
     char err[256];
     brixkv_t *c = brixkv_open(&o, &ns, err, sizeof(err));
     assert_non_null(c);
