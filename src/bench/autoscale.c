@@ -729,11 +729,9 @@ static void report(const bench_cfg_t *c, const bench_workload_t *w, as_policy_t 
         "%g s. Plots: autoscale_replicas.svg (one panel per policy), autoscale_overlay.svg, "
         "autoscale_ttft.svg.\n",
         c->trace_length > 0 ? c->trace_length / c->speed : span, c->flap_window);
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%.3000s/results.md", c->out);
-    write_file(path, md.data);
-    fwrite(md.data, 1, md.len, stdout);
+    bench_write_results_md(c, &md);
     brix_buf_free(&md);
+    char path[PATH_MAX];
     /* results.json */
     snprintf(path, sizeof path, "%.3000s/results.json", c->out);
     FILE *f = fopen(path, "w");

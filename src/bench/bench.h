@@ -153,6 +153,8 @@ int bench_drive(const bench_cfg_t *c, const bench_workload_t *w, const char *hos
 
 /* proc.c: processes and blocking HTTP for the fleets bench starts. */
 int bench_free_port(void); /* a free loopback port, or -1 */
+/* Writes md to OUT/results.md and echoes it on stdout (every scenario's table). */
+void bench_write_results_md(const bench_cfg_t *c, const brix_buf_t *md);
 /* Starts argv with stdout and stderr in log; the pid or -1. */
 pid_t bench_spawn(const char *const *argv, const char *log);
 /* SIGTERM, up to grace_s seconds for it to exit, then SIGKILL; reaps it. */

@@ -613,17 +613,11 @@ int bench_kvevict(const bench_cfg_t *c)
             brix_buf_append_str(&md, ".\n\n");
         }
     }
-    char path[1024];
-    snprintf(path, sizeof path, "%s/results.md", c->out);
-    FILE *o = fopen(path, "w");
-    if (o) {
-        fwrite(md.data, 1, md.len, o);
-        fclose(o);
-    }
-    fwrite(md.data, 1, md.len, stdout);
+    bench_write_results_md(c, &md);
     brix_buf_free(&md);
+    char path[1024];
     snprintf(path, sizeof path, "%s/results.json", c->out);
-    o = fopen(path, "w");
+    FILE *o = fopen(path, "w");
     if (o) {
         fprintf(o, "{\"scenario\":\"kvevict\",\"value_size\":%" PRIu64 ",\"traces\":[",
                 c->kv_value);

@@ -1007,19 +1007,13 @@ static void write_report(const bench_cfg_t *c, const kv_all_t *A, const char *lo
         else
             brix_buf_append_str(&md, " n/a | n/a | n/a |\n");
     }
-    char path[1024];
-    snprintf(path, sizeof path, "%s/results.md", c->out);
-    FILE *f = fopen(path, "w");
-    if (f) {
-        fwrite(md.data, 1, md.len, f);
-        fclose(f);
-    }
-    fwrite(md.data, 1, md.len, stdout);
+    bench_write_results_md(c, &md);
     brix_buf_free(&md);
 
     /* results.json: every repeat of every cell */
+    char path[1024];
     snprintf(path, sizeof path, "%s/results.json", c->out);
-    f = fopen(path, "w");
+    FILE *f = fopen(path, "w");
     if (!f)
         return;
     fprintf(f,

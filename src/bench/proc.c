@@ -12,6 +12,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -137,4 +138,16 @@ int bench_http(int port, const char *token, const char *method, const char *path
     brix_buf_free(&req);
     brix_buf_free(&b);
     return status;
+}
+
+void bench_write_results_md(const bench_cfg_t *c, const brix_buf_t *md)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%.3000s/results.md", c->out);
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fwrite(md->data, 1, md->len, f);
+        fclose(f);
+    }
+    fwrite(md->data, 1, md->len, stdout);
 }

@@ -226,17 +226,11 @@ int bench_report(const bench_cfg_t *c, const bench_workload_t *w, bench_run_t *r
                         runs[i].kv_wait,
                         runs[i].ext_hits > 0 ? runs[i].kv_wait / runs[i].ext_hits * 1e6 : 0.0);
     }
-    char path[1024];
-    snprintf(path, sizeof path, "%s/results.md", c->out);
-    FILE *f = fopen(path, "w");
-    if (f) {
-        fwrite(md.data, 1, md.len, f);
-        fclose(f);
-    }
-    fwrite(md.data, 1, md.len, stdout);
+    bench_write_results_md(c, &md);
     /* results.json */
+    char path[1024];
     snprintf(path, sizeof path, "%s/results.json", c->out);
-    f = fopen(path, "w");
+    FILE *f = fopen(path, "w");
     if (f) {
         fprintf(f,
                 "{\"scenario\":\"%s\",\"requests\":%zu,\"replicas\":%lld,\"gpu\":\"%s\","
